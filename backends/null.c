@@ -1,0 +1,107 @@
+/* nbdstack backend null: a disk that reads as zeros and discards writes.
+ *
+ * For benchmarking the protocol engine and for tests; like nbdkit's null
+ * plugin.  Reads return zeros, writes are accepted and dropped, extents
+ * report one hole that reads as zero.
+ */
+#include <string.h>
+
+#include "layer.h"
+
+struct null_conf {
+  uint64_t size;
+};
+
+static const struct nbd_param null_params[] = {
+  { "size", NBD_PARAM_SIZE, offsetof(struct null_conf, size), "0",
+    "virtual size in bytes (up to 2^63-1)", NULL, 0 },
+  NBD_PARAM_END
+};
+
+static int
+null_setup(struct nbd_layer *layer, char *err, size_t errlen)
+{
+  const struct null_conf *conf = layer->conf;
+
+  if (conf->size > INT64_MAX) {
+    snprintf(err, errlen, "size=%llu is larger than 2^63-1",
+             (unsigned long long)conf->size);
+    return -1;
+  }
+  return 0;
+}
+
+static int64_t
+null_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  const struct null_conf *conf = self->layer->conf;
+  return (int64_t)conf->size;
+}
+
+static int
+null_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
+           uint32_t count, uint64_t offset, uint32_t flags)
+{
+  memset(buf, 0, count);
+  return 0;
+}
+
+static int
+null_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
+            uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return 0;
+}
+
+static int
+null_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
+{
+  return 0;
+}
+
+static int
+null_discard(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+             uint64_t offset, uint32_t flags)
+{
+  return 0;
+}
+#define null_trim null_discard
+#define null_zero null_discard
+#define null_cache null_discard
+
+static int
+null_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+             uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  return nbd_extents_add(extents, offset, count,
+                         NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
+}
+
+static int null_yes(struct nbd_ctx *self, struct nbd_ctx *next) { return 1; }
+#define null_can_write null_yes
+#define null_can_flush null_yes
+#define null_can_trim null_yes
+#define null_can_fast_zero null_yes
+#define null_can_extents null_yes
+#define null_can_multi_conn null_yes
+
+static int
+null_native(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return NBD_FUA_NATIVE;        /* == NBD_ZERO_NATIVE == NBD_CACHE_NATIVE */
+}
+#define null_can_zero null_native
+#define null_can_fua null_native
+#define null_can_cache null_native
+
+UNSUPPORTED(null, block_size)
+UNSUPPORTED(null, is_rotational)
+
+NBD_REGISTER_BACKEND(null,
+  .description = "reads zeros, discards writes (benchmarks, tests)",
+  .params = null_params,
+  .conf_size = sizeof(struct null_conf),
+  .thread_model = NBD_PARALLEL,
+  .nonblocking = 1,
+  .setup = null_setup,
+);

@@ -1,0 +1,518 @@
+/* nbdstack engine: per-connection stacks, capability cache, and the
+ * next_<method>() entry points with every emulation in one place.
+ *
+ * A layer calls next_<m>(next, ...) to reach the layer below; the protocol
+ * code calls next_<m>(top, ...) to reach the whole stack.  At each boundary
+ * the engine checks the request against the cached capabilities of the
+ * layer it enters (write permission, bounds, block-size constraints) and
+ * emulates what that layer lacks: FUA by a flush after the write, zero by
+ * writing zeros, cache by reading and discarding, extents as "all data".
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+/* Zeros for write-zero emulation; .bss, never written. */
+static char engine_zero_buf[1 << 20];
+
+#define ENGINE_CHUNK (1u << 20)
+
+/* ---- layer instances and exports ---------------------------------------- */
+
+struct nbd_layer *
+engine_layer_new(const struct nbd_layer_ops *ops, const char *export_name)
+{
+  struct nbd_layer *l = calloc(1, sizeof *l);
+
+  if (l == NULL)
+    return NULL;
+  l->ops = ops;
+  l->export_name = export_name;
+  if (ops->conf_size > 0) {
+    l->conf = calloc(1, ops->conf_size);
+    if (l->conf == NULL) {
+      free(l);
+      return NULL;
+    }
+  }
+  return l;
+}
+
+int
+engine_layer_setup(struct nbd_layer *layer, char *err, size_t errlen)
+{
+  if (params_finish(layer, err, errlen) == -1)
+    return -1;
+  if (layer->ops->setup && layer->ops->setup(layer, err, errlen) == -1)
+    return -1;
+  return 0;
+}
+
+void
+engine_layer_free(struct nbd_layer *layer)
+{
+  if (layer == NULL)
+    return;
+  if (layer->ops->cleanup)
+    layer->ops->cleanup(layer);
+  params_free(layer);
+  free(layer->conf);
+  free(layer);
+}
+
+struct nbd_export *
+engine_export_new(const char *name)
+{
+  struct nbd_export *e = calloc(1, sizeof *e);
+
+  if (e == NULL)
+    return NULL;
+  e->name = strdup(name);
+  if (e->name == NULL) {
+    free(e);
+    return NULL;
+  }
+  pthread_mutex_init(&e->lock, NULL);
+  return e;
+}
+
+void
+engine_export_push(struct nbd_export *exp, struct nbd_layer *layer)
+{
+  struct nbd_layer **p = &exp->top;
+
+  while (*p)
+    p = &(*p)->below;
+  layer->export_name = exp->name;
+  *p = layer;
+}
+
+int
+engine_export_finish(struct nbd_export *exp, char *err, size_t errlen)
+{
+  struct nbd_layer *l;
+  int backends = 0;
+
+  exp->model = NBD_PARALLEL;
+  exp->nonblocking = 1;
+  for (l = exp->top; l; l = l->below) {
+    if (l->ops->kind == NBD_LAYER_BACKEND) {
+      backends++;
+      if (l->below) {
+        snprintf(err, errlen, "backend %s must be the last layer",
+                 l->ops->name);
+        return -1;
+      }
+    }
+    if (l->ops->thread_model < exp->model)
+      exp->model = l->ops->thread_model;
+    if (!l->ops->nonblocking)
+      exp->nonblocking = 0;
+  }
+  if (backends != 1) {
+    snprintf(err, errlen, "needs exactly one backend (has %d)", backends);
+    return -1;
+  }
+  return 0;
+}
+
+void
+engine_export_free(struct nbd_export *exp)
+{
+  struct nbd_layer *l, *below;
+
+  if (exp == NULL)
+    return;
+  for (l = exp->top; l; l = below) {
+    below = l->below;
+    engine_layer_free(l);
+  }
+  pthread_mutex_destroy(&exp->lock);
+  free(exp->name);
+  free(exp->description);
+  free(exp);
+}
+
+/* ---- opening a connection's stack --------------------------------------- */
+
+static int
+engine_is_pow2(uint32_t v)
+{
+  return v != 0 && (v & (v - 1)) == 0;
+}
+
+/* Asks every capability of one layer once and normalises the answers. */
+static int
+engine_cache_caps(struct nbd_ctx *c, int readonly, char *err, size_t errlen)
+{
+  const struct nbd_layer_ops *o = c->layer->ops;
+  struct nbd_ctx *n = c->next;
+  int r;
+
+#define ENGINE_ASK(field, call)                                              \
+  do {                                                                       \
+    r = (call);                                                              \
+    if (r < 0) {                                                             \
+      snprintf(err, errlen, "%s %s: %s failed: %s",                          \
+               o->kind == NBD_LAYER_FILTER ? "filter" : "backend", o->name,  \
+               #field, strerror(-r));                                        \
+      return -1;                                                             \
+    }                                                                        \
+    c->field = r;                                                            \
+  } while (0)
+
+  c->size = o->get_size(c, n);
+  if (c->size < 0) {
+    snprintf(err, errlen, "%s: get_size failed: %s", o->name,
+             strerror((int)-c->size));
+    return -1;
+  }
+  c->min_block = c->pref_block = c->max_block = 0;
+  r = o->block_size(c, n, &c->min_block, &c->pref_block, &c->max_block);
+  if (r < 0) {
+    snprintf(err, errlen, "%s: block_size failed: %s", o->name, strerror(-r));
+    return -1;
+  }
+  if (c->min_block || c->pref_block || c->max_block) {
+    if (!engine_is_pow2(c->min_block) || c->min_block > 65536 ||
+        !engine_is_pow2(c->pref_block) || c->pref_block < c->min_block ||
+        c->max_block < c->min_block ||
+        (c->max_block != 0xffffffff && c->max_block % c->min_block)) {
+      snprintf(err, errlen, "%s: invalid block size constraints "
+               "minimum=%u preferred=%u maximum=%u", o->name,
+               c->min_block, c->pref_block, c->max_block);
+      return -1;
+    }
+  }
+  ENGINE_ASK(can_write, o->can_write(c, n));
+  if (readonly)
+    c->can_write = 0;
+  ENGINE_ASK(can_flush, o->can_flush(c, n));
+  ENGINE_ASK(is_rotational, o->is_rotational(c, n));
+  ENGINE_ASK(can_multi_conn, o->can_multi_conn(c, n));
+  ENGINE_ASK(can_extents, o->can_extents(c, n));
+  ENGINE_ASK(can_cache, o->can_cache(c, n));
+  if (c->can_write) {
+    ENGINE_ASK(can_trim, o->can_trim(c, n));
+    ENGINE_ASK(can_zero, o->can_zero(c, n));
+    ENGINE_ASK(can_fast_zero, o->can_fast_zero(c, n));
+    r = o->can_fua(c, n);
+    if (r == NBD_FUA_DEFAULT)
+      r = c->can_flush ? NBD_FUA_EMULATE : NBD_FUA_NONE;
+    ENGINE_ASK(can_fua, r);
+    if (c->can_fua == NBD_FUA_EMULATE && !c->can_flush)
+      c->can_fua = NBD_FUA_NONE;
+  } else {
+    c->can_trim = c->can_zero = c->can_fast_zero = c->can_fua = 0;
+  }
+  if (c->can_zero != NBD_ZERO_NATIVE)
+    c->can_fast_zero = 0;
+#undef ENGINE_ASK
+  return 0;
+}
+
+struct nbd_ctx *
+engine_open(struct nbd_export *exp, int readonly, struct nbd_conn *conn,
+            char *err, size_t errlen)
+{
+  struct nbd_ctx *ctxs[64], *below = NULL;
+  struct nbd_layer *l;
+  size_t n = 0, i;
+  int opened = 0, r;
+
+  readonly = readonly || exp->readonly;
+  for (l = exp->top; l; l = l->below) {
+    if (n == sizeof ctxs / sizeof ctxs[0]) {
+      snprintf(err, errlen, "stack too deep");
+      goto fail;
+    }
+    ctxs[n] = calloc(1, sizeof *ctxs[n]);
+    if (ctxs[n] == NULL) {
+      snprintf(err, errlen, "out of memory");
+      goto fail;
+    }
+    ctxs[n]->layer = l;
+    ctxs[n]->conn = conn;
+    n++;
+  }
+  for (i = 0; i + 1 < n; i++)
+    ctxs[i]->next = ctxs[i + 1];
+
+  /* open: inner (backend) to outer. */
+  for (i = n; i-- > 0;) {
+    const struct nbd_layer_ops *o = ctxs[i]->layer->ops;
+    below = ctxs[i]->next;
+    if (o->open && (r = o->open(ctxs[i], below, readonly)) < 0) {
+      snprintf(err, errlen, "%s: open failed: %s", o->name, strerror(-r));
+      goto fail;
+    }
+    opened++;
+  }
+  /* prepare, then capabilities, inner to outer: a layer's prepare and caps
+   * may ask the (already complete) layer below. */
+  for (i = n; i-- > 0;) {
+    const struct nbd_layer_ops *o = ctxs[i]->layer->ops;
+    if (o->prepare && (r = o->prepare(ctxs[i], ctxs[i]->next, readonly)) < 0) {
+      snprintf(err, errlen, "%s: prepare failed: %s", o->name, strerror(-r));
+      goto fail;
+    }
+    if (engine_cache_caps(ctxs[i], readonly, err, errlen) == -1)
+      goto fail;
+  }
+  return n ? ctxs[0] : NULL;
+
+fail:
+  /* close the ones opened (the innermost 'opened' contexts), outer first. */
+  for (i = n - (size_t)opened; i < n; i++)
+    if (ctxs[i]->layer->ops->close)
+      ctxs[i]->layer->ops->close(ctxs[i], ctxs[i]->next);
+  for (i = 0; i < n; i++)
+    free(ctxs[i]);
+  return NULL;
+}
+
+int
+engine_close(struct nbd_ctx *top)
+{
+  struct nbd_ctx *c, *next;
+  int r, ret = 0;
+
+  for (c = top; c; c = c->next)
+    if (c->layer->ops->finalize && (r = c->layer->ops->finalize(c, c->next)) < 0)
+      ret = r;
+  for (c = top; c; c = next) {
+    next = c->next;
+    if (c->layer->ops->close)
+      c->layer->ops->close(c, c->next);
+    free(c);
+  }
+  return ret;
+}
+
+/* ---- boundary checks ----------------------------------------------------- */
+
+/* Range within the size and aligned to the layer's minimum block size. */
+static int
+engine_check_range(const struct nbd_ctx *c, uint32_t count, uint64_t offset,
+                   int err_past_end)
+{
+  if ((uint64_t)c->size < count || offset > (uint64_t)c->size - count)
+    return -err_past_end;
+  if (c->min_block > 1 &&
+      ((offset | count) & (c->min_block - 1)) != 0)
+    return -EINVAL;
+  return 0;
+}
+
+static int
+engine_check_payload(const struct nbd_ctx *c, uint32_t count)
+{
+  if (c->max_block && count > c->max_block)
+    return -EINVAL;
+  return 0;
+}
+
+/* FUA asked of a layer: returns the flags to pass down and sets *flush when
+ * the engine must flush afterwards. */
+static int
+engine_fua(const struct nbd_ctx *c, uint32_t *flags, int *flush)
+{
+  *flush = 0;
+  if (!(*flags & NBD_FLAG_FUA))
+    return 0;
+  switch (c->can_fua) {
+  case NBD_FUA_NATIVE:
+    return 0;
+  case NBD_FUA_EMULATE:
+    *flags &= ~NBD_FLAG_FUA;
+    *flush = 1;
+    return 0;
+  default:
+    return -EINVAL;
+  }
+}
+
+static int
+engine_after_write(struct nbd_ctx *c, int r, int flush)
+{
+  if (r == 0 && flush)
+    r = c->layer->ops->flush(c, c->next, 0);
+  return r;
+}
+
+/* ---- datapath entry points ----------------------------------------------- */
+
+int
+next_pread(struct nbd_ctx *c, void *buf, uint32_t count, uint64_t offset,
+           uint32_t flags)
+{
+  int r;
+
+  if ((r = engine_check_range(c, count, offset, EINVAL)) < 0 ||
+      (r = engine_check_payload(c, count)) < 0)
+    return r;
+  return c->layer->ops->pread(c, c->next, buf, count, offset, flags);
+}
+
+int
+next_pwrite(struct nbd_ctx *c, const void *buf, uint32_t count,
+            uint64_t offset, uint32_t flags)
+{
+  int r, flush;
+
+  if (!c->can_write)
+    return -EPERM;
+  if ((r = engine_check_range(c, count, offset, ENOSPC)) < 0 ||
+      (r = engine_check_payload(c, count)) < 0 ||
+      (r = engine_fua(c, &flags, &flush)) < 0)
+    return r;
+  r = c->layer->ops->pwrite(c, c->next, buf, count, offset, flags);
+  return engine_after_write(c, r, flush);
+}
+
+int
+next_flush(struct nbd_ctx *c, uint32_t flags)
+{
+  if (!c->can_flush)
+    return -EINVAL;
+  return c->layer->ops->flush(c, c->next, flags);
+}
+
+int
+next_trim(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  int r, flush;
+
+  if (!c->can_write)
+    return -EPERM;
+  if (!c->can_trim)
+    return -EOPNOTSUPP;
+  if ((r = engine_check_range(c, count, offset, ENOSPC)) < 0 ||
+      (r = engine_fua(c, &flags, &flush)) < 0)
+    return r;
+  r = c->layer->ops->trim(c, c->next, count, offset, flags);
+  return engine_after_write(c, r, flush);
+}
+
+/* Zero by writing zeros, in chunks that respect the layer's limits. */
+static int
+engine_emulate_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset)
+{
+  uint32_t chunk = ENGINE_CHUNK;
+  int r;
+
+  if (c->max_block && c->max_block < chunk)
+    chunk = c->max_block;
+  while (count > 0) {
+    uint32_t n = count < chunk ? count : chunk;
+    r = c->layer->ops->pwrite(c, c->next, engine_zero_buf, n, offset, 0);
+    if (r < 0)
+      return r;
+    count -= n;
+    offset += n;
+  }
+  return 0;
+}
+
+int
+next_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  int r, flush;
+
+  if (!c->can_write)
+    return -EPERM;
+  if (c->can_zero == NBD_ZERO_NONE)
+    return -EOPNOTSUPP;
+  if ((r = engine_check_range(c, count, offset, ENOSPC)) < 0 ||
+      (r = engine_fua(c, &flags, &flush)) < 0)
+    return r;
+  if (c->can_zero == NBD_ZERO_NATIVE) {
+    if ((flags & NBD_FLAG_FAST_ZERO) && !c->can_fast_zero)
+      return -ENOTSUP;
+    r = c->layer->ops->zero(c, c->next, count, offset, flags);
+    /* A native zero may still decline this request; fall back unless the
+     * client asked for a fast zero. */
+    if (r != -EOPNOTSUPP || (flags & NBD_FLAG_FAST_ZERO))
+      return engine_after_write(c, r, flush);
+  }
+  else if (flags & NBD_FLAG_FAST_ZERO)
+    return -ENOTSUP;
+  r = engine_emulate_zero(c, count, offset);
+  return engine_after_write(c, r, flush);
+}
+
+int
+next_extents(struct nbd_ctx *c, uint32_t count, uint64_t offset,
+             uint32_t flags, struct nbd_extents *extents)
+{
+  int r;
+
+  if ((r = engine_check_range(c, count, offset, EINVAL)) < 0)
+    return r;
+  if (count == 0)
+    return 0;
+  if (!c->can_extents)
+    return nbd_extents_add(extents, offset, count, 0);
+  return c->layer->ops->extents(c, c->next, count, offset, flags, extents);
+}
+
+int
+next_cache(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  uint32_t chunk = ENGINE_CHUNK;
+  void *buf;
+  int r = 0;
+
+  if ((r = engine_check_range(c, count, offset, EINVAL)) < 0)
+    return r;
+  switch (c->can_cache) {
+  case NBD_CACHE_NATIVE:
+    return c->layer->ops->cache(c, c->next, count, offset, flags);
+  case NBD_CACHE_EMULATE:
+    break;
+  default:
+    return -EINVAL;
+  }
+  if (c->max_block && c->max_block < chunk)
+    chunk = c->max_block;
+  if (count < chunk)
+    chunk = count;
+  if (chunk == 0)
+    return 0;
+  buf = malloc(chunk);
+  if (buf == NULL)
+    return -ENOMEM;
+  while (count > 0 && r == 0) {
+    uint32_t n = count < chunk ? count : chunk;
+    r = c->layer->ops->pread(c, c->next, buf, n, offset, 0);
+    count -= n;
+    offset += n;
+  }
+  free(buf);
+  return r;
+}
+
+/* ---- capability entry points: the cached answers ------------------------- */
+
+int64_t next_get_size(struct nbd_ctx *c) { return c->size; }
+int next_can_write(struct nbd_ctx *c) { return c->can_write; }
+int next_can_flush(struct nbd_ctx *c) { return c->can_flush; }
+int next_can_trim(struct nbd_ctx *c) { return c->can_trim; }
+int next_can_zero(struct nbd_ctx *c) { return c->can_zero; }
+int next_can_fast_zero(struct nbd_ctx *c) { return c->can_fast_zero; }
+int next_can_fua(struct nbd_ctx *c) { return c->can_fua; }
+int next_can_cache(struct nbd_ctx *c) { return c->can_cache; }
+int next_can_extents(struct nbd_ctx *c) { return c->can_extents; }
+int next_can_multi_conn(struct nbd_ctx *c) { return c->can_multi_conn; }
+int next_is_rotational(struct nbd_ctx *c) { return c->is_rotational; }
+
+int
+next_block_size(struct nbd_ctx *c, uint32_t *minimum, uint32_t *preferred,
+                uint32_t *maximum)
+{
+  *minimum = c->min_block;
+  *preferred = c->pref_block;
+  *maximum = c->max_block;
+  return 0;
+}

@@ -1,0 +1,74 @@
+/* nbdstack engine: exports, layer instances and per-connection stacks.
+ *
+ * The engine owns the export list built at startup, opens and closes one
+ * context per layer for each connection, and caches each layer's
+ * capabilities.  The next_<method>() entry points (engine.c) are where all
+ * emulation and boundary checks live.  It knows nothing of sockets.
+ */
+#ifndef NBDSTACK_ENGINE_H
+#define NBDSTACK_ENGINE_H
+
+#include <pthread.h>
+#include <stdio.h>
+
+#include "layer.h"
+
+struct nbd_export {
+  char *name;
+  char *description;
+  struct nbd_layer *top;        /* client side; ->below ... backend */
+  int readonly;                 /* forced read-only (config or -r) */
+  /* Derived by engine_export_finish from the stack. */
+  enum nbd_thread_model model;
+  int nonblocking;
+  pthread_mutex_t lock;         /* for SERIALIZE_CONNECTIONS/ALL_REQUESTS */
+  struct nbd_export *next;      /* in config order */
+};
+
+/* Registry (registry.c). */
+const struct nbd_layer_ops *registry_find(enum nbd_layer_kind kind,
+                                          const char *name);
+/* Sorted by name; returns the count and sets *out (a static array). */
+size_t registry_list(enum nbd_layer_kind kind,
+                     const struct nbd_layer_ops *const **out);
+/* Prints every layer and its parameters (--list). */
+void registry_print(FILE *fp);
+/* Compares the linked set with the build's selection; 0 if equal. */
+int registry_self_check(char *err, size_t errlen);
+
+/* Typed parameters (params.c). */
+int params_set(struct nbd_layer *layer, const char *key, const char *value,
+               char *err, size_t errlen);
+/* Applies defaults to unset params and checks required ones. */
+int params_finish(struct nbd_layer *layer, char *err, size_t errlen);
+void params_free(struct nbd_layer *layer);
+int params_parse_size(const char *s, uint64_t *out);
+int params_parse_uint(const char *s, uint64_t *out);
+int params_parse_bool(const char *s, int *out);
+int params_parse_duration(const char *s, uint64_t *out_ns);
+const char *params_type_name(enum nbd_param_type t);
+
+/* Layer instances and exports (engine.c). */
+struct nbd_layer *engine_layer_new(const struct nbd_layer_ops *ops,
+                                   const char *export_name);
+/* Runs params_finish and the layer's setup. */
+int engine_layer_setup(struct nbd_layer *layer, char *err, size_t errlen);
+void engine_layer_free(struct nbd_layer *layer);
+struct nbd_export *engine_export_new(const char *name);
+/* Appends a layer below the ones already there (call filters first, then
+ * the backend). */
+void engine_export_push(struct nbd_export *exp, struct nbd_layer *layer);
+/* Checks the stack ends with exactly one backend and derives the thread
+ * model; 0 or -1 with err filled. */
+int engine_export_finish(struct nbd_export *exp, char *err, size_t errlen);
+void engine_export_free(struct nbd_export *exp);
+
+/* Opens the export's stack for one connection: contexts allocated, open
+ * called inner to outer, then prepare inner to outer, then capabilities
+ * cached.  Returns the top context or NULL with err filled. */
+struct nbd_ctx *engine_open(struct nbd_export *exp, int readonly,
+                            struct nbd_conn *conn, char *err, size_t errlen);
+/* finalize outer to inner, then close outer to inner, then free. */
+int engine_close(struct nbd_ctx *top);
+
+#endif

@@ -1,0 +1,218 @@
+/* nbdstack: the API a filter or backend is written against.
+ *
+ * A layer is one file.  It defines, for every method in src/methods.def, a
+ * function <layer>_<method>, or says PASSTHROUGH(layer, method) (filters) or
+ * UNSUPPORTED(layer, method) (backends), and ends with NBD_REGISTER_FILTER or
+ * NBD_REGISTER_BACKEND.  A method left out is a compile error that names the
+ * layer and the method.
+ *
+ * Every method receives its own per-connection context (self) and the context
+ * of the layer below (next, NULL for a backend).  Through next_<method>(next,
+ * ...) a filter may call any method of the layer below; the engine applies
+ * capability checks and emulation (FUA by flush, zero by writes, cache by
+ * read, extents as "all data") at every boundary, so no layer repeats them.
+ *
+ * Datapath methods return 0 or -errno.  Capabilities return >= 0 or -errno.
+ * This header does not deal with the wire protocol or sockets.
+ */
+#ifndef NBDSTACK_LAYER_H
+#define NBDSTACK_LAYER_H
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "methods_gen.h"
+
+/* Request flags, the NBD_CMD_FLAG_* values of the protocol, so they travel
+ * from the wire through every layer unchanged. */
+#define NBD_FLAG_FUA       (1u << 0)
+#define NBD_FLAG_NO_HOLE   (1u << 1)
+#define NBD_FLAG_DF        (1u << 2)
+#define NBD_FLAG_REQ_ONE   (1u << 3)
+#define NBD_FLAG_FAST_ZERO (1u << 4)
+
+/* Tri-state answers of can_fua, can_zero and can_cache. */
+#define NBD_FUA_NONE       0
+#define NBD_FUA_EMULATE    1 /* engine sends a flush after the write */
+#define NBD_FUA_NATIVE     2
+#define NBD_FUA_DEFAULT    (-1000) /* UNSUPPORTED: EMULATE if can_flush, else NONE */
+#define NBD_ZERO_NONE      0
+#define NBD_ZERO_EMULATE   1 /* engine writes zeros through pwrite */
+#define NBD_ZERO_NATIVE    2
+#define NBD_CACHE_NONE     0
+#define NBD_CACHE_EMULATE  1 /* engine reads and discards */
+#define NBD_CACHE_NATIVE   2
+
+/* Extent types of the base:allocation meta context. */
+#define NBD_EXTENT_HOLE    (1u << 0)
+#define NBD_EXTENT_ZERO    (1u << 1)
+
+/* ---- typed parameters ------------------------------------------------- */
+
+/* Storage per type (the field at .offset in the layer's conf struct):
+ *   SIZE      uint64_t  bytes; accepts 512, 4k, 1M, 2G, 1T, 1E (binary units)
+ *   UINT      uint64_t  decimal or 0x hex
+ *   BOOL      int       yes/no, true/false, on/off, 1/0
+ *   STRING    char *    malloc'd copy
+ *   PATH      char *    malloc'd copy, must not be empty
+ *   DURATION  uint64_t  nanoseconds; accepts 10ns, 5us, 2ms, 1s, 1.5s, 3m, 1h; bare = seconds
+ *   ENUM      int       index into .choices
+ */
+enum nbd_param_type {
+  NBD_PARAM_SIZE,
+  NBD_PARAM_UINT,
+  NBD_PARAM_BOOL,
+  NBD_PARAM_STRING,
+  NBD_PARAM_PATH,
+  NBD_PARAM_DURATION,
+  NBD_PARAM_ENUM,
+};
+
+struct nbd_param {
+  const char *name;
+  enum nbd_param_type type;
+  size_t offset;              /* offsetof(struct conf, field) */
+  const char *def;            /* default as text, NULL = none (field stays 0) */
+  const char *help;
+  const char *const *choices; /* ENUM only, NULL-terminated */
+  int required;
+};
+
+#define NBD_PARAM_END { NULL, 0, 0, NULL, NULL, NULL, 0 }
+
+/* ---- layers ------------------------------------------------------------ */
+
+enum nbd_layer_kind { NBD_LAYER_FILTER, NBD_LAYER_BACKEND };
+
+/* How much concurrency a layer tolerates; an export runs with the most
+ * restrictive model of its layers. */
+enum nbd_thread_model {
+  NBD_SERIALIZE_CONNECTIONS = 0, /* one connection at a time */
+  NBD_SERIALIZE_ALL_REQUESTS = 1,/* one request at a time, all connections */
+  NBD_SERIALIZE_REQUESTS = 2,    /* one request at a time per connection */
+  NBD_PARALLEL = 3,
+};
+
+struct nbd_layer;
+
+struct nbd_layer_ops {
+  const char *name;
+  const char *description;            /* one line for --list */
+  enum nbd_layer_kind kind;
+  const struct nbd_param *params;     /* ends with NBD_PARAM_END */
+  size_t conf_size;                   /* size of the conf struct params fill */
+  enum nbd_thread_model thread_model; /* 0 is SERIALIZE_CONNECTIONS: set it */
+  /* Never blocks for long (no sleeping, no disk): the engine may run its
+   * requests inline on the connection's reader thread. */
+  int nonblocking;
+  /* Command line: a bare value with no "key=" sets this parameter, as in
+   * nbdkit ("memory 1G", "file disk.img").  NULL = none. */
+  const char *magic_param;
+
+  /* Startup, once per export after the params are parsed: validate and
+   * acquire shared state (open a file, allocate the store).  On error fill
+   * err (one line, no trailing newline) and return -1. */
+  int (*setup)(struct nbd_layer *layer, char *err, size_t errlen);
+  /* Undo setup at exit; conf strings are freed by the engine. */
+  void (*cleanup)(struct nbd_layer *layer);
+
+  NBD_OPS_FIELDS
+};
+
+/* One instance of a layer in one export's stack. */
+struct nbd_layer {
+  const struct nbd_layer_ops *ops;
+  void *conf;                 /* conf_size bytes, filled from params */
+  uint64_t params_set;        /* bit i set when params[i] was given */
+  void *state;                /* free for setup(): shared by all connections */
+  const char *export_name;
+  struct nbd_layer *below;    /* next layer instance, NULL for the backend */
+};
+
+/* Per-connection context of one layer. */
+struct nbd_ctx {
+  const struct nbd_layer *layer;
+  void *handle;               /* the layer's own per-connection state */
+  struct nbd_ctx *next;       /* context of the layer below, NULL for backend */
+  struct nbd_conn *conn;      /* owning connection, opaque to layers */
+  /* Capabilities, asked once when the connection opens. */
+  int64_t size;
+  uint32_t min_block, pref_block, max_block; /* 0 = no constraint */
+  int can_write, can_flush, can_trim, can_zero, can_fast_zero, can_fua;
+  int can_cache, can_extents, can_multi_conn, is_rotational;
+};
+
+/* True when the parameter called name was given in the config. */
+int nbd_layer_param_set(const struct nbd_layer *layer, const char *name);
+
+/* ---- extents ----------------------------------------------------------- */
+
+struct nbd_extent {
+  uint64_t offset;
+  uint64_t length;
+  uint32_t type;              /* NBD_EXTENT_HOLE | NBD_EXTENT_ZERO */
+};
+
+/* A list of contiguous extents covering part of [start, end).  Layers add
+ * extents in increasing order; nbd_extents_add clips to [start, end), merges
+ * neighbours of the same type, and ignores anything before the last extent. */
+struct nbd_extents {
+  struct nbd_extent *v;
+  size_t n, cap;
+  uint64_t start, end;
+};
+
+struct nbd_extents *nbd_extents_new(uint64_t start, uint64_t end);
+void nbd_extents_free(struct nbd_extents *e);
+/* Returns 0 or -ENOMEM / -EINVAL (gap or overlap after the last extent). */
+int nbd_extents_add(struct nbd_extents *e, uint64_t offset, uint64_t length,
+                    uint32_t type);
+
+/* ---- registration ------------------------------------------------------ */
+
+/* A layer's methods come from NBD_REQUIRED_METHODS, which names
+ * <layer>_<method> for every datapath and capability method. */
+#define PASSTHROUGH(layer, method) PASSTHROUGH_##method(layer)
+#define UNSUPPORTED(layer, method) UNSUPPORTED_##method(layer)
+
+/* Place a pointer to the descriptor in a linker section named after a C
+ * identifier, so the linker provides __start_/__stop_ bounds. */
+#define NBD_SECTION_ENTRY(sect, name)                                       \
+  /* used: no reference exists; retain: survive --gc-sections;           */ \
+  /* aligned: the section is read as an array of pointers.               */ \
+  static const struct nbd_layer_ops *const name##_registry_entry           \
+    __attribute__((used, retain, section(sect),                           \
+                   aligned(sizeof(void *)))) = &name##_layer_ops
+
+#define NBD_REGISTER_LAYER(layer, sect, kind_, ...)                         \
+  static const struct nbd_layer_ops layer##_layer_ops = {                   \
+    .name = #layer,                                                         \
+    .kind = kind_,                                                          \
+    NBD_REQUIRED_METHODS(layer)                                             \
+    __VA_ARGS__                                                             \
+  };                                                                        \
+  NBD_SECTION_ENTRY(sect, layer)
+
+/* Usage, last in the file:
+ *   NBD_REGISTER_FILTER(offset, .description = "...", .params = ...,
+ *                       .conf_size = sizeof (struct offset_conf), ...);  */
+#define NBD_REGISTER_FILTER(layer, ...)                                     \
+  NBD_REGISTER_LAYER(layer, "nbd_filters", NBD_LAYER_FILTER, __VA_ARGS__)
+#define NBD_REGISTER_BACKEND(layer, ...)                                    \
+  NBD_REGISTER_LAYER(layer, "nbd_backends", NBD_LAYER_BACKEND, __VA_ARGS__)
+
+/* ---- helpers for layers ------------------------------------------------ */
+
+/* Logging (src/log.c); nbd_debug prints only with -v. */
+void nbd_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void nbd_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void nbd_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void nbd_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+extern int nbd_verbose;
+
+/* True when every byte of buf[0..len) is zero. */
+int nbd_is_zero(const void *buf, size_t len);
+
+#endif

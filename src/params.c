@@ -1,0 +1,297 @@
+/* nbdstack typed parameters: turn "key=value" text into a layer's conf
+ * struct through the layer's table (name, type, offset, default, help).
+ *
+ * The core parser knows no layer's keys; errors name the key, the value and
+ * what was expected, and list the known keys for a typo.
+ */
+#include <ctype.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "engine.h"
+
+const char *
+params_type_name(enum nbd_param_type t)
+{
+  switch (t) {
+  case NBD_PARAM_SIZE: return "size";
+  case NBD_PARAM_UINT: return "uint";
+  case NBD_PARAM_BOOL: return "bool";
+  case NBD_PARAM_STRING: return "string";
+  case NBD_PARAM_PATH: return "path";
+  case NBD_PARAM_DURATION: return "duration";
+  case NBD_PARAM_ENUM: return "enum";
+  }
+  return "?";
+}
+
+int
+params_parse_uint(const char *s, uint64_t *out)
+{
+  char *end;
+  uint64_t v;
+
+  if (*s == '\0' || *s == '-' || isspace((unsigned char)*s))
+    return -1;
+  errno = 0;
+  v = strtoull(s, &end, 0);
+  if (errno || *end != '\0')
+    return -1;
+  *out = v;
+  return 0;
+}
+
+/* 512, 4k, 4K, 4KiB, 1M, 2G, 1T, 1P, 1E; also 1.5G.  Binary units. */
+int
+params_parse_size(const char *s, uint64_t *out)
+{
+  static const char units[] = "bkmgtpe";
+  char *end;
+  const char *u;
+  uint64_t v, mult = 1;
+  double frac = 0;
+  int shift = 0;
+
+  if (*s == '\0' || *s == '-' || isspace((unsigned char)*s))
+    return -1;
+  errno = 0;
+  v = strtoull(s, &end, 10);
+  if (errno || end == s)
+    return -1;
+  if (*end == '.') {
+    char *fend;
+    frac = strtod(end, &fend);
+    if (fend == end + 1)
+      return -1;
+    end = fend;
+  }
+  if (*end != '\0') {
+    u = strchr(units, tolower((unsigned char)*end));
+    if (u == NULL)
+      return -1;
+    shift = (int)(u - units) * 10;
+    end++;
+    if (shift && (strcasecmp(end, "ib") == 0 || strcasecmp(end, "b") == 0))
+      end += strlen(end);
+    if (*end != '\0')
+      return -1;
+  }
+  if (shift == 0 && frac != 0)
+    return -1;
+  mult = (uint64_t)1 << shift;
+  if (v > UINT64_MAX / mult)
+    return -1;
+  v *= mult;
+  if (frac != 0) {
+    double extra = frac * (double)mult;
+    if ((double)v + extra >= 18446744073709551615.0)
+      return -1;
+    v += (uint64_t)extra;
+  }
+  *out = v;
+  return 0;
+}
+
+int
+params_parse_bool(const char *s, int *out)
+{
+  static const char *const yes[] = { "1", "yes", "true", "on", "y", NULL };
+  static const char *const no[] = { "0", "no", "false", "off", "n", NULL };
+  int i;
+
+  for (i = 0; yes[i]; i++)
+    if (strcasecmp(s, yes[i]) == 0)
+      return *out = 1, 0;
+  for (i = 0; no[i]; i++)
+    if (strcasecmp(s, no[i]) == 0)
+      return *out = 0, 0;
+  return -1;
+}
+
+/* 10ns 5us 2ms 1s 1.5s 3m 1h; a bare number is seconds. */
+int
+params_parse_duration(const char *s, uint64_t *out_ns)
+{
+  static const struct { const char *u; double ns; } units[] = {
+    { "ns", 1 }, { "us", 1e3 }, { "ms", 1e6 }, { "s", 1e9 }, { "", 1e9 },
+    { "m", 60e9 }, { "min", 60e9 }, { "h", 3600e9 },
+  };
+  char *end;
+  double v;
+  size_t i;
+
+  if (*s == '\0' || *s == '-' || isspace((unsigned char)*s))
+    return -1;
+  errno = 0;
+  v = strtod(s, &end);
+  if (errno || end == s || !isfinite(v) || v < 0)
+    return -1;
+  for (i = 0; i < sizeof units / sizeof units[0]; i++)
+    if (strcmp(end, units[i].u) == 0) {
+      double ns = v * units[i].ns;
+      if (ns >= 1.8e19)
+        return -1;
+      *out_ns = (uint64_t)(ns + 0.5);
+      return 0;
+    }
+  return -1;
+}
+
+static const char *
+params_expect(const struct nbd_param *p)
+{
+  switch (p->type) {
+  case NBD_PARAM_SIZE: return "a size such as 4096, 64k, 1M or 2G";
+  case NBD_PARAM_UINT: return "a non-negative integer";
+  case NBD_PARAM_BOOL: return "yes or no";
+  case NBD_PARAM_DURATION: return "a duration such as 10ms, 2s or 1m";
+  case NBD_PARAM_PATH: return "a non-empty path";
+  default: return "a value";
+  }
+}
+
+static int
+params_store(const struct nbd_param *p, void *conf, const char *value,
+             char *err, size_t errlen)
+{
+  char *field = (char *)conf + p->offset;
+  uint64_t u;
+  int b, i;
+  char *s;
+
+  switch (p->type) {
+  case NBD_PARAM_SIZE:
+  case NBD_PARAM_UINT:
+  case NBD_PARAM_DURATION:
+    if ((p->type == NBD_PARAM_SIZE ? params_parse_size(value, &u) :
+         p->type == NBD_PARAM_UINT ? params_parse_uint(value, &u) :
+         params_parse_duration(value, &u)) == -1)
+      goto bad;
+    memcpy(field, &u, sizeof u);
+    return 0;
+  case NBD_PARAM_BOOL:
+    if (params_parse_bool(value, &b) == -1)
+      goto bad;
+    memcpy(field, &b, sizeof b);
+    return 0;
+  case NBD_PARAM_PATH:
+    if (*value == '\0')
+      goto bad;
+    /* fall through */
+  case NBD_PARAM_STRING:
+    s = strdup(value);
+    if (s == NULL) {
+      snprintf(err, errlen, "out of memory");
+      return -1;
+    }
+    free(*(char **)field);
+    memcpy(field, &s, sizeof s);
+    return 0;
+  case NBD_PARAM_ENUM:
+    for (i = 0; p->choices && p->choices[i]; i++)
+      if (strcasecmp(value, p->choices[i]) == 0) {
+        memcpy(field, &i, sizeof i);
+        return 0;
+      }
+    {
+      size_t len = 0;
+      len += snprintf(err, errlen, "%s: invalid value '%s' (one of:",
+                      p->name, value);
+      for (i = 0; p->choices && p->choices[i] && len < errlen; i++)
+        len += snprintf(err + len, errlen - len, " %s", p->choices[i]);
+      if (len < errlen)
+        snprintf(err + len, errlen - len, ")");
+    }
+    return -1;
+  }
+bad:
+  snprintf(err, errlen, "%s: invalid value '%s' (expected %s)", p->name,
+           value, params_expect(p));
+  return -1;
+}
+
+static int
+params_index(const struct nbd_layer *layer, const char *key)
+{
+  const struct nbd_param *p;
+  int i;
+
+  for (p = layer->ops->params, i = 0; p && p->name; p++, i++)
+    if (strcmp(p->name, key) == 0)
+      return i;
+  return -1;
+}
+
+int
+nbd_layer_param_set(const struct nbd_layer *layer, const char *name)
+{
+  int i = params_index(layer, name);
+  return i >= 0 && (layer->params_set & ((uint64_t)1 << i));
+}
+
+int
+params_set(struct nbd_layer *layer, const char *key, const char *value,
+           char *err, size_t errlen)
+{
+  const struct nbd_param *p;
+  int i = params_index(layer, key);
+
+  if (i < 0) {
+    size_t len = snprintf(err, errlen, "unknown key '%s' (known:", key);
+    for (p = layer->ops->params; p && p->name && len < errlen; p++)
+      len += snprintf(err + len, errlen - len, "%s %s",
+                      p == layer->ops->params ? "" : ",", p->name);
+    if (layer->ops->params == NULL || layer->ops->params[0].name == NULL)
+      len += snprintf(err + len, errlen - len, " none");
+    if (len < errlen)
+      snprintf(err + len, errlen - len, ")");
+    return -1;
+  }
+  if (i >= 64) {
+    snprintf(err, errlen, "%s: too many parameters in layer table", key);
+    return -1;
+  }
+  p = &layer->ops->params[i];
+  if (params_store(p, layer->conf, value, err, errlen) == -1)
+    return -1;
+  layer->params_set |= (uint64_t)1 << i;
+  return 0;
+}
+
+int
+params_finish(struct nbd_layer *layer, char *err, size_t errlen)
+{
+  const struct nbd_param *p;
+  int i;
+
+  for (p = layer->ops->params, i = 0; p && p->name; p++, i++) {
+    if (layer->params_set & ((uint64_t)1 << i))
+      continue;
+    if (p->required) {
+      snprintf(err, errlen, "missing required key '%s'", p->name);
+      return -1;
+    }
+    if (p->def && params_store(p, layer->conf, p->def, err, errlen) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+void
+params_free(struct nbd_layer *layer)
+{
+  const struct nbd_param *p;
+
+  if (layer->conf == NULL)
+    return;
+  for (p = layer->ops->params; p && p->name; p++)
+    if (p->type == NBD_PARAM_STRING || p->type == NBD_PARAM_PATH) {
+      char **f = (char **)((char *)layer->conf + p->offset);
+      free(*f);
+      *f = NULL;
+    }
+}
