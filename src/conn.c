@@ -1,0 +1,167 @@
+/* nbdstack connection I/O: buffered reads, locked vectored reply writes,
+ * the errno to NBD error table, and a connection's life from handshake to
+ * close.  Thread management for requests is in transmission.c; accepting
+ * and the list of live connections in server.c.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "protocol.h"
+
+#define CONN_RBUF_SIZE (32u << 10)
+
+/* Fills the input buffer with whatever is available (at least 1 byte). */
+static int
+conn_fill(struct nbd_conn *c)
+{
+  ssize_t r;
+
+  if (c->rbuf == NULL) {
+    c->rbuf = malloc(CONN_RBUF_SIZE);
+    if (c->rbuf == NULL)
+      return -1;
+    c->rcap = CONN_RBUF_SIZE;
+  }
+  if (c->rpos == c->rlen)
+    c->rpos = c->rlen = 0;
+  do
+    r = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
+  while (r == -1 && errno == EINTR);
+  if (r <= 0)
+    return -1;
+  c->rlen += (size_t)r;
+  return 0;
+}
+
+int
+conn_read(struct nbd_conn *c, void *buf, size_t len)
+{
+  char *p = buf;
+
+  while (len > 0) {
+    size_t avail = c->rlen - c->rpos;
+    if (avail > 0) {
+      size_t n = avail < len ? avail : len;
+      memcpy(p, c->rbuf + c->rpos, n);
+      c->rpos += n;
+      p += n;
+      len -= n;
+      continue;
+    }
+    /* Large payloads go straight into the caller's buffer. */
+    if (len >= CONN_RBUF_SIZE / 2) {
+      ssize_t r;
+      do
+        r = recv(c->fd, p, len, MSG_WAITALL);
+      while (r == -1 && errno == EINTR);
+      if (r <= 0)
+        return -1;
+      p += r;
+      len -= (size_t)r;
+      continue;
+    }
+    if (conn_fill(c) == -1)
+      return -1;
+  }
+  return 0;
+}
+
+int
+conn_skip(struct nbd_conn *c, size_t len)
+{
+  char tmp[4096];
+
+  while (len > 0) {
+    size_t n = len < sizeof tmp ? len : sizeof tmp;
+    if (conn_read(c, tmp, n) == -1)
+      return -1;
+    len -= n;
+  }
+  return 0;
+}
+
+int
+conn_writev(struct nbd_conn *c, struct iovec *iov, int n)
+{
+  struct msghdr msg;
+  ssize_t r;
+  int ret = 0;
+
+  pthread_mutex_lock(&c->wlock);
+  if (c->write_failed) {
+    pthread_mutex_unlock(&c->wlock);
+    return -1;
+  }
+  while (n > 0) {
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = iov;
+    msg.msg_iovlen = n;
+    r = sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      c->write_failed = 1;
+      ret = -1;
+      break;
+    }
+    /* Partial write: advance over the bytes sent. */
+    while (n > 0 && (size_t)r >= iov->iov_len) {
+      r -= (ssize_t)iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0) {
+      iov->iov_base = (char *)iov->iov_base + r;
+      iov->iov_len -= (size_t)r;
+    }
+  }
+  pthread_mutex_unlock(&c->wlock);
+  return ret;
+}
+
+/* The one errno → NBD error table (proto.md "Error values"): EDQUOT and
+ * EFBIG map to ENOSPC, EROFS to EPERM, anything unknown to EIO. */
+uint32_t
+conn_nbd_error(int err)
+{
+  if (err < 0)
+    err = -err;
+  switch (err) {
+  case 0: return 0;
+  case EPERM: case EROFS: case EACCES: return NBD_EPERM;
+  case EIO: return NBD_EIO;
+  case ENOMEM: return NBD_ENOMEM;
+  case EINVAL: case ERANGE: return NBD_EINVAL;
+  case ENOSPC: case EDQUOT: case EFBIG: return NBD_ENOSPC;
+  case EOVERFLOW: return NBD_EOVERFLOW;
+  case ENOTSUP: return NBD_ENOTSUP;
+  case ESHUTDOWN: return NBD_ESHUTDOWN;
+  default: return NBD_EIO;
+  }
+}
+
+void
+conn_run(struct nbd_conn *c)
+{
+  if (handshake_run(c) == 0)
+    transmission_run(c);
+  if (c->top) {
+    int r;
+    /* Flush so nothing acknowledged lingers in a layer's cache. */
+    if (c->top->can_flush && c->top->can_write &&
+        (r = next_flush(c->top, 0)) < 0)
+      nbd_error("%s: flush at close failed: %s", c->peer, strerror(-r));
+    if ((r = engine_close(c->top)) < 0)
+      nbd_error("%s: close failed: %s", c->peer, strerror(-r));
+    c->top = NULL;
+  }
+  if (c->serial_lock_held) {
+    pthread_mutex_unlock(&c->exp->lock);
+    c->serial_lock_held = 0;
+  }
+  nbd_debug("%s: connection closed", c->peer);
+}

@@ -1,0 +1,122 @@
+/* nbdstack: one client connection, from accept to close.
+ *
+ * server.c accepts and starts a thread per connection running conn_run:
+ * handshake (handshake.c) then the request loop (transmission.c).  The
+ * connection's own thread reads requests; requests of stacks that may
+ * block are handed to a small per-connection pool of workers so they run
+ * concurrently, others run inline on the reader (no handoff).  Replies are
+ * written whole, one locked vectored write each.
+ */
+#ifndef NBDSTACK_CONN_H
+#define NBDSTACK_CONN_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "config.h"
+#include "engine.h"
+
+struct nbd_request {
+  uint16_t flags, type;
+  uint64_t cookie;
+  uint64_t offset;
+  uint32_t count;
+  char *buf;                    /* payload of a write, data of a read */
+  size_t bufcap;
+  struct nbd_request *next;     /* queue / free list */
+};
+
+struct nbd_conn {
+  int fd;
+  const struct nbd_config *cfg;
+  char peer[64];                /* for log lines */
+
+  /* Buffered input: requests are parsed out of rbuf. */
+  char *rbuf;
+  size_t rpos, rlen, rcap;
+
+  /* Negotiated in the handshake. */
+  struct nbd_export *exp;
+  struct nbd_ctx *top;
+  int readonly;
+  int no_zeroes;
+  int structured;
+  int meta_base_allocation;     /* base:allocation selected */
+  char *meta_export;            /* export the meta context was set for */
+  uint16_t tflags;
+  uint32_t max_payload;         /* what we advertised as maximum */
+  int serial_lock_held;         /* holds exp->lock for the whole connection */
+
+  /* Replies. */
+  pthread_mutex_t wlock;
+  int write_failed;
+
+  /* Workers (only when the stack may block). */
+  pthread_mutex_t qlock;
+  pthread_cond_t qcond;         /* work queued or stopping */
+  pthread_cond_t donecond;      /* a request finished */
+  struct nbd_request *qhead, *qtail;
+  struct nbd_request *freelist;
+  unsigned nfree;
+  unsigned nworkers, nidle, inflight;
+  uint64_t inflight_bytes;
+  int stopping;
+  pthread_t *workers;
+
+  struct nbd_conn *prev, *next; /* server's list of live connections */
+};
+
+/* conn.c */
+void conn_run(struct nbd_conn *c);
+/* Reads exactly len bytes (buffered); 0, or -1 on EOF/error. */
+int conn_read(struct nbd_conn *c, void *buf, size_t len);
+/* Discards len bytes of input; 0 or -1. */
+int conn_skip(struct nbd_conn *c, size_t len);
+/* Writes all iovecs under the reply lock; 0 or -1. */
+int conn_writev(struct nbd_conn *c, struct iovec *iov, int n);
+/* Maps -errno to an NBD error value (one table). */
+uint32_t conn_nbd_error(int err);
+
+/* handshake.c: returns 0 to enter transmission, -1 to close. */
+int handshake_run(struct nbd_conn *c);
+
+/* transmission.c: the request loop until DISC, EOF or a violation. */
+void transmission_run(struct nbd_conn *c);
+
+/* server.c */
+extern volatile int server_stopping;
+
+/* Big-endian helpers. */
+static inline void
+wire_put16(unsigned char *p, uint16_t v)
+{
+  p[0] = v >> 8; p[1] = v;
+}
+static inline void
+wire_put32(unsigned char *p, uint32_t v)
+{
+  p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+static inline void
+wire_put64(unsigned char *p, uint64_t v)
+{
+  wire_put32(p, v >> 32); wire_put32(p + 4, (uint32_t)v);
+}
+static inline uint16_t
+wire_get16(const unsigned char *p)
+{
+  return (uint16_t)(p[0] << 8 | p[1]);
+}
+static inline uint32_t
+wire_get32(const unsigned char *p)
+{
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint64_t
+wire_get64(const unsigned char *p)
+{
+  return (uint64_t)wire_get32(p) << 32 | wire_get32(p + 4);
+}
+
+#endif

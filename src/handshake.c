@@ -1,0 +1,414 @@
+/* nbdstack handshake: fixed newstyle negotiation (proto.md "Handshake",
+ * "Option types", "Option reply types").
+ *
+ * Options: EXPORT_NAME, ABORT, LIST, STARTTLS (refused: no TLS yet), INFO,
+ * GO, STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT
+ * (base:allocation only).  Unknown options get NBD_REP_ERR_UNSUP and the
+ * session goes on; malformed lengths NBD_REP_ERR_INVALID with the stream
+ * kept in sync.  Unknown client flags, a bad option magic or an oversized
+ * option drop the connection.  Oldstyle negotiation is not offered.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "conn.h"
+#include "protocol.h"
+
+/* One option reply: header, then optional payload. */
+static int
+handshake_reply(struct nbd_conn *c, uint32_t opt, uint32_t type,
+                const void *data, size_t len)
+{
+  unsigned char h[20];
+  struct iovec iov[2];
+
+  wire_put64(h, NBD_REP_MAGIC);
+  wire_put32(h + 8, opt);
+  wire_put32(h + 12, type);
+  wire_put32(h + 16, (uint32_t)len);
+  iov[0].iov_base = h;
+  iov[0].iov_len = sizeof h;
+  iov[1].iov_base = (void *)data;
+  iov[1].iov_len = len;
+  return conn_writev(c, iov, len ? 2 : 1);
+}
+
+static int
+handshake_error(struct nbd_conn *c, uint32_t opt, uint32_t type,
+                const char *msg)
+{
+  nbd_debug("%s: option %u: %s", c->peer, opt, msg);
+  return handshake_reply(c, opt, type, msg, strlen(msg));
+}
+
+static struct nbd_export *
+handshake_find_export(struct nbd_conn *c, const char *name)
+{
+  struct nbd_export *e;
+
+  for (e = c->cfg->exports; e; e = e->next)
+    if (strcmp(e->name, name) == 0)
+      return e;
+  return c->cfg->any_export_name ? c->cfg->exports : NULL;
+}
+
+/* Transmission flags exactly as the opened stack can serve them. */
+static uint16_t
+handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
+{
+  uint16_t f = NBD_FLAG_HAS_FLAGS;
+
+  if (!t->can_write)
+    f |= NBD_FLAG_READ_ONLY;
+  if (t->can_flush)
+    f |= NBD_FLAG_SEND_FLUSH;
+  if (t->can_write && t->can_fua != NBD_FUA_NONE)
+    f |= NBD_FLAG_SEND_FUA;
+  if (t->is_rotational)
+    f |= NBD_FLAG_ROTATIONAL;
+  if (t->can_write && t->can_trim)
+    f |= NBD_FLAG_SEND_TRIM;
+  /* Zero is emulated by writes when the stack lacks it; a fast zero that
+   * would need emulation fails fast, so both flags follow can_zero. */
+  if (t->can_write && t->can_zero != NBD_ZERO_NONE)
+    f |= NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+  if (c->structured)
+    f |= NBD_FLAG_SEND_DF;
+  if (t->can_multi_conn)
+    f |= NBD_FLAG_CAN_MULTI_CONN;
+  if (t->can_cache != NBD_CACHE_NONE)
+    f |= NBD_FLAG_SEND_CACHE;
+  return f;
+}
+
+/* Opens the export's stack for this connection. */
+static int
+handshake_open(struct nbd_conn *c, struct nbd_export *e)
+{
+  char err[512];
+
+  if (e->model == NBD_SERIALIZE_CONNECTIONS && !c->serial_lock_held) {
+    pthread_mutex_lock(&e->lock);
+    c->serial_lock_held = 1;
+  }
+  c->exp = e;
+  c->top = engine_open(e, c->readonly || c->cfg->readonly, NULL, err,
+                       sizeof err);
+  if (c->top == NULL) {
+    nbd_error("%s: export \"%s\": %s", c->peer, e->name, err);
+    if (c->serial_lock_held) {
+      pthread_mutex_unlock(&e->lock);
+      c->serial_lock_held = 0;
+    }
+    return -1;
+  }
+  c->tflags = handshake_tflags(c, c->top);
+  c->max_payload = NBD_MAX_PAYLOAD;
+  if (c->top->max_block && c->top->max_block < c->max_payload)
+    c->max_payload = c->top->max_block;
+  return 0;
+}
+
+static void
+handshake_close_stack(struct nbd_conn *c)
+{
+  engine_close(c->top);
+  c->top = NULL;
+  if (c->serial_lock_held) {
+    pthread_mutex_unlock(&c->exp->lock);
+    c->serial_lock_held = 0;
+  }
+}
+
+/* NBD_OPT_EXPORT_NAME: no error reply exists, so failures drop. */
+static int
+handshake_export_name(struct nbd_conn *c, const char *name)
+{
+  struct nbd_export *e = handshake_find_export(c, name);
+  unsigned char out[8 + 2 + 124];
+  size_t len = c->no_zeroes ? 10 : sizeof out;
+  struct iovec iov = { out, len };
+
+  if (e == NULL) {
+    nbd_info("%s: unknown export \"%s\" requested", c->peer, name);
+    return -1;
+  }
+  if (handshake_open(c, e) == -1)
+    return -1;
+  memset(out, 0, sizeof out);
+  wire_put64(out, (uint64_t)c->top->size);
+  wire_put16(out + 8, c->tflags);
+  return conn_writev(c, &iov, 1);
+}
+
+/* Replies NBD_REP_INFO of one type. */
+static int
+handshake_info(struct nbd_conn *c, uint32_t opt, uint16_t type,
+               const struct nbd_export *e)
+{
+  unsigned char buf[2 + 12 + NBD_MAX_STRING];
+  size_t len = 2;
+  const char *s;
+  struct nbd_ctx *t = c->top;
+
+  wire_put16(buf, type);
+  switch (type) {
+  case NBD_INFO_EXPORT:
+    wire_put64(buf + 2, (uint64_t)t->size);
+    wire_put16(buf + 10, c->tflags);
+    len += 10;
+    break;
+  case NBD_INFO_NAME:
+  case NBD_INFO_DESCRIPTION:
+    s = type == NBD_INFO_NAME ? e->name : e->description;
+    if (s == NULL)
+      return 0;
+    len += strlen(s) > NBD_MAX_STRING ? NBD_MAX_STRING : strlen(s);
+    memcpy(buf + 2, s, len - 2);
+    break;
+  case NBD_INFO_BLOCK_SIZE:
+    wire_put32(buf + 2, t->min_block ? t->min_block : 1);
+    wire_put32(buf + 6, t->pref_block ? t->pref_block :
+               (t->min_block > 4096 ? t->min_block : 4096));
+    wire_put32(buf + 10, c->max_payload);
+    len += 12;
+    break;
+  default:
+    return 0;                   /* unknown requests are ignored */
+  }
+  return handshake_reply(c, opt, NBD_REP_INFO, buf, len);
+}
+
+/* NBD_OPT_INFO and NBD_OPT_GO.  Returns 1 when GO succeeded. */
+static int
+handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
+                  uint32_t len)
+{
+  uint32_t namelen;
+  uint16_t nreq, i, req;
+  int want_block = 0, want_name = 0, want_desc = 0;
+  char name[NBD_MAX_STRING + 1];
+  struct nbd_export *e;
+
+  if (len < 6 || (namelen = wire_get32(d)) > len - 6)
+    return handshake_error(c, opt, NBD_REP_ERR_INVALID,
+                           "option length too short for its content");
+  nreq = wire_get16(d + 4 + namelen);
+  if ((uint64_t)len != 6 + (uint64_t)namelen + 2u * nreq)
+    return handshake_error(c, opt, NBD_REP_ERR_INVALID,
+                           "option length does not match its content");
+  if (namelen > NBD_MAX_STRING)
+    return handshake_error(c, opt, NBD_REP_ERR_TOO_BIG,
+                           "export name longer than 4096 bytes");
+  memcpy(name, d + 4, namelen);
+  name[namelen] = '\0';
+  if (strlen(name) != namelen)
+    return handshake_error(c, opt, NBD_REP_ERR_INVALID,
+                           "export name contains NUL");
+  for (i = 0; i < nreq; i++) {
+    req = wire_get16(d + 4 + namelen + 2 + 2 * i);
+    want_block |= req == NBD_INFO_BLOCK_SIZE;
+    want_name |= req == NBD_INFO_NAME;
+    want_desc |= req == NBD_INFO_DESCRIPTION;
+  }
+  e = handshake_find_export(c, name);
+  if (e == NULL)
+    return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, "unknown export");
+  if (handshake_open(c, e) == -1)
+    return handshake_error(c, opt, NBD_REP_ERR_PLATFORM,
+                           "export could not be opened (see server log)");
+  /* A meta context chosen for another export does not carry over. */
+  if (c->meta_export && strcmp(c->meta_export, e->name) != 0)
+    c->meta_base_allocation = 0;
+  if (handshake_info(c, opt, NBD_INFO_EXPORT, e) == -1 ||
+      (want_name && handshake_info(c, opt, NBD_INFO_NAME, e) == -1) ||
+      (want_desc && handshake_info(c, opt, NBD_INFO_DESCRIPTION, e) == -1) ||
+      /* Constraints beyond the defaults are sent even unrequested. */
+      ((want_block || c->top->min_block > 1) &&
+       handshake_info(c, opt, NBD_INFO_BLOCK_SIZE, e) == -1) ||
+      handshake_reply(c, opt, NBD_REP_ACK, NULL, 0) == -1)
+    return -1;
+  if (opt == NBD_OPT_GO)
+    return 1;
+  handshake_close_stack(c);
+  return 0;
+}
+
+static int
+handshake_list(struct nbd_conn *c, uint32_t len)
+{
+  const struct nbd_export *e;
+  unsigned char buf[4 + 2 * NBD_MAX_STRING];
+
+  if (len != 0)
+    return handshake_error(c, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
+                           "NBD_OPT_LIST takes no data");
+  for (e = c->cfg->exports; e; e = e->next) {
+    size_t n = strlen(e->name), dl = e->description ? strlen(e->description) : 0;
+    if (n > NBD_MAX_STRING)
+      n = NBD_MAX_STRING;
+    if (dl > NBD_MAX_STRING)
+      dl = NBD_MAX_STRING;
+    wire_put32(buf, (uint32_t)n);
+    memcpy(buf + 4, e->name, n);
+    memcpy(buf + 4 + n, e->description, dl);
+    if (handshake_reply(c, NBD_OPT_LIST, NBD_REP_SERVER, buf, 4 + n + dl) == -1)
+      return -1;
+  }
+  return handshake_reply(c, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
+}
+
+/* True when the query selects base:allocation: "base:" (the whole
+ * namespace) or "base:allocation". */
+static int
+handshake_query_base_alloc(const unsigned char *q, uint32_t qlen)
+{
+  return (qlen == 5 && memcmp(q, "base:", 5) == 0) ||
+         (qlen == 15 && memcmp(q, "base:allocation", 15) == 0);
+}
+
+static int
+handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
+               uint32_t len)
+{
+  static const char ctxname[] = "base:allocation";
+  unsigned char rep[4 + sizeof ctxname];
+  uint32_t namelen, nq, qlen, pos, i;
+  char name[NBD_MAX_STRING + 1];
+  int found = 0;
+
+  if (!c->structured)
+    return handshake_error(c, opt, NBD_REP_ERR_INVALID,
+                           "structured replies not negotiated");
+  if (len < 8 || (namelen = wire_get32(d)) > len - 8)
+    return handshake_error(c, opt, NBD_REP_ERR_INVALID,
+                           "option length too short for its content");
+  if (namelen > NBD_MAX_STRING)
+    return handshake_error(c, opt, NBD_REP_ERR_TOO_BIG, "name too long");
+  memcpy(name, d + 4, namelen);
+  name[namelen] = '\0';
+  nq = wire_get32(d + 4 + namelen);
+  /* Walk the queries once to validate every length first. */
+  for (pos = 8 + namelen, i = 0; i < nq; i++) {
+    if (len - pos < 4 || (qlen = wire_get32(d + pos)) > len - pos - 4)
+      return handshake_error(c, opt, NBD_REP_ERR_INVALID,
+                             "query length exceeds option length");
+    if (handshake_query_base_alloc(d + pos + 4, qlen))
+      found = 1;
+    pos += 4 + qlen;
+  }
+  if (pos != len)
+    return handshake_error(c, opt, NBD_REP_ERR_INVALID,
+                           "option length does not match its content");
+  if (strlen(name) != namelen || handshake_find_export(c, name) == NULL)
+    return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, "unknown export");
+  if (nq == 0 && opt == NBD_OPT_LIST_META_CONTEXT)
+    found = 1;                  /* empty list query: every context */
+  if (opt == NBD_OPT_SET_META_CONTEXT) {
+    c->meta_base_allocation = found;
+    free(c->meta_export);
+    c->meta_export = strdup(name);
+  }
+  if (found) {
+    wire_put32(rep, opt == NBD_OPT_SET_META_CONTEXT ?
+               NBD_META_BASE_ALLOCATION_ID : 0);
+    memcpy(rep + 4, ctxname, sizeof ctxname - 1);
+    if (handshake_reply(c, opt, NBD_REP_META_CONTEXT, rep,
+                        4 + sizeof ctxname - 1) == -1)
+      return -1;
+  }
+  return handshake_reply(c, opt, NBD_REP_ACK, NULL, 0);
+}
+
+/* Handles one option; returns 1 to enter transmission, 0 to continue,
+ * -1 to drop the connection. */
+static int
+handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
+                 uint32_t len)
+{
+  char name[NBD_MAX_STRING + 1];
+
+  switch (opt) {
+  case NBD_OPT_EXPORT_NAME:
+    if (len > NBD_MAX_STRING)
+      return -1;
+    memcpy(name, d, len);
+    name[len] = '\0';
+    return handshake_export_name(c, name) == 0 ? 1 : -1;
+  case NBD_OPT_ABORT:
+    handshake_reply(c, opt, NBD_REP_ACK, NULL, 0);
+    return -1;
+  case NBD_OPT_LIST:
+    return handshake_list(c, len);
+  case NBD_OPT_STARTTLS:
+    return handshake_error(c, opt, NBD_REP_ERR_UNSUP,
+                           "TLS is not supported by this server");
+  case NBD_OPT_INFO:
+  case NBD_OPT_GO:
+    return handshake_info_go(c, opt, d, len);
+  case NBD_OPT_STRUCTURED_REPLY:
+    if (len != 0)
+      return handshake_error(c, opt, NBD_REP_ERR_INVALID,
+                             "NBD_OPT_STRUCTURED_REPLY takes no data");
+    c->structured = 1;
+    return handshake_reply(c, opt, NBD_REP_ACK, NULL, 0);
+  case NBD_OPT_LIST_META_CONTEXT:
+  case NBD_OPT_SET_META_CONTEXT:
+    return handshake_meta(c, opt, d, len);
+  default:
+    return handshake_error(c, opt, NBD_REP_ERR_UNSUP, "unknown option");
+  }
+}
+
+int
+handshake_run(struct nbd_conn *c)
+{
+  unsigned char buf[18], *data = NULL;
+  uint32_t cflags, opt, len;
+  struct iovec iov = { buf, 18 };
+  int r = -1, n;
+
+  wire_put64(buf, NBD_MAGIC);
+  wire_put64(buf + 8, NBD_IHAVEOPT);
+  wire_put16(buf + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+  if (conn_writev(c, &iov, 1) == -1 || conn_read(c, buf, 4) == -1)
+    return -1;
+  cflags = wire_get32(buf);
+  if (cflags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
+    nbd_info("%s: unknown client flags 0x%x, dropping", c->peer, cflags);
+    return -1;
+  }
+  c->no_zeroes = !!(cflags & NBD_FLAG_C_NO_ZEROES);
+
+  for (n = 0; n < NBD_MAX_OPTIONS && !server_stopping; n++) {
+    if (conn_read(c, buf, 16) == -1)
+      break;
+    if (wire_get64(buf) != NBD_IHAVEOPT) {
+      nbd_info("%s: bad option magic, dropping", c->peer);
+      break;
+    }
+    opt = wire_get32(buf + 8);
+    len = wire_get32(buf + 12);
+    if (len > NBD_MAX_OPTION_LEN) {
+      nbd_info("%s: option %u of %u bytes is too long, dropping", c->peer,
+               opt, len);
+      break;
+    }
+    free(data);
+    data = malloc(len + 1);
+    if (data == NULL || conn_read(c, data, len) == -1)
+      break;
+    r = handshake_option(c, opt, data, len);
+    if (r != 0)
+      break;
+    r = -1;
+  }
+  if (n == NBD_MAX_OPTIONS)
+    nbd_info("%s: more than %d options, dropping", c->peer, NBD_MAX_OPTIONS);
+  free(data);
+  if (r == 1)
+    return 0;
+  if (c->top)
+    handshake_close_stack(c);
+  return -1;
+}

@@ -1,0 +1,103 @@
+/* nbdstack: NBD wire constants, named as in the NBD protocol
+ * (doc/proto.md of NetworkBlockDevice/nbd).  Everything on the wire is
+ * big-endian.  Only what nbdstack speaks is here: fixed newstyle
+ * negotiation, simple and structured replies, base:allocation. */
+#ifndef NBDSTACK_PROTOCOL_H
+#define NBDSTACK_PROTOCOL_H
+
+#include <stdint.h>
+
+/* Handshake (proto.md "Newstyle negotiation"). */
+#define NBD_MAGIC                 UINT64_C(0x4e42444d41474943) /* "NBDMAGIC" */
+#define NBD_IHAVEOPT              UINT64_C(0x49484156454F5054) /* "IHAVEOPT" */
+#define NBD_REP_MAGIC             UINT64_C(0x3e889045565a9)
+
+#define NBD_FLAG_FIXED_NEWSTYLE   (1u << 0)
+#define NBD_FLAG_NO_ZEROES        (1u << 1)
+#define NBD_FLAG_C_FIXED_NEWSTYLE (1u << 0)
+#define NBD_FLAG_C_NO_ZEROES      (1u << 1)
+
+#define NBD_OPT_EXPORT_NAME       1
+#define NBD_OPT_ABORT             2
+#define NBD_OPT_LIST              3
+#define NBD_OPT_STARTTLS          5
+#define NBD_OPT_INFO              6
+#define NBD_OPT_GO                7
+#define NBD_OPT_STRUCTURED_REPLY  8
+#define NBD_OPT_LIST_META_CONTEXT 9
+#define NBD_OPT_SET_META_CONTEXT  10
+
+#define NBD_REP_ACK               1
+#define NBD_REP_SERVER            2
+#define NBD_REP_INFO              3
+#define NBD_REP_META_CONTEXT      4
+#define NBD_REP_ERR(n)            (UINT32_C(0x80000000) | (n))
+#define NBD_REP_ERR_UNSUP         NBD_REP_ERR(1)
+#define NBD_REP_ERR_POLICY        NBD_REP_ERR(2)
+#define NBD_REP_ERR_INVALID       NBD_REP_ERR(3)
+#define NBD_REP_ERR_PLATFORM      NBD_REP_ERR(4)
+#define NBD_REP_ERR_TLS_REQD      NBD_REP_ERR(5)
+#define NBD_REP_ERR_UNKNOWN       NBD_REP_ERR(6)
+#define NBD_REP_ERR_SHUTDOWN      NBD_REP_ERR(7)
+#define NBD_REP_ERR_BLOCK_SIZE_REQD NBD_REP_ERR(8)
+#define NBD_REP_ERR_TOO_BIG       NBD_REP_ERR(9)
+
+#define NBD_INFO_EXPORT           0
+#define NBD_INFO_NAME             1
+#define NBD_INFO_DESCRIPTION      2
+#define NBD_INFO_BLOCK_SIZE       3
+
+/* Transmission flags. */
+#define NBD_FLAG_HAS_FLAGS        (1u << 0)
+#define NBD_FLAG_READ_ONLY        (1u << 1)
+#define NBD_FLAG_SEND_FLUSH       (1u << 2)
+#define NBD_FLAG_SEND_FUA         (1u << 3)
+#define NBD_FLAG_ROTATIONAL       (1u << 4)
+#define NBD_FLAG_SEND_TRIM        (1u << 5)
+#define NBD_FLAG_SEND_WRITE_ZEROES (1u << 6)
+#define NBD_FLAG_SEND_DF          (1u << 7)
+#define NBD_FLAG_CAN_MULTI_CONN   (1u << 8)
+#define NBD_FLAG_SEND_CACHE       (1u << 10)
+#define NBD_FLAG_SEND_FAST_ZERO   (1u << 11)
+
+/* Transmission (proto.md "Transmission"). */
+#define NBD_REQUEST_MAGIC         UINT32_C(0x25609513)
+#define NBD_SIMPLE_REPLY_MAGIC    UINT32_C(0x67446698)
+#define NBD_STRUCTURED_REPLY_MAGIC UINT32_C(0x668e33ef)
+
+#define NBD_CMD_READ              0
+#define NBD_CMD_WRITE             1
+#define NBD_CMD_DISC              2
+#define NBD_CMD_FLUSH             3
+#define NBD_CMD_TRIM              4
+#define NBD_CMD_CACHE             5
+#define NBD_CMD_WRITE_ZEROES      6
+#define NBD_CMD_BLOCK_STATUS      7
+
+/* Command flags are NBD_FLAG_FUA ... NBD_FLAG_FAST_ZERO in layer.h. */
+
+#define NBD_REPLY_FLAG_DONE       (1u << 0)
+#define NBD_REPLY_TYPE_NONE       0
+#define NBD_REPLY_TYPE_OFFSET_DATA 1
+#define NBD_REPLY_TYPE_OFFSET_HOLE 2
+#define NBD_REPLY_TYPE_BLOCK_STATUS 5
+#define NBD_REPLY_TYPE_ERROR      32769
+
+/* Error values (proto.md "Error values"). */
+#define NBD_EPERM                 1
+#define NBD_EIO                   5
+#define NBD_ENOMEM                12
+#define NBD_EINVAL                22
+#define NBD_ENOSPC                28
+#define NBD_EOVERFLOW             75
+#define NBD_ENOTSUP               95
+#define NBD_ESHUTDOWN             108
+
+/* Limits of this server. */
+#define NBD_MAX_STRING            4096            /* proto.md: strings */
+#define NBD_MAX_PAYLOAD           (32u << 20)     /* advertised maximum */
+#define NBD_MAX_OPTION_LEN        (64u << 10)
+#define NBD_MAX_OPTIONS           256
+#define NBD_META_BASE_ALLOCATION_ID 1
+
+#endif

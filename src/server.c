@@ -1,0 +1,442 @@
+/* nbdstack server: listening sockets (TCP v4/v6, Unix, or inherited from
+ * systemd socket activation), the accept loop, one thread per connection,
+ * readiness notification, and orderly shutdown on SIGTERM/SIGINT: stop
+ * accepting, let every connection finish its in-flight requests, flush,
+ * close, exit 0.  It does not parse the config (config.c) nor speak NBD
+ * (handshake.c, transmission.c).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "server.h"
+
+#define SERVER_MAX_LISTEN 64
+#define SERVER_CONN_STACK (256u << 10)
+#define SERVER_GRACE_SECONDS 5
+
+volatile int server_stopping;
+
+static int server_sigpipe[2] = { -1, -1 };
+static pthread_mutex_t server_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t server_conns_cond = PTHREAD_COND_INITIALIZER;
+static struct nbd_conn *server_conns;
+static unsigned server_nconns;
+
+struct server_listener {
+  int fd;
+  char *unlink_path;            /* Unix socket we created */
+  char desc[128];
+};
+
+static struct server_listener server_listeners[SERVER_MAX_LISTEN];
+static size_t server_nlisteners;
+
+static void
+server_on_signal(int sig)
+{
+  int saved = errno;
+  char c = (char)sig;
+
+  server_stopping = 1;
+  if (write(server_sigpipe[1], &c, 1) == -1) {
+    /* The pipe is full: a wake-up is already pending. */
+  }
+  errno = saved;
+}
+
+static int
+server_add_fd(int fd, const char *path, const char *desc)
+{
+  struct server_listener *l;
+
+  if (server_nlisteners == SERVER_MAX_LISTEN) {
+    nbd_error("too many listening sockets (max %d)", SERVER_MAX_LISTEN);
+    close(fd);
+    return -1;
+  }
+  l = &server_listeners[server_nlisteners++];
+  l->fd = fd;
+  l->unlink_path = path ? strdup(path) : NULL;
+  snprintf(l->desc, sizeof l->desc, "%s", desc);
+  return 0;
+}
+
+static int
+server_listen_unix(const struct nbd_listen *ln)
+{
+  struct sockaddr_un sun;
+  struct stat st;
+  int fd;
+
+  memset(&sun, 0, sizeof sun);
+  sun.sun_family = AF_UNIX;
+  if (strlen(ln->path) >= sizeof sun.sun_path) {
+    nbd_error("unix socket path too long (max %zu bytes): %s",
+              sizeof sun.sun_path - 1, ln->path);
+    return -1;
+  }
+  strcpy(sun.sun_path, ln->path);
+  /* A stale socket from an earlier run would make bind fail; remove only
+   * a socket, never a regular file. */
+  if (lstat(ln->path, &st) == 0 && S_ISSOCK(st.st_mode))
+    unlink(ln->path);
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd == -1 || bind(fd, (struct sockaddr *)&sun, sizeof sun) == -1 ||
+      listen(fd, SOMAXCONN) == -1) {
+    nbd_error("cannot listen on unix:%s: %s", ln->path, strerror(errno));
+    if (fd != -1)
+      close(fd);
+    return -1;
+  }
+  return server_add_fd(fd, ln->path, ln->path);
+}
+
+static int
+server_listen_tcp(const struct nbd_listen *ln)
+{
+  struct addrinfo hints, *res, *a;
+  const char *host = ln->host && *ln->host ? ln->host : NULL;
+  const char *port = ln->port && *ln->port ? ln->port : "10809";
+  char desc[128], addr[INET6_ADDRSTRLEN];
+  int r, fd, one = 1, bound = 0;
+
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_ADDRCONFIG;
+  r = getaddrinfo(host, port, &hints, &res);
+  if (r != 0) {
+    nbd_error("cannot resolve tcp:%s:%s: %s", host ? host : "*", port,
+              gai_strerror(r));
+    return -1;
+  }
+  for (a = res; a; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd == -1)
+      continue;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    /* Bind v4 and v6 separately so both can listen on one port. */
+    if (a->ai_family == AF_INET6)
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    getnameinfo(a->ai_addr, a->ai_addrlen, addr, sizeof addr, NULL, 0,
+                NI_NUMERICHOST);
+    snprintf(desc, sizeof desc, a->ai_family == AF_INET6 ? "[%s]:%s" :
+             "%s:%s", addr, port);
+    if (bind(fd, a->ai_addr, a->ai_addrlen) == -1 ||
+        listen(fd, SOMAXCONN) == -1) {
+      nbd_error("cannot listen on tcp %s: %s", desc, strerror(errno));
+      close(fd);
+      continue;
+    }
+    if (server_add_fd(fd, NULL, desc) == 0)
+      bound++;
+  }
+  freeaddrinfo(res);
+  return bound ? 0 : -1;
+}
+
+/* systemd socket activation: LISTEN_PID must be us; fds 3..3+N-1. */
+static int
+server_activation(void)
+{
+  const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+  char *end;
+  long n, i;
+
+  if (pid == NULL || fds == NULL)
+    return 0;
+  if (strtol(pid, &end, 10) != (long)getpid() || *end)
+    return 0;
+  n = strtol(fds, &end, 10);
+  if (*end || n <= 0 || n > SERVER_MAX_LISTEN)
+    return 0;
+  unsetenv("LISTEN_PID");
+  unsetenv("LISTEN_FDS");
+  unsetenv("LISTEN_FDNAMES");
+  for (i = 0; i < n; i++) {
+    char desc[32];
+    int fd = 3 + (int)i;
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    snprintf(desc, sizeof desc, "inherited fd %d", fd);
+    if (server_add_fd(fd, NULL, desc) == -1)
+      return -1;
+  }
+  return (int)n;
+}
+
+/* READY=1 to $NOTIFY_SOCKET ('@' = abstract namespace). */
+static void
+server_notify(const char *msg)
+{
+  const char *path = getenv("NOTIFY_SOCKET");
+  struct sockaddr_un sun;
+  socklen_t len;
+  int fd;
+
+  if (path == NULL || (path[0] != '/' && path[0] != '@') ||
+      strlen(path) >= sizeof sun.sun_path)
+    return;
+  memset(&sun, 0, sizeof sun);
+  sun.sun_family = AF_UNIX;
+  memcpy(sun.sun_path, path, strlen(path));
+  if (path[0] == '@')
+    sun.sun_path[0] = '\0';
+  len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
+  fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd == -1)
+    return;
+  if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sun,
+             len) == -1)
+    nbd_warn("sd_notify to %s failed: %s", path, strerror(errno));
+  close(fd);
+}
+
+static void *
+server_conn_thread(void *arg)
+{
+  struct nbd_conn *c = arg;
+
+  conn_run(c);
+  pthread_mutex_lock(&server_lock);
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    server_conns = c->next;
+  if (c->next)
+    c->next->prev = c->prev;
+  server_nconns--;
+  pthread_cond_broadcast(&server_conns_cond);
+  pthread_mutex_unlock(&server_lock);
+  close(c->fd);
+  pthread_mutex_destroy(&c->wlock);
+  pthread_mutex_destroy(&c->qlock);
+  pthread_cond_destroy(&c->qcond);
+  pthread_cond_destroy(&c->donecond);
+  free(c->rbuf);
+  free(c->meta_export);
+  free(c);
+  return NULL;
+}
+
+static void
+server_accept(const struct nbd_config *cfg, struct server_listener *l)
+{
+  struct sockaddr_storage ss;
+  socklen_t sslen = sizeof ss;
+  char addr[INET6_ADDRSTRLEN] = "";
+  pthread_attr_t attr;
+  pthread_t tid;
+  struct nbd_conn *c;
+  int fd, one = 1;
+
+  fd = accept4(l->fd, (struct sockaddr *)&ss, &sslen, SOCK_CLOEXEC);
+  if (fd == -1) {
+    if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+      nbd_warn("accept on %s: %s", l->desc, strerror(errno));
+    if (errno == EMFILE || errno == ENFILE)
+      usleep(100000);           /* let connections close; don't spin */
+    return;
+  }
+  c = calloc(1, sizeof *c);
+  if (c == NULL) {
+    close(fd);
+    return;
+  }
+  c->fd = fd;
+  c->cfg = cfg;
+  if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    getnameinfo((struct sockaddr *)&ss, sslen, addr, sizeof addr, NULL, 0,
+                NI_NUMERICHOST);
+    snprintf(c->peer, sizeof c->peer, "%s", addr);
+  } else
+    snprintf(c->peer, sizeof c->peer, "unix client fd %d", fd);
+  pthread_mutex_init(&c->wlock, NULL);
+  pthread_mutex_init(&c->qlock, NULL);
+  pthread_cond_init(&c->qcond, NULL);
+  pthread_cond_init(&c->donecond, NULL);
+
+  pthread_mutex_lock(&server_lock);
+  c->next = server_conns;
+  if (server_conns)
+    server_conns->prev = c;
+  server_conns = c;
+  server_nconns++;
+  pthread_mutex_unlock(&server_lock);
+
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, SERVER_CONN_STACK);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  if (pthread_create(&tid, &attr, server_conn_thread, c) != 0) {
+    nbd_warn("cannot start a connection thread: dropping client");
+    shutdown(fd, SHUT_RDWR);
+    pthread_attr_destroy(&attr);
+    /* The thread body does the unlinking and freeing; run it here. */
+    c->cfg = cfg;
+    server_conn_thread(c);
+    return;
+  }
+  pthread_attr_destroy(&attr);
+  nbd_debug("%s: connected on %s", c->peer, l->desc);
+}
+
+/* Wakes every connection's reader; after the grace period, also writers
+ * blocked on clients that stopped reading. */
+static void
+server_drain(void)
+{
+  struct timespec deadline;
+  struct nbd_conn *c;
+  int how = SHUT_RD;
+
+  clock_gettime(CLOCK_REALTIME, &deadline);
+  deadline.tv_sec += SERVER_GRACE_SECONDS;
+  pthread_mutex_lock(&server_lock);
+  for (;;) {
+    for (c = server_conns; c; c = c->next)
+      shutdown(c->fd, how);
+    if (server_nconns == 0)
+      break;
+    if (pthread_cond_timedwait(&server_conns_cond, &server_lock,
+                               &deadline) == ETIMEDOUT) {
+      if (how == SHUT_RDWR)
+        break;
+      nbd_warn("%u connections still busy after %ds: closing them",
+               server_nconns, SERVER_GRACE_SECONDS);
+      how = SHUT_RDWR;
+      deadline.tv_sec += 2;
+    }
+  }
+  pthread_mutex_unlock(&server_lock);
+}
+
+static int
+server_open_listeners(const struct nbd_config *cfg)
+{
+  size_t i;
+  int n = server_activation();
+
+  if (n < 0)
+    return -1;
+  if (n > 0) {
+    nbd_info("using %d socket(s) from systemd socket activation", n);
+    return 0;
+  }
+  for (i = 0; i < cfg->nlistens; i++) {
+    const struct nbd_listen *ln = &cfg->listens[i];
+    if ((ln->kind == NBD_LISTEN_UNIX ? server_listen_unix(ln)
+                                     : server_listen_tcp(ln)) == -1)
+      return -1;
+  }
+  if (server_nlisteners == 0) {
+    nbd_error("nothing to listen on");
+    return -1;
+  }
+  return 0;
+}
+
+static void
+server_close_listeners(void)
+{
+  size_t i;
+
+  for (i = 0; i < server_nlisteners; i++) {
+    close(server_listeners[i].fd);
+    if (server_listeners[i].unlink_path) {
+      unlink(server_listeners[i].unlink_path);
+      free(server_listeners[i].unlink_path);
+    }
+  }
+  server_nlisteners = 0;
+}
+
+static void
+server_signals(void)
+{
+  struct sigaction sa;
+
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_IGN;
+  sigaction(SIGPIPE, &sa, NULL);
+  sa.sa_handler = server_on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+}
+
+static void
+server_write_pidfile(const char *path)
+{
+  FILE *fp = fopen(path, "w");
+
+  if (fp == NULL) {
+    nbd_warn("cannot write pidfile %s: %s", path, strerror(errno));
+    return;
+  }
+  fprintf(fp, "%ld\n", (long)getpid());
+  fclose(fp);
+}
+
+int
+server_run(const struct nbd_config *cfg)
+{
+  struct pollfd pfd[SERVER_MAX_LISTEN + 1];
+  size_t i;
+
+  if (pipe2(server_sigpipe, O_CLOEXEC | O_NONBLOCK) == -1) {
+    nbd_error("pipe: %s", strerror(errno));
+    return -1;
+  }
+  server_signals();
+  if (server_open_listeners(cfg) == -1) {
+    server_close_listeners();
+    return -1;
+  }
+  for (i = 0; i < server_nlisteners; i++) {
+    fcntl(server_listeners[i].fd, F_SETFL,
+          fcntl(server_listeners[i].fd, F_GETFL) | O_NONBLOCK);
+    nbd_info("listening on %s", server_listeners[i].desc);
+  }
+  if (cfg->pidfile)
+    server_write_pidfile(cfg->pidfile);
+  server_notify("READY=1");
+
+  while (!server_stopping) {
+    for (i = 0; i < server_nlisteners; i++) {
+      pfd[i].fd = server_listeners[i].fd;
+      pfd[i].events = POLLIN;
+    }
+    pfd[i].fd = server_sigpipe[0];
+    pfd[i].events = POLLIN;
+    if (poll(pfd, server_nlisteners + 1, -1) == -1) {
+      if (errno == EINTR)
+        continue;
+      nbd_error("poll: %s", strerror(errno));
+      break;
+    }
+    for (i = 0; i < server_nlisteners && !server_stopping; i++)
+      if (pfd[i].revents & POLLIN)
+        server_accept(cfg, &server_listeners[i]);
+  }
+  nbd_info("shutting down");
+  server_notify("STOPPING=1");
+  server_close_listeners();
+  server_drain();
+  if (cfg->pidfile)
+    unlink(cfg->pidfile);
+  return 0;
+}

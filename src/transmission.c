@@ -1,0 +1,566 @@
+/* nbdstack transmission phase: parse requests, validate them against the
+ * negotiated flags, run them through the stack, reply (proto.md
+ * "Transmission", "Request types", "Error values").
+ *
+ * Requests run inline on the reader thread when every layer of the export
+ * is non-blocking (no handoff, best latency and CPU); otherwise a lazily
+ * grown pool of per-connection workers runs them concurrently and replies
+ * leave in completion order.  In-flight requests and bytes are bounded so
+ * a client that never reads replies cannot grow the server's memory.
+ * A bad request gets an error reply and the connection goes on; a protocol
+ * violation (bad magic, oversized write payload) closes this connection.
+ */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conn.h"
+#include "protocol.h"
+
+#define TX_MAX_INFLIGHT_BYTES (64u << 20)
+#define TX_MAX_INFLIGHT       64
+#define TX_KEEP_BUF           (4u << 20)   /* larger buffers are not kept */
+#define TX_FREELIST_MAX       16
+#define TX_HOLE_GRANULE       4096
+#define TX_MAX_CHUNKS         64
+#define TX_WORKER_STACK       (256u << 10)
+
+/* ---- requests and buffers ---------------------------------------------- */
+
+static struct nbd_request *
+tx_get_request(struct nbd_conn *c)
+{
+  struct nbd_request *r;
+
+  pthread_mutex_lock(&c->qlock);
+  r = c->freelist;
+  if (r) {
+    c->freelist = r->next;
+    c->nfree--;
+  }
+  pthread_mutex_unlock(&c->qlock);
+  if (r == NULL)
+    r = calloc(1, sizeof *r);
+  return r;
+}
+
+/* Caller holds qlock. */
+static void
+tx_put_request_locked(struct nbd_conn *c, struct nbd_request *r)
+{
+  if (c->nfree >= TX_FREELIST_MAX) {
+    free(r->buf);
+    free(r);
+    return;
+  }
+  if (r->bufcap > TX_KEEP_BUF) {
+    free(r->buf);
+    r->buf = NULL;
+    r->bufcap = 0;
+  }
+  r->next = c->freelist;
+  c->freelist = r;
+  c->nfree++;
+}
+
+static int
+tx_reserve(struct nbd_request *r, size_t len)
+{
+  char *p;
+
+  if (r->bufcap >= len)
+    return 0;
+  p = malloc(len);
+  if (p == NULL)
+    return -1;
+  free(r->buf);
+  r->buf = p;
+  r->bufcap = len;
+  return 0;
+}
+
+/* ---- replies ------------------------------------------------------------ */
+
+static int
+tx_simple_reply(struct nbd_conn *c, const struct nbd_request *r,
+                uint32_t error, const void *data, size_t len)
+{
+  unsigned char h[16];
+  struct iovec iov[2] = { { h, sizeof h }, { (void *)data, len } };
+
+  wire_put32(h, NBD_SIMPLE_REPLY_MAGIC);
+  wire_put32(h + 4, error);
+  wire_put64(h + 8, r->cookie);
+  return conn_writev(c, iov, error == 0 && len ? 2 : 1);
+}
+
+static void
+tx_chunk_header(unsigned char *h, const struct nbd_request *r, uint16_t flags,
+                uint16_t type, uint32_t len)
+{
+  wire_put32(h, NBD_STRUCTURED_REPLY_MAGIC);
+  wire_put16(h + 4, flags);
+  wire_put16(h + 6, type);
+  wire_put64(h + 8, r->cookie);
+  wire_put32(h + 16, len);
+}
+
+static int
+tx_error_reply(struct nbd_conn *c, const struct nbd_request *r, int err)
+{
+  uint32_t nbderr = conn_nbd_error(err);
+  const char *msg;
+  unsigned char h[20 + 6];
+  struct iovec iov[2];
+  size_t mlen;
+
+  /* Structured replies are mandatory for READ and BLOCK_STATUS once
+   * negotiated; they also carry a message for a human. */
+  if (!c->structured ||
+      (r->type != NBD_CMD_READ && r->type != NBD_CMD_BLOCK_STATUS))
+    return tx_simple_reply(c, r, nbderr, NULL, 0);
+  msg = strerror(err < 0 ? -err : err);
+  mlen = strlen(msg);
+  tx_chunk_header(h, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR,
+                  (uint32_t)(6 + mlen));
+  wire_put32(h + 20, nbderr);
+  wire_put16(h + 24, (uint16_t)mlen);
+  iov[0].iov_base = h;
+  iov[0].iov_len = sizeof h;
+  iov[1].iov_base = (void *)msg;
+  iov[1].iov_len = mlen;
+  return conn_writev(c, iov, 2);
+}
+
+/* A structured read reply: data chunks, with aligned runs of zeros sent as
+ * hole chunks (they read as zero: proto.md NBD_REPLY_TYPE_OFFSET_HOLE),
+ * unless the client asked not to fragment (DF). */
+static int
+tx_read_reply(struct nbd_conn *c, const struct nbd_request *r)
+{
+  unsigned char hdrs[TX_MAX_CHUNKS][32];
+  struct iovec iov[2 * TX_MAX_CHUNKS];
+  uint32_t pos = 0, end = r->count;
+  int nchunks = 0, niov = 0;
+
+  while (pos < end) {
+    uint32_t run_end = end, g;
+    int hole = 0;
+
+    if (!(r->flags & NBD_FLAG_DF) && nchunks < TX_MAX_CHUNKS - 1) {
+      /* First granule boundary at or after pos, aligned to the disk. */
+      uint64_t a = (r->offset + pos + TX_HOLE_GRANULE - 1) &
+                   ~(uint64_t)(TX_HOLE_GRANULE - 1);
+      uint32_t first = (uint32_t)(a - r->offset);
+      if (first == pos && end - pos >= TX_HOLE_GRANULE &&
+          nbd_is_zero(r->buf + pos, TX_HOLE_GRANULE)) {
+        hole = 1;
+        for (g = pos + TX_HOLE_GRANULE; end - g >= TX_HOLE_GRANULE &&
+             nbd_is_zero(r->buf + g, TX_HOLE_GRANULE); g += TX_HOLE_GRANULE)
+          ;
+        run_end = g;
+      } else {
+        /* Data until the next all-zero aligned granule. */
+        for (g = first > pos ? first : pos + TX_HOLE_GRANULE;
+             g < end && end - g >= TX_HOLE_GRANULE; g += TX_HOLE_GRANULE)
+          if (nbd_is_zero(r->buf + g, TX_HOLE_GRANULE))
+            break;
+        run_end = g < end && end - g >= TX_HOLE_GRANULE ? g : end;
+      }
+    }
+    unsigned char *h = hdrs[nchunks++];
+    uint16_t fl = run_end == end ? NBD_REPLY_FLAG_DONE : 0;
+    if (hole) {
+      tx_chunk_header(h, r, fl, NBD_REPLY_TYPE_OFFSET_HOLE, 12);
+      wire_put64(h + 20, r->offset + pos);
+      wire_put32(h + 28, run_end - pos);
+      iov[niov].iov_base = h;
+      iov[niov++].iov_len = 32;
+    } else {
+      tx_chunk_header(h, r, fl, NBD_REPLY_TYPE_OFFSET_DATA,
+                      8 + run_end - pos);
+      wire_put64(h + 20, r->offset + pos);
+      iov[niov].iov_base = h;
+      iov[niov++].iov_len = 28;
+      iov[niov].iov_base = r->buf + pos;
+      iov[niov++].iov_len = run_end - pos;
+    }
+    pos = run_end;
+  }
+  return conn_writev(c, iov, niov);
+}
+
+static int
+tx_block_status(struct nbd_conn *c, struct nbd_request *r)
+{
+  struct nbd_extents *e = nbd_extents_new(r->offset, r->offset + r->count);
+  unsigned char h[24], *d = NULL;
+  struct iovec iov[2];
+  size_t i, n;
+  int err;
+
+  if (e == NULL)
+    return tx_error_reply(c, r, -ENOMEM);
+  err = next_extents(c->top, r->count, r->offset, r->flags, e);
+  if (err == 0 && e->n == 0)
+    err = -EIO;                 /* a layer reported nothing: its bug */
+  if (err < 0) {
+    nbd_extents_free(e);
+    return tx_error_reply(c, r, err);
+  }
+  n = (r->flags & NBD_FLAG_REQ_ONE) ? 1 : e->n;
+  d = malloc(8 * n);
+  if (d == NULL) {
+    nbd_extents_free(e);
+    return tx_error_reply(c, r, -ENOMEM);
+  }
+  for (i = 0; i < n; i++) {
+    /* Each extent lies within the request, so its length fits 32 bits. */
+    wire_put32(d + 8 * i, (uint32_t)e->v[i].length);
+    wire_put32(d + 8 * i + 4, e->v[i].type);
+  }
+  tx_chunk_header(h, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS,
+                  (uint32_t)(4 + 8 * n));
+  wire_put32(h + 20, NBD_META_BASE_ALLOCATION_ID);
+  iov[0].iov_base = h;
+  iov[0].iov_len = sizeof h;
+  iov[1].iov_base = d;
+  iov[1].iov_len = 8 * n;
+  err = conn_writev(c, iov, 2);
+  free(d);
+  nbd_extents_free(e);
+  return err;
+}
+
+/* ---- validation ---------------------------------------------------------- */
+
+/* Checks a request against the negotiated flags; 0 or -errno.  The engine
+ * checks again at each layer; this gives the client the errors the NBD
+ * protocol asks for, in its order (EPERM before ENOSPC). */
+static int
+tx_validate(const struct nbd_conn *c, const struct nbd_request *r)
+{
+  uint16_t tf = c->tflags;
+  uint32_t allowed = NBD_FLAG_FUA;
+  int past_end_err = EINVAL, writes = 0;
+  uint64_t size = (uint64_t)c->top->size;
+
+  switch (r->type) {
+  case NBD_CMD_READ:
+    if (c->structured)
+      allowed |= NBD_FLAG_DF;
+    break;
+  case NBD_CMD_WRITE:
+    writes = 1;
+    break;
+  case NBD_CMD_FLUSH:
+    if (!(tf & NBD_FLAG_SEND_FLUSH) || r->offset || r->count)
+      return -EINVAL;
+    break;
+  case NBD_CMD_TRIM:
+    writes = 1;
+    if (!(tf & NBD_FLAG_READ_ONLY) && !(tf & NBD_FLAG_SEND_TRIM))
+      return -EINVAL;
+    break;
+  case NBD_CMD_CACHE:
+    if (!(tf & NBD_FLAG_SEND_CACHE))
+      return -EINVAL;
+    break;
+  case NBD_CMD_WRITE_ZEROES:
+    writes = 1;
+    allowed |= NBD_FLAG_NO_HOLE;
+    if (tf & NBD_FLAG_SEND_FAST_ZERO)
+      allowed |= NBD_FLAG_FAST_ZERO;
+    if (!(tf & NBD_FLAG_READ_ONLY) && !(tf & NBD_FLAG_SEND_WRITE_ZEROES))
+      return -EINVAL;
+    break;
+  case NBD_CMD_BLOCK_STATUS:
+    allowed |= NBD_FLAG_REQ_ONE;
+    if (!c->meta_base_allocation)
+      return -EINVAL;
+    break;
+  default:
+    return -EINVAL;
+  }
+  if (r->flags & ~allowed)
+    return -EINVAL;
+  if ((r->flags & NBD_FLAG_FUA) && !(tf & NBD_FLAG_SEND_FUA))
+    return -EINVAL;
+  if (writes && (tf & NBD_FLAG_READ_ONLY))
+    return -EPERM;
+  if (r->type == NBD_CMD_FLUSH)
+    return 0;
+  if (writes)
+    past_end_err = ENOSPC;
+  if (r->count == 0)
+    return -EINVAL;
+  if ((r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE) &&
+      r->count > c->max_payload)
+    return -EINVAL;
+  if (r->count > size || r->offset > size - r->count)
+    return -past_end_err;
+  return 0;
+}
+
+/* ---- running one request -------------------------------------------------- */
+
+/* Runs a validated request and sends its reply; -1 if the reply could not
+ * be written (the connection is then dead). */
+static int
+tx_execute(struct nbd_conn *c, struct nbd_request *r)
+{
+  struct nbd_ctx *t = c->top;
+  uint32_t fl = r->flags;
+  int err = 0, locked = 0, ret;
+
+  if (c->exp->model == NBD_SERIALIZE_ALL_REQUESTS) {
+    pthread_mutex_lock(&c->exp->lock);
+    locked = 1;
+  }
+  switch (r->type) {
+  case NBD_CMD_READ:
+    err = tx_reserve(r, r->count) ? -ENOMEM :
+          next_pread(t, r->buf, r->count, r->offset, fl & ~NBD_FLAG_FUA);
+    break;
+  case NBD_CMD_WRITE:
+    err = next_pwrite(t, r->buf, r->count, r->offset, fl);
+    break;
+  case NBD_CMD_FLUSH:
+    err = next_flush(t, 0);
+    break;
+  case NBD_CMD_TRIM:
+    err = next_trim(t, r->count, r->offset, fl);
+    break;
+  case NBD_CMD_CACHE:
+    err = next_cache(t, r->count, r->offset, fl & ~NBD_FLAG_FUA);
+    break;
+  case NBD_CMD_WRITE_ZEROES:
+    err = next_zero(t, r->count, r->offset, fl);
+    break;
+  case NBD_CMD_BLOCK_STATUS:
+    ret = tx_block_status(c, r);
+    goto out;
+  }
+  if (err < 0)
+    ret = tx_error_reply(c, r, err);
+  else if (r->type == NBD_CMD_READ)
+    ret = c->structured ? tx_read_reply(c, r)
+                        : tx_simple_reply(c, r, 0, r->buf, r->count);
+  else
+    ret = tx_simple_reply(c, r, 0, NULL, 0);
+out:
+  if (locked)
+    pthread_mutex_unlock(&c->exp->lock);
+  return ret;
+}
+
+/* ---- workers ----------------------------------------------------------------- */
+
+static void
+tx_finish(struct nbd_conn *c, struct nbd_request *r, int dead)
+{
+  pthread_mutex_lock(&c->qlock);
+  c->inflight--;
+  c->inflight_bytes -= r->count;
+  if (dead)
+    c->stopping = 1;
+  tx_put_request_locked(c, r);
+  pthread_cond_broadcast(&c->donecond);
+  pthread_mutex_unlock(&c->qlock);
+}
+
+static void *
+tx_worker(void *arg)
+{
+  struct nbd_conn *c = arg;
+  struct nbd_request *r;
+
+  for (;;) {
+    pthread_mutex_lock(&c->qlock);
+    while (c->qhead == NULL && !c->stopping) {
+      c->nidle++;
+      pthread_cond_wait(&c->qcond, &c->qlock);
+      c->nidle--;
+    }
+    r = c->qhead;
+    if (r == NULL) {
+      pthread_mutex_unlock(&c->qlock);
+      return NULL;
+    }
+    c->qhead = r->next;
+    if (c->qhead == NULL)
+      c->qtail = NULL;
+    pthread_mutex_unlock(&c->qlock);
+    tx_finish(c, r, tx_execute(c, r) == -1);
+  }
+}
+
+/* Caller holds qlock.  Starts a worker when none is idle. */
+static void
+tx_maybe_spawn(struct nbd_conn *c)
+{
+  pthread_attr_t attr;
+  pthread_t *w;
+  unsigned max = c->cfg->threads ? c->cfg->threads : 16;
+
+  if (c->nidle > 0 || c->nworkers >= max)
+    return;
+  w = realloc(c->workers, (c->nworkers + 1) * sizeof *w);
+  if (w == NULL)
+    return;
+  c->workers = w;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, TX_WORKER_STACK);
+  if (pthread_create(&c->workers[c->nworkers], &attr, tx_worker, c) == 0)
+    c->nworkers++;
+  pthread_attr_destroy(&attr);
+}
+
+/* Queues a request; waits while the connection is at its in-flight bound.
+ * Returns -1 if the connection is stopping. */
+static int
+tx_enqueue(struct nbd_conn *c, struct nbd_request *r)
+{
+  pthread_mutex_lock(&c->qlock);
+  r->next = NULL;
+  if (c->qtail)
+    c->qtail->next = r;
+  else
+    c->qhead = r;
+  c->qtail = r;
+  tx_maybe_spawn(c);
+  if (c->nworkers == 0) {
+    /* No thread could be started: run it here rather than hang. */
+    c->qhead = c->qtail = NULL;
+    pthread_mutex_unlock(&c->qlock);
+    tx_finish(c, r, tx_execute(c, r) == -1);
+    return 0;
+  }
+  pthread_cond_signal(&c->qcond);
+  pthread_mutex_unlock(&c->qlock);
+  return 0;
+}
+
+/* Waits until in-flight work is under the bounds (or all done when
+ * all = 1).  Returns -1 if a worker found the connection dead. */
+static int
+tx_wait(struct nbd_conn *c, int all)
+{
+  int dead;
+
+  pthread_mutex_lock(&c->qlock);
+  while (all ? c->inflight > 0
+             : (c->inflight >= TX_MAX_INFLIGHT ||
+                c->inflight_bytes >= TX_MAX_INFLIGHT_BYTES))
+    pthread_cond_wait(&c->donecond, &c->qlock);
+  dead = c->stopping;
+  pthread_mutex_unlock(&c->qlock);
+  return dead ? -1 : 0;
+}
+
+/* ---- the request loop ----------------------------------------------------------- */
+
+/* Reads one request header and its payload.  Returns 0, 1 on DISC, -1 to
+ * close (EOF, violation).  *verr is the validation result. */
+static int
+tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr)
+{
+  unsigned char h[28];
+
+  if (conn_read(c, h, sizeof h) == -1)
+    return -1;
+  if (wire_get32(h) != NBD_REQUEST_MAGIC) {
+    nbd_info("%s: bad request magic 0x%08x, closing", c->peer,
+             wire_get32(h));
+    return -1;
+  }
+  r->flags = wire_get16(h + 4);
+  r->type = wire_get16(h + 6);
+  r->cookie = wire_get64(h + 8);
+  r->offset = wire_get64(h + 16);
+  r->count = wire_get32(h + 24);
+  if (r->type == NBD_CMD_DISC)
+    return 1;
+  *verr = tx_validate(c, r);
+  if (r->type != NBD_CMD_WRITE)
+    return 0;
+  /* The payload follows whatever we think of the request. */
+  if (r->count > c->max_payload) {
+    if (r->count > 2 * NBD_MAX_PAYLOAD) {
+      nbd_info("%s: write of %u bytes exceeds the maximum, closing",
+               c->peer, r->count);
+      return -1;
+    }
+    return conn_skip(c, r->count);
+  }
+  if (tx_reserve(r, r->count) == -1) {
+    *verr = -ENOMEM;
+    return conn_skip(c, r->count);
+  }
+  return conn_read(c, r->buf, r->count);
+}
+
+void
+transmission_run(struct nbd_conn *c)
+{
+  const struct nbd_export *e = c->exp;
+  int inl = e->nonblocking || e->model <= NBD_SERIALIZE_REQUESTS ||
+            c->cfg->threads == 1;
+  struct nbd_request *r;
+  int verr = 0, rr;
+  unsigned i;
+
+  nbd_debug("%s: export \"%s\" running %s", c->peer, e->name,
+            inl ? "inline" : "with workers");
+  for (;;) {
+    if (!inl && tx_wait(c, 0) == -1)
+      break;
+    r = tx_get_request(c);
+    if (r == NULL)
+      break;
+    rr = tx_read_request(c, r, &verr);
+    if (rr != 0 || verr != 0) {
+      if (rr == 0 && tx_error_reply(c, r, verr) == -1)
+        rr = -1;
+      pthread_mutex_lock(&c->qlock);
+      tx_put_request_locked(c, r);
+      pthread_mutex_unlock(&c->qlock);
+      if (rr != 0)
+        break;
+      continue;
+    }
+    if (inl) {
+      int dead = tx_execute(c, r) == -1;
+      pthread_mutex_lock(&c->qlock);
+      tx_put_request_locked(c, r);
+      pthread_mutex_unlock(&c->qlock);
+      if (dead)
+        break;
+      continue;
+    }
+    pthread_mutex_lock(&c->qlock);
+    c->inflight++;
+    c->inflight_bytes += r->count;
+    pthread_mutex_unlock(&c->qlock);
+    tx_enqueue(c, r);
+  }
+
+  /* DISC, EOF or error: every request already read still completes. */
+  if (!inl)
+    tx_wait(c, 1);
+  pthread_mutex_lock(&c->qlock);
+  c->stopping = 1;
+  pthread_cond_broadcast(&c->qcond);
+  pthread_mutex_unlock(&c->qlock);
+  for (i = 0; i < c->nworkers; i++)
+    pthread_join(c->workers[i], NULL);
+  free(c->workers);
+  c->workers = NULL;
+  c->nworkers = 0;
+  while ((r = c->freelist) != NULL) {
+    c->freelist = r->next;
+    free(r->buf);
+    free(r);
+  }
+  c->nfree = 0;
+}
