@@ -395,9 +395,12 @@ next_trim(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
   return engine_after_write(c, r, flush);
 }
 
-/* Zero by writing zeros, in chunks that respect the layer's limits. */
+/* Zero by writing zeros, in chunks that respect the layer's limits.  A FUA
+ * still in flags (native FUA) goes on every chunk: each write must be
+ * durable before the zero request is answered. */
 static int
-engine_emulate_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset)
+engine_emulate_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset,
+                    uint32_t flags)
 {
   uint32_t chunk = ENGINE_CHUNK;
   int r;
@@ -406,7 +409,8 @@ engine_emulate_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset)
     chunk = c->max_block;
   while (count > 0) {
     uint32_t n = count < chunk ? count : chunk;
-    r = c->layer->ops->pwrite(c, c->next, engine_zero_buf, n, offset, 0);
+    r = c->layer->ops->pwrite(c, c->next, engine_zero_buf, n, offset,
+                              flags & NBD_FLAG_FUA);
     if (r < 0)
       return r;
     count -= n;
@@ -438,7 +442,7 @@ next_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
   }
   else if (flags & NBD_FLAG_FAST_ZERO)
     return -ENOTSUP;
-  r = engine_emulate_zero(c, count, offset);
+  r = engine_emulate_zero(c, count, offset, flags);
   return engine_after_write(c, r, flush);
 }
 
