@@ -10,6 +10,11 @@
 
 #include "engine.h"
 
+#define CONFIG_DEFAULT_PORT    "10809"  /* IANA port of NBD */
+#define CONFIG_DEFAULT_THREADS 16
+#define CONFIG_MAX_THREADS     1024
+#define CONFIG_MAX_NAME        4096     /* NBD strings: at most 4096 bytes */
+
 enum nbd_listen_kind { NBD_LISTEN_UNIX, NBD_LISTEN_TCP };
 
 struct nbd_listen {
@@ -42,13 +47,32 @@ int config_parse_string(const char *text, const char *name,
 int config_load_file(const char *path, struct nbd_config *cfg, FILE *errs);
 void config_free(struct nbd_config *cfg);
 /* Parses "unix:/path", "tcp:host:port", "tcp:[v6]:port", "tcp:port",
- * "/path" (unix) or "host:port"; 0 or -1 with err filled. */
+ * "tcp:host" (port 10809), "/path" (unix) or "host:port"; 0 or -1 with err
+ * filled.  On 0 the strings in out are malloc'd: config_listen_clear. */
 int config_parse_listen(const char *text, struct nbd_listen *out,
                         char *err, size_t errlen);
 
+void config_listen_clear(struct nbd_listen *l);
+
+/* Shared by config.c and cmdline.c. */
+/* True when s[0..len) is a parameter key: [A-Za-z_][A-Za-z0-9_.-]*.  A word
+ * "k=v" whose k is not a key is a bare value ("/srv/a=b.img"), as in nbdkit. */
+int config_is_key(const char *s, size_t len);
+/* Gives one parameter to a layer: key=value through params_set, or a bare
+ * value (key NULL) to the layer's magic_param.  A key given twice is an
+ * error.  0 or -1 with err filled (no layer name in it). */
+int config_layer_param(struct nbd_layer *layer, const char *key,
+                       const char *value, char *err, size_t errlen);
+/* Writes "a, b, c" (the layer's keys) or "none"; returns strlen of it. */
+size_t config_param_names(const struct nbd_layer_ops *ops, char *buf,
+                          size_t len);
+/* Writes "a, b, c" (registered filters or backends) or "none". */
+size_t config_layer_names(enum nbd_layer_kind kind, char *buf, size_t len);
+
 /* Command line (cmdline.c).  Returns 0 to run, 1 when the program should
  * exit 0 (--help, --version, --list, --check-config ok), -1 on error
- * (already printed).  On 0, cfg is complete. */
+ * (already printed on stderr).  On 0, cfg is complete; otherwise it is left
+ * freed.  Resets getopt itself (optind = 0), so it may be called again. */
 int cmdline_parse(int argc, char **argv, struct nbd_config *cfg);
 
 #endif

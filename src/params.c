@@ -6,7 +6,6 @@
  */
 #include <ctype.h>
 #include <inttypes.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,20 +28,41 @@ params_type_name(enum nbd_param_type t)
   return "?";
 }
 
+/* Decimal, or hex with 0x.  Not octal: "010" is ten, as a reader expects. */
 int
 params_parse_uint(const char *s, uint64_t *out)
 {
+  int base = 10;
   char *end;
   uint64_t v;
 
-  if (*s == '\0' || *s == '-' || isspace((unsigned char)*s))
-    return -1;
+  if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+    base = 16;
+    if (!isxdigit((unsigned char)s[2]))
+      return -1;
+  } else if (!isdigit((unsigned char)*s))
+    return -1;              /* also rejects "", "-1", "+1" and " 1" */
   errno = 0;
-  v = strtoull(s, &end, 0);
+  v = strtoull(s, &end, base);
   if (errno || *end != '\0')
     return -1;
   *out = v;
   return 0;
+}
+
+/* Digits after a decimal point, as a fraction in [0, 1).  Plain digits
+ * only: strtod would also take an exponent ("1.5e3G"). */
+static const char *
+params_fraction(const char *s, double *frac)
+{
+  double scale = 0.1;
+
+  *frac = 0;
+  if (!isdigit((unsigned char)*s))
+    return NULL;
+  for (; isdigit((unsigned char)*s); s++, scale /= 10)
+    *frac += (*s - '0') * scale;
+  return s;
 }
 
 /* 512, 4k, 4K, 4KiB, 1M, 2G, 1T, 1P, 1E; also 1.5G.  Binary units. */
@@ -51,33 +71,29 @@ params_parse_size(const char *s, uint64_t *out)
 {
   static const char units[] = "bkmgtpe";
   char *end;
-  const char *u;
+  const char *u, *rest;
   uint64_t v, mult = 1;
   double frac = 0;
   int shift = 0;
 
-  if (*s == '\0' || *s == '-' || isspace((unsigned char)*s))
-    return -1;
+  if (!isdigit((unsigned char)*s))
+    return -1;              /* also rejects "", "-1", "+1" and " 1" */
   errno = 0;
   v = strtoull(s, &end, 10);
-  if (errno || end == s)
+  if (errno)
     return -1;
-  if (*end == '.') {
-    char *fend;
-    frac = strtod(end, &fend);
-    if (fend == end + 1)
-      return -1;
-    end = fend;
-  }
-  if (*end != '\0') {
-    u = strchr(units, tolower((unsigned char)*end));
+  rest = end;
+  if (*rest == '.' && (rest = params_fraction(rest + 1, &frac)) == NULL)
+    return -1;
+  if (*rest != '\0') {
+    u = strchr(units, tolower((unsigned char)*rest));
     if (u == NULL)
       return -1;
     shift = (int)(u - units) * 10;
-    end++;
-    if (shift && (strcasecmp(end, "ib") == 0 || strcasecmp(end, "b") == 0))
-      end += strlen(end);
-    if (*end != '\0')
+    rest++;
+    if (shift && (strcasecmp(rest, "ib") == 0 || strcasecmp(rest, "b") == 0))
+      rest += strlen(rest);
+    if (*rest != '\0')
       return -1;
   }
   if (shift == 0 && frac != 0)
@@ -112,7 +128,8 @@ params_parse_bool(const char *s, int *out)
   return -1;
 }
 
-/* 10ns 5us 2ms 1s 1.5s 3m 1h; a bare number is seconds. */
+/* 10ns 5us 2ms 1s 1.5s 3m 1h; a bare number is seconds.  The number is
+ * digits with an optional fraction: no sign, exponent, hex or "inf". */
 int
 params_parse_duration(const char *s, uint64_t *out_ns)
 {
@@ -121,15 +138,20 @@ params_parse_duration(const char *s, uint64_t *out_ns)
     { "m", 60e9 }, { "min", 60e9 }, { "h", 3600e9 },
   };
   char *end;
-  double v;
+  uint64_t whole;
+  double v, frac = 0;
   size_t i;
 
-  if (*s == '\0' || *s == '-' || isspace((unsigned char)*s))
+  if (!isdigit((unsigned char)*s))
     return -1;
   errno = 0;
-  v = strtod(s, &end);
-  if (errno || end == s || !isfinite(v) || v < 0)
+  whole = strtoull(s, &end, 10);
+  if (errno)
     return -1;
+  if (*end == '.' &&
+      (end = (char *)params_fraction(end + 1, &frac)) == NULL)
+    return -1;
+  v = (double)whole + frac;     /* no strtod: it follows the locale */
   for (i = 0; i < sizeof units / sizeof units[0]; i++)
     if (strcmp(end, units[i].u) == 0) {
       double ns = v * units[i].ns;
@@ -230,7 +252,28 @@ int
 nbd_layer_param_set(const struct nbd_layer *layer, const char *name)
 {
   int i = params_index(layer, name);
-  return i >= 0 && (layer->params_set & ((uint64_t)1 << i));
+  return i >= 0 && i < 64 && (layer->params_set & ((uint64_t)1 << i));
+}
+
+/* "unknown key 'rnage' (known: offset, range)".  Every append checks the
+ * room left: a long key from a config file must not run past err. */
+static void
+params_unknown(const struct nbd_layer *layer, const char *key, char *err,
+               size_t errlen)
+{
+  const struct nbd_param *p = layer->ops->params;
+  size_t len;
+
+  len = (size_t)snprintf(err, errlen, "unknown key '%s' (known:", key);
+  if (p == NULL || p->name == NULL) {
+    if (len < errlen)
+      len += (size_t)snprintf(err + len, errlen - len, " none");
+  }
+  for (; p && p->name && len < errlen; p++)
+    len += (size_t)snprintf(err + len, errlen - len, "%s %s",
+                            p == layer->ops->params ? "" : ",", p->name);
+  if (len < errlen)
+    snprintf(err + len, errlen - len, ")");
 }
 
 int
@@ -241,14 +284,7 @@ params_set(struct nbd_layer *layer, const char *key, const char *value,
   int i = params_index(layer, key);
 
   if (i < 0) {
-    size_t len = snprintf(err, errlen, "unknown key '%s' (known:", key);
-    for (p = layer->ops->params; p && p->name && len < errlen; p++)
-      len += snprintf(err + len, errlen - len, "%s %s",
-                      p == layer->ops->params ? "" : ",", p->name);
-    if (layer->ops->params == NULL || layer->ops->params[0].name == NULL)
-      len += snprintf(err + len, errlen - len, " none");
-    if (len < errlen)
-      snprintf(err + len, errlen - len, ")");
+    params_unknown(layer, key, err, errlen);
     return -1;
   }
   if (i >= 64) {

@@ -1,0 +1,504 @@
+/* nbdstack command line, in nbdkit's habits:
+ *
+ *   nbdstack [OPTIONS] [--filter NAME]... BACKEND [key=value|VALUE]...
+ *   nbdstack [OPTIONS] -c CONFIG
+ *
+ * The first form builds one export from the arguments: key=value words go
+ * to the first layer (filters in the order given, then the backend) whose
+ * parameter table has the key, a bare word to the backend's magic
+ * parameter ("memory 1G").  The second reads the config file (config.c);
+ * -U/-p/-i, -r, -t and -P given with it override the file.
+ *
+ * This file only parses: it does not listen, fork or write the pid file.
+ */
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+#ifndef NBD_VERSION
+#define NBD_VERSION "0.1.0"
+#endif
+
+#define CMDLINE_ERRLEN 1024
+
+enum {
+  CMDLINE_OPT_FILTER = 256,
+  CMDLINE_OPT_LIST,
+  CMDLINE_OPT_CHECK,
+};
+
+/* Options as given; strings point into argv. */
+struct cmdline_opts {
+  const char **unix_paths;
+  size_t nunix;
+  const char **filters;
+  size_t nfilters;
+  const char *port, *ipaddr, *export_name, *config, *check, *pidfile;
+  unsigned threads;             /* 0 = not given */
+  int readonly, verbose;
+};
+
+/* Leading ':' so that a missing argument returns ':', not '?'. */
+static const char cmdline_short[] = ":c:e:fhi:P:p:rt:U:vV";
+
+static const struct option cmdline_long[] = {
+  { "check-config", required_argument, NULL, CMDLINE_OPT_CHECK },
+  { "config", required_argument, NULL, 'c' },
+  { "export", required_argument, NULL, 'e' },
+  { "export-name", required_argument, NULL, 'e' },
+  { "exportname", required_argument, NULL, 'e' },
+  { "filter", required_argument, NULL, CMDLINE_OPT_FILTER },
+  { "foreground", no_argument, NULL, 'f' },
+  { "help", no_argument, NULL, 'h' },
+  { "ipaddr", required_argument, NULL, 'i' },
+  { "list", no_argument, NULL, CMDLINE_OPT_LIST },
+  { "pidfile", required_argument, NULL, 'P' },
+  { "port", required_argument, NULL, 'p' },
+  { "read-only", no_argument, NULL, 'r' },
+  { "readonly", no_argument, NULL, 'r' },
+  { "threads", required_argument, NULL, 't' },
+  { "unix", required_argument, NULL, 'U' },
+  { "verbose", no_argument, NULL, 'v' },
+  { "version", no_argument, NULL, 'V' },
+  { NULL, 0, NULL, 0 }
+};
+
+static void
+cmdline_usage(FILE *fp)
+{
+  fprintf(fp,
+    "usage: nbdstack [OPTIONS] [--filter NAME]... BACKEND [key=value|VALUE]...\n"
+    "       nbdstack [OPTIONS] -c CONFIG\n"
+    "\n"
+    "Serves one export built from the command line (any export name the\n"
+    "client asks for gets it), or the exports of a config file.\n"
+    "\n"
+    "  -c, --config FILE       read exports and listen addresses from FILE\n"
+    "      --check-config FILE parse FILE, set up every export, then exit\n"
+    "  -U, --unix PATH         listen on a Unix socket (repeatable)\n"
+    "  -p, --port PORT         listen on TCP PORT (default 10809)\n"
+    "  -i, --ipaddr ADDR       listen on TCP address ADDR only\n"
+    "  -e, --export-name NAME  name of the export (default \"\")\n"
+    "      --filter NAME       stack a filter, client side first (repeatable)\n"
+    "  -r, --readonly          serve every export read-only\n"
+    "  -t, --threads N         worker threads per connection (1-%d, default %d)\n"
+    "  -P, --pidfile FILE      write the process id to FILE\n"
+    "  -f, --foreground        accepted for nbdkit habits; always foreground\n"
+    "  -v, --verbose           debug messages\n"
+    "      --list              list filters, backends and their keys\n"
+    "  -h, --help              this text\n"
+    "  -V, --version           print the version\n"
+    "\n"
+    "Without -U, -p or -i, nbdstack listens on TCP port 10809, all addresses.\n"
+    "key=value goes to the first filter (in order), then the backend, that\n"
+    "knows the key; a bare VALUE sets the backend's main key (memory 1G).\n"
+    "Example: nbdstack --filter offset memory size=1G offset=1M range=256M\n",
+    CONFIG_MAX_THREADS, CONFIG_DEFAULT_THREADS);
+}
+
+static void
+cmdline_bad_option(int argc, char **argv, int c)
+{
+  const char *arg = optind > 0 && optind <= argc ? argv[optind - 1] : "";
+
+  if (strncmp(arg, "--", 2) == 0 && c == ':')
+    fprintf(stderr, "nbdstack: option '%s' needs an argument (see --help)\n",
+            arg);
+  else if (strncmp(arg, "--", 2) == 0)
+    fprintf(stderr, "nbdstack: invalid option '%s' (see --help)\n", arg);
+  else if (c == ':')
+    fprintf(stderr, "nbdstack: option '-%c' needs an argument (see --help)\n",
+            optopt);
+  else
+    fprintf(stderr, "nbdstack: unknown option '-%c' (see --help)\n", optopt);
+}
+
+static int
+cmdline_threads(const char *s, unsigned *out)
+{
+  uint64_t v;
+
+  if (params_parse_uint(s, &v) == -1 || v < 1 || v > CONFIG_MAX_THREADS) {
+    fprintf(stderr, "nbdstack: -t: invalid thread count '%s' (expected "
+            "1-%d)\n", s, CONFIG_MAX_THREADS);
+    return -1;
+  }
+  *out = (unsigned)v;
+  return 0;
+}
+
+/* One option; 0 go on, 1 exit 0 (--help, --version, --list), -1 error. */
+static int
+cmdline_option(int c, int argc, char **argv, struct cmdline_opts *o)
+{
+  switch (c) {
+  case 'c': o->config = optarg; return 0;
+  case CMDLINE_OPT_CHECK: o->check = optarg; return 0;
+  case 'e': o->export_name = optarg; return 0;
+  case CMDLINE_OPT_FILTER: o->filters[o->nfilters++] = optarg; return 0;
+  case 'f': return 0;
+  case 'i': o->ipaddr = optarg; return 0;
+  case 'P': o->pidfile = optarg; return 0;
+  case 'p': o->port = optarg; return 0;
+  case 'r': o->readonly = 1; return 0;
+  case 't': return cmdline_threads(optarg, &o->threads);
+  case 'U': o->unix_paths[o->nunix++] = optarg; return 0;
+  case 'v': o->verbose++; return 0;
+  case 'h': cmdline_usage(stdout); return 1;
+  case 'V': printf("nbdstack %s\n", NBD_VERSION); return 1;
+  case CMDLINE_OPT_LIST: registry_print(stdout); return 1;
+  default: cmdline_bad_option(argc, argv, c); return -1;
+  }
+}
+
+static int
+cmdline_getopt(int argc, char **argv, struct cmdline_opts *o)
+{
+  int c, r;
+
+  optind = 0;                   /* full reset (glibc and musl), for tests */
+  opterr = 0;                   /* our messages, not getopt's */
+  while ((c = getopt_long(argc, argv, cmdline_short, cmdline_long,
+                          NULL)) != -1)
+    if ((r = cmdline_option(c, argc, argv, o)) != 0)
+      return r;
+  return 0;
+}
+
+/* ---- building the export ------------------------------------------------- */
+
+static const struct nbd_layer_ops *
+cmdline_find(enum nbd_layer_kind kind, const char *name)
+{
+  enum nbd_layer_kind other = kind == NBD_LAYER_FILTER ? NBD_LAYER_BACKEND
+                                                       : NBD_LAYER_FILTER;
+  const struct nbd_layer_ops *ops = registry_find(kind, name);
+  char known[512];
+
+  if (ops)
+    return ops;
+  config_layer_names(kind, known, sizeof known);
+  fprintf(stderr, "nbdstack: unknown %s '%s' (known: %s)",
+          kind == NBD_LAYER_FILTER ? "filter" : "backend", name, known);
+  if (registry_find(other, name))
+    fprintf(stderr, "; '%s' is a %s%s", name,
+            other == NBD_LAYER_FILTER ? "filter, use --filter " : "backend",
+            other == NBD_LAYER_FILTER ? name : "");
+  fprintf(stderr, "\n");
+  return NULL;
+}
+
+static int
+cmdline_has_key(const struct nbd_layer_ops *ops, const char *key)
+{
+  const struct nbd_param *q;
+
+  for (q = ops->params; q && q->name; q++)
+    if (strcmp(q->name, key) == 0)
+      return 1;
+  return 0;
+}
+
+static void
+cmdline_unknown_key(struct nbd_layer **layers, size_t n, const char *key)
+{
+  char known[512];
+  size_t i;
+
+  fprintf(stderr, "nbdstack: unknown key '%s' (", key);
+  for (i = 0; i < n; i++) {
+    config_param_names(layers[i]->ops, known, sizeof known);
+    fprintf(stderr, "%s%s %s knows: %s", i ? "; " : "",
+            layers[i]->ops->kind == NBD_LAYER_FILTER ? "filter" : "backend",
+            layers[i]->ops->name, known);
+  }
+  fprintf(stderr, ")\n");
+}
+
+/* One word after BACKEND; layers[n - 1] is the backend. */
+static int
+cmdline_param(struct nbd_layer **layers, size_t n, char *word)
+{
+  char *eq = strchr(word, '='), *key = NULL, err[CMDLINE_ERRLEN];
+  const char *value = word;
+  struct nbd_layer *l = layers[n - 1];
+  size_t i;
+  int r;
+
+  if (eq && config_is_key(word, (size_t)(eq - word))) {
+    key = strndup(word, (size_t)(eq - word));
+    if (key == NULL)
+      return -1;
+    value = eq + 1;
+    for (i = 0; i < n && !cmdline_has_key(layers[i]->ops, key); i++)
+      ;
+    if (i == n) {
+      cmdline_unknown_key(layers, n, key);
+      free(key);
+      return -1;
+    }
+    l = layers[i];
+  }
+  r = config_layer_param(l, key, value, err, sizeof err);
+  if (r == -1)
+    fprintf(stderr, "nbdstack: %s %s: %s\n",
+            l->ops->kind == NBD_LAYER_FILTER ? "filter" : "backend",
+            l->ops->name, err);
+  free(key);
+  return r;
+}
+
+/* Creates the layers (filters, then the backend) and pushes them. */
+static int
+cmdline_layers(struct nbd_export *exp, const struct cmdline_opts *o,
+               const char *backend, struct nbd_layer **layers)
+{
+  const struct nbd_layer_ops *ops;
+  size_t i;
+  int bad = 0;
+
+  for (i = 0; i <= o->nfilters; i++) {
+    ops = i < o->nfilters ? cmdline_find(NBD_LAYER_FILTER, o->filters[i])
+                          : cmdline_find(NBD_LAYER_BACKEND, backend);
+    if (ops == NULL) {
+      bad = 1;
+      continue;
+    }
+    if (bad)
+      continue;
+    layers[i] = engine_layer_new(ops, exp->name);
+    if (layers[i] == NULL) {
+      fprintf(stderr, "nbdstack: out of memory\n");
+      return -1;
+    }
+    engine_export_push(exp, layers[i]);
+  }
+  return bad ? -1 : 0;
+}
+
+/* Backend first, as the config file does: a filter may look below. */
+static int
+cmdline_setup(struct nbd_export *exp, struct nbd_layer **layers, size_t n)
+{
+  char err[CMDLINE_ERRLEN];
+  int bad = 0;
+  size_t i;
+
+  for (i = n; i-- > 0;)
+    if (engine_layer_setup(layers[i], err, sizeof err) == -1) {
+      fprintf(stderr, "nbdstack: %s %s: %s\n",
+              layers[i]->ops->kind == NBD_LAYER_FILTER ? "filter" : "backend",
+              layers[i]->ops->name, err);
+      bad = 1;
+    }
+  if (!bad && engine_export_finish(exp, err, sizeof err) == -1) {
+    fprintf(stderr, "nbdstack: export: %s\n", err);
+    bad = 1;
+  }
+  return bad ? -1 : 0;
+}
+
+static int
+cmdline_export(int nargs, char **args, const struct cmdline_opts *o,
+               struct nbd_config *cfg)
+{
+  const char *name = o->export_name ? o->export_name : "";
+  struct nbd_layer **layers;
+  size_t n = o->nfilters + 1;
+  int i, bad = 0;
+
+  if (strlen(name) > CONFIG_MAX_NAME) {
+    fprintf(stderr, "nbdstack: -e: export name is %zu bytes, longer than "
+            "the NBD limit of %d\n", strlen(name), CONFIG_MAX_NAME);
+    return -1;
+  }
+  layers = calloc(n, sizeof *layers);
+  cfg->exports = engine_export_new(name);
+  if (layers == NULL || cfg->exports == NULL) {
+    fprintf(stderr, "nbdstack: out of memory\n");
+    free(layers);
+    return -1;
+  }
+  cfg->any_export_name = 1;
+  if (cmdline_layers(cfg->exports, o, args[0], layers) == -1) {
+    free(layers);
+    return -1;
+  }
+  for (i = 1; i < nargs; i++)
+    if (cmdline_param(layers, n, args[i]) == -1)
+      bad = 1;
+  if (!bad && cmdline_setup(cfg->exports, layers, n) == -1)
+    bad = 1;
+  free(layers);
+  return bad ? -1 : 0;
+}
+
+/* ---- listen addresses and overrides -------------------------------------- */
+
+static int
+cmdline_add_listen(struct nbd_config *cfg, const char *opt, const char *text)
+{
+  struct nbd_listen l, *v;
+  char err[CMDLINE_ERRLEN];
+
+  if (config_parse_listen(text, &l, err, sizeof err) == -1) {
+    fprintf(stderr, "nbdstack: %s: %s\n", opt, err);
+    return -1;
+  }
+  v = realloc(cfg->listens, (cfg->nlistens + 1) * sizeof *v);
+  if (v == NULL) {
+    config_listen_clear(&l);
+    fprintf(stderr, "nbdstack: out of memory\n");
+    return -1;
+  }
+  cfg->listens = v;
+  v[cfg->nlistens++] = l;
+  return 0;
+}
+
+/* -U paths, then one TCP address from -i/-p (or the default). */
+static int
+cmdline_listens(struct nbd_config *cfg, const struct cmdline_opts *o)
+{
+  const char *ip = o->ipaddr ? o->ipaddr : "";
+  const char *port = o->port ? o->port : CONFIG_DEFAULT_PORT;
+  int v6 = strchr(ip, ':') != NULL && ip[0] != '[';
+  char *text;
+  size_t i;
+  int r;
+
+  for (i = 0; i < o->nunix; i++) {
+    if (asprintf(&text, "unix:%s", o->unix_paths[i]) == -1)
+      goto oom;
+    r = cmdline_add_listen(cfg, "-U", text);
+    free(text);
+    if (r == -1)
+      return -1;
+  }
+  if (o->nunix > 0 && o->ipaddr == NULL && o->port == NULL)
+    return 0;
+  if (*port == '\0') {
+    fprintf(stderr, "nbdstack: -p: empty port\n");
+    return -1;
+  }
+  if (asprintf(&text, "tcp:%s%s%s:%s", v6 ? "[" : "", ip, v6 ? "]" : "",
+               port) == -1)
+    goto oom;
+  r = cmdline_add_listen(cfg, o->ipaddr ? "-i" : "-p", text);
+  free(text);
+  return r;
+
+oom:
+  fprintf(stderr, "nbdstack: out of memory\n");
+  return -1;
+}
+
+static int
+cmdline_apply(struct nbd_config *cfg, const struct cmdline_opts *o)
+{
+  size_t i;
+
+  if (!cfg->listens || o->nunix || o->port || o->ipaddr) {
+    for (i = 0; i < cfg->nlistens; i++)
+      config_listen_clear(&cfg->listens[i]);
+    free(cfg->listens);
+    cfg->listens = NULL;
+    cfg->nlistens = 0;
+    if (cmdline_listens(cfg, o) == -1)
+      return -1;
+  }
+  if (o->pidfile) {
+    free(cfg->pidfile);
+    if ((cfg->pidfile = strdup(o->pidfile)) == NULL) {
+      fprintf(stderr, "nbdstack: out of memory\n");
+      return -1;
+    }
+  }
+  if (o->threads)
+    cfg->threads = o->threads;
+  cfg->readonly |= o->readonly;
+  cfg->verbose = o->verbose;
+  return 0;
+}
+
+/* ---- modes --------------------------------------------------------------- */
+
+static int
+cmdline_check_config(const char *path)
+{
+  struct nbd_config cfg;
+  int n = config_load_file(path, &cfg, stderr);
+
+  if (n > 0) {
+    fprintf(stderr, "nbdstack: %s: %d error%s\n", path, n, n == 1 ? "" : "s");
+    return -1;
+  }
+  config_free(&cfg);
+  printf("%s: OK\n", path);
+  return 1;
+}
+
+static int
+cmdline_config_file(int nargs, char **args, const struct cmdline_opts *o,
+                    struct nbd_config *cfg)
+{
+  if (nargs > 0) {
+    fprintf(stderr, "nbdstack: -c and a backend on the command line ('%s') "
+            "are exclusive\n", args[0]);
+    return -1;
+  }
+  if (o->nfilters || o->export_name) {
+    fprintf(stderr, "nbdstack: %s cannot be used with -c: configure "
+            "exports in the file\n", o->nfilters ? "--filter" : "-e");
+    return -1;
+  }
+  return config_load_file(o->config, cfg, stderr) > 0 ? -1 : 0;
+}
+
+static int
+cmdline_run(int argc, char **argv, struct cmdline_opts *o,
+            struct nbd_config *cfg)
+{
+  int nargs = argc - optind, r;
+  char **args = argv + optind;
+
+  nbd_verbose = o->verbose;
+  if (o->check)
+    return cmdline_check_config(o->check);
+  if (o->config)
+    r = cmdline_config_file(nargs, args, o, cfg);
+  else if (nargs == 0) {
+    fprintf(stderr, "nbdstack: no backend given (nbdstack [OPTIONS] "
+            "BACKEND [key=value]..., or -c CONFIG; see --help and --list)\n");
+    return -1;
+  } else
+    r = cmdline_export(nargs, args, o, cfg);
+  if (r == 0 && cmdline_apply(cfg, o) == -1)
+    r = -1;
+  return r;
+}
+
+int
+cmdline_parse(int argc, char **argv, struct nbd_config *cfg)
+{
+  struct cmdline_opts o;
+  int r = -1;
+
+  memset(cfg, 0, sizeof *cfg);
+  cfg->threads = CONFIG_DEFAULT_THREADS;
+  memset(&o, 0, sizeof o);
+  /* Each repeatable option takes at least one argv slot. */
+  o.unix_paths = calloc((size_t)argc + 1, sizeof *o.unix_paths);
+  o.filters = calloc((size_t)argc + 1, sizeof *o.filters);
+  if (o.unix_paths == NULL || o.filters == NULL)
+    fprintf(stderr, "nbdstack: out of memory\n");
+  else if ((r = cmdline_getopt(argc, argv, &o)) == 0)
+    r = cmdline_run(argc, argv, &o, cfg);
+  if (r != 0)
+    config_free(cfg);
+  free(o.unix_paths);
+  free(o.filters);
+  return r;
+}

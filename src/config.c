@@ -1,0 +1,1200 @@
+/* nbdstack config file: the INI dialect described in docs/config.md.
+ *
+ * Reads [server] and [export NAME] sections line by line, builds each
+ * export's stack (registry_find, engine_layer_new, params_set, then every
+ * layer's setup, backend first) and reports every error as
+ * "file:line: message", going on to the end so that one run shows them all.
+ * The keys of [server] and of an export are tables of name, setter and
+ * field offset.
+ *
+ * It does not know any layer's keys (each layer's parameter table, checked
+ * by params.c, does), and it does not open sockets or resolve host names:
+ * listen addresses are stored as text for the server.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+
+#define CONFIG_ERRLEN     1024
+#define CONFIG_MAX_LAYERS 64          /* engine_open keeps 64 contexts */
+#define CONFIG_MAX_FILE   (16 << 20)  /* a config file, not a disk image */
+#define CONFIG_UNIX_MAX   107         /* sizeof sun_path - 1 */
+#define CONFIG_LISTEN_FORMS \
+  "unix:/path, tcp:HOST:PORT, tcp:[IPv6]:PORT, tcp:PORT, tcp:HOST or /path"
+
+enum config_section_kind {
+  CONFIG_NONE,                  /* before the first header */
+  CONFIG_SERVER,
+  CONFIG_EXPORT,
+  CONFIG_SKIP,                  /* after a bad header: ignore the body */
+};
+
+/* A layer line of the export being read. */
+struct config_layer_line {
+  struct nbd_layer *layer;
+  int line;
+  int ok;                       /* its parameters parsed: run its setup */
+};
+
+/* An export whose header has been read; it ends at the next header. */
+struct config_export_build {
+  struct nbd_export *exp;
+  int line;                     /* of the header */
+  int linked;                   /* in cfg->exports (not a duplicate) */
+  int backend_line;
+  int backend_tried;            /* a backend line, good or bad, was seen */
+  int seen[8];                  /* line of each export key, for repeats */
+  struct config_layer_line *layers;
+  size_t nlayers, cap;
+};
+
+/* Exports already in cfg, for "duplicate export ... (first at line N)". */
+struct config_seen_export {
+  const char *name;             /* the export's own copy */
+  int line;
+};
+
+struct config_parser {
+  const char *name;             /* file name in messages */
+  FILE *errs;
+  int nerrs;
+  int line;
+  struct nbd_config *cfg;
+  struct nbd_export **tail;     /* where the next export is linked */
+  enum config_section_kind sec;
+  int export_headers;           /* [export ...] headers seen, good or bad */
+  int server_seen[8];
+  struct config_export_build cur;
+  struct config_seen_export *seen;
+  size_t nseen, capseen;
+};
+
+/* A key of [server] or of an export: nginx-style name, setter, offset. */
+struct config_key {
+  const char *name;
+  int (*set)(struct config_parser *p, const struct config_key *k,
+             void *base, char *value);
+  size_t offset;                /* field in struct nbd_config / nbd_export */
+  unsigned min, max;            /* config_set_uint */
+  int flags;
+};
+#define CONFIG_REPEAT 1         /* may appear again; order kept */
+#define CONFIG_WORDS  2         /* the setter splits the raw value itself */
+
+/* A word of a filter or backend line after quotes are removed. */
+struct config_word {
+  char *text;
+  char *eq;                     /* first '=' outside quotes, or NULL */
+};
+
+static int config_set_string(struct config_parser *, const struct config_key *,
+                             void *, char *);
+static int config_set_path(struct config_parser *, const struct config_key *,
+                           void *, char *);
+static int config_set_bool(struct config_parser *, const struct config_key *,
+                           void *, char *);
+static int config_set_uint(struct config_parser *, const struct config_key *,
+                           void *, char *);
+static int config_set_listen(struct config_parser *, const struct config_key *,
+                             void *, char *);
+static int config_set_filter(struct config_parser *, const struct config_key *,
+                             void *, char *);
+static int config_set_backend(struct config_parser *,
+                              const struct config_key *, void *, char *);
+
+static const struct config_key config_server_keys[] = {
+  { "listen", config_set_listen, 0, 0, 0, CONFIG_REPEAT },
+  { "threads", config_set_uint, offsetof(struct nbd_config, threads),
+    1, CONFIG_MAX_THREADS, 0 },
+  { "readonly", config_set_bool, offsetof(struct nbd_config, readonly),
+    0, 0, 0 },
+  { "pidfile", config_set_path, offsetof(struct nbd_config, pidfile),
+    0, 0, 0 },
+  { NULL, NULL, 0, 0, 0, 0 }
+};
+
+static const struct config_key config_export_keys[] = {
+  { "description", config_set_string,
+    offsetof(struct nbd_export, description), 0, 0, 0 },
+  { "readonly", config_set_bool, offsetof(struct nbd_export, readonly),
+    0, 0, 0 },
+  { "filter", config_set_filter, 0, 0, 0, CONFIG_REPEAT | CONFIG_WORDS },
+  /* REPEAT: config_set_backend reports a second backend itself. */
+  { "backend", config_set_backend, 0, 0, 0, CONFIG_REPEAT | CONFIG_WORDS },
+  { NULL, NULL, 0, 0, 0, 0 }
+};
+
+/* ---- small helpers ------------------------------------------------------- */
+
+static int
+config_isspace(int c)
+{
+  return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+}
+
+static char *
+config_skip_space(char *s)
+{
+  while (config_isspace((unsigned char)*s))
+    s++;
+  return s;
+}
+
+static void
+config_trim_end(char *s)
+{
+  size_t n = strlen(s);
+
+  while (n > 0 && config_isspace((unsigned char)s[n - 1]))
+    s[--n] = '\0';
+}
+
+static int
+config_iskeychar(int c)
+{
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
+}
+
+int
+config_is_key(const char *s, size_t len)
+{
+  size_t i;
+
+  if (len == 0 || !((s[0] >= 'a' && s[0] <= 'z') ||
+                    (s[0] >= 'A' && s[0] <= 'Z') || s[0] == '_'))
+    return 0;
+  for (i = 1; i < len; i++)
+    if (!config_iskeychar((unsigned char)s[i]))
+      return 0;
+  return 1;
+}
+
+/* Every message is one line: control bytes from a broken file become '?'. */
+static void
+config_error(struct config_parser *p, int line, const char *fmt, ...)
+{
+  char msg[CONFIG_ERRLEN];
+  va_list ap;
+  size_t i;
+  int n;
+
+  va_start(ap, fmt);
+  n = vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (n >= (int)sizeof msg)
+    memcpy(msg + sizeof msg - 4, "...", 4);
+  for (i = 0; msg[i]; i++)
+    if (((unsigned char)msg[i] < 0x20 && msg[i] != '\t') || msg[i] == 0x7f)
+      msg[i] = '?';
+  p->nerrs++;
+  if (p->errs)
+    fprintf(p->errs, "%s:%d: %s\n", p->name, line, msg);
+}
+
+/* "export \"vm1\"" for messages, long names cut short. */
+static const char *
+config_export_label(const struct nbd_export *exp, char *buf, size_t len)
+{
+  if (strlen(exp->name) > 64)
+    snprintf(buf, len, "export \"%.64s...\"", exp->name);
+  else
+    snprintf(buf, len, "export \"%s\"", exp->name);
+  return buf;
+}
+
+static const char *
+config_kind_name(enum nbd_layer_kind kind)
+{
+  return kind == NBD_LAYER_FILTER ? "filter" : "backend";
+}
+
+size_t
+config_layer_names(enum nbd_layer_kind kind, char *buf, size_t len)
+{
+  const struct nbd_layer_ops *const *v;
+  size_t i, n = registry_list(kind, &v), used = 0;
+
+  if (len == 0)
+    return 0;
+  buf[0] = '\0';
+  for (i = 0; i < n && used < len; i++)
+    used += (size_t)snprintf(buf + used, len - used, "%s%s",
+                             i ? ", " : "", v[i]->name);
+  if (n == 0)
+    used = (size_t)snprintf(buf, len, "none");
+  return used < len ? used : len - 1;
+}
+
+size_t
+config_param_names(const struct nbd_layer_ops *ops, char *buf, size_t len)
+{
+  const struct nbd_param *q;
+  size_t used = 0;
+
+  if (len == 0)
+    return 0;
+  buf[0] = '\0';
+  for (q = ops->params; q && q->name && used < len; q++)
+    used += (size_t)snprintf(buf + used, len - used, "%s%s",
+                             q == ops->params ? "" : ", ", q->name);
+  if (ops->params == NULL || ops->params[0].name == NULL)
+    used = (size_t)snprintf(buf, len, "none");
+  return used < len ? used : len - 1;
+}
+
+int
+config_layer_param(struct nbd_layer *layer, const char *key,
+                   const char *value, char *err, size_t errlen)
+{
+  const char *magic = layer->ops->magic_param;
+  char known[512];
+
+  if (key == NULL) {
+    if (magic == NULL) {
+      config_param_names(layer->ops, known, sizeof known);
+      snprintf(err, errlen, "takes no bare value '%s' (write key=value; "
+               "known keys: %s)", value, known);
+      return -1;
+    }
+    if (nbd_layer_param_set(layer, magic)) {
+      snprintf(err, errlen, "bare value '%s' sets '%s', which is already "
+               "set", value, magic);
+      return -1;
+    }
+    key = magic;
+  } else if (nbd_layer_param_set(layer, key)) {
+    snprintf(err, errlen, "key '%s' given twice", key);
+    return -1;
+  }
+  return params_set(layer, key, value, err, errlen);
+}
+
+/* ---- values -------------------------------------------------------------- */
+
+/* s points at an opening '"'.  Removes the quotes in place (\" and \\ are
+ * escapes; any other backslash is kept) and returns the byte after the
+ * closing quote, or NULL when there is none. */
+static char *
+config_unquote(char *s)
+{
+  char *r = s + 1, *w = s;
+
+  while (*r && *r != '"') {
+    if (*r == '\\' && (r[1] == '"' || r[1] == '\\'))
+      r++;
+    *w++ = *r++;
+  }
+  if (*r != '"')
+    return NULL;
+  *w = '\0';
+  return r + 1;
+}
+
+/* The value of a one-value key: "quoted" (may hold '#' and spaces at the
+ * ends), or raw text up to a " #" comment, trailing space removed. */
+static int
+config_scalar(struct config_parser *p, char *v)
+{
+  char *q;
+
+  if (*v == '"') {
+    q = config_unquote(v);
+    if (q == NULL) {
+      config_error(p, p->line, "unterminated quote");
+      return -1;
+    }
+    q = config_skip_space(q);
+    if (*q != '\0' && *q != '#') {
+      config_error(p, p->line, "unexpected text after the closing quote: "
+                   "'%.40s'", q);
+      return -1;
+    }
+    return 0;
+  }
+  for (q = v; *q; q++)
+    if (*q == '#' && (q == v || config_isspace((unsigned char)q[-1]))) {
+      *q = '\0';
+      break;
+    }
+  config_trim_end(v);
+  return 0;
+}
+
+/* Splits a filter/backend value into words in place, shell-like: words
+ * separated by blanks, "double quotes" group, a word starting with '#'
+ * starts a comment.  *out is malloc'd; returns the count or -1. */
+static int
+config_words(struct config_parser *p, char *s, struct config_word **out)
+{
+  struct config_word *v;
+  char *r = s, *w = s, c;
+  int n = 0;
+
+  /* A word takes at least one byte and a separator. */
+  v = calloc(strlen(s) / 2 + 2, sizeof *v);
+  if (v == NULL) {
+    config_error(p, p->line, "out of memory");
+    return -1;
+  }
+  for (;;) {
+    r = config_skip_space(r);
+    if (*r == '\0' || *r == '#')
+      break;
+    v[n].text = w;
+    v[n].eq = NULL;
+    while (*r && !config_isspace((unsigned char)*r)) {
+      if (*r != '"') {
+        if (*r == '=' && v[n].eq == NULL)
+          v[n].eq = w;
+        *w++ = *r++;
+        continue;
+      }
+      for (r++; *r && *r != '"'; *w++ = *r++)
+        if (*r == '\\' && (r[1] == '"' || r[1] == '\\'))
+          r++;
+      if (*r != '"') {
+        config_error(p, p->line, "unterminated quote");
+        free(v);
+        return -1;
+      }
+      r++;
+    }
+    c = *r;                     /* w <= r: save before terminating */
+    *w++ = '\0';
+    n++;
+    if (c == '\0')
+      break;
+    r++;
+  }
+  *out = v;
+  return n;
+}
+
+/* ---- listen addresses ---------------------------------------------------- */
+
+void
+config_listen_clear(struct nbd_listen *l)
+{
+  free(l->path);
+  free(l->host);
+  free(l->port);
+  memset(l, 0, sizeof *l);
+}
+
+static int
+config_listen_unix(const char *path, struct nbd_listen *out, char *err,
+                   size_t errlen)
+{
+  if (*path == '\0') {
+    snprintf(err, errlen, "missing socket path (expected unix:/path)");
+    return -1;
+  }
+  if (strlen(path) > CONFIG_UNIX_MAX) {
+    snprintf(err, errlen, "unix socket path is %zu bytes, longer than the "
+             "limit of %d", strlen(path), CONFIG_UNIX_MAX);
+    return -1;
+  }
+  out->kind = NBD_LISTEN_UNIX;
+  out->path = strdup(path);
+  return out->path ? 0 : -1;
+}
+
+/* 1..65535, or a service name such as "nbd" (for getaddrinfo). */
+static int
+config_listen_port(const char *s, size_t len, char **out, char *err,
+                   size_t errlen)
+{
+  unsigned long v = 0;
+  size_t i, digits = 0, alnum = 0;
+
+  for (i = 0; i < len; i++) {
+    digits += s[i] >= '0' && s[i] <= '9';
+    alnum += config_iskeychar((unsigned char)s[i]) && s[i] != '.';
+  }
+  if (len > 0 && digits == len) {
+    for (i = 0; i < len && v <= 65535; i++)
+      v = v * 10 + (unsigned long)(s[i] - '0');
+    if (v >= 1 && v <= 65535) {
+      char buf[8];
+      snprintf(buf, sizeof buf, "%lu", v);
+      *out = strdup(buf);
+      return *out ? 0 : -1;
+    }
+  } else if (len > 0 && len <= 32 && alnum == len && digits < len &&
+             ((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z'))) {
+    *out = strndup(s, len);
+    return *out ? 0 : -1;
+  }
+  snprintf(err, errlen, "invalid port '%.*s' (expected 1-65535 or a "
+           "service name)", (int)(len > 64 ? 64 : len), s);
+  return -1;
+}
+
+/* Host names and addresses: letters, digits, '.', '-', '_', ':', '%'. */
+static int
+config_listen_host(const char *s, size_t len, char **out, char *err,
+                   size_t errlen)
+{
+  size_t i;
+
+  if (len == 0 || (len == 1 && s[0] == '*')) {
+    *out = NULL;                /* all addresses */
+    return 0;
+  }
+  for (i = 0; i < len; i++)
+    if (!config_iskeychar((unsigned char)s[i]) && s[i] != ':' &&
+        s[i] != '%') {
+      snprintf(err, errlen, "invalid character '%c' in host '%.*s'",
+               (unsigned char)s[i] >= 0x20 ? s[i] : '?',
+               (int)(len > 64 ? 64 : len), s);
+      return -1;
+    }
+  *out = strndup(s, len);
+  return *out ? 0 : -1;
+}
+
+static int
+config_listen_tcp(const char *s, struct nbd_listen *out, char *err,
+                  size_t errlen)
+{
+  const char *host = s, *port = NULL, *colon;
+  size_t hostlen;
+
+  out->kind = NBD_LISTEN_TCP;
+  if (*s == '\0') {
+    snprintf(err, errlen, "missing host or port (expected %s)",
+             CONFIG_LISTEN_FORMS);
+    return -1;
+  }
+  if (*s == '[') {
+    const char *close = strchr(s, ']');
+    if (close == NULL || close == s + 1) {
+      snprintf(err, errlen, close ? "empty IPv6 address in []" :
+               "missing ']' after the IPv6 address");
+      return -1;
+    }
+    host = s + 1;
+    hostlen = (size_t)(close - host);
+    if (close[1] == ':')
+      port = close + 2;
+    else if (close[1] != '\0') {
+      snprintf(err, errlen, "unexpected text after ']': '%.40s' (expected "
+               "tcp:[IPv6]:PORT)", close + 1);
+      return -1;
+    }
+  } else if ((colon = strchr(s, ':')) != NULL) {
+    if (strchr(colon + 1, ':')) {
+      snprintf(err, errlen, "'%.64s': an IPv6 address needs brackets, "
+               "as in tcp:[::1]:10809", s);
+      return -1;
+    }
+    hostlen = (size_t)(colon - s);
+    port = colon + 1;
+  } else if (strspn(s, "0123456789") == strlen(s)) {
+    hostlen = 0;                /* tcp:PORT */
+    port = s;
+  } else
+    hostlen = strlen(s);        /* tcp:HOST */
+  if (config_listen_host(host, hostlen, &out->host, err, errlen) == -1)
+    return -1;
+  if (port == NULL)
+    port = CONFIG_DEFAULT_PORT;
+  return config_listen_port(port, strlen(port), &out->port, err, errlen);
+}
+
+int
+config_parse_listen(const char *text, struct nbd_listen *out, char *err,
+                    size_t errlen)
+{
+  int r;
+
+  memset(out, 0, sizeof *out);
+  snprintf(err, errlen, "out of memory");
+  if (*text == '\0') {
+    snprintf(err, errlen, "empty address (expected %s)", CONFIG_LISTEN_FORMS);
+    return -1;
+  }
+  if (strncmp(text, "unix:", 5) == 0)
+    r = config_listen_unix(text + 5, out, err, errlen);
+  else if (text[0] == '/')
+    r = config_listen_unix(text, out, err, errlen);
+  else
+    r = config_listen_tcp(strncmp(text, "tcp:", 4) == 0 ? text + 4 : text,
+                          out, err, errlen);
+  if (r == -1)
+    config_listen_clear(out);
+  return r;
+}
+
+static int
+config_add_listen(struct nbd_config *cfg, struct nbd_listen *l)
+{
+  struct nbd_listen *v;
+
+  v = realloc(cfg->listens, (cfg->nlistens + 1) * sizeof *v);
+  if (v == NULL)
+    return -1;
+  cfg->listens = v;
+  v[cfg->nlistens++] = *l;
+  return 0;
+}
+
+/* ---- key setters --------------------------------------------------------- */
+
+static int
+config_set_listen(struct config_parser *p, const struct config_key *k,
+                  void *base, char *value)
+{
+  struct nbd_listen l;
+  char err[CONFIG_ERRLEN];
+
+  if (config_parse_listen(value, &l, err, sizeof err) == -1) {
+    config_error(p, p->line, "listen: %s", err);
+    return -1;
+  }
+  if (config_add_listen(p->cfg, &l) == -1) {
+    config_listen_clear(&l);
+    config_error(p, p->line, "out of memory");
+    return -1;
+  }
+  return 0;
+}
+
+static int
+config_set_string(struct config_parser *p, const struct config_key *k,
+                  void *base, char *value)
+{
+  char **field = (char **)((char *)base + k->offset);
+  char *s = strdup(value);
+
+  if (s == NULL) {
+    config_error(p, p->line, "out of memory");
+    return -1;
+  }
+  free(*field);
+  *field = s;
+  return 0;
+}
+
+static int
+config_set_path(struct config_parser *p, const struct config_key *k,
+                void *base, char *value)
+{
+  if (*value == '\0') {
+    config_error(p, p->line, "%s: empty value (expected a path)", k->name);
+    return -1;
+  }
+  return config_set_string(p, k, base, value);
+}
+
+static int
+config_set_bool(struct config_parser *p, const struct config_key *k,
+                void *base, char *value)
+{
+  if (params_parse_bool(value, (int *)((char *)base + k->offset)) == -1) {
+    config_error(p, p->line, "%s: invalid value '%s' (expected yes or no)",
+                 k->name, value);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+config_set_uint(struct config_parser *p, const struct config_key *k,
+                void *base, char *value)
+{
+  uint64_t v;
+
+  if (params_parse_uint(value, &v) == -1 || v < k->min || v > k->max) {
+    config_error(p, p->line, "%s: invalid value '%s' (expected an integer "
+                 "from %u to %u)", k->name, value, k->min, k->max);
+    return -1;
+  }
+  *(unsigned *)((char *)base + k->offset) = (unsigned)v;
+  return 0;
+}
+
+/* ---- filter and backend lines -------------------------------------------- */
+
+static void
+config_unknown_layer(struct config_parser *p, enum nbd_layer_kind kind,
+                     const char *name)
+{
+  enum nbd_layer_kind other = kind == NBD_LAYER_FILTER ? NBD_LAYER_BACKEND
+                                                       : NBD_LAYER_FILTER;
+  char known[512];
+
+  config_layer_names(kind, known, sizeof known);
+  if (registry_find(other, name))
+    config_error(p, p->line, "unknown %s '%s' (known: %s); '%s' is a %s",
+                 config_kind_name(kind), name, known, name,
+                 config_kind_name(other));
+  else
+    config_error(p, p->line, "unknown %s '%s' (known: %s)",
+                 config_kind_name(kind), name, known);
+}
+
+/* Whether a layer of this kind may be added to the current export. */
+static int
+config_layer_allowed(struct config_parser *p, enum nbd_layer_kind kind,
+                     const char *name)
+{
+  struct config_export_build *b = &p->cur;
+  char label[128];
+
+  config_export_label(b->exp, label, sizeof label);
+  if (kind == NBD_LAYER_BACKEND && b->backend_line) {
+    config_error(p, p->line, "second backend for %s (first at line %d)",
+                 label, b->backend_line);
+    return 0;
+  }
+  if (kind == NBD_LAYER_FILTER && b->backend_line) {
+    config_error(p, p->line, "filter %s comes after the backend (line %d): "
+                 "list filters first, client side first", name,
+                 b->backend_line);
+    return 0;
+  }
+  if (b->nlayers >= CONFIG_MAX_LAYERS) {
+    config_error(p, p->line, "too many layers in %s (at most %d)", label,
+                 CONFIG_MAX_LAYERS);
+    return 0;
+  }
+  return 1;
+}
+
+/* Gives the words after the layer name to the layer; 1 if all were good. */
+static int
+config_layer_words(struct config_parser *p, struct nbd_layer *layer,
+                   struct config_word *w, int n)
+{
+  char err[CONFIG_ERRLEN];
+  int i, ok = 1;
+
+  for (i = 0; i < n; i++) {
+    const char *key = NULL, *value = w[i].text;
+    if (w[i].eq && config_is_key(w[i].text, (size_t)(w[i].eq - w[i].text))) {
+      *w[i].eq = '\0';
+      key = w[i].text;
+      value = w[i].eq + 1;
+    }
+    if (config_layer_param(layer, key, value, err, sizeof err) == -1) {
+      config_error(p, p->line, "%s %s: %s",
+                   config_kind_name(layer->ops->kind), layer->ops->name, err);
+      ok = 0;
+    }
+  }
+  return ok;
+}
+
+static int
+config_record_layer(struct config_parser *p, struct nbd_layer *layer, int ok)
+{
+  struct config_export_build *b = &p->cur;
+
+  if (b->nlayers == b->cap) {
+    size_t cap = b->cap ? 2 * b->cap : 8;
+    struct config_layer_line *v = realloc(b->layers, cap * sizeof *v);
+    if (v == NULL)
+      return -1;
+    b->layers = v;
+    b->cap = cap;
+  }
+  b->layers[b->nlayers].layer = layer;
+  b->layers[b->nlayers].line = p->line;
+  b->layers[b->nlayers].ok = ok;
+  b->nlayers++;
+  engine_export_push(b->exp, layer);
+  return 0;
+}
+
+static int
+config_add_layer(struct config_parser *p, enum nbd_layer_kind kind,
+                 char *value)
+{
+  const struct nbd_layer_ops *ops = NULL;
+  struct nbd_layer *layer = NULL;
+  struct config_word *w = NULL;
+  char known[512];
+  int n, ok;
+
+  n = config_words(p, value, &w);
+  if (n == -1)
+    return -1;
+  if (n == 0 || (w[0].eq && config_is_key(w[0].text,
+                                          (size_t)(w[0].eq - w[0].text)))) {
+    config_layer_names(kind, known, sizeof known);
+    config_error(p, p->line, "%s: missing name, as in '%s = NAME key=value "
+                 "...' (known: %s)", config_kind_name(kind),
+                 config_kind_name(kind), known);
+  } else if ((ops = registry_find(kind, w[0].text)) == NULL)
+    config_unknown_layer(p, kind, w[0].text);
+  else if (config_layer_allowed(p, kind, w[0].text)) {
+    layer = engine_layer_new(ops, p->cur.exp->name);
+    ok = layer && config_layer_words(p, layer, w + 1, n - 1);
+    if (layer == NULL || config_record_layer(p, layer, ok) == -1) {
+      config_error(p, p->line, "out of memory");
+      engine_layer_free(layer);
+      layer = NULL;
+    } else if (kind == NBD_LAYER_BACKEND)
+      p->cur.backend_line = p->line;
+  }
+  free(w);
+  return layer ? 0 : -1;
+}
+
+static int
+config_set_filter(struct config_parser *p, const struct config_key *k,
+                  void *base, char *value)
+{
+  return config_add_layer(p, NBD_LAYER_FILTER, value);
+}
+
+static int
+config_set_backend(struct config_parser *p, const struct config_key *k,
+                   void *base, char *value)
+{
+  p->cur.backend_tried = 1;     /* its own error is enough */
+  return config_add_layer(p, NBD_LAYER_BACKEND, value);
+}
+
+/* ---- sections ------------------------------------------------------------ */
+
+/* Runs every layer's setup (backend first: a filter's setup may look at
+ * the layer below) and links or drops the export. */
+static void
+config_end_export(struct config_parser *p)
+{
+  struct config_export_build *b = &p->cur;
+  char err[CONFIG_ERRLEN], label[128];
+  size_t i;
+
+  if (b->exp == NULL)
+    return;
+  config_export_label(b->exp, label, sizeof label);
+  if (!b->backend_tried)
+    config_error(p, b->line, "%s: no backend (add 'backend = NAME "
+                 "key=value ...')", label);
+  for (i = b->nlayers; i-- > 0;) {
+    struct nbd_layer *l = b->layers[i].layer;
+    if (b->layers[i].ok && engine_layer_setup(l, err, sizeof err) == -1)
+      config_error(p, b->layers[i].line, "%s %s: %s",
+                   config_kind_name(l->ops->kind), l->ops->name, err);
+  }
+  if (b->backend_line && engine_export_finish(b->exp, err, sizeof err) == -1)
+    config_error(p, b->line, "%s: %s", label, err);
+  if (!b->linked)
+    engine_export_free(b->exp);
+  free(b->layers);
+  memset(b, 0, sizeof *b);
+}
+
+static void
+config_end_section(struct config_parser *p)
+{
+  if (p->sec == CONFIG_EXPORT)
+    config_end_export(p);
+  p->sec = CONFIG_NONE;
+}
+
+static int
+config_remember_export(struct config_parser *p, const char *name, int line)
+{
+  if (p->nseen == p->capseen) {
+    size_t cap = p->capseen ? 2 * p->capseen : 16;
+    struct config_seen_export *v = realloc(p->seen, cap * sizeof *v);
+    if (v == NULL)
+      return -1;
+    p->seen = v;
+    p->capseen = cap;
+  }
+  p->seen[p->nseen].name = name;
+  p->seen[p->nseen].line = line;
+  p->nseen++;
+  return 0;
+}
+
+/* A bad export (duplicate, name too long) is still read, to report the
+ * errors inside it, but never linked. */
+static void
+config_begin_export(struct config_parser *p, const char *name)
+{
+  struct config_export_build *b = &p->cur;
+  int keep = 1;
+  size_t i, len = strlen(name);
+
+  p->export_headers++;
+  if (len > CONFIG_MAX_NAME) {
+    config_error(p, p->line, "export name is %zu bytes, longer than the "
+                 "NBD limit of %d", len, CONFIG_MAX_NAME);
+    keep = 0;
+  }
+  for (i = 0; keep && i < p->nseen; i++)
+    if (strcmp(p->seen[i].name, name) == 0) {
+      config_error(p, p->line, "duplicate export \"%.64s\" (first at line "
+                   "%d)", name, p->seen[i].line);
+      keep = 0;
+    }
+  b->exp = engine_export_new(name);
+  if (b->exp == NULL ||
+      (keep && config_remember_export(p, b->exp->name, p->line) == -1)) {
+    config_error(p, p->line, "out of memory");
+    engine_export_free(b->exp);
+    b->exp = NULL;
+    p->sec = CONFIG_SKIP;
+    return;
+  }
+  b->line = p->line;
+  if (keep) {
+    *p->tail = b->exp;
+    p->tail = &b->exp->next;
+    b->linked = 1;
+  }
+  p->sec = CONFIG_EXPORT;
+}
+
+/* Parses "[word]", "[word NAME]" or "[word "NAME"]" in place.  Returns 0
+ * with *word, *wlen and *arg (NUL-terminated, NULL when absent) set, or -1
+ * after an error. */
+static int
+config_header_split(struct config_parser *p, char *s, const char **word,
+                    size_t *wlen, char **arg)
+{
+  char *q = config_skip_space(s + 1), *argend = NULL;
+
+  *word = q;
+  *arg = NULL;
+  while (config_iskeychar((unsigned char)*q))
+    q++;
+  *wlen = (size_t)(q - *word);
+  q = config_skip_space(q);
+  if (*q == '"') {
+    *arg = q;
+    if ((q = config_unquote(q)) == NULL) {
+      config_error(p, p->line, "unterminated quote in section header");
+      return -1;
+    }
+  } else if (*q != ']' && *q != '\0') {
+    *arg = q;
+    q += strcspn(q, " \t\r\v\f]\"");
+    argend = q;
+    if (config_isspace((unsigned char)*q) && *config_skip_space(q) != ']') {
+      config_error(p, p->line, "bad section header: a name with spaces "
+                   "must be quoted, as in [export \"my disk\"]");
+      return -1;
+    }
+  }
+  q = config_skip_space(q);
+  if (*q != ']') {
+    config_error(p, p->line, "bad section header: expected ']'%s",
+                 *q == '"' ? " (a quote inside a name?)" : "");
+    return -1;
+  }
+  q = config_skip_space(q + 1);
+  if (*q != '\0' && *q != '#' && *q != ';') {
+    config_error(p, p->line, "bad section header: unexpected text after "
+                 "']': '%.40s'", q);
+    return -1;
+  }
+  if (*wlen == 0) {
+    config_error(p, p->line, "bad section header: missing section name "
+                 "(known: [server], [export NAME])");
+    return -1;
+  }
+  if (argend)
+    *argend = '\0';
+  return 0;
+}
+
+static int
+config_word_is(const char *word, size_t wlen, const char *name)
+{
+  return wlen == strlen(name) && memcmp(word, name, wlen) == 0;
+}
+
+static void
+config_header(struct config_parser *p, char *s)
+{
+  const char *word;
+  size_t wlen;
+  char *arg;
+
+  p->sec = CONFIG_SKIP;
+  if (config_header_split(p, s, &word, &wlen, &arg) == -1) {
+    if (config_word_is(word, wlen, "export"))
+      p->export_headers++;      /* no "no export defined" on top */
+    return;
+  }
+  if (config_word_is(word, wlen, "server")) {
+    if (arg)
+      config_error(p, p->line, "[server] takes no name");
+    p->sec = CONFIG_SERVER;
+  } else if (config_word_is(word, wlen, "export")) {
+    if (arg == NULL) {
+      p->export_headers++;
+      config_error(p, p->line, "[export] needs a name: [export NAME], or "
+                   "[export \"\"] for the default export");
+    } else
+      config_begin_export(p, arg);
+  } else
+    config_error(p, p->line, "unknown section [%.*s] (known: [server], "
+                 "[export NAME])", (int)(wlen > 64 ? 64 : wlen), word);
+}
+
+/* ---- key lines ----------------------------------------------------------- */
+
+static void
+config_unknown_key(struct config_parser *p, const char *key,
+                   const struct config_key *keys, const char *where)
+{
+  char known[256];
+  size_t used = 0;
+  const struct config_key *k;
+
+  known[0] = '\0';
+  for (k = keys; k->name && used < sizeof known; k++)
+    used += (size_t)snprintf(known + used, sizeof known - used, "%s%s",
+                             k == keys ? "" : ", ", k->name);
+  config_error(p, p->line, "unknown key '%.64s' in %s (known: %s)", key,
+               where, known);
+}
+
+/* Looks the key up in the section's table and calls its setter. */
+static void
+config_dispatch(struct config_parser *p, const char *key, char *value)
+{
+  const struct config_key *keys, *k;
+  int *seen;
+  void *base;
+  char where[160], label[128];
+
+  if (p->sec == CONFIG_SERVER) {
+    keys = config_server_keys;
+    seen = p->server_seen;
+    base = p->cfg;
+    snprintf(where, sizeof where, "[server]");
+  } else {
+    keys = config_export_keys;
+    seen = p->cur.seen;
+    base = p->cur.exp;
+    snprintf(where, sizeof where, "[%s]",
+             config_export_label(p->cur.exp, label, sizeof label));
+  }
+  for (k = keys; k->name && strcmp(k->name, key) != 0; k++)
+    ;
+  if (k->name == NULL) {
+    config_unknown_key(p, key, keys, where);
+    return;
+  }
+  if (!(k->flags & CONFIG_REPEAT) && seen[k - keys]) {
+    config_error(p, p->line, "'%s' given twice in %s (first at line %d)",
+                 key, where, seen[k - keys]);
+    return;
+  }
+  seen[k - keys] = p->line;
+  if (!(k->flags & CONFIG_WORDS) && config_scalar(p, value) == -1)
+    return;
+  k->set(p, k, base, value);
+}
+
+/* "key = value" */
+static void
+config_key_line(struct config_parser *p, char *s)
+{
+  char *key = s, *q = s, *value;
+  size_t len;
+
+  if (p->sec == CONFIG_NONE) {
+    config_error(p, p->line, "line outside any section (start with "
+                 "[server] or [export NAME])");
+    return;
+  }
+  if (p->sec == CONFIG_SKIP)
+    return;
+  while (config_iskeychar((unsigned char)*q))
+    q++;
+  len = (size_t)(q - key);
+  q = config_skip_space(q);
+  if (*q != '=' || !config_is_key(key, len)) {
+    if (strchr(s, '=') == NULL)
+      config_error(p, p->line, "expected 'key = value' or a [section] "
+                   "header, got '%.40s'", s);
+    else
+      config_error(p, p->line, "invalid key '%.*s' (a key is letters, "
+                   "digits, '_', '-' and '.')",
+                   (int)strcspn(s, "=") > 64 ? 64 : (int)strcspn(s, "="), s);
+    return;
+  }
+  value = config_skip_space(q + 1);
+  key[len] = '\0';              /* after reading q: it may be the '=' */
+  config_dispatch(p, key, value);
+}
+
+static void
+config_line(struct config_parser *p, char *line)
+{
+  char *s = config_skip_space(line);
+
+  if (*s == '\0' || *s == '#' || *s == ';')
+    return;
+  if (*s == '[') {
+    config_end_section(p);
+    config_header(p, s);
+    return;
+  }
+  config_key_line(p, s);
+}
+
+/* ---- whole files --------------------------------------------------------- */
+
+void
+config_free(struct nbd_config *cfg)
+{
+  struct nbd_export *e, *next;
+  size_t i;
+
+  for (i = 0; i < cfg->nlistens; i++)
+    config_listen_clear(&cfg->listens[i]);
+  free(cfg->listens);
+  for (e = cfg->exports; e; e = next) {
+    next = e->next;
+    engine_export_free(e);
+  }
+  free(cfg->pidfile);
+  memset(cfg, 0, sizeof *cfg);
+  cfg->threads = CONFIG_DEFAULT_THREADS;
+}
+
+static void
+config_finish(struct config_parser *p)
+{
+  struct nbd_listen l = { NBD_LISTEN_TCP, NULL, NULL, NULL };
+
+  config_end_section(p);
+  if (p->export_headers == 0)
+    config_error(p, p->line > 0 ? p->line : 1, "no export defined (add an "
+                 "[export NAME] section; [export \"\"] is the default "
+                 "export)");
+  if (p->nerrs == 0 && p->cfg->nlistens == 0) {
+    l.port = strdup(CONFIG_DEFAULT_PORT);
+    if (l.port == NULL || config_add_listen(p->cfg, &l) == -1) {
+      free(l.port);
+      config_error(p, p->line, "out of memory");
+    }
+  }
+  free(p->seen);
+  if (p->nerrs)
+    config_free(p->cfg);
+}
+
+/* text[0..len) may hold NUL bytes (a file): a line with one is an error. */
+static int
+config_parse_buf(const char *text, size_t len, const char *name,
+                 struct nbd_config *cfg, FILE *errs)
+{
+  struct config_parser p;
+  char *line = NULL;
+  size_t pos = 0, cap = 0, n;
+
+  memset(&p, 0, sizeof p);
+  p.name = name;
+  p.errs = errs;
+  p.cfg = cfg;
+  p.tail = &cfg->exports;
+  memset(cfg, 0, sizeof *cfg);
+  cfg->threads = CONFIG_DEFAULT_THREADS;
+  if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0)
+    pos = 3;                    /* UTF-8 byte order mark */
+  while (pos < len) {
+    const char *nl = memchr(text + pos, '\n', len - pos);
+    n = nl ? (size_t)(nl - (text + pos)) : len - pos;
+    p.line++;
+    if (n + 1 > cap) {
+      char *bigger = realloc(line, n + 1);
+      if (bigger == NULL) {
+        config_error(&p, p.line, "out of memory");
+        break;
+      }
+      line = bigger;
+      cap = n + 1;
+    }
+    memcpy(line, text + pos, n);
+    line[n] = '\0';
+    if (n > 0 && line[n - 1] == '\r')
+      line[n - 1] = '\0';       /* CRLF */
+    if (memchr(text + pos, '\0', n))
+      config_error(&p, p.line, "NUL byte in line");
+    else
+      config_line(&p, line);
+    pos += n + (nl != NULL);
+  }
+  free(line);
+  config_finish(&p);
+  return p.nerrs;
+}
+
+int
+config_parse_string(const char *text, const char *name,
+                    struct nbd_config *cfg, FILE *errs)
+{
+  return config_parse_buf(text, strlen(text), name, cfg, errs);
+}
+
+static char *
+config_read_all(FILE *fp, size_t *len)
+{
+  size_t cap = 4096, n = 0, got;
+  char *buf = malloc(cap), *bigger;
+
+  while (buf) {
+    got = fread(buf + n, 1, cap - n, fp);
+    n += got;
+    if (got == 0 || n > CONFIG_MAX_FILE)
+      break;
+    if (n == cap) {
+      bigger = realloc(buf, cap * 2);
+      if (bigger == NULL)
+        free(buf);
+      buf = bigger;
+      cap *= 2;
+    }
+  }
+  *len = n;
+  return buf;
+}
+
+int
+config_load_file(const char *path, struct nbd_config *cfg, FILE *errs)
+{
+  FILE *fp = fopen(path, "r");
+  size_t len = 0;
+  char *buf;
+  int r;
+
+  memset(cfg, 0, sizeof *cfg);
+  cfg->threads = CONFIG_DEFAULT_THREADS;
+  if (fp == NULL) {
+    if (errs)
+      fprintf(errs, "%s: cannot open: %s\n", path, strerror(errno));
+    return 1;
+  }
+  errno = 0;
+  buf = config_read_all(fp, &len);
+  if (buf == NULL || ferror(fp) || len > CONFIG_MAX_FILE) {
+    if (errs)
+      fprintf(errs, "%s: cannot read: %s\n", path,
+              len > CONFIG_MAX_FILE ? "larger than 16 MiB" :
+              strerror(errno ? errno : ENOMEM));
+    free(buf);
+    fclose(fp);
+    return 1;
+  }
+  fclose(fp);
+  r = config_parse_buf(buf, len, path, cfg, errs);
+  free(buf);
+  return r;
+}
