@@ -105,23 +105,24 @@ server_listen_unix(const struct nbd_listen *ln)
   return server_add_fd(fd, ln->path, ln->path);
 }
 
+/* Binds every address host resolves to; returns how many, or -1 if it
+ * does not resolve. */
 static int
-server_listen_tcp(const struct nbd_listen *ln)
+server_listen_tcp_host(const char *host, const char *port, int quiet)
 {
   struct addrinfo hints, *res, *a;
-  const char *host = ln->host && *ln->host ? ln->host : NULL;
-  const char *port = ln->port && *ln->port ? ln->port : "10809";
   char desc[128], addr[INET6_ADDRSTRLEN];
   int r, fd, one = 1, bound = 0;
 
   memset(&hints, 0, sizeof hints);
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_ADDRCONFIG;
+  hints.ai_flags = AI_PASSIVE;
   r = getaddrinfo(host, port, &hints, &res);
   if (r != 0) {
-    nbd_error("cannot resolve tcp:%s:%s: %s", host ? host : "*", port,
-              gai_strerror(r));
+    if (!quiet)
+      nbd_error("cannot resolve tcp:%s:%s: %s", host ? host : "*", port,
+                gai_strerror(r));
     return -1;
   }
   for (a = res; a; a = a->ai_next) {
@@ -138,7 +139,8 @@ server_listen_tcp(const struct nbd_listen *ln)
              "%s:%s", addr, port);
     if (bind(fd, a->ai_addr, a->ai_addrlen) == -1 ||
         listen(fd, SOMAXCONN) == -1) {
-      nbd_error("cannot listen on tcp %s: %s", desc, strerror(errno));
+      if (!quiet)
+        nbd_error("cannot listen on tcp %s: %s", desc, strerror(errno));
       close(fd);
       continue;
     }
@@ -146,7 +148,26 @@ server_listen_tcp(const struct nbd_listen *ln)
       bound++;
   }
   freeaddrinfo(res);
-  return bound ? 0 : -1;
+  return bound;
+}
+
+static int
+server_listen_tcp(const struct nbd_listen *ln)
+{
+  const char *host = ln->host && *ln->host ? ln->host : NULL;
+  const char *port = ln->port && *ln->port ? ln->port : "10809";
+  int n;
+
+  /* "localhost" means both loopbacks, whatever /etc/hosts lists; a host
+   * without IPv6 just gets 127.0.0.1. */
+  if (host && strcmp(host, "localhost") == 0) {
+    n = server_listen_tcp_host("127.0.0.1", port, 0);
+    if (server_listen_tcp_host("::1", port, 1) > 0 && n < 0)
+      n = 1;
+  }
+  else
+    n = server_listen_tcp_host(host, port, 0);
+  return n > 0 ? 0 : -1;
 }
 
 /* systemd socket activation: LISTEN_PID must be us; fds 3..3+N-1. */
