@@ -388,7 +388,7 @@ next_trim(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
     return -EPERM;
   if (!c->can_trim)
     return -EOPNOTSUPP;
-  if ((r = engine_check_range(c, count, offset, ENOSPC)) < 0 ||
+  if ((r = engine_check_range(c, count, offset, EINVAL)) < 0 ||
       (r = engine_fua(c, &flags, &flush)) < 0)
     return r;
   r = c->layer->ops->trim(c, c->next, count, offset, flags);

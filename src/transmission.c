@@ -290,7 +290,9 @@ tx_validate(const struct nbd_conn *c, const struct nbd_request *r)
     return -EPERM;
   if (r->type == NBD_CMD_FLUSH)
     return 0;
-  if (writes)
+  /* proto.md: ENOSPC for writes past the end; a trim writes nothing, so
+   * it gets EINVAL like every other request (as nbdkit does). */
+  if (r->type == NBD_CMD_WRITE || r->type == NBD_CMD_WRITE_ZEROES)
     past_end_err = ENOSPC;
   if (r->count == 0)
     return -EINVAL;
