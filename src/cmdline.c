@@ -27,6 +27,9 @@ enum {
   CMDLINE_OPT_FILTER = 256,
   CMDLINE_OPT_LIST,
   CMDLINE_OPT_CHECK,
+  CMDLINE_OPT_HANDSHAKE,
+  CMDLINE_OPT_IDLE,
+  CMDLINE_OPT_MAXCONN,
 };
 
 /* Options as given; strings point into argv. */
@@ -36,12 +39,15 @@ struct cmdline_opts {
   const char **filters;
   size_t nfilters;
   const char *port, *ipaddr, *export_name, *config, *check, *pidfile;
+  const char *user, *group;
   unsigned threads;             /* 0 = not given */
+  unsigned max_connections;     /* 0 = not given */
+  const char *handshake_timeout, *idle_timeout;
   int readonly, verbose;
 };
 
 /* Leading ':' so that a missing argument returns ':', not '?'. */
-static const char cmdline_short[] = ":c:e:fhi:P:p:rt:U:vV";
+static const char cmdline_short[] = ":c:e:fg:hi:P:p:rt:u:U:vV";
 
 static const struct option cmdline_long[] = {
   { "check-config", required_argument, NULL, CMDLINE_OPT_CHECK },
@@ -51,6 +57,10 @@ static const struct option cmdline_long[] = {
   { "exportname", required_argument, NULL, 'e' },
   { "filter", required_argument, NULL, CMDLINE_OPT_FILTER },
   { "foreground", no_argument, NULL, 'f' },
+  { "group", required_argument, NULL, 'g' },
+  { "handshake-timeout", required_argument, NULL, CMDLINE_OPT_HANDSHAKE },
+  { "idle-timeout", required_argument, NULL, CMDLINE_OPT_IDLE },
+  { "max-connections", required_argument, NULL, CMDLINE_OPT_MAXCONN },
   { "help", no_argument, NULL, 'h' },
   { "ipaddr", required_argument, NULL, 'i' },
   { "list", no_argument, NULL, CMDLINE_OPT_LIST },
@@ -60,6 +70,7 @@ static const struct option cmdline_long[] = {
   { "readonly", no_argument, NULL, 'r' },
   { "threads", required_argument, NULL, 't' },
   { "unix", required_argument, NULL, 'U' },
+  { "user", required_argument, NULL, 'u' },
   { "verbose", no_argument, NULL, 'v' },
   { "version", no_argument, NULL, 'V' },
   { NULL, 0, NULL, 0 }
@@ -85,6 +96,13 @@ cmdline_usage(FILE *fp)
     "  -r, --readonly          serve every export read-only\n"
     "  -t, --threads N         worker threads per connection (1-%d, default %d)\n"
     "  -P, --pidfile FILE      write the process id to FILE\n"
+    "  -u, --user USER         run as USER after binding the sockets\n"
+    "  -g, --group GROUP       run as GROUP after binding the sockets\n"
+    "      --max-connections N refuse clients beyond N (default 1024)\n"
+    "      --handshake-timeout T  drop a client still negotiating after T\n"
+    "                          (default 10s; 0 = never)\n"
+    "      --idle-timeout T    drop a client that sends no request for T\n"
+    "                          (default 0 = never)\n"
     "  -f, --foreground        accepted for nbdkit habits; always foreground\n"
     "  -v, --verbose           debug messages\n"
     "      --list              list filters, backends and their keys\n"
@@ -116,6 +134,45 @@ cmdline_bad_option(int argc, char **argv, int c)
 }
 
 static int
+cmdline_uint(const char *opt, const char *s, unsigned max, unsigned *out)
+{
+  uint64_t v;
+
+  if (params_parse_uint(s, &v) == -1 || v < 1 || v > max) {
+    fprintf(stderr, "nbdstack: %s: invalid value '%s' (expected 1-%u)\n",
+            opt, s, max);
+    return -1;
+  }
+  *out = (unsigned)v;
+  return 0;
+}
+
+static int
+cmdline_duration(const char *opt, const char *s, uint64_t *out)
+{
+  if (params_parse_duration(s, out) == -1) {
+    fprintf(stderr, "nbdstack: %s: invalid duration '%s' (e.g. 500ms, 10s, "
+            "2m; 0 = never)\n", opt, s);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+cmdline_strdup(char **field, const char *s)
+{
+  char *copy = strdup(s);
+
+  if (copy == NULL) {
+    fprintf(stderr, "nbdstack: out of memory\n");
+    return -1;
+  }
+  free(*field);
+  *field = copy;
+  return 0;
+}
+
+static int
 cmdline_threads(const char *s, unsigned *out)
 {
   uint64_t v;
@@ -141,6 +198,12 @@ cmdline_option(int c, int argc, char **argv, struct cmdline_opts *o)
   case 'f': return 0;
   case 'i': o->ipaddr = optarg; return 0;
   case 'P': o->pidfile = optarg; return 0;
+  case 'u': o->user = optarg; return 0;
+  case 'g': o->group = optarg; return 0;
+  case CMDLINE_OPT_HANDSHAKE: o->handshake_timeout = optarg; return 0;
+  case CMDLINE_OPT_IDLE: o->idle_timeout = optarg; return 0;
+  case CMDLINE_OPT_MAXCONN: return cmdline_uint("--max-connections", optarg,
+                                                1000000, &o->max_connections);
   case 'p': o->port = optarg; return 0;
   case 'r': o->readonly = 1; return 0;
   case 't': return cmdline_threads(optarg, &o->threads);
@@ -409,15 +472,21 @@ cmdline_apply(struct nbd_config *cfg, const struct cmdline_opts *o)
     if (cmdline_listens(cfg, o) == -1)
       return -1;
   }
-  if (o->pidfile) {
-    free(cfg->pidfile);
-    if ((cfg->pidfile = strdup(o->pidfile)) == NULL) {
-      fprintf(stderr, "nbdstack: out of memory\n");
-      return -1;
-    }
-  }
+  if ((o->pidfile && cmdline_strdup(&cfg->pidfile, o->pidfile) == -1) ||
+      (o->user && cmdline_strdup(&cfg->user, o->user) == -1) ||
+      (o->group && cmdline_strdup(&cfg->group, o->group) == -1))
+    return -1;
+  if ((o->handshake_timeout &&
+       cmdline_duration("--handshake-timeout", o->handshake_timeout,
+                        &cfg->handshake_timeout) == -1) ||
+      (o->idle_timeout &&
+       cmdline_duration("--idle-timeout", o->idle_timeout,
+                        &cfg->idle_timeout) == -1))
+    return -1;
   if (o->threads)
     cfg->threads = o->threads;
+  if (o->max_connections)
+    cfg->max_connections = o->max_connections;
   cfg->readonly |= o->readonly;
   cfg->verbose = o->verbose;
   return 0;
@@ -486,8 +555,7 @@ cmdline_parse(int argc, char **argv, struct nbd_config *cfg)
   struct cmdline_opts o;
   int r = -1;
 
-  memset(cfg, 0, sizeof *cfg);
-  cfg->threads = CONFIG_DEFAULT_THREADS;
+  config_defaults(cfg);
   memset(&o, 0, sizeof o);
   /* Each repeatable option takes at least one argv slot. */
   o.unix_paths = calloc((size_t)argc + 1, sizeof *o.unix_paths);

@@ -47,7 +47,7 @@ struct config_export_build {
   int linked;                   /* in cfg->exports (not a duplicate) */
   int backend_line;
   int backend_tried;            /* a backend line, good or bad, was seen */
-  int seen[8];                  /* line of each export key, for repeats */
+  int seen[16];                 /* line of each export key, for repeats */
   struct config_layer_line *layers;
   size_t nlayers, cap;
 };
@@ -67,7 +67,7 @@ struct config_parser {
   struct nbd_export **tail;     /* where the next export is linked */
   enum config_section_kind sec;
   int export_headers;           /* [export ...] headers seen, good or bad */
-  int server_seen[8];
+  int server_seen[16];
   struct config_export_build cur;
   struct config_seen_export *seen;
   size_t nseen, capseen;
@@ -101,6 +101,8 @@ static int config_set_uint(struct config_parser *, const struct config_key *,
                            void *, char *);
 static int config_set_listen(struct config_parser *, const struct config_key *,
                              void *, char *);
+static int config_set_duration(struct config_parser *,
+                               const struct config_key *, void *, char *);
 static int config_set_filter(struct config_parser *, const struct config_key *,
                              void *, char *);
 static int config_set_backend(struct config_parser *,
@@ -114,6 +116,14 @@ static const struct config_key config_server_keys[] = {
     0, 0, 0 },
   { "pidfile", config_set_path, offsetof(struct nbd_config, pidfile),
     0, 0, 0 },
+  { "max-connections", config_set_uint,
+    offsetof(struct nbd_config, max_connections), 1, 1000000, 0 },
+  { "handshake-timeout", config_set_duration,
+    offsetof(struct nbd_config, handshake_timeout), 0, 0, 0 },
+  { "idle-timeout", config_set_duration,
+    offsetof(struct nbd_config, idle_timeout), 0, 0, 0 },
+  { "user", config_set_string, offsetof(struct nbd_config, user), 0, 0, 0 },
+  { "group", config_set_string, offsetof(struct nbd_config, group), 0, 0, 0 },
   { NULL, NULL, 0, 0, 0, 0 }
 };
 
@@ -122,6 +132,8 @@ static const struct config_key config_export_keys[] = {
     offsetof(struct nbd_export, description), 0, 0, 0 },
   { "readonly", config_set_bool, offsetof(struct nbd_export, readonly),
     0, 0, 0 },
+  { "max-connections", config_set_uint,
+    offsetof(struct nbd_export, max_connections), 1, 1000000, 0 },
   { "filter", config_set_filter, 0, 0, 0, CONFIG_REPEAT | CONFIG_WORDS },
   /* REPEAT: config_set_backend reports a second backend itself. */
   { "backend", config_set_backend, 0, 0, 0, CONFIG_REPEAT | CONFIG_WORDS },
@@ -619,6 +631,21 @@ config_set_uint(struct config_parser *p, const struct config_key *k,
   return 0;
 }
 
+static int
+config_set_duration(struct config_parser *p, const struct config_key *k,
+                    void *base, char *value)
+{
+  uint64_t v;
+
+  if (params_parse_duration(value, &v) == -1) {
+    config_error(p, p->line, "%s: invalid value '%s' (expected a duration "
+                 "such as 500ms, 10s or 2m; 0 = none)", k->name, value);
+    return -1;
+  }
+  *(uint64_t *)((char *)base + k->offset) = v;
+  return 0;
+}
+
 /* ---- filter and backend lines -------------------------------------------- */
 
 static void
@@ -1065,8 +1092,18 @@ config_free(struct nbd_config *cfg)
     engine_export_free(e);
   }
   free(cfg->pidfile);
+  free(cfg->user);
+  free(cfg->group);
+  config_defaults(cfg);
+}
+
+void
+config_defaults(struct nbd_config *cfg)
+{
   memset(cfg, 0, sizeof *cfg);
   cfg->threads = CONFIG_DEFAULT_THREADS;
+  cfg->max_connections = CONFIG_DEFAULT_MAX_CONNECTIONS;
+  cfg->handshake_timeout = CONFIG_DEFAULT_HANDSHAKE_TIMEOUT;
 }
 
 static void
@@ -1105,8 +1142,7 @@ config_parse_buf(const char *text, size_t len, const char *name,
   p.errs = errs;
   p.cfg = cfg;
   p.tail = &cfg->exports;
-  memset(cfg, 0, sizeof *cfg);
-  cfg->threads = CONFIG_DEFAULT_THREADS;
+  config_defaults(cfg);
   if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0)
     pos = 3;                    /* UTF-8 byte order mark */
   while (pos < len) {
@@ -1175,8 +1211,7 @@ config_load_file(const char *path, struct nbd_config *cfg, FILE *errs)
   char *buf;
   int r;
 
-  memset(cfg, 0, sizeof *cfg);
-  cfg->threads = CONFIG_DEFAULT_THREADS;
+  config_defaults(cfg);
   if (fp == NULL) {
     if (errs)
       fprintf(errs, "%s: cannot open: %s\n", path, strerror(errno));

@@ -6,6 +6,7 @@
 #ifndef NBDSTACK_CONFIG_H
 #define NBDSTACK_CONFIG_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "engine.h"
@@ -35,7 +36,15 @@ struct nbd_config {
   int readonly;                 /* -r: every export read-only */
   int verbose;                  /* -v */
   char *pidfile;
+  /* Limits against hostile or broken clients (docs/config.md). */
+  unsigned max_connections;     /* whole server; default 1024 */
+  uint64_t handshake_timeout;   /* ns to finish the handshake; default 10 s */
+  uint64_t idle_timeout;        /* ns without a request; 0 = never */
+  char *user, *group;           /* drop privileges after binding */
 };
+
+#define CONFIG_DEFAULT_MAX_CONNECTIONS 1024
+#define CONFIG_DEFAULT_HANDSHAKE_TIMEOUT (UINT64_C(10) * 1000000000)
 
 /* Parses the INI text (name is used in messages as name:line:).  Every
  * error is printed to errs as "name:line: message"; returns the number of
@@ -46,6 +55,8 @@ int config_parse_string(const char *text, const char *name,
 /* Reads a file and calls config_parse_string. */
 int config_load_file(const char *path, struct nbd_config *cfg, FILE *errs);
 void config_free(struct nbd_config *cfg);
+/* Zeroes cfg and sets every default (threads, limits, timeouts). */
+void config_defaults(struct nbd_config *cfg);
 /* Parses "unix:/path", "tcp:host:port", "tcp:[v6]:port", "tcp:port",
  * "tcp:host" (port 10809), "/path" (unix) or "host:port"; 0 or -1 with err
  * filled.  On 0 the strings in out are malloc'd: config_listen_clear. */

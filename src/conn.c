@@ -7,12 +7,68 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "conn.h"
 #include "protocol.h"
 
 #define CONN_RBUF_SIZE (32u << 10)
+
+void
+conn_set_timeout(struct nbd_conn *c, uint64_t ns, int send_too)
+{
+  struct timeval tv;
+
+  tv.tv_sec = (time_t)(ns / 1000000000);
+  tv.tv_usec = (suseconds_t)(ns % 1000000000 / 1000);
+  if (ns && tv.tv_sec == 0 && tv.tv_usec == 0)
+    tv.tv_usec = 1;             /* 0 would mean "no timeout" */
+  setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (send_too)
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+/* During the handshake every read gets only the time left before the
+ * deadline, so a client sending one byte a second cannot hold a thread. */
+static int
+conn_before_read(struct nbd_conn *c)
+{
+  struct timespec ts;
+  uint64_t now;
+
+  if (c->deadline == 0)
+    return 0;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  now = (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+  if (now >= c->deadline) {
+    nbd_info("%s: handshake timed out", c->peer);
+    return -1;
+  }
+  conn_set_timeout(c, c->deadline - now, 1);
+  return 0;
+}
+
+/* A receive timeout (EAGAIN) is the idle timeout in transmission: it ends
+ * the connection only when no request is in flight. */
+static int
+conn_retry(struct nbd_conn *c, ssize_t r)
+{
+  int busy;
+
+  if (r == -1 && errno == EINTR)
+    return 1;
+  if (r == -1 && (errno == EAGAIN || errno == EWOULDBLOCK) &&
+      c->deadline == 0) {
+    pthread_mutex_lock(&c->qlock);
+    busy = c->inflight > 0;
+    pthread_mutex_unlock(&c->qlock);
+    if (!busy)
+      nbd_info("%s: idle timeout, closing", c->peer);
+    return busy;
+  }
+  return 0;
+}
 
 /* Fills the input buffer with whatever is available (at least 1 byte). */
 static int
@@ -28,9 +84,11 @@ conn_fill(struct nbd_conn *c)
   }
   if (c->rpos == c->rlen)
     c->rpos = c->rlen = 0;
-  do
+  do {
+    if (conn_before_read(c) == -1)
+      return -1;
     r = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
-  while (r == -1 && errno == EINTR);
+  } while (conn_retry(c, r));
   if (r <= 0)
     return -1;
   c->rlen += (size_t)r;
@@ -55,9 +113,11 @@ conn_read(struct nbd_conn *c, void *buf, size_t len)
     /* Large payloads go straight into the caller's buffer. */
     if (len >= CONN_RBUF_SIZE / 2) {
       ssize_t r;
-      do
+      do {
+        if (conn_before_read(c) == -1)
+          return -1;
         r = recv(c->fd, p, len, MSG_WAITALL);
-      while (r == -1 && errno == EINTR);
+      } while (conn_retry(c, r));
       if (r <= 0)
         return -1;
       p += r;
@@ -147,8 +207,20 @@ conn_nbd_error(int err)
 void
 conn_run(struct nbd_conn *c)
 {
-  if (handshake_run(c) == 0)
+  struct timespec ts;
+
+  if (c->cfg->handshake_timeout) {
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    c->deadline = (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec +
+                  c->cfg->handshake_timeout;
+  }
+  if (handshake_run(c) == 0) {
+    c->deadline = 0;
+    conn_set_timeout(c, 0, 1);
+    if (c->cfg->idle_timeout)
+      conn_set_timeout(c, c->cfg->idle_timeout, 0);
     transmission_run(c);
+  }
   if (c->top) {
     int r;
     /* Flush so nothing acknowledged lingers in a layer's cache. */
@@ -158,6 +230,10 @@ conn_run(struct nbd_conn *c)
     if ((r = engine_close(c->top)) < 0)
       nbd_error("%s: close failed: %s", c->peer, strerror(-r));
     c->top = NULL;
+  }
+  if (c->counted) {
+    __atomic_sub_fetch(&c->exp->nconnections, 1, __ATOMIC_SEQ_CST);
+    c->counted = 0;
   }
   if (c->serial_lock_held) {
     pthread_mutex_unlock(&c->exp->lock);

@@ -31,6 +31,9 @@ struct nbd_conn {
   int fd;
   const struct nbd_config *cfg;
   char peer[64];                /* for log lines */
+  uint64_t deadline;            /* CLOCK_MONOTONIC ns to finish the
+                                   handshake; 0 = none */
+  int counted;                  /* counted in exp->nconnections */
 
   /* Buffered input: requests are parsed out of rbuf. */
   char *rbuf;
@@ -75,6 +78,8 @@ int conn_read(struct nbd_conn *c, void *buf, size_t len);
 int conn_skip(struct nbd_conn *c, size_t len);
 /* Writes all iovecs under the reply lock; 0 or -1. */
 int conn_writev(struct nbd_conn *c, struct iovec *iov, int n);
+/* Sets the receive (and send) timeout of the socket; 0 = none. */
+void conn_set_timeout(struct nbd_conn *c, uint64_t ns, int send_too);
 /* Maps -errno to an NBD error value (one table). */
 uint32_t conn_nbd_error(int err);
 

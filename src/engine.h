@@ -18,6 +18,8 @@ struct nbd_export {
   char *description;
   struct nbd_layer *top;        /* client side; ->below ... backend */
   int readonly;                 /* forced read-only (config or -r) */
+  unsigned max_connections;     /* 0 = only the server-wide limit */
+  unsigned nconnections;        /* open stacks now (server.c's lock) */
   /* Derived by engine_export_finish from the stack. */
   enum nbd_thread_model model;
   int nonblocking;

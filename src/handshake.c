@@ -81,12 +81,32 @@ handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
   return f;
 }
 
-/* Opens the export's stack for this connection. */
+static void
+handshake_uncount(struct nbd_conn *c)
+{
+  if (c->counted) {
+    __atomic_sub_fetch(&c->exp->nconnections, 1, __ATOMIC_SEQ_CST);
+    c->counted = 0;
+  }
+}
+
+/* Opens the export's stack for this connection; -1 on failure, -2 when the
+ * export is at its connection limit. */
 static int
 handshake_open(struct nbd_conn *c, struct nbd_export *e)
 {
   char err[512];
 
+  if (e->max_connections && !c->counted) {
+    if (__atomic_add_fetch(&e->nconnections, 1, __ATOMIC_SEQ_CST) >
+        e->max_connections) {
+      __atomic_sub_fetch(&e->nconnections, 1, __ATOMIC_SEQ_CST);
+      nbd_info("%s: export \"%s\" has its maximum of %u connections",
+               c->peer, e->name, e->max_connections);
+      return -2;
+    }
+    c->counted = 1;
+  }
   if (e->model == NBD_SERIALIZE_CONNECTIONS && !c->serial_lock_held) {
     pthread_mutex_lock(&e->lock);
     c->serial_lock_held = 1;
@@ -100,6 +120,7 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e)
       pthread_mutex_unlock(&e->lock);
       c->serial_lock_held = 0;
     }
+    handshake_uncount(c);
     return -1;
   }
   c->tflags = handshake_tflags(c, c->top);
@@ -118,6 +139,7 @@ handshake_close_stack(struct nbd_conn *c)
     pthread_mutex_unlock(&c->exp->lock);
     c->serial_lock_held = 0;
   }
+  handshake_uncount(c);
 }
 
 /* NBD_OPT_EXPORT_NAME: no error reply exists, so failures drop. */
@@ -133,7 +155,7 @@ handshake_export_name(struct nbd_conn *c, const char *name)
     nbd_info("%s: unknown export \"%s\" requested", c->peer, name);
     return -1;
   }
-  if (handshake_open(c, e) == -1)
+  if (handshake_open(c, e) < 0)
     return -1;
   memset(out, 0, sizeof out);
   wire_put64(out, (uint64_t)c->top->size);
@@ -214,9 +236,14 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   e = handshake_find_export(c, name);
   if (e == NULL)
     return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, "unknown export");
-  if (handshake_open(c, e) == -1)
+  switch (handshake_open(c, e)) {
+  case -2:
+    return handshake_error(c, opt, NBD_REP_ERR_POLICY,
+                           "too many connections to this export");
+  case -1:
     return handshake_error(c, opt, NBD_REP_ERR_PLATFORM,
                            "export could not be opened (see server log)");
+  }
   /* A meta context chosen for another export does not carry over. */
   if (c->meta_export && strcmp(c->meta_export, e->name) != 0)
     c->meta_base_allocation = 0;

@@ -8,10 +8,12 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -272,6 +274,21 @@ server_accept(const struct nbd_config *cfg, struct server_listener *l)
       usleep(100000);           /* let connections close; don't spin */
     return;
   }
+  unsigned nconns;
+
+  pthread_mutex_lock(&server_lock);
+  nconns = server_nconns;
+  pthread_mutex_unlock(&server_lock);
+  if (nconns >= cfg->max_connections) {
+    static time_t last;
+    time_t now = time(NULL);
+    if (now != last)            /* one line a second, not one per client */
+      nbd_warn("refusing a client: %u connections is the maximum",
+               cfg->max_connections);
+    last = now;
+    close(fd);
+    return;
+  }
   c = calloc(1, sizeof *c);
   if (c == NULL) {
     close(fd);
@@ -399,6 +416,38 @@ server_signals(void)
   sigaction(SIGINT, &sa, NULL);
 }
 
+/* -u/-g: give up root once the sockets are bound. */
+static int
+server_drop_privileges(const struct nbd_config *cfg)
+{
+  struct passwd *pw = NULL;
+  struct group *gr = NULL;
+  gid_t gid;
+
+  if (cfg->user == NULL && cfg->group == NULL)
+    return 0;
+  if (cfg->user && (pw = getpwnam(cfg->user)) == NULL) {
+    nbd_error("unknown user '%s'", cfg->user);
+    return -1;
+  }
+  if (cfg->group && (gr = getgrnam(cfg->group)) == NULL) {
+    nbd_error("unknown group '%s'", cfg->group);
+    return -1;
+  }
+  gid = gr ? gr->gr_gid : pw ? pw->pw_gid : getgid();
+  if (setgroups(1, &gid) == -1 || setgid(gid) == -1) {
+    nbd_error("cannot change group to %u: %s", (unsigned)gid,
+              strerror(errno));
+    return -1;
+  }
+  if (pw && setuid(pw->pw_uid) == -1) {
+    nbd_error("cannot change user to %s: %s", cfg->user, strerror(errno));
+    return -1;
+  }
+  nbd_debug("running as uid %u gid %u", (unsigned)getuid(), (unsigned)getgid());
+  return 0;
+}
+
 static void
 server_write_pidfile(const char *path)
 {
@@ -434,6 +483,10 @@ server_run(const struct nbd_config *cfg)
   }
   if (cfg->pidfile)
     server_write_pidfile(cfg->pidfile);
+  if (server_drop_privileges(cfg) == -1) {
+    server_close_listeners();
+    return -1;
+  }
   server_notify("READY=1");
 
   while (!server_stopping) {

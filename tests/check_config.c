@@ -475,7 +475,36 @@ START_TEST(test_server_keys)
   ck_assert_uint_eq(cfg.threads, 1024);
   ck_assert_int_eq(cfg.readonly, 0);
   ck_assert_uint_eq(cfg.nlistens, 1);
+  /* Defaults of the limits. */
+  ck_assert_uint_eq(cfg.max_connections, 1024);
+  ck_assert_uint_eq(cfg.handshake_timeout, UINT64_C(10000000000));
+  ck_assert_uint_eq(cfg.idle_timeout, 0);
   config_free(&cfg);
+}
+END_TEST
+
+START_TEST(test_server_limit_keys)
+{
+  struct nbd_config cfg;
+
+  parse_ok("[server]\nmax-connections = 7\nhandshake-timeout = 500ms\n"
+           "idle-timeout = 2m\nuser = nobody\ngroup = nogroup\n"
+           "[export x]\nmax-connections = 3\nbackend = tback\n", &cfg);
+  ck_assert_uint_eq(cfg.max_connections, 7);
+  ck_assert_uint_eq(cfg.handshake_timeout, UINT64_C(500000000));
+  ck_assert_uint_eq(cfg.idle_timeout, UINT64_C(120000000000));
+  ck_assert_str_eq(cfg.user, "nobody");
+  ck_assert_str_eq(cfg.group, "nogroup");
+  ck_assert_uint_eq(cfg.exports->max_connections, 3);
+  config_free(&cfg);
+  expect_error("[server]\nhandshake-timeout = soon\n"
+               "[export x]\nbackend = tback\n",
+               "t.ini:2: handshake-timeout: invalid value 'soon' (expected "
+               "a duration such as 500ms, 10s or 2m; 0 = none)");
+  expect_error("[server]\nmax-connections = 0\n"
+               "[export x]\nbackend = tback\n",
+               "t.ini:2: max-connections: invalid value '0' (expected an "
+               "integer from 1 to 1000000)");
 }
 END_TEST
 
@@ -602,13 +631,14 @@ START_TEST(test_server_errors)
 {
   expect_error("[server]\nfoo = 1\n[export x]\nbackend = tback\n",
                "t.ini:2: unknown key 'foo' in [server] (known: listen, "
-               "threads, readonly, pidfile)");
+               "threads, readonly, pidfile, max-connections, "
+               "handshake-timeout, idle-timeout, user, group)");
   expect_error("[export x]\nfilter tfilt\nbackend = tback\n",
                "t.ini:2: expected 'key = value' or a [section] header, got "
                "'filter tfilt'");
   expect_error("[export x]\nbackend = tback\nfoo = 1\n",
                "t.ini:3: unknown key 'foo' in [export \"x\"] (known: "
-               "description, readonly, filter, backend)");
+               "description, readonly, max-connections, filter, backend)");
   expect_error("[export x]\nbackend = tback\n9key = 1\n",
                "t.ini:3: invalid key '9key ' (a key is letters, digits, '_', "
                "'-' and '.')");
@@ -1330,6 +1360,7 @@ config_suite(void)
   add(s, "gives a bare value to the magic parameter", test_magic_param,
       teardown);
   add(s, "sets [server] keys", test_server_keys, teardown);
+  add(s, "sets limit and privilege keys", test_server_limit_keys, teardown);
   add(s, "sets export description and readonly", test_export_keys,
       teardown);
   add(s, "skips comments", test_comments, teardown);
