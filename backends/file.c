@@ -1,0 +1,484 @@
+/* nbdstack backend file: serve a regular file or a block device.
+ *
+ * The file is opened once at setup (O_CLOEXEC) and its descriptor shared
+ * by every connection: pread/pwrite carry their own offset, so they are
+ * thread-safe, and flush (fdatasync) covers every connection's writes,
+ * which makes multi-conn safe.  The size is read each time a connection
+ * opens (fstat, or BLKGETSIZE64 for a block device).
+ *
+ * Regular files: trim punches holes, zero punches holes or uses ZERO_RANGE
+ * (NO_HOLE: ZERO_RANGE, or punch then re-allocate), extents come from
+ * SEEK_DATA/SEEK_HOLE.  Block devices: trim is BLKDISCARD on whole logical
+ * sectors (trimmed data is undefined afterwards, which NBD allows), zero
+ * uses the kernel's fallocate modes, and there are no extents.
+ * is_rotational comes from sysfs: the device's own queue, or for a regular
+ * file the disk holding its filesystem (0 when there is none, as on tmpfs
+ * or btrfs).  An fallocate mode or ioctl the kernel refuses with EOPNOTSUPP
+ * is remembered and not tried again.
+ *
+ * It does not emulate anything the engine does (FUA is a flush after the
+ * write; a zero this file cannot do fast returns -EOPNOTSUPP and the engine
+ * writes zeros, or tells a FAST_ZERO client ENOTSUP).  No O_DIRECT, no
+ * locking of the file against other processes.
+ *
+ * musl-gcc sees no kernel headers, so the few ioctl and flag numbers are
+ * defined here when libc lacks them.
+ */
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "layer.h"
+
+#ifndef BLKSSZGET
+#define BLKSSZGET _IO(0x12, 104)
+#endif
+#ifndef BLKGETSIZE64
+#define BLKGETSIZE64 _IOR(0x12, 114, size_t)
+#endif
+#ifndef BLKDISCARD
+#define BLKDISCARD _IO(0x12, 119)
+#endif
+#ifndef FALLOC_FL_KEEP_SIZE
+#define FALLOC_FL_KEEP_SIZE 0x01
+#endif
+#ifndef FALLOC_FL_PUNCH_HOLE
+#define FALLOC_FL_PUNCH_HOLE 0x02
+#endif
+#ifndef FALLOC_FL_ZERO_RANGE
+#define FALLOC_FL_ZERO_RANGE 0x10
+#endif
+#ifndef SEEK_DATA
+#define SEEK_DATA 3
+#endif
+#ifndef SEEK_HOLE
+#define SEEK_HOLE 4
+#endif
+
+struct file_conf {
+  char *file;
+  int readonly;
+};
+
+static const struct nbd_param file_params[] = {
+  { "file", NBD_PARAM_PATH, offsetof(struct file_conf, file), NULL,
+    "regular file or block device to serve", NULL, 1 },
+  { "readonly", NBD_PARAM_BOOL, offsetof(struct file_conf, readonly), "no",
+    "open the file read-only and refuse writes", NULL, 0 },
+  NBD_PARAM_END
+};
+
+struct file_state {
+  int fd;
+  int is_block;
+  int rotational;
+  uint32_t sector;              /* block device: logical sector size */
+  /* Set when the kernel said EOPNOTSUPP, so it is not asked again. */
+  atomic_int no_punch, no_zero_range, no_alloc, no_discard, no_seek;
+};
+
+/* ---- helpers --------------------------------------------------------- */
+
+/* fallocate(mode) unless *unsupported; 0, -errno, or -EOPNOTSUPP (and
+ * *unsupported set) when this filesystem or device cannot do it. */
+static int
+file_fallocate(const struct file_state *st, int mode, uint64_t offset,
+               uint32_t count, atomic_int *unsupported)
+{
+  int r;
+
+  if (atomic_load_explicit(unsupported, memory_order_relaxed))
+    return -EOPNOTSUPP;
+  do
+    r = fallocate(st->fd, mode, (off_t)offset, (off_t)count);
+  while (r == -1 && errno == EINTR);
+  if (r == 0)
+    return 0;
+  if (errno == EOPNOTSUPP || errno == ENOSYS) {
+    atomic_store_explicit(unsupported, 1, memory_order_relaxed);
+    return -EOPNOTSUPP;
+  }
+  return -errno;
+}
+
+/* sysfs knows whether a disk spins; a partition has no queue directory of
+ * its own, so also look at its parent disk. */
+static int
+file_rotational(dev_t dev)
+{
+  static const char *const fmt[] = {
+    "/sys/dev/block/%u:%u/queue/rotational",
+    "/sys/dev/block/%u:%u/../queue/rotational",
+  };
+  char path[96];
+  FILE *fp = NULL;
+  size_t i;
+  int c;
+
+  for (i = 0; i < sizeof fmt / sizeof fmt[0] && fp == NULL; i++) {
+    snprintf(path, sizeof path, fmt[i], major(dev), minor(dev));
+    fp = fopen(path, "re");
+  }
+  if (fp == NULL)
+    return 0;
+  c = fgetc(fp);
+  fclose(fp);
+  return c == '1';
+}
+
+static int64_t
+file_size(const struct file_state *st)
+{
+  struct stat sb;
+  uint64_t size;
+
+  if (st->is_block) {
+    if (ioctl(st->fd, BLKGETSIZE64, &size) == -1)
+      return -errno;
+    return size > INT64_MAX ? -EFBIG : (int64_t)size;
+  }
+  if (fstat(st->fd, &sb) == -1)
+    return -errno;
+  return sb.st_size;
+}
+
+/* ---- datapath -------------------------------------------------------- */
+
+static int
+file_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
+           uint32_t count, uint64_t offset, uint32_t flags)
+{
+  const struct file_state *st = self->layer->state;
+  char *b = buf;
+  ssize_t r;
+
+  while (count > 0) {
+    r = pread(st->fd, b, count, (off_t)offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    if (r == 0)
+      return -EIO;              /* end of file: it shrank under us */
+    b += r;
+    count -= (uint32_t)r;
+    offset += (uint64_t)r;
+  }
+  return 0;
+}
+
+static int
+file_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
+            uint32_t count, uint64_t offset, uint32_t flags)
+{
+  const struct file_state *st = self->layer->state;
+  const char *b = buf;
+  ssize_t r;
+
+  while (count > 0) {
+    r = pwrite(st->fd, b, count, (off_t)offset);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    if (r == 0)
+      return -EIO;
+    b += r;
+    count -= (uint32_t)r;
+    offset += (uint64_t)r;
+  }
+  return 0;
+}
+
+static int
+file_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
+{
+  const struct file_state *st = self->layer->state;
+
+  return fdatasync(st->fd) == -1 ? -errno : 0;
+}
+
+/* BLKDISCARD works on whole logical sectors; a partial sector at either
+ * end is left alone (trim is advisory). */
+static int
+file_discard_block(struct file_state *st, uint32_t count, uint64_t offset)
+{
+  uint64_t start = (offset + st->sector - 1) / st->sector * st->sector;
+  uint64_t end = (offset + count) / st->sector * st->sector;
+  uint64_t range[2];
+
+  if (start >= end || atomic_load_explicit(&st->no_discard,
+                                           memory_order_relaxed))
+    return 0;
+  range[0] = start;
+  range[1] = end - start;
+  if (ioctl(st->fd, BLKDISCARD, range) == 0)
+    return 0;
+  if (errno == EOPNOTSUPP) {
+    atomic_store_explicit(&st->no_discard, 1, memory_order_relaxed);
+    return 0;
+  }
+  return -errno;
+}
+
+static int
+file_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+          uint64_t offset, uint32_t flags)
+{
+  struct file_state *st = self->layer->state;
+  int r;
+
+  if (st->is_block)
+    return file_discard_block(st, count, offset);
+  r = file_fallocate(st, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                     offset, count, &st->no_punch);
+  return r == -EOPNOTSUPP ? 0 : r;
+}
+
+/* Only fast methods; -EOPNOTSUPP lets the engine write zeros (or answer
+ * ENOTSUP to a FAST_ZERO client).  Without NO_HOLE, punching keeps the
+ * file sparse; with it the range must stay allocated: ZERO_RANGE, else a
+ * punch and a re-allocation.  On a block device ZERO_RANGE may write zeros
+ * in the kernel, which is not fast, while PUNCH_HOLE never falls back. */
+static int
+file_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+          uint64_t offset, uint32_t flags)
+{
+  struct file_state *st = self->layer->state;
+  const int keep = FALLOC_FL_KEEP_SIZE;
+  int may_punch = !(flags & NBD_FLAG_NO_HOLE);
+  int may_zero_range = !(st->is_block && (flags & NBD_FLAG_FAST_ZERO));
+  int r;
+
+  if (may_punch) {
+    r = file_fallocate(st, FALLOC_FL_PUNCH_HOLE | keep, offset, count,
+                       &st->no_punch);
+    if (r != -EOPNOTSUPP)
+      return r;
+  }
+  if (may_zero_range) {
+    r = file_fallocate(st, FALLOC_FL_ZERO_RANGE | keep, offset, count,
+                       &st->no_zero_range);
+    if (r != -EOPNOTSUPP)
+      return r;
+  }
+  if (may_punch || st->is_block ||
+      atomic_load_explicit(&st->no_alloc, memory_order_relaxed))
+    return -EOPNOTSUPP;
+  /* NO_HOLE without ZERO_RANGE (tmpfs): if the re-allocation fails after
+   * the punch, the range already reads as zeros and the engine's fallback
+   * writes allocate it again. */
+  r = file_fallocate(st, FALLOC_FL_PUNCH_HOLE | keep, offset, count,
+                     &st->no_punch);
+  if (r == 0)
+    r = file_fallocate(st, keep, offset, count, &st->no_alloc);
+  return r;
+}
+
+static int
+file_add_rest(struct nbd_extents *extents, uint64_t offset, uint64_t end,
+              uint32_t type)
+{
+  return nbd_extents_add(extents, offset, end - offset, type);
+}
+
+/* SEEK_DATA/SEEK_HOLE from the request's own offset: the shared file
+ * position is moved but never used (pread/pwrite), so threads may race on
+ * it harmlessly. */
+static int
+file_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+             uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  struct file_state *st = self->layer->state;
+  uint64_t end = offset + count, stop;
+  uint32_t type;
+  off_t d, h;
+  int r;
+
+  if (atomic_load_explicit(&st->no_seek, memory_order_relaxed))
+    return file_add_rest(extents, offset, end, 0);
+  while (offset < end) {
+    d = lseek(st->fd, (off_t)offset, SEEK_DATA);
+    if (d == -1) {
+      if (errno == ENXIO)       /* no data from offset to end of file */
+        return file_add_rest(extents, offset, end,
+                             NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
+      if (errno != EINVAL && errno != EOPNOTSUPP)
+        return -errno;
+      atomic_store_explicit(&st->no_seek, 1, memory_order_relaxed);
+      return file_add_rest(extents, offset, end, 0);
+    }
+    if ((uint64_t)d > offset) {
+      type = NBD_EXTENT_HOLE | NBD_EXTENT_ZERO;
+      stop = (uint64_t)d;
+    } else {
+      h = lseek(st->fd, (off_t)offset, SEEK_HOLE);
+      if (h == -1 && errno != ENXIO)
+        return -errno;
+      type = 0;
+      /* A write or truncate raced us: call the rest data. */
+      stop = h == -1 || (uint64_t)h <= offset ? end : (uint64_t)h;
+    }
+    if (stop > end)
+      stop = end;
+    if ((r = nbd_extents_add(extents, offset, stop - offset, type)) < 0)
+      return r;
+    if (flags & NBD_FLAG_REQ_ONE)
+      break;
+    offset = stop;
+  }
+  return 0;
+}
+
+static int
+file_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+           uint64_t offset, uint32_t flags)
+{
+  const struct file_state *st = self->layer->state;
+
+  /* Returns the error number itself, not -1 and errno. */
+  return -posix_fadvise(st->fd, (off_t)offset, (off_t)count,
+                        POSIX_FADV_WILLNEED);
+}
+
+/* ---- capabilities ---------------------------------------------------- */
+
+static int64_t
+file_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return file_size(self->layer->state);
+}
+
+static int
+file_can_write(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  const struct file_conf *conf = self->layer->conf;
+  return !conf->readonly;
+}
+
+static int
+file_can_extents(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  const struct file_state *st = self->layer->state;
+  return !st->is_block;
+}
+
+static int
+file_is_rotational(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  const struct file_state *st = self->layer->state;
+  return st->rotational;
+}
+
+static int
+file_can_fua(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return NBD_FUA_EMULATE;       /* the engine's flush is fdatasync */
+}
+
+static int file_yes(struct nbd_ctx *self, struct nbd_ctx *next) { return 1; }
+#define file_can_flush file_yes
+#define file_can_trim file_yes
+#define file_can_fast_zero file_yes     /* file_zero does only fast work */
+#define file_can_multi_conn file_yes    /* one fd: flush covers everyone */
+
+static int
+file_native(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return NBD_ZERO_NATIVE;       /* == NBD_CACHE_NATIVE */
+}
+#define file_can_zero file_native
+#define file_can_cache file_native
+
+UNSUPPORTED(file, block_size)   /* buffered I/O: any alignment works */
+
+/* ---- lifecycle ------------------------------------------------------- */
+
+static int
+file_setup_fd(struct file_state *st, const char *path, char *err,
+              size_t errlen)
+{
+  struct stat sb;
+  int sector = 512;
+  int64_t size;
+
+  if (fstat(st->fd, &sb) == -1) {
+    snprintf(err, errlen, "fstat '%s': %s", path, strerror(errno));
+    return -1;
+  }
+  if (!S_ISREG(sb.st_mode) && !S_ISBLK(sb.st_mode)) {
+    snprintf(err, errlen, "'%s' is not a regular file or block device",
+             path);
+    return -1;
+  }
+  st->is_block = S_ISBLK(sb.st_mode);
+  if (st->is_block && ioctl(st->fd, BLKSSZGET, &sector) == -1)
+    sector = 512;
+  st->sector = sector > 0 ? (uint32_t)sector : 512;
+  st->rotational = file_rotational(st->is_block ? sb.st_rdev : sb.st_dev);
+  if ((size = file_size(st)) < 0) {
+    snprintf(err, errlen, "cannot get the size of '%s': %s", path,
+             strerror((int)-size));
+    return -1;
+  }
+  return 0;
+}
+
+static int
+file_setup(struct nbd_layer *layer, char *err, size_t errlen)
+{
+  const struct file_conf *conf = layer->conf;
+  struct file_state *st = calloc(1, sizeof *st);
+  int flags = (conf->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+
+  if (st == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  st->fd = open(conf->file, flags);
+  if (st->fd == -1) {
+    int e = errno;
+    snprintf(err, errlen, "cannot open '%s': %s%s", conf->file, strerror(e),
+             !conf->readonly && (e == EACCES || e == EROFS)
+               ? " (readonly=yes?)" : "");
+    free(st);
+    return -1;
+  }
+  if (file_setup_fd(st, conf->file, err, errlen) == -1) {
+    close(st->fd);
+    free(st);
+    return -1;
+  }
+  layer->state = st;
+  return 0;
+}
+
+static void
+file_cleanup(struct nbd_layer *layer)
+{
+  struct file_state *st = layer->state;
+
+  if (st == NULL)
+    return;
+  close(st->fd);
+  free(st);
+  layer->state = NULL;
+}
+
+NBD_REGISTER_BACKEND(file,
+  .description = "serve a regular file or block device",
+  .params = file_params,
+  .conf_size = sizeof(struct file_conf),
+  .thread_model = NBD_PARALLEL,
+  .nonblocking = 0,             /* disk I/O blocks */
+  .magic_param = "file",
+  .setup = file_setup,
+  .cleanup = file_cleanup,
+);

@@ -1,0 +1,755 @@
+/* Unit tests for backends/memory.c: the sparse RAM disk, driven through the
+ * engine's next_<method>() entry points as the protocol code would, with
+ * no filters and no sockets.  Holes are observed through extents, so a
+ * trim that only zeroed (and did not free) a page is caught.  The
+ * concurrency test is meant to be run under -DNBD_SANITIZE=thread too.
+ */
+#include <check.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+#define P       ((uint32_t)32768)       /* the store's page size */
+#define PP      ((uint64_t)P)           /* the same, for 64-bit varargs */
+#define MIB     ((uint32_t)1 << 20)
+#define GIB     ((uint64_t)1 << 30)
+#define HOLE    (NBD_EXTENT_HOLE | NBD_EXTENT_ZERO)
+
+/* ---- helpers ------------------------------------------------------------ */
+
+/* A memory export of the given size, or NULL with err filled. */
+static struct nbd_export *
+memory_export(const char *size, char *err, size_t errlen)
+{
+  const struct nbd_layer_ops *ops = registry_find(NBD_LAYER_BACKEND,
+                                                  "memory");
+  struct nbd_layer *l;
+  struct nbd_export *exp;
+
+  ck_assert_ptr_nonnull(ops);
+  l = engine_layer_new(ops, "");
+  ck_assert_ptr_nonnull(l);
+  if ((size && params_set(l, "size", size, err, errlen) == -1) ||
+      engine_layer_setup(l, err, errlen) == -1) {
+    engine_layer_free(l);
+    return NULL;
+  }
+  exp = engine_export_new("");
+  ck_assert_ptr_nonnull(exp);
+  engine_export_push(exp, l);
+  ck_assert_int_eq(engine_export_finish(exp, err, errlen), 0);
+  return exp;
+}
+
+/* The stack most tests use: one 1 GiB export, one connection. */
+static struct nbd_export *mem_exp;
+static struct nbd_ctx *mem_ctx;
+
+static struct nbd_ctx *
+memory_open(const char *size, int readonly)
+{
+  char err[256] = "";
+
+  mem_exp = memory_export(size, err, sizeof err);
+  ck_assert_msg(mem_exp != NULL, "setup failed: %s", err);
+  mem_ctx = engine_open(mem_exp, readonly, NULL, err, sizeof err);
+  ck_assert_msg(mem_ctx != NULL, "open failed: %s", err);
+  return mem_ctx;
+}
+
+static void
+memory_teardown(void)
+{
+  if (mem_ctx)
+    engine_close(mem_ctx);
+  engine_export_free(mem_exp);
+  mem_ctx = NULL;
+  mem_exp = NULL;
+}
+
+static void *
+xmalloc(size_t n)
+{
+  void *p = malloc(n);
+  ck_assert_ptr_nonnull(p);
+  return p;
+}
+
+/* Bytes that depend on the disk offset and a seed, so misplaced or stale
+ * data is caught. */
+static void
+pattern(void *buf, uint32_t count, uint64_t offset, unsigned seed)
+{
+  unsigned char *b = buf;
+  uint32_t i;
+
+  for (i = 0; i < count; i++) {
+    uint64_t o = offset + i;
+    b[i] = (unsigned char)((o * 2654435761u >> 13) ^ (o >> 16) ^ seed) | 1;
+  }
+}
+
+/* Reads [offset, offset+count) and checks it equals the pattern. */
+static void
+assert_pattern(struct nbd_ctx *c, uint32_t count, uint64_t offset,
+               unsigned seed)
+{
+  unsigned char *got = xmalloc(count), *want = xmalloc(count);
+
+  ck_assert_int_eq(next_pread(c, got, count, offset, 0), 0);
+  pattern(want, count, offset, seed);
+  ck_assert_msg(memcmp(got, want, count) == 0,
+                "data differs in [%llu, +%u)", (unsigned long long)offset,
+                count);
+  free(got);
+  free(want);
+}
+
+static void
+assert_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset)
+{
+  unsigned char *got = xmalloc(count);
+
+  memset(got, 0xee, count);
+  ck_assert_int_eq(next_pread(c, got, count, offset, 0), 0);
+  ck_assert_msg(nbd_is_zero(got, count), "not zero in [%llu, +%u)",
+                (unsigned long long)offset, count);
+  free(got);
+}
+
+static void
+write_pattern(struct nbd_ctx *c, uint32_t count, uint64_t offset,
+              unsigned seed)
+{
+  unsigned char *b = xmalloc(count);
+
+  pattern(b, count, offset, seed);
+  ck_assert_int_eq(next_pwrite(c, b, count, offset, 0), 0);
+  free(b);
+}
+
+/* Extents of [offset, offset+count) as "off+len:type ..." for one-line
+ * comparisons; types are D (data) or H (hole and zero). */
+static char *
+extents_str(struct nbd_ctx *c, uint32_t count, uint64_t offset,
+            uint32_t flags)
+{
+  static char out[4096];
+  struct nbd_extents *e = nbd_extents_new(offset, offset + count);
+  size_t i, len = 0;
+
+  ck_assert_ptr_nonnull(e);
+  ck_assert_int_eq(next_extents(c, count, offset, flags, e), 0);
+  out[0] = '\0';
+  for (i = 0; i < e->n && len < sizeof out; i++)
+    len += snprintf(out + len, sizeof out - len, "%s%llu+%llu:%s",
+                    i ? " " : "", (unsigned long long)e->v[i].offset,
+                    (unsigned long long)e->v[i].length,
+                    e->v[i].type == 0 ? "D" :
+                    e->v[i].type == HOLE ? "H" : "?");
+  nbd_extents_free(e);
+  return out;
+}
+
+/* "off+len:T" built from numbers, to compare with extents_str. */
+static char *
+ext(uint64_t off, uint64_t len, const char *type)
+{
+  static char bufs[8][64];
+  static int i;
+  char *b = bufs[i++ % 8];
+
+  snprintf(b, 64, "%llu+%llu:%s", (unsigned long long)off,
+           (unsigned long long)len, type);
+  return b;
+}
+
+/* n extents given as (offset, length, type) triples, formatted like
+ * extents_str. */
+static char *
+exts(int n, ...)
+{
+  static char out[1024];
+  size_t len = 0;
+  va_list ap;
+  int i;
+
+  va_start(ap, n);
+  out[0] = '\0';
+  for (i = 0; i < n; i++) {
+    uint64_t off = va_arg(ap, uint64_t), l = va_arg(ap, uint64_t);
+    const char *type = va_arg(ap, const char *);
+    len += snprintf(out + len, sizeof out - len, "%s%s", i ? " " : "",
+                    ext(off, l, type));
+  }
+  va_end(ap);
+  return out;
+}
+
+/* ---- reading and writing ---------------------------------------------- */
+
+START_TEST(test_reads_zeros_before_any_write)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+
+  ck_assert_int_eq(next_get_size(c), (int64_t)GIB);
+  assert_zero(c, MIB, 0);
+  assert_zero(c, MIB, GIB / 2 + 123);
+  assert_zero(c, MIB, GIB - MIB);
+  ck_assert_str_eq(extents_str(c, (uint32_t)GIB, 0, 0), ext(0, GIB, "H"));
+}
+END_TEST
+
+START_TEST(test_reads_back_unaligned_write_across_pages)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+  const uint64_t off = 5 * (uint64_t)P - 333;
+  const uint32_t len = 3 * P + 1000;
+
+  write_pattern(c, len, off, 1);
+  assert_pattern(c, len, off, 1);
+  assert_pattern(c, 777, off + P - 100, 1);      /* a slice across a page */
+  assert_zero(c, 4096, off - 4096);
+  assert_zero(c, 4096, off + len);
+}
+END_TEST
+
+START_TEST(test_overwrites_part_of_a_written_page)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+  unsigned char *got = xmalloc(P), *want = xmalloc(P);
+
+  write_pattern(c, P, 7 * (uint64_t)P, 1);
+  write_pattern(c, 10, 7 * (uint64_t)P + 1000, 2);
+  pattern(want, P, 7 * (uint64_t)P, 1);
+  pattern(want + 1000, 10, 7 * (uint64_t)P + 1000, 2);
+  ck_assert_int_eq(next_pread(c, got, P, 7 * (uint64_t)P, 0), 0);
+  ck_assert_mem_eq(got, want, P);
+  free(got);
+  free(want);
+}
+END_TEST
+
+START_TEST(test_writing_zeros_to_a_hole_allocates_nothing)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+  unsigned char *zero = calloc(1, 2 * P);
+
+  ck_assert_ptr_nonnull(zero);
+  ck_assert_int_eq(next_pwrite(c, zero, 2 * P, 4 * (uint64_t)P, 0), 0);
+  ck_assert_str_eq(extents_str(c, 8 * P, 0, 0), ext(0, 8 * P, "H"));
+  /* Zeros written over data keep the data page (it is not scanned). */
+  write_pattern(c, P, 0, 1);
+  ck_assert_int_eq(next_pwrite(c, zero, P, 0, 0), 0);
+  assert_zero(c, P, 0);
+  ck_assert_str_eq(extents_str(c, P, 0, 0), ext(0, P, "D"));
+  free(zero);
+}
+END_TEST
+
+START_TEST(test_connections_share_one_store)
+{
+  struct nbd_ctx *c = memory_open("1G", 0), *c2;
+  char err[256];
+
+  c2 = engine_open(mem_exp, 0, NULL, err, sizeof err);
+  ck_assert_msg(c2 != NULL, "%s", err);
+  write_pattern(c, 5000, 123456, 3);
+  assert_pattern(c2, 5000, 123456, 3);
+  engine_close(c2);
+}
+END_TEST
+
+/* ---- size ------------------------------------------------------------- */
+
+START_TEST(test_accepts_size_2_63_minus_1_and_writes_near_the_end)
+{
+  struct nbd_ctx *c = memory_open("9223372036854775807", 0);
+  const uint64_t end = (uint64_t)INT64_MAX;
+  unsigned char b[16];
+
+  ck_assert_int_eq(next_get_size(c), INT64_MAX);
+  write_pattern(c, 100000, end - 100000, 4);       /* crosses a page */
+  assert_pattern(c, 100000, end - 100000, 4);
+  write_pattern(c, 4096, 0, 5);
+  assert_pattern(c, 4096, 0, 5);
+  assert_zero(c, MIB, end / 2);
+  ck_assert_int_eq(next_pwrite(c, b, 2, end - 1, 0), -ENOSPC);
+  /* The last page ends at 2^63, one byte past the disk. */
+  ck_assert_str_eq(extents_str(c, MIB, end - MIB, 0),
+                   "9223372036853727231+917505:H "
+                   "9223372036854644736+131071:D");
+  /* A 4 GiB hole in the middle is one extent, found without walking
+   * every page of it. */
+  ck_assert_str_eq(extents_str(c, UINT32_MAX, end / 2, 0),
+                   ext(end / 2, UINT32_MAX, "H"));
+}
+END_TEST
+
+START_TEST(test_rejects_size_2_63_with_a_message)
+{
+  char err[256] = "";
+
+  ck_assert_ptr_null(memory_export("9223372036854775808", err, sizeof err));
+  ck_assert_ptr_nonnull(strstr(err, "9223372036854775808"));
+  ck_assert_ptr_nonnull(strstr(err, "2^63-1"));
+  err[0] = '\0';
+  ck_assert_ptr_null(memory_export("8E", err, sizeof err));
+  ck_assert_ptr_nonnull(strstr(err, "too large"));
+}
+END_TEST
+
+START_TEST(test_requires_size)
+{
+  const struct nbd_layer_ops *ops = registry_find(NBD_LAYER_BACKEND,
+                                                  "memory");
+  char err[256] = "";
+
+  ck_assert_ptr_null(memory_export(NULL, err, sizeof err));
+  ck_assert_ptr_nonnull(strstr(err, "size"));
+  /* "memory 1G" on a command line sets size. */
+  ck_assert_str_eq(ops->magic_param, "size");
+}
+END_TEST
+
+/* ---- trim, zero, extents ---------------------------------------------- */
+
+START_TEST(test_trim_of_whole_pages_leaves_holes)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+
+  write_pattern(c, 4 * P, 0, 1);
+  ck_assert_int_eq(next_trim(c, 2 * P, P, 0), 0);
+  assert_pattern(c, P, 0, 1);
+  assert_zero(c, 2 * P, P);
+  assert_pattern(c, P, 3 * (uint64_t)P, 1);
+  ck_assert_str_eq(extents_str(c, 5 * P, 0, 0),
+                   exts(4, 0 * PP, PP, "D", 1 * PP, 2 * PP, "H",
+                        3 * PP, PP, "D", 4 * PP, PP, "H"));
+}
+END_TEST
+
+START_TEST(test_partial_trim_zeroes_and_keeps_the_page)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+
+  write_pattern(c, 4 * P, 0, 1);
+  /* Half of page 0, pages 1 and 2 whole, half of page 3. */
+  ck_assert_int_eq(next_trim(c, 3 * P, P / 2, 0), 0);
+  assert_pattern(c, P / 2, 0, 1);
+  assert_zero(c, 3 * P, P / 2);
+  assert_pattern(c, P / 2, 3 * (uint64_t)P + P / 2, 1);
+  ck_assert_str_eq(extents_str(c, 4 * P, 0, 0),
+                   exts(3, 0 * PP, PP, "D", 1 * PP, 2 * PP, "H",
+                        3 * PP, PP, "D"));
+  /* A trim inside one page only zeroes. */
+  ck_assert_int_eq(next_trim(c, 100, 10, 0), 0);
+  assert_zero(c, 100, 10);
+  assert_pattern(c, 10, 0, 1);
+  assert_pattern(c, 1000, 110, 1);
+}
+END_TEST
+
+START_TEST(test_zero_frees_whole_pages_and_zeroes_partial_ones)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+
+  write_pattern(c, 4 * P, 0, 1);
+  ck_assert_int_eq(next_zero(c, 3 * P, P / 2, 0), 0);
+  assert_pattern(c, P / 2, 0, 1);
+  assert_zero(c, 3 * P, P / 2);
+  assert_pattern(c, P / 2, 3 * (uint64_t)P + P / 2, 1);
+  ck_assert_str_eq(extents_str(c, 4 * P, 0, 0),
+                   exts(3, 0 * PP, PP, "D", 1 * PP, 2 * PP, "H",
+                        3 * PP, PP, "D"));
+}
+END_TEST
+
+START_TEST(test_zero_with_no_hole_keeps_pages_allocated)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+
+  write_pattern(c, 2 * P, 0, 1);
+  ck_assert_int_eq(next_zero(c, 2 * P, 0, NBD_FLAG_NO_HOLE), 0);
+  assert_zero(c, 2 * P, 0);
+  /* A never-written page is provisioned too. */
+  ck_assert_int_eq(next_zero(c, 100, 3 * (uint64_t)P + 5, NBD_FLAG_NO_HOLE),
+                   0);
+  assert_zero(c, P, 3 * (uint64_t)P);
+  ck_assert_str_eq(extents_str(c, 4 * P, 0, 0),
+                   exts(3, 0 * PP, 2 * PP, "D", 2 * PP, PP, "H",
+                        3 * PP, PP, "D"));
+}
+END_TEST
+
+START_TEST(test_fast_zero_is_accepted)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+
+  write_pattern(c, 3 * P, 0, 1);
+  ck_assert_int_eq(next_zero(c, 2 * P, 100, NBD_FLAG_FAST_ZERO), 0);
+  assert_pattern(c, 100, 0, 1);
+  assert_zero(c, 2 * P, 100);
+  assert_pattern(c, P - 100, 2 * (uint64_t)P + 100, 1);
+}
+END_TEST
+
+START_TEST(test_trim_of_a_huge_unwritten_range_is_quick)
+{
+  struct nbd_ctx *c = memory_open("9223372036854775807", 0);
+
+  write_pattern(c, P, (uint64_t)1 << 62, 1);
+  ck_assert_int_eq(next_trim(c, UINT32_MAX, ((uint64_t)1 << 62) - GIB, 0),
+                   0);
+  ck_assert_int_eq(next_zero(c, UINT32_MAX, (uint64_t)1 << 61, 0), 0);
+  assert_zero(c, P, (uint64_t)1 << 62);
+  ck_assert_str_eq(extents_str(c, 4 * P, (uint64_t)1 << 62, 0),
+                   ext((uint64_t)1 << 62, 4 * P, "H"));
+}
+END_TEST
+
+START_TEST(test_extents_merge_neighbours_and_clip_to_the_request)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+
+  write_pattern(c, 2 * P, 0, 1);          /* pages 0, 1 */
+  write_pattern(c, 10, 3 * PP + 500, 1);   /* page 3 */
+  write_pattern(c, 1, 6 * PP + 100, 1);    /* page 6 */
+  ck_assert_str_eq(extents_str(c, 7 * P, PP / 2, 0),
+                   exts(6, PP / 2, 2 * PP - PP / 2, "D", 2 * PP, PP, "H",
+                        3 * PP, PP, "D", 4 * PP, 2 * PP, "H", 6 * PP, PP, "D",
+                        7 * PP, PP / 2, "H"));
+  /* REQ_ONE: the first extent is complete; the caller drops the rest. */
+  ck_assert_str_eq(strtok(extents_str(c, 7 * P, PP / 2, NBD_FLAG_REQ_ONE),
+                          " "), ext(PP / 2, 2 * PP - PP / 2, "D"));
+}
+END_TEST
+
+/* ---- flags, capabilities, read-only ----------------------------------- */
+
+START_TEST(test_advertises_native_zero_fua_and_cache)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+
+  ck_assert_int_eq(next_can_write(c), 1);
+  ck_assert_int_eq(next_can_flush(c), 1);
+  ck_assert_int_eq(next_can_trim(c), 1);
+  ck_assert_int_eq(next_can_zero(c), NBD_ZERO_NATIVE);
+  ck_assert_int_eq(next_can_fast_zero(c), 1);
+  ck_assert_int_eq(next_can_fua(c), NBD_FUA_NATIVE);
+  ck_assert_int_eq(next_can_cache(c), NBD_CACHE_NATIVE);
+  ck_assert_int_eq(next_can_extents(c), 1);
+  ck_assert_int_eq(next_can_multi_conn(c), 1);
+  ck_assert_int_eq(next_is_rotational(c), 0);
+  ck_assert_int_eq(registry_find(NBD_LAYER_BACKEND, "memory")->thread_model,
+                   NBD_PARALLEL);
+}
+END_TEST
+
+START_TEST(test_flush_fua_and_cache_succeed)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+  unsigned char b[512];
+
+  pattern(b, sizeof b, 4096, 9);
+  ck_assert_int_eq(next_pwrite(c, b, sizeof b, 4096, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_flush(c, 0), 0);
+  ck_assert_int_eq(next_cache(c, MIB, 0, 0), 0);
+  assert_pattern(c, sizeof b, 4096, 9);
+}
+END_TEST
+
+START_TEST(test_read_only_connection_refuses_writes)
+{
+  struct nbd_ctx *c = memory_open("1G", 1);
+  unsigned char b[512] = { 1 };
+
+  ck_assert_int_eq(next_can_write(c), 0);
+  ck_assert_int_eq(next_pwrite(c, b, sizeof b, 0, 0), -EPERM);
+  ck_assert_int_eq(next_trim(c, P, 0, 0), -EPERM);
+  ck_assert_int_eq(next_zero(c, P, 0, 0), -EPERM);
+  assert_zero(c, 4096, 0);
+}
+END_TEST
+
+/* ---- concurrency ------------------------------------------------------- */
+
+#define CONC_THREADS 4
+#define CONC_PAGES   512        /* pages 256 apart share a lock stripe */
+#define CONC_OPS     3000
+
+struct conc_worker {
+  pthread_t tid;
+  int id;
+  unsigned rng;
+  unsigned char *shadow;        /* CONC_PAGES * P: what its pages hold */
+  unsigned char *buf;
+  long bad;
+};
+
+static int conc_stop;
+
+static unsigned
+conc_rand(struct conc_worker *w)
+{
+  w->rng = w->rng * 1103515245u + 12345u;
+  return w->rng >> 8;
+}
+
+/* One random operation on one of the worker's own pages (page % threads
+ * == id), mirrored in the shadow; reads are checked against it. */
+static void
+conc_step(struct conc_worker *w, int seq)
+{
+  uint64_t page = (uint64_t)(conc_rand(w) % (CONC_PAGES / CONC_THREADS))
+                  * CONC_THREADS + (uint64_t)w->id;
+  uint32_t in = conc_rand(w) % P, n = 1 + conc_rand(w) % (P - in);
+  uint64_t off = page * P;
+  unsigned char *sh = w->shadow + off;
+
+  switch (conc_rand(w) % 5) {
+  case 0: case 1:
+    pattern(w->buf, n, off + in, (unsigned)seq);
+    w->bad += next_pwrite(mem_ctx, w->buf, n, off + in, 0) != 0;
+    memcpy(sh + in, w->buf, n);
+    break;
+  case 2:
+    w->bad += next_trim(mem_ctx, P, off, 0) != 0;
+    memset(sh, 0, P);
+    break;
+  case 3:
+    w->bad += next_zero(mem_ctx, n, off + in, 0) != 0;
+    memset(sh + in, 0, n);
+    break;
+  default:
+    w->bad += next_pread(mem_ctx, w->buf, P, off, 0) != 0;
+    w->bad += memcmp(w->buf, sh, P) != 0;
+  }
+}
+
+static void *
+conc_worker_main(void *arg)
+{
+  struct conc_worker *w = arg;
+  int i;
+
+  for (i = 0; i < CONC_OPS; i++)
+    conc_step(w, i);
+  return NULL;
+}
+
+/* Walks the extents of the whole area while the workers run: page
+ * pointers change under it, and it must still return a valid list. */
+static void *
+conc_extents_main(void *arg)
+{
+  long *bad = arg;
+
+  while (!__atomic_load_n(&conc_stop, __ATOMIC_ACQUIRE)) {
+    struct nbd_extents *e = nbd_extents_new(0, CONC_PAGES * (uint64_t)P);
+    *bad += e == NULL ||
+            next_extents(mem_ctx, CONC_PAGES * P, 0, 0, e) != 0 ||
+            e->n == 0 ||
+            e->v[e->n - 1].offset + e->v[e->n - 1].length !=
+              CONC_PAGES * (uint64_t)P;
+    nbd_extents_free(e);
+  }
+  return NULL;
+}
+
+START_TEST(test_concurrent_writers_and_readers_keep_pages_intact)
+{
+  static struct conc_worker w[CONC_THREADS];
+  unsigned char *got;
+  pthread_t ext_tid;
+  long ext_bad = 0;
+  int i;
+
+  memory_open("1G", 0);
+  for (i = 0; i < CONC_THREADS; i++) {
+    w[i].id = i;
+    w[i].rng = 12345u + (unsigned)i * 7919u;
+    w[i].shadow = calloc(CONC_PAGES, P);
+    w[i].buf = xmalloc(P);
+    ck_assert_ptr_nonnull(w[i].shadow);
+  }
+  ck_assert_int_eq(pthread_create(&ext_tid, NULL, conc_extents_main,
+                                  &ext_bad), 0);
+  for (i = 0; i < CONC_THREADS; i++)
+    ck_assert_int_eq(pthread_create(&w[i].tid, NULL, conc_worker_main,
+                                    &w[i]), 0);
+  for (i = 0; i < CONC_THREADS; i++)
+    pthread_join(w[i].tid, NULL);
+  __atomic_store_n(&conc_stop, 1, __ATOMIC_RELEASE);
+  pthread_join(ext_tid, NULL);
+
+  got = xmalloc(P);
+  for (i = 0; i < CONC_THREADS; i++)
+    ck_assert_int_eq(w[i].bad, 0);
+  ck_assert_int_eq(ext_bad, 0);
+  for (i = 0; i < CONC_PAGES; i++) {
+    const unsigned char *want = w[i % CONC_THREADS].shadow + (size_t)i * P;
+    ck_assert_int_eq(next_pread(mem_ctx, got, P, (uint64_t)i * P, 0), 0);
+    ck_assert_msg(memcmp(got, want, P) == 0, "page %d differs", i);
+  }
+  for (i = 0; i < CONC_THREADS; i++) {
+    free(w[i].shadow);
+    free(w[i].buf);
+  }
+  free(got);
+}
+END_TEST
+
+/* Readers race one thread that frees pages (trim, zero) and re-allocates
+ * them (a whole-page write into the hole publishes a fresh page).  Every
+ * page a reader sees must be wholly the pattern or wholly zero: freed
+ * memory read after reuse for another page, or a half-copied page, shows
+ * up as neither (and as a use-after-free under ASan, a race under TSan).
+ * No two threads copy into or out of the same live page, so the only
+ * shared page lifetimes are what the stripe locks guard. */
+#define RACE_PAGES   64
+#define RACE_READERS 3
+#ifdef __SANITIZE_THREAD__
+#define RACE_ROUNDS  20         /* TSan makes each free+allocate costly */
+#else
+#define RACE_ROUNDS  300
+#endif
+
+/* What the RACE_PAGES pages hold when allocated; computed once. */
+static unsigned char *race_image;
+
+static void *
+race_mutator_main(void *arg)
+{
+  long *bad = arg;
+  int round, i;
+
+  for (round = 0; round < RACE_ROUNDS; round++)
+    for (i = 0; i < RACE_PAGES; i++) {
+      uint64_t off = (uint64_t)i * P;
+      *bad += (round & 1 ? next_zero(mem_ctx, P, off, 0)
+                         : next_trim(mem_ctx, P, off, 0)) != 0;
+      *bad += next_pwrite(mem_ctx, race_image + off, P, off, 0) != 0;
+    }
+  __atomic_store_n(&conc_stop, 1, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+static void *
+race_reader_main(void *arg)
+{
+  const uint32_t len = 3 * P;
+  unsigned char *got = xmalloc(len);
+  long *bad = arg;
+  unsigned rng = (unsigned)(uintptr_t)arg;
+
+  while (!__atomic_load_n(&conc_stop, __ATOMIC_ACQUIRE)) {
+    uint64_t off, p, stop;
+    rng = rng * 1103515245u + 12345u;
+    off = (rng >> 8) % ((RACE_PAGES - 3) * (uint64_t)P);
+    *bad += next_pread(mem_ctx, got, len, off, 0) != 0;
+    /* Check each page's piece of the read separately. */
+    for (p = off; p < off + len; p = stop) {
+      stop = (p / P + 1) * P < off + len ? (p / P + 1) * P : off + len;
+      *bad += !nbd_is_zero(got + (p - off), stop - p) &&
+              memcmp(got + (p - off), race_image + p, stop - p) != 0;
+    }
+  }
+  free(got);
+  return NULL;
+}
+
+START_TEST(test_freeing_pages_under_readers_never_shows_freed_memory)
+{
+  pthread_t mut, rd[RACE_READERS];
+  long bad[RACE_READERS + 1] = { 0 };
+  int i;
+
+  memory_open("1G", 0);
+  race_image = xmalloc(RACE_PAGES * (size_t)P);
+  pattern(race_image, RACE_PAGES * P, 0, 0);
+  __atomic_store_n(&conc_stop, 0, __ATOMIC_RELEASE);
+  for (i = 0; i < RACE_READERS; i++)
+    ck_assert_int_eq(pthread_create(&rd[i], NULL, race_reader_main,
+                                    &bad[i]), 0);
+  ck_assert_int_eq(pthread_create(&mut, NULL, race_mutator_main,
+                                  &bad[RACE_READERS]), 0);
+  pthread_join(mut, NULL);
+  for (i = 0; i < RACE_READERS; i++)
+    pthread_join(rd[i], NULL);
+  for (i = 0; i <= RACE_READERS; i++)
+    ck_assert_int_eq(bad[i], 0);
+  free(race_image);
+}
+END_TEST
+
+/* ---- suite ------------------------------------------------------------- */
+
+static void
+add(Suite *s, const char *name, const TTest *t)
+{
+  TCase *tc = tcase_create(name);
+
+  tcase_add_checked_fixture(tc, NULL, memory_teardown);
+  tcase_set_timeout(tc, 60);    /* the threaded tests under TSan */
+  tcase_add_test(tc, t);
+  suite_add_tcase(s, tc);
+}
+
+static Suite *
+memory_suite(void)
+{
+  Suite *s = suite_create("memory");
+
+  add(s, "reads zeros before any write", test_reads_zeros_before_any_write);
+  add(s, "reads back an unaligned write across pages",
+      test_reads_back_unaligned_write_across_pages);
+  add(s, "overwrites part of a written page",
+      test_overwrites_part_of_a_written_page);
+  add(s, "writing zeros to a hole allocates nothing",
+      test_writing_zeros_to_a_hole_allocates_nothing);
+  add(s, "connections share one store", test_connections_share_one_store);
+  add(s, "accepts size 2^63-1 and writes near the end",
+      test_accepts_size_2_63_minus_1_and_writes_near_the_end);
+  add(s, "rejects size 2^63 with a message",
+      test_rejects_size_2_63_with_a_message);
+  add(s, "requires size", test_requires_size);
+  add(s, "trim of whole pages leaves holes",
+      test_trim_of_whole_pages_leaves_holes);
+  add(s, "partial trim zeroes and keeps the page",
+      test_partial_trim_zeroes_and_keeps_the_page);
+  add(s, "zero frees whole pages and zeroes partial ones",
+      test_zero_frees_whole_pages_and_zeroes_partial_ones);
+  add(s, "zero with NO_HOLE keeps pages allocated",
+      test_zero_with_no_hole_keeps_pages_allocated);
+  add(s, "fast zero is accepted", test_fast_zero_is_accepted);
+  add(s, "trim of a huge unwritten range is quick",
+      test_trim_of_a_huge_unwritten_range_is_quick);
+  add(s, "extents merge neighbours and clip to the request",
+      test_extents_merge_neighbours_and_clip_to_the_request);
+  add(s, "advertises native zero, FUA and cache",
+      test_advertises_native_zero_fua_and_cache);
+  add(s, "flush, FUA and cache succeed", test_flush_fua_and_cache_succeed);
+  add(s, "read-only connection refuses writes",
+      test_read_only_connection_refuses_writes);
+  add(s, "concurrent writers and readers keep pages intact",
+      test_concurrent_writers_and_readers_keep_pages_intact);
+  add(s, "freeing pages under readers never shows freed memory",
+      test_freeing_pages_under_readers_never_shows_freed_memory);
+  return s;
+}
+
+int
+main(void)
+{
+  SRunner *sr = srunner_create(memory_suite());
+  int failed;
+
+  srunner_run_all(sr, CK_NORMAL);
+  failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
