@@ -255,7 +255,8 @@ server_conn_thread(void *arg)
   return NULL;
 }
 
-static void
+/* Accepts one client; returns -1 when there is none left to accept. */
+static int
 server_accept(const struct nbd_config *cfg, struct server_listener *l)
 {
   struct sockaddr_storage ss;
@@ -272,7 +273,7 @@ server_accept(const struct nbd_config *cfg, struct server_listener *l)
       nbd_warn("accept on %s: %s", l->desc, strerror(errno));
     if (errno == EMFILE || errno == ENFILE)
       usleep(100000);           /* let connections close; don't spin */
-    return;
+    return -1;
   }
   unsigned nconns;
 
@@ -287,12 +288,12 @@ server_accept(const struct nbd_config *cfg, struct server_listener *l)
                cfg->max_connections);
     last = now;
     close(fd);
-    return;
+    return 0;
   }
   c = calloc(1, sizeof *c);
   if (c == NULL) {
     close(fd);
-    return;
+    return 0;
   }
   c->fd = fd;
   c->cfg = cfg;
@@ -326,10 +327,11 @@ server_accept(const struct nbd_config *cfg, struct server_listener *l)
     /* The thread body does the unlinking and freeing; run it here. */
     c->cfg = cfg;
     server_conn_thread(c);
-    return;
+    return 0;
   }
   pthread_attr_destroy(&attr);
   nbd_debug("%s: connected on %s", c->peer, l->desc);
+  return 0;
 }
 
 /* Wakes every connection's reader; after the grace period, also writers
@@ -502,9 +504,14 @@ server_run(const struct nbd_config *cfg)
       nbd_error("poll: %s", strerror(errno));
       break;
     }
-    for (i = 0; i < server_nlisteners && !server_stopping; i++)
+    /* Drain each ready listener (bounded, so one cannot starve others). */
+    for (i = 0; i < server_nlisteners && !server_stopping; i++) {
+      int n;
       if (pfd[i].revents & POLLIN)
-        server_accept(cfg, &server_listeners[i]);
+        for (n = 0; n < 64 && !server_stopping; n++)
+          if (server_accept(cfg, &server_listeners[i]) == -1)
+            break;
+    }
   }
   nbd_info("shutting down");
   server_notify("STOPPING=1");

@@ -390,7 +390,17 @@ class Raw:
     def __init__(self, path, timeout=5.0):
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.s.settimeout(timeout)
-        self.s.connect(path)
+        # A Unix socket whose backlog is full refuses with EAGAIN instead of
+        # waiting; retry for a while (the server is just behind).
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.s.connect(path)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         self.structured = False
         self.cookie = 0x1000
         self.hflags = None
