@@ -54,6 +54,8 @@ struct nbd_conn {
   /* Replies. */
   pthread_mutex_t wlock;
   int write_failed;
+  char *obuf;                   /* batched small replies (inline mode) */
+  size_t olen;
 
   /* Workers (only when the stack may block). */
   pthread_mutex_t qlock;
@@ -76,8 +78,14 @@ void conn_run(struct nbd_conn *c);
 int conn_read(struct nbd_conn *c, void *buf, size_t len);
 /* Discards len bytes of input; 0 or -1. */
 int conn_skip(struct nbd_conn *c, size_t len);
-/* Writes all iovecs under the reply lock; 0 or -1. */
+/* Writes all iovecs under the reply lock (into the batch when batching);
+ * 0 or -1. */
 int conn_writev(struct nbd_conn *c, struct iovec *iov, int n);
+/* Reply batching, for requests run inline on the reader thread: replies
+ * are held until the reader is about to wait for input. */
+int conn_batch_start(struct nbd_conn *c);
+void conn_batch_stop(struct nbd_conn *c);
+int conn_flush(struct nbd_conn *c);
 /* Sets the receive (and send) timeout of the socket; 0 = none. */
 void conn_set_timeout(struct nbd_conn *c, uint64_t ns, int send_too);
 /* Maps -errno to an NBD error value (one table). */

@@ -514,6 +514,8 @@ transmission_run(struct nbd_conn *c)
 
   nbd_debug("%s: export \"%s\" running %s", c->peer, e->name,
             inl ? "inline" : "with workers");
+  if (inl && conn_batch_start(c) == -1)
+    return;
   for (;;) {
     if (!inl && tx_wait(c, 0) == -1)
       break;
@@ -550,6 +552,8 @@ transmission_run(struct nbd_conn *c)
   /* DISC, EOF or error: every request already read still completes. */
   if (!inl)
     tx_wait(c, 1);
+  else
+    conn_batch_stop(c);
   pthread_mutex_lock(&c->qlock);
   c->stopping = 1;
   pthread_cond_broadcast(&c->qcond);
