@@ -477,7 +477,9 @@ NBD_REGISTER_BACKEND(file,
   .params = file_params,
   .conf_size = sizeof(struct file_conf),
   .thread_model = NBD_PARALLEL,
-  .nonblocking = 0,             /* disk I/O blocks */
+  /* A hot page cache answers in microseconds; a cold disk does not, and
+   * the engine then moves the connection to workers. */
+  .nonblocking = NBD_RARELY_BLOCKS,
   .magic_param = "file",
   .setup = file_setup,
   .cleanup = file_cleanup,

@@ -102,6 +102,6 @@ NBD_REGISTER_BACKEND(null,
   .params = null_params,
   .conf_size = sizeof(struct null_conf),
   .thread_model = NBD_PARALLEL,
-  .nonblocking = 1,
+  .nonblocking = NBD_NEVER_BLOCKS,
   .setup = null_setup,
 );

@@ -229,7 +229,7 @@ NBD_REGISTER_FILTER(offset,
   .params = offset_params,
   .conf_size = sizeof(struct offset_conf),
   .thread_model = NBD_PARALLEL,
-  .nonblocking = 1,
+  .nonblocking = NBD_NEVER_BLOCKS,
   .setup = offset_setup,
   .prepare = offset_prepare,
 );

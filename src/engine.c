@@ -95,7 +95,7 @@ engine_export_finish(struct nbd_export *exp, char *err, size_t errlen)
   int backends = 0;
 
   exp->model = NBD_PARALLEL;
-  exp->nonblocking = 1;
+  exp->nonblocking = NBD_NEVER_BLOCKS;
   for (l = exp->top; l; l = l->below) {
     if (l->ops->kind == NBD_LAYER_BACKEND) {
       backends++;
@@ -107,8 +107,8 @@ engine_export_finish(struct nbd_export *exp, char *err, size_t errlen)
     }
     if (l->ops->thread_model < exp->model)
       exp->model = l->ops->thread_model;
-    if (!l->ops->nonblocking)
-      exp->nonblocking = 0;
+    if (l->ops->nonblocking < exp->nonblocking)
+      exp->nonblocking = l->ops->nonblocking;
   }
   if (backends != 1) {
     snprintf(err, errlen, "needs exactly one backend (has %d)", backends);

@@ -33,6 +33,11 @@
 #define NBD_FLAG_REQ_ONE   (1u << 3)
 #define NBD_FLAG_FAST_ZERO (1u << 4)
 
+/* Values of nbd_layer_ops.nonblocking, in order of increasing speed. */
+#define NBD_MAY_BLOCK      0
+#define NBD_RARELY_BLOCKS  1
+#define NBD_NEVER_BLOCKS   2
+
 /* Tri-state answers of can_fua, can_zero and can_cache. */
 #define NBD_FUA_NONE       0
 #define NBD_FUA_EMULATE    1 /* engine sends a flush after the write */
@@ -104,8 +109,16 @@ struct nbd_layer_ops {
   const struct nbd_param *params;     /* ends with NBD_PARAM_END */
   size_t conf_size;                   /* size of the conf struct params fill */
   enum nbd_thread_model thread_model; /* 0 is SERIALIZE_CONNECTIONS: set it */
-  /* Never blocks for long (no sleeping, no disk): the engine may run its
-   * requests inline on the connection's reader thread. */
+  /* How long a request may take, which decides how the engine runs
+   * requests (an export takes the lowest value of its layers):
+   *   NBD_MAY_BLOCK      sleeps or waits (delay, network): requests run on
+   *                      a pool of workers per connection, concurrently;
+   *   NBD_RARELY_BLOCKS  usually quick, now and then slow (a file in the
+   *                      page cache): inline on the reader, with no
+   *                      handoff, until one request takes over 1 ms, then
+   *                      workers for the rest of the connection;
+   *   NBD_NEVER_BLOCKS   CPU only (RAM, pure transforms): always inline.
+   * 0 (the default) is NBD_MAY_BLOCK. */
   int nonblocking;
   /* Command line: a bare value with no "key=" sets this parameter, as in
    * nbdkit ("memory 1G", "file disk.img").  NULL = none. */

@@ -2,10 +2,12 @@
  * negotiated flags, run them through the stack, reply (proto.md
  * "Transmission", "Request types", "Error values").
  *
- * Requests run inline on the reader thread when every layer of the export
- * is non-blocking (no handoff, best latency and CPU); otherwise a lazily
- * grown pool of per-connection workers runs them concurrently and replies
- * leave in completion order.  In-flight requests and bytes are bounded so
+ * Requests run inline on the reader thread when no layer of the export may
+ * block (no handoff, best latency and CPU; small replies are batched), or
+ * when its layers only rarely block, until requests turn out slow (4 over
+ * 1 ms within 256).
+ * Otherwise a lazily grown pool of per-connection workers runs them
+ * concurrently and replies leave in completion order.  In-flight requests and bytes are bounded so
  * a client that never reads replies cannot grow the server's memory.
  * A bad request gets an error reply and the connection goes on; a protocol
  * violation (bad magic, oversized write payload) closes this connection.
@@ -13,6 +15,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "conn.h"
 #include "protocol.h"
@@ -24,6 +27,18 @@
 #define TX_HOLE_GRANULE       4096
 #define TX_MAX_CHUNKS         64
 #define TX_WORKER_STACK       (256u << 10)
+#define TX_SLOW_NS            1000000     /* 1 ms: an inline request too slow */
+#define TX_SLOW_COUNT         4           /* ... this many times ... */
+#define TX_SLOW_WINDOW        256         /* ... within this many requests */
+
+static uint64_t
+tx_now(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+}
 
 /* ---- requests and buffers ---------------------------------------------- */
 
@@ -506,10 +521,14 @@ void
 transmission_run(struct nbd_conn *c)
 {
   const struct nbd_export *e = c->exp;
-  int inl = e->nonblocking || e->model <= NBD_SERIALIZE_REQUESTS ||
-            c->cfg->threads == 1;
+  int serial = e->model <= NBD_SERIALIZE_REQUESTS || c->cfg->threads == 1;
+  int inl = serial || e->nonblocking != NBD_MAY_BLOCK;
+  /* "Rarely blocks": inline until a request turns out slow. */
+  int adaptive = !serial && e->nonblocking == NBD_RARELY_BLOCKS;
   struct nbd_request *r;
   int verr = 0, rr;
+  uint64_t t0 = 0, took;
+  unsigned window = 0, slow = 0;
   unsigned i;
 
   nbd_debug("%s: export \"%s\" running %s", c->peer, e->name,
@@ -534,12 +553,29 @@ transmission_run(struct nbd_conn *c)
       continue;
     }
     if (inl) {
-      int dead = tx_execute(c, r) == -1;
+      int dead;
+      if (adaptive)
+        t0 = tx_now();
+      dead = tx_execute(c, r) == -1;
       pthread_mutex_lock(&c->qlock);
       tx_put_request_locked(c, r);
       pthread_mutex_unlock(&c->qlock);
       if (dead)
         break;
+      /* One slow request may just be this thread losing its CPU on a
+       * busy machine; several in a short window mean the layer blocks. */
+      if (adaptive) {
+        if (++window == TX_SLOW_WINDOW)
+          window = slow = 0;
+        if ((took = tx_now() - t0) > TX_SLOW_NS && ++slow == TX_SLOW_COUNT) {
+          nbd_debug("%s: %d requests over %d us: running requests on "
+                    "workers from now on (last took %llu us)", c->peer,
+                    TX_SLOW_COUNT, TX_SLOW_NS / 1000,
+                    (unsigned long long)took / 1000);
+          conn_batch_stop(c);
+          inl = adaptive = 0;
+        }
+      }
       continue;
     }
     pthread_mutex_lock(&c->qlock);

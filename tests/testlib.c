@@ -316,7 +316,7 @@ static const struct nbd_layer_ops testlib_rec_ops = {
   .description = "test-only RAM disk that logs every call",
   .kind = NBD_LAYER_BACKEND,
   .thread_model = NBD_PARALLEL,
-  .nonblocking = 1,
+  .nonblocking = NBD_NEVER_BLOCKS,
   .cleanup = testlib_rec_cleanup,
   NBD_REQUIRED_METHODS(testlib_rec)
   .open = testlib_rec_open,
@@ -441,7 +441,7 @@ static const struct nbd_layer_ops testlib_tracer_ops = {
   .params = testlib_tracer_params,
   .conf_size = sizeof(struct testlib_tracer_conf),
   .thread_model = NBD_PARALLEL,
-  .nonblocking = 1,
+  .nonblocking = NBD_NEVER_BLOCKS,
   NBD_REQUIRED_METHODS(testlib_tracer)
   .open = testlib_tracer_open,
   .prepare = testlib_tracer_prepare,
