@@ -11,6 +11,7 @@
 #define NBDSTACK_CONN_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/uio.h>
 
@@ -98,7 +99,7 @@ int handshake_run(struct nbd_conn *c);
 void transmission_run(struct nbd_conn *c);
 
 /* server.c */
-extern volatile int server_stopping;
+extern atomic_int server_stopping;
 
 /* Big-endian helpers. */
 static inline void

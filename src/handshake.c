@@ -278,7 +278,8 @@ handshake_list(struct nbd_conn *c, uint32_t len)
       dl = NBD_MAX_STRING;
     wire_put32(buf, (uint32_t)n);
     memcpy(buf + 4, e->name, n);
-    memcpy(buf + 4 + n, e->description, dl);
+    if (dl)
+      memcpy(buf + 4 + n, e->description, dl);
     if (handshake_reply(c, NBD_OPT_LIST, NBD_REP_SERVER, buf, 4 + n + dl) == -1)
       return -1;
   }

@@ -30,7 +30,7 @@
 #define SERVER_CONN_STACK (256u << 10)
 #define SERVER_GRACE_SECONDS 5
 
-volatile int server_stopping;
+atomic_int server_stopping;
 
 static int server_sigpipe[2] = { -1, -1 };
 static pthread_mutex_t server_lock = PTHREAD_MUTEX_INITIALIZER;
