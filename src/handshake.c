@@ -112,6 +112,10 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e)
     c->serial_lock_held = 1;
   }
   c->exp = e;
+  /* A meta context chosen for another export does not carry over (GO and
+   * EXPORT_NAME alike). */
+  if (c->meta_export && strcmp(c->meta_export, e->name) != 0)
+    c->meta_base_allocation = 0;
   c->top = engine_open(e, c->readonly || c->cfg->readonly, NULL, err,
                        sizeof err);
   if (c->top == NULL) {
@@ -244,9 +248,6 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
     return handshake_error(c, opt, NBD_REP_ERR_PLATFORM,
                            "export could not be opened (see server log)");
   }
-  /* A meta context chosen for another export does not carry over. */
-  if (c->meta_export && strcmp(c->meta_export, e->name) != 0)
-    c->meta_base_allocation = 0;
   if (handshake_info(c, opt, NBD_INFO_EXPORT, e) == -1 ||
       (want_name && handshake_info(c, opt, NBD_INFO_NAME, e) == -1) ||
       (want_desc && handshake_info(c, opt, NBD_INFO_DESCRIPTION, e) == -1) ||
