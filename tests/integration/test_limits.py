@@ -214,4 +214,94 @@ def cycles_and_idle():
 
 
 C.run("1000 connect/disconnect cycles and 200 idle connections", cycles_and_idle)
+
+
+def stalled_reader():
+    """A client pipelines thousands of 1 MiB reads and never reads the
+    replies: the server stops reading requests once its replies back up,
+    instead of buffering replies without end."""
+    c = connect_go(big.sock)
+    c.s.setblocking(False)
+    before = rss_kib(big.proc.pid)
+    sent = 0
+    hdr_n = 0
+    deadline = time.monotonic() + 3
+    # 4096 requests for 1 MiB each = 4 GiB of replies nobody reads.
+    while hdr_n < 4096 and time.monotonic() < deadline:
+        req = struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_READ, hdr_n, 0, MiB)
+        try:
+            c.s.send(req)
+            hdr_n += 1
+        except BlockingIOError:
+            time.sleep(0.05)        # the server stopped reading: good
+    time.sleep(1.0)
+    grown = rss_kib(big.proc.pid) - before
+    log("stalled reader: %d requests accepted, RSS grew %d KiB" % (hdr_n, grown))
+    if not os.environ.get("NBD_SANITIZER"):
+        check(grown < 128 * 1024, "RSS grew %d KiB for a client that never "
+              "reads its replies" % grown)
+    good_client_fast(big.sock)     # others are still served
+    c.close()
+    time.sleep(0.5)
+    good_client_fast(big.sock)
+
+
+C.run("a client that never reads replies does not grow memory without bound",
+      stalled_reader)
+
+
+def sigterm_with_1000_idle():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2200 and hard >= 2200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2200, hard))
+    s = Server(["memory", "size=8M"], name="many")
+    held = []
+    try:
+        for _ in range(1000):
+            held.append(connect_go(s.sock))
+        good_client_fast(s.sock)
+        t0 = time.monotonic()
+        rc = s.stop(timeout=10)
+        took = time.monotonic() - t0
+        log("SIGTERM with 1000 idle clients: exit %s after %.2f s" % (rc, took))
+        check_eq(rc, 0, "exit status")
+        check(took < 2.0 or os.environ.get("NBD_SANITIZER"),
+              "exit took %.2f s (want < 2 s)" % took)
+    finally:
+        for h in held:
+            h.close()
+        s.kill()
+
+
+C.run("SIGTERM with 1000 idle clients exits 0 within 2 s", sigterm_with_1000_idle)
+
+
+def drops_privileges():
+    if os.geteuid() != 0:
+        log("not root: privilege drop not testable")
+        return
+    d = os.path.join(T.TMPDIR, "priv")
+    os.mkdir(d)
+    os.chmod(d, 0o777)
+    sock = os.path.join(d, "p.sock")
+    s = Server(["-u", "nobody", "-g", "nogroup", "memory", "size=1M"],
+               sock=sock, name="priv")
+    try:
+        with open("/proc/%d/status" % s.proc.pid) as f:
+            st = f.read()
+        uid = [l for l in st.splitlines() if l.startswith("Uid:")][0].split()
+        gid = [l for l in st.splitlines() if l.startswith("Gid:")][0].split()
+        import pwd
+        import grp
+        check(all(int(x) == pwd.getpwnam("nobody").pw_uid for x in uid[1:]),
+              "uids after -u nobody: %s" % uid)
+        check(all(int(x) == grp.getgrnam("nogroup").gr_gid for x in gid[1:]),
+              "gids after -g nogroup: %s" % gid)
+        good_client_fast(sock)
+    finally:
+        s.kill()
+
+
+C.run("-u/-g drop privileges after binding", drops_privileges)
 C.finish([srv, idle, lim, big])
