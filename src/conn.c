@@ -297,6 +297,36 @@ conn_nbd_error(int err)
   }
 }
 
+struct nbd_conn *
+conn_new(int fd, const struct nbd_config *cfg)
+{
+  struct nbd_conn *c = calloc(1, sizeof *c);
+
+  if (c == NULL)
+    return NULL;
+  c->fd = fd;
+  c->cfg = cfg;
+  snprintf(c->peer, sizeof c->peer, "unix client fd %d", fd);
+  pthread_mutex_init(&c->wlock, NULL);
+  pthread_mutex_init(&c->qlock, NULL);
+  pthread_cond_init(&c->qcond, NULL);
+  pthread_cond_init(&c->donecond, NULL);
+  return c;
+}
+
+void
+conn_free(struct nbd_conn *c)
+{
+  pthread_mutex_destroy(&c->wlock);
+  pthread_mutex_destroy(&c->qlock);
+  pthread_cond_destroy(&c->qcond);
+  pthread_cond_destroy(&c->donecond);
+  free(c->rbuf);
+  free(c->obuf);
+  free(c->meta_export);
+  free(c);
+}
+
 void
 conn_run(struct nbd_conn *c)
 {

@@ -74,6 +74,11 @@ struct nbd_conn {
 };
 
 /* conn.c */
+/* A connection on an accepted socket fd (peer defaults to "unix client
+ * fd N"); NULL when out of memory. */
+struct nbd_conn *conn_new(int fd, const struct nbd_config *cfg);
+/* Frees what conn_new and conn_run allocated; does not close fd. */
+void conn_free(struct nbd_conn *c);
 void conn_run(struct nbd_conn *c);
 /* Reads exactly len bytes (buffered); 0, or -1 on EOF/error. */
 int conn_read(struct nbd_conn *c, void *buf, size_t len);

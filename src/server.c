@@ -245,13 +245,7 @@ server_conn_thread(void *arg)
   pthread_cond_broadcast(&server_conns_cond);
   pthread_mutex_unlock(&server_lock);
   close(c->fd);
-  pthread_mutex_destroy(&c->wlock);
-  pthread_mutex_destroy(&c->qlock);
-  pthread_cond_destroy(&c->qcond);
-  pthread_cond_destroy(&c->donecond);
-  free(c->rbuf);
-  free(c->meta_export);
-  free(c);
+  conn_free(c);
   return NULL;
 }
 
@@ -290,24 +284,17 @@ server_accept(const struct nbd_config *cfg, struct server_listener *l)
     close(fd);
     return 0;
   }
-  c = calloc(1, sizeof *c);
+  c = conn_new(fd, cfg);
   if (c == NULL) {
     close(fd);
     return 0;
   }
-  c->fd = fd;
-  c->cfg = cfg;
   if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     getnameinfo((struct sockaddr *)&ss, sslen, addr, sizeof addr, NULL, 0,
                 NI_NUMERICHOST);
     snprintf(c->peer, sizeof c->peer, "%s", addr);
-  } else
-    snprintf(c->peer, sizeof c->peer, "unix client fd %d", fd);
-  pthread_mutex_init(&c->wlock, NULL);
-  pthread_mutex_init(&c->qlock, NULL);
-  pthread_cond_init(&c->qcond, NULL);
-  pthread_cond_init(&c->donecond, NULL);
+  }
 
   pthread_mutex_lock(&server_lock);
   c->next = server_conns;
@@ -325,7 +312,6 @@ server_accept(const struct nbd_config *cfg, struct server_listener *l)
     shutdown(fd, SHUT_RDWR);
     pthread_attr_destroy(&attr);
     /* The thread body does the unlinking and freeing; run it here. */
-    c->cfg = cfg;
     server_conn_thread(c);
     return 0;
   }

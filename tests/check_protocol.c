@@ -128,16 +128,8 @@ tc_start(struct tc *t)
   ck_assert_int_eq(setsockopt(sv[1], SOL_SOCKET, SO_SNDTIMEO, &tv,
                               sizeof tv), 0);
 
-  /* As server.c's server_accept sets up a connection. */
-  c = calloc(1, sizeof *c);
+  c = conn_new(sv[0], &cfg);
   ck_assert_ptr_nonnull(c);
-  c->fd = sv[0];
-  c->cfg = &cfg;
-  snprintf(c->peer, sizeof c->peer, "unix client fd %d", sv[0]);
-  pthread_mutex_init(&c->wlock, NULL);
-  pthread_mutex_init(&c->qlock, NULL);
-  pthread_cond_init(&c->qcond, NULL);
-  pthread_cond_init(&c->donecond, NULL);
 
   t->fd = sv[1];
   t->c = c;
@@ -153,13 +145,7 @@ tc_end(struct tc *t)
 
   close(t->fd);
   ck_assert_int_eq(pthread_join(t->tid, NULL), 0);
-  pthread_mutex_destroy(&c->wlock);
-  pthread_mutex_destroy(&c->qlock);
-  pthread_cond_destroy(&c->qcond);
-  pthread_cond_destroy(&c->donecond);
-  free(c->rbuf);
-  free(c->meta_export);
-  free(c);
+  conn_free(c);
   t->c = NULL;
 }
 

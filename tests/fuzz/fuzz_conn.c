@@ -214,17 +214,9 @@ fuzz_conn_run(const uint8_t *pre, size_t prelen, const uint8_t *data,
     fuzz_die("fcntl: %s", strerror(errno));
   fuzz_config(&cfg);
 
-  /* As server.c's server_accept sets up a connection. */
-  c = calloc(1, sizeof *c);
+  c = conn_new(sv[0], &cfg);
   if (c == NULL)
     fuzz_die("out of memory");
-  c->fd = sv[0];
-  c->cfg = &cfg;
-  snprintf(c->peer, sizeof c->peer, "fuzz client fd %d", sv[0]);
-  pthread_mutex_init(&c->wlock, NULL);
-  pthread_mutex_init(&c->qlock, NULL);
-  pthread_cond_init(&c->qcond, NULL);
-  pthread_cond_init(&c->donecond, NULL);
 
   job.fd = sv[1];
   job.part[0] = pre;
@@ -238,16 +230,10 @@ fuzz_conn_run(const uint8_t *pre, size_t prelen, const uint8_t *data,
 
   conn_run(c);
 
-  /* As server.c's server_conn_thread tears it down; closing our end is
-   * what ends the helper's drain loop. */
+  /* As server.c's server_conn_thread: closing our end is what ends the
+   * helper's drain loop. */
   close(c->fd);
-  pthread_mutex_destroy(&c->wlock);
-  pthread_mutex_destroy(&c->qlock);
-  pthread_cond_destroy(&c->qcond);
-  pthread_cond_destroy(&c->donecond);
-  free(c->rbuf);
-  free(c->meta_export);
-  free(c);
+  conn_free(c);
 
   pthread_mutex_lock(&fuzz_lock);
   while (fuzz_job != NULL)
