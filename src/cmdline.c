@@ -30,6 +30,7 @@ enum {
   CMDLINE_OPT_HANDSHAKE,
   CMDLINE_OPT_IDLE,
   CMDLINE_OPT_MAXCONN,
+  CMDLINE_OPT_NOINLINE,
 };
 
 /* Options as given; strings point into argv. */
@@ -43,7 +44,7 @@ struct cmdline_opts {
   unsigned threads;             /* 0 = not given */
   unsigned max_connections;     /* 0 = not given */
   const char *handshake_timeout, *idle_timeout;
-  int readonly, verbose;
+  int readonly, verbose, no_inline;
 };
 
 /* Leading ':' so that a missing argument returns ':', not '?'. */
@@ -61,6 +62,7 @@ static const struct option cmdline_long[] = {
   { "handshake-timeout", required_argument, NULL, CMDLINE_OPT_HANDSHAKE },
   { "idle-timeout", required_argument, NULL, CMDLINE_OPT_IDLE },
   { "max-connections", required_argument, NULL, CMDLINE_OPT_MAXCONN },
+  { "no-inline", no_argument, NULL, CMDLINE_OPT_NOINLINE },
   { "help", no_argument, NULL, 'h' },
   { "ipaddr", required_argument, NULL, 'i' },
   { "list", no_argument, NULL, CMDLINE_OPT_LIST },
@@ -103,6 +105,8 @@ cmdline_usage(FILE *fp)
     "                          (default 10s; 0 = never)\n"
     "      --idle-timeout T    drop a client that sends no request for T\n"
     "                          (default 0 = never)\n"
+    "      --no-inline         run every request on the worker pool, even\n"
+    "                          for stacks that never block\n"
     "  -f, --foreground        accepted for nbdkit habits; always foreground\n"
     "  -v, --verbose           debug messages\n"
     "      --list              list filters, backends and their keys\n"
@@ -202,6 +206,7 @@ cmdline_option(int c, int argc, char **argv, struct cmdline_opts *o)
   case 'g': o->group = optarg; return 0;
   case CMDLINE_OPT_HANDSHAKE: o->handshake_timeout = optarg; return 0;
   case CMDLINE_OPT_IDLE: o->idle_timeout = optarg; return 0;
+  case CMDLINE_OPT_NOINLINE: o->no_inline = 1; return 0;
   case CMDLINE_OPT_MAXCONN: return cmdline_uint("--max-connections", optarg,
                                                 1000000, &o->max_connections);
   case 'p': o->port = optarg; return 0;
@@ -487,6 +492,8 @@ cmdline_apply(struct nbd_config *cfg, const struct cmdline_opts *o)
     cfg->threads = o->threads;
   if (o->max_connections)
     cfg->max_connections = o->max_connections;
+  if (o->no_inline)
+    cfg->inline_requests = 0;
   cfg->readonly |= o->readonly;
   cfg->verbose = o->verbose;
   return 0;

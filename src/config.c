@@ -124,6 +124,8 @@ static const struct config_key config_server_keys[] = {
     offsetof(struct nbd_config, idle_timeout), 0, 0, 0 },
   { "user", config_set_string, offsetof(struct nbd_config, user), 0, 0, 0 },
   { "group", config_set_string, offsetof(struct nbd_config, group), 0, 0, 0 },
+  { "inline", config_set_bool, offsetof(struct nbd_config, inline_requests),
+    0, 0, 0 },
   { NULL, NULL, 0, 0, 0, 0 }
 };
 
@@ -1104,6 +1106,7 @@ config_defaults(struct nbd_config *cfg)
   cfg->threads = CONFIG_DEFAULT_THREADS;
   cfg->max_connections = CONFIG_DEFAULT_MAX_CONNECTIONS;
   cfg->handshake_timeout = CONFIG_DEFAULT_HANDSHAKE_TIMEOUT;
+  cfg->inline_requests = 1;
 }
 
 static void

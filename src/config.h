@@ -41,6 +41,9 @@ struct nbd_config {
   uint64_t handshake_timeout;   /* ns to finish the handshake; default 10 s */
   uint64_t idle_timeout;        /* ns without a request; 0 = never */
   char *user, *group;           /* drop privileges after binding */
+  /* Run requests of stacks that never or rarely block on the reader
+   * thread (default 1); 0 always uses the per-connection worker pool. */
+  int inline_requests;
 };
 
 #define CONFIG_DEFAULT_MAX_CONNECTIONS 1024

@@ -522,7 +522,8 @@ transmission_run(struct nbd_conn *c)
 {
   const struct nbd_export *e = c->exp;
   int serial = e->model <= NBD_SERIALIZE_REQUESTS || c->cfg->threads == 1;
-  int inl = serial || e->nonblocking != NBD_MAY_BLOCK;
+  int inl = serial || (e->nonblocking != NBD_MAY_BLOCK &&
+                       c->cfg->inline_requests);
   /* "Rarely blocks": inline until a request turns out slow. */
   int adaptive = !serial && e->nonblocking == NBD_RARELY_BLOCKS;
   struct nbd_request *r;

@@ -496,6 +496,10 @@ START_TEST(test_server_limit_keys)
   ck_assert_str_eq(cfg.user, "nobody");
   ck_assert_str_eq(cfg.group, "nogroup");
   ck_assert_uint_eq(cfg.exports->max_connections, 3);
+  ck_assert_int_eq(cfg.inline_requests, 1);
+  config_free(&cfg);
+  parse_ok("[server]\ninline = no\n[export x]\nbackend = tback\n", &cfg);
+  ck_assert_int_eq(cfg.inline_requests, 0);
   config_free(&cfg);
   expect_error("[server]\nhandshake-timeout = soon\n"
                "[export x]\nbackend = tback\n",
@@ -632,7 +636,7 @@ START_TEST(test_server_errors)
   expect_error("[server]\nfoo = 1\n[export x]\nbackend = tback\n",
                "t.ini:2: unknown key 'foo' in [server] (known: listen, "
                "threads, readonly, pidfile, max-connections, "
-               "handshake-timeout, idle-timeout, user, group)");
+               "handshake-timeout, idle-timeout, user, group, inline)");
   expect_error("[export x]\nfilter tfilt\nbackend = tback\n",
                "t.ini:2: expected 'key = value' or a [section] header, got "
                "'filter tfilt'");

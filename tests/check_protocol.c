@@ -88,6 +88,13 @@ setup_config(void)
 }
 
 static void
+setup_config_workers(void)
+{
+  setup_config();
+  cfg.inline_requests = 0;
+}
+
+static void
 teardown_config(void)
 {
   config_free(&cfg);
@@ -1493,6 +1500,39 @@ END_TEST
 
 /* ---- suite ------------------------------------------------------------------ */
 
+/* The transmission tests, run once inline on the reader and once with
+ * every request on the worker pool (inline = no). */
+static void
+add_transmission_tests(TCase *tc)
+{
+  tcase_add_test(tc, test_simple_read_returns_written_data);
+  tcase_add_test(tc, test_write_read_round_trip_unaligned);
+  tcase_add_test(tc, test_read_past_end_einval);
+  tcase_add_test(tc, test_write_past_end_enospc);
+  tcase_add_test(tc, test_trim_past_end_einval);
+  tcase_add_test(tc, test_read_zero_length_einval);
+  tcase_add_test(tc, test_read_over_max_payload_einval_and_continues);
+  tcase_add_test(tc, test_unknown_command_einval_and_continues);
+  tcase_add_test(tc, test_read_unknown_flag_einval);
+  tcase_add_test(tc, test_write_zeroes_fast_zero_succeeds);
+  tcase_add_test(tc, test_block_status_without_meta_context_einval);
+  tcase_add_test(tc, test_block_status_base_allocation_descriptors);
+  tcase_add_test(tc, test_block_status_req_one_single_descriptor);
+  tcase_add_test(tc, test_write_over_max_payload_einval_payload_skipped);
+  tcase_add_test(tc, test_write_far_over_max_payload_closes);
+  tcase_add_test(tc, test_block_status_meta_context_of_other_export_go);
+  tcase_add_test(tc,
+                 test_block_status_meta_context_of_other_export_export_name);
+  tcase_add_test(tc, test_structured_read_unwritten_is_hole_chunk);
+  tcase_add_test(tc, test_structured_read_df_is_one_data_chunk);
+  tcase_add_test(tc, test_structured_read_chunks_reassemble_data);
+  tcase_add_test(tc, test_structured_read_past_end_error_chunk);
+  tcase_add_test(tc, test_write_to_readonly_export_eperm);
+  tcase_add_test(tc, test_bad_request_magic_closes);
+  tcase_add_test(tc, test_disc_closes_after_earlier_replies);
+  tcase_add_test(tc, test_pipelined_reads_matched_by_cookie);
+}
+
 static Suite *
 protocol_suite(void)
 {
@@ -1531,32 +1571,13 @@ protocol_suite(void)
   tc = tcase_create("transmission");
   tcase_add_checked_fixture(tc, setup_config, teardown_config);
   tcase_set_timeout(tc, 30);
-  tcase_add_test(tc, test_simple_read_returns_written_data);
-  tcase_add_test(tc, test_write_read_round_trip_unaligned);
-  tcase_add_test(tc, test_read_past_end_einval);
-  tcase_add_test(tc, test_write_past_end_enospc);
-  tcase_add_test(tc, test_trim_past_end_einval);
-  tcase_add_test(tc, test_read_zero_length_einval);
-  tcase_add_test(tc, test_read_over_max_payload_einval_and_continues);
-  tcase_add_test(tc, test_unknown_command_einval_and_continues);
-  tcase_add_test(tc, test_read_unknown_flag_einval);
-  tcase_add_test(tc, test_write_zeroes_fast_zero_succeeds);
-  tcase_add_test(tc, test_block_status_without_meta_context_einval);
-  tcase_add_test(tc, test_block_status_base_allocation_descriptors);
-  tcase_add_test(tc, test_block_status_req_one_single_descriptor);
-  tcase_add_test(tc, test_write_over_max_payload_einval_payload_skipped);
-  tcase_add_test(tc, test_write_far_over_max_payload_closes);
-  tcase_add_test(tc, test_block_status_meta_context_of_other_export_go);
-  tcase_add_test(tc,
-                 test_block_status_meta_context_of_other_export_export_name);
-  tcase_add_test(tc, test_structured_read_unwritten_is_hole_chunk);
-  tcase_add_test(tc, test_structured_read_df_is_one_data_chunk);
-  tcase_add_test(tc, test_structured_read_chunks_reassemble_data);
-  tcase_add_test(tc, test_structured_read_past_end_error_chunk);
-  tcase_add_test(tc, test_write_to_readonly_export_eperm);
-  tcase_add_test(tc, test_bad_request_magic_closes);
-  tcase_add_test(tc, test_disc_closes_after_earlier_replies);
-  tcase_add_test(tc, test_pipelined_reads_matched_by_cookie);
+  add_transmission_tests(tc);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("transmission on workers");
+  tcase_add_checked_fixture(tc, setup_config_workers, teardown_config);
+  tcase_set_timeout(tc, 30);
+  add_transmission_tests(tc);
   suite_add_tcase(s, tc);
   return s;
 }
