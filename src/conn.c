@@ -38,13 +38,11 @@ conn_set_timeout(struct nbd_conn *c, uint64_t ns, int send_too)
 static int
 conn_before_read(struct nbd_conn *c)
 {
-  struct timespec ts;
   uint64_t now;
 
   if (c->deadline == 0)
     return 0;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  now = (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+  now = conn_now_ns();
   if (now >= c->deadline) {
     nbd_info("%s: handshake timed out", c->peer);
     return -1;
@@ -327,16 +325,42 @@ conn_free(struct nbd_conn *c)
   free(c);
 }
 
-void
-conn_run(struct nbd_conn *c)
+uint64_t
+conn_now_ns(void)
 {
   struct timespec ts;
 
-  if (c->cfg->handshake_timeout) {
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    c->deadline = (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec +
-                  c->cfg->handshake_timeout;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+}
+
+void
+conn_release_export(struct nbd_conn *c)
+{
+  int r;
+
+  if (c->top) {
+    if ((r = engine_close(c->top)) < 0)
+      nbd_error("%s: close failed: %s", c->peer, strerror(-r));
+    c->top = NULL;
   }
+  if (c->serial_lock_held) {
+    pthread_mutex_unlock(&c->exp->lock);
+    c->serial_lock_held = 0;
+  }
+  if (c->counted) {
+    __atomic_sub_fetch(&c->exp->nconnections, 1, __ATOMIC_SEQ_CST);
+    c->counted = 0;
+  }
+}
+
+void
+conn_run(struct nbd_conn *c)
+{
+  int r;
+
+  if (c->cfg->handshake_timeout)
+    c->deadline = conn_now_ns() + c->cfg->handshake_timeout;
   if (handshake_run(c) == 0) {
     c->deadline = 0;
     conn_set_timeout(c, 0, 1);
@@ -344,23 +368,10 @@ conn_run(struct nbd_conn *c)
       conn_set_timeout(c, c->cfg->idle_timeout, 0);
     transmission_run(c);
   }
-  if (c->top) {
-    int r;
-    /* Flush so nothing acknowledged lingers in a layer's cache. */
-    if (c->top->can_flush && c->top->can_write &&
-        (r = next_flush(c->top, 0)) < 0)
-      nbd_error("%s: flush at close failed: %s", c->peer, strerror(-r));
-    if ((r = engine_close(c->top)) < 0)
-      nbd_error("%s: close failed: %s", c->peer, strerror(-r));
-    c->top = NULL;
-  }
-  if (c->counted) {
-    __atomic_sub_fetch(&c->exp->nconnections, 1, __ATOMIC_SEQ_CST);
-    c->counted = 0;
-  }
-  if (c->serial_lock_held) {
-    pthread_mutex_unlock(&c->exp->lock);
-    c->serial_lock_held = 0;
-  }
+  /* Flush so nothing acknowledged lingers in a layer's cache. */
+  if (c->top && c->top->can_flush && c->top->can_write &&
+      (r = next_flush(c->top, 0)) < 0)
+    nbd_error("%s: flush at close failed: %s", c->peer, strerror(-r));
+  conn_release_export(c);
   nbd_debug("%s: connection closed", c->peer);
 }

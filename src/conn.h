@@ -80,6 +80,11 @@ struct nbd_conn *conn_new(int fd, const struct nbd_config *cfg);
 /* Frees what conn_new and conn_run allocated; does not close fd. */
 void conn_free(struct nbd_conn *c);
 void conn_run(struct nbd_conn *c);
+/* Closes the connection's stack, if open, and gives back what opening it
+ * took: the export's serialising lock and its connection count. */
+void conn_release_export(struct nbd_conn *c);
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t conn_now_ns(void);
 /* Reads exactly len bytes (buffered); 0, or -1 on EOF/error. */
 int conn_read(struct nbd_conn *c, void *buf, size_t len);
 /* Discards len bytes of input; 0 or -1. */

@@ -81,15 +81,6 @@ handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
   return f;
 }
 
-static void
-handshake_uncount(struct nbd_conn *c)
-{
-  if (c->counted) {
-    __atomic_sub_fetch(&c->exp->nconnections, 1, __ATOMIC_SEQ_CST);
-    c->counted = 0;
-  }
-}
-
 /* Opens the export's stack for this connection; -1 on failure, -2 when the
  * export is at its connection limit. */
 static int
@@ -97,6 +88,7 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e)
 {
   char err[512];
 
+  c->exp = e;
   if (e->max_connections && !c->counted) {
     if (__atomic_add_fetch(&e->nconnections, 1, __ATOMIC_SEQ_CST) >
         e->max_connections) {
@@ -111,7 +103,6 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e)
     pthread_mutex_lock(&e->lock);
     c->serial_lock_held = 1;
   }
-  c->exp = e;
   /* A meta context chosen for another export does not carry over (GO and
    * EXPORT_NAME alike). */
   if (c->meta_export && strcmp(c->meta_export, e->name) != 0)
@@ -120,11 +111,7 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e)
                        sizeof err);
   if (c->top == NULL) {
     nbd_error("%s: export \"%s\": %s", c->peer, e->name, err);
-    if (c->serial_lock_held) {
-      pthread_mutex_unlock(&e->lock);
-      c->serial_lock_held = 0;
-    }
-    handshake_uncount(c);
+    conn_release_export(c);
     return -1;
   }
   c->tflags = handshake_tflags(c, c->top);
@@ -132,18 +119,6 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e)
   if (c->top->max_block && c->top->max_block < c->max_payload)
     c->max_payload = c->top->max_block;
   return 0;
-}
-
-static void
-handshake_close_stack(struct nbd_conn *c)
-{
-  engine_close(c->top);
-  c->top = NULL;
-  if (c->serial_lock_held) {
-    pthread_mutex_unlock(&c->exp->lock);
-    c->serial_lock_held = 0;
-  }
-  handshake_uncount(c);
 }
 
 /* NBD_OPT_EXPORT_NAME: no error reply exists, so failures drop. */
@@ -258,7 +233,7 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
     return -1;
   if (opt == NBD_OPT_GO)
     return 1;
-  handshake_close_stack(c);
+  conn_release_export(c);
   return 0;
 }
 
@@ -438,6 +413,6 @@ handshake_run(struct nbd_conn *c)
   if (r == 1)
     return 0;
   if (c->top)
-    handshake_close_stack(c);
+    conn_release_export(c);
   return -1;
 }

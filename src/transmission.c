@@ -15,7 +15,6 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "conn.h"
 #include "protocol.h"
@@ -30,15 +29,6 @@
 #define TX_SLOW_NS            1000000     /* 1 ms: an inline request too slow */
 #define TX_SLOW_COUNT         4           /* ... this many times ... */
 #define TX_SLOW_WINDOW        256         /* ... within this many requests */
-
-static uint64_t
-tx_now(void)
-{
-  struct timespec ts;
-
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- requests and buffers ---------------------------------------------- */
 
@@ -556,7 +546,7 @@ transmission_run(struct nbd_conn *c)
     if (inl) {
       int dead;
       if (adaptive)
-        t0 = tx_now();
+        t0 = conn_now_ns();
       dead = tx_execute(c, r) == -1;
       pthread_mutex_lock(&c->qlock);
       tx_put_request_locked(c, r);
@@ -568,7 +558,7 @@ transmission_run(struct nbd_conn *c)
       if (adaptive) {
         if (++window == TX_SLOW_WINDOW)
           window = slow = 0;
-        if ((took = tx_now() - t0) > TX_SLOW_NS && ++slow == TX_SLOW_COUNT) {
+        if ((took = conn_now_ns() - t0) > TX_SLOW_NS && ++slow == TX_SLOW_COUNT) {
           nbd_debug("%s: %d requests over %d us: running requests on "
                     "workers from now on (last took %llu us)", c->peer,
                     TX_SLOW_COUNT, TX_SLOW_NS / 1000,
