@@ -288,12 +288,20 @@ def drops_privileges():
     s = Server(["-u", "nobody", "-g", "nogroup", "memory", "size=1M"],
                sock=sock, name="priv")
     try:
-        with open("/proc/%d/status" % s.proc.pid) as f:
-            st = f.read()
-        uid = [l for l in st.splitlines() if l.startswith("Uid:")][0].split()
-        gid = [l for l in st.splitlines() if l.startswith("Gid:")][0].split()
         import pwd
         import grp
+        want = pwd.getpwnam("nobody").pw_uid
+        # The socket is connectable as soon as listen() returns, which is
+        # before the privilege drop: poll until the ids change (or 10 s).
+        deadline = time.monotonic() + 10
+        while True:
+            with open("/proc/%d/status" % s.proc.pid) as f:
+                st = f.read()
+            uid = [l for l in st.splitlines() if l.startswith("Uid:")][0].split()
+            gid = [l for l in st.splitlines() if l.startswith("Gid:")][0].split()
+            if int(uid[1]) == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         check(all(int(x) == pwd.getpwnam("nobody").pw_uid for x in uid[1:]),
               "uids after -u nobody: %s" % uid)
         check(all(int(x) == grp.getgrnam("nogroup").gr_gid for x in gid[1:]),
