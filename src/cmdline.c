@@ -411,13 +411,13 @@ cmdline_add_listen(struct nbd_config *cfg, const char *opt, const char *text)
   struct nbd_listen l, *v;
   char err[CMDLINE_ERRLEN];
 
-  if (config_parse_listen(text, &l, err, sizeof err) == -1) {
+  if (listen_parse(text, &l, err, sizeof err) == -1) {
     fprintf(stderr, "nbdstack: %s: %s\n", opt, err);
     return -1;
   }
   v = realloc(cfg->listens, (cfg->nlistens + 1) * sizeof *v);
   if (v == NULL) {
-    config_listen_clear(&l);
+    listen_clear(&l);
     fprintf(stderr, "nbdstack: out of memory\n");
     return -1;
   }
@@ -431,7 +431,7 @@ static int
 cmdline_listens(struct nbd_config *cfg, const struct cmdline_opts *o)
 {
   const char *ip = o->ipaddr ? o->ipaddr : "";
-  const char *port = o->port ? o->port : CONFIG_DEFAULT_PORT;
+  const char *port = o->port ? o->port : LISTEN_DEFAULT_PORT;
   int v6 = strchr(ip, ':') != NULL && ip[0] != '[';
   char *text;
   size_t i;
@@ -470,7 +470,7 @@ cmdline_apply(struct nbd_config *cfg, const struct cmdline_opts *o)
 
   if (!cfg->listens || o->nunix || o->port || o->ipaddr) {
     for (i = 0; i < cfg->nlistens; i++)
-      config_listen_clear(&cfg->listens[i]);
+      listen_clear(&cfg->listens[i]);
     free(cfg->listens);
     cfg->listens = NULL;
     cfg->nlistens = 0;

@@ -8,8 +8,8 @@
  * field offset.
  *
  * It does not know any layer's keys (each layer's parameter table, checked
- * by params.c, does), and it does not open sockets or resolve host names:
- * listen addresses are stored as text for the server.
+ * by params.c, does) nor how a listen address is written (listen.c), and it
+ * does not open sockets or resolve host names.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -22,9 +22,6 @@
 #define CONFIG_ERRLEN     1024
 #define CONFIG_MAX_LAYERS 64          /* engine_open keeps 64 contexts */
 #define CONFIG_MAX_FILE   (16 << 20)  /* a config file, not a disk image */
-#define CONFIG_UNIX_MAX   107         /* sizeof sun_path - 1 */
-#define CONFIG_LISTEN_FORMS \
-  "unix:/path, tcp:HOST:PORT, tcp:[IPv6]:PORT, tcp:PORT, tcp:HOST or /path"
 
 enum config_section_kind {
   CONFIG_NONE,                  /* before the first header */
@@ -391,160 +388,6 @@ config_words(struct config_parser *p, char *s, struct config_word **out)
 
 /* ---- listen addresses ---------------------------------------------------- */
 
-void
-config_listen_clear(struct nbd_listen *l)
-{
-  free(l->path);
-  free(l->host);
-  free(l->port);
-  memset(l, 0, sizeof *l);
-}
-
-static int
-config_listen_unix(const char *path, struct nbd_listen *out, char *err,
-                   size_t errlen)
-{
-  if (*path == '\0') {
-    snprintf(err, errlen, "missing socket path (expected unix:/path)");
-    return -1;
-  }
-  if (strlen(path) > CONFIG_UNIX_MAX) {
-    snprintf(err, errlen, "unix socket path is %zu bytes, longer than the "
-             "limit of %d", strlen(path), CONFIG_UNIX_MAX);
-    return -1;
-  }
-  out->kind = NBD_LISTEN_UNIX;
-  out->path = strdup(path);
-  return out->path ? 0 : -1;
-}
-
-/* 1..65535, or a service name such as "nbd" (for getaddrinfo). */
-static int
-config_listen_port(const char *s, size_t len, char **out, char *err,
-                   size_t errlen)
-{
-  unsigned long v = 0;
-  size_t i, digits = 0, alnum = 0;
-
-  for (i = 0; i < len; i++) {
-    digits += s[i] >= '0' && s[i] <= '9';
-    alnum += config_iskeychar((unsigned char)s[i]) && s[i] != '.';
-  }
-  if (len > 0 && digits == len) {
-    for (i = 0; i < len && v <= 65535; i++)
-      v = v * 10 + (unsigned long)(s[i] - '0');
-    if (v >= 1 && v <= 65535) {
-      char buf[8];
-      snprintf(buf, sizeof buf, "%lu", v);
-      *out = strdup(buf);
-      return *out ? 0 : -1;
-    }
-  } else if (len > 0 && len <= 32 && alnum == len && digits < len &&
-             ((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z'))) {
-    *out = strndup(s, len);
-    return *out ? 0 : -1;
-  }
-  snprintf(err, errlen, "invalid port '%.*s' (expected 1-65535 or a "
-           "service name)", (int)(len > 64 ? 64 : len), s);
-  return -1;
-}
-
-/* Host names and addresses: letters, digits, '.', '-', '_', ':', '%'. */
-static int
-config_listen_host(const char *s, size_t len, char **out, char *err,
-                   size_t errlen)
-{
-  size_t i;
-
-  if (len == 0 || (len == 1 && s[0] == '*')) {
-    *out = NULL;                /* all addresses */
-    return 0;
-  }
-  for (i = 0; i < len; i++)
-    if (!config_iskeychar((unsigned char)s[i]) && s[i] != ':' &&
-        s[i] != '%') {
-      snprintf(err, errlen, "invalid character '%c' in host '%.*s'",
-               (unsigned char)s[i] >= 0x20 ? s[i] : '?',
-               (int)(len > 64 ? 64 : len), s);
-      return -1;
-    }
-  *out = strndup(s, len);
-  return *out ? 0 : -1;
-}
-
-static int
-config_listen_tcp(const char *s, struct nbd_listen *out, char *err,
-                  size_t errlen)
-{
-  const char *host = s, *port = NULL, *colon;
-  size_t hostlen;
-
-  out->kind = NBD_LISTEN_TCP;
-  if (*s == '\0') {
-    snprintf(err, errlen, "missing host or port (expected %s)",
-             CONFIG_LISTEN_FORMS);
-    return -1;
-  }
-  if (*s == '[') {
-    const char *close = strchr(s, ']');
-    if (close == NULL || close == s + 1) {
-      snprintf(err, errlen, close ? "empty IPv6 address in []" :
-               "missing ']' after the IPv6 address");
-      return -1;
-    }
-    host = s + 1;
-    hostlen = (size_t)(close - host);
-    if (close[1] == ':')
-      port = close + 2;
-    else if (close[1] != '\0') {
-      snprintf(err, errlen, "unexpected text after ']': '%.40s' (expected "
-               "tcp:[IPv6]:PORT)", close + 1);
-      return -1;
-    }
-  } else if ((colon = strchr(s, ':')) != NULL) {
-    if (strchr(colon + 1, ':')) {
-      snprintf(err, errlen, "'%.64s': an IPv6 address needs brackets, "
-               "as in tcp:[::1]:10809", s);
-      return -1;
-    }
-    hostlen = (size_t)(colon - s);
-    port = colon + 1;
-  } else if (strspn(s, "0123456789") == strlen(s)) {
-    hostlen = 0;                /* tcp:PORT */
-    port = s;
-  } else
-    hostlen = strlen(s);        /* tcp:HOST */
-  if (config_listen_host(host, hostlen, &out->host, err, errlen) == -1)
-    return -1;
-  if (port == NULL)
-    port = CONFIG_DEFAULT_PORT;
-  return config_listen_port(port, strlen(port), &out->port, err, errlen);
-}
-
-int
-config_parse_listen(const char *text, struct nbd_listen *out, char *err,
-                    size_t errlen)
-{
-  int r;
-
-  memset(out, 0, sizeof *out);
-  snprintf(err, errlen, "out of memory");
-  if (*text == '\0') {
-    snprintf(err, errlen, "empty address (expected %s)", CONFIG_LISTEN_FORMS);
-    return -1;
-  }
-  if (strncmp(text, "unix:", 5) == 0)
-    r = config_listen_unix(text + 5, out, err, errlen);
-  else if (text[0] == '/')
-    r = config_listen_unix(text, out, err, errlen);
-  else
-    r = config_listen_tcp(strncmp(text, "tcp:", 4) == 0 ? text + 4 : text,
-                          out, err, errlen);
-  if (r == -1)
-    config_listen_clear(out);
-  return r;
-}
-
 static int
 config_add_listen(struct nbd_config *cfg, struct nbd_listen *l)
 {
@@ -567,12 +410,12 @@ config_set_listen(struct config_parser *p, const struct config_key *k,
   struct nbd_listen l;
   char err[CONFIG_ERRLEN];
 
-  if (config_parse_listen(value, &l, err, sizeof err) == -1) {
+  if (listen_parse(value, &l, err, sizeof err) == -1) {
     config_error(p, p->line, "listen: %s", err);
     return -1;
   }
   if (config_add_listen(p->cfg, &l) == -1) {
-    config_listen_clear(&l);
+    listen_clear(&l);
     config_error(p, p->line, "out of memory");
     return -1;
   }
@@ -1087,7 +930,7 @@ config_free(struct nbd_config *cfg)
   size_t i;
 
   for (i = 0; i < cfg->nlistens; i++)
-    config_listen_clear(&cfg->listens[i]);
+    listen_clear(&cfg->listens[i]);
   free(cfg->listens);
   for (e = cfg->exports; e; e = next) {
     next = e->next;
@@ -1120,7 +963,7 @@ config_finish(struct config_parser *p)
                  "[export NAME] section; [export \"\"] is the default "
                  "export)");
   if (p->nerrs == 0 && p->cfg->nlistens == 0) {
-    l.port = strdup(CONFIG_DEFAULT_PORT);
+    l.port = strdup(LISTEN_DEFAULT_PORT);
     if (l.port == NULL || config_add_listen(p->cfg, &l) == -1) {
       free(l.port);
       config_error(p, p->line, "out of memory");

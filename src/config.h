@@ -1,7 +1,8 @@
 /* nbdstack configuration: what the config file or the command line asks
  * for, after every layer instance has been created, its parameters parsed
  * and its setup run.  config.c reads the INI file, cmdline.c the short
- * nbdkit-like command line; both fill the same struct nbd_config.
+ * nbdkit-like command line; both fill the same struct nbd_config, and both
+ * parse listen addresses with listen.c.
  */
 #ifndef NBDSTACK_CONFIG_H
 #define NBDSTACK_CONFIG_H
@@ -10,20 +11,11 @@
 #include <stdio.h>
 
 #include "engine.h"
+#include "listen.h"
 
-#define CONFIG_DEFAULT_PORT    "10809"  /* IANA port of NBD */
 #define CONFIG_DEFAULT_THREADS 16
 #define CONFIG_MAX_THREADS     1024
 #define CONFIG_MAX_NAME        4096     /* NBD strings: at most 4096 bytes */
-
-enum nbd_listen_kind { NBD_LISTEN_UNIX, NBD_LISTEN_TCP };
-
-struct nbd_listen {
-  enum nbd_listen_kind kind;
-  char *path;                   /* unix */
-  char *host;                   /* tcp: NULL or "" = all addresses */
-  char *port;                   /* tcp: "10809" by default */
-};
 
 struct nbd_config {
   struct nbd_listen *listens;
@@ -60,14 +52,6 @@ int config_load_file(const char *path, struct nbd_config *cfg, FILE *errs);
 void config_free(struct nbd_config *cfg);
 /* Zeroes cfg and sets every default (threads, limits, timeouts). */
 void config_defaults(struct nbd_config *cfg);
-/* Parses "unix:/path", "tcp:host:port", "tcp:[v6]:port", "tcp:port",
- * "tcp:host" (port 10809), "/path" (unix) or "host:port"; 0 or -1 with err
- * filled.  On 0 the strings in out are malloc'd: config_listen_clear. */
-int config_parse_listen(const char *text, struct nbd_listen *out,
-                        char *err, size_t errlen);
-
-void config_listen_clear(struct nbd_listen *l);
-
 /* Shared by config.c and cmdline.c. */
 /* True when s[0..len) is a parameter key: [A-Za-z_][A-Za-z0-9_.-]*.  A word
  * "k=v" whose k is not a key is a bare value ("/srv/a=b.img"), as in nbdkit. */

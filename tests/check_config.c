@@ -315,77 +315,6 @@ START_TEST(test_listen_order)
 }
 END_TEST
 
-START_TEST(test_listen_forms)
-{
-  static const struct {
-    const char *text;
-    int kind;
-    const char *path, *host, *port;
-  } good[] = {
-    { "unix:/tmp/s", NBD_LISTEN_UNIX, "/tmp/s", NULL, NULL },
-    { "unix:rel/s", NBD_LISTEN_UNIX, "rel/s", NULL, NULL },
-    { "/tmp/s", NBD_LISTEN_UNIX, "/tmp/s", NULL, NULL },
-    { "tcp:host:99", NBD_LISTEN_TCP, NULL, "host", "99" },
-    { "tcp:127.0.0.1:10809", NBD_LISTEN_TCP, NULL, "127.0.0.1", "10809" },
-    { "tcp:[::1]:5", NBD_LISTEN_TCP, NULL, "::1", "5" },
-    { "tcp:[fe80::1%eth0]", NBD_LISTEN_TCP, NULL, "fe80::1%eth0", "10809" },
-    { "tcp:4000", NBD_LISTEN_TCP, NULL, NULL, "4000" },
-    { "tcp:localhost", NBD_LISTEN_TCP, NULL, "localhost", "10809" },
-    { "tcp::77", NBD_LISTEN_TCP, NULL, NULL, "77" },
-    { "tcp:*:77", NBD_LISTEN_TCP, NULL, NULL, "77" },
-    { "tcp:0.0.0.0:nbd", NBD_LISTEN_TCP, NULL, "0.0.0.0", "nbd" },
-    { "host:1", NBD_LISTEN_TCP, NULL, "host", "1" },
-    { "tcp:h:065535", NBD_LISTEN_TCP, NULL, "h", "65535" },
-  };
-  static const struct { const char *text, *msg; } bad[] = {
-    { "", "empty address" },
-    { "unix:", "missing socket path" },
-    { "tcp:", "missing host or port" },
-    { "tcp:h:0", "invalid port '0'" },
-    { "tcp:h:65536", "invalid port '65536'" },
-    { "tcp:h:", "invalid port ''" },
-    { "tcp:h:1x", "invalid port '1x'" },
-    { "tcp:::1", "needs brackets" },
-    { "tcp:[::1", "missing ']'" },
-    { "tcp:[]:1", "empty IPv6 address" },
-    { "tcp:[::1]x", "unexpected text after ']'" },
-    { "tcp:a b:1", "invalid character ' ' in host" },
-    { "udp:1.2.3.4:5", "needs brackets" },
-  };
-  struct nbd_listen l;
-  char err[256], longpath[200];
-  size_t i;
-
-  for (i = 0; i < sizeof good / sizeof good[0]; i++) {
-    ck_assert_msg(config_parse_listen(good[i].text, &l, err, sizeof err) == 0,
-                  "%s: %s", good[i].text, err);
-    ck_assert_int_eq(l.kind, good[i].kind);
-#define STR_EQ(a, b) ((a) == NULL ? (b) == NULL : (b) && strcmp(a, b) == 0)
-    ck_assert_msg(STR_EQ(l.path, good[i].path), "%s: path", good[i].text);
-    ck_assert_msg(STR_EQ(l.host, good[i].host), "%s: host %s", good[i].text,
-                  l.host ? l.host : "NULL");
-    ck_assert_msg(STR_EQ(l.port, good[i].port), "%s: port", good[i].text);
-    config_listen_clear(&l);
-  }
-  for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    ck_assert_msg(config_parse_listen(bad[i].text, &l, err, sizeof err) == -1,
-                  "%s accepted", bad[i].text);
-    ck_assert_has(err, bad[i].msg);
-    ck_assert_ptr_null(l.path);
-    ck_assert_ptr_null(l.host);
-    ck_assert_ptr_null(l.port);
-  }
-  memset(longpath, 'a', sizeof longpath - 1);
-  longpath[0] = '/';
-  longpath[108] = '\0';
-  ck_assert_int_eq(config_parse_listen(longpath, &l, err, sizeof err), -1);
-  ck_assert_has(err, "108 bytes, longer than the limit of 107");
-  longpath[107] = '\0';
-  ck_assert_int_eq(config_parse_listen(longpath, &l, err, sizeof err), 0);
-  config_listen_clear(&l);
-}
-END_TEST
-
 START_TEST(test_stack_order)
 {
   struct nbd_config cfg;
@@ -1356,8 +1285,6 @@ config_suite(void)
   add(s, "parses quoted and unquoted export names", test_export_names,
       teardown);
   add(s, "repeated listen keeps order", test_listen_order, teardown);
-  add(s, "parses every listen form and rejects bad ones", test_listen_forms,
-      teardown);
   add(s, "stacks filters client side first", test_stack_order, teardown);
   add(s, "accepts double-quoted values with spaces", test_quoted_values,
       teardown);
