@@ -5,8 +5,9 @@
  * already checked it against the window's size, and prepare checked the
  * window against the disk below, so the shifted request cannot overflow or
  * leave the disk.  Extents come back shifted by -offset.  Block-size
- * constraints are the lower layer's, with the preferred size lowered when
- * offset would misalign it.  It does not cache, split or merge requests.
+ * constraints are the lower layer's: offset and range must be multiples of
+ * its minimum, and the preferred size is lowered when offset would
+ * misalign it.  It does not cache, split or merge requests.
  */
 #include <inttypes.h>
 #include <string.h>
@@ -97,7 +98,16 @@ offset_check_size(struct nbd_ctx *self, struct nbd_ctx *next)
 
 /* An aligned request in the window must stay aligned below: offset must be
  * a multiple of the minimum, and the preferred size is lowered to the
- * largest power of two dividing offset when offset breaks it. */
+ * largest power of two dividing offset when offset breaks it.
+ *
+ * range must be a multiple of the minimum as well.  The window is the
+ * export, and the NBD protocol ("Block size constraints") wants its size
+ * to be a multiple of the minimum: the engine refuses every request that
+ * touches a last partial block, so its bytes could never be read or
+ * written.  nbdkit's offset filter has no block-size rule to follow, and
+ * rounding range would serve another window than the one configured, so
+ * open fails, naming both values.  Without range the window ends with the
+ * disk below, and an unaligned end is that layer's own, passed on. */
 static int
 offset_block_size(struct nbd_ctx *self, struct nbd_ctx *next,
                   uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
@@ -108,12 +118,20 @@ offset_block_size(struct nbd_ctx *self, struct nbd_ctx *next,
 
   if ((r = next_block_size(next, minimum, preferred, maximum)) < 0)
     return r;
-  if (*minimum == 0 || conf->offset == 0)
-    return 0;                   /* no constraints, or nothing shifts them */
+  if (*minimum == 0)
+    return 0;                   /* no constraints */
   if (conf->offset % *minimum != 0) {
     nbd_error("export '%s': filter offset: offset %" PRIu64 " is not a "
               "multiple of the underlying minimum block size %" PRIu32,
               self->layer->export_name, conf->offset, *minimum);
+    return -EINVAL;
+  }
+  if (conf->has_range && conf->range % *minimum != 0) {
+    nbd_error("export '%s': filter offset: range %" PRIu64 " is not a "
+              "multiple of the underlying minimum block size %" PRIu32
+              " (its last %" PRIu64 " bytes could not be reached)",
+              self->layer->export_name, conf->range, *minimum,
+              conf->range % *minimum);
     return -EINVAL;
   }
   if (conf->offset % *preferred != 0)
@@ -158,6 +176,13 @@ offset_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
              uint32_t count, uint64_t offset, uint32_t flags)
 {
   return next_pread(next, buf, count, offset + offset_of(self), flags);
+}
+
+static int
+offset_pread_ref(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+                 uint64_t offset, uint32_t flags, struct nbd_rref *ref)
+{
+  return next_pread_ref(next, count, offset + offset_of(self), flags, ref);
 }
 
 static int

@@ -1,6 +1,7 @@
 /* Unit tests for filters/offset.c over the recording backend: every
  * request shifted by offset, the window limited by range, extents shifted
- * back, the size and block-size checks at open, flags passed through.
+ * back, the size and block-size checks at open (offset and range against
+ * the minimum below), flags passed through.
  */
 #include <check.h>
 #include <stdlib.h>
@@ -411,6 +412,67 @@ START_TEST(test_no_constraints_below_means_none)
 }
 END_TEST
 
+START_TEST(test_range_not_multiple_of_minimum_fails_open)
+{
+  offset_blocks(512, 4096, 32 * MIB);
+  offset_assert_open_fails("offset offset=1M range=1000", "range 1000 is not "
+                           "a multiple of the underlying minimum block size "
+                           "512 (its last 488 bytes could not be reached)");
+}
+END_TEST
+
+/* offset=0 shifts nothing, but the window still ends at range. */
+START_TEST(test_range_checked_without_offset)
+{
+  offset_blocks(4096, 4096, 32 * MIB);
+  offset_assert_open_fails("offset range=1049088", "range 1049088 is not a "
+                           "multiple of the underlying minimum block size "
+                           "4096");
+}
+END_TEST
+
+START_TEST(test_range_multiple_of_minimum_accepted)
+{
+  struct nbd_ctx *top;
+
+  offset_blocks(4096, 64 * KIB, 32 * MIB);
+  top = offset_open("offset offset=1M range=12k");
+
+  ck_assert_int_eq(next_get_size(top), 12 * KIB);
+  offset_assert_blocks(top, 4096, 64 * KIB, 32 * MIB);
+  ck_assert_int_eq(next_pread(top, offset_buf, 4096, 8 * KIB, 0), 0);
+  ck_assert_str_eq(testlib_log(), "pread 1056768+4096 flags=0");
+}
+END_TEST
+
+START_TEST(test_unaligned_range_accepted_without_minimum)
+{
+  struct nbd_ctx *top = offset_open("offset offset=1M range=1000");
+
+  ck_assert_int_eq(next_get_size(top), 1000);
+  ck_assert_int_eq(next_pread(top, offset_buf, 1000, 0, 0), 0);
+  ck_assert_str_eq(testlib_log(), "pread 1048576+1000 flags=0");
+}
+END_TEST
+
+/* Without range the end is the disk's: an unaligned one is the lower
+ * layer's, passed on (its tail unreachable, as without the filter). */
+START_TEST(test_unaligned_disk_end_passed_on_without_range)
+{
+  struct nbd_ctx *top;
+
+  offset_caps.size = (int64_t)(4 * MIB + 1000);
+  offset_blocks(512, 4096, 32 * MIB);
+  top = offset_open("offset offset=1M");
+
+  ck_assert_int_eq(next_get_size(top), 3 * MIB + 1000);
+  ck_assert_int_eq(next_pread(top, offset_buf, 512, 3 * MIB, 0), 0);
+  ck_assert_int_eq(next_pread(top, offset_buf, 512, 3 * MIB + 512, 0),
+                   -EINVAL);
+  ck_assert_str_eq(testlib_log(), "pread 4194304+512 flags=0");
+}
+END_TEST
+
 START_TEST(test_minimum_enforced_at_filter_boundary)
 {
   struct nbd_ctx *top;
@@ -515,6 +577,11 @@ offset_suite(void)
   tcase_add_test(tc, test_offset_breaking_preferred_lowers_it);
   tcase_add_test(tc, test_preferred_lowered_no_further_than_minimum);
   tcase_add_test(tc, test_no_constraints_below_means_none);
+  tcase_add_test(tc, test_range_not_multiple_of_minimum_fails_open);
+  tcase_add_test(tc, test_range_checked_without_offset);
+  tcase_add_test(tc, test_range_multiple_of_minimum_accepted);
+  tcase_add_test(tc, test_unaligned_range_accepted_without_minimum);
+  tcase_add_test(tc, test_unaligned_disk_end_passed_on_without_range);
   tcase_add_test(tc, test_minimum_enforced_at_filter_boundary);
 
   tc = offset_tcase(s, "capabilities");
