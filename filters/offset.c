@@ -179,13 +179,6 @@ offset_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
 }
 
 static int
-offset_pread_ref(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
-                 uint64_t offset, uint32_t flags, struct nbd_rref *ref)
-{
-  return next_pread_ref(next, count, offset + offset_of(self), flags, ref);
-}
-
-static int
 offset_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
               uint32_t count, uint64_t offset, uint32_t flags)
 {
