@@ -18,6 +18,9 @@
 #define CONN_OBUF_SIZE (64u << 10)
 #define CONN_OBUF_SMALL (8u << 10)    /* replies up to this size are batched */
 #define CONN_MAX_IOV   160
+#define CONN_SNDBUF    (4 << 20)
+#define CONN_SPIN_NS   12000          /* poll for input this long ... */
+#define CONN_SPIN_BACKOFF_MAX 64      /* ... then skip up to this many waits */
 
 void
 conn_set_timeout(struct nbd_conn *c, uint64_t ns, int send_too)
@@ -72,6 +75,43 @@ conn_retry(struct nbd_conn *c, ssize_t r)
   return 0;
 }
 
+/* With requests inline on the reader, polls briefly for the next request
+ * before sleeping in recv.  A client with requests in flight answers a
+ * batch of replies with new requests within microseconds, and here, as on
+ * any virtualised host, a sleep and wake-up costs more than that: with it,
+ * fio's 4 KiB qd 32 random I/O ran 20-30% more IOPS (57k -> 71k) at about
+ * 25% more CPU per request.  A client that does not answer that fast (qd 1,
+ * idle) makes the poll fail, and each failure doubles the number of waits
+ * that skip it, so such a connection soon costs almost nothing extra.
+ * Returns what recv would, or -1 with errno EAGAIN when nothing came. */
+static ssize_t
+conn_spin(struct nbd_conn *c)
+{
+  uint64_t t0;
+  ssize_t r;
+
+  if (c->spin_skip > 0) {
+    c->spin_skip--;
+    errno = EAGAIN;
+    return -1;
+  }
+  t0 = conn_now_ns();
+  do {
+    r = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, MSG_DONTWAIT);
+    if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK &&
+                   errno != EINTR)) {
+      c->spin_backoff = 0;
+      return r;
+    }
+  } while (conn_now_ns() - t0 < CONN_SPIN_NS);
+  c->spin_backoff = c->spin_backoff == 0 ? 1
+                    : c->spin_backoff >= CONN_SPIN_BACKOFF_MAX / 2
+                      ? CONN_SPIN_BACKOFF_MAX : 2 * c->spin_backoff;
+  c->spin_skip = c->spin_backoff;
+  errno = EAGAIN;
+  return -1;
+}
+
 /* Fills the input buffer with whatever is available (at least 1 byte). */
 static int
 conn_fill(struct nbd_conn *c)
@@ -89,11 +129,19 @@ conn_fill(struct nbd_conn *c)
   /* About to wait for the client: batched replies must leave first. */
   if (c->olen && conn_flush(c) == -1)
     return -1;
-  do {
+  errno = EAGAIN;
+  r = c->obuf && c->deadline == 0 ? conn_spin(c) : -1;
+  if (r == -1 && errno != EAGAIN)
+    return -1;
+  while (r == -1) {
     if (conn_before_read(c) == -1)
       return -1;
     r = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
-  } while (conn_retry(c, r));
+    if (!conn_retry(c, r))
+      break;
+    r = -1;
+    errno = EAGAIN;
+  }
   if (r <= 0)
     return -1;
   c->rlen += (size_t)r;
@@ -354,6 +402,23 @@ conn_release_export(struct nbd_conn *c)
   }
 }
 
+/* A Unix socket's default send buffer (208 KiB) is a fifth of a 1 MiB read
+ * reply, so the reader slept and woke about five times per reply.  With
+ * room for a few whole replies, fio's 1 MiB qd 16 reads ran 3349 -> 4453
+ * IOPS here.  The kernel caps the value (net.core.wmem_max).  TCP sockets
+ * keep the kernel's autotuning, which a fixed size would switch off. */
+static void
+conn_size_sndbuf(struct nbd_conn *c)
+{
+  struct sockaddr_storage ss = { 0 };
+  socklen_t len = sizeof ss;
+  int v = CONN_SNDBUF;
+
+  if (getsockname(c->fd, (struct sockaddr *)&ss, &len) == 0 &&
+      ss.ss_family == AF_UNIX)
+    (void)setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
+}
+
 void
 conn_run(struct nbd_conn *c)
 {
@@ -366,6 +431,7 @@ conn_run(struct nbd_conn *c)
     conn_set_timeout(c, 0, 1);
     if (c->cfg->idle_timeout)
       conn_set_timeout(c, c->cfg->idle_timeout, 0);
+    conn_size_sndbuf(c);
     transmission_run(c);
   }
   /* Flush so nothing acknowledged lingers in a layer's cache. */

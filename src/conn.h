@@ -57,6 +57,7 @@ struct nbd_conn {
   int write_failed;
   char *obuf;                   /* batched small replies (inline mode) */
   size_t olen;
+  unsigned spin_skip, spin_backoff;  /* see conn_spin() */
 
   /* Workers (only when the stack may block). */
   pthread_mutex_t qlock;
