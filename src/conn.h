@@ -66,6 +66,7 @@ struct nbd_conn {
   struct nbd_request *qhead, *qtail;
   struct nbd_request *freelist;
   unsigned nfree;
+  size_t nfree_bytes;           /* buffer bytes kept in the free list */
   unsigned nworkers, nidle, inflight;
   uint64_t inflight_bytes;
   int stopping;

@@ -21,8 +21,14 @@
 
 #define TX_MAX_INFLIGHT_BYTES (64u << 20)
 #define TX_MAX_INFLIGHT       64
+/* Finished requests are kept with their buffers for reuse: a fresh
+ * buffer costs an mmap, a page fault per 4 KiB and an munmap (musl maps
+ * every allocation over 128 KiB), and on a virtual machine the faults are
+ * dear.  Keeping only 16 made nbdcopy (64 requests of 256 KiB in flight
+ * per connection) read a file at 460 MiB/s and 3.1 s/GiB of CPU. */
 #define TX_KEEP_BUF           (4u << 20)   /* larger buffers are not kept */
-#define TX_FREELIST_MAX       16
+#define TX_FREELIST_MAX       TX_MAX_INFLIGHT
+#define TX_KEEP_BYTES         (32u << 20)  /* per connection */
 #define TX_HOLE_GRANULE       4096
 #define TX_MAX_CHUNKS         64
 #define TX_WORKER_STACK       (256u << 10)
@@ -42,6 +48,7 @@ tx_get_request(struct nbd_conn *c)
   if (r) {
     c->freelist = r->next;
     c->nfree--;
+    c->nfree_bytes -= r->bufcap;
   }
   pthread_mutex_unlock(&c->qlock);
   if (r == NULL)
@@ -58,7 +65,8 @@ tx_put_request_locked(struct nbd_conn *c, struct nbd_request *r)
     free(r);
     return;
   }
-  if (r->bufcap > TX_KEEP_BUF) {
+  if (r->bufcap > TX_KEEP_BUF ||
+      c->nfree_bytes + r->bufcap > TX_KEEP_BYTES) {
     free(r->buf);
     r->buf = NULL;
     r->bufcap = 0;
@@ -66,6 +74,7 @@ tx_put_request_locked(struct nbd_conn *c, struct nbd_request *r)
   r->next = c->freelist;
   c->freelist = r;
   c->nfree++;
+  c->nfree_bytes += r->bufcap;
 }
 
 static int
@@ -596,4 +605,5 @@ transmission_run(struct nbd_conn *c)
     free(r);
   }
   c->nfree = 0;
+  c->nfree_bytes = 0;
 }
