@@ -62,12 +62,20 @@
 
 struct memory_conf {
   uint64_t size;
+  int allocator;
 };
+
+/* nbdkit's memory plugin has other allocators (malloc, zstd); this one is
+ * its default, so command lines that name it work unchanged. */
+static const char *const memory_allocators[] = { "sparse", NULL };
 
 static const struct nbd_param memory_params[] = {
   { "size", NBD_PARAM_SIZE, offsetof(struct memory_conf, size), NULL,
     "virtual size in bytes (up to 2^63-1); storage is allocated on write",
     NULL, 1 },
+  { "allocator", NBD_PARAM_ENUM, offsetof(struct memory_conf, allocator),
+    "sparse", "storage layout; only sparse (32 KiB pages on first write)",
+    memory_allocators, 0 },
   NBD_PARAM_END
 };
 

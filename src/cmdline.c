@@ -11,9 +11,11 @@
  *
  * This file only parses: it does not listen, fork or write the pid file.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -31,6 +33,7 @@ enum {
   CMDLINE_OPT_IDLE,
   CMDLINE_OPT_MAXCONN,
   CMDLINE_OPT_NOINLINE,
+  CMDLINE_OPT_RUN,
 };
 
 /* Options as given; strings point into argv. */
@@ -40,7 +43,7 @@ struct cmdline_opts {
   const char **filters;
   size_t nfilters;
   const char *port, *ipaddr, *export_name, *config, *check, *pidfile;
-  const char *user, *group;
+  const char *user, *group, *run;
   unsigned threads;             /* 0 = not given */
   unsigned max_connections;     /* 0 = not given */
   const char *handshake_timeout, *idle_timeout;
@@ -70,6 +73,7 @@ static const struct option cmdline_long[] = {
   { "port", required_argument, NULL, 'p' },
   { "read-only", no_argument, NULL, 'r' },
   { "readonly", no_argument, NULL, 'r' },
+  { "run", required_argument, NULL, CMDLINE_OPT_RUN },
   { "threads", required_argument, NULL, 't' },
   { "unix", required_argument, NULL, 'U' },
   { "user", required_argument, NULL, 'u' },
@@ -90,7 +94,8 @@ cmdline_usage(FILE *fp)
     "\n"
     "  -c, --config FILE       read exports and listen addresses from FILE\n"
     "      --check-config FILE parse FILE, set up every export, then exit\n"
-    "  -U, --unix PATH         listen on a Unix socket (repeatable)\n"
+    "  -U, --unix PATH         listen on a Unix socket (repeatable); PATH -\n"
+    "                          makes one in a new private directory\n"
     "  -p, --port PORT         listen on TCP PORT (default 10809)\n"
     "  -i, --ipaddr ADDR       listen on TCP address ADDR only\n"
     "  -e, --export-name NAME  name of the export (default \"\")\n"
@@ -107,6 +112,9 @@ cmdline_usage(FILE *fp)
     "                          (default 0 = never)\n"
     "      --no-inline         run every request on the worker pool, even\n"
     "                          for stacks that never block\n"
+    "      --run CMD           once serving, run the shell command CMD with\n"
+    "                          $uri, $nbd, $unixsocket or $port, $exportname\n"
+    "                          set; stop when it exits, with its exit status\n"
     "  -f, --foreground        accepted for nbdkit habits; always foreground\n"
     "  -v, --verbose           debug messages\n"
     "      --list              list filters, backends and their keys\n"
@@ -210,6 +218,7 @@ cmdline_option(int c, int argc, char **argv, struct cmdline_opts *o)
   case CMDLINE_OPT_MAXCONN: return cmdline_uint("--max-connections", optarg,
                                                 1000000, &o->max_connections);
   case 'p': o->port = optarg; return 0;
+  case CMDLINE_OPT_RUN: o->run = optarg; return 0;
   case 'r': o->readonly = 1; return 0;
   case 't': return cmdline_threads(optarg, &o->threads);
   case 'U': o->unix_paths[o->nunix++] = optarg; return 0;
@@ -438,7 +447,25 @@ cmdline_listens(struct nbd_config *cfg, const struct cmdline_opts *o)
   int r;
 
   for (i = 0; i < o->nunix; i++) {
-    if (asprintf(&text, "unix:%s", o->unix_paths[i]) == -1)
+    const char *path = o->unix_paths[i];
+    if (strcmp(path, "-") == 0) {
+      /* nbdkit's "-U -": a socket in a new private directory. */
+      char tmpl[] = "/tmp/nbdstackXXXXXX";
+      if (cfg->tmpdir) {
+        fprintf(stderr, "nbdstack: -U - given twice\n");
+        return -1;
+      }
+      if (mkdtemp(tmpl) == NULL) {
+        fprintf(stderr, "nbdstack: -U -: mkdtemp: %s\n", strerror(errno));
+        return -1;
+      }
+      if ((cfg->tmpdir = strdup(tmpl)) == NULL) {
+        rmdir(tmpl);
+        goto oom;
+      }
+      if (asprintf(&text, "unix:%s/socket", tmpl) == -1)
+        goto oom;
+    } else if (asprintf(&text, "unix:%s", path) == -1)
       goto oom;
     r = cmdline_add_listen(cfg, "-U", text);
     free(text);
@@ -478,6 +505,7 @@ cmdline_apply(struct nbd_config *cfg, const struct cmdline_opts *o)
       return -1;
   }
   if ((o->pidfile && cmdline_strdup(&cfg->pidfile, o->pidfile) == -1) ||
+      (o->run && cmdline_strdup(&cfg->run, o->run) == -1) ||
       (o->user && cmdline_strdup(&cfg->user, o->user) == -1) ||
       (o->group && cmdline_strdup(&cfg->group, o->group) == -1))
     return -1;

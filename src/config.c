@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -939,6 +940,10 @@ config_free(struct nbd_config *cfg)
   free(cfg->pidfile);
   free(cfg->user);
   free(cfg->group);
+  free(cfg->run);
+  if (cfg->tmpdir)
+    rmdir(cfg->tmpdir);         /* its socket is gone by now */
+  free(cfg->tmpdir);
   config_defaults(cfg);
 }
 

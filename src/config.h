@@ -36,6 +36,12 @@ struct nbd_config {
   /* Run requests of stacks that never or rarely block on the reader
    * thread (default 1); 0 always uses the per-connection worker pool. */
   int inline_requests;
+  /* --run: a shell command started once the server is ready; the server
+   * stops when it exits and exits with its status (nbdkit's captive
+   * mode). */
+  char *run;
+  /* -U -: a private directory made for the socket, removed at exit. */
+  char *tmpdir;
 };
 
 #define CONFIG_DEFAULT_MAX_CONNECTIONS 1024

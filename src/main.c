@@ -28,5 +28,5 @@ main(int argc, char **argv)
     return r == 1 ? 0 : 1;
   r = server_run(&cfg);
   config_free(&cfg);
-  return r == 0 ? 0 : 1;
+  return r < 0 ? 1 : r;
 }

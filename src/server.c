@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -449,9 +450,104 @@ server_write_pidfile(const char *path)
   fclose(fp);
 }
 
+/* Appends s to the URI being built, percent-encoding all but unreserved
+ * characters (and '/', kept for socket paths). */
+static void
+server_uri_append(char *uri, size_t len, const char *s)
+{
+  size_t n = strlen(uri);
+  static const char hex[] = "0123456789ABCDEF";
+
+  for (; *s && n + 4 < len; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+        (ch >= '0' && ch <= '9') || strchr("-._~/", ch))
+      uri[n++] = (char)ch;
+    else {
+      uri[n++] = '%';
+      uri[n++] = hex[ch >> 4];
+      uri[n++] = hex[ch & 15];
+    }
+  }
+  uri[n] = '\0';
+}
+
+/* --run: starts the command with the first listener's address in its
+ * environment, as nbdkit does.  Returns its pid, or -1. */
+static pid_t
+server_start_command(const struct nbd_config *cfg)
+{
+  const struct nbd_listen *l = &cfg->listens[0];
+  const char *name = cfg->exports ? cfg->exports->name : "";
+  char uri[8192] = "";
+  pid_t pid;
+
+  if (l->kind == NBD_LISTEN_UNIX) {
+    strcpy(uri, "nbd+unix:///");
+    server_uri_append(uri, sizeof uri, name);
+    strcat(uri, "?socket=");
+    server_uri_append(uri, sizeof uri, l->path);
+  } else {
+    const char *h = l->host && *l->host ? l->host : "localhost";
+    int v6 = strchr(h, ':') != NULL;
+    snprintf(uri, sizeof uri, "nbd://%s%s%s:%s/", v6 ? "[" : "", h,
+             v6 ? "]" : "", l->port);
+    server_uri_append(uri, sizeof uri, name);
+  }
+  pid = fork();
+  if (pid == -1) {
+    nbd_error("--run: fork: %s", strerror(errno));
+    return -1;
+  }
+  if (pid == 0) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
+    sigaction(SIGPIPE, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGCHLD, &sa, NULL);
+    setenv("uri", uri, 1);
+    setenv("nbd", uri, 1);
+    setenv("exportname", name, 1);
+    if (l->kind == NBD_LISTEN_UNIX)
+      setenv("unixsocket", l->path, 1);
+    else
+      setenv("port", l->port, 1);
+    execl("/bin/sh", "sh", "-c", cfg->run, (char *)NULL);
+    fprintf(stderr, "nbdstack: --run: /bin/sh: %s\n", strerror(errno));
+    _exit(127);
+  }
+  return pid;
+}
+
+/* The --run command's exit status as a shell reports it (128 + signal). */
+static int
+server_command_status(pid_t pid)
+{
+  pid_t r;
+  int st;
+
+  /* Stopped by a signal while the command still runs: pass it on. */
+  while ((r = waitpid(pid, &st, WNOHANG)) == -1 && errno == EINTR)
+    ;
+  if (r == 0) {
+    kill(pid, SIGTERM);
+    while ((r = waitpid(pid, &st, 0)) == -1 && errno == EINTR)
+      ;
+  }
+  if (r == -1)
+    return 1;
+  if (WIFEXITED(st))
+    return WEXITSTATUS(st);
+  return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : 1;
+}
+
 int
 server_run(const struct nbd_config *cfg)
 {
+  pid_t child = -1;
+  int status = 0;
   struct pollfd pfd[SERVER_MAX_LISTEN + 1];
   size_t i;
 
@@ -476,6 +572,16 @@ server_run(const struct nbd_config *cfg)
     return -1;
   }
   server_notify("READY=1");
+  if (cfg->run && cfg->nlistens > 0) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = server_on_signal;   /* its exit stops the server */
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, NULL);
+    if ((child = server_start_command(cfg)) == -1)
+      server_stopping = 1;
+  }
 
   while (!server_stopping) {
     for (i = 0; i < server_nlisteners; i++) {
@@ -505,5 +611,7 @@ server_run(const struct nbd_config *cfg)
   server_drain();
   if (cfg->pidfile)
     unlink(cfg->pidfile);
-  return 0;
+  if (cfg->run)
+    status = child == -1 ? 1 : server_command_status(child);
+  return status;
 }
