@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -1533,6 +1534,140 @@ add_transmission_tests(TCase *tc)
   tcase_add_test(tc, test_pipelined_reads_matched_by_cookie);
 }
 
+/* ---- inline or workers: a backend that only rarely blocks ------------------ */
+
+/* "slowpoke": a read-only 1 MiB disk of zeros, NBD_RARELY_BLOCKS, whose
+ * reads take SLOW_MS either asleep (as a disk read would) or busy (as a
+ * thread that keeps losing its CPU would look).  It records how many reads
+ * ran at once: more than one means the connection moved to workers. */
+#define SLOW_MS 20
+static int slow_sleeps;
+static int slow_active, slow_max_active;
+
+static int
+slowpoke_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
+               uint32_t count, uint64_t offset, uint32_t flags)
+{
+  int now = __atomic_add_fetch(&slow_active, 1, __ATOMIC_SEQ_CST);
+  int max = __atomic_load_n(&slow_max_active, __ATOMIC_SEQ_CST);
+  struct timespec ts = { 0, SLOW_MS * 1000000L }, t0, t1;
+
+  while (now > max &&
+         !__atomic_compare_exchange_n(&slow_max_active, &max, now, 0,
+                                      __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+    ;
+  if (slow_sleeps)
+    nanosleep(&ts, NULL);
+  else {
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do
+      clock_gettime(CLOCK_MONOTONIC, &t1);
+    while ((t1.tv_sec - t0.tv_sec) * 1000000000L +
+           (t1.tv_nsec - t0.tv_nsec) < SLOW_MS * 1000000L);
+  }
+  memset(buf, 0, count);
+  __atomic_sub_fetch(&slow_active, 1, __ATOMIC_SEQ_CST);
+  return 0;
+}
+
+static int64_t
+slowpoke_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return 1 << 20;
+}
+
+UNSUPPORTED(slowpoke, pwrite)
+UNSUPPORTED(slowpoke, flush)
+UNSUPPORTED(slowpoke, trim)
+UNSUPPORTED(slowpoke, zero)
+UNSUPPORTED(slowpoke, extents)
+UNSUPPORTED(slowpoke, cache)
+UNSUPPORTED(slowpoke, block_size)
+UNSUPPORTED(slowpoke, can_write)
+UNSUPPORTED(slowpoke, can_flush)
+UNSUPPORTED(slowpoke, can_trim)
+UNSUPPORTED(slowpoke, can_zero)
+UNSUPPORTED(slowpoke, can_fast_zero)
+UNSUPPORTED(slowpoke, can_fua)
+UNSUPPORTED(slowpoke, can_cache)
+UNSUPPORTED(slowpoke, can_extents)
+UNSUPPORTED(slowpoke, can_multi_conn)
+UNSUPPORTED(slowpoke, is_rotational)
+
+static const struct nbd_layer_ops slowpoke_ops = {
+  .name = "slowpoke",
+  .description = "test-only disk whose reads take 20 ms",
+  .kind = NBD_LAYER_BACKEND,
+  .thread_model = NBD_PARALLEL,
+  .nonblocking = NBD_RARELY_BLOCKS,
+  NBD_REQUIRED_METHODS(slowpoke)
+};
+
+static void
+setup_config_slow(void)
+{
+  struct nbd_layer *l;
+  char err[256] = "";
+
+  config_defaults(&cfg);
+  cfg.threads = 16;
+  cfg.handshake_timeout = UINT64_C(5) * 1000000000;
+  l = engine_layer_new(&slowpoke_ops, "");
+  ck_assert_ptr_nonnull(l);
+  cfg.exports = engine_export_new("");
+  ck_assert_ptr_nonnull(cfg.exports);
+  engine_export_push(cfg.exports, l);
+  ck_assert_msg(engine_export_finish(cfg.exports, err, sizeof err) == 0,
+                "finish: %s", err);
+  slow_active = slow_max_active = 0;
+}
+
+/* Sends n reads at once, then reads the n replies (in any order). */
+static void
+slow_reads(struct tc *t, unsigned n)
+{
+  unsigned char h[16], d[512];
+  unsigned i;
+
+  for (i = 0; i < n; i++)
+    req_send(t, 0, NBD_CMD_READ, i, (uint64_t)i * 512, 512, NULL);
+  for (i = 0; i < n; i++) {
+    cl_read(t, h, sizeof h);
+    ck_assert_uint_eq(wire_get32(h), NBD_SIMPLE_REPLY_MAGIC);
+    ck_assert_uint_eq(wire_get32(h + 4), 0);
+    cl_read(t, d, sizeof d);
+  }
+}
+
+START_TEST(test_rarely_blocking_layer_that_sleeps_moves_to_workers)
+{
+  struct tc t;
+
+  slow_sleeps = 1;
+  tc_connect(&t, "", 0, 0);
+  slow_reads(&t, 8);            /* inline: slow and asleep, 5 are enough */
+  slow_reads(&t, 8);            /* now on workers, concurrently */
+  ck_assert_msg(slow_max_active >= 2, "reads never overlapped (max %d): "
+                "still inline after 8 reads that slept %d ms each",
+                slow_max_active, SLOW_MS);
+  tc_end(&t);
+}
+END_TEST
+
+START_TEST(test_rarely_blocking_layer_slow_on_cpu_stays_inline)
+{
+  struct tc t;
+
+  slow_sleeps = 0;
+  tc_connect(&t, "", 0, 0);
+  slow_reads(&t, 8);            /* slow, but never asleep */
+  slow_reads(&t, 8);
+  ck_assert_msg(slow_max_active == 1, "%d reads overlapped: moved to "
+                "workers though the layer never slept", slow_max_active);
+  tc_end(&t);
+}
+END_TEST
+
 static Suite *
 protocol_suite(void)
 {
@@ -1578,6 +1713,13 @@ protocol_suite(void)
   tcase_add_checked_fixture(tc, setup_config_workers, teardown_config);
   tcase_set_timeout(tc, 30);
   add_transmission_tests(tc);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("inline or workers");
+  tcase_add_checked_fixture(tc, setup_config_slow, teardown_config);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, test_rarely_blocking_layer_that_sleeps_moves_to_workers);
+  tcase_add_test(tc, test_rarely_blocking_layer_slow_on_cpu_stays_inline);
   suite_add_tcase(s, tc);
   return s;
 }
