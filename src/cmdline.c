@@ -34,6 +34,7 @@ enum {
   CMDLINE_OPT_MAXCONN,
   CMDLINE_OPT_NOINLINE,
   CMDLINE_OPT_RUN,
+  CMDLINE_OPT_POLL,
 };
 
 /* Options as given; strings point into argv. */
@@ -46,7 +47,7 @@ struct cmdline_opts {
   const char *user, *group, *run;
   unsigned threads;             /* 0 = not given */
   unsigned max_connections;     /* 0 = not given */
-  const char *handshake_timeout, *idle_timeout;
+  const char *handshake_timeout, *idle_timeout, *poll;
   int readonly, verbose, no_inline;
 };
 
@@ -70,6 +71,7 @@ static const struct option cmdline_long[] = {
   { "ipaddr", required_argument, NULL, 'i' },
   { "list", no_argument, NULL, CMDLINE_OPT_LIST },
   { "pidfile", required_argument, NULL, 'P' },
+  { "poll", required_argument, NULL, CMDLINE_OPT_POLL },
   { "port", required_argument, NULL, 'p' },
   { "read-only", no_argument, NULL, 'r' },
   { "readonly", no_argument, NULL, 'r' },
@@ -112,6 +114,8 @@ cmdline_usage(FILE *fp)
     "                          (default 0 = never)\n"
     "      --no-inline         run every request on the worker pool, even\n"
     "                          for stacks that never block\n"
+    "      --poll T            inline: poll T for the next request before\n"
+    "                          sleeping (default 12us, at most 1ms; 0 = off)\n"
     "      --run CMD           once serving, run the shell command CMD with\n"
     "                          $uri, $nbd, $unixsocket or $port, $exportname\n"
     "                          set; stop when it exits, with its exit status\n"
@@ -219,6 +223,7 @@ cmdline_option(int c, int argc, char **argv, struct cmdline_opts *o)
                                                 1000000, &o->max_connections);
   case 'p': o->port = optarg; return 0;
   case CMDLINE_OPT_RUN: o->run = optarg; return 0;
+  case CMDLINE_OPT_POLL: o->poll = optarg; return 0;
   case 'r': o->readonly = 1; return 0;
   case 't': return cmdline_threads(optarg, &o->threads);
   case 'U': o->unix_paths[o->nunix++] = optarg; return 0;
@@ -514,8 +519,14 @@ cmdline_apply(struct nbd_config *cfg, const struct cmdline_opts *o)
                         &cfg->handshake_timeout) == -1) ||
       (o->idle_timeout &&
        cmdline_duration("--idle-timeout", o->idle_timeout,
-                        &cfg->idle_timeout) == -1))
+                        &cfg->idle_timeout) == -1) ||
+      (o->poll && cmdline_duration("--poll", o->poll, &cfg->poll) == -1))
     return -1;
+  if (cfg->poll > (uint64_t)CONFIG_MAX_POLL_US * 1000) {
+    fprintf(stderr, "nbdstack: --poll: '%s' is too long (at most %dus)\n",
+            o->poll, CONFIG_MAX_POLL_US);
+    return -1;
+  }
   if (o->threads)
     cfg->threads = o->threads;
   if (o->max_connections)

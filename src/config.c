@@ -77,7 +77,7 @@ struct config_key {
   int (*set)(struct config_parser *p, const struct config_key *k,
              void *base, char *value);
   size_t offset;                /* field in struct nbd_config / nbd_export */
-  unsigned min, max;            /* config_set_uint */
+  unsigned min, max;            /* config_set_uint; max: duration in us */
   int flags;
 };
 #define CONFIG_REPEAT 1         /* may appear again; order kept */
@@ -124,6 +124,8 @@ static const struct config_key config_server_keys[] = {
   { "group", config_set_string, offsetof(struct nbd_config, group), 0, 0, 0 },
   { "inline", config_set_bool, offsetof(struct nbd_config, inline_requests),
     0, 0, 0 },
+  { "poll", config_set_duration, offsetof(struct nbd_config, poll),
+    0, CONFIG_MAX_POLL_US, 0 },
   { NULL, NULL, 0, 0, 0, 0 }
 };
 
@@ -486,6 +488,11 @@ config_set_duration(struct config_parser *p, const struct config_key *k,
   if (params_parse_duration(value, &v) == -1) {
     config_error(p, p->line, "%s: invalid value '%s' (expected a duration "
                  "such as 500ms, 10s or 2m; 0 = none)", k->name, value);
+    return -1;
+  }
+  if (k->max && v > (uint64_t)k->max * 1000) {
+    config_error(p, p->line, "%s: '%s' is too long (at most %uus)", k->name,
+                 value, k->max);
     return -1;
   }
   *(uint64_t *)((char *)base + k->offset) = v;
@@ -955,6 +962,7 @@ config_defaults(struct nbd_config *cfg)
   cfg->max_connections = CONFIG_DEFAULT_MAX_CONNECTIONS;
   cfg->handshake_timeout = CONFIG_DEFAULT_HANDSHAKE_TIMEOUT;
   cfg->inline_requests = 1;
+  cfg->poll = CONFIG_DEFAULT_POLL;
 }
 
 static void

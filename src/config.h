@@ -36,6 +36,9 @@ struct nbd_config {
   /* Run requests of stacks that never or rarely block on the reader
    * thread (default 1); 0 always uses the per-connection worker pool. */
   int inline_requests;
+  /* Inline requests: how long the reader polls for the next request
+   * before it sleeps (conn.c); 0 = never. */
+  uint64_t poll;
   /* --run: a shell command started once the server is ready; the server
    * stops when it exits and exits with its status (nbdkit's captive
    * mode). */
@@ -45,6 +48,8 @@ struct nbd_config {
 };
 
 #define CONFIG_DEFAULT_MAX_CONNECTIONS 1024
+#define CONFIG_DEFAULT_POLL (UINT64_C(12) * 1000)   /* 12 us */
+#define CONFIG_MAX_POLL_US  1000
 #define CONFIG_DEFAULT_HANDSHAKE_TIMEOUT (UINT64_C(10) * 1000000000)
 
 /* Parses the INI text (name is used in messages as name:line:).  Every

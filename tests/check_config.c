@@ -427,9 +427,19 @@ START_TEST(test_server_limit_keys)
   ck_assert_uint_eq(cfg.exports->max_connections, 3);
   ck_assert_int_eq(cfg.inline_requests, 1);
   config_free(&cfg);
+  ck_assert_uint_eq(cfg.poll, 12000);        /* default 12 us */
+  config_free(&cfg);
   parse_ok("[server]\ninline = no\n[export x]\nbackend = tback\n", &cfg);
   ck_assert_int_eq(cfg.inline_requests, 0);
   config_free(&cfg);
+  parse_ok("[server]\npoll = 0\n[export x]\nbackend = tback\n", &cfg);
+  ck_assert_uint_eq(cfg.poll, 0);
+  config_free(&cfg);
+  parse_ok("[server]\npoll = 1ms\n[export x]\nbackend = tback\n", &cfg);
+  ck_assert_uint_eq(cfg.poll, 1000000);
+  config_free(&cfg);
+  expect_error("[server]\npoll = 2ms\n[export x]\nbackend = tback\n",
+               "t.ini:2: poll: '2ms' is too long (at most 1000us)");
   expect_error("[server]\nhandshake-timeout = soon\n"
                "[export x]\nbackend = tback\n",
                "t.ini:2: handshake-timeout: invalid value 'soon' (expected "
@@ -565,7 +575,7 @@ START_TEST(test_server_errors)
   expect_error("[server]\nfoo = 1\n[export x]\nbackend = tback\n",
                "t.ini:2: unknown key 'foo' in [server] (known: listen, "
                "threads, readonly, pidfile, max-connections, "
-               "handshake-timeout, idle-timeout, user, group, inline)");
+               "handshake-timeout, idle-timeout, user, group, inline, poll)");
   expect_error("[export x]\nfilter tfilt\nbackend = tback\n",
                "t.ini:2: expected 'key = value' or a [section] header, got "
                "'filter tfilt'");
