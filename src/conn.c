@@ -433,8 +433,14 @@ conn_run(struct nbd_conn *c)
     conn_size_sndbuf(c);
     transmission_run(c);
   }
-  /* Flush so nothing acknowledged lingers in a layer's cache. */
+  /* Flush what this client wrote, so nothing acknowledged lingers in a
+   * layer's cache (and SIGTERM, which ends every connection, flushes
+   * every export).  The client did not ask for it and must not wait for
+   * it: libnbd waits for the close after DISC, and this fdatasync made
+   * nbdcopy into a 1 GiB file take 2.1 s instead of 1.1 s. */
+  shutdown(c->fd, SHUT_RDWR);
   if (c->top && c->top->can_flush && c->top->can_write &&
+      __atomic_load_n(&c->wrote, __ATOMIC_RELAXED) &&
       (r = next_flush(c->top, 0)) < 0)
     nbd_error("%s: flush at close failed: %s", c->peer, strerror(-r));
   conn_release_export(c);

@@ -51,6 +51,7 @@ struct nbd_conn {
   uint16_t tflags;
   uint32_t max_payload;         /* what we advertised as maximum */
   int serial_lock_held;         /* holds exp->lock for the whole connection */
+  int wrote;                    /* a write, trim or zero ran (atomic) */
 
   /* Replies. */
   pthread_mutex_t wlock;

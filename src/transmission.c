@@ -341,18 +341,21 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r)
           next_pread(t, r->buf, r->count, r->offset, fl & ~NBD_FLAG_FUA);
     break;
   case NBD_CMD_WRITE:
+    __atomic_store_n(&c->wrote, 1, __ATOMIC_RELAXED);
     err = next_pwrite(t, r->buf, r->count, r->offset, fl);
     break;
   case NBD_CMD_FLUSH:
     err = next_flush(t, 0);
     break;
   case NBD_CMD_TRIM:
+    __atomic_store_n(&c->wrote, 1, __ATOMIC_RELAXED);
     err = next_trim(t, r->count, r->offset, fl);
     break;
   case NBD_CMD_CACHE:
     err = next_cache(t, r->count, r->offset, fl & ~NBD_FLAG_FUA);
     break;
   case NBD_CMD_WRITE_ZEROES:
+    __atomic_store_n(&c->wrote, 1, __ATOMIC_RELAXED);
     err = next_zero(t, r->count, r->offset, fl);
     break;
   case NBD_CMD_BLOCK_STATUS:
