@@ -52,6 +52,7 @@ struct nbd_conn {
   uint32_t max_payload;         /* what we advertised as maximum */
   int serial_lock_held;         /* holds exp->lock for the whole connection */
   int wrote;                    /* a write, trim or zero ran (atomic) */
+  unsigned nohole_reads;        /* reads in a row without zeros (atomic) */
 
   /* Replies. */
   pthread_mutex_t wlock;

@@ -1296,6 +1296,45 @@ START_TEST(test_structured_read_unwritten_is_hole_chunk)
 }
 END_TEST
 
+/* After many reads without zeros only some reads are scanned for them
+ * (transmission.c, TX_SCAN_*); zeros read after that must still come back
+ * as a hole chunk within a few reads, and every read is right either way. */
+START_TEST(test_structured_read_hole_found_again_after_data_streak)
+{
+  struct tc t;
+  struct chunk ch;
+  unsigned char *w = xmalloc(4096);
+  unsigned i, got_hole = 0;
+
+  tc_connect(&t, "", 1, 0);
+  pattern(w, 4096, 0);
+  ck_assert_uint_eq(simple_write(&t, 1, 0, w, 4096), 0);
+  for (i = 0; i < 40; i++) {          /* a long streak of data reads */
+    req_send(&t, 0, NBD_CMD_READ, 2, 0, 4096, NULL);
+    chunk_read(&t, &ch);
+    ck_assert_uint_eq(ch.type, NBD_REPLY_TYPE_OFFSET_DATA);
+    ck_assert(memcmp(ch.data + 8, w, 4096) == 0);
+    free(ch.data);
+  }
+  for (i = 0; i < 16 && !got_hole; i++) {   /* then zeros */
+    req_send(&t, 0, NBD_CMD_READ, 3, 64 * KIB, 4096, NULL);
+    chunk_read(&t, &ch);
+    ck_assert_uint_eq(ch.flags, NBD_REPLY_FLAG_DONE);
+    if (ch.type == NBD_REPLY_TYPE_OFFSET_HOLE)
+      got_hole = 1;
+    else {
+      ck_assert_uint_eq(ch.type, NBD_REPLY_TYPE_OFFSET_DATA);
+      ck_assert(is_zero(ch.data + 8, 4096));
+    }
+    free(ch.data);
+  }
+  ck_assert_msg(got_hole, "16 reads of zeros after a data streak: no hole "
+                "chunk");
+  free(w);
+  tc_end(&t);
+}
+END_TEST
+
 START_TEST(test_structured_read_df_is_one_data_chunk)
 {
   struct tc t;
@@ -1526,6 +1565,7 @@ add_transmission_tests(TCase *tc)
                  test_block_status_meta_context_of_other_export_export_name);
   tcase_add_test(tc, test_structured_read_unwritten_is_hole_chunk);
   tcase_add_test(tc, test_structured_read_df_is_one_data_chunk);
+  tcase_add_test(tc, test_structured_read_hole_found_again_after_data_streak);
   tcase_add_test(tc, test_structured_read_chunks_reassemble_data);
   tcase_add_test(tc, test_structured_read_past_end_error_chunk);
   tcase_add_test(tc, test_write_to_readonly_export_eperm);
