@@ -5,7 +5,7 @@ git: the build runs this into its own tree).
     gen_seeds.py OUTDIR SRCDIR
 
 OUTDIR/<harness>/<name> for harness in handshake, transmission, config,
-params.  Wire formats follow the NBD protocol (doc/proto.md of
+params, partition.  Wire formats follow the NBD protocol (doc/proto.md of
 NetworkBlockDevice/nbd); the inputs match what each harness feeds the
 server (see tests/fuzz/*.c).  Seeds are valid sessions of every option and
 command plus a few near-misses (bad lengths, out-of-range requests) that
@@ -207,6 +207,97 @@ def params_seeds():
     return dict(("p%02d" % i, p.encode()) for i, p in enumerate(PARAMS))
 
 
+SECTOR = 512
+
+
+def mbr_slot(disk, lba, slot, ptype, start, count):
+    """One slot of the MBR or an EBR at sector lba, plus its boot signature."""
+    off = lba * SECTOR
+    need = off + SECTOR
+    if len(disk) < need:
+        disk.extend(bytes(need - len(disk)))
+    e = off + 0x1BE + 16 * slot
+    disk[e:e + 16] = struct.pack("<B3sB3sII", 0, b"\0\0\0", ptype, b"\0\0\0",
+                                 start, count)
+    disk[off + 510:off + 512] = b"\x55\xaa"
+
+
+def gpt(disk, sectors, table=2, count=128, esize=128, entries=()):
+    """Protective MBR, GPT header at LBA 1, entries (index, first, last)."""
+    mbr_slot(disk, 0, 0, 0xEE, 1, min(sectors - 1, 0xFFFFFFFF))
+    hdr = struct.pack("<8sIIIIQQQQ16sQIII", b"EFI PART", 0x10000, 92, 0, 0,
+                      1, sectors - 1, 34, sectors - 34, b"\x11" * 16, table,
+                      count, esize, 0)
+    disk[SECTOR:SECTOR + len(hdr)] = hdr
+    for i, first, last in entries:
+        off = table * SECTOR + i * esize
+        if len(disk) < off + esize:
+            disk.extend(bytes(off + esize - len(disk)))
+        disk[off:off + 56] = struct.pack("<16s16sQQQ", b"\xaf" * 16,
+                                         bytes([i + 1]) * 16, first, last, 0)
+    return disk
+
+
+def ebr_chain(n, ext_start=2, step=1, loop_to=None):
+    """An extended partition at ext_start with n EBRs step sectors apart,
+    each describing a one-sector partition right after it; the last links
+    to EBR loop_to (an index) if given."""
+    d = bytearray()
+    mbr_slot(d, 0, 0, 0x83, 2048, 1000)
+    mbr_slot(d, 0, 1, 0x05, ext_start, n * step + 64)
+    for i in range(n):
+        lba = ext_start + i * step
+        mbr_slot(d, lba, 0, 0x83, 1, step)
+        if i + 1 < n:
+            mbr_slot(d, lba, 1, 0x05, (i + 1) * step, step)
+        elif loop_to is not None:
+            mbr_slot(d, lba, 1, 0x05, loop_to * step, step)
+    return d
+
+
+def partition_seeds():
+    s = {}
+    d = bytearray()
+    mbr_slot(d, 0, 0, 0x83, 2048, 2048)
+    mbr_slot(d, 0, 1, 0x07, 4096, 4096)
+    mbr_slot(d, 0, 2, 0x0C, 8192, 0xFFFFFFFF)
+    s["mbr_primaries"] = bytes(d)
+    d = bytearray()
+    mbr_slot(d, 0, 0, 0x83, 63, 1)
+    mbr_slot(d, 0, 3, 0x0F, 0, 8)
+    s["mbr_extended_at_0"] = bytes(d)
+    # logical partitions 5-7 in a chain of EBRs 4 sectors apart
+    d = ebr_chain(3, ext_start=4, step=4)
+    d[0x1BC] = 6                        # the harness also tries 1 + 6
+    s["mbr_ebr_chain"] = bytes(d)
+    d = ebr_chain(3, ext_start=4, step=4, loop_to=0)
+    d[0x1BC] = 9
+    s["mbr_ebr_loop"] = bytes(d)
+    d = ebr_chain(36, ext_start=2, step=1)
+    d[0x1BC] = 39                        # partition 40, the last
+    s["mbr_ebr_long"] = bytes(d)
+    d = ebr_chain(2, ext_start=8, step=8)
+    mbr_slot(d, 0, 1, 0x85, 8, 16)       # extended partition too short
+    s["mbr_ebr_leaves_extended"] = bytes(d)
+    s["gpt"] = bytes(gpt(bytearray(), 1 << 21, entries=(
+        (0, 2048, 4095), (1, 4096, 1 << 20), (3, 1 << 21, (1 << 21) + 7))))
+    s["gpt_256_at_lba_4"] = bytes(gpt(bytearray(), 1 << 21, table=4,
+                                      count=8, esize=256, entries=(
+                                          (0, 34, 99), (5, 100, 99))))
+    s["gpt_bad_count"] = bytes(gpt(bytearray(), 4096, count=0x10000,
+                                   entries=((0, 34, 99),)))
+    s["gpt_bad_size"] = bytes(gpt(bytearray(), 4096, esize=0x80000000,
+                                  entries=((0, 34, 99),)))
+    d = gpt(bytearray(), 1 << 21, entries=((1, 34, 2047),))
+    mbr_slot(d, 0, 1, 0x83, 2048, 2048)  # hybrid MBR
+    s["gpt_hybrid"] = bytes(d)
+    d = gpt(bytearray(), 1 << 21, entries=((0, 34, 99),))
+    d[0x1BE + 4] = 0x83                  # "EFI PART" without protection
+    s["gpt_unprotected"] = bytes(d)
+    s["signature_only"] = bytes(510) + b"\x55\xaa"
+    return s
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit("usage: gen_seeds.py OUTDIR SRCDIR")
@@ -216,6 +307,7 @@ def main():
         "transmission": transmission_seeds(),
         "config": config_seeds(srcdir),
         "params": params_seeds(),
+        "partition": partition_seeds(),
     }
     for harness, seeds in sets.items():
         d = os.path.join(out, harness)
