@@ -17,6 +17,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -191,6 +192,15 @@ server_activation(void)
   unsetenv("LISTEN_PID");
   unsetenv("LISTEN_FDS");
   unsetenv("LISTEN_FDNAMES");
+  /* As nbdkit does: a server that a client started itself through socket
+   * activation (libnbd's "nbdinfo -- [ nbdstack ... ]") ends with that
+   * client, which does not always signal it (not when the handshake
+   * failed).  Under systemd the parent is PID 1, which never goes. */
+  {
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGTERM) == 0 && getppid() != parent)
+      raise(SIGTERM);           /* it went before we asked */
+  }
   for (i = 0; i < n; i++) {
     char desc[32];
     int fd = 3 + (int)i;

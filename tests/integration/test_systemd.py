@@ -133,7 +133,47 @@ def readiness(abstract):
         ns.close()
 
 
+def activation_parent_exits():
+    """A client that started the server (libnbd's [ server ] form) and goes
+    away without a signal takes the server with it, as with nbdkit."""
+    path = os.path.join(T.TMPDIR, "act3.sock")
+    pidfile = os.path.join(T.TMPDIR, "act3.pid")
+    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ls.bind(path)
+    ls.listen(16)
+    mid = os.fork()
+    if mid == 0:                      # the "client": starts the server, exits
+        try:
+            spid = spawn_activated(ls, ["memory", "size=1M"])
+            connect_go(path).close()  # it serves
+            with open(pidfile, "w") as f:
+                f.write(str(spid))
+        finally:
+            os._exit(0)
+    ls.close()
+    os.waitpid(mid, 0)
+    try:
+        with open(pidfile) as f:
+            spid = int(f.read())
+    except (OSError, ValueError):
+        check(False, "the server never wrote its pid file")
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(spid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(spid, signal.SIGKILL)
+        check(False, "the server outlived the process that started it")
+        return
+    check(True, "the server ended with the process that started it")
+
+
 C.run("serves on a socket-activated fd 3 and keeps its path", activation)
+C.run("ends when the process that started it ends", activation_parent_exits)
 C.run("ignores LISTEN_FDS meant for another pid", activation_other_pid)
 C.run("READY=1 and STOPPING=1 on a NOTIFY_SOCKET path", readiness, 0)
 C.run("READY=1 on an abstract NOTIFY_SOCKET", readiness, 1)
