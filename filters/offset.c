@@ -206,26 +206,13 @@ offset_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
   return next_cache(next, count, offset + offset_of(self), flags);
 }
 
-/* The layer below fills its own list in its own coordinates; passing the
- * caller's list down would mix the two address spaces. */
+/* Extents of the window: the layer below's, shifted back (extents.c). */
 static int
 offset_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
                uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
-  uint64_t shift = offset_of(self);
-  struct nbd_extents *below;
-  size_t i;
-  int r;
-
-  below = nbd_extents_new(offset + shift, offset + shift + count);
-  if (below == NULL)
-    return -ENOMEM;
-  r = next_extents(next, count, offset + shift, flags, below);
-  for (i = 0; r == 0 && i < below->n; i++)
-    r = nbd_extents_add(extents, below->v[i].offset - shift,
-                        below->v[i].length, below->v[i].type);
-  nbd_extents_free(below);
-  return r;
+  return nbd_extents_shifted(next, count, offset, offset_of(self), flags,
+                             extents);
 }
 
 /* Flush has no range; every capability but size and block size is the

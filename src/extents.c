@@ -1,7 +1,8 @@
 /* nbdstack: the extent list layers fill for BLOCK_STATUS.
  *
  * Extents arrive in increasing order; this file clips them to the request,
- * merges neighbours of equal type and refuses gaps.  It does not know the
+ * merges neighbours of equal type and refuses gaps; nbd_extents_shifted
+ * serves filters that show a window of the layer below.  It does not know the
  * wire format (transmission.c encodes).
  */
 #include <stdlib.h>
@@ -72,4 +73,23 @@ nbd_extents_add(struct nbd_extents *e, uint64_t offset, uint64_t length,
   e->v[e->n].type = type;
   e->n++;
   return 0;
+}
+
+int
+nbd_extents_shifted(struct nbd_ctx *next, uint32_t count, uint64_t offset,
+                    uint64_t shift, uint32_t flags, struct nbd_extents *extents)
+{
+  struct nbd_extents *below;
+  size_t i;
+  int r;
+
+  below = nbd_extents_new(offset + shift, offset + shift + count);
+  if (below == NULL)
+    return -ENOMEM;
+  r = next_extents(next, count, offset + shift, flags, below);
+  for (i = 0; r == 0 && i < below->n; i++)
+    r = nbd_extents_add(extents, below->v[i].offset - shift,
+                        below->v[i].length, below->v[i].type);
+  nbd_extents_free(below);
+  return r;
 }

@@ -182,6 +182,13 @@ void nbd_extents_free(struct nbd_extents *e);
 /* Returns 0 or -ENOMEM / -EINVAL (gap or overlap after the last extent). */
 int nbd_extents_add(struct nbd_extents *e, uint64_t offset, uint64_t length,
                     uint32_t type);
+/* For filters that serve a window of the layer below starting at shift
+ * (offset, partition): asks next for the extents of [offset+shift,
+ * offset+shift+count) in its own list, in its own coordinates, and adds
+ * them to extents shifted back.  0 or -errno. */
+int nbd_extents_shifted(struct nbd_ctx *next, uint32_t count, uint64_t offset,
+                        uint64_t shift, uint32_t flags,
+                        struct nbd_extents *extents);
 
 /* ---- registration ------------------------------------------------------ */
 
