@@ -128,19 +128,16 @@ conn_fill(struct nbd_conn *c)
   /* About to wait for the client: batched replies must leave first. */
   if (c->olen && conn_flush(c) == -1)
     return -1;
-  errno = EAGAIN;
-  r = c->obuf && c->deadline == 0 && c->cfg->poll ? conn_spin(c) : -1;
-  if (r == -1 && errno != EAGAIN)
+  r = -1;
+  if (c->obuf && c->deadline == 0 && c->cfg->poll &&
+      (r = conn_spin(c)) == -1 && errno != EAGAIN)
     return -1;
-  while (r == -1) {
-    if (conn_before_read(c) == -1)
-      return -1;
-    r = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
-    if (!conn_retry(c, r))
-      break;
-    r = -1;
-    errno = EAGAIN;
-  }
+  if (r == -1)                  /* nothing came while polling: wait */
+    do {
+      if (conn_before_read(c) == -1)
+        return -1;
+      r = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
+    } while (conn_retry(c, r));
   if (r <= 0)
     return -1;
   c->rlen += (size_t)r;
