@@ -489,7 +489,9 @@ server_start_command(const struct nbd_config *cfg)
 {
   const struct nbd_listen *l = &cfg->listens[0];
   const char *name = cfg->exports ? cfg->exports->name : "";
-  char uri[8192] = "";
+  /* Room for the longest: a 4096-byte name and a 107-byte socket path,
+   * every byte percent-encoded (a host is cut by snprintf at worst). */
+  char uri[3 * CONFIG_MAX_NAME + 3 * 108 + 64] = "";
   pid_t pid;
 
   if (l->kind == NBD_LISTEN_UNIX) {

@@ -40,6 +40,13 @@ check_eq "\$uri of export 'a b/c'" \
     "nbd+unix:///a%20b/c?socket=$T/named.sock" "$(sed -n 1p <<<"$out")"
 check_eq "nbdinfo through the encoded \$uri" 65536 "$(sed -n 2p <<<"$out")"
 
+# --- the longest export name, every byte percent-encoded (12000 chars) ----
+long=$(printf 'é%.0s' $(seq 2000))
+out=$(t "$NBDSTACK" -U - -e "$long" memory 64K \
+        --run 'echo ${#uri}; nbdinfo --size "$uri"' 2>/dev/null)
+check_eq "\$uri of a 4000-byte name (length, then nbdinfo)" \
+    "$(printf '%s\n%s' 12046 65536)" "$out"
+
 # --- nbdkit's memory allocator key: sparse works, others are refused ----
 out=$(t "$NBDSTACK" -U - memory 1M allocator=sparse --run 'nbdinfo --size "$uri"' 2>/dev/null)
 check_eq "memory allocator=sparse" 1048576 "$out"
