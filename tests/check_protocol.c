@@ -1708,6 +1708,154 @@ START_TEST(test_rarely_blocking_layer_slow_on_cpu_stays_inline)
 }
 END_TEST
 
+/* ---- the flush at close ---------------------------------------------------- */
+
+/* "slowflush": a writable 1 MiB disk (writes are dropped, reads are zeros)
+ * whose flush sleeps FLUSH_MS and then counts itself as done.  It shows
+ * whether the close-time flush ran, and whether the client had to wait
+ * for it. */
+#define FLUSH_MS 300
+static int flushes_started, flushes_done;
+
+static int
+slowflush_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
+                uint32_t count, uint64_t offset, uint32_t flags)
+{
+  memset(buf, 0, count);
+  return 0;
+}
+
+static int
+slowflush_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
+                 uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return 0;
+}
+
+static int
+slowflush_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
+{
+  struct timespec ts = { 0, FLUSH_MS * 1000000L };
+
+  __atomic_add_fetch(&flushes_started, 1, __ATOMIC_SEQ_CST);
+  nanosleep(&ts, NULL);
+  __atomic_add_fetch(&flushes_done, 1, __ATOMIC_SEQ_CST);
+  return 0;
+}
+
+static int64_t
+slowflush_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return 1 << 20;
+}
+
+static int
+slowflush_can_write(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return 1;
+}
+
+static int
+slowflush_can_flush(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return 1;
+}
+
+UNSUPPORTED(slowflush, trim)
+UNSUPPORTED(slowflush, zero)
+UNSUPPORTED(slowflush, extents)
+UNSUPPORTED(slowflush, cache)
+UNSUPPORTED(slowflush, block_size)
+UNSUPPORTED(slowflush, can_trim)
+UNSUPPORTED(slowflush, can_zero)
+UNSUPPORTED(slowflush, can_fast_zero)
+UNSUPPORTED(slowflush, can_fua)
+UNSUPPORTED(slowflush, can_cache)
+UNSUPPORTED(slowflush, can_extents)
+UNSUPPORTED(slowflush, can_multi_conn)
+UNSUPPORTED(slowflush, is_rotational)
+
+static const struct nbd_layer_ops slowflush_ops = {
+  .name = "slowflush",
+  .description = "test-only disk whose flush takes 300 ms",
+  .kind = NBD_LAYER_BACKEND,
+  .thread_model = NBD_PARALLEL,
+  .nonblocking = NBD_NEVER_BLOCKS,
+  NBD_REQUIRED_METHODS(slowflush)
+};
+
+static void
+setup_config_slowflush(void)
+{
+  struct nbd_layer *l;
+  char err[256] = "";
+
+  config_defaults(&cfg);
+  cfg.threads = 16;
+  cfg.handshake_timeout = UINT64_C(5) * 1000000000;
+  l = engine_layer_new(&slowflush_ops, "");
+  ck_assert_ptr_nonnull(l);
+  cfg.exports = engine_export_new("");
+  ck_assert_ptr_nonnull(cfg.exports);
+  engine_export_push(cfg.exports, l);
+  ck_assert_msg(engine_export_finish(cfg.exports, err, sizeof err) == 0,
+                "finish: %s", err);
+  flushes_started = flushes_done = 0;
+}
+
+START_TEST(test_close_after_write_flushes_after_the_client_saw_eof)
+{
+  unsigned char w[4096];
+  struct tc t;
+
+  tc_connect(&t, "", 0, 0);
+  memset(w, 0x5a, sizeof w);
+  ck_assert_uint_eq(simple_write(&t, 1, 0, w, sizeof w), 0);
+  req_send(&t, 0, NBD_CMD_DISC, 2, 0, 0, NULL);
+  cl_expect_eof(&t);
+  /* The socket is shut before the flush starts, so the client is free
+   * FLUSH_MS before the flush ends. */
+  ck_assert_msg(__atomic_load_n(&flushes_done, __ATOMIC_SEQ_CST) == 0,
+                "the client saw EOF only after the close-time flush");
+  tc_end(&t);
+  ck_assert_int_eq(flushes_started, 1);
+  ck_assert_int_eq(flushes_done, 1);
+}
+END_TEST
+
+START_TEST(test_close_after_reads_only_does_not_flush)
+{
+  unsigned char r[4096];
+  struct tc t;
+
+  tc_connect(&t, "", 0, 0);
+  ck_assert_uint_eq(simple_read(&t, 1, 0, r, sizeof r), 0);
+  ck_assert_uint_eq(simple_read(&t, 2, 8192, r, sizeof r), 0);
+  req_send(&t, 0, NBD_CMD_DISC, 3, 0, 0, NULL);
+  cl_expect_eof(&t);
+  tc_end(&t);
+  ck_assert_int_eq(flushes_started, 0);
+}
+END_TEST
+
+START_TEST(test_client_gone_without_disc_after_write_flushes)
+{
+  unsigned char w[512];
+  struct tc t;
+
+  tc_connect(&t, "", 0, 0);
+  memset(w, 0xa5, sizeof w);
+  ck_assert_uint_eq(simple_write(&t, 1, 0, w, sizeof w), 0);
+  ck_assert_uint_eq(simple_cmd(&t, 0, NBD_CMD_FLUSH, 2, 0, 0), 0);
+  ck_assert_int_eq(flushes_done, 1);
+  ck_assert_uint_eq(simple_write(&t, 3, 512, w, sizeof w), 0);
+  close(t.fd);                  /* no DISC: the client just goes away */
+  ck_assert_int_eq(pthread_join(t.tid, NULL), 0);
+  conn_free(t.c);
+  ck_assert_int_eq(flushes_done, 2);
+}
+END_TEST
+
 static Suite *
 protocol_suite(void)
 {
@@ -1760,6 +1908,14 @@ protocol_suite(void)
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, test_rarely_blocking_layer_that_sleeps_moves_to_workers);
   tcase_add_test(tc, test_rarely_blocking_layer_slow_on_cpu_stays_inline);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("flush at close");
+  tcase_add_checked_fixture(tc, setup_config_slowflush, teardown_config);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, test_close_after_write_flushes_after_the_client_saw_eof);
+  tcase_add_test(tc, test_close_after_reads_only_does_not_flush);
+  tcase_add_test(tc, test_client_gone_without_disc_after_write_flushes);
   suite_add_tcase(s, tc);
   return s;
 }
