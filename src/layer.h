@@ -75,7 +75,10 @@ enum nbd_param_type {
   NBD_PARAM_ENUM,
 };
 
-struct nbd_param {
+/* Fields in the order of the positional initializers every layer's table
+ * uses; that costs 8 bytes of padding per parameter, which the analyzer's
+ * padding check reports for tables of three parameters or more. */
+struct nbd_param { /* NOLINT(clang-analyzer-optin.performance.Padding) */
   const char *name;
   enum nbd_param_type type;
   size_t offset;              /* offsetof(struct conf, field) */
