@@ -623,7 +623,8 @@ cache_write_back_all(struct cache_state *st, struct nbd_ctx *next)
 /* Up to CACHE_VICTIMS blocks to drop, by second chance: a block used since
  * the hand last passed goes round again.  Owned on return. */
 static size_t
-cache_pick_victims(struct cache_state *st, uint64_t *v, int *dirty)
+cache_pick_victims(struct cache_state *st, uint64_t *v, int *dirty,
+                   int clean_only)
 {
   size_t n = 0, steps = 2 * st->ring_len + CACHE_VICTIMS;
   uint64_t b;
@@ -636,7 +637,8 @@ cache_pick_victims(struct cache_state *st, uint64_t *v, int *dirty)
     st->map[b] &= (unsigned char)~CACHE_RING;
     if (cache_state_of(st, b) == CACHE_NONE)
       continue;                 /* dropped by trim or zero meanwhile */
-    if (st->map[b] & (CACHE_BUSY | CACHE_REF)) {
+    if ((st->map[b] & (CACHE_BUSY | CACHE_REF)) ||
+        (clean_only && cache_state_of(st, b) == CACHE_DIRTY)) {
       st->map[b] &= (unsigned char)~CACHE_REF;
       cache_ring_push(st, b);
       continue;
@@ -650,13 +652,14 @@ cache_pick_victims(struct cache_state *st, uint64_t *v, int *dirty)
 
 /* Above the high threshold: drop blocks down to the low one, writing
  * dirty ones back first (in every mode: unsafe only skips FLUSH).  One
- * request reclaims at a time; the others go on. */
+ * request reclaims at a time; the others go on.  A read-only connection
+ * cannot write below, so it drops clean blocks only. */
 static void
 cache_reclaim(struct cache_state *st, struct nbd_ctx *next)
 {
   uint64_t v[CACHE_VICTIMS];
   int dirty[CACHE_VICTIMS], failed[CACHE_VICTIMS];
-  int stop = 0;
+  int stop = 0, clean_only = !next_can_write(next);
   void *buf = NULL;
   size_t n, i;
 
@@ -667,7 +670,7 @@ cache_reclaim(struct cache_state *st, struct nbd_ctx *next)
   }
   st->reclaiming = 1;
   while (!stop && st->ncached > st->low &&
-         (n = cache_pick_victims(st, v, dirty)) > 0) {
+         (n = cache_pick_victims(st, v, dirty, clean_only)) > 0) {
     pthread_mutex_unlock(&st->lock);
     for (i = 0; i < n; i++) {
       failed[i] = 0;
@@ -1053,7 +1056,8 @@ cache_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 
   if (st->mode == CACHE_UNSAFE)
     return 0;
-  r = cache_write_back_all(st, next);
+  /* A read-only connection wrote nothing, and cannot write below. */
+  r = next_can_write(next) ? cache_write_back_all(st, next) : 0;
   if (next_can_flush(next) && (r2 = next_flush(next, 0)) < 0 && r == 0)
     r = r2;
   return r;

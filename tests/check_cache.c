@@ -597,6 +597,33 @@ START_TEST(test_cache_shared_by_connections)
 }
 END_TEST
 
+START_TEST(test_readonly_connection_reclaims_clean_blocks_only)
+{
+  struct nbd_ctx *top = cache_open("cache cache-max-size=256k "
+                                   "cache-on-read=true"), *ro;
+  char err[256], *log;
+  uint64_t off;
+
+  memset(cache_buf, 0x77, 2 * BLK);
+  ck_assert_int_eq(next_pwrite(top, cache_buf, 2 * BLK, 0, 0), 0);
+  ro = engine_open(cache_s.exp, 1, NULL, err, sizeof err);
+  ck_assert_msg(ro != NULL, "read-only open: %s", err);
+  testlib_log_clear();
+  testlib_stderr_begin();
+  for (off = 2 * BLK; off < 10 * BLK; off += BLK)
+    cache_assert_data(ro, off, BLK, 0, 0);
+  ck_assert_int_eq(next_flush(ro, 0), 0);
+  log = testlib_stderr_end();
+  ck_assert_str_eq(log, "");
+  free(log);
+  ck_assert_msg(strstr(testlib_log(), "pwrite") == NULL, "%s", testlib_log());
+  cache_assert_data(ro, 0, 2 * BLK, 0, 2 * BLK);
+  engine_close(ro);
+  ck_assert_int_eq(next_flush(top, 0), 0);
+  ck_assert_mem_eq(cache_s.rec->ram, cache_buf, 2 * BLK);
+}
+END_TEST
+
 START_TEST(test_capabilities)
 {
   struct nbd_ctx *top;
@@ -815,6 +842,7 @@ cache_suite(void)
 
   tc = cache_tcase(s, "connections and capabilities");
   tcase_add_test(tc, test_cache_shared_by_connections);
+  tcase_add_test(tc, test_readonly_connection_reclaims_clean_blocks_only);
   tcase_add_test(tc, test_capabilities);
   tcase_add_test(tc, test_multi_conn_follows_below_except_unsafe);
   tcase_add_test(tc, test_readonly_below_is_readonly);
