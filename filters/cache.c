@@ -860,9 +860,10 @@ cache_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
     run = 1;
   first = offset >> st->bits;
   last = (offset + count - 1) >> st->bits;
-  if (last - first + 1 < run)
+  if (last - first < run - 1)
     run = last - first + 1;
-  if ((buf = malloc(run << st->bits)) == NULL)
+  /* run >= 1: the test only keeps the analyzer from fearing malloc(0). */
+  if ((run << st->bits) == 0 || (buf = malloc(run << st->bits)) == NULL)
     return -ENOMEM;
   for (c = first; r == 0 && c <= last; c = cl + 1) {
     cl = last - c < run - 1 ? last : c + run - 1;
