@@ -78,10 +78,36 @@ if os.path.exists(supp):
         if len(parts) != 5 or not all(parts):
             sys.exit("%s:%d: want tool|file|check|source text|reason" % (supp, n))
         rules.append(parts + [0])
+head = re.compile(r"^(/[^:]+|[^:/][^:]*):(\d+):(\d+): (warning|error): .*[^\]]$")
+tail = re.compile(r"\[[^\]\s]+\]$")
+
+def lines(log):
+    """The log's lines, with a message clang-tidy wrapped over several
+    lines (the padding check: "...where 0 is optimal). \nOptimal fields
+    order: \nname, \n...consider reordering ... [check]") joined back
+    into one diagnostic."""
+    held = []
+    for line in open(log, errors="replace"):
+        line = line.rstrip("\n")
+        if held:
+            held.append(line)
+            if tail.search(line):
+                yield " ".join(x.strip() for x in held)
+                held = []
+            elif len(held) > 30:
+                yield from held
+                held = []
+            continue
+        if head.match(line):
+            held = [line]
+        else:
+            yield line
+    yield from held
+
 found, bad = set(), []
 for tool, log in (("clang-tidy", tidy), ("cppcheck", cpp)):
-    for line in open(log, errors="replace"):
-        m = diag.match(line.rstrip("\n"))
+    for line in lines(log):
+        m = diag.match(line)
         if not m:
             if tool == "cppcheck" and line.strip():
                 bad.append("cppcheck: " + line.rstrip())
