@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """Read-only exports refuse every modifying command with EPERM, whatever
 filters sit on top: -r, a config export with readonly = yes, and the file
-backend opened with readonly=yes, each under an offset filter.  Reads
-still work and the data below is unchanged."""
+backend opened with readonly=yes, each under an offset filter; and -r or
+readonly = yes over cow and cache, which would otherwise make or keep the
+export writable.  Reads still work and the data below is unchanged."""
 
 import os
 import sys
@@ -25,7 +26,10 @@ with open(cfg, "w") as f:
     f.write("[server]\nlisten = unix:%s\n"
             "[export ro]\nreadonly = yes\nfilter = offset offset=1M\n"
             "backend = file file=%s\n"
-            "[export rw]\nbackend = memory size=1M\n" % (csock, img))
+            "[export rw]\nbackend = memory size=1M\n"
+            "[export ro-cow-cache]\nreadonly = yes\nfilter = cow\n"
+            "filter = cache cache=writeback\nbackend = file file=%s\n"
+            % (csock, img, img))
 
 servers = [
     ("-r with offset over memory",
@@ -37,6 +41,12 @@ servers = [
      b""),
     ("config export readonly = yes",
      Server(config=cfg, sock=csock, name="conf"), b"ro"),
+    ("-r with cow over cache over file",
+     Server(["-r", "--filter", "cow", "--filter", "cache", "file",
+             "file=" + img], name="r-cow-cache"), b""),
+    ("-r with cache over a writable file",
+     Server(["-r", "--filter", "cache", "file", "file=" + img,
+             "cache=unsafe"], name="r-cache"), b""),
 ]
 
 
@@ -60,6 +70,8 @@ def refuses(srv, name):
 
 for title, srv, name in servers:
     C.run("%s: every write refused with EPERM" % title, refuses, srv, name)
+C.run("config export readonly = yes over cow and cache: every write "
+      "refused with EPERM", refuses, servers[2][1], b"ro-cow-cache")
 
 
 def file_unchanged():
