@@ -157,23 +157,8 @@ file_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
            uint32_t count, uint64_t offset, uint32_t flags)
 {
   const struct file_state *st = self->layer->state;
-  char *b = buf;
-  ssize_t r;
 
-  while (count > 0) {
-    r = pread(st->fd, b, count, (off_t)offset);
-    if (r == -1) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    if (r == 0)
-      return -EIO;              /* end of file: it shrank under us */
-    b += r;
-    count -= (uint32_t)r;
-    offset += (uint64_t)r;
-  }
-  return 0;
+  return nbd_pread_full(st->fd, buf, count, offset);
 }
 
 static int
@@ -181,23 +166,8 @@ file_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
             uint32_t count, uint64_t offset, uint32_t flags)
 {
   const struct file_state *st = self->layer->state;
-  const char *b = buf;
-  ssize_t r;
 
-  while (count > 0) {
-    r = pwrite(st->fd, b, count, (off_t)offset);
-    if (r == -1) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    if (r == 0)
-      return -EIO;
-    b += r;
-    count -= (uint32_t)r;
-    offset += (uint64_t)r;
-  }
-  return 0;
+  return nbd_pwrite_full(st->fd, buf, count, offset);
 }
 
 static int

@@ -107,6 +107,7 @@ struct cache_state {
   const char *on_read_path;     /* cache-on-read=/PATH, or NULL */
   uint64_t high, low;           /* reclaim thresholds in blocks, 0 = none */
   unsigned char *zeros;         /* bs zero bytes */
+  struct nbd_bufpool pool;      /* block-sized bounce buffers */
 
   pthread_mutex_t lock;         /* everything below */
   pthread_cond_t idle;          /* some busy block was released */
@@ -276,6 +277,7 @@ cache_setup(struct nbd_layer *layer, char *err, size_t errlen)
     st->bs = (uint32_t)sb.st_blksize;
   while ((1u << st->bits) < st->bs)
     st->bits++;
+  nbd_bufpool_init(&st->pool, st->bs);
   st->zeros = calloc(1, st->bs);
   if (st->zeros == NULL) {
     snprintf(err, errlen, "out of memory");
@@ -303,6 +305,8 @@ cache_cleanup(struct nbd_layer *layer)
   pthread_mutex_destroy(&st->lock);
   pthread_cond_destroy(&st->idle);
   free(st->zeros);
+  if (st->pool.size)
+    nbd_bufpool_destroy(&st->pool);
   free(st->map);
   free(st->ring);
   free(st);
@@ -315,42 +319,14 @@ static int
 cache_file_pread(struct cache_state *st, void *buf, uint64_t len,
                  uint64_t off)
 {
-  char *p = buf;
-  ssize_t n;
-
-  while (len > 0) {
-    n = pread(st->fd, p, len, (off_t)off);
-    if (n == -1 && errno == EINTR)
-      continue;
-    if (n == -1)
-      return -errno;
-    if (n == 0)
-      return -EIO;              /* past the end: the file was truncated */
-    p += n;
-    len -= (uint64_t)n;
-    off += (uint64_t)n;
-  }
-  return 0;
+  return nbd_pread_full(st->fd, buf, len, off);
 }
 
 static int
 cache_file_pwrite(struct cache_state *st, const void *buf, uint64_t len,
                   uint64_t off)
 {
-  const char *p = buf;
-  ssize_t n;
-
-  while (len > 0) {
-    n = pwrite(st->fd, p, len, (off_t)off);
-    if (n == -1 && errno == EINTR)
-      continue;
-    if (n == -1)
-      return -errno;
-    p += n;
-    len -= (uint64_t)n;
-    off += (uint64_t)n;
-  }
-  return 0;
+  return nbd_pwrite_full(st->fd, buf, len, off);
 }
 
 /* Frees the file space of dropped blocks; a filesystem that cannot punch
@@ -675,7 +651,7 @@ cache_reclaim(struct cache_state *st, struct nbd_ctx *next)
     for (i = 0; i < n; i++) {
       failed[i] = 0;
       if (dirty[i]) {
-        if (buf == NULL && (buf = malloc(st->bs)) == NULL)
+        if (buf == NULL && (buf = nbd_bufpool_get(&st->pool, st->bs)) == NULL)
           failed[i] = 1;
         else
           failed[i] = cache_write_back(st, next, buf, v[i], v[i]) < 0;
@@ -699,7 +675,7 @@ cache_reclaim(struct cache_state *st, struct nbd_ctx *next)
   }
   st->reclaiming = 0;
   pthread_mutex_unlock(&st->lock);
-  free(buf);
+  nbd_bufpool_put(&st->pool, buf, st->bs);
 }
 
 /* ---- connections ------------------------------------------------------------- */
@@ -797,10 +773,18 @@ cache_read_below(struct cache_state *st, struct nbd_ctx *next, char *buf,
   uint64_t lo = offset > start ? offset : start;
   uint64_t hi = offset + count < end ? offset + count : end;
   char *p = buf + (lo - offset), *bounce = NULL;
+  uint32_t min = 0, pref, max;
   int r;
 
+  /* Not kept: only the bytes asked for, when below takes them as they
+   * are (a 4 KiB read need not read its whole 64 KiB block). */
+  if (!keep && (lo != start || hi != end)) {
+    next_block_size(next, &min, &pref, &max);
+    if (min <= 1 || (lo % min == 0 && (hi % min == 0 || hi == end)))
+      return cache_below_pread(next, p, hi - lo, lo);
+  }
   if (lo != start || hi != end) {
-    if ((bounce = malloc(end - start)) == NULL)
+    if ((bounce = nbd_bufpool_get(&st->pool, end - start)) == NULL)
       return -ENOMEM;
     p = bounce;
   }
@@ -810,7 +794,7 @@ cache_read_below(struct cache_state *st, struct nbd_ctx *next, char *buf,
   /* Not keeping them (cache file full) costs speed, not data. */
   if (r == 0 && keep && cache_file_pwrite(st, p, end - start, start) == 0)
     cache_mark(st, b, e, CACHE_CLEAN);
-  free(bounce);
+  nbd_bufpool_put(&st->pool, bounce, end - start);
   return r;
 }
 
@@ -928,7 +912,7 @@ cache_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
   end = cache_end(st, last);
   cache_acquire(st, first, last);
   if (offset != start || offset + count != end) {
-    if ((bounce = malloc(end - start)) == NULL)
+    if ((bounce = nbd_bufpool_get(&st->pool, end - start)) == NULL)
       r = -ENOMEM;
     if (r == 0 && offset != start)
       r = cache_fill_block(st, next, bounce, first);
@@ -952,7 +936,7 @@ cache_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
     cache_fail_locked(st, first, last);
   cache_release_locked(st, first, last);
   pthread_mutex_unlock(&st->lock);
-  free(bounce);
+  nbd_bufpool_put(&st->pool, bounce, end - start);
   if (r == 0)
     cache_reclaim(st, next);
   return r;

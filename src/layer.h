@@ -19,6 +19,7 @@
 #define NBDSTACK_LAYER_H
 
 #include <errno.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -237,5 +238,28 @@ extern int nbd_verbose;
 
 /* True when every byte of buf[0..len) is zero. */
 int nbd_is_zero(const void *buf, size_t len);
+
+/* pread/pwrite of all count bytes at offset, retried on EINTR and short
+ * transfers; 0, or -errno (-EIO at end of file).  Writes go in pieces of
+ * at most 256 KiB (src/util.c says why). */
+int nbd_pread_full(int fd, void *buf, size_t count, uint64_t offset);
+int nbd_pwrite_full(int fd, const void *buf, size_t count, uint64_t offset);
+
+/* A few malloc'd buffers of one size, kept for reuse by the requests of a
+ * layer (bounce buffers of read-modify-write), safe between threads.
+ * get(len) returns a buffer of at least len bytes (NULL when out of
+ * memory); put(buf, len) takes it back with the same len.  Lengths over
+ * size are plain malloc/free.  src/util.c says why this is worth it. */
+#define NBD_BUFPOOL_MAX 16
+struct nbd_bufpool {
+  pthread_mutex_t lock;
+  size_t size;
+  unsigned n, keep;
+  void *buf[NBD_BUFPOOL_MAX];
+};
+void nbd_bufpool_init(struct nbd_bufpool *p, size_t size);
+void nbd_bufpool_destroy(struct nbd_bufpool *p);
+void *nbd_bufpool_get(struct nbd_bufpool *p, size_t len);
+void nbd_bufpool_put(struct nbd_bufpool *p, void *buf, size_t len);
 
 #endif

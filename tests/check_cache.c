@@ -87,13 +87,30 @@ START_TEST(test_read_spanning_cached_and_uncached_blocks)
 }
 END_TEST
 
+/* Not keeping the block, it reads only what was asked for. */
 START_TEST(test_read_without_cache_on_read_goes_below_each_time)
 {
   struct nbd_ctx *top = cache_open("cache");
 
   cache_assert_data(top, 4096, 4096, 0, 0);
   cache_assert_data(top, 4096, 4096, 0, 0);
-  ck_assert_str_eq(testlib_log(), "pread 0+65536 flags=0; "
+  ck_assert_str_eq(testlib_log(), "pread 4096+4096 flags=0; "
+                   "pread 4096+4096 flags=0");
+}
+END_TEST
+
+/* ... except when below could not take those bytes as they are. */
+START_TEST(test_read_without_cache_on_read_keeps_below_aligned)
+{
+  struct nbd_ctx *top;
+
+  cache_caps.min_block = 512;
+  cache_caps.pref_block = 4096;
+  cache_caps.max_block = 1u << 20;
+  top = cache_open("cache");
+  cache_assert_data(top, 4096, 4096, 0, 0);
+  cache_assert_data(top, 100, 1000, 0, 0);
+  ck_assert_str_eq(testlib_log(), "pread 4096+4096 flags=0; "
                    "pread 0+65536 flags=0");
 }
 END_TEST
@@ -110,8 +127,8 @@ START_TEST(test_cache_on_read_path_switches_at_run_time)
   top = cache_open(spec);
   cache_assert_data(top, 0, 512, 0, 0);
   cache_assert_data(top, 0, 512, 0, 0);
-  ck_assert_str_eq(testlib_log(), "pread 0+65536 flags=0; "
-                   "pread 0+65536 flags=0");
+  ck_assert_str_eq(testlib_log(), "pread 0+512 flags=0; "
+                   "pread 0+512 flags=0");
   testlib_log_clear();
   ck_assert_ptr_nonnull(f = fopen(flag, "w"));
   fclose(f);
@@ -800,6 +817,7 @@ cache_suite(void)
   tcase_add_test(tc, test_read_twice_reads_below_once);
   tcase_add_test(tc, test_read_spanning_cached_and_uncached_blocks);
   tcase_add_test(tc, test_read_without_cache_on_read_goes_below_each_time);
+  tcase_add_test(tc, test_read_without_cache_on_read_keeps_below_aligned);
   tcase_add_test(tc, test_cache_on_read_path_switches_at_run_time);
   tcase_add_test(tc, test_failed_read_below_is_not_cached);
   tcase_add_test(tc, test_cache_command_prefetches);

@@ -62,6 +62,7 @@ struct cow_state {
   unsigned shift;
   int on_cache, on_read;
   unsigned char *zeros;         /* bs bytes of zeros */
+  struct nbd_bufpool pool;      /* block-sized read-modify-write buffers */
   pthread_mutex_t stripe[COW_STRIPES];
 };
 
@@ -85,6 +86,8 @@ cow_cleanup(struct nbd_layer *layer)
   for (i = 0; i < COW_STRIPES; i++)
     pthread_mutex_destroy(&st->stripe[i]);
   free(st->zeros);
+  if (st->pool.size)
+    nbd_bufpool_destroy(&st->pool);
   free(st);
   layer->state = NULL;
 }
@@ -112,6 +115,7 @@ cow_setup(struct nbd_layer *layer, char *err, size_t errlen)
     return -1;
   }
   st->bs = (uint32_t)bs;
+  nbd_bufpool_init(&st->pool, st->bs);
   while ((1u << st->shift) < st->bs)
     st->shift++;
   st->on_cache = conf->on_cache;
@@ -260,7 +264,7 @@ cow_write_block(struct cow_state *st, struct nbd_ctx *next, uint64_t blk,
     r = cow_overlay_pwrite(st->ov, data ? data : st->zeros, n, pos + o);
     if (r == 0)
       cow_overlay_set_state(st->ov, blk, COW_BLOCK_ALLOCATED);
-  } else if ((buf = malloc(len)) == NULL)
+  } else if ((buf = nbd_bufpool_get(&st->pool, len)) == NULL)
     r = -ENOMEM;
   else {
     /* Read-modify-write of a block not in the overlay yet. */
@@ -273,7 +277,7 @@ cow_write_block(struct cow_state *st, struct nbd_ctx *next, uint64_t blk,
     }
     if (r == 0)
       cow_overlay_set_state(st->ov, blk, COW_BLOCK_ALLOCATED);
-    free(buf);
+    nbd_bufpool_put(&st->pool, buf, len);
   }
   pthread_mutex_unlock(cow_stripe(st, blk));
   return r;
@@ -294,7 +298,7 @@ cow_copy_block(struct cow_state *st, struct nbd_ctx *next, uint64_t blk,
   pthread_mutex_lock(cow_stripe(st, blk));
   state = cow_overlay_state(st->ov, blk, 1, &run);
   if (state == COW_BLOCK_BELOW || out) {
-    if ((buf = malloc(len)) == NULL)
+    if ((buf = nbd_bufpool_get(&st->pool, len)) == NULL)
       r = -ENOMEM;
     else {
       r = cow_fill(st, next, blk, state, buf, len);
@@ -303,7 +307,7 @@ cow_copy_block(struct cow_state *st, struct nbd_ctx *next, uint64_t blk,
         cow_overlay_set_state(st->ov, blk, COW_BLOCK_ALLOCATED);
       if (r == 0 && out)
         memcpy(out, buf + o, n);
-      free(buf);
+      nbd_bufpool_put(&st->pool, buf, len);
     }
   }
   pthread_mutex_unlock(cow_stripe(st, blk));

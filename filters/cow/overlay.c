@@ -124,50 +124,6 @@ overlay_get64(const uint8_t *p)
 }
 
 static int
-overlay_full_pread(int fd, void *buf, size_t count, uint64_t offset)
-{
-  char *b = buf;
-  ssize_t r;
-
-  while (count > 0) {
-    r = pread(fd, b, count, (off_t)offset);
-    if (r == -1) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    if (r == 0)
-      return -EIO;              /* the overlay ends before the block */
-    b += r;
-    count -= (size_t)r;
-    offset += (uint64_t)r;
-  }
-  return 0;
-}
-
-static int
-overlay_full_pwrite(int fd, const void *buf, size_t count, uint64_t offset)
-{
-  const char *b = buf;
-  ssize_t r;
-
-  while (count > 0) {
-    r = pwrite(fd, b, count, (off_t)offset);
-    if (r == -1) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    if (r == 0)
-      return -EIO;
-    b += r;
-    count -= (size_t)r;
-    offset += (uint64_t)r;
-  }
-  return 0;
-}
-
-static int
 overlay_sync(int fd)
 {
   while (fdatasync(fd) == -1)
@@ -320,7 +276,7 @@ overlay_load(struct cow_overlay *ov, uint64_t file_size, char *err,
   int r;
 
   if (file_size < OVERLAY_HEADER_USED ||
-      (r = overlay_full_pread(ov->fd, h, sizeof h, 0)) < 0 ||
+      (r = nbd_pread_full(ov->fd, h, sizeof h, 0)) < 0 ||
       memcmp(h, OVERLAY_MAGIC, 8) != 0) {
     snprintf(err, errlen, "overlay %s is not an nbdstack cow overlay (bad "
              "magic); refusing to use it", ov->path);
@@ -350,7 +306,7 @@ overlay_load(struct cow_overlay *ov, uint64_t file_size, char *err,
     return -1;
   }
   if (file_size < OVERLAY_HEADER_SIZE + ov->map_bytes ||
-      (r = overlay_full_pread(ov->fd, ov->map, ov->map_bytes,
+      (r = nbd_pread_full(ov->fd, ov->map, ov->map_bytes,
                               OVERLAY_HEADER_SIZE)) < 0) {
     snprintf(err, errlen, "overlay %s: cannot read the map: %s", ov->path,
              file_size < OVERLAY_HEADER_SIZE + ov->map_bytes ?
@@ -476,7 +432,7 @@ overlay_write_header(struct cow_overlay *ov, char *err, size_t errlen)
   overlay_put64(h + 32, ov->data_offset);
   if (ftruncate(ov->fd, (off_t)ov->data_offset) == -1)
     r = -errno;
-  else if ((r = overlay_full_pwrite(ov->fd, h, sizeof h, 0)) == 0)
+  else if ((r = nbd_pwrite_full(ov->fd, h, sizeof h, 0)) == 0)
     r = overlay_sync(ov->fd);
   if (r < 0) {
     snprintf(err, errlen, "overlay %s: cannot write the header: %s",
@@ -571,14 +527,14 @@ int
 cow_overlay_pread(struct cow_overlay *ov, void *buf, uint32_t count,
                   uint64_t offset)
 {
-  return overlay_full_pread(ov->fd, buf, count, ov->data_offset + offset);
+  return nbd_pread_full(ov->fd, buf, count, ov->data_offset + offset);
 }
 
 int
 cow_overlay_pwrite(struct cow_overlay *ov, const void *buf, uint32_t count,
                    uint64_t offset)
 {
-  return overlay_full_pwrite(ov->fd, buf, count, ov->data_offset + offset);
+  return nbd_pwrite_full(ov->fd, buf, count, ov->data_offset + offset);
 }
 
 /* ---- flush: data, then map (see the top of the file) -------------------- */
@@ -650,7 +606,7 @@ overlay_flush_locked(struct cow_overlay *ov)
     len = ov->map_bytes - pages[i] * OVERLAY_PAGE;
     if (len > OVERLAY_PAGE)
       len = OVERLAY_PAGE;
-    r = overlay_full_pwrite(ov->fd, copy + i * OVERLAY_PAGE, len,
+    r = nbd_pwrite_full(ov->fd, copy + i * OVERLAY_PAGE, len,
                             OVERLAY_HEADER_SIZE +
                             (uint64_t)pages[i] * OVERLAY_PAGE);
   }
