@@ -10,8 +10,9 @@
  *                 then flushes below;
  *   writethrough  every write goes to the cache and below;
  *   unsafe        writeback that ignores FLUSH and FUA.
- * Reads are served from cached blocks; the rest is read below in whole
- * blocks, and kept (clean) when cache-on-read says so.  NBD_CMD_CACHE
+ * Reads are served from cached blocks; the rest is read below, in whole
+ * blocks kept (clean) when cache-on-read says so, else only the bytes
+ * asked for (when below takes them as they are).  NBD_CMD_CACHE
  * reads blocks in.  Zero and trim go below at once, and the blocks they
  * cover leave the cache, so no dirty block can be written back over them
  * later; partial blocks are zeroed (zero, or trim of a dirty block) or
