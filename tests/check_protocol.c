@@ -1316,7 +1316,7 @@ START_TEST(test_structured_read_hole_found_again_after_data_streak)
     ck_assert(memcmp(ch.data + 8, w, 4096) == 0);
     free(ch.data);
   }
-  for (i = 0; i < 16 && !got_hole; i++) {   /* then zeros */
+  for (i = 0; i < 300 && !got_hole; i++) {  /* then zeros */
     req_send(&t, 0, NBD_CMD_READ, 3, 64 * KIB, 4096, NULL);
     chunk_read(&t, &ch);
     ck_assert_uint_eq(ch.flags, NBD_REPLY_FLAG_DONE);
@@ -1328,8 +1328,12 @@ START_TEST(test_structured_read_hole_found_again_after_data_streak)
     }
     free(ch.data);
   }
-  ck_assert_msg(got_hole, "16 reads of zeros after a data streak: no hole "
+  /* The streak was 40: the next scan is at 64, and scans never come more
+   * than 256 reads apart. */
+  ck_assert_msg(got_hole, "300 reads of zeros after a data streak: no hole "
                 "chunk");
+  ck_assert_msg(i <= 25, "the first hole chunk came %u reads after the "
+                "zeros began; the back-off scans at a streak of 64", i);
   free(w);
   tc_end(&t);
 }
@@ -1581,7 +1585,7 @@ add_transmission_tests(TCase *tc)
  * thread that keeps losing its CPU would look).  It records how many reads
  * ran at once: more than one means the connection moved to workers. */
 #define SLOW_MS 20
-static int slow_sleeps;
+static int slow_sleeps, slow_fast;
 static int slow_active, slow_max_active;
 
 static int
@@ -1596,7 +1600,9 @@ slowpoke_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
          !__atomic_compare_exchange_n(&slow_max_active, &max, now, 0,
                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
     ;
-  if (slow_sleeps)
+  if (slow_fast)
+    ;                           /* as quick as a read can be */
+  else if (slow_sleeps)
     nanosleep(&ts, NULL);
   else {
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1660,6 +1666,7 @@ setup_config_slow(void)
   ck_assert_msg(engine_export_finish(cfg.exports, err, sizeof err) == 0,
                 "finish: %s", err);
   slow_active = slow_max_active = 0;
+  slow_sleeps = slow_fast = 0;
 }
 
 /* Sends n reads at once, then reads the n replies (in any order). */
@@ -1856,6 +1863,35 @@ START_TEST(test_client_gone_without_disc_after_write_flushes)
 }
 END_TEST
 
+/* A client that reads its replies slowly makes the server's sends wait,
+ * asleep, for over 1 ms each; that is not the layer blocking, and must not
+ * move the connection to workers. */
+START_TEST(test_rarely_blocking_layer_with_slow_client_stays_inline)
+{
+  struct timespec ts = { 0, 3 * 1000000L };
+  unsigned char h[16];
+  unsigned char *d = xmalloc(1 << 20);
+  struct tc t;
+  unsigned i;
+
+  slow_fast = 1;
+  tc_connect(&t, "", 0, 0);
+  for (i = 0; i < 64; i++)
+    req_send(&t, 0, NBD_CMD_READ, i, 0, 1 << 20, NULL);
+  for (i = 0; i < 64; i++) {
+    nanosleep(&ts, NULL);
+    cl_read(&t, h, sizeof h);
+    ck_assert_uint_eq(wire_get32(h), NBD_SIMPLE_REPLY_MAGIC);
+    ck_assert_uint_eq(wire_get32(h + 4), 0);
+    cl_read(&t, d, 1 << 20);
+  }
+  ck_assert_msg(__atomic_load_n(&t.c->nworkers, __ATOMIC_SEQ_CST) == 0,
+                "moved to workers because the client read slowly");
+  free(d);
+  tc_end(&t);
+}
+END_TEST
+
 static Suite *
 protocol_suite(void)
 {
@@ -1908,6 +1944,7 @@ protocol_suite(void)
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, test_rarely_blocking_layer_that_sleeps_moves_to_workers);
   tcase_add_test(tc, test_rarely_blocking_layer_slow_on_cpu_stays_inline);
+  tcase_add_test(tc, test_rarely_blocking_layer_with_slow_client_stays_inline);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("flush at close");
