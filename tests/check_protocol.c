@@ -1649,8 +1649,9 @@ static const struct nbd_layer_ops slowpoke_ops = {
   NBD_REQUIRED_METHODS(slowpoke)
 };
 
+/* The default export served by one test-only backend. */
 static void
-setup_config_slow(void)
+setup_config_backend(const struct nbd_layer_ops *ops)
 {
   struct nbd_layer *l;
   char err[256] = "";
@@ -1658,13 +1659,19 @@ setup_config_slow(void)
   config_defaults(&cfg);
   cfg.threads = 16;
   cfg.handshake_timeout = UINT64_C(5) * 1000000000;
-  l = engine_layer_new(&slowpoke_ops, "");
+  l = engine_layer_new(ops, "");
   ck_assert_ptr_nonnull(l);
   cfg.exports = engine_export_new("");
   ck_assert_ptr_nonnull(cfg.exports);
   engine_export_push(cfg.exports, l);
   ck_assert_msg(engine_export_finish(cfg.exports, err, sizeof err) == 0,
                 "finish: %s", err);
+}
+
+static void
+setup_config_slow(void)
+{
+  setup_config_backend(&slowpoke_ops);
   slow_active = slow_max_active = 0;
   slow_sleeps = slow_fast = 0;
 }
@@ -1794,19 +1801,7 @@ static const struct nbd_layer_ops slowflush_ops = {
 static void
 setup_config_slowflush(void)
 {
-  struct nbd_layer *l;
-  char err[256] = "";
-
-  config_defaults(&cfg);
-  cfg.threads = 16;
-  cfg.handshake_timeout = UINT64_C(5) * 1000000000;
-  l = engine_layer_new(&slowflush_ops, "");
-  ck_assert_ptr_nonnull(l);
-  cfg.exports = engine_export_new("");
-  ck_assert_ptr_nonnull(cfg.exports);
-  engine_export_push(cfg.exports, l);
-  ck_assert_msg(engine_export_finish(cfg.exports, err, sizeof err) == 0,
-                "finish: %s", err);
+  setup_config_backend(&slowflush_ops);
   flushes_started = flushes_done = 0;
 }
 
