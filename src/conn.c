@@ -144,6 +144,33 @@ conn_fill(struct nbd_conn *c)
   return 0;
 }
 
+/* Before a large payload is waited for asleep: takes what arrives within
+ * the poll time of the last piece, without sleeping.  A client's 1 MiB
+ * write comes in pieces of its socket send buffer (208 KiB by default),
+ * and a blocking recv sleeps and wakes for each; perf put 16% of the
+ * server's CPU for 1 MiB qd 16 writes in those waits.  Polling through
+ * them: 3257-4548 -> 3680-4708 MiB/s over 6 alternated runs, at about the
+ * same CPU per request.  Only inline connections (obuf set) poll, as in
+ * conn_spin.  Returns the bytes still missing, or -1 on EOF or error. */
+static ssize_t
+conn_spin_payload(struct nbd_conn *c, char *p, size_t len)
+{
+  uint64_t t0 = conn_now_ns();
+  ssize_t r;
+
+  while (len > 0 && conn_now_ns() - t0 < c->cfg->poll) {
+    r = recv(c->fd, p, len, MSG_DONTWAIT);
+    if (r > 0) {
+      p += r;
+      len -= (size_t)r;
+      t0 = conn_now_ns();
+    } else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK &&
+                          errno != EINTR))
+      return -1;
+  }
+  return (ssize_t)len;
+}
+
 int
 conn_read(struct nbd_conn *c, void *buf, size_t len)
 {
@@ -164,6 +191,15 @@ conn_read(struct nbd_conn *c, void *buf, size_t len)
       ssize_t r;
       if (c->olen && conn_flush(c) == -1)
         return -1;
+      if (c->obuf && c->deadline == 0 && c->cfg->poll) {
+        ssize_t left = conn_spin_payload(c, p, len);
+        if (left == -1)
+          return -1;
+        p += len - (size_t)left;
+        len = (size_t)left;
+        if (len == 0)
+          break;
+      }
       do {
         if (conn_before_read(c) == -1)
           return -1;
