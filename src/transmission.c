@@ -354,7 +354,27 @@ struct tx_timing {
   int slept;                    /* out: nvcsw given and over 1 ms asleep */
 };
 
-static long tx_voluntary_switches(void);
+/* Times this thread went to sleep by itself (I/O, a lock), as opposed to
+ * being preempted. */
+static long
+tx_voluntary_switches(void)
+{
+  struct rusage ru;
+
+  return getrusage(RUSAGE_THREAD, &ru) == 0 ? ru.ru_nvcsw : 0;
+}
+
+/* Ends the timing of tm (NULL: none): how long since t0, and whether the
+ * thread slept meanwhile, when that was asked and it took over 1 ms. */
+static void
+tx_timing_stop(struct tx_timing *tm)
+{
+  if (tm == NULL)
+    return;
+  tm->took = conn_now_ns() - tm->t0;
+  tm->slept = tm->nvcsw >= 0 && tm->took > TX_SLOW_NS &&
+              tx_voluntary_switches() > tm->nvcsw;
+}
 
 /* Runs a validated request and sends its reply; -1 if the reply could not
  * be written (the connection is then dead).  tm (or NULL) times the
@@ -395,13 +415,10 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r, struct tx_timing *tm)
     break;
   case NBD_CMD_BLOCK_STATUS:
     ret = tx_block_status(c, r);
+    tx_timing_stop(tm);         /* with its reply: rare enough */
     goto out;
   }
-  if (tm) {
-    tm->took = conn_now_ns() - tm->t0;
-    tm->slept = tm->nvcsw >= 0 && tm->took > TX_SLOW_NS &&
-                tx_voluntary_switches() > tm->nvcsw;
-  }
+  tx_timing_stop(tm);
   if (err < 0)
     ret = tx_error_reply(c, r, err);
   else if (r->type == NBD_CMD_READ)
@@ -410,11 +427,6 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r, struct tx_timing *tm)
   else
     ret = tx_simple_reply(c, r, 0, NULL, 0);
 out:
-  if (tm && r->type == NBD_CMD_BLOCK_STATUS) {
-    tm->took = conn_now_ns() - tm->t0;  /* with its reply, rare enough */
-    tm->slept = tm->nvcsw >= 0 && tm->took > TX_SLOW_NS &&
-                tx_voluntary_switches() > tm->nvcsw;
-  }
   if (locked)
     pthread_mutex_unlock(&c->exp->lock);
   return ret;
@@ -531,16 +543,6 @@ struct tx_adapt {
 };
 
 /* ---- inline or workers ------------------------------------------------------ */
-
-/* Times this thread went to sleep by itself (I/O, a lock), as opposed to
- * being preempted. */
-static long
-tx_voluntary_switches(void)
-{
-  struct rusage ru;
-
-  return getrusage(RUSAGE_THREAD, &ru) == 0 ? ru.ru_nvcsw : 0;
-}
 
 /* For stacks that rarely block: decides, after each inline request, whether
  * the connection should move to workers.  A request over 1 ms is only a
