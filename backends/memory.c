@@ -59,6 +59,7 @@
 #define MEMORY_SLAB_MAX   ((size_t)64 << 20)
 #define MEMORY_BATCH      256   /* pages released per madvise pass */
 #define MEMORY_RELEASE_RUN 32   /* pages: returned to the kernel from 1 MiB */
+#define MEMORY_PULL_PAGES 64    /* whole pages read per recvmsg: 2 MiB */
 
 struct memory_conf {
   uint64_t size;
@@ -428,6 +429,128 @@ memory_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
   return 0;
 }
 
+/* Puts page fresh, just filled whole from the client, in place of page
+ * idx, and adds the page it replaced (or fresh itself, when it is not
+ * used) to old[*nold].  Zeros landing on a hole leave the hole, as in
+ * memory_write_page.  The write lock waits out threads still copying from
+ * or into the replaced page. */
+static int
+memory_swap_page(struct memory_store *s, uint64_t idx, void *fresh,
+                 void **old, size_t *nold)
+{
+  struct memory_node *leaf = memory_leaf(s, idx, 0, NULL);
+  _Atomic(void *) *slot;
+  pthread_rwlock_t *lock;
+  void *p;
+
+  if (leaf == NULL || atomic_load_explicit(&leaf->slot[idx & MEMORY_NODE_MASK],
+                                           memory_order_relaxed) == NULL) {
+    if (nbd_is_zero(fresh, MEMORY_PAGE_SIZE)) {
+      old[(*nold)++] = fresh;
+      return 0;
+    }
+    if (leaf == NULL && (leaf = memory_leaf(s, idx, 1, NULL)) == NULL) {
+      old[(*nold)++] = fresh;
+      return -ENOMEM;
+    }
+  }
+  slot = &leaf->slot[idx & MEMORY_NODE_MASK];
+  lock = memory_lock(s, idx);
+  pthread_rwlock_wrlock(lock);
+  p = atomic_exchange_explicit(slot, fresh, memory_order_acq_rel);
+  pthread_rwlock_unlock(lock);
+  if (p)
+    old[(*nold)++] = p;
+  return 0;
+}
+
+/* Writes whose payload is still in the socket: whole pages are read from
+ * the client straight into fresh pages (one recvmsg per 2 MiB), which then
+ * replace the old ones.  That saves copying every byte a second time,
+ * which perf put at 21% of the server's CPU for 1 MiB writes.  Nothing is
+ * locked and nothing changes until the whole payload is in, so a slow
+ * client holds up nobody, and one that vanishes mid-payload changes
+ * nothing.  The parts of pages at either end (under 64 KiB together) are
+ * read into a buffer and copied with memory_write_page. */
+static int
+memory_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
+                   struct nbd_source *src, uint32_t count, uint64_t offset,
+                   uint32_t flags)
+{
+  struct memory_store *s = self->layer->state;
+  unsigned char part[2 * MEMORY_PAGE_SIZE];
+  void *fresh_small[MEMORY_PULL_PAGES], *old_small[MEMORY_PULL_PAGES];
+  void **fresh = fresh_small, **old = old_small;
+  struct iovec iov[MEMORY_PULL_PAGES + 2];
+  uint32_t in = offset & MEMORY_PAGE_MASK, head, tail, nb, got = 0, k, n;
+  uint64_t idx;
+  size_t nold = 0;
+  int r = 0;
+
+  head = in || count < MEMORY_PAGE_SIZE
+         ? (MEMORY_PAGE_SIZE - in < count ? MEMORY_PAGE_SIZE - in : count)
+         : 0;
+  nb = (count - head) >> MEMORY_PAGE_SHIFT;
+  tail = count - head - (nb << MEMORY_PAGE_SHIFT);
+  if (nb > MEMORY_PULL_PAGES) {
+    fresh = malloc(nb * sizeof *fresh);
+    old = malloc(nb * sizeof *old);
+    if (fresh == NULL || old == NULL) {
+      r = -ENOMEM;
+      goto out;
+    }
+  }
+  for (got = 0; got < nb; got++)
+    if ((fresh[got] = memory_page_alloc(s)) == NULL) {
+      r = -ENOMEM;
+      goto out;
+    }
+
+  /* The payload, in order: head, whole pages, tail. */
+  for (k = 0, n = 0; k < nb + 2 && r == 0; k++) {
+    if (k == 0 || k == nb + 1) {
+      iov[n].iov_base = k == 0 ? part : part + head;
+      iov[n].iov_len = k == 0 ? head : tail;
+    } else {
+      iov[n].iov_base = fresh[k - 1];
+      iov[n].iov_len = MEMORY_PAGE_SIZE;
+    }
+    if (iov[n].iov_len)
+      n++;
+    if (n == MEMORY_PULL_PAGES + 2 || k == nb + 1) {
+      r = nbd_source_readv(src, iov, (int)n);
+      n = 0;
+    }
+  }
+  if (r < 0)
+    goto out;
+
+  idx = offset >> MEMORY_PAGE_SHIFT;
+  if (head && (r = memory_write_page(s, idx, part, in, head, 0)) < 0)
+    goto out;
+  if (head)
+    idx++;
+  for (k = 0; k < nb; k++) {
+    if (r == 0)
+      r = memory_swap_page(s, idx + k, fresh[k], old, &nold);
+    else
+      old[nold++] = fresh[k];
+  }
+  got = 0;                      /* every fresh page is placed or in old */
+  if (r == 0 && tail)
+    r = memory_write_page(s, idx + nb, part + head, 0, tail, 0);
+out:
+  for (k = 0; k < got; k++)
+    old[nold++] = fresh[k];
+  if (nold)
+    memory_page_put(s, old, nold);
+  if (fresh != fresh_small) {
+    free(fresh);
+    free(old);
+  }
+  return r;
+}
+
 /* Trim and zero: whole pages are freed (or, with alloc, provisioned and
  * zeroed), partial pages zeroed; missing subtrees are skipped whole. */
 static int
@@ -638,4 +761,5 @@ NBD_REGISTER_BACKEND(memory,
   .magic_param = "size",
   .setup = memory_setup,
   .cleanup = memory_cleanup,
+  .pwrite_from = memory_pwrite_from,
 );

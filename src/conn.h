@@ -25,6 +25,8 @@ struct nbd_request {
   uint32_t count;
   char *buf;                    /* payload of a write, data of a read */
   size_t bufcap;
+  int pull;                     /* a write whose payload is still in the
+                                   socket, for the stack's pwrite_from */
   struct nbd_request *next;     /* queue / free list */
 };
 
@@ -91,6 +93,8 @@ void conn_release_export(struct nbd_conn *c);
 uint64_t conn_now_ns(void);
 /* Reads exactly len bytes (buffered); 0, or -1 on EOF/error. */
 int conn_read(struct nbd_conn *c, void *buf, size_t len);
+/* The same into every iovec, in order (the array is changed). */
+int conn_readv(struct nbd_conn *c, struct iovec *iov, int n);
 /* Discards len bytes of input; 0 or -1. */
 int conn_skip(struct nbd_conn *c, size_t len);
 /* Writes all iovecs under the reply lock (into the batch when batching);

@@ -371,6 +371,98 @@ next_pwrite(struct nbd_ctx *c, const void *buf, uint32_t count,
   return engine_after_write(c, r, flush);
 }
 
+/* ---- write payloads still in the socket ---------------------------------- */
+
+int
+nbd_source_readv(struct nbd_source *src, struct iovec *iov, int n)
+{
+  uint64_t len = 0;
+  int i;
+
+  if (src->failed)
+    return -EIO;
+  for (i = 0; i < n; i++)
+    len += iov[i].iov_len;
+  if (len > src->left)
+    return -EINVAL;
+  if (len == 0)
+    return 0;
+  if (src->readv(src, iov, n) == -1) {
+    src->failed = 1;
+    return -EIO;
+  }
+  src->left -= len;
+  return 0;
+}
+
+int
+nbd_source_read(struct nbd_source *src, void *buf, size_t len)
+{
+  struct iovec iov = { buf, len };
+
+  return nbd_source_readv(src, &iov, 1);
+}
+
+int
+nbd_source_skip(struct nbd_source *src, uint64_t len)
+{
+  char tmp[8192];
+  int r = 0;
+
+  while (len > 0 && r == 0) {
+    size_t n = len < sizeof tmp ? (size_t)len : sizeof tmp;
+    r = nbd_source_read(src, tmp, n);
+    len -= n;
+  }
+  return r;
+}
+
+/* pwrite through a buffer, for a layer without pwrite_from. */
+static int
+engine_pwrite_buffered(struct nbd_ctx *c, struct nbd_source *src,
+                       uint32_t count, uint64_t offset, uint32_t flags)
+{
+  void *buf = malloc(count ? count : 1);
+  int r;
+
+  if (buf == NULL)
+    return -ENOMEM;
+  r = nbd_source_read(src, buf, count);
+  if (r == 0)
+    r = c->layer->ops->pwrite(c, c->next, buf, count, offset, flags);
+  free(buf);
+  return r;
+}
+
+int
+next_pwrite_from(struct nbd_ctx *c, struct nbd_source *src, uint32_t count,
+                 uint64_t offset, uint32_t flags)
+{
+  uint64_t end = src->left - (src->left < count ? src->left : count);
+  int r, flush = 0;
+
+  if (!c->can_write)
+    r = -EPERM;
+  else if ((r = engine_check_range(c, count, offset, ENOSPC)) == 0 &&
+           (r = engine_check_payload(c, count)) == 0 &&
+           (r = engine_fua(c, &flags, &flush)) == 0) {
+    if (src->left < count)
+      r = -EINVAL;
+    else if (c->layer->ops->pwrite_from)
+      r = c->layer->ops->pwrite_from(c, c->next, src, count, offset, flags);
+    else
+      r = engine_pwrite_buffered(c, src, count, offset, flags);
+  }
+  /* What the layer did not take of these count bytes must still leave
+   * the socket. */
+  if (!src->failed && src->left > end) {
+    int s = nbd_source_skip(src, src->left - end);
+    if (r == 0)
+      r = s;
+  }
+  return engine_after_write(c, r, flush);
+}
+
 int
 next_flush(struct nbd_ctx *c, uint32_t flags)
 {

@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/uio.h>
 
 #include "methods_gen.h"
 
@@ -193,6 +194,28 @@ int nbd_extents_add(struct nbd_extents *e, uint64_t offset, uint64_t length,
 int nbd_extents_shifted(struct nbd_ctx *next, uint32_t count, uint64_t offset,
                         uint64_t shift, uint32_t flags,
                         struct nbd_extents *extents);
+
+/* ---- write payloads still in the socket (pwrite_from) ------------------ */
+
+/* The payload of one write, handed to a layer's pwrite_from instead of a
+ * buffer, so the layer can read it straight into its own storage.  The
+ * layer takes exactly count bytes, in order, with nbd_source_readv or
+ * nbd_source_read; the engine discards whatever it leaves.  A failed read
+ * means the client is gone: return any error, the connection then closes
+ * without a reply. */
+struct nbd_source {
+  /* Set by the engine: reads every byte the iovecs describe (the array
+   * may be changed); 0, or -1 when the connection failed. */
+  int (*readv)(struct nbd_source *src, struct iovec *iov, int n);
+  uint64_t left;              /* payload bytes not read yet */
+  int failed;                 /* a read failed: the connection is dead */
+};
+
+/* 0, -EIO (the connection failed) or -EINVAL (more than is left). */
+int nbd_source_readv(struct nbd_source *src, struct iovec *iov, int n);
+int nbd_source_read(struct nbd_source *src, void *buf, size_t len);
+/* Reads and drops len bytes. */
+int nbd_source_skip(struct nbd_source *src, uint64_t len);
 
 /* ---- registration ------------------------------------------------------ */
 

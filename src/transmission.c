@@ -376,6 +376,18 @@ tx_timing_stop(struct tx_timing *tm)
               tx_voluntary_switches() > tm->nvcsw;
 }
 
+/* The payload of a write, read from the socket as the stack asks. */
+struct tx_source {
+  struct nbd_source src;
+  struct nbd_conn *c;
+};
+
+static int
+tx_source_readv(struct nbd_source *src, struct iovec *iov, int n)
+{
+  return conn_readv(((struct tx_source *)src)->c, iov, n);
+}
+
 /* Runs a validated request and sends its reply; -1 if the reply could not
  * be written (the connection is then dead).  tm (or NULL) times the
  * stack. */
@@ -397,7 +409,15 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r, struct tx_timing *tm)
     break;
   case NBD_CMD_WRITE:
     __atomic_store_n(&c->wrote, 1, __ATOMIC_RELAXED);
-    err = next_pwrite(t, r->buf, r->count, r->offset, fl);
+    if (r->pull) {
+      struct tx_source src = { { tx_source_readv, r->count, 0 }, c };
+      err = next_pwrite_from(t, &src.src, r->count, r->offset, fl);
+      if (src.src.failed) {
+        ret = -1;               /* the client went away mid-payload */
+        goto out;
+      }
+    } else
+      err = next_pwrite(t, r->buf, r->count, r->offset, fl);
     break;
   case NBD_CMD_FLUSH:
     err = next_flush(t, 0);
@@ -572,7 +592,8 @@ tx_adapt(struct tx_adapt *a, const struct tx_timing *tm)
 /* Reads one request header and its payload.  Returns 0, 1 on DISC, -1 to
  * close (EOF, violation).  *verr is the validation result. */
 static int
-tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr)
+tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
+                int pull)
 {
   unsigned char h[28];
 
@@ -591,8 +612,13 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr)
   if (r->type == NBD_CMD_DISC)
     return 1;
   *verr = tx_validate(c, r);
+  r->pull = 0;
   if (r->type != NBD_CMD_WRITE)
     return 0;
+  if (pull && *verr == 0) {
+    r->pull = 1;                /* tx_execute reads it */
+    return 0;
+  }
   /* The payload follows whatever we think of the request. */
   if (r->count > c->max_payload) {
     if (r->count > 2 * NBD_MAX_PAYLOAD) {
@@ -618,6 +644,11 @@ transmission_run(struct nbd_conn *c)
                        c->cfg->inline_requests);
   /* "Rarely blocks": inline until a request turns out slow. */
   int adaptive = !serial && e->nonblocking == NBD_RARELY_BLOCKS;
+  /* Writes whose top layer reads the payload itself (pwrite_from), when
+   * nothing else can wait on that read: inline, never moving to workers,
+   * and no lock across connections held meanwhile. */
+  int pull = inl && !adaptive && e->model != NBD_SERIALIZE_ALL_REQUESTS &&
+             c->top->layer->ops->pwrite_from != NULL;
   struct nbd_request *r;
   int verr = 0, rr;
   struct tx_timing tm = { 0, -1, 0, 0 };
@@ -634,7 +665,7 @@ transmission_run(struct nbd_conn *c)
     r = tx_get_request(c);
     if (r == NULL)
       break;
-    rr = tx_read_request(c, r, &verr);
+    rr = tx_read_request(c, r, &verr, pull);
     if (rr != 0 || verr != 0) {
       if (rr == 0 && tx_error_reply(c, r, verr) == -1)
         rr = -1;

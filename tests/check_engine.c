@@ -798,6 +798,88 @@ END_TEST
 
 /* ---- suite ----------------------------------------------------------------- */
 
+/* ---- pwrite_from: writes whose payload is still in the socket ----------- */
+
+/* The recorder has no pwrite_from: the engine reads the payload into a
+ * buffer and calls pwrite, with FUA emulated as for pwrite. */
+START_TEST(test_pwrite_from_falls_back_to_pwrite)
+{
+  struct testlib_source src;
+  struct nbd_ctx *top;
+
+  engine_caps.can_fua = NBD_FUA_EMULATE;
+  top = engine_open_caps();
+  testlib_pattern(engine_buf, 8192, 4096);
+  testlib_source_init(&src, engine_buf, 8192, SIZE_MAX);
+  ck_assert_int_eq(next_pwrite_from(top, &src.src, 8192, 4096,
+                                    NBD_FLAG_FUA), 0);
+  ck_assert_str_eq(testlib_log(), "pwrite 4096+8192 flags=0; flush");
+  ck_assert_uint_eq(src.src.left, 0);
+  ck_assert_mem_eq(engine_s.rec->ram + 4096, engine_buf, 8192);
+}
+END_TEST
+
+/* A refused write still takes its payload off the socket, or the next
+ * request would be read from the middle of it. */
+START_TEST(test_pwrite_from_refused_still_takes_the_payload)
+{
+  struct testlib_source src;
+  struct nbd_ctx *top = engine_open_caps();
+
+  testlib_source_init(&src, engine_buf, 4096, SIZE_MAX);
+  ck_assert_int_eq(next_pwrite_from(top, &src.src, 4096,
+                                    (uint64_t)engine_caps.size - 100, 0),
+                   -ENOSPC);
+  ck_assert_uint_eq(src.src.left, 0);
+  ck_assert_uint_eq(src.pos, 4096);
+  ck_assert_uint_eq(engine_s.rec->calls[NBD_METHOD_PWRITE], 0);
+  testlib_stack_free(&engine_s);
+  engine_caps.can_write = 0;
+  top = engine_open_caps();
+  testlib_source_init(&src, engine_buf, 4096, SIZE_MAX);
+  ck_assert_int_eq(next_pwrite_from(top, &src.src, 4096, 0, 0), -EPERM);
+  ck_assert_uint_eq(src.src.left, 0);
+}
+END_TEST
+
+/* Only the request's own bytes are taken: a layer may hand one payload to
+ * several calls. */
+START_TEST(test_pwrite_from_takes_only_its_count)
+{
+  struct testlib_source src;
+  struct nbd_ctx *top = engine_open_caps();
+
+  testlib_pattern(engine_buf, 8192, 0);
+  testlib_source_init(&src, engine_buf, 8192, SIZE_MAX);
+  engine_s.rec->fail[NBD_METHOD_PWRITE] = -EIO;
+  ck_assert_int_eq(next_pwrite_from(top, &src.src, 4096, 0, 0), -EIO);
+  ck_assert_uint_eq(src.src.left, 4096);
+  engine_s.rec->fail[NBD_METHOD_PWRITE] = 0;
+  ck_assert_int_eq(next_pwrite_from(top, &src.src, 4096, 4096, 0), 0);
+  ck_assert_uint_eq(src.src.left, 0);
+  ck_assert_mem_eq(engine_s.rec->ram + 4096, engine_buf + 4096, 4096);
+}
+END_TEST
+
+/* A client gone mid-payload: the write fails, nothing more is read, and
+ * the source says the connection is dead; no FUA flush follows. */
+START_TEST(test_pwrite_from_client_gone_fails_without_flush)
+{
+  struct testlib_source src;
+  struct nbd_ctx *top;
+
+  engine_caps.can_fua = NBD_FUA_EMULATE;
+  top = engine_open_caps();
+  testlib_source_init(&src, engine_buf, 8192, 5000);
+  ck_assert_int_lt(next_pwrite_from(top, &src.src, 8192, 0, NBD_FLAG_FUA),
+                   0);
+  ck_assert_int_eq(src.src.failed, 1);
+  ck_assert_uint_eq(src.reads, 1);
+  ck_assert_uint_eq(engine_s.rec->calls[NBD_METHOD_PWRITE], 0);
+  ck_assert_uint_eq(engine_s.rec->calls[NBD_METHOD_FLUSH], 0);
+}
+END_TEST
+
 static TCase *
 engine_tcase(Suite *s, const char *name)
 {
@@ -824,6 +906,12 @@ engine_suite(void)
   tcase_add_test(tc, test_fua_emulate_without_flush_becomes_none);
   tcase_add_test(tc, test_fua_native_kept_when_zero_falls_back_to_writes);
   tcase_add_test(tc, test_fua_native_kept_when_zero_emulated);
+
+  tc = engine_tcase(s, "pwrite_from");
+  tcase_add_test(tc, test_pwrite_from_falls_back_to_pwrite);
+  tcase_add_test(tc, test_pwrite_from_refused_still_takes_the_payload);
+  tcase_add_test(tc, test_pwrite_from_takes_only_its_count);
+  tcase_add_test(tc, test_pwrite_from_client_gone_fails_without_flush);
 
   tc = engine_tcase(s, "zero");
   tcase_add_test(tc, test_zero_emulated_writes_zeros);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "testlib.h"
 
 #define P       ((uint32_t)32768)       /* the store's page size */
 #define PP      ((uint64_t)P)           /* the same, for 64-bit varargs */
@@ -260,6 +261,96 @@ START_TEST(test_connections_share_one_store)
   write_pattern(c, 5000, 123456, 3);
   assert_pattern(c2, 5000, 123456, 3);
   engine_close(c2);
+}
+END_TEST
+
+/* ---- pwrite_from: payloads read straight into the store ---------------- */
+
+/* pwrite_from of the pattern; returns what it returned, source in *src. */
+static int
+write_from(struct nbd_ctx *c, struct testlib_source *src, unsigned char *b,
+           uint32_t count, uint64_t offset, unsigned seed, size_t fail_at)
+{
+  pattern(b, count, offset, seed);
+  testlib_source_init(src, b, count, fail_at);
+  return next_pwrite_from(c, &src->src, count, offset, 0);
+}
+
+/* A partial head page, 100 whole pages (more than one recvmsg's worth)
+ * and a partial tail: two reads (up to 64 whole pages and the ends). */
+START_TEST(test_pwrite_from_reads_back_unaligned_span)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+  const uint64_t off = 3 * PP - 100;
+  const uint32_t len = 100 + 100 * P + 200;
+  unsigned char *b = xmalloc(len);
+  struct testlib_source src;
+
+  write_pattern(c, 4 * P, 2 * PP, 7);           /* old data under part */
+  ck_assert_int_eq(write_from(c, &src, b, len, off, 1, SIZE_MAX), 0);
+  ck_assert_uint_eq(src.src.left, 0);
+  ck_assert_uint_eq(src.reads, 2);
+  assert_pattern(c, len, off, 1);
+  assert_pattern(c, P - 100, 2 * PP, 7);        /* before the write */
+  assert_zero(c, 4096, off + len);
+  ck_assert_str_eq(extents_str(c, 110 * P, 0, 0),
+                   exts(3, (uint64_t)0, 2 * PP, "H", 2 * PP, 102 * PP, "D",
+                        104 * PP, 6 * PP, "H"));
+  free(b);
+}
+END_TEST
+
+START_TEST(test_pwrite_from_zeros_keep_holes_and_replace_data)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+  unsigned char *zero = calloc(1, 4 * P);
+  struct testlib_source src;
+
+  ck_assert_ptr_nonnull(zero);
+  testlib_source_init(&src, zero, 4 * P, SIZE_MAX);
+  ck_assert_int_eq(next_pwrite_from(c, &src.src, 4 * P, 4 * PP, 0), 0);
+  ck_assert_str_eq(extents_str(c, 8 * P, 0, 0), ext(0, 8 * P, "H"));
+  write_pattern(c, 2 * P, 0, 1);
+  testlib_source_init(&src, zero, 2 * P, SIZE_MAX);
+  ck_assert_int_eq(next_pwrite_from(c, &src.src, 2 * P, 0, 0), 0);
+  assert_zero(c, 2 * P, 0);
+  free(zero);
+}
+END_TEST
+
+/* The client goes away mid-payload: nothing changes, not even the part
+ * of the first page that had fully arrived, and the write fails. */
+START_TEST(test_pwrite_from_client_gone_changes_nothing)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+  unsigned char *b = xmalloc(8 * P);
+  struct testlib_source src;
+
+  write_pattern(c, 10 * P, 16 * PP, 1);
+  ck_assert_int_lt(write_from(c, &src, b, 8 * P, 16 * PP + 5, 2, 5 * P + 7),
+                   0);
+  ck_assert_int_eq(src.src.failed, 1);
+  assert_pattern(c, 10 * P, 16 * PP, 1);
+  ck_assert_int_lt(write_from(c, &src, b, 1000, 16 * PP + 5, 2, 999), 0);
+  assert_pattern(c, P, 16 * PP, 1);
+  /* Into holes: they stay holes. */
+  ck_assert_int_lt(write_from(c, &src, b, 8 * P, 64 * PP, 2, 3 * P), 0);
+  ck_assert_str_eq(extents_str(c, 8 * P, 64 * PP, 0), ext(64 * PP, 8 * PP,
+                                                           "H"));
+  free(b);
+}
+END_TEST
+
+START_TEST(test_pwrite_from_read_only_refuses_and_drains)
+{
+  struct nbd_ctx *c = memory_open("1G", 1);
+  unsigned char *b = xmalloc(2 * P);
+  struct testlib_source src;
+
+  ck_assert_int_eq(write_from(c, &src, b, 2 * P, 0, 1, SIZE_MAX), -EPERM);
+  ck_assert_uint_eq(src.src.left, 0);
+  assert_zero(c, 2 * P, 0);
+  free(b);
 }
 END_TEST
 
@@ -624,6 +715,7 @@ static unsigned char *race_image;
 static void *
 race_mutator_main(void *arg)
 {
+  struct testlib_source src;
   long *bad = arg;
   int round, i;
 
@@ -633,6 +725,10 @@ race_mutator_main(void *arg)
       *bad += (round & 1 ? next_zero(mem_ctx, P, off, 0)
                          : next_trim(mem_ctx, P, off, 0)) != 0;
       *bad += next_pwrite(mem_ctx, race_image + off, P, off, 0) != 0;
+      /* A whole-page pwrite_from swaps in a new page: the old one is
+       * recycled (and soon refilled) while readers may still hold it. */
+      testlib_source_init(&src, race_image + off, P, SIZE_MAX);
+      *bad += next_pwrite_from(mem_ctx, &src.src, P, off, 0) != 0;
     }
   __atomic_store_n(&conc_stop, 1, __ATOMIC_RELEASE);
   return NULL;
@@ -686,6 +782,75 @@ START_TEST(test_freeing_pages_under_readers_never_shows_freed_memory)
 }
 END_TEST
 
+/* One thread overwrites a page whole with pwrite_from, over and over,
+ * cycling through three images; each time the replaced page goes to the
+ * free list and the next write takes it straight back and refills it with
+ * another image.  Readers must see one whole image, never a mix: that would be a page
+ * refilled while a reader still copied from it. */
+#ifdef __SANITIZE_THREAD__
+#define SWAP_ROUNDS  2000
+#else
+#define SWAP_ROUNDS  40000
+#endif
+
+static unsigned char *swap_image[3];
+
+static void *
+swap_writer_main(void *arg)
+{
+  struct testlib_source src;
+  long *bad = arg;
+  int i;
+
+  for (i = 0; i < SWAP_ROUNDS; i++) {
+    testlib_source_init(&src, swap_image[i % 3], P, SIZE_MAX);
+    *bad += next_pwrite_from(mem_ctx, &src.src, P, 0, 0) != 0;
+  }
+  __atomic_store_n(&conc_stop, 1, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+static void *
+swap_reader_main(void *arg)
+{
+  unsigned char *got = xmalloc(P);
+  long *bad = arg;
+
+  while (!__atomic_load_n(&conc_stop, __ATOMIC_ACQUIRE)) {
+    *bad += next_pread(mem_ctx, got, P, 0, 0) != 0;
+    *bad += memcmp(got, swap_image[0], P) != 0 &&
+            memcmp(got, swap_image[1], P) != 0 &&
+            memcmp(got, swap_image[2], P) != 0;
+  }
+  free(got);
+  return NULL;
+}
+
+START_TEST(test_replaced_pages_are_not_refilled_under_readers)
+{
+  pthread_t wr, rd[1];
+  long bad[2] = { 0 };
+  int i;
+
+  memory_open("1G", 0);
+  for (i = 0; i < 3; i++) {
+    swap_image[i] = xmalloc(P);
+    pattern(swap_image[i], P, 0, (unsigned)i + 1);
+  }
+  write_pattern(mem_ctx, P, 0, 1);
+  __atomic_store_n(&conc_stop, 0, __ATOMIC_RELEASE);
+  ck_assert_int_eq(pthread_create(&rd[0], NULL, swap_reader_main, &bad[0]),
+                   0);
+  ck_assert_int_eq(pthread_create(&wr, NULL, swap_writer_main, &bad[1]), 0);
+  pthread_join(wr, NULL);
+  pthread_join(rd[0], NULL);
+  ck_assert_int_eq(bad[0], 0);
+  ck_assert_int_eq(bad[1], 0);
+  for (i = 0; i < 3; i++)
+    free(swap_image[i]);
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------- */
 
 static void
@@ -712,6 +877,14 @@ memory_suite(void)
   add(s, "writing zeros to a hole allocates nothing",
       test_writing_zeros_to_a_hole_allocates_nothing);
   add(s, "connections share one store", test_connections_share_one_store);
+  add(s, "pwrite_from reads back an unaligned span",
+      test_pwrite_from_reads_back_unaligned_span);
+  add(s, "pwrite_from zeros keep holes and replace data",
+      test_pwrite_from_zeros_keep_holes_and_replace_data);
+  add(s, "pwrite_from: client gone mid-payload changes nothing",
+      test_pwrite_from_client_gone_changes_nothing);
+  add(s, "pwrite_from on read-only refuses and drains",
+      test_pwrite_from_read_only_refuses_and_drains);
   add(s, "accepts size 2^63-1 and writes near the end",
       test_accepts_size_2_63_minus_1_and_writes_near_the_end);
   add(s, "rejects size 2^63 with a message",
@@ -739,6 +912,8 @@ memory_suite(void)
       test_concurrent_writers_and_readers_keep_pages_intact);
   add(s, "freeing pages under readers never shows freed memory",
       test_freeing_pages_under_readers_never_shows_freed_memory);
+  add(s, "replaced pages are not refilled under readers",
+      test_replaced_pages_are_not_refilled_under_readers);
   return s;
 }
 

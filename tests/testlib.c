@@ -636,3 +636,36 @@ testlib_pattern(void *buf, uint32_t count, uint64_t offset)
   for (i = 0; i < count; i++)
     p[i] = (unsigned char)(((offset + i) * 0x9e3779b97f4a7c15ull) >> 56);
 }
+
+/* ---- write payloads ------------------------------------------------------- */
+
+static int
+testlib_source_readv(struct nbd_source *src, struct iovec *iov, int n)
+{
+  struct testlib_source *s = (struct testlib_source *)src;
+  int i;
+
+  s->reads++;
+  for (i = 0; i < n; i++) {
+    size_t k = iov[i].iov_len;
+    if (s->pos + k > s->fail_at) {
+      memcpy(iov[i].iov_base, s->data + s->pos, s->fail_at - s->pos);
+      s->pos = s->fail_at;
+      return -1;
+    }
+    memcpy(iov[i].iov_base, s->data + s->pos, k);
+    s->pos += k;
+  }
+  return 0;
+}
+
+void
+testlib_source_init(struct testlib_source *s, const void *data, size_t len,
+                    size_t fail_at)
+{
+  memset(s, 0, sizeof *s);
+  s->src.readv = testlib_source_readv;
+  s->src.left = len;
+  s->data = data;
+  s->fail_at = fail_at;
+}

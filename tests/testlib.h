@@ -60,6 +60,18 @@ void testlib_recorder_map(struct testlib_recorder *rec, uint64_t offset,
 struct nbd_layer *testlib_filter_new(const char *name, const char *params,
                                      char *err, size_t errlen);
 
+/* A write payload for next_pwrite_from: len bytes of data.  A read that
+ * reaches byte fail_at fills up to it and fails, like a client that went
+ * away mid-payload (fail_at >= len: never). */
+struct testlib_source {
+  struct nbd_source src;
+  const unsigned char *data;
+  size_t pos, fail_at;
+  unsigned reads;                 /* readv calls */
+};
+void testlib_source_init(struct testlib_source *s, const void *data,
+                         size_t len, size_t fail_at);
+
 /* A whole stack: filters over a recorder, opened as one connection. */
 struct testlib_stack {
   struct nbd_export *exp;

@@ -620,6 +620,15 @@ def t_half_request_then_close():
     c.close()
 
 
+def t_write_cut_over_data():
+    # The payload stops 300 KiB into a 512 KiB write over the reference
+    # data (unaligned, so it starts and ends mid-page), and the client goes.
+    # memory reads payloads straight into its pages; none may change.
+    c = connect_go(srv.sock)
+    c.request(CMD_WRITE, REF_OFF + 100, 512 * 1024, 0, b"\x22" * (300 * 1024))
+    time.sleep(0.2)
+    c.close()
+
 # ---- exports by name (needs the config file: nbdstack only) -------------------
 
 def t_config_list_and_names():
@@ -685,6 +694,7 @@ hostile("WRITE of 33 MiB (over maximum) -> error or close, nothing applied", t_w
 hostile("WRITE declaring 1 GiB -> connection closed, nothing applied", t_write_huge)
 hostile("WRITE declaring 0xffffffff bytes -> connection closed", t_write_ffffffff)
 hostile("truncated requests then close", t_half_request_then_close)
+hostile("WRITE over data, payload cut short -> nothing applied", t_write_cut_over_data)
 hostile("200 rapid connect/disconnects", t_storm)
 C.run("config: LIST both exports, INFO description, offset range, EXPORT_NAME vm1",
       t_config_list_and_names)
