@@ -186,6 +186,14 @@ offset_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
 }
 
 static int
+offset_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
+                   struct nbd_source *src, uint32_t count, uint64_t offset,
+                   uint32_t flags)
+{
+  return next_pwrite_from(next, src, count, offset + offset_of(self), flags);
+}
+
+static int
 offset_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
             uint64_t offset, uint32_t flags)
 {
@@ -235,6 +243,7 @@ NBD_REGISTER_FILTER(offset,
   .conf_size = sizeof(struct offset_conf),
   .thread_model = NBD_PARALLEL,
   .nonblocking = NBD_NEVER_BLOCKS,
+  .pwrite_from = offset_pwrite_from,
   .setup = offset_setup,
   .prepare = offset_prepare,
 );

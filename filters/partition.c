@@ -521,6 +521,15 @@ partition_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
 }
 
 static int
+partition_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
+                      struct nbd_source *src, uint32_t count,
+                      uint64_t offset, uint32_t flags)
+{
+  return next_pwrite_from(next, src, count,
+                          offset + partition_offset(self), flags);
+}
+
+static int
 partition_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
                uint64_t offset, uint32_t flags)
 {
@@ -571,6 +580,7 @@ NBD_REGISTER_FILTER(partition,
   .conf_size = sizeof(struct partition_conf),
   .thread_model = NBD_PARALLEL,
   .nonblocking = NBD_NEVER_BLOCKS,
+  .pwrite_from = partition_pwrite_from,
   .magic_param = "partition",
   .setup = partition_setup,
   .prepare = partition_prepare,

@@ -208,6 +208,8 @@ engine_cache_caps(struct nbd_ctx *c, int readonly, char *err, size_t errlen)
   }
   if (c->can_zero != NBD_ZERO_NATIVE)
     c->can_fast_zero = 0;
+  c->pull = c->can_write && o->pwrite_from != NULL &&
+            (n == NULL || n->pull);
 #undef ENGINE_ASK
   return 0;
 }

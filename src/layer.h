@@ -160,6 +160,9 @@ struct nbd_ctx {
   uint32_t min_block, pref_block, max_block; /* 0 = no constraint */
   int can_write, can_flush, can_trim, can_zero, can_fast_zero, can_fua;
   int can_cache, can_extents, can_multi_conn, is_rotational;
+  /* pwrite_from reaches a layer that reads payloads itself: a backend
+   * with pwrite_from, through filters that have it too. */
+  int pull;
 };
 
 /* True when the parameter called name was given in the config. */

@@ -648,7 +648,7 @@ transmission_run(struct nbd_conn *c)
    * nothing else can wait on that read: inline, never moving to workers,
    * and no lock across connections held meanwhile. */
   int pull = inl && !adaptive && e->model != NBD_SERIALIZE_ALL_REQUESTS &&
-             c->top->layer->ops->pwrite_from != NULL;
+             c->top->pull;
   struct nbd_request *r;
   int verr = 0, rr;
   struct tx_timing tm = { 0, -1, 0, 0 };

@@ -354,6 +354,55 @@ START_TEST(test_pwrite_from_read_only_refuses_and_drains)
 }
 END_TEST
 
+/* Through an offset filter the stack still pulls payloads into memory's
+ * pages; a read-only connection does not. */
+START_TEST(test_pwrite_from_through_offset_filter)
+{
+  const struct nbd_layer_ops *fops = registry_find(NBD_LAYER_FILTER,
+                                                   "offset");
+  struct nbd_layer *f;
+  struct nbd_ctx *c, *ro;
+  unsigned char *b = xmalloc(4 * P);
+  struct testlib_source src;
+  char err[256] = "";
+
+  struct nbd_layer *m;
+
+  if (fops == NULL)             /* offset not compiled in */
+    return;
+  f = engine_layer_new(fops, "");
+  m = engine_layer_new(registry_find(NBD_LAYER_BACKEND, "memory"), "");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_ptr_nonnull(m);
+  ck_assert_int_eq(params_set(f, "offset", "1M", err, sizeof err), 0);
+  ck_assert_int_eq(params_set(m, "size", "1G", err, sizeof err), 0);
+  ck_assert_msg(engine_layer_setup(m, err, sizeof err) == 0, "%s", err);
+  ck_assert_msg(engine_layer_setup(f, err, sizeof err) == 0, "%s", err);
+  mem_exp = engine_export_new("");
+  engine_export_push(mem_exp, f);
+  engine_export_push(mem_exp, m);
+  ck_assert_int_eq(engine_export_finish(mem_exp, err, sizeof err), 0);
+  mem_ctx = c = engine_open(mem_exp, 0, NULL, err, sizeof err);
+  ck_assert_msg(c != NULL, "%s", err);
+  ck_assert_int_eq(c->pull, 1);
+  ck_assert_int_eq(c->next->pull, 1);
+  ck_assert_int_eq(write_from(c, &src, b, 4 * P, 0, 3, SIZE_MAX), 0);
+  ck_assert_uint_eq(src.reads, 1);
+  pattern(b, 4 * P, 0, 3);
+  {
+    unsigned char *got = xmalloc(4 * P);
+    ck_assert_int_eq(next_pread(c->next, got, 4 * P, MIB, 0), 0);
+    ck_assert_mem_eq(got, b, 4 * P);
+    free(got);
+  }
+  ro = engine_open(mem_exp, 1, NULL, err, sizeof err);
+  ck_assert_msg(ro != NULL, "%s", err);
+  ck_assert_int_eq(ro->pull, 0);
+  engine_close(ro);
+  free(b);
+}
+END_TEST
+
 /* ---- size ------------------------------------------------------------- */
 
 START_TEST(test_accepts_size_2_63_minus_1_and_writes_near_the_end)
@@ -885,6 +934,8 @@ memory_suite(void)
       test_pwrite_from_client_gone_changes_nothing);
   add(s, "pwrite_from on read-only refuses and drains",
       test_pwrite_from_read_only_refuses_and_drains);
+  add(s, "pwrite_from through an offset filter",
+      test_pwrite_from_through_offset_filter);
   add(s, "accepts size 2^63-1 and writes near the end",
       test_accepts_size_2_63_minus_1_and_writes_near_the_end);
   add(s, "rejects size 2^63 with a message",

@@ -81,6 +81,23 @@ START_TEST(test_pwrite_writes_at_offset)
 }
 END_TEST
 
+/* pwrite_from is shifted like pwrite; the recorder reads no payloads
+ * itself, so the engine buffers it, and the stack does not pull. */
+START_TEST(test_pwrite_from_writes_at_offset)
+{
+  struct nbd_ctx *top = offset_open("offset offset=1M");
+  struct testlib_source src;
+
+  ck_assert_int_eq(top->pull, 0);
+  testlib_pattern(offset_buf, 4096, 0);
+  testlib_source_init(&src, offset_buf, 4096, SIZE_MAX);
+  ck_assert_int_eq(next_pwrite_from(top, &src.src, 4096, 0, 0), 0);
+  ck_assert_str_eq(testlib_log(), "pwrite 1048576+4096 flags=0");
+  ck_assert_mem_eq(offset_s.rec->ram + MIB, offset_buf, 4096);
+  ck_assert(nbd_is_zero(offset_s.rec->ram, MIB));
+}
+END_TEST
+
 START_TEST(test_trim_zero_cache_at_offset)
 {
   struct nbd_ctx *top = offset_open("offset offset=1M");
@@ -543,6 +560,7 @@ offset_suite(void)
   tc = offset_tcase(s, "datapath");
   tcase_add_test(tc, test_pread_reads_at_offset);
   tcase_add_test(tc, test_pwrite_writes_at_offset);
+  tcase_add_test(tc, test_pwrite_from_writes_at_offset);
   tcase_add_test(tc, test_trim_zero_cache_at_offset);
   tcase_add_test(tc, test_flush_passes_through);
   tcase_add_test(tc, test_fua_native_flag_passes_through);

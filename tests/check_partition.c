@@ -733,6 +733,27 @@ START_TEST(test_filter_trim_zero_cache_flush)
 }
 END_TEST
 
+START_TEST(test_filter_pwrite_from_lands_at_partition_start)
+{
+  struct nbd_ctx *top = part_open("partition partition=5");
+  uint64_t start = (4096 + 2048) * SECT;
+  struct testlib_source src;
+
+  testlib_pattern(part_buf, 4096, 0);
+  testlib_source_init(&src, part_buf, 4096, SIZE_MAX);
+  ck_assert_int_eq(next_pwrite_from(top, &src.src, 4096, 1000 * 512 - 4096,
+                                    NBD_FLAG_FUA), 0);
+  ck_assert_str_eq(testlib_log(), "pwrite 3653632+4096 flags=FUA");
+  ck_assert_mem_eq(part_s.rec->ram + start + 1000 * 512 - 4096, part_buf,
+                   4096);
+  /* Past the partition's end: refused, and the payload still taken. */
+  testlib_source_init(&src, part_buf, 4096, SIZE_MAX);
+  ck_assert_int_eq(next_pwrite_from(top, &src.src, 4096, 1000 * 512 - 2048,
+                                    0), -ENOSPC);
+  ck_assert_uint_eq(src.src.left, 0);
+}
+END_TEST
+
 START_TEST(test_filter_request_past_partition_end_rejected)
 {
   struct nbd_ctx *top = part_open("partition partition=1");
@@ -993,6 +1014,7 @@ part_suite(void)
   tcase_add_test(tc, test_filter_size_is_partition_length);
   tcase_add_test(tc, test_filter_pread_reads_at_partition_start);
   tcase_add_test(tc, test_filter_pwrite_lands_at_partition_start);
+  tcase_add_test(tc, test_filter_pwrite_from_lands_at_partition_start);
   tcase_add_test(tc, test_filter_trim_zero_cache_flush);
   tcase_add_test(tc, test_filter_request_past_partition_end_rejected);
   tcase_add_test(tc, test_filter_extents_shifted_back);

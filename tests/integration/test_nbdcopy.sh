@@ -3,7 +3,7 @@
 # bit-exact with default settings; on a 64 MiB disk, with 4 connections and
 # 16 requests each, 1 connection and 1 request, 4 MiB requests; and a sparse
 # file (half holes) copied over non-zero data reads back equal (the holes
-# must really become zeros).
+# must really become zeros).  The same through two offset filters.
 . "$(dirname "$0")/lib.sh"
 require_tool nbdcopy cmp
 
@@ -61,5 +61,13 @@ t nbdcopy -C 4 "$T/rand64.img" "$(uri "$S")" 2>"$T/copy.err" ||
 roundtrip "sparse file over old data (-C 2 --requests=8)" "$T/sparse.img" "-C 2 --requests=8" "-C 2"
 stop_server "$SERVER_PID"
 check_eq "exit status after SIGTERM" 0 "$STOP_RC"
+
+# Through two offset filters (they pass payloads on to memory's pages) at
+# an offset that is not a multiple of memory's 32 KiB pages, so every
+# request has partial pages at both ends.
+S=$T/c.sock
+start_server "$S" --filter offset --filter offset memory size=80M offset=4100 range=64M
+roundtrip "through offset filters, unaligned" "$T/rand64.img" "-C 2" ""
+stop_server "$SERVER_PID"
 
 finish
