@@ -30,6 +30,9 @@
  *   guard that: readers and writers of a page hold its stripe's read lock
  *   (so they all run in parallel), freeing a page takes the write lock.
  *   Only requests that free pages ever wait, and only on 1/256 of the disk.
+ * - Whole pages written by a client (pwrite_from) are read into fresh
+ *   pages and then exchanged for the old ones under the write lock, so
+ *   the old page is recycled only once no reader copies from it.
  * Concurrent writes to the same bytes may interleave, as on a real disk.
  *
  * Pages come from large mmap'd slabs, not malloc: musl's free() returns
