@@ -1,4 +1,4 @@
-/* Unit tests for filters/cache.c over the recording backend: what reaches
+/* Unit tests for filters/cache over the recording backend: what reaches
  * the layer below and when, in each mode (reads kept with cache-on-read,
  * writeback until FLUSH, FUA and writethrough at once, unsafe never), a
  * failed writeback retried by the next flush, read-modify-write of partial
