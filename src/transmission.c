@@ -628,6 +628,8 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
     }
     return conn_skip(c, r->count);
   }
+  if (*verr != 0)               /* refused: the payload is not needed */
+    return conn_skip(c, r->count);
   if (tx_reserve(r, r->count) == -1) {
     *verr = -ENOMEM;
     return conn_skip(c, r->count);

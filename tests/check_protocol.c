@@ -1815,6 +1815,63 @@ setup_config_slowflush(void)
   flushes_started = flushes_done = 0;
 }
 
+/* ---- write payloads that are not kept (null, refused writes) -------------- */
+
+static void
+setup_config_null(void)
+{
+  const struct nbd_layer_ops *ops = registry_find(NBD_LAYER_BACKEND, "null");
+  struct nbd_layer *l;
+  char err[256] = "";
+
+  ck_assert_msg(ops != NULL, "the null backend is not compiled in");
+  setup_config_backend(ops);
+  l = cfg.exports->top;
+  ck_assert_msg(params_set(l, "size", "1M", err, sizeof err) == 0, "%s",
+                err);
+  ck_assert_msg(engine_layer_setup(l, err, sizeof err) == 0, "%s", err);
+}
+
+/* Payloads that are read and dropped (null's writes, a refused write past
+ * the end), large, odd-sized and small, all keep the stream in step. */
+START_TEST(test_null_drops_payloads_and_stays_in_step)
+{
+  const uint32_t big = 3 * MIB + 100;
+  unsigned char *w = xmalloc(big), r[4096];
+  struct tc t;
+
+  tc_connect(&t, "", 0, 0);
+  memset(w, 0x5a, big);
+  ck_assert_uint_eq(simple_write(&t, 1, 0, w, MIB), 0);
+  ck_assert_uint_eq(simple_write(&t, 6, 0, w, big), NBD_ENOSPC);
+  ck_assert_uint_eq(simple_write(&t, 2, 4096, w, 64 * 1024), 0);
+  ck_assert_uint_eq(simple_write(&t, 3, 0, w, 100), 0);
+  ck_assert_uint_eq(simple_write(&t, 4, 8192, w, 70001), 0);
+  ck_assert_uint_eq(simple_read(&t, 5, 0, r, sizeof r), 0);
+  ck_assert(is_zero(r, sizeof r));
+  tc_end(&t);
+  free(w);
+}
+END_TEST
+
+/* The client goes away in the middle of a write's payload: the
+ * connection ends, it does not wait or spin. */
+START_TEST(test_null_client_gone_mid_payload_ends_connection)
+{
+  unsigned char *w = xmalloc(300 * 1024);
+  struct tc t;
+
+  tc_connect(&t, "", 0, 0);
+  memset(w, 0x5a, 300 * 1024);
+  req_send(&t, 0, NBD_CMD_WRITE, 1, 0, 1 * MIB, NULL);
+  cl_send(&t, w, 300 * 1024);
+  shutdown(t.fd, SHUT_WR);
+  cl_expect_eof(&t);
+  tc_end(&t);
+  free(w);
+}
+END_TEST
+
 START_TEST(test_close_after_write_flushes_after_the_client_saw_eof)
 {
   unsigned char w[4096];
@@ -1950,6 +2007,13 @@ protocol_suite(void)
   tcase_add_test(tc, test_rarely_blocking_layer_that_sleeps_moves_to_workers);
   tcase_add_test(tc, test_rarely_blocking_layer_slow_on_cpu_stays_inline);
   tcase_add_test(tc, test_rarely_blocking_layer_with_slow_client_stays_inline);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("payloads not kept");
+  tcase_add_checked_fixture(tc, setup_config_null, teardown_config);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, test_null_drops_payloads_and_stays_in_step);
+  tcase_add_test(tc, test_null_client_gone_mid_payload_ends_connection);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("flush at close");
