@@ -247,6 +247,12 @@ conn_read(struct nbd_conn *c, void *buf, size_t len)
 {
   struct iovec iov = { buf, len };
 
+  /* Request headers are usually buffered already. */
+  if (c->rlen - c->rpos >= len) {
+    memcpy(buf, c->rbuf + c->rpos, len);
+    c->rpos += len;
+    return 0;
+  }
   return conn_readv(c, &iov, 1);
 }
 
