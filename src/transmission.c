@@ -619,21 +619,17 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
     r->pull = 1;                /* tx_execute reads it */
     return 0;
   }
-  /* The payload follows whatever we think of the request. */
-  if (r->count > c->max_payload) {
-    if (r->count > 2 * NBD_MAX_PAYLOAD) {
-      nbd_info("%s: write of %u bytes exceeds the maximum, closing",
-               c->peer, r->count);
-      return -1;
-    }
-    return conn_skip(c, r->count);
+  /* The payload follows whatever we think of the request; one over the
+   * maximum was refused by tx_validate. */
+  if (r->count > c->max_payload && r->count > 2 * NBD_MAX_PAYLOAD) {
+    nbd_info("%s: write of %u bytes exceeds the maximum, closing", c->peer,
+             r->count);
+    return -1;
   }
+  if (*verr == 0 && tx_reserve(r, r->count) == -1)
+    *verr = -ENOMEM;
   if (*verr != 0)               /* refused: the payload is not needed */
     return conn_skip(c, r->count);
-  if (tx_reserve(r, r->count) == -1) {
-    *verr = -ENOMEM;
-    return conn_skip(c, r->count);
-  }
   return conn_read(c, r->buf, r->count);
 }
 
