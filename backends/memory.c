@@ -509,22 +509,22 @@ memory_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
       goto out;
     }
 
-  /* The payload, in order: head, whole pages, tail. */
-  for (k = 0, n = 0; k < nb + 2 && r == 0; k++) {
-    if (k == 0 || k == nb + 1) {
-      iov[n].iov_base = k == 0 ? part : part + head;
-      iov[n].iov_len = k == 0 ? head : tail;
-    } else {
-      iov[n].iov_base = fresh[k - 1];
-      iov[n].iov_len = MEMORY_PAGE_SIZE;
-    }
-    if (iov[n].iov_len)
-      n++;
-    if (n == MEMORY_PULL_PAGES + 2 || k == nb + 1) {
+  /* The payload, in order: head, whole pages, tail; a full iov array is
+   * read at once, which leaves room for the tail. */
+  n = 0;
+  if (head)
+    iov[n++] = (struct iovec){ part, head };
+  for (k = 0; k < nb && r == 0; k++) {
+    iov[n++] = (struct iovec){ fresh[k], MEMORY_PAGE_SIZE };
+    if (n == MEMORY_PULL_PAGES + 2) {
       r = nbd_source_readv(src, iov, (int)n);
       n = 0;
     }
   }
+  if (tail)
+    iov[n++] = (struct iovec){ part + head, tail };
+  if (r == 0)
+    r = nbd_source_readv(src, iov, (int)n);
   if (r < 0)
     goto out;
 
