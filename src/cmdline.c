@@ -35,6 +35,7 @@ enum {
   CMDLINE_OPT_NOINLINE,
   CMDLINE_OPT_RUN,
   CMDLINE_OPT_POLL,
+  CMDLINE_OPT_COALESCE,
 };
 
 /* Options as given; strings point into argv. */
@@ -47,7 +48,7 @@ struct cmdline_opts {
   const char *user, *group, *run;
   unsigned threads;             /* 0 = not given */
   unsigned max_connections;     /* 0 = not given */
-  const char *handshake_timeout, *idle_timeout, *poll;
+  const char *handshake_timeout, *idle_timeout, *poll, *coalesce;
   int readonly, verbose, no_inline;
 };
 
@@ -72,6 +73,7 @@ static const struct option cmdline_long[] = {
   { "list", no_argument, NULL, CMDLINE_OPT_LIST },
   { "pidfile", required_argument, NULL, 'P' },
   { "poll", required_argument, NULL, CMDLINE_OPT_POLL },
+  { "coalesce", required_argument, NULL, CMDLINE_OPT_COALESCE },
   { "port", required_argument, NULL, 'p' },
   { "read-only", no_argument, NULL, 'r' },
   { "readonly", no_argument, NULL, 'r' },
@@ -116,6 +118,9 @@ cmdline_usage(FILE *fp)
     "                          for stacks that never block\n"
     "      --poll T            inline: poll T for the next request before\n"
     "                          sleeping (default 12us, at most 1ms; 0 = off)\n"
+    "      --coalesce T        inline: with many requests in flight, sleep\n"
+    "                          up to T to answer several at once (default\n"
+    "                          120us, at most 1ms; 0 = off)\n"
     "      --run CMD           once serving, run the shell command CMD with\n"
     "                          $uri, $nbd, $unixsocket or $port, $exportname\n"
     "                          set; stop when it exits, with its exit status\n"
@@ -224,6 +229,7 @@ cmdline_option(int c, int argc, char **argv, struct cmdline_opts *o)
   case 'p': o->port = optarg; return 0;
   case CMDLINE_OPT_RUN: o->run = optarg; return 0;
   case CMDLINE_OPT_POLL: o->poll = optarg; return 0;
+  case CMDLINE_OPT_COALESCE: o->coalesce = optarg; return 0;
   case 'r': o->readonly = 1; return 0;
   case 't': return cmdline_threads(optarg, &o->threads);
   case 'U': o->unix_paths[o->nunix++] = optarg; return 0;
@@ -520,11 +526,18 @@ cmdline_apply(struct nbd_config *cfg, const struct cmdline_opts *o)
       (o->idle_timeout &&
        cmdline_duration("--idle-timeout", o->idle_timeout,
                         &cfg->idle_timeout) == -1) ||
-      (o->poll && cmdline_duration("--poll", o->poll, &cfg->poll) == -1))
+      (o->poll && cmdline_duration("--poll", o->poll, &cfg->poll) == -1) ||
+      (o->coalesce &&
+       cmdline_duration("--coalesce", o->coalesce, &cfg->coalesce) == -1))
     return -1;
   if (cfg->poll > (uint64_t)CONFIG_MAX_POLL_US * 1000) {
     fprintf(stderr, "nbdstack: --poll: '%s' is too long (at most %dus)\n",
             o->poll, CONFIG_MAX_POLL_US);
+    return -1;
+  }
+  if (cfg->coalesce > (uint64_t)CONFIG_MAX_COALESCE_US * 1000) {
+    fprintf(stderr, "nbdstack: --coalesce: '%s' is too long (at most %dus)\n",
+            o->coalesce, CONFIG_MAX_COALESCE_US);
     return -1;
   }
   if (o->threads)

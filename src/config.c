@@ -126,6 +126,8 @@ static const struct config_key config_server_keys[] = {
     0, 0, 0 },
   { "poll", config_set_duration, offsetof(struct nbd_config, poll),
     0, CONFIG_MAX_POLL_US, 0 },
+  { "coalesce", config_set_duration, offsetof(struct nbd_config, coalesce),
+    0, CONFIG_MAX_COALESCE_US, 0 },
   { NULL, NULL, 0, 0, 0, 0 }
 };
 
@@ -963,6 +965,7 @@ config_defaults(struct nbd_config *cfg)
   cfg->handshake_timeout = CONFIG_DEFAULT_HANDSHAKE_TIMEOUT;
   cfg->inline_requests = 1;
   cfg->poll = CONFIG_DEFAULT_POLL;
+  cfg->coalesce = CONFIG_DEFAULT_COALESCE;
 }
 
 static void

@@ -39,6 +39,10 @@ struct nbd_config {
   /* Inline requests: how long the reader polls for the next request
    * before it sleeps (conn.c); 0 = never. */
   uint64_t poll;
+  /* Inline requests from a client that keeps many in flight: how long
+   * the reader may sleep to gather several before it answers them
+   * (conn_coalesce()); 0 = never. */
+  uint64_t coalesce;
   /* --run: a shell command started once the server is ready; the server
    * stops when it exits and exits with its status (nbdkit's captive
    * mode). */
@@ -50,6 +54,8 @@ struct nbd_config {
 #define CONFIG_DEFAULT_MAX_CONNECTIONS 1024
 #define CONFIG_DEFAULT_POLL (UINT64_C(12) * 1000)   /* 12 us */
 #define CONFIG_MAX_POLL_US  1000
+#define CONFIG_DEFAULT_COALESCE (UINT64_C(120) * 1000)   /* 120 us */
+#define CONFIG_MAX_COALESCE_US 1000
 #define CONFIG_DEFAULT_HANDSHAKE_TIMEOUT (UINT64_C(10) * 1000000000)
 
 /* Parses the INI text (name is used in messages as name:line:).  Every

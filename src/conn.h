@@ -62,6 +62,11 @@ struct nbd_conn {
   char *obuf;                   /* batched small replies (inline mode) */
   size_t olen;
   unsigned spin_skip, spin_backoff;  /* see conn_spin() */
+  /* Coalescing (see conn_coalesce()). */
+  int at_request;               /* the reader waits for a new request */
+  int coal_on, coal_slack_set;
+  unsigned coal_skip, coal_backoff, coal_stop;
+  unsigned long coal_tries, coal_batches;  /* gatherings, and those kept */
 
   /* Workers (only when the stack may block). */
   pthread_mutex_t qlock;

@@ -596,8 +596,12 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
                 int pull)
 {
   unsigned char h[28];
+  int rc;
 
-  if (conn_read(c, h, sizeof h) == -1)
+  c->at_request = c->rpos == c->rlen;
+  rc = conn_read(c, h, sizeof h);
+  c->at_request = 0;
+  if (rc == -1)
     return -1;
   if (wire_get32(h) != NBD_REQUEST_MAGIC) {
     nbd_info("%s: bad request magic 0x%08x, closing", c->peer,

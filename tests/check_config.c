@@ -440,6 +440,18 @@ START_TEST(test_server_limit_keys)
   config_free(&cfg);
   expect_error("[server]\npoll = 2ms\n[export x]\nbackend = tback\n",
                "t.ini:2: poll: '2ms' is too long (at most 1000us)");
+  parse_ok("[export x]\nbackend = tback\n", &cfg);
+  ck_assert_uint_eq(cfg.coalesce, 120000);   /* default 120 us */
+  config_free(&cfg);
+  parse_ok("[server]\ncoalesce = 0\n[export x]\nbackend = tback\n", &cfg);
+  ck_assert_uint_eq(cfg.coalesce, 0);
+  config_free(&cfg);
+  parse_ok("[server]\ncoalesce = 300us\n[export x]\nbackend = tback\n",
+           &cfg);
+  ck_assert_uint_eq(cfg.coalesce, 300000);
+  config_free(&cfg);
+  expect_error("[server]\ncoalesce = 5ms\n[export x]\nbackend = tback\n",
+               "t.ini:2: coalesce: '5ms' is too long (at most 1000us)");
   expect_error("[server]\nhandshake-timeout = soon\n"
                "[export x]\nbackend = tback\n",
                "t.ini:2: handshake-timeout: invalid value 'soon' (expected "
@@ -575,7 +587,8 @@ START_TEST(test_server_errors)
   expect_error("[server]\nfoo = 1\n[export x]\nbackend = tback\n",
                "t.ini:2: unknown key 'foo' in [server] (known: listen, "
                "threads, readonly, pidfile, max-connections, "
-               "handshake-timeout, idle-timeout, user, group, inline, poll)");
+               "handshake-timeout, idle-timeout, user, group, inline, poll, "
+               "coalesce)");
   expect_error("[export x]\nfilter tfilt\nbackend = tback\n",
                "t.ini:2: expected 'key = value' or a [section] header, got "
                "'filter tfilt'");

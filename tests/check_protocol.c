@@ -1542,6 +1542,167 @@ START_TEST(test_pipelined_reads_matched_by_cookie)
 }
 END_TEST
 
+/* ---- coalescing (conn_coalesce) --------------------------------------------- */
+
+#define COAL_BLOCKS 256
+#define COAL_DEPTH  32
+
+/* Request i of a trickling client: the first pass over the blocks writes
+ * them, the next reads them back, and so on; each write fills its block
+ * with a pattern of (block, pass). */
+static void
+coal_send(struct tc *t, unsigned i, unsigned char *buf)
+{
+  unsigned block = i % COAL_BLOCKS, pass = i / COAL_BLOCKS;
+
+  if (pass % 2 == 0) {
+    pattern(buf, 4096, (uint64_t)pass << 32 | block);
+    req_send(t, 0, NBD_CMD_WRITE, i, (uint64_t)block * 4096, 4096, buf);
+  } else
+    req_send(t, 0, NBD_CMD_READ, i, (uint64_t)block * 4096, 4096, NULL);
+}
+
+/* Reads one reply and checks it; returns its request's index. */
+static unsigned
+coal_reply(struct tc *t, unsigned char *done)
+{
+  unsigned char h[16], buf[4096], want[4096];
+  unsigned i, block, pass;
+
+  cl_read(t, h, sizeof h);
+  ck_assert_uint_eq(wire_get32(h), NBD_SIMPLE_REPLY_MAGIC);
+  ck_assert_uint_eq(wire_get32(h + 4), 0);
+  ck_assert_uint_lt(wire_get64(h + 8), 16 * COAL_BLOCKS);
+  i = (unsigned)wire_get64(h + 8);
+  ck_assert_msg(!done[i], "two replies for request %u", i);
+  done[i] = 1;
+  block = i % COAL_BLOCKS;
+  pass = i / COAL_BLOCKS;
+  if (pass % 2 == 1) {
+    cl_read(t, buf, sizeof buf);
+    pattern(want, sizeof want, (uint64_t)(pass - 1) << 32 | block);
+    ck_assert_msg(memcmp(buf, want, sizeof buf) == 0,
+                  "request %u read block %u without pass %u's data", i,
+                  block, pass - 1);
+  }
+  return i;
+}
+
+/* A client like fio at queue depth 32: 32 requests in flight, and a new
+ * one sent for every reply taken.  Every reply matches its request, reads
+ * see the writes before them, and the server did gather requests.  The
+ * longest gathering (1 ms, slices of 250 us) lets a client slowed down by
+ * a sanitizer still send 6 requests within a slice. */
+START_TEST(test_coalesce_trickling_client_gathered_and_correct)
+{
+  const unsigned total = 16 * COAL_BLOCKS;
+  unsigned char *done = calloc(total, 1), buf[4096];
+  unsigned sent = 0, got = 0;
+  struct tc t;
+
+  ck_assert_ptr_nonnull(done);
+  cfg.coalesce = (uint64_t)CONFIG_MAX_COALESCE_US * 1000;
+  tc_connect(&t, "", 0, 0);
+  while (got < total) {
+    while (sent < total && sent - got < COAL_DEPTH) {
+      /* A read waits for the write of its block a pass before. */
+      while (sent >= COAL_BLOCKS && !done[sent - COAL_BLOCKS]) {
+        coal_reply(&t, done);
+        got++;
+      }
+      coal_send(&t, sent++, buf);
+    }
+    coal_reply(&t, done);
+    got++;
+  }
+  ck_assert_uint_gt(t.c->coal_batches, 0);
+  tc_end(&t);
+  free(done);
+}
+END_TEST
+
+/* One request at a time: a gathering never finds enough, and the tries
+ * back off (1, 2, 4 ... 1024 waits apart), so qd 1 almost never sleeps. */
+START_TEST(test_coalesce_qd1_client_backs_off)
+{
+  unsigned char buf[4096];
+  unsigned i;
+  struct tc t;
+
+  tc_connect(&t, "", 0, 0);
+  for (i = 0; i < 2000; i++)
+    ck_assert_uint_eq(simple_read(&t, i, (uint64_t)(i % 256) * 4096, buf,
+                                  sizeof buf), 0);
+  ck_assert_uint_eq(t.c->coal_batches, 0);
+  ck_assert_uint_le(t.c->coal_tries, 12);
+  tc_end(&t);
+}
+END_TEST
+
+/* Bursts of 8 that the client then waits for: each burst is answered
+ * whole (a gathering that finds nothing more stops), 200 times. */
+START_TEST(test_coalesce_bursts_answered)
+{
+  unsigned char *done = calloc(200 * 8, 1), buf[4096];
+  unsigned round, k;
+  struct tc t;
+
+  ck_assert_ptr_nonnull(done);
+  tc_connect(&t, "", 0, 0);
+  for (round = 0; round < 200; round++) {
+    for (k = 0; k < 8; k++)
+      req_send(&t, 0, NBD_CMD_READ, round * 8 + k, k * 4096, 4096, NULL);
+    for (k = 0; k < 8; k++) {
+      unsigned char h[16];
+      uint64_t cookie;
+
+      cl_read(&t, h, sizeof h);
+      ck_assert_uint_eq(wire_get32(h + 4), 0);
+      cookie = wire_get64(h + 8);
+      ck_assert_uint_lt(cookie, 200 * 8);
+      ck_assert_uint_eq(cookie / 8, round);
+      ck_assert(!done[cookie]);
+      done[cookie] = 1;
+      cl_read(&t, buf, sizeof buf);
+    }
+  }
+  tc_end(&t);
+  free(done);
+}
+END_TEST
+
+/* The client sends requests and then closes its sending side while the
+ * server may be gathering: every request is answered, then the server
+ * closes. */
+START_TEST(test_coalesce_client_eof_after_requests)
+{
+  unsigned char buf[4096];
+  unsigned k, round;
+
+  for (round = 0; round < 20; round++) {
+    struct tc t;
+
+    tc_connect(&t, "", 0, 0);
+    /* Some requests first, so that gathering is on. */
+    for (k = 0; k < 64; k++)
+      req_send(&t, 0, NBD_CMD_READ, k, 0, 4096, NULL);
+    for (k = 0; k < 64; k++) {
+      ck_assert_uint_eq(simple_reply(&t, k), 0);
+      cl_read(&t, buf, sizeof buf);
+    }
+    for (k = 0; k < 7; k++)
+      req_send(&t, 0, NBD_CMD_READ, 100 + k, 0, 4096, NULL);
+    ck_assert_int_eq(shutdown(t.fd, SHUT_WR), 0);
+    for (k = 0; k < 7; k++) {
+      ck_assert_uint_eq(simple_reply(&t, 100 + k), 0);
+      cl_read(&t, buf, sizeof buf);
+    }
+    cl_expect_eof(&t);
+    tc_end(&t);
+  }
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------------ */
 
 /* The transmission tests, run once inline on the reader and once with
@@ -2014,6 +2175,15 @@ protocol_suite(void)
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, test_null_drops_payloads_and_stays_in_step);
   tcase_add_test(tc, test_null_client_gone_mid_payload_ends_connection);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("coalescing");
+  tcase_add_checked_fixture(tc, setup_config, teardown_config);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_coalesce_trickling_client_gathered_and_correct);
+  tcase_add_test(tc, test_coalesce_qd1_client_backs_off);
+  tcase_add_test(tc, test_coalesce_bursts_answered);
+  tcase_add_test(tc, test_coalesce_client_eof_after_requests);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("flush at close");
