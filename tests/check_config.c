@@ -1189,6 +1189,19 @@ START_TEST(test_cmd_options)
   ck_assert_uint_eq(cfg.threads, 2);
   ck_assert_str_eq(cfg.exports->name, "x");
   config_free(&cfg);
+  /* Inline tuning: --poll and --coalesce, with their bounds. */
+  ck_assert_int_eq(run(&cfg, "--poll", "0", "--coalesce", "250us", "tsize",
+                       "1M", NULL), 0);
+  ck_assert_uint_eq(cfg.poll, 0);
+  ck_assert_uint_eq(cfg.coalesce, 250000);
+  config_free(&cfg);
+  ck_assert_int_eq(run(&cfg, "--coalesce=0", "tsize", "1M", NULL), 0);
+  ck_assert_uint_eq(cfg.coalesce, 0);
+  config_free(&cfg);
+  ck_assert_int_eq(run(&cfg, "--coalesce", "5ms", "tsize", "1M", NULL), -1);
+  ck_assert_has(cerrbuf, "--coalesce: '5ms' is too long (at most 1000us)");
+  ck_assert_int_eq(run(&cfg, "--coalesce", "soon", "tsize", "1M", NULL), -1);
+  ck_assert_has(cerrbuf, "--coalesce");
   nbd_verbose = 0;
 }
 END_TEST
