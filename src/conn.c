@@ -78,6 +78,21 @@ conn_retry(struct nbd_conn *c, ssize_t r)
   return 0;
 }
 
+/* Receives into the free end of the input buffer. */
+static ssize_t
+conn_recv_more(struct nbd_conn *c, int flags)
+{
+  return recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, flags);
+}
+
+/* After a non-blocking read returned -1: nothing has come yet (as
+ * opposed to an error). */
+static int
+conn_nothing_yet(void)
+{
+  return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+}
+
 /* With requests inline on the reader, polls briefly (cfg->poll, `poll` in
  * the config) for the next request before sleeping in recv.  A client with requests in flight answers a
  * batch of replies with new requests within microseconds, and here, as on
@@ -100,9 +115,8 @@ conn_spin(struct nbd_conn *c)
   }
   t0 = conn_now_ns();
   do {
-    r = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, MSG_DONTWAIT);
-    if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK &&
-                   errno != EINTR)) {
+    r = conn_recv_more(c, MSG_DONTWAIT);
+    if (r >= 0 || !conn_nothing_yet()) {
       c->spin_backoff = 0;
       return r;
     }
@@ -123,12 +137,11 @@ conn_count_requests(const struct nbd_conn *c)
   size_t left = c->rlen - c->rpos, need;
   unsigned n = 0;
 
-  while (left >= 28) {
+  while (left >= NBD_REQUEST_SIZE) {
     n++;
-    need = 28;
-    if (((unsigned)p[6] << 8 | p[7]) == NBD_CMD_WRITE)
-      need += (size_t)p[24] << 24 | (size_t)p[25] << 16 |
-              (size_t)p[26] << 8 | p[27];
+    need = NBD_REQUEST_SIZE;
+    if (wire_get16(p + 6) == NBD_CMD_WRITE)
+      need += wire_get32(p + 24);
     if (left < need)
       break;
     p += need;
@@ -196,9 +209,8 @@ conn_coalesce(struct nbd_conn *c)
   slice.tv_nsec = (long)ns;
   for (i = 0; i < CONN_COAL_SLICES; i++) {
     nanosleep(&slice, NULL);
-    r = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, MSG_DONTWAIT);
-    if (r == 0 || (r == -1 && errno != EAGAIN && errno != EWOULDBLOCK &&
-                   errno != EINTR)) {
+    r = conn_recv_more(c, MSG_DONTWAIT);
+    if (r == 0 || (r == -1 && !conn_nothing_yet())) {
       if (got > 0)
         break;                  /* answer what came; the end shows next */
       return r;
@@ -249,14 +261,13 @@ conn_fill(struct nbd_conn *c)
     return -1;
   r = -1;
   if (c->obuf && c->deadline == 0 && c->at_request && c->cfg->coalesce) {
-    r = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, MSG_DONTWAIT);
-    if (r == -1 && (errno == EAGAIN || errno == EWOULDBLOCK ||
-                    errno == EINTR)) {
+    r = conn_recv_more(c, MSG_DONTWAIT);
+    if (r == -1 && conn_nothing_yet()) {
       r = conn_coalesce(c);
       if (r > 0)
         return 0;               /* conn_coalesce added it to rlen */
     }
-    if (r == -1 && errno != EAGAIN && errno != EWOULDBLOCK)
+    if (r == -1 && !conn_nothing_yet())
       return -1;
   }
   if (r == -1 && c->obuf && c->deadline == 0 && c->cfg->poll &&
@@ -266,7 +277,7 @@ conn_fill(struct nbd_conn *c)
     do {
       if (conn_before_read(c) == -1)
         return -1;
-      r = recv(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
+      r = conn_recv_more(c, 0);
     } while (conn_retry(c, r));
   if (r <= 0)
     return -1;
@@ -320,8 +331,7 @@ conn_spin_payload(struct nbd_conn *c, struct iovec **iov, int n)
     if (r > 0) {
       n = conn_iov_advance(iov, n, (size_t)r);
       t0 = conn_now_ns();
-    } else if (r == 0 || (errno != EAGAIN && errno != EWOULDBLOCK &&
-                          errno != EINTR))
+    } else if (r == 0 || !conn_nothing_yet())
       return -1;
   }
   return n;

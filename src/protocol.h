@@ -62,6 +62,7 @@
 
 /* Transmission (proto.md "Transmission"). */
 #define NBD_REQUEST_MAGIC         UINT32_C(0x25609513)
+#define NBD_REQUEST_SIZE          28    /* bytes of a request header */
 #define NBD_SIMPLE_REPLY_MAGIC    UINT32_C(0x67446698)
 #define NBD_STRUCTURED_REPLY_MAGIC UINT32_C(0x668e33ef)
 

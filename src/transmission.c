@@ -595,7 +595,7 @@ static int
 tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
                 int pull)
 {
-  unsigned char h[28];
+  unsigned char h[NBD_REQUEST_SIZE];
   int rc;
 
   c->at_request = c->rpos == c->rlen;
