@@ -43,6 +43,18 @@ endfunction()
 
 nbd_select_layers(FILTERS filters "${NBD_FILTERS}" filter_sources filter_names)
 nbd_select_layers(BACKENDS backends "${NBD_BACKENDS}" backend_sources backend_names)
+# Test builds also get the test-only layers of tests/layers/ (a slow disk
+# for shutdown tests); the shipped binary (NBD_BUILD_TESTS=OFF) never does.
+option(NBD_TEST_LAYERS "Compile in the test-only layers of tests/layers/" ${NBD_BUILD_TESTS})
+if(NBD_TEST_LAYERS)
+  file(GLOB _test_layers CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/layers/*.c)
+  foreach(t IN LISTS _test_layers)
+    get_filename_component(_n ${t} NAME_WE)
+    list(APPEND filter_sources ${t})
+    list(APPEND filter_names ${_n})
+  endforeach()
+  list(SORT filter_names)
+endif()
 set(NBD_LAYER_SOURCES ${filter_sources} ${backend_sources})
 set(NBD_SELECTED_FILTER_NAMES ${filter_names})
 set(NBD_SELECTED_BACKEND_NAMES ${backend_names})

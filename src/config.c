@@ -65,7 +65,7 @@ struct config_parser {
   struct nbd_export **tail;     /* where the next export is linked */
   enum config_section_kind sec;
   int export_headers;           /* [export ...] headers seen, good or bad */
-  int server_seen[16];
+  int server_seen[32];
   struct config_export_build cur;
   struct config_seen_export *seen;
   size_t nseen, capseen;
@@ -101,6 +101,8 @@ static int config_set_listen(struct config_parser *, const struct config_key *,
                              void *, char *);
 static int config_set_duration(struct config_parser *,
                                const struct config_key *, void *, char *);
+static int config_set_size(struct config_parser *, const struct config_key *,
+                           void *, char *);
 static int config_set_filter(struct config_parser *, const struct config_key *,
                              void *, char *);
 static int config_set_backend(struct config_parser *,
@@ -116,6 +118,12 @@ static const struct config_key config_server_keys[] = {
     0, 0, 0 },
   { "max-connections", config_set_uint,
     offsetof(struct nbd_config, max_connections), 1, 1000000, 0 },
+  { "max-handshakes", config_set_uint,
+    offsetof(struct nbd_config, max_handshakes), 1, 1000000, 0 },
+  { "max-handshakes-per-source", config_set_uint,
+    offsetof(struct nbd_config, max_handshakes_per_source), 1, 1000000, 0 },
+  { "max-buffer-memory", config_set_size,
+    offsetof(struct nbd_config, max_buffer_memory), 0, 0, 0 },
   { "handshake-timeout", config_set_duration,
     offsetof(struct nbd_config, handshake_timeout), 0, 0, 0 },
   { "idle-timeout", config_set_duration,
@@ -495,6 +503,22 @@ config_set_duration(struct config_parser *p, const struct config_key *k,
   if (k->max && v > (uint64_t)k->max * 1000) {
     config_error(p, p->line, "%s: '%s' is too long (at most %uus)", k->name,
                  value, k->max);
+    return -1;
+  }
+  *(uint64_t *)((char *)base + k->offset) = v;
+  return 0;
+}
+
+/* A byte count of at least CONFIG_MIN_BUFFER_MEMORY (the only size key). */
+static int
+config_set_size(struct config_parser *p, const struct config_key *k,
+                void *base, char *value)
+{
+  uint64_t v;
+
+  if (params_parse_size(value, &v) == -1 || v < CONFIG_MIN_BUFFER_MEMORY) {
+    config_error(p, p->line, "%s: invalid value '%s' (expected a size of "
+                 "at least 64M, such as 512M or 2G)", k->name, value);
     return -1;
   }
   *(uint64_t *)((char *)base + k->offset) = v;
@@ -956,6 +980,19 @@ config_free(struct nbd_config *cfg)
   config_defaults(cfg);
 }
 
+/* 1 GiB, or an eighth of the RAM on a smaller machine (at least the
+ * minimum). */
+static uint64_t
+config_default_buffer_memory(void)
+{
+  long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+  uint64_t v = CONFIG_MAX_BUFFER_MEMORY_DEFAULT;
+
+  if (pages > 0 && psize > 0 && (uint64_t)pages * (uint64_t)psize / 8 < v)
+    v = (uint64_t)pages * (uint64_t)psize / 8;
+  return v < CONFIG_MIN_BUFFER_MEMORY ? CONFIG_MIN_BUFFER_MEMORY : v;
+}
+
 void
 config_defaults(struct nbd_config *cfg)
 {
@@ -966,6 +1003,27 @@ config_defaults(struct nbd_config *cfg)
   cfg->inline_requests = 1;
   cfg->poll = CONFIG_DEFAULT_POLL;
   cfg->coalesce = CONFIG_DEFAULT_COALESCE;
+  cfg->max_buffer_memory = config_default_buffer_memory();
+}
+
+unsigned
+config_max_handshakes(const struct nbd_config *cfg)
+{
+  if (cfg->max_handshakes)
+    return cfg->max_handshakes;
+  return cfg->max_connections < 1000000 / 4 ? 4 * cfg->max_connections
+                                            : 1000000;
+}
+
+unsigned
+config_max_handshakes_per_source(const struct nbd_config *cfg)
+{
+  unsigned all = config_max_handshakes(cfg);
+
+  if (cfg->max_handshakes_per_source == 0 ||
+      cfg->max_handshakes_per_source > all)
+    return all;
+  return cfg->max_handshakes_per_source;
 }
 
 static void

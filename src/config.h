@@ -30,6 +30,14 @@ struct nbd_config {
   char *pidfile;
   /* Limits against hostile or broken clients (docs/config.md). */
   unsigned max_connections;     /* whole server; default 1024 */
+  /* Clients greeted that have not spoken yet (lobby.c), in all and from
+   * one source (TCP address or Unix peer process); 0 = the default: 4 x
+   * max_connections, and no separate limit per source.  They hold no
+   * thread and no connection slot; at a limit the oldest is closed. */
+  unsigned max_handshakes, max_handshakes_per_source;
+  /* Request and reply buffers of every connection together (bytes);
+   * a request that would exceed it waits (transmission.c). */
+  uint64_t max_buffer_memory;
   uint64_t handshake_timeout;   /* ns to finish the handshake; default 10 s */
   uint64_t idle_timeout;        /* ns without a request; 0 = never */
   char *user, *group;           /* drop privileges after binding */
@@ -52,6 +60,8 @@ struct nbd_config {
 };
 
 #define CONFIG_DEFAULT_MAX_CONNECTIONS 1024
+#define CONFIG_MAX_BUFFER_MEMORY_DEFAULT (UINT64_C(1) << 30)
+#define CONFIG_MIN_BUFFER_MEMORY (UINT64_C(64) << 20)
 #define CONFIG_DEFAULT_POLL (UINT64_C(12) * 1000)   /* 12 us */
 #define CONFIG_MAX_POLL_US  1000
 #define CONFIG_DEFAULT_COALESCE (UINT64_C(120) * 1000)   /* 120 us */
@@ -69,6 +79,9 @@ int config_load_file(const char *path, struct nbd_config *cfg, FILE *errs);
 void config_free(struct nbd_config *cfg);
 /* Zeroes cfg and sets every default (threads, limits, timeouts). */
 void config_defaults(struct nbd_config *cfg);
+/* The limits on unfinished handshakes in force (the defaults resolved). */
+unsigned config_max_handshakes(const struct nbd_config *cfg);
+unsigned config_max_handshakes_per_source(const struct nbd_config *cfg);
 /* Shared by config.c and cmdline.c. */
 /* True when s[0..len) is a parameter key: [A-Za-z_][A-Za-z0-9_.-]*.  A word
  * "k=v" whose k is not a key is a bare value ("/srv/a=b.img"), as in nbdkit. */

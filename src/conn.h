@@ -1,6 +1,6 @@
 /* nbdstack: one client connection, from accept to close.
  *
- * server.c accepts and starts a thread per connection running conn_run:
+ * server.c accepts and starts a thread per connection that runs the
  * handshake (handshake.c) then the request loop (transmission.c).  The
  * connection's own thread reads requests; requests of stacks that may
  * block are handed to a small per-connection pool of workers so they run
@@ -37,6 +37,14 @@ struct nbd_conn {
   uint64_t deadline;            /* CLOCK_MONOTONIC ns to finish the
                                    handshake; 0 = none */
   int counted;                  /* counted in exp->nconnections */
+  /* Admission (server.c, lobby.c): where the client comes from (TCP
+   * address, or "pid N" of a Unix peer; "" = unknown), whether it was
+   * greeted already, and (under server.c's lock) whether it is still in
+   * its handshake and whether the server closed it to make room for a
+   * newer client. */
+  char source[64];
+  int greeted;
+  int handshaking, evicted;
 
   /* Buffered input: requests are parsed out of rbuf. */
   char *rbuf;
@@ -90,6 +98,14 @@ struct nbd_conn {
 struct nbd_conn *conn_new(int fd, const struct nbd_config *cfg);
 /* Frees what conn_new and conn_run allocated; does not close fd. */
 void conn_free(struct nbd_conn *c);
+/* A connection's life in three steps (server.c calls them in turn):
+ * the handshake (0 to go on to transmission, -1 to close), the request
+ * loop, and the end: flush what the client wrote (a failure is counted
+ * as unwritten data, see stop.h) and close its stack. */
+int conn_handshake(struct nbd_conn *c);
+void conn_transmit(struct nbd_conn *c);
+void conn_finish(struct nbd_conn *c);
+/* The three in one (the fuzz harnesses). */
 void conn_run(struct nbd_conn *c);
 /* Closes the connection's stack, if open, and gives back what opening it
  * took: the export's serialising lock and its connection count. */
@@ -115,14 +131,16 @@ void conn_set_timeout(struct nbd_conn *c, uint64_t ns, int send_too);
 /* Maps -errno to an NBD error value (one table). */
 uint32_t conn_nbd_error(int err);
 
-/* handshake.c: returns 0 to enter transmission, -1 to close. */
+/* handshake.c: handshake_greet sends the server's greeting (0 or -1);
+ * handshake_run sends it unless that was done, and negotiates: returns 0
+ * to enter transmission, -1 to close. */
+int handshake_greet(struct nbd_conn *c);
 int handshake_run(struct nbd_conn *c);
 
 /* transmission.c: the request loop until DISC, EOF or a violation. */
 void transmission_run(struct nbd_conn *c);
 
-/* server.c */
-extern atomic_int server_stopping;
+#include "stop.h"
 
 /* Big-endian helpers. */
 static inline void

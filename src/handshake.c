@@ -8,6 +8,7 @@
  * kept in sync.  Unknown client flags, a bad option magic or an oversized
  * option drop the connection.  Oldstyle negotiation is not offered.
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -364,18 +365,50 @@ handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
   }
 }
 
+/* The bound on options per handshake, against a client that would
+ * haggle forever: NBD_MAX_OPTIONS, plus four per export, because a
+ * client that lists the exports then asks about each one (nbdinfo
+ * --list sends INFO and SET_META_CONTEXT for every export) needs that
+ * many. */
+static unsigned
+handshake_max_options(const struct nbd_conn *c)
+{
+  const struct nbd_export *e;
+  unsigned n = NBD_MAX_OPTIONS;
+
+  for (e = c->cfg->exports; e && n < UINT_MAX - 4; e = e->next)
+    n += 4;
+  return n;
+}
+
+/* proto.md "Newstyle negotiation": magic, IHAVEOPT, handshake flags.
+ * 18 bytes into a fresh socket: this never waits for the client. */
+int
+handshake_greet(struct nbd_conn *c)
+{
+  unsigned char buf[18];
+  struct iovec iov = { buf, sizeof buf };
+
+  wire_put64(buf, NBD_MAGIC);
+  wire_put64(buf + 8, NBD_IHAVEOPT);
+  wire_put16(buf + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+  if (conn_writev(c, &iov, 1) == -1)
+    return -1;
+  c->greeted = 1;
+  return 0;
+}
+
 int
 handshake_run(struct nbd_conn *c)
 {
   unsigned char buf[18], *data = NULL;
   uint32_t cflags, opt, len;
-  struct iovec iov = { buf, 18 };
-  int r = -1, n;
+  unsigned n, max = handshake_max_options(c);
+  int r = -1;
 
-  wire_put64(buf, NBD_MAGIC);
-  wire_put64(buf + 8, NBD_IHAVEOPT);
-  wire_put16(buf + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-  if (conn_writev(c, &iov, 1) == -1 || conn_read(c, buf, 4) == -1)
+  if (!c->greeted && handshake_greet(c) == -1)
+    return -1;
+  if (conn_read(c, buf, 4) == -1)
     return -1;
   cflags = wire_get32(buf);
   if (cflags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
@@ -384,7 +417,7 @@ handshake_run(struct nbd_conn *c)
   }
   c->no_zeroes = !!(cflags & NBD_FLAG_C_NO_ZEROES);
 
-  for (n = 0; n < NBD_MAX_OPTIONS && !server_stopping; n++) {
+  for (n = 0; n < max && !server_stopping; n++) {
     if (conn_read(c, buf, 16) == -1)
       break;
     if (wire_get64(buf) != NBD_IHAVEOPT) {
@@ -407,8 +440,8 @@ handshake_run(struct nbd_conn *c)
       break;
     r = -1;
   }
-  if (n == NBD_MAX_OPTIONS)
-    nbd_info("%s: more than %d options, dropping", c->peer, NBD_MAX_OPTIONS);
+  if (n == max)
+    nbd_info("%s: more than %u options, dropping", c->peer, max);
   free(data);
   if (r == 1)
     return 0;

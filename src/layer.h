@@ -262,6 +262,16 @@ void nbd_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void nbd_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern int nbd_verbose;
 
+/* Server shutdown (src/stop.c).  stopping: a first SIGTERM/SIGINT came;
+ * every connection still finishes its requests and flushes what it
+ * wrote.  aborting: a second one came; long work at close (a write-back)
+ * should stop early, log what it did not write, and fail with
+ * -ESHUTDOWN.  nbd_sleep sleeps ns and returns 0, or -ESHUTDOWN as soon
+ * as the server stops (a delay must not hold a stopping server). */
+int nbd_server_stopping(void);
+int nbd_server_aborting(void);
+int nbd_sleep(uint64_t ns);
+
 /* True when every byte of buf[0..len) is zero. */
 int nbd_is_zero(const void *buf, size_t len);
 

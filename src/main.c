@@ -16,7 +16,7 @@ main(int argc, char **argv)
 {
   struct nbd_config cfg;
   char err[256];
-  int r;
+  int r, drained;
 
   if (registry_self_check(err, sizeof err) == -1) {
     fprintf(stderr, "nbdstack: registry self-check failed: %s\n", err);
@@ -26,7 +26,8 @@ main(int argc, char **argv)
   r = cmdline_parse(argc, argv, &cfg);
   if (r != 0)
     return r == 1 ? 0 : 1;
-  r = server_run(&cfg);
-  config_free(&cfg);
+  r = server_run(&cfg, &drained);
+  if (drained)
+    config_free(&cfg);
   return r < 0 ? 1 : r;
 }

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -26,19 +27,26 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "lobby.h"
 #include "server.h"
 
 #define SERVER_MAX_LISTEN 64
 #define SERVER_CONN_STACK (256u << 10)
 #define SERVER_GRACE_SECONDS 5
 
-atomic_int server_stopping;
+#define SERVER_ABORT_SECONDS 10
+/* musl's SOMAXCONN is 128: a burst of connects beyond it fails at once
+ * for clients that connect without blocking (libnbd); the kernel caps
+ * this at net.core.somaxconn. */
+#define SERVER_BACKLOG 4096
 
 static int server_sigpipe[2] = { -1, -1 };
 static pthread_mutex_t server_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t server_conns_cond = PTHREAD_COND_INITIALIZER;
-static struct nbd_conn *server_conns;
-static unsigned server_nconns;
+static struct nbd_conn *server_conns;   /* newest first */
+static unsigned server_nconns;          /* threads alive, evicted included */
+static unsigned server_nevicted;        /* closed for room, not gone yet */
+static volatile sig_atomic_t server_nsignals;
 
 struct server_listener {
   int fd;
@@ -55,6 +63,9 @@ server_on_signal(int sig)
   int saved = errno;
   char c = (char)sig;
 
+  /* A second SIGTERM/SIGINT cuts the final flushes short (stop.h). */
+  if (sig != SIGCHLD && ++server_nsignals >= 2)
+    server_aborting = 1;
   server_stopping = 1;
   if (write(server_sigpipe[1], &c, 1) == -1) {
     /* The pipe is full: a wake-up is already pending. */
@@ -100,7 +111,7 @@ server_listen_unix(const struct nbd_listen *ln)
     unlink(ln->path);
   fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd == -1 || bind(fd, (struct sockaddr *)&sun, sizeof sun) == -1 ||
-      listen(fd, SOMAXCONN) == -1) {
+      listen(fd, SERVER_BACKLOG) == -1) {
     nbd_error("cannot listen on unix:%s: %s", ln->path, strerror(errno));
     if (fd != -1)
       close(fd);
@@ -142,7 +153,7 @@ server_listen_tcp_host(const char *host, const char *port, int quiet)
     snprintf(desc, sizeof desc, a->ai_family == AF_INET6 ? "[%s]:%s" :
              "%s:%s", addr, port);
     if (bind(fd, a->ai_addr, a->ai_addrlen) == -1 ||
-        listen(fd, SOMAXCONN) == -1) {
+        listen(fd, SERVER_BACKLOG) == -1) {
       if (!quiet)
         nbd_error("cannot listen on tcp %s: %s", desc, strerror(errno));
       close(fd);
@@ -239,12 +250,28 @@ server_notify(const char *msg)
   close(fd);
 }
 
+/* The handshake is over: the connection may no longer be closed to make
+ * room for a newer client. */
+static void
+server_handshake_done(struct nbd_conn *c)
+{
+  pthread_mutex_lock(&server_lock);
+  c->handshaking = 0;
+  pthread_mutex_unlock(&server_lock);
+}
+
 static void *
 server_conn_thread(void *arg)
 {
   struct nbd_conn *c = arg;
+  int evicted;
 
-  conn_run(c);
+  if (conn_handshake(c) == 0) {
+    server_handshake_done(c);
+    conn_transmit(c);
+  }
+  conn_finish(c);
+  server_handshake_done(c);
   pthread_mutex_lock(&server_lock);
   if (c->prev)
     c->prev->next = c->next;
@@ -252,25 +279,118 @@ server_conn_thread(void *arg)
     server_conns = c->next;
   if (c->next)
     c->next->prev = c->prev;
-  server_nconns--;
-  pthread_cond_broadcast(&server_conns_cond);
+  evicted = c->evicted;         /* off the list: nobody changes it now */
   pthread_mutex_unlock(&server_lock);
   close(c->fd);
   conn_free(c);
+  /* Last: server_drain returns once this reaches 0, and then the layers
+   * this thread used are torn down. */
+  pthread_mutex_lock(&server_lock);
+  server_nconns--;
+  if (evicted)
+    server_nevicted--;
+  pthread_cond_broadcast(&server_conns_cond);
+  pthread_mutex_unlock(&server_lock);
   return NULL;
 }
 
-/* Accepts one client; returns -1 when there is none left to accept. */
+/* A client that spoke needs a connection thread.  At max-connections the
+ * oldest connection still in its handshake (a client that sends slowly)
+ * makes room for it; with none, every slot is a handshaken connection and
+ * the client is refused (docs/config.md, "Limits").  Caller holds
+ * server_lock.  0 = admitted (linked into the list), -1 = refuse. */
+static int
+server_admit(const struct nbd_config *cfg, struct nbd_conn *c)
+{
+  struct nbd_conn *o, *victim = NULL;
+
+  if (server_nconns - server_nevicted >= cfg->max_connections) {
+    for (o = server_conns; o; o = o->next)     /* newest first */
+      if (o->handshaking && !o->evicted)
+        victim = o;
+    /* Closed connections not gone yet still hold a thread: bound them. */
+    if (victim == NULL || server_nconns >= 2 * cfg->max_connections)
+      return -1;
+    nbd_debug("%s: closed in its handshake to make room for a new client",
+              victim->peer);
+    victim->evicted = 1;
+    server_nevicted++;
+    shutdown(victim->fd, SHUT_RDWR);
+  }
+  c->handshaking = 1;
+  c->next = server_conns;
+  if (server_conns)
+    server_conns->prev = c;
+  server_conns = c;
+  server_nconns++;
+  return 0;
+}
+
+/* Where a client comes from, for the per-source handshake limit: its
+ * address for TCP, its process for a Unix socket. */
+static void
+server_source(struct nbd_conn *c, const struct sockaddr_storage *ss,
+              socklen_t sslen)
+{
+  char addr[INET6_ADDRSTRLEN] = "";
+  struct ucred cr;
+  socklen_t len = sizeof cr;
+  int one = 1;
+
+  if (ss->ss_family == AF_INET || ss->ss_family == AF_INET6) {
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    getnameinfo((const struct sockaddr *)ss, sslen, addr, sizeof addr, NULL,
+                0, NI_NUMERICHOST);
+    snprintf(c->peer, sizeof c->peer, "%s", addr);
+    snprintf(c->source, sizeof c->source, "%s", addr);
+  } else if (ss->ss_family == AF_UNIX &&
+             getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0)
+    snprintf(c->source, sizeof c->source, "pid %ld", (long)cr.pid);
+}
+
+/* Starts the thread of a client that left the lobby, or refuses it. */
+static void
+server_start_conn(const struct nbd_config *cfg, struct nbd_conn *c)
+{
+  pthread_attr_t attr;
+  pthread_t tid;
+  int r;
+
+  pthread_mutex_lock(&server_lock);
+  r = server_admit(cfg, c);
+  pthread_mutex_unlock(&server_lock);
+  if (r == -1) {
+    static time_t last;
+    time_t now = time(NULL);
+    if (now != last)            /* one line a second, not one per client */
+      nbd_warn("refusing a client: %u connections is the maximum",
+               cfg->max_connections);
+    last = now;
+    close(c->fd);
+    conn_free(c);
+    return;
+  }
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, SERVER_CONN_STACK);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  if (pthread_create(&tid, &attr, server_conn_thread, c) != 0) {
+    nbd_warn("cannot start a connection thread: dropping client");
+    shutdown(c->fd, SHUT_RDWR);
+    /* The thread body does the unlinking and freeing; run it here. */
+    server_conn_thread(c);
+  }
+  pthread_attr_destroy(&attr);
+}
+
+/* Accepts one client, greets it and puts it in the lobby until it
+ * speaks; returns -1 when there is none left to accept. */
 static int
 server_accept(const struct nbd_config *cfg, struct server_listener *l)
 {
   struct sockaddr_storage ss;
   socklen_t sslen = sizeof ss;
-  char addr[INET6_ADDRSTRLEN] = "";
-  pthread_attr_t attr;
-  pthread_t tid;
   struct nbd_conn *c;
-  int fd, one = 1;
+  int fd;
 
   fd = accept4(l->fd, (struct sockaddr *)&ss, &sslen, SOCK_CLOEXEC);
   if (fd == -1) {
@@ -280,85 +400,85 @@ server_accept(const struct nbd_config *cfg, struct server_listener *l)
       usleep(100000);           /* let connections close; don't spin */
     return -1;
   }
-  unsigned nconns;
-
-  pthread_mutex_lock(&server_lock);
-  nconns = server_nconns;
-  pthread_mutex_unlock(&server_lock);
-  if (nconns >= cfg->max_connections) {
-    static time_t last;
-    time_t now = time(NULL);
-    if (now != last)            /* one line a second, not one per client */
-      nbd_warn("refusing a client: %u connections is the maximum",
-               cfg->max_connections);
-    last = now;
-    close(fd);
-    return 0;
-  }
   c = conn_new(fd, cfg);
   if (c == NULL) {
     close(fd);
     return 0;
   }
-  if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    getnameinfo((struct sockaddr *)&ss, sslen, addr, sizeof addr, NULL, 0,
-                NI_NUMERICHOST);
-    snprintf(c->peer, sizeof c->peer, "%s", addr);
-  }
-
-  pthread_mutex_lock(&server_lock);
-  c->next = server_conns;
-  if (server_conns)
-    server_conns->prev = c;
-  server_conns = c;
-  server_nconns++;
-  pthread_mutex_unlock(&server_lock);
-
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, SERVER_CONN_STACK);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  if (pthread_create(&tid, &attr, server_conn_thread, c) != 0) {
-    nbd_warn("cannot start a connection thread: dropping client");
-    shutdown(fd, SHUT_RDWR);
-    pthread_attr_destroy(&attr);
-    /* The thread body does the unlinking and freeing; run it here. */
-    server_conn_thread(c);
+  server_source(c, &ss, sslen);
+  nbd_debug("%s: connected on %s", c->peer, l->desc);
+  if (cfg->handshake_timeout)
+    c->deadline = conn_now_ns() + cfg->handshake_timeout;
+  if (handshake_greet(c) == -1) {
+    close(fd);
+    conn_free(c);
     return 0;
   }
-  pthread_attr_destroy(&attr);
-  nbd_debug("%s: connected on %s", c->peer, l->desc);
+  lobby_add(c, config_max_handshakes(cfg),
+            config_max_handshakes_per_source(cfg));
   return 0;
 }
 
-/* Wakes every connection's reader; after the grace period, also writers
- * blocked on clients that stopped reading. */
-static void
+/* Ends every connection and waits until each thread is gone, so that no
+ * layer is torn down while a connection still uses it: their sockets are
+ * shut for reading (each finishes the requests it read and flushes what
+ * its client wrote), and after the grace period for writing too (a
+ * client that stops reading cannot hold a reply).  The final flushes
+ * take as long as they take; a second signal (server_aborting) makes
+ * layers cut them short, and if threads are still busy
+ * SERVER_ABORT_SECONDS after it, gives up.  Returns 0 when every
+ * connection is gone, -1 when some are still running (the caller must
+ * then leave the configuration alone). */
+static int
 server_drain(void)
 {
-  struct timespec deadline;
+  struct timespec now, tick;
   struct nbd_conn *c;
-  int how = SHUT_RD;
+  time_t grace_end, abort_end = 0;
+  int how = SHUT_RD, r = 0;
 
-  clock_gettime(CLOCK_REALTIME, &deadline);
-  deadline.tv_sec += SERVER_GRACE_SECONDS;
+  clock_gettime(CLOCK_REALTIME, &now);
+  grace_end = now.tv_sec + SERVER_GRACE_SECONDS;
   pthread_mutex_lock(&server_lock);
   for (;;) {
     for (c = server_conns; c; c = c->next)
       shutdown(c->fd, how);
     if (server_nconns == 0)
       break;
-    if (pthread_cond_timedwait(&server_conns_cond, &server_lock,
-                               &deadline) == ETIMEDOUT) {
-      if (how == SHUT_RDWR)
-        break;
-      nbd_warn("%u connections still busy after %ds: closing them",
-               server_nconns, SERVER_GRACE_SECONDS);
+    /* Wake up now and then: a second signal only sets a flag. */
+    clock_gettime(CLOCK_REALTIME, &tick);
+    tick.tv_nsec += 200000000;
+    if (tick.tv_nsec >= 1000000000) {
+      tick.tv_sec++;
+      tick.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&server_conns_cond, &server_lock, &tick);
+    if (server_nconns == 0)
+      break;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (how == SHUT_RD && now.tv_sec >= grace_end) {
+      nbd_warn("%u connections still busy after %ds: closing their "
+               "sockets, waiting for their flushes", server_nconns,
+               SERVER_GRACE_SECONDS);
       how = SHUT_RDWR;
-      deadline.tv_sec += 2;
+    }
+    if (server_aborting && abort_end == 0) {
+      nbd_warn("second signal: cutting the final flushes short");
+      pthread_mutex_unlock(&server_lock);
+      stop_wake();
+      pthread_mutex_lock(&server_lock);
+      abort_end = now.tv_sec + SERVER_ABORT_SECONDS;
+    }
+    if (abort_end && now.tv_sec >= abort_end) {
+      nbd_error("%u connections still busy %ds after the second signal: "
+                "exiting without them; what they had not written is lost",
+                server_nconns, SERVER_ABORT_SECONDS);
+      r = -1;
+      break;
     }
   }
   pthread_mutex_unlock(&server_lock);
+  return r;
 }
 
 static int
@@ -399,6 +519,28 @@ server_close_listeners(void)
     }
   }
   server_nlisteners = 0;
+}
+
+/* Every client holds a socket, in the lobby too: raise the soft limit on
+ * open files to the hard one (systemd's default soft limit is 1024), and
+ * say so when even that is short of what the limits allow. */
+static void
+server_raise_nofile(const struct nbd_config *cfg)
+{
+  struct rlimit rl;
+  uint64_t want = (uint64_t)cfg->max_connections +
+                  config_max_handshakes(cfg) + 256;
+
+  if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
+    return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
+    nbd_warn("the limit on open files (%llu) is below what max-connections "
+             "and max-handshakes allow (%llu): raise LimitNOFILE",
+             (unsigned long long)rl.rlim_cur, (unsigned long long)want);
 }
 
 static void
@@ -447,17 +589,25 @@ server_drop_privileges(const struct nbd_config *cfg)
   return 0;
 }
 
-static void
+/* A supervisor waits for the pidfile, so one that cannot be written is
+ * fatal (as in nbdkit), not a warning it would never see. */
+static int
 server_write_pidfile(const char *path)
 {
   FILE *fp = fopen(path, "w");
+  int r;
 
   if (fp == NULL) {
-    nbd_warn("cannot write pidfile %s: %s", path, strerror(errno));
-    return;
+    nbd_error("cannot write pidfile %s: %s", path, strerror(errno));
+    return -1;
   }
-  fprintf(fp, "%ld\n", (long)getpid());
-  fclose(fp);
+  r = fprintf(fp, "%ld\n", (long)getpid()) < 0;
+  if (fclose(fp) != 0 || r) {
+    nbd_error("cannot write pidfile %s: %s", path, strerror(errno));
+    unlink(path);
+    return -1;
+  }
+  return 0;
 }
 
 /* Appends s to the URI being built, percent-encoding all but unreserved
@@ -556,13 +706,15 @@ server_command_status(pid_t pid)
 }
 
 int
-server_run(const struct nbd_config *cfg)
+server_run(const struct nbd_config *cfg, int *drained)
 {
   pid_t child = -1;
   int status = 0;
-  struct pollfd pfd[SERVER_MAX_LISTEN + 1];
-  size_t i;
+  struct pollfd *pfd;
+  size_t i, npfd;
 
+  *drained = 1;
+  server_raise_nofile(cfg);
   if (pipe2(server_sigpipe, O_CLOEXEC | O_NONBLOCK) == -1) {
     nbd_error("pipe: %s", strerror(errno));
     return -1;
@@ -577,8 +729,10 @@ server_run(const struct nbd_config *cfg)
           fcntl(server_listeners[i].fd, F_GETFL) | O_NONBLOCK);
     nbd_info("listening on %s", server_listeners[i].desc);
   }
-  if (cfg->pidfile)
-    server_write_pidfile(cfg->pidfile);
+  if (cfg->pidfile && server_write_pidfile(cfg->pidfile) == -1) {
+    server_close_listeners();
+    return -1;
+  }
   if (server_drop_privileges(cfg) == -1) {
     server_close_listeners();
     return -1;
@@ -595,19 +749,31 @@ server_run(const struct nbd_config *cfg)
       server_stopping = 1;
   }
 
-  while (!server_stopping) {
+  npfd = SERVER_MAX_LISTEN + 1 + config_max_handshakes(cfg);
+  if ((pfd = calloc(npfd, sizeof *pfd)) == NULL)
+    nbd_error("out of memory");
+  while (pfd && !server_stopping) {
+    size_t nl = server_nlisteners + 1, nlobby, pos = 0;
+    struct nbd_conn *c;
+
     for (i = 0; i < server_nlisteners; i++) {
       pfd[i].fd = server_listeners[i].fd;
       pfd[i].events = POLLIN;
     }
     pfd[i].fd = server_sigpipe[0];
     pfd[i].events = POLLIN;
-    if (poll(pfd, server_nlisteners + 1, -1) == -1) {
+    nlobby = lobby_pollfds(pfd + nl, npfd - nl);
+    /* With clients in the lobby, wake now and then to expire them. */
+    if (poll(pfd, nl + nlobby, nlobby ? 500 : -1) == -1) {
       if (errno == EINTR)
         continue;
       nbd_error("poll: %s", strerror(errno));
       break;
     }
+    while (!server_stopping &&
+           (c = lobby_take_ready(pfd + nl, nlobby, &pos)) != NULL)
+      server_start_conn(cfg, c);
+    lobby_expire(conn_now_ns());
     /* Drain each ready listener (bounded, so one cannot starve others). */
     for (i = 0; i < server_nlisteners && !server_stopping; i++) {
       int n;
@@ -617,13 +783,22 @@ server_run(const struct nbd_config *cfg)
             break;
     }
   }
+  lobby_clear();
+  free(pfd);
   nbd_info("shutting down");
+  stop_wake();                  /* layers sleeping in nbd_sleep() */
   server_notify("STOPPING=1");
   server_close_listeners();
-  server_drain();
+  *drained = server_drain() == 0;
   if (cfg->pidfile)
     unlink(cfg->pidfile);
   if (cfg->run)
     status = child == -1 ? 1 : server_command_status(child);
+  if (stop_unwritten() > 0 || !*drained) {
+    nbd_error("exiting with acknowledged writes that may not be durable "
+              "(%u failed flushes at close; see above)", stop_unwritten());
+    if (status == 0)
+      status = 1;
+  }
   return status;
 }

@@ -586,7 +586,8 @@ START_TEST(test_server_errors)
 {
   expect_error("[server]\nfoo = 1\n[export x]\nbackend = tback\n",
                "t.ini:2: unknown key 'foo' in [server] (known: listen, "
-               "threads, readonly, pidfile, max-connections, "
+               "threads, readonly, pidfile, max-connections, max-handshakes, "
+               "max-handshakes-per-source, max-buffer-memory, "
                "handshake-timeout, idle-timeout, user, group, inline, poll, "
                "coalesce)");
   expect_error("[export x]\nfilter tfilt\nbackend = tback\n",

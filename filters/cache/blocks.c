@@ -507,6 +507,14 @@ cache_blocks_write_back_all(struct cache_blocks *bl, struct nbd_ctx *next)
     return -ENOMEM;
   pthread_mutex_lock(&bl->lock);
   while (bl->ndirty > 0) {
+    if (nbd_server_aborting()) {
+      /* A second signal: the operator chose to lose these. */
+      nbd_error("filter cache: shutdown cut the write-back short: %" PRIu64
+                " dirty blocks (%" PRIu64 " bytes) not written below",
+                bl->ndirty, bl->ndirty << bl->bits);
+      err = -ESHUTDOWN;
+      break;
+    }
     for (b = pos; b < bl->nblocks && blocks_state_of(bl, b) != CACHE_DIRTY;
          b++)
       ;

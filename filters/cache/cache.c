@@ -176,9 +176,18 @@ static void
 cache_cleanup(struct nbd_layer *layer)
 {
   struct cache_state *st = layer->state;
+  uint64_t n;
 
   if (st == NULL)
     return;
+  /* Every connection is gone (the server waits for them), so dirty
+   * blocks left now were never written below: a failed or cut-short
+   * flush at close, already reported; say how much in one line. */
+  if (st->blocks && st->mode != CACHE_UNSAFE &&
+      (n = cache_blocks_ndirty(st->blocks)) > 0)
+    nbd_error("export '%s': filter cache: %" PRIu64 " bytes written by "
+              "clients never reached the layer below", layer->export_name,
+              n * st->bs);
   cache_blocks_close(st->blocks);
   free(st);
   layer->state = NULL;

@@ -186,6 +186,22 @@ NBDSTACK = os.path.abspath(NBDSTACK)
 if not os.access(NBDSTACK, os.X_OK):
     die("NBDSTACK=%s is not executable" % NBDSTACK)
 
+# This build's own binary, which in test builds has the test-only layers
+# of tests/layers/ (the shipped static binary does not).
+NBDSTACK_TESTBIN = os.environ.get("NBDSTACK_TESTBIN")
+
+
+def require_test_layer(name):
+    """Skip unless $NBDSTACK_TESTBIN has the test-only layer name."""
+    if not NBDSTACK_TESTBIN or not os.access(NBDSTACK_TESTBIN, os.X_OK):
+        skip("NBDSTACK_TESTBIN is not set: no build with test-only layers")
+    out = subprocess.run([NBDSTACK_TESTBIN, "--list"], capture_output=True,
+                         text=True).stdout
+    if not any(line.split()[:1] == [name] for line in out.splitlines()):
+        skip("%s has no test-only layer %s" % (NBDSTACK_TESTBIN, name))
+    return NBDSTACK_TESTBIN
+
+
 TMPDIR = tempfile.mkdtemp(prefix="nbdstack-test.")
 _servers = []
 
@@ -233,15 +249,19 @@ class Server:
 
     _n = 0
 
-    def __init__(self, args=(), sock=None, config=None, name=None):
+    def __init__(self, args=(), sock=None, config=None, name=None, binary=None,
+                 env=None, prefix=()):
         Server._n += 1
+        binary = binary or NBDSTACK
+        self.env = env
+        self.prefix = list(prefix)
         self.name = name or "server%d" % Server._n
         self.sock = sock or os.path.join(TMPDIR, self.name + ".sock")
         self.logpath = os.path.join(TMPDIR, self.name + ".log")
         if config:
-            self.argv = [NBDSTACK, "-c", config]
+            self.argv = [binary, "-c", config]
         else:
-            self.argv = [NBDSTACK, "-U", self.sock] + list(args)
+            self.argv = [binary, "-U", self.sock] + list(args)
         self.proc = None
         self.start()
 
@@ -255,7 +275,8 @@ class Server:
         # SIGKILL the server if this test dies (e.g. CTest kills it on a
         # timeout); setpriv execs, so the pid is the server's.
         spawn = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
-        self.proc = subprocess.Popen(spawn + self.argv, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(spawn + self.prefix + self.argv,
+                                     stdin=subprocess.DEVNULL, env=self.env,
                                      stdout=self.logf, stderr=self.logf)
         _servers.append(self)
         deadline = time.monotonic() + 10

@@ -168,6 +168,9 @@ def server_limit():
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(5)
     s.connect(sock)
+    # Greeted in the lobby (no slot yet); refused once it speaks.
+    check_eq(len(s.recv(18)), 18, "greeting to the sixth client")
+    s.sendall(struct.pack(">I", 3))
     t = closed_within(s, 3)
     check(t is not None, "sixth client was not refused")
     for h in held:

@@ -127,4 +127,24 @@ check_eq "file backend after restart: data and size" "c3c3c3c3 $((16 * MiB))" "$
 stop_server "$SERVER_PID" TERM 5
 check_eq "file backend: idle SIGTERM exit status" 0 "$STOP_RC"
 
+# --- an unwritable pidfile is fatal --------------------------------------------
+# A supervisor waits for the pidfile; serving without it would leave the
+# supervisor waiting forever (nbdkit exits 1 too).
+mkdir -p "$T/ro"
+chmod 555 "$T/ro"
+out=$(t "$NBDSTACK" -U "$T/pid.sock" -P "$T/ro/sub/x.pid" memory 1M 2>&1)
+rc=$?
+check_eq "pidfile in a missing directory: exit status" 1 "$rc"
+check "pidfile error names the file: $out" grep -q "cannot write pidfile $T/ro/sub/x.pid" <<<"$out"
+check "no socket left behind" test ! -e "$T/pid.sock"
+if [ "$(id -u)" -ne 0 ]; then
+    out=$(t "$NBDSTACK" -U "$T/pid.sock" -P "$T/ro/x.pid" memory 1M 2>&1)
+    check_eq "pidfile in a read-only directory: exit status" 1 "$?"
+fi
+# and a writable one holds our pid while serving, and goes at exit
+start_server "$T/p2.sock" -P "$T/ok.pid" memory size=1M
+check_eq "pidfile holds the server's pid" "$SERVER_PID" "$(cat "$T/ok.pid" 2>/dev/null)"
+stop_server "$SERVER_PID" TERM 5
+check "pidfile removed at exit" test ! -e "$T/ok.pid"
+
 finish

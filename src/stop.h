@@ -1,0 +1,23 @@
+/* nbdstack stop state (stop.c): the server-side half of what layer.h
+ * offers layers (nbd_server_stopping, nbd_server_aborting, nbd_sleep). */
+#ifndef NBDSTACK_STOP_H
+#define NBDSTACK_STOP_H
+
+#include <stdatomic.h>
+
+/* Set from signal handlers: 1 once the server stops (first SIGTERM or
+ * SIGINT, or the --run command exited); server_aborting once a second
+ * SIGTERM/SIGINT asks to cut the final flushes short. */
+extern atomic_int server_stopping;
+extern atomic_int server_aborting;
+
+/* Called by the main thread after it saw a signal: wakes every layer
+ * sleeping in nbd_sleep() (a signal handler cannot). */
+void stop_wake(void);
+/* A write the server acknowledged but could not make durable before it
+ * exits (a failed flush at close); what was lost is logged by whoever
+ * calls this.  Any such write makes the exit status non-zero. */
+void stop_note_unwritten(void);
+unsigned stop_unwritten(void);
+
+#endif
