@@ -151,4 +151,23 @@ if try_start_config_server "$T/two.conf" "$S"; then
     check_eq "config server exit status after SIGTERM" 0 "$STOP_RC"
 fi
 
+# --- nbdinfo --list with 1,000 exports ---------------------------------------
+# nbdinfo sends two options per export after LIST; a fixed bound of 256
+# options once cut it off at export 127 (nbdkit lists 200).
+S=$T/many.sock
+{
+    printf '[server]\nlisten = unix:%s\n' "$S"
+    for i in $(seq 0 999); do
+        printf '[export e%d]\nbackend = null size=1M\n' "$i"
+    done
+} >"$T/many.ini"
+start_config_server "$T/many.ini" "$S"
+if t nbdinfo --list --json "nbd+unix:///?socket=$S" >"$T/many.json" 2>"$T/many.err"; then
+    n=$(/usr/bin/python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["exports"]))' "$T/many.json")
+    check_eq "nbdinfo --list: every one of 1,000 exports" 1000 "$n"
+else
+    fail "nbdinfo --list with 1,000 exports failed: $(tail -3 "$T/many.err")"
+fi
+stop_server "$SERVER_PID"
+
 finish
