@@ -84,6 +84,7 @@ struct nbd_conn {
   struct nbd_request *freelist;
   unsigned nfree;
   size_t nfree_bytes;           /* buffer bytes kept in the free list */
+  _Atomic uint64_t buf_inuse;   /* buffer bytes of requests in flight */
   unsigned nworkers, nidle, inflight;
   uint64_t inflight_bytes;
   int stopping;

@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bufmem.h"
 #include "conn.h"
 #include "lobby.h"
 #include "server.h"
@@ -715,6 +716,7 @@ server_run(const struct nbd_config *cfg, int *drained)
 
   *drained = 1;
   server_raise_nofile(cfg);
+  bufmem_set_limit(cfg->max_buffer_memory);
   if (pipe2(server_sigpipe, O_CLOEXEC | O_NONBLOCK) == -1) {
     nbd_error("pipe: %s", strerror(errno));
     return -1;

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "bufmem.h"
 #include "conn.h"
 #include "protocol.h"
 
@@ -57,7 +58,24 @@ tx_get_request(struct nbd_conn *c)
   pthread_mutex_unlock(&c->qlock);
   if (r == NULL)
     r = calloc(1, sizeof *r);
+  else if (r->bufcap) {
+    bufmem_unkeep(r->bufcap);   /* kept, and now in use again */
+    atomic_fetch_add(&c->buf_inuse, r->bufcap);
+  }
   return r;
+}
+
+/* Frees r's buffer and gives its bytes back to the budget. */
+static void
+tx_free_buf(struct nbd_conn *c, struct nbd_request *r)
+{
+  if (r->bufcap) {
+    atomic_fetch_sub(&c->buf_inuse, r->bufcap);
+    bufmem_uncharge(r->bufcap);
+  }
+  free(r->buf);
+  r->buf = NULL;
+  r->bufcap = 0;
 }
 
 /* Caller holds qlock. */
@@ -65,16 +83,16 @@ static void
 tx_put_request_locked(struct nbd_conn *c, struct nbd_request *r)
 {
   if (c->nfree >= TX_FREELIST_MAX) {
-    free(r->buf);
+    tx_free_buf(c, r);
     free(r);
     return;
   }
   if (r->bufcap > TX_KEEP_BUF ||
-      c->nfree_bytes + r->bufcap > TX_KEEP_BYTES) {
-    free(r->buf);
-    r->buf = NULL;
-    r->bufcap = 0;
-  }
+      c->nfree_bytes + r->bufcap > TX_KEEP_BYTES ||
+      (r->bufcap && !bufmem_keep(r->bufcap)))
+    tx_free_buf(c, r);
+  else
+    atomic_fetch_sub(&c->buf_inuse, r->bufcap);
   r->next = c->freelist;
   c->freelist = r;
   c->nfree++;
@@ -82,16 +100,41 @@ tx_put_request_locked(struct nbd_conn *c, struct nbd_request *r)
 }
 
 static int
-tx_reserve(struct nbd_request *r, size_t len)
+tx_cancelled(void *arg)
+{
+  struct nbd_conn *c = arg;
+  int stop;
+
+  pthread_mutex_lock(&c->qlock);
+  stop = c->stopping;
+  pthread_mutex_unlock(&c->qlock);
+  return stop || nbd_server_stopping();
+}
+
+/* A buffer of at least len bytes for r, within the server-wide budget
+ * (bufmem.c): when it is spent, the reader waits here and reads nothing
+ * more from its socket, after sending the replies it had batched.
+ * 0, -ENOMEM, or -ESHUTDOWN when the wait was cut short. */
+static int
+tx_reserve(struct nbd_conn *c, struct nbd_request *r, size_t len)
 {
   char *p;
 
   if (r->bufcap >= len)
     return 0;
+  tx_free_buf(c, r);
+  if (!bufmem_try(len, atomic_load(&c->buf_inuse))) {
+    if (c->olen)
+      conn_flush(c);
+    if (bufmem_wait(len, atomic_load(&c->buf_inuse), tx_cancelled, c) == -1)
+      return -ESHUTDOWN;
+  }
   p = malloc(len);
-  if (p == NULL)
-    return -1;
-  free(r->buf);
+  if (p == NULL) {
+    bufmem_uncharge(len);
+    return -ENOMEM;
+  }
+  atomic_fetch_add(&c->buf_inuse, len);
   r->buf = p;
   r->bufcap = len;
   return 0;
@@ -404,8 +447,9 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r, struct tx_timing *tm)
   }
   switch (r->type) {
   case NBD_CMD_READ:
-    err = tx_reserve(r, r->count) ? -ENOMEM :
-          next_pread(t, r->buf, r->count, r->offset, fl & ~NBD_FLAG_FUA);
+    err = tx_reserve(c, r, r->count);
+    if (err == 0)
+      err = next_pread(t, r->buf, r->count, r->offset, fl & ~NBD_FLAG_FUA);
     break;
   case NBD_CMD_WRITE:
     __atomic_store_n(&c->wrote, 1, __ATOMIC_RELAXED);
@@ -617,6 +661,12 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
     return 1;
   *verr = tx_validate(c, r);
   r->pull = 0;
+  /* A read's buffer is taken here, on the reader: when the budget is
+   * spent it is the reader that waits, and the socket that stops. */
+  if (r->type == NBD_CMD_READ && *verr == 0) {
+    *verr = tx_reserve(c, r, r->count);
+    return *verr == -ESHUTDOWN ? -1 : 0;
+  }
   if (r->type != NBD_CMD_WRITE)
     return 0;
   if (pull && *verr == 0) {
@@ -630,8 +680,8 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
              r->count);
     return -1;
   }
-  if (*verr == 0 && tx_reserve(r, r->count) == -1)
-    *verr = -ENOMEM;
+  if (*verr == 0 && (*verr = tx_reserve(c, r, r->count)) == -ESHUTDOWN)
+    return -1;
   if (*verr != 0)               /* refused: the payload is not needed */
     return conn_skip(c, r->count);
   return conn_read(c, r->buf, r->count);
@@ -722,7 +772,11 @@ transmission_run(struct nbd_conn *c)
   c->nworkers = 0;
   while ((r = c->freelist) != NULL) {
     c->freelist = r->next;
-    free(r->buf);
+    if (r->bufcap) {            /* kept: back in use, then freed */
+      bufmem_unkeep(r->bufcap);
+      atomic_fetch_add(&c->buf_inuse, r->bufcap);
+    }
+    tx_free_buf(c, r);
     free(r);
   }
   c->nfree = 0;
