@@ -1,9 +1,11 @@
-/* nbdstack server: listening sockets (TCP v4/v6, Unix, or inherited from
- * systemd socket activation), the accept loop, one thread per connection,
- * readiness notification, and orderly shutdown on SIGTERM/SIGINT: stop
- * accepting, let every connection finish its in-flight requests, flush,
- * close, exit 0.  It does not parse the config (config.c) nor speak NBD
- * (handshake.c, transmission.c).
+/* nbdstack server: the accept loop, the admission of clients (the lobby
+ * of silent ones, max-connections), one thread per connection, signals,
+ * and the orderly shutdown: stop accepting, let every connection finish
+ * its requests and flush what it wrote, however long that takes, then
+ * exit (0, or 1 when a flush failed or a second signal cut one short).
+ * The listening sockets are sockets.c's, process set-up process.c's,
+ * --run captive.c's; it does not parse the config (config.c) nor speak
+ * NBD (conn.c and below).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,17 +31,14 @@
 #include "bufmem.h"
 #include "conn.h"
 #include "lobby.h"
+#include "process.h"
 #include "server.h"
+#include "sockets.h"
 
-#define SERVER_MAX_LISTEN 64
 #define SERVER_CONN_STACK (256u << 10)
 #define SERVER_GRACE_SECONDS 5
 
 #define SERVER_ABORT_SECONDS 10
-/* musl's SOMAXCONN is 128: a burst of connects beyond it fails at once
- * for clients that connect without blocking (libnbd); the kernel caps
- * this at net.core.somaxconn. */
-#define SERVER_BACKLOG 4096
 
 static int server_sigpipe[2] = { -1, -1 };
 static pthread_mutex_t server_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -49,14 +48,6 @@ static unsigned server_nconns;          /* threads alive, evicted included */
 static unsigned server_nevicted;        /* closed for room, not gone yet */
 static volatile sig_atomic_t server_nsignals;
 
-struct server_listener {
-  int fd;
-  char *unlink_path;            /* Unix socket we created */
-  char desc[128];
-};
-
-static struct server_listener server_listeners[SERVER_MAX_LISTEN];
-static size_t server_nlisteners;
 
 static void
 server_on_signal(int sig)
@@ -72,183 +63,6 @@ server_on_signal(int sig)
     /* The pipe is full: a wake-up is already pending. */
   }
   errno = saved;
-}
-
-static int
-server_add_fd(int fd, const char *path, const char *desc)
-{
-  struct server_listener *l;
-
-  if (server_nlisteners == SERVER_MAX_LISTEN) {
-    nbd_error("too many listening sockets (max %d)", SERVER_MAX_LISTEN);
-    close(fd);
-    return -1;
-  }
-  l = &server_listeners[server_nlisteners++];
-  l->fd = fd;
-  l->unlink_path = path ? strdup(path) : NULL;
-  snprintf(l->desc, sizeof l->desc, "%s", desc);
-  return 0;
-}
-
-static int
-server_listen_unix(const struct nbd_listen *ln)
-{
-  struct sockaddr_un sun;
-  struct stat st;
-  int fd;
-
-  memset(&sun, 0, sizeof sun);
-  sun.sun_family = AF_UNIX;
-  if (strlen(ln->path) >= sizeof sun.sun_path) {
-    nbd_error("unix socket path too long (max %zu bytes): %s",
-              sizeof sun.sun_path - 1, ln->path);
-    return -1;
-  }
-  strcpy(sun.sun_path, ln->path);
-  /* A stale socket from an earlier run would make bind fail; remove only
-   * a socket, never a regular file. */
-  if (lstat(ln->path, &st) == 0 && S_ISSOCK(st.st_mode))
-    unlink(ln->path);
-  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd == -1 || bind(fd, (struct sockaddr *)&sun, sizeof sun) == -1 ||
-      listen(fd, SERVER_BACKLOG) == -1) {
-    nbd_error("cannot listen on unix:%s: %s", ln->path, strerror(errno));
-    if (fd != -1)
-      close(fd);
-    return -1;
-  }
-  return server_add_fd(fd, ln->path, ln->path);
-}
-
-/* Binds every address host resolves to; returns how many, or -1 if it
- * does not resolve. */
-static int
-server_listen_tcp_host(const char *host, const char *port, int quiet)
-{
-  struct addrinfo hints, *res, *a;
-  char desc[128], addr[INET6_ADDRSTRLEN];
-  int r, fd, one = 1, bound = 0;
-
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  r = getaddrinfo(host, port, &hints, &res);
-  if (r != 0) {
-    if (!quiet)
-      nbd_error("cannot resolve tcp:%s:%s: %s", host ? host : "*", port,
-                gai_strerror(r));
-    return -1;
-  }
-  for (a = res; a; a = a->ai_next) {
-    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd == -1)
-      continue;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    /* Bind v4 and v6 separately so both can listen on one port. */
-    if (a->ai_family == AF_INET6)
-      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    getnameinfo(a->ai_addr, a->ai_addrlen, addr, sizeof addr, NULL, 0,
-                NI_NUMERICHOST);
-    snprintf(desc, sizeof desc, a->ai_family == AF_INET6 ? "[%s]:%s" :
-             "%s:%s", addr, port);
-    if (bind(fd, a->ai_addr, a->ai_addrlen) == -1 ||
-        listen(fd, SERVER_BACKLOG) == -1) {
-      if (!quiet)
-        nbd_error("cannot listen on tcp %s: %s", desc, strerror(errno));
-      close(fd);
-      continue;
-    }
-    if (server_add_fd(fd, NULL, desc) == 0)
-      bound++;
-  }
-  freeaddrinfo(res);
-  return bound;
-}
-
-static int
-server_listen_tcp(const struct nbd_listen *ln)
-{
-  const char *host = ln->host && *ln->host ? ln->host : NULL;
-  const char *port = ln->port && *ln->port ? ln->port : "10809";
-  int n;
-
-  /* "localhost" means both loopbacks, whatever /etc/hosts lists; a host
-   * without IPv6 just gets 127.0.0.1. */
-  if (host && strcmp(host, "localhost") == 0) {
-    n = server_listen_tcp_host("127.0.0.1", port, 0);
-    if (server_listen_tcp_host("::1", port, 1) > 0 && n < 0)
-      n = 1;
-  }
-  else
-    n = server_listen_tcp_host(host, port, 0);
-  return n > 0 ? 0 : -1;
-}
-
-/* systemd socket activation: LISTEN_PID must be us; fds 3..3+N-1. */
-static int
-server_activation(void)
-{
-  const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
-  char *end;
-  long n, i;
-
-  if (pid == NULL || fds == NULL)
-    return 0;
-  if (strtol(pid, &end, 10) != (long)getpid() || *end)
-    return 0;
-  n = strtol(fds, &end, 10);
-  if (*end || n <= 0 || n > SERVER_MAX_LISTEN)
-    return 0;
-  unsetenv("LISTEN_PID");
-  unsetenv("LISTEN_FDS");
-  unsetenv("LISTEN_FDNAMES");
-  /* As nbdkit does: a server that a client started itself through socket
-   * activation (libnbd's "nbdinfo -- [ nbdstack ... ]") ends with that
-   * client, which does not always signal it (not when the handshake
-   * failed).  Under systemd the parent is PID 1, which never goes. */
-  {
-    pid_t parent = getppid();
-    if (prctl(PR_SET_PDEATHSIG, SIGTERM) == 0 && getppid() != parent)
-      raise(SIGTERM);           /* it went before we asked */
-  }
-  for (i = 0; i < n; i++) {
-    char desc[32];
-    int fd = 3 + (int)i;
-    fcntl(fd, F_SETFD, FD_CLOEXEC);
-    snprintf(desc, sizeof desc, "inherited fd %d", fd);
-    if (server_add_fd(fd, NULL, desc) == -1)
-      return -1;
-  }
-  return (int)n;
-}
-
-/* READY=1 to $NOTIFY_SOCKET ('@' = abstract namespace). */
-static void
-server_notify(const char *msg)
-{
-  const char *path = getenv("NOTIFY_SOCKET");
-  struct sockaddr_un sun;
-  socklen_t len;
-  int fd;
-
-  if (path == NULL || (path[0] != '/' && path[0] != '@') ||
-      strlen(path) >= sizeof sun.sun_path)
-    return;
-  memset(&sun, 0, sizeof sun);
-  sun.sun_family = AF_UNIX;
-  memcpy(sun.sun_path, path, strlen(path));
-  if (path[0] == '@')
-    sun.sun_path[0] = '\0';
-  len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
-  fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd == -1)
-    return;
-  if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sun,
-             len) == -1)
-    nbd_warn("sd_notify to %s failed: %s", path, strerror(errno));
-  close(fd);
 }
 
 /* The handshake is over: the connection may no longer be closed to make
@@ -386,7 +200,7 @@ server_start_conn(const struct nbd_config *cfg, struct nbd_conn *c)
 /* Accepts one client, greets it and puts it in the lobby until it
  * speaks; returns -1 when there is none left to accept. */
 static int
-server_accept(const struct nbd_config *cfg, struct server_listener *l)
+server_accept(const struct nbd_config *cfg, const struct nbd_listener *l)
 {
   struct sockaddr_storage ss;
   socklen_t sslen = sizeof ss;
@@ -482,68 +296,6 @@ server_drain(void)
   return r;
 }
 
-static int
-server_open_listeners(const struct nbd_config *cfg)
-{
-  size_t i;
-  int n = server_activation();
-
-  if (n < 0)
-    return -1;
-  if (n > 0) {
-    nbd_info("using %d socket(s) from systemd socket activation", n);
-    return 0;
-  }
-  for (i = 0; i < cfg->nlistens; i++) {
-    const struct nbd_listen *ln = &cfg->listens[i];
-    if ((ln->kind == NBD_LISTEN_UNIX ? server_listen_unix(ln)
-                                     : server_listen_tcp(ln)) == -1)
-      return -1;
-  }
-  if (server_nlisteners == 0) {
-    nbd_error("nothing to listen on");
-    return -1;
-  }
-  return 0;
-}
-
-static void
-server_close_listeners(void)
-{
-  size_t i;
-
-  for (i = 0; i < server_nlisteners; i++) {
-    close(server_listeners[i].fd);
-    if (server_listeners[i].unlink_path) {
-      unlink(server_listeners[i].unlink_path);
-      free(server_listeners[i].unlink_path);
-    }
-  }
-  server_nlisteners = 0;
-}
-
-/* Every client holds a socket, in the lobby too: raise the soft limit on
- * open files to the hard one (systemd's default soft limit is 1024), and
- * say so when even that is short of what the limits allow. */
-static void
-server_raise_nofile(const struct nbd_config *cfg)
-{
-  struct rlimit rl;
-  uint64_t want = (uint64_t)cfg->max_connections +
-                  config_max_handshakes(cfg) + 256;
-
-  if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
-    return;
-  if (rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
-  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want)
-    nbd_warn("the limit on open files (%llu) is below what max-connections "
-             "and max-handshakes allow (%llu): raise LimitNOFILE",
-             (unsigned long long)rl.rlim_cur, (unsigned long long)want);
-}
-
 static void
 server_signals(void)
 {
@@ -558,154 +310,6 @@ server_signals(void)
   sigaction(SIGINT, &sa, NULL);
 }
 
-/* -u/-g: give up root once the sockets are bound. */
-static int
-server_drop_privileges(const struct nbd_config *cfg)
-{
-  struct passwd *pw = NULL;
-  struct group *gr = NULL;
-  gid_t gid;
-
-  if (cfg->user == NULL && cfg->group == NULL)
-    return 0;
-  if (cfg->user && (pw = getpwnam(cfg->user)) == NULL) {
-    nbd_error("unknown user '%s'", cfg->user);
-    return -1;
-  }
-  if (cfg->group && (gr = getgrnam(cfg->group)) == NULL) {
-    nbd_error("unknown group '%s'", cfg->group);
-    return -1;
-  }
-  gid = gr ? gr->gr_gid : pw ? pw->pw_gid : getgid();
-  if (setgroups(1, &gid) == -1 || setgid(gid) == -1) {
-    nbd_error("cannot change group to %u: %s", (unsigned)gid,
-              strerror(errno));
-    return -1;
-  }
-  if (pw && setuid(pw->pw_uid) == -1) {
-    nbd_error("cannot change user to %s: %s", cfg->user, strerror(errno));
-    return -1;
-  }
-  nbd_debug("running as uid %u gid %u", (unsigned)getuid(), (unsigned)getgid());
-  return 0;
-}
-
-/* A supervisor waits for the pidfile, so one that cannot be written is
- * fatal (as in nbdkit), not a warning it would never see. */
-static int
-server_write_pidfile(const char *path)
-{
-  FILE *fp = fopen(path, "w");
-  int r;
-
-  if (fp == NULL) {
-    nbd_error("cannot write pidfile %s: %s", path, strerror(errno));
-    return -1;
-  }
-  r = fprintf(fp, "%ld\n", (long)getpid()) < 0;
-  if (fclose(fp) != 0 || r) {
-    nbd_error("cannot write pidfile %s: %s", path, strerror(errno));
-    unlink(path);
-    return -1;
-  }
-  return 0;
-}
-
-/* Appends s to the URI being built, percent-encoding all but unreserved
- * characters (and '/', kept for socket paths). */
-static void
-server_uri_append(char *uri, size_t len, const char *s)
-{
-  size_t n = strlen(uri);
-  static const char hex[] = "0123456789ABCDEF";
-
-  for (; *s && n + 4 < len; s++) {
-    unsigned char ch = (unsigned char)*s;
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-        (ch >= '0' && ch <= '9') || strchr("-._~/", ch))
-      uri[n++] = (char)ch;
-    else {
-      uri[n++] = '%';
-      uri[n++] = hex[ch >> 4];
-      uri[n++] = hex[ch & 15];
-    }
-  }
-  uri[n] = '\0';
-}
-
-/* --run: starts the command with the first listener's address in its
- * environment, as nbdkit does.  Returns its pid, or -1. */
-static pid_t
-server_start_command(const struct nbd_config *cfg)
-{
-  const struct nbd_listen *l = &cfg->listens[0];
-  const char *name = cfg->exports ? cfg->exports->name : "";
-  /* Room for the longest: a 4096-byte name and a 107-byte socket path,
-   * every byte percent-encoded (a host is cut by snprintf at worst). */
-  char uri[3 * CONFIG_MAX_NAME + 3 * 108 + 64] = "";
-  pid_t pid;
-
-  if (l->kind == NBD_LISTEN_UNIX) {
-    strcpy(uri, "nbd+unix:///");
-    server_uri_append(uri, sizeof uri, name);
-    strcat(uri, "?socket=");
-    server_uri_append(uri, sizeof uri, l->path);
-  } else {
-    const char *h = l->host && *l->host ? l->host : "localhost";
-    int v6 = strchr(h, ':') != NULL;
-    snprintf(uri, sizeof uri, "nbd://%s%s%s:%s/", v6 ? "[" : "", h,
-             v6 ? "]" : "", l->port);
-    server_uri_append(uri, sizeof uri, name);
-  }
-  pid = fork();
-  if (pid == -1) {
-    nbd_error("--run: fork: %s", strerror(errno));
-    return -1;
-  }
-  if (pid == 0) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = SIG_DFL;
-    sigaction(SIGPIPE, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGCHLD, &sa, NULL);
-    setenv("uri", uri, 1);
-    setenv("nbd", uri, 1);
-    setenv("exportname", name, 1);
-    if (l->kind == NBD_LISTEN_UNIX)
-      setenv("unixsocket", l->path, 1);
-    else
-      setenv("port", l->port, 1);
-    execl("/bin/sh", "sh", "-c", cfg->run, (char *)NULL);
-    fprintf(stderr, "nbdstack: --run: /bin/sh: %s\n", strerror(errno));
-    _exit(127);
-  }
-  return pid;
-}
-
-/* The --run command's exit status as a shell reports it (128 + signal). */
-static int
-server_command_status(pid_t pid)
-{
-  pid_t r;
-  int st;
-
-  /* Stopped by a signal while the command still runs: pass it on. */
-  while ((r = waitpid(pid, &st, WNOHANG)) == -1 && errno == EINTR)
-    ;
-  if (r == 0) {
-    kill(pid, SIGTERM);
-    while ((r = waitpid(pid, &st, 0)) == -1 && errno == EINTR)
-      ;
-  }
-  if (r == -1)
-    return 1;
-  if (WIFEXITED(st))
-    return WEXITSTATUS(st);
-  return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : 1;
-}
-
 int
 server_run(const struct nbd_config *cfg, int *drained)
 {
@@ -715,31 +319,31 @@ server_run(const struct nbd_config *cfg, int *drained)
   size_t i, npfd;
 
   *drained = 1;
-  server_raise_nofile(cfg);
+  process_raise_nofile(cfg);
   bufmem_set_limit(cfg->max_buffer_memory);
   if (pipe2(server_sigpipe, O_CLOEXEC | O_NONBLOCK) == -1) {
     nbd_error("pipe: %s", strerror(errno));
     return -1;
   }
   server_signals();
-  if (server_open_listeners(cfg) == -1) {
-    server_close_listeners();
+  if (sockets_open(cfg) == -1) {
+    sockets_close();
     return -1;
   }
-  for (i = 0; i < server_nlisteners; i++) {
-    fcntl(server_listeners[i].fd, F_SETFL,
-          fcntl(server_listeners[i].fd, F_GETFL) | O_NONBLOCK);
-    nbd_info("listening on %s", server_listeners[i].desc);
+  for (i = 0; i < sockets_count(); i++) {
+    fcntl(sockets_get(i)->fd, F_SETFL,
+          fcntl(sockets_get(i)->fd, F_GETFL) | O_NONBLOCK);
+    nbd_info("listening on %s", sockets_get(i)->desc);
   }
-  if (cfg->pidfile && server_write_pidfile(cfg->pidfile) == -1) {
-    server_close_listeners();
+  if (cfg->pidfile && process_write_pidfile(cfg->pidfile) == -1) {
+    sockets_close();
     return -1;
   }
-  if (server_drop_privileges(cfg) == -1) {
-    server_close_listeners();
+  if (process_drop_privileges(cfg) == -1) {
+    sockets_close();
     return -1;
   }
-  server_notify("READY=1");
+  notify_systemd("READY=1");
   if (cfg->run && cfg->nlistens > 0) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -747,19 +351,19 @@ server_run(const struct nbd_config *cfg, int *drained)
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_NOCLDSTOP;
     sigaction(SIGCHLD, &sa, NULL);
-    if ((child = server_start_command(cfg)) == -1)
+    if ((child = captive_start(cfg)) == -1)
       server_stopping = 1;
   }
 
-  npfd = SERVER_MAX_LISTEN + 1 + config_max_handshakes(cfg);
+  npfd = SOCKETS_MAX + 1 + config_max_handshakes(cfg);
   if ((pfd = calloc(npfd, sizeof *pfd)) == NULL)
     nbd_error("out of memory");
   while (pfd && !server_stopping) {
-    size_t nl = server_nlisteners + 1, nlobby, pos = 0;
+    size_t nl = sockets_count() + 1, nlobby, pos = 0;
     struct nbd_conn *c;
 
-    for (i = 0; i < server_nlisteners; i++) {
-      pfd[i].fd = server_listeners[i].fd;
+    for (i = 0; i < sockets_count(); i++) {
+      pfd[i].fd = sockets_get(i)->fd;
       pfd[i].events = POLLIN;
     }
     pfd[i].fd = server_sigpipe[0];
@@ -777,11 +381,11 @@ server_run(const struct nbd_config *cfg, int *drained)
       server_start_conn(cfg, c);
     lobby_expire(conn_now_ns());
     /* Drain each ready listener (bounded, so one cannot starve others). */
-    for (i = 0; i < server_nlisteners && !server_stopping; i++) {
+    for (i = 0; i < sockets_count() && !server_stopping; i++) {
       int n;
       if (pfd[i].revents & POLLIN)
         for (n = 0; n < 64 && !server_stopping; n++)
-          if (server_accept(cfg, &server_listeners[i]) == -1)
+          if (server_accept(cfg, sockets_get(i)) == -1)
             break;
     }
   }
@@ -789,13 +393,13 @@ server_run(const struct nbd_config *cfg, int *drained)
   free(pfd);
   nbd_info("shutting down");
   stop_wake();                  /* layers sleeping in nbd_sleep() */
-  server_notify("STOPPING=1");
-  server_close_listeners();
+  notify_systemd("STOPPING=1");
+  sockets_close();
   *drained = server_drain() == 0;
   if (cfg->pidfile)
     unlink(cfg->pidfile);
   if (cfg->run)
-    status = child == -1 ? 1 : server_command_status(child);
+    status = child == -1 ? 1 : captive_status(child);
   if (stop_unwritten() > 0 || !*drained) {
     nbd_error("exiting with acknowledged writes that may not be durable "
               "(%u failed flushes at close; see above)", stop_unwritten());

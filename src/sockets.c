@@ -1,0 +1,206 @@
+/* nbdstack sockets: the listening sockets, bound from the config (TCP v4
+ * and v6, Unix) or inherited through systemd socket activation
+ * (activation.c).  It does not accept clients (server.c).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "layer.h"
+#include "sockets.h"
+
+/* musl's SOMAXCONN is 128: a burst of connects beyond it fails at once
+ * for clients that connect without blocking (libnbd); the kernel caps
+ * this at net.core.somaxconn. */
+#define SOCKETS_BACKLOG 4096
+
+static struct nbd_listener sockets_v[SOCKETS_MAX];
+static size_t sockets_n;
+
+size_t
+sockets_count(void)
+{
+  return sockets_n;
+}
+
+const struct nbd_listener *
+sockets_get(size_t i)
+{
+  return &sockets_v[i];
+}
+
+/* Inherited sockets, if systemd passed any: their number, or -1. */
+static int
+sockets_activation(void)
+{
+  int fds[SOCKETS_MAX], n, i;
+  char desc[32];
+
+  n = activation_fds(fds, SOCKETS_MAX);
+  for (i = 0; i < n; i++) {
+    snprintf(desc, sizeof desc, "inherited fd %d", fds[i]);
+    if (sockets_add(fds[i], NULL, desc) == -1)
+      return -1;
+  }
+  return n;
+}
+
+int
+sockets_add(int fd, const char *path, const char *desc)
+{
+  struct nbd_listener *l;
+
+  if (sockets_n == SOCKETS_MAX) {
+    nbd_error("too many listening sockets (max %d)", SOCKETS_MAX);
+    close(fd);
+    return -1;
+  }
+  l = &sockets_v[sockets_n++];
+  l->fd = fd;
+  l->unlink_path = path ? strdup(path) : NULL;
+  snprintf(l->desc, sizeof l->desc, "%s", desc);
+  return 0;
+}
+
+static int
+sockets_listen_unix(const struct nbd_listen *ln)
+{
+  struct sockaddr_un sun;
+  struct stat st;
+  int fd;
+
+  memset(&sun, 0, sizeof sun);
+  sun.sun_family = AF_UNIX;
+  if (strlen(ln->path) >= sizeof sun.sun_path) {
+    nbd_error("unix socket path too long (max %zu bytes): %s",
+              sizeof sun.sun_path - 1, ln->path);
+    return -1;
+  }
+  strcpy(sun.sun_path, ln->path);
+  /* A stale socket from an earlier run would make bind fail; remove only
+   * a socket, never a regular file. */
+  if (lstat(ln->path, &st) == 0 && S_ISSOCK(st.st_mode))
+    unlink(ln->path);
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd == -1 || bind(fd, (struct sockaddr *)&sun, sizeof sun) == -1 ||
+      listen(fd, SOCKETS_BACKLOG) == -1) {
+    nbd_error("cannot listen on unix:%s: %s", ln->path, strerror(errno));
+    if (fd != -1)
+      close(fd);
+    return -1;
+  }
+  return sockets_add(fd, ln->path, ln->path);
+}
+
+/* Binds every address host resolves to; returns how many, or -1 if it
+ * does not resolve. */
+static int
+sockets_listen_tcp_host(const char *host, const char *port, int quiet)
+{
+  struct addrinfo hints, *res, *a;
+  char desc[128], addr[INET6_ADDRSTRLEN];
+  int r, fd, one = 1, bound = 0;
+
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  r = getaddrinfo(host, port, &hints, &res);
+  if (r != 0) {
+    if (!quiet)
+      nbd_error("cannot resolve tcp:%s:%s: %s", host ? host : "*", port,
+                gai_strerror(r));
+    return -1;
+  }
+  for (a = res; a; a = a->ai_next) {
+    fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd == -1)
+      continue;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    /* Bind v4 and v6 separately so both can listen on one port. */
+    if (a->ai_family == AF_INET6)
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    getnameinfo(a->ai_addr, a->ai_addrlen, addr, sizeof addr, NULL, 0,
+                NI_NUMERICHOST);
+    snprintf(desc, sizeof desc, a->ai_family == AF_INET6 ? "[%s]:%s" :
+             "%s:%s", addr, port);
+    if (bind(fd, a->ai_addr, a->ai_addrlen) == -1 ||
+        listen(fd, SOCKETS_BACKLOG) == -1) {
+      if (!quiet)
+        nbd_error("cannot listen on tcp %s: %s", desc, strerror(errno));
+      close(fd);
+      continue;
+    }
+    if (sockets_add(fd, NULL, desc) == 0)
+      bound++;
+  }
+  freeaddrinfo(res);
+  return bound;
+}
+
+static int
+sockets_listen_tcp(const struct nbd_listen *ln)
+{
+  const char *host = ln->host && *ln->host ? ln->host : NULL;
+  const char *port = ln->port && *ln->port ? ln->port : "10809";
+  int n;
+
+  /* "localhost" means both loopbacks, whatever /etc/hosts lists; a host
+   * without IPv6 just gets 127.0.0.1. */
+  if (host && strcmp(host, "localhost") == 0) {
+    n = sockets_listen_tcp_host("127.0.0.1", port, 0);
+    if (sockets_listen_tcp_host("::1", port, 1) > 0 && n < 0)
+      n = 1;
+  }
+  else
+    n = sockets_listen_tcp_host(host, port, 0);
+  return n > 0 ? 0 : -1;
+}
+
+int
+sockets_open(const struct nbd_config *cfg)
+{
+  size_t i;
+  int n = sockets_activation();
+
+  if (n < 0)
+    return -1;
+  if (n > 0) {
+    nbd_info("using %d socket(s) from systemd socket activation", n);
+    return 0;
+  }
+  for (i = 0; i < cfg->nlistens; i++) {
+    const struct nbd_listen *ln = &cfg->listens[i];
+    if ((ln->kind == NBD_LISTEN_UNIX ? sockets_listen_unix(ln)
+                                     : sockets_listen_tcp(ln)) == -1)
+      return -1;
+  }
+  if (sockets_n == 0) {
+    nbd_error("nothing to listen on");
+    return -1;
+  }
+  return 0;
+}
+
+void
+sockets_close(void)
+{
+  size_t i;
+
+  for (i = 0; i < sockets_n; i++) {
+    close(sockets_v[i].fd);
+    if (sockets_v[i].unlink_path) {
+      unlink(sockets_v[i].unlink_path);
+      free(sockets_v[i].unlink_path);
+    }
+  }
+  sockets_n = 0;
+}
+

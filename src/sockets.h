@@ -1,0 +1,31 @@
+/* nbdstack sockets (sockets.c) and socket activation (activation.c). */
+#ifndef NBDSTACK_SOCKETS_H
+#define NBDSTACK_SOCKETS_H
+
+#include <stddef.h>
+
+#include "config.h"
+
+#define SOCKETS_MAX 64
+
+struct nbd_listener {
+  int fd;
+  char *unlink_path;            /* Unix socket we created */
+  char desc[128];
+};
+
+/* Binds what cfg asks for, or takes the sockets systemd passed; 0, or
+ * -1 after logging why (nothing is left open then). */
+int sockets_open(const struct nbd_config *cfg);
+/* Adds a listening fd (path: a Unix socket to remove at close). */
+int sockets_add(int fd, const char *path, const char *desc);
+size_t sockets_count(void);
+const struct nbd_listener *sockets_get(size_t i);
+/* Closes every listener and removes the Unix sockets we created. */
+void sockets_close(void);
+
+/* activation.c: the fds systemd passed (LISTEN_PID is us), at most max,
+ * into fds; their number (0 = none).  Unsets the variables. */
+int activation_fds(int *fds, int max);
+
+#endif
