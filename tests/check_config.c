@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "testlib.h"
 
 /* ---- test layers --------------------------------------------------------- */
 
@@ -956,8 +957,8 @@ START_TEST(test_example)
   size_t len;
   int n;
 
-  if (src == NULL || !registry_find(NBD_LAYER_BACKEND, "memory") ||
-      !registry_find(NBD_LAYER_FILTER, "offset"))
+  if (src == NULL || !testlib_require_layer(NBD_LAYER_BACKEND, "memory") ||
+      !testlib_require_layer(NBD_LAYER_FILTER, "offset"))
     return;
   snprintf(path, sizeof path, "%s/config.example", src);
   free(errbuf);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "testlib.h"
 
 #define KIB     ((uint32_t)1024)
 #define MIB     ((uint32_t)1 << 20)
@@ -467,6 +468,9 @@ static Suite *
 file_suite(void)
 {
   Suite *s = suite_create("file");
+
+  if (!testlib_require_layer(NBD_LAYER_BACKEND, "file"))
+    return s;
 
   add(s, "reports the file size", test_reports_the_file_size);
   add(s, "missing file fails setup naming the path",

@@ -10,6 +10,7 @@
 #include <check.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -668,4 +669,17 @@ testlib_source_init(struct testlib_source *s, const void *data, size_t len,
   s->src.left = len;
   s->data = data;
   s->fail_at = fail_at;
+}
+
+/* ---- layers a test needs ---------------------------------------------------- */
+
+int
+testlib_require_layer(enum nbd_layer_kind kind, const char *name)
+{
+  if (registry_find(kind, name) != NULL)
+    return 1;
+  printf("SKIP: the %s %s is not compiled in\n", name,
+         kind == NBD_LAYER_FILTER ? "filter" : "backend");
+  fflush(stdout);
+  return 0;
 }

@@ -110,4 +110,10 @@ char *testlib_stderr_end(void);
  * so misplaced data is caught. */
 void testlib_pattern(void *buf, uint32_t count, uint64_t offset);
 
+/* Whether layer name of kind is compiled into this build.  When it is not,
+ * prints "SKIP: the NAME filter is not compiled in" and returns 0, and the
+ * test returns early or the suite leaves the test case out: Check has no
+ * skip, and a build may select any subset of layers (-DNBD_FILTERS=...). */
+int testlib_require_layer(enum nbd_layer_kind kind, const char *name);
+
 #endif
