@@ -11,8 +11,9 @@
 #     going, so one run shows every broken behaviour; `finish` exits 1 if any
 #     failed; `die` stops the test at once (for broken preconditions);
 #   - require_tool / require_nbd_module (exit 77 when a client tool is
-#     missing), uri, t (bounded client command), nbdsh (Debian's python),
-#     json_get (via /usr/bin/python3).
+#     missing), require_layer (exit 77 when a layer the test uses is not
+#     compiled into the server), uri, t (bounded client command), nbdsh
+#     (Debian's python), json_get (via /usr/bin/python3).
 #
 # Environment (set by CTest): NBDSTACK = server binary, SRCDIR, BUILDDIR.
 
@@ -59,6 +60,19 @@ require_tool() {
     local t
     for t in "$@"; do
         command -v "$t" >/dev/null 2>&1 || skip "required tool '$t' not installed"
+    done
+}
+
+# require_layer NAME...   skip unless every filter or backend NAME is
+# compiled into $NBDSTACK: a build may select any subset of the layers
+# (-DNBD_FILTERS=... -DNBD_BACKENDS=...), and `--list` names those it has.
+require_layer() {
+    local have n
+    have=$("$NBDSTACK" --list 2>/dev/null | awk '/^  [^ ]/ { print $1 }') ||
+        die "$NBDSTACK --list failed"
+    for n in "$@"; do
+        printf '%s\n' "$have" | grep -qx -- "$n" ||
+            skip "the $n layer is not compiled into $NBDSTACK"
     done
 }
 

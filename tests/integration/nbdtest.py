@@ -202,6 +202,22 @@ def require_test_layer(name):
     return NBDSTACK_TESTBIN
 
 
+def require_layers(*names, binary=None):
+    """Skip unless every filter or backend in names is compiled into binary
+    (default $NBDSTACK): a build may select any subset of the layers
+    (-DNBD_FILTERS=... -DNBD_BACKENDS=...), and --list names those it has."""
+    binary = binary or NBDSTACK
+    res = subprocess.run([binary, "--list"], capture_output=True, text=True)
+    if res.returncode != 0:
+        die("%s --list failed: %s" % (binary, res.stderr.strip()))
+    have = {line.split()[0] for line in res.stdout.splitlines()
+            if line.startswith("  ") and not line.startswith("   ")}
+    for name in names:
+        if name not in have:
+            skip("the %s layer is not compiled into %s" % (name, binary))
+    return binary
+
+
 TMPDIR = tempfile.mkdtemp(prefix="nbdstack-test.")
 _servers = []
 

@@ -6,6 +6,7 @@
 # Skipped (77) without fio or nbdkit, or for a sanitizer build; the
 # layer-cost part needs valgrind.
 . "$(dirname "$0")/lib.sh"
+require_layer memory null offset
 require_tool fio nbdkit nbdcopy nbdinfo readelf
 require_nbd_module
 

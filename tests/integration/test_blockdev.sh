@@ -4,6 +4,7 @@
 # trim (BLKDISCARD) and zero succeed and read back as zeros.  Skipped when
 # no loop device can be set up (not root, no loop driver).
 . "$(dirname "$0")/lib.sh"
+require_layer file
 require_tool losetup nbdcopy nbdinfo
 require_nbd_module
 

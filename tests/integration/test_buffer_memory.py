@@ -26,6 +26,7 @@ import nbdtest as T                       # noqa: E402
 from nbdtest import (MiB, Checker, Server, check, check_eq, connect_go,  # noqa: E402
                      log, REQUEST_MAGIC)
 
+T.require_layers("null")
 T.start_watchdog()
 C = Checker("test_buffer_memory")
 if os.environ.get("NBD_SANITIZER"):

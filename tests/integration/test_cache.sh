@@ -17,6 +17,7 @@
 #   - nbdcopy in and out over several connections with a cache smaller
 #     than the disk: the data, and the file after SIGTERM.
 . "$(dirname "$0")/lib.sh"
+require_layer cache file
 require_tool nbdcopy cmp
 require_nbd_module
 

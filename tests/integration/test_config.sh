@@ -7,6 +7,7 @@
 # does not listen; -c with a bad file does not start; --list names the
 # backends and filters with their keys.
 . "$(dirname "$0")/lib.sh"
+require_layer memory offset null file
 require_tool nbdinfo
 require_nbd_module
 

@@ -14,6 +14,7 @@
 #     size and a file that is not an overlay are refused;
 #   - and through all of it the base file never changes.
 . "$(dirname "$0")/lib.sh"
+require_layer cow file null
 require_tool nbdcopy qemu-io cmp
 require_nbd_module
 

@@ -12,6 +12,7 @@
 #     fdatasync'ed before a map page is written, the map fdatasync'ed after;
 #   - the base file never changes.
 . "$(dirname "$0")/lib.sh"
+require_layer cow file
 require_tool cmp
 require_nbd_module
 

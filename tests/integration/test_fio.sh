@@ -5,6 +5,7 @@
 # polls.  Each run is checked by fio's own verify pass; the same again over
 # 4 connections and through an offset filter, and with gathering off.
 . "$(dirname "$0")/lib.sh"
+require_layer memory offset
 require_tool fio
 
 # fio_verify NAME SOCK FIO-ARGS...   write with verify headers, read back.

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nbdtest as T                       # noqa: E402
 from nbdtest import Checker, Server, check, check_eq, connect_go, log  # noqa: E402
 
+T.require_layers("memory")
 T.start_watchdog(int(os.environ.get("TEST_DEADLINE", "55")) + 30)
 C = Checker("test_handshake_slots")
 

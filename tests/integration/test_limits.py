@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nbdtest import *  # noqa: E402,F401,F403
 import nbdtest as T    # noqa: E402
 
+T.require_layers("memory")
 T.start_watchdog()
 C = Checker("test_limits")
 

@@ -5,6 +5,7 @@
 # file (half holes) copied over non-zero data reads back equal (the holes
 # must really become zeros).  The same through two offset filters.
 . "$(dirname "$0")/lib.sh"
+require_layer memory offset
 require_tool nbdcopy cmp
 
 MiB=$((1 << 20))

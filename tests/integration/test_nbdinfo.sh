@@ -4,6 +4,7 @@
 # exports (names and descriptions), --map data vs hole, export selection by
 # name (-e NAME and nbd+unix:///NAME?socket=).
 . "$(dirname "$0")/lib.sh"
+require_layer memory offset null
 require_tool nbdinfo
 require_nbd_module
 

@@ -21,6 +21,7 @@ try:
 except ImportError:
     T.skip("python3-libnbd (module nbd) not available to %s" % sys.executable)
 
+T.require_layers("memory")
 T.start_watchdog()
 
 SIZE = 128 * MiB

@@ -16,6 +16,7 @@
 # a loaded machine.
 : "${TEST_DEADLINE:=150}"
 . "$(dirname "$0")/lib.sh"
+require_layer partition file
 require_tool nbdinfo nbdcopy cmp
 require_nbd_module
 command -v sfdisk >/dev/null 2>&1 ||

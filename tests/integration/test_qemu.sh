@@ -4,6 +4,7 @@
 # qemu-io write/read/zero/discard/flush with pattern checks, and a read-only
 # server refusing writes.
 . "$(dirname "$0")/lib.sh"
+require_layer memory
 require_tool qemu-img qemu-io
 
 MiB=$((1 << 20))

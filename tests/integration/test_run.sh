@@ -5,6 +5,7 @@
 # for a killed command); the private directory of -U - is gone afterwards;
 # a SIGTERM to nbdstack passes on to the command.
 . "$(dirname "$0")/lib.sh"
+require_layer memory null
 require_tool nbdinfo
 
 # --- -U - with a command that reads the size and prints its environment --

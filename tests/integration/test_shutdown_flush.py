@@ -33,6 +33,7 @@ except ImportError:
     T.skip("python3-libnbd (the nbd module) is not installed")
 
 BIN = T.require_test_layer("testslow")
+T.require_layers("cache", "file", binary=BIN)
 T.start_watchdog(int(os.environ.get("TEST_DEADLINE", "55")) + 60)
 C = Checker("test_shutdown_flush")
 SIZE = 32 * MiB

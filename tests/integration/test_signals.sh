@@ -4,6 +4,7 @@
 # data written (flushed or not, but replied to) before SIGTERM is in the
 # file afterwards, and flushed data survives SIGKILL.
 . "$(dirname "$0")/lib.sh"
+require_layer memory file
 require_tool nbdcopy
 require_nbd_module
 

@@ -23,6 +23,7 @@ try:
 except ImportError:
     T.skip("python3-libnbd (the nbd module) is not installed")
 
+T.require_layers("file")
 T.start_watchdog()
 C = Checker("test_sigterm_io")
 SIZE = 1024 * MiB              # sparse; one 1 MiB slot per write

@@ -6,6 +6,7 @@
 # A dynamic binary (the glibc build) is skipped (77) unless
 # NBD_REQUIRE_STATIC=1, which turns it into a failure.
 . "$(dirname "$0")/lib.sh"
+require_layer memory
 require_tool readelf
 
 req=${NBD_REQUIRE_STATIC:-}

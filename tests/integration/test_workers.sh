@@ -3,6 +3,7 @@
 # pipelining many requests per connection get every reply, and the data
 # round-trips intact, so the concurrent path is exercised end to end.
 . "$(dirname "$0")/lib.sh"
+require_layer memory
 require_tool nbdcopy qemu-img
 
 head -c 64M /dev/urandom > "$T/in.img"
