@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "conn.h"
+#include "stop.h"
 #include "protocol.h"
 
 /* One option reply: header, then optional payload. */
@@ -31,7 +32,7 @@ handshake_reply(struct nbd_conn *c, uint32_t opt, uint32_t type,
   iov[0].iov_len = sizeof h;
   iov[1].iov_base = (void *)data;
   iov[1].iov_len = len;
-  return conn_writev(c, iov, len ? 2 : 1);
+  return wire_writev(&c->w, iov, len ? 2 : 1);
 }
 
 static int
@@ -112,7 +113,7 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e)
                        sizeof err);
   if (c->top == NULL) {
     nbd_error("%s: export \"%s\": %s", c->peer, e->name, err);
-    conn_release_export(c);
+    handshake_release(c);
     return -1;
   }
   c->tflags = handshake_tflags(c, c->top);
@@ -140,7 +141,7 @@ handshake_export_name(struct nbd_conn *c, const char *name)
   memset(out, 0, sizeof out);
   wire_put64(out, (uint64_t)c->top->size);
   wire_put16(out + 8, c->tflags);
-  return conn_writev(c, &iov, 1);
+  return wire_writev(&c->w, &iov, 1);
 }
 
 /* Replies NBD_REP_INFO of one type. */
@@ -234,7 +235,7 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
     return -1;
   if (opt == NBD_OPT_GO)
     return 1;
-  conn_release_export(c);
+  handshake_release(c);
   return 0;
 }
 
@@ -365,6 +366,26 @@ handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
   }
 }
 
+void
+handshake_release(struct nbd_conn *c)
+{
+  int r;
+
+  if (c->top) {
+    if ((r = engine_close(c->top)) < 0)
+      nbd_error("%s: close failed: %s", c->peer, strerror(-r));
+    c->top = NULL;
+  }
+  if (c->serial_lock_held) {
+    pthread_mutex_unlock(&c->exp->lock);
+    c->serial_lock_held = 0;
+  }
+  if (c->counted) {
+    __atomic_sub_fetch(&c->exp->nconnections, 1, __ATOMIC_SEQ_CST);
+    c->counted = 0;
+  }
+}
+
 /* The bound on options per handshake, against a client that would
  * haggle forever: NBD_MAX_OPTIONS, plus four per export, because a
  * client that lists the exports then asks about each one (nbdinfo
@@ -392,7 +413,7 @@ handshake_greet(struct nbd_conn *c)
   wire_put64(buf, NBD_MAGIC);
   wire_put64(buf + 8, NBD_IHAVEOPT);
   wire_put16(buf + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-  if (conn_writev(c, &iov, 1) == -1)
+  if (wire_writev(&c->w, &iov, 1) == -1)
     return -1;
   c->greeted = 1;
   return 0;
@@ -408,7 +429,7 @@ handshake_run(struct nbd_conn *c)
 
   if (!c->greeted && handshake_greet(c) == -1)
     return -1;
-  if (conn_read(c, buf, 4) == -1)
+  if (wire_read(&c->w, buf, 4) == -1)
     return -1;
   cflags = wire_get32(buf);
   if (cflags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
@@ -418,7 +439,7 @@ handshake_run(struct nbd_conn *c)
   c->no_zeroes = !!(cflags & NBD_FLAG_C_NO_ZEROES);
 
   for (n = 0; n < max && !server_stopping; n++) {
-    if (conn_read(c, buf, 16) == -1)
+    if (wire_read(&c->w, buf, 16) == -1)
       break;
     if (wire_get64(buf) != NBD_IHAVEOPT) {
       nbd_info("%s: bad option magic, dropping", c->peer);
@@ -433,7 +454,7 @@ handshake_run(struct nbd_conn *c)
     }
     free(data);
     data = malloc(len + 1);
-    if (data == NULL || conn_read(c, data, len) == -1)
+    if (data == NULL || wire_read(&c->w, data, len) == -1)
       break;
     r = handshake_option(c, opt, data, len);
     if (r != 0)
@@ -446,6 +467,6 @@ handshake_run(struct nbd_conn *c)
   if (r == 1)
     return 0;
   if (c->top)
-    conn_release_export(c);
+    handshake_release(c);
   return -1;
 }

@@ -35,7 +35,7 @@ lobby_drop(size_t i, const char *why)
   memmove(lobby_v + i, lobby_v + i + 1,
           (lobby_n - i - 1) * sizeof(struct nbd_conn *));
   lobby_n--;
-  close(c->fd);
+  close(c->w.fd);
   conn_free(c);
 }
 
@@ -60,7 +60,7 @@ lobby_add(struct nbd_conn *c, unsigned max, unsigned per_source)
     struct nbd_conn **v = realloc(lobby_v,
                                   cap * sizeof(struct nbd_conn *));
     if (v == NULL) {
-      close(c->fd);
+      close(c->w.fd);
       conn_free(c);
       return;
     }
@@ -76,7 +76,7 @@ lobby_pollfds(struct pollfd *pfd, size_t n)
   size_t i;
 
   for (i = 0; i < lobby_n && i < n; i++) {
-    pfd[i].fd = lobby_v[i]->fd;
+    pfd[i].fd = lobby_v[i]->w.fd;
     pfd[i].events = POLLIN;
     pfd[i].revents = 0;
   }
@@ -95,7 +95,7 @@ lobby_take_ready(const struct pollfd *pfd, size_t n, size_t *pos)
     if (!(pfd[i].revents & (POLLIN | POLLHUP | POLLERR)))
       continue;
     for (j = 0; j < lobby_n; j++)
-      if (lobby_v[j]->fd == pfd[i].fd) {
+      if (lobby_v[j]->w.fd == pfd[i].fd) {
         c = lobby_v[j];
         memmove(lobby_v + j, lobby_v + j + 1,
                 (lobby_n - j - 1) * sizeof(struct nbd_conn *));
@@ -112,7 +112,7 @@ lobby_expire(uint64_t now)
   size_t i = 0;
 
   while (i < lobby_n)
-    if (lobby_v[i]->deadline && now >= lobby_v[i]->deadline) {
+    if (lobby_v[i]->w.deadline && now >= lobby_v[i]->w.deadline) {
       nbd_info("%s: handshake timed out", lobby_v[i]->peer);
       lobby_drop(i, "silent past the handshake timeout");
     } else

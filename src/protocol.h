@@ -1,7 +1,8 @@
 /* nbdstack: NBD wire constants, named as in the NBD protocol
- * (doc/proto.md of NetworkBlockDevice/nbd).  Everything on the wire is
- * big-endian.  Only what nbdstack speaks is here: fixed newstyle
- * negotiation, simple and structured replies, base:allocation. */
+ * (doc/proto.md of NetworkBlockDevice/nbd), the big-endian helpers, and
+ * the protocol encoding of the transmission phase (protocol.c).  Only
+ * what nbdstack speaks is here: fixed newstyle negotiation, simple and
+ * structured replies, base:allocation. */
 #ifndef NBDSTACK_PROTOCOL_H
 #define NBDSTACK_PROTOCOL_H
 
@@ -100,5 +101,61 @@
 #define NBD_MAX_OPTION_LEN        (64u << 10)
 #define NBD_MAX_OPTIONS           256
 #define NBD_META_BASE_ALLOCATION_ID 1
+
+/* ---- big-endian helpers --------------------------------------------------- */
+
+static inline void
+wire_put16(unsigned char *p, uint16_t v)
+{
+  p[0] = v >> 8; p[1] = v;
+}
+static inline void
+wire_put32(unsigned char *p, uint32_t v)
+{
+  p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+static inline void
+wire_put64(unsigned char *p, uint64_t v)
+{
+  wire_put32(p, v >> 32); wire_put32(p + 4, (uint32_t)v);
+}
+static inline uint16_t
+wire_get16(const unsigned char *p)
+{
+  return (uint16_t)(p[0] << 8 | p[1]);
+}
+static inline uint32_t
+wire_get32(const unsigned char *p)
+{
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint64_t
+wire_get64(const unsigned char *p)
+{
+  return (uint64_t)wire_get32(p) << 32 | wire_get32(p + 4);
+}
+
+/* ---- transmission encoding (protocol.c) ------------------------------------ */
+
+struct nbd_conn;
+struct nbd_request;
+struct nbd_extents;
+
+/* Maps -errno (or errno) to an NBD error value: the one table. */
+uint32_t proto_nbd_error(int err);
+/* Fills r from a request header; -1 when its magic is wrong. */
+int proto_parse_request(const unsigned char *h, struct nbd_request *r);
+/* Checks a request against what was negotiated; 0 or -errno. */
+int proto_validate(const struct nbd_conn *c, const struct nbd_request *r);
+/* Replies, one write each; 0, or -1 when the connection is dead. */
+int proto_reply_ok(struct nbd_conn *c, const struct nbd_request *r);
+int proto_reply_error(struct nbd_conn *c, const struct nbd_request *r,
+                      int err);
+/* The data of a read in r->buf: structured, aligned zero runs go as
+ * holes unless DF (when the I/O policy scans this one). */
+int proto_reply_read(struct nbd_conn *c, const struct nbd_request *r);
+/* base:allocation extents of a BLOCK_STATUS request. */
+int proto_reply_extents(struct nbd_conn *c, const struct nbd_request *r,
+                        const struct nbd_extents *e);
 
 #endif

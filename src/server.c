@@ -34,6 +34,7 @@
 #include "process.h"
 #include "server.h"
 #include "sockets.h"
+#include "stop.h"
 
 #define SERVER_CONN_STACK (256u << 10)
 #define SERVER_GRACE_SECONDS 5
@@ -96,7 +97,7 @@ server_conn_thread(void *arg)
     c->next->prev = c->prev;
   evicted = c->evicted;         /* off the list: nobody changes it now */
   pthread_mutex_unlock(&server_lock);
-  close(c->fd);
+  close(c->w.fd);
   conn_free(c);
   /* Last: server_drain returns once this reaches 0, and then the layers
    * this thread used are torn down. */
@@ -130,7 +131,7 @@ server_admit(const struct nbd_config *cfg, struct nbd_conn *c)
               victim->peer);
     victim->evicted = 1;
     server_nevicted++;
-    shutdown(victim->fd, SHUT_RDWR);
+    shutdown(victim->w.fd, SHUT_RDWR);
   }
   c->handshaking = 1;
   c->next = server_conns;
@@ -153,13 +154,13 @@ server_source(struct nbd_conn *c, const struct sockaddr_storage *ss,
   int one = 1;
 
   if (ss->ss_family == AF_INET || ss->ss_family == AF_INET6) {
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    setsockopt(c->w.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     getnameinfo((const struct sockaddr *)ss, sslen, addr, sizeof addr, NULL,
                 0, NI_NUMERICHOST);
     snprintf(c->peer, sizeof c->peer, "%s", addr);
     snprintf(c->source, sizeof c->source, "%s", addr);
   } else if (ss->ss_family == AF_UNIX &&
-             getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0)
+             getsockopt(c->w.fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0)
     snprintf(c->source, sizeof c->source, "pid %ld", (long)cr.pid);
 }
 
@@ -181,7 +182,7 @@ server_start_conn(const struct nbd_config *cfg, struct nbd_conn *c)
       nbd_warn("refusing a client: %u connections is the maximum",
                cfg->max_connections);
     last = now;
-    close(c->fd);
+    close(c->w.fd);
     conn_free(c);
     return;
   }
@@ -190,7 +191,7 @@ server_start_conn(const struct nbd_config *cfg, struct nbd_conn *c)
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   if (pthread_create(&tid, &attr, server_conn_thread, c) != 0) {
     nbd_warn("cannot start a connection thread: dropping client");
-    shutdown(c->fd, SHUT_RDWR);
+    shutdown(c->w.fd, SHUT_RDWR);
     /* The thread body does the unlinking and freeing; run it here. */
     server_conn_thread(c);
   }
@@ -223,7 +224,7 @@ server_accept(const struct nbd_config *cfg, const struct nbd_listener *l)
   server_source(c, &ss, sslen);
   nbd_debug("%s: connected on %s", c->peer, l->desc);
   if (cfg->handshake_timeout)
-    c->deadline = conn_now_ns() + cfg->handshake_timeout;
+    c->w.deadline = nbd_now_ns() + cfg->handshake_timeout;
   if (handshake_greet(c) == -1) {
     close(fd);
     conn_free(c);
@@ -257,7 +258,7 @@ server_drain(void)
   pthread_mutex_lock(&server_lock);
   for (;;) {
     for (c = server_conns; c; c = c->next)
-      shutdown(c->fd, how);
+      shutdown(c->w.fd, how);
     if (server_nconns == 0)
       break;
     /* Wake up now and then: a second signal only sets a flag. */
@@ -379,7 +380,7 @@ server_run(const struct nbd_config *cfg, int *drained)
     while (!server_stopping &&
            (c = lobby_take_ready(pfd + nl, nlobby, &pos)) != NULL)
       server_start_conn(cfg, c);
-    lobby_expire(conn_now_ns());
+    lobby_expire(nbd_now_ns());
     /* Drain each ready listener (bounded, so one cannot starve others). */
     for (i = 0; i < sockets_count() && !server_stopping; i++) {
       int n;

@@ -235,7 +235,7 @@ fuzz_conn_run(const uint8_t *pre, size_t prelen, const uint8_t *data,
 
   /* As server.c's server_conn_thread: closing our end is what ends the
    * helper's drain loop. */
-  close(c->fd);
+  close(c->w.fd);
   conn_free(c);
 
   pthread_mutex_lock(&fuzz_lock);

@@ -1,0 +1,518 @@
+/* nbdstack wire I/O: the one place that reads from and writes to a
+ * connection's socket.  Input is buffered (requests are parsed out of
+ * rbuf; large payloads go straight into the caller's buffers); replies
+ * are written whole under one lock, one vectored write each, and while
+ * requests run inline on the reader small replies are batched and leave
+ * in one write before the reader next waits.  When to poll and when to
+ * sleep to gather requests is iopolicy.c's decision; what the bytes mean
+ * is protocol.c's and handshake.c's.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "layer.h"
+#include "protocol.h"
+#include "wire.h"
+
+#define WIRE_RBUF_SIZE (32u << 10)
+#define WIRE_OBUF_SIZE (64u << 10)
+#define WIRE_OBUF_SMALL (8u << 10)    /* replies up to this size are batched */
+#define WIRE_MAX_IOV   160
+#define WIRE_SNDBUF    (4 << 20)
+
+void
+wire_set_timeout(struct nbd_wire *w, uint64_t ns, int send_too)
+{
+  struct timeval tv;
+
+  tv.tv_sec = (time_t)(ns / 1000000000);
+  tv.tv_usec = (suseconds_t)(ns % 1000000000 / 1000);
+  if (ns && tv.tv_sec == 0 && tv.tv_usec == 0)
+    tv.tv_usec = 1;             /* 0 would mean "no timeout" */
+  setsockopt(w->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (send_too)
+    setsockopt(w->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+/* During the handshake every read gets only the time left before the
+ * deadline, so a client sending one byte a second cannot hold a thread. */
+static int
+wire_before_read(struct nbd_wire *w)
+{
+  uint64_t now;
+
+  if (w->deadline == 0)
+    return 0;
+  now = nbd_now_ns();
+  if (now >= w->deadline) {
+    nbd_info("%s: handshake timed out", w->peer);
+    return -1;
+  }
+  wire_set_timeout(w, w->deadline - now, 1);
+  return 0;
+}
+
+/* A receive timeout (EAGAIN) is the idle timeout in transmission: it ends
+ * the connection only when no request is in flight. */
+static int
+wire_retry(struct nbd_wire *w, ssize_t r)
+{
+  int busy;
+
+  if (r == -1 && errno == EINTR)
+    return 1;
+  if (r == -1 && (errno == EAGAIN || errno == EWOULDBLOCK) &&
+      w->deadline == 0) {
+    busy = atomic_load(&w->busy) > 0;
+    if (!busy)
+      nbd_info("%s: idle timeout, closing", w->peer);
+    return busy;
+  }
+  return 0;
+}
+
+/* Receives into the free end of the input buffer. */
+static ssize_t
+wire_recv_more(struct nbd_wire *w, int flags)
+{
+  return recv(w->fd, w->rbuf + w->rlen, w->rcap - w->rlen, flags);
+}
+
+/* After a non-blocking read returned -1: nothing has come yet (as
+ * opposed to an error). */
+static int
+wire_nothing_yet(void)
+{
+  return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+}
+
+/* Polls briefly for the next request before the reader sleeps, when the
+ * I/O policy says so (iopolicy.c).  Returns what recv would, or -1 with
+ * errno EAGAIN when nothing came. */
+static ssize_t
+wire_spin(struct nbd_wire *w)
+{
+  uint64_t t0, ns;
+  ssize_t r;
+
+  if (!iopolicy_poll_begin(&w->pol, &ns)) {
+    errno = EAGAIN;
+    return -1;
+  }
+  t0 = nbd_now_ns();
+  do {
+    r = wire_recv_more(w, MSG_DONTWAIT);
+    if (r >= 0 || !wire_nothing_yet()) {
+      iopolicy_poll_end(&w->pol, 1);
+      return r;
+    }
+  } while (nbd_now_ns() - t0 < ns);
+  iopolicy_poll_end(&w->pol, 0);
+  errno = EAGAIN;
+  return -1;
+}
+
+/* Counts the requests whose header is in the input buffer. */
+static unsigned
+wire_count_requests(const struct nbd_wire *w)
+{
+  const unsigned char *p = (const unsigned char *)w->rbuf + w->rpos;
+  size_t left = w->rlen - w->rpos, need;
+  unsigned n = 0;
+
+  while (left >= NBD_REQUEST_SIZE) {
+    n++;
+    need = NBD_REQUEST_SIZE;
+    if (wire_get16(p + 6) == NBD_CMD_WRITE)
+      need += wire_get32(p + 24);
+    if (left < need)
+      break;
+    p += need;
+    left -= need;
+  }
+  return n;
+}
+
+/* With an empty socket while the reader waits for a new request: sleeps
+ * in slices to gather the requests of a client that keeps many in
+ * flight, as long as the I/O policy says so (iopolicy.c).  Returns the
+ * bytes added to rbuf, 0 at end of file, or -1: errno EAGAIN when
+ * nothing came (the caller waits as usual). */
+static ssize_t
+wire_coalesce(struct nbd_wire *w)
+{
+  struct timespec slice;
+  uint64_t ns;
+  size_t got = 0;
+  ssize_t r;
+  unsigned n = 0, i;
+
+  if (!iopolicy_coalesce_begin(&w->pol, &ns)) {
+    errno = EAGAIN;
+    return -1;
+  }
+  slice.tv_sec = 0;
+  slice.tv_nsec = (long)ns;
+  for (i = 0; i < IOPOLICY_COAL_SLICES; i++) {
+    nanosleep(&slice, NULL);
+    r = wire_recv_more(w, MSG_DONTWAIT);
+    if (r == 0 || (r == -1 && !wire_nothing_yet())) {
+      if (got > 0)
+        break;                  /* answer what came; the end shows next */
+      return r;
+    }
+    if (r <= 0) {
+      iopolicy_coalesce_idle(&w->pol, n);
+      break;
+    }
+    w->rlen += (size_t)r;
+    got += (size_t)r;
+    n = wire_count_requests(w);
+    if (!iopolicy_coalesce_more(&w->pol, n, w->rlen == w->rcap))
+      break;
+  }
+  iopolicy_coalesce_end(&w->pol, n);
+  if (got == 0) {
+    errno = EAGAIN;
+    return -1;
+  }
+  return (ssize_t)got;
+}
+
+/* Fills the input buffer with whatever is available (at least 1 byte). */
+static int
+wire_fill(struct nbd_wire *w)
+{
+  ssize_t r;
+
+  if (w->rbuf == NULL) {
+    w->rbuf = malloc(WIRE_RBUF_SIZE);
+    if (w->rbuf == NULL)
+      return -1;
+    w->rcap = WIRE_RBUF_SIZE;
+  }
+  if (w->rpos == w->rlen)
+    w->rpos = w->rlen = 0;
+  /* About to wait for the client: batched replies must leave first. */
+  if (w->olen && wire_flush(w) == -1)
+    return -1;
+  r = -1;
+  if (w->obuf && w->deadline == 0 && w->at_request && w->pol.coalesce_ns) {
+    r = wire_recv_more(w, MSG_DONTWAIT);
+    if (r == -1 && wire_nothing_yet()) {
+      r = wire_coalesce(w);
+      if (r > 0)
+        return 0;               /* wire_coalesce added it to rlen */
+    }
+    if (r == -1 && !wire_nothing_yet())
+      return -1;
+  }
+  if (r == -1 && w->obuf && w->deadline == 0 && w->pol.poll_ns &&
+      (r = wire_spin(w)) == -1 && errno != EAGAIN)
+    return -1;
+  if (r == -1)                  /* nothing came while gathering or polling */
+    do {
+      if (wire_before_read(w) == -1)
+        return -1;
+      r = wire_recv_more(w, 0);
+    } while (wire_retry(w, r));
+  if (r <= 0)
+    return -1;
+  w->rlen += (size_t)r;
+  return 0;
+}
+
+/* Moves iov past r bytes; returns the iovecs left. */
+static int
+wire_iov_advance(struct iovec **iov, int n, size_t r)
+{
+  while (n > 0 && r >= (*iov)->iov_len) {
+    r -= (*iov)->iov_len;
+    (*iov)++;
+    n--;
+  }
+  if (n > 0) {
+    (*iov)->iov_base = (char *)(*iov)->iov_base + r;
+    (*iov)->iov_len -= r;
+  }
+  return n;
+}
+
+static ssize_t
+wire_recvv(struct nbd_wire *w, struct iovec *iov, int n, int flags)
+{
+  struct msghdr msg;
+
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = n > WIRE_MAX_IOV ? WIRE_MAX_IOV : n;
+  return recvmsg(w->fd, &msg, flags);
+}
+
+/* Before a large payload is waited for asleep: takes what arrives within
+ * the poll time of the last piece, without sleeping.  A client's 1 MiB
+ * write comes in pieces of its socket send buffer, and a blocking recv
+ * would sleep and wake for each, which costs more than polling through
+ * them.  Only inline connections (obuf set) poll, as in wire_spin.
+ * Returns the iovecs still to fill, or -1 on EOF or error. */
+static int
+wire_spin_payload(struct nbd_wire *w, struct iovec **iov, int n)
+{
+  uint64_t t0 = nbd_now_ns();
+  ssize_t r;
+
+  while (n > 0 && nbd_now_ns() - t0 < w->pol.poll_ns) {
+    r = wire_recvv(w, *iov, n, MSG_DONTWAIT);
+    if (r > 0) {
+      n = wire_iov_advance(iov, n, (size_t)r);
+      t0 = nbd_now_ns();
+    } else if (r == 0 || !wire_nothing_yet())
+      return -1;
+  }
+  return n;
+}
+
+int
+wire_readv(struct nbd_wire *w, struct iovec *iov, int n)
+{
+  while (n > 0) {
+    size_t avail = w->rlen - w->rpos, want = 0;
+    ssize_t r;
+    int i;
+
+    if (iov->iov_len == 0) {
+      iov++;
+      n--;
+      continue;
+    }
+    if (avail > 0) {
+      size_t k = avail < iov->iov_len ? avail : iov->iov_len;
+      memcpy(iov->iov_base, w->rbuf + w->rpos, k);
+      w->rpos += k;
+      n = wire_iov_advance(&iov, n, k);
+      continue;
+    }
+    for (i = 0; i < n && want < WIRE_RBUF_SIZE / 2; i++)
+      want += iov[i].iov_len;
+    if (want < WIRE_RBUF_SIZE / 2) {
+      if (wire_fill(w) == -1)
+        return -1;
+      continue;
+    }
+    /* Large payloads go straight into the caller's buffers. */
+    if (w->olen && wire_flush(w) == -1)
+      return -1;
+    if (w->obuf && w->deadline == 0 && w->pol.poll_ns &&
+        (n = wire_spin_payload(w, &iov, n)) <= 0)
+      return n;
+    do {
+      if (wire_before_read(w) == -1)
+        return -1;
+      r = wire_recvv(w, iov, n, MSG_WAITALL);
+    } while (wire_retry(w, r));
+    if (r <= 0)
+      return -1;
+    n = wire_iov_advance(&iov, n, (size_t)r);
+  }
+  return 0;
+}
+
+int
+wire_read(struct nbd_wire *w, void *buf, size_t len)
+{
+  struct iovec iov = { buf, len };
+
+  /* Request headers are usually buffered already. */
+  if (w->rlen - w->rpos >= len) {
+    memcpy(buf, w->rbuf + w->rpos, len);
+    w->rpos += len;
+    return 0;
+  }
+  return wire_readv(w, &iov, 1);
+}
+
+int
+wire_skip(struct nbd_wire *w, size_t len)
+{
+  char tmp[4096];
+
+  while (len > 0) {
+    size_t n = len < sizeof tmp ? len : sizeof tmp;
+    if (wire_read(w, tmp, n) == -1)
+      return -1;
+    len -= n;
+  }
+  return 0;
+}
+
+/* Sends every iovec; caller holds wlock. */
+static int
+wire_send_locked(struct nbd_wire *w, struct iovec *iov, int n)
+{
+  struct msghdr msg;
+  ssize_t r;
+
+  while (n > 0) {
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = iov;
+    msg.msg_iovlen = n;
+    r = sendmsg(w->fd, &msg, MSG_NOSIGNAL);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      w->write_failed = 1;
+      return -1;
+    }
+    n = wire_iov_advance(&iov, n, (size_t)r);
+  }
+  return 0;
+}
+
+static int
+wire_flush_locked(struct nbd_wire *w)
+{
+  struct iovec iov = { w->obuf, w->olen };
+
+  if (w->olen == 0)
+    return 0;
+  w->olen = 0;
+  return wire_send_locked(w, &iov, 1);
+}
+
+int
+wire_flush(struct nbd_wire *w)
+{
+  int r;
+
+  pthread_mutex_lock(&w->wlock);
+  r = w->write_failed ? -1 : wire_flush_locked(w);
+  pthread_mutex_unlock(&w->wlock);
+  return r;
+}
+
+/* With batching on (requests running inline on the reader), small replies
+ * collect in obuf and leave in one sendmsg before the reader next waits
+ * for input: pipelined 4 KiB requests then cost one syscall per batch
+ * instead of one per reply.  A large reply goes out with the batch in
+ * front of it, still one sendmsg. */
+static int
+wire_batch_locked(struct nbd_wire *w, struct iovec *iov, int n)
+{
+  struct iovec all[WIRE_MAX_IOV + 1];
+  size_t total = 0;
+  int i;
+
+  for (i = 0; i < n; i++)
+    total += iov[i].iov_len;
+  if (total <= WIRE_OBUF_SMALL) {
+    if (w->olen + total > WIRE_OBUF_SIZE && wire_flush_locked(w) == -1)
+      return -1;
+    for (i = 0; i < n; i++) {
+      memcpy(w->obuf + w->olen, iov[i].iov_base, iov[i].iov_len);
+      w->olen += iov[i].iov_len;
+    }
+    return 0;
+  }
+  if (w->olen == 0 || n > WIRE_MAX_IOV) {
+    if (wire_flush_locked(w) == -1)
+      return -1;
+    return wire_send_locked(w, iov, n);
+  }
+  all[0].iov_base = w->obuf;
+  all[0].iov_len = w->olen;
+  memcpy(all + 1, iov, (size_t)n * sizeof *iov);
+  w->olen = 0;
+  return wire_send_locked(w, all, n + 1);
+}
+
+int
+wire_writev(struct nbd_wire *w, struct iovec *iov, int n)
+{
+  int ret;
+
+  pthread_mutex_lock(&w->wlock);
+  if (w->write_failed)
+    ret = -1;
+  else if (w->obuf)
+    ret = wire_batch_locked(w, iov, n);
+  else
+    ret = wire_send_locked(w, iov, n);
+  pthread_mutex_unlock(&w->wlock);
+  return ret;
+}
+
+int
+wire_batch_start(struct nbd_wire *w)
+{
+  w->obuf = malloc(WIRE_OBUF_SIZE);
+  w->olen = 0;
+  return w->obuf ? 0 : -1;
+}
+
+void
+wire_batch_stop(struct nbd_wire *w)
+{
+  wire_flush(w);
+  pthread_mutex_lock(&w->wlock);
+  free(w->obuf);
+  w->obuf = NULL;
+  pthread_mutex_unlock(&w->wlock);
+}
+
+
+void
+wire_init(struct nbd_wire *w, int fd, const char *peer, uint64_t poll_ns,
+          uint64_t coalesce_ns)
+{
+  memset(w, 0, sizeof *w);
+  w->fd = fd;
+  w->peer = peer;
+  pthread_mutex_init(&w->wlock, NULL);
+  iopolicy_init(&w->pol, poll_ns, coalesce_ns);
+}
+
+void
+wire_destroy(struct nbd_wire *w)
+{
+  pthread_mutex_destroy(&w->wlock);
+  free(w->rbuf);
+  free(w->obuf);
+  w->rbuf = w->obuf = NULL;
+}
+
+/* A Unix socket's default send buffer (208 KiB) is a fifth of a 1 MiB
+ * read reply, so the reader slept and woke about five times per reply;
+ * with room for a few whole replies it does not.  The kernel caps the
+ * value (net.core.wmem_max).  TCP sockets keep the kernel's autotuning,
+ * which a fixed size would switch off. */
+void
+wire_size_sndbuf(struct nbd_wire *w)
+{
+  struct sockaddr_storage ss = { 0 };
+  socklen_t len = sizeof ss;
+  int v = WIRE_SNDBUF;
+
+  if (getsockname(w->fd, (struct sockaddr *)&ss, &len) == 0 &&
+      ss.ss_family == AF_UNIX)
+    (void)setsockopt(w->fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
+}
+
+void
+wire_shutdown(struct nbd_wire *w, int how)
+{
+  shutdown(w->fd, how);
+}
+
+uint64_t
+nbd_now_ns(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+}

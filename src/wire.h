@@ -1,0 +1,73 @@
+/* nbdstack wire I/O (wire.c): the one place that touches a connection's
+ * socket.  Buffered reads, vectored reply writes under one lock, and the
+ * batching of small replies while requests run inline on the reader.
+ * TLS will slot in here, as the pair of functions that move bytes; no
+ * code above calls recv or sendmsg. */
+#ifndef NBDSTACK_WIRE_H
+#define NBDSTACK_WIRE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "iopolicy.h"
+
+struct nbd_wire {
+  int fd;
+  const char *peer;             /* for log lines */
+  uint64_t deadline;            /* CLOCK_MONOTONIC ns to finish the
+                                   handshake; 0 = none */
+  /* Buffered input: requests are parsed out of rbuf. */
+  char *rbuf;
+  size_t rpos, rlen, rcap;
+  int at_request;               /* the reader waits for a new request */
+  /* Requests in flight (set by the scheduler): the idle timeout closes a
+   * connection only when there are none. */
+  atomic_uint busy;
+  /* Replies. */
+  pthread_mutex_t wlock;
+  int write_failed;
+  char *obuf;                   /* batched small replies (inline mode) */
+  size_t olen;
+  struct nbd_iopolicy pol;
+};
+
+void wire_init(struct nbd_wire *w, int fd, const char *peer,
+               uint64_t poll_ns, uint64_t coalesce_ns);
+/* Frees the buffers; does not close fd. */
+void wire_destroy(struct nbd_wire *w);
+
+/* Reads exactly len bytes (buffered); 0, or -1 on EOF/error. */
+int wire_read(struct nbd_wire *w, void *buf, size_t len);
+/* The same into every iovec, in order (the array is changed). */
+int wire_readv(struct nbd_wire *w, struct iovec *iov, int n);
+/* Discards len bytes of input; 0 or -1. */
+int wire_skip(struct nbd_wire *w, size_t len);
+/* Bytes already read from the socket and not consumed. */
+static inline size_t
+wire_buffered(const struct nbd_wire *w)
+{
+  return w->rlen - w->rpos;
+}
+
+/* Writes all iovecs under the reply lock (into the batch when batching);
+ * 0 or -1. */
+int wire_writev(struct nbd_wire *w, struct iovec *iov, int n);
+/* Reply batching, for requests run inline on the reader thread: replies
+ * are held until the reader is about to wait for input. */
+int wire_batch_start(struct nbd_wire *w);
+void wire_batch_stop(struct nbd_wire *w);
+int wire_flush(struct nbd_wire *w);
+
+/* Sets the receive (and send) timeout of the socket; 0 = none. */
+void wire_set_timeout(struct nbd_wire *w, uint64_t ns, int send_too);
+/* A send buffer with room for a few whole replies (Unix sockets). */
+void wire_size_sndbuf(struct nbd_wire *w);
+void wire_shutdown(struct nbd_wire *w, int how);
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t nbd_now_ns(void);
+
+#endif
