@@ -1,29 +1,30 @@
 /* nbdstack filter offset: serve the window [offset, offset+range) of the
  * layer below as a disk of size range (nbdkit's offset filter, same keys).
  *
- * Every datapath method shifts the request by offset; the engine has
- * already checked it against the window's size, and prepare checked the
- * window against the disk below, so the shifted request cannot overflow or
- * leave the disk.  Extents come back shifted by -offset.  Block-size
- * constraints are the lower layer's: offset and range must be multiples of
- * its minimum, and the preferred size is lowered when offset would
- * misalign it.  It does not cache, split or merge requests.
+ * The window is the same for every connection, so it lives in the conf;
+ * window.h shifts every ranged request by offset and passes the rest
+ * through.  The engine has already checked a request against the window's
+ * size, and prepare checked the window against the disk below, so the
+ * shifted request cannot overflow or leave the disk.  Block sizes follow
+ * window.h's rule: offset and range multiples of the minimum below, the
+ * preferred size lowered when offset would misalign it.  This file parses
+ * the keys and words the refusals; it does not cache, split or merge
+ * requests.
  */
 #include <inttypes.h>
 #include <string.h>
 
 #include "layer.h"
+#include "window.h"
 
 struct offset_conf {
-  uint64_t offset;
-  uint64_t range;
-  int has_range;              /* range given; else "rest of the disk" */
+  struct nbd_window window;   /* start = offset, len = range */
 };
 
 static const struct nbd_param offset_params[] = {
-  { "offset", NBD_PARAM_SIZE, offsetof(struct offset_conf, offset), "0",
-    "first byte of the window in the layer below", NULL, 0 },
-  { "range", NBD_PARAM_SIZE, offsetof(struct offset_conf, range), NULL,
+  { "offset", NBD_PARAM_SIZE, offsetof(struct offset_conf, window.start),
+    "0", "first byte of the window in the layer below", NULL, 0 },
+  { "range", NBD_PARAM_SIZE, offsetof(struct offset_conf, window.len), NULL,
     "size of the window (default: up to the end of the layer below)",
     NULL, 0 },
   NBD_PARAM_END
@@ -32,21 +33,27 @@ static const struct nbd_param offset_params[] = {
 static int
 offset_setup(struct nbd_layer *layer, char *err, size_t errlen)
 {
-  struct offset_conf *conf = layer->conf;
+  struct nbd_window *w = &((struct offset_conf *)layer->conf)->window;
 
-  conf->has_range = nbd_layer_param_set(layer, "range");
+  w->to_end = !nbd_layer_param_set(layer, "range");
   /* Sizes travel as int64_t (get_size); anything larger can never fit. */
-  if (conf->offset > INT64_MAX) {
+  if (w->start > INT64_MAX) {
     snprintf(err, errlen, "offset=%" PRIu64 " is larger than 2^63-1",
-             conf->offset);
+             w->start);
     return -1;
   }
-  if (conf->has_range && conf->range > INT64_MAX - conf->offset) {
+  if (!w->to_end && w->len > INT64_MAX - w->start) {
     snprintf(err, errlen, "offset+range (%" PRIu64 "+%" PRIu64
-             ") is larger than 2^63-1", conf->offset, conf->range);
+             ") is larger than 2^63-1", w->start, w->len);
     return -1;
   }
   return 0;
+}
+
+static const struct nbd_window *
+offset_window(const struct nbd_ctx *self)
+{
+  return &((const struct offset_conf *)self->layer->conf)->window;
 }
 
 /* "1G", "1280M", "1000": the largest binary unit that divides v exactly,
@@ -68,84 +75,74 @@ offset_fmt_size(char *buf, size_t len, uint64_t v)
 
 /* The window must lie inside the disk below.  Checked in prepare (so the
  * connection fails at open with this line in the log) and again in
- * get_size, which must never report a window that is not there. */
+ * get_size, which must never report a window that is not there.  On
+ * success *below is the size of the disk below. */
 static int
-offset_check_size(struct nbd_ctx *self, struct nbd_ctx *next)
+offset_check_size(struct nbd_ctx *self, struct nbd_ctx *next,
+                  uint64_t *below)
 {
-  const struct offset_conf *conf = self->layer->conf;
+  const struct nbd_window *w = offset_window(self);
   int64_t size = next_get_size(next);
   char a[32], b[32];
 
   if (size < 0)
     return (int)size;
-  if (conf->offset > (uint64_t)size) {
+  *below = (uint64_t)size;
+  switch (nbd_window_fit_size(w, *below)) {
+  case NBD_WINDOW_START_PAST_END:
     nbd_error("export '%s': filter offset: offset %s is beyond the end of "
               "the underlying disk (%s)", self->layer->export_name,
-              offset_fmt_size(a, sizeof a, conf->offset),
-              offset_fmt_size(b, sizeof b, (uint64_t)size));
+              offset_fmt_size(a, sizeof a, w->start),
+              offset_fmt_size(b, sizeof b, *below));
     return -EINVAL;
-  }
-  /* offset <= size here, so size - offset does not wrap. */
-  if (conf->has_range && conf->range > (uint64_t)size - conf->offset) {
+  case NBD_WINDOW_END_PAST_END:
     nbd_error("export '%s': filter offset: offset+range (%s) is beyond the "
               "end of the underlying disk (%s)", self->layer->export_name,
-              offset_fmt_size(a, sizeof a, conf->offset + conf->range),
-              offset_fmt_size(b, sizeof b, (uint64_t)size));
+              offset_fmt_size(a, sizeof a, w->start + w->len),
+              offset_fmt_size(b, sizeof b, *below));
     return -EINVAL;
+  default:
+    return 0;
   }
-  return 0;
 }
 
-/* An aligned request in the window must stay aligned below: offset must be
- * a multiple of the minimum, and the preferred size is lowered to the
- * largest power of two dividing offset when offset breaks it.
- *
- * range must be a multiple of the minimum as well.  The window is the
- * export, and the NBD protocol ("Block size constraints") wants its size
- * to be a multiple of the minimum: the engine refuses every request that
- * touches a last partial block, so its bytes could never be read or
- * written.  nbdkit's offset filter has no block-size rule to follow, and
- * rounding range would serve another window than the one configured, so
- * open fails, naming both values.  Without range the window ends with the
- * disk below, and an unaligned end is that layer's own, passed on. */
+/* window.h's rule.  nbdkit's offset filter has no block-size rule to
+ * follow, so a range that breaks it fails open, naming both values. */
 static int
 offset_block_size(struct nbd_ctx *self, struct nbd_ctx *next,
                   uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
 {
-  const struct offset_conf *conf = self->layer->conf;
-  uint64_t low = conf->offset & -conf->offset; /* 0 when offset is 0 */
+  const struct nbd_window *w = offset_window(self);
   int r;
 
   if ((r = next_block_size(next, minimum, preferred, maximum)) < 0)
     return r;
-  if (*minimum == 0)
-    return 0;                   /* no constraints */
-  if (conf->offset % *minimum != 0) {
+  switch (nbd_window_fit_blocks(w, *minimum, preferred)) {
+  case NBD_WINDOW_START_UNALIGNED:
     nbd_error("export '%s': filter offset: offset %" PRIu64 " is not a "
               "multiple of the underlying minimum block size %" PRIu32,
-              self->layer->export_name, conf->offset, *minimum);
+              self->layer->export_name, w->start, *minimum);
     return -EINVAL;
-  }
-  if (conf->has_range && conf->range % *minimum != 0) {
+  case NBD_WINDOW_LEN_UNALIGNED:
     nbd_error("export '%s': filter offset: range %" PRIu64 " is not a "
               "multiple of the underlying minimum block size %" PRIu32
               " (its last %" PRIu64 " bytes could not be reached)",
-              self->layer->export_name, conf->range, *minimum,
-              conf->range % *minimum);
+              self->layer->export_name, w->len, *minimum,
+              w->len % *minimum);
     return -EINVAL;
+  default:
+    return 0;
   }
-  if (conf->offset % *preferred != 0)
-    *preferred = low < *minimum ? *minimum : (uint32_t)low;
-  return 0;
 }
 
 static int
 offset_prepare(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
 {
   uint32_t minimum, preferred, maximum;
+  uint64_t below;
   int r;
 
-  if ((r = offset_check_size(self, next)) < 0)
+  if ((r = offset_check_size(self, next, &below)) < 0)
     return r;
   return offset_block_size(self, next, &minimum, &preferred, &maximum);
 }
@@ -153,96 +150,23 @@ offset_prepare(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
 static int64_t
 offset_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
-  const struct offset_conf *conf = self->layer->conf;
+  uint64_t below;
   int r;
 
-  if ((r = offset_check_size(self, next)) < 0)
+  if ((r = offset_check_size(self, next, &below)) < 0)
     return r;
-  if (conf->has_range)
-    return (int64_t)conf->range;
-  return next_get_size(next) - (int64_t)conf->offset;
+  return (int64_t)nbd_window_len(offset_window(self), below);
 }
 
-static uint64_t
-offset_of(const struct nbd_ctx *self)
-{
-  return ((const struct offset_conf *)self->layer->conf)->offset;
-}
+/* Ranged requests move up by offset; flush and the other capabilities
+ * are the layer below's (window.h). */
+NBD_WINDOW_SHIFTED(offset)
+NBD_WINDOW_PASSTHROUGH(offset)
 
-/* ---- datapath: shift by offset ------------------------------------------ */
-
-static int
-offset_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
-             uint32_t count, uint64_t offset, uint32_t flags)
-{
-  return next_pread(next, buf, count, offset + offset_of(self), flags);
-}
-
-static int
-offset_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
-              uint32_t count, uint64_t offset, uint32_t flags)
-{
-  return next_pwrite(next, buf, count, offset + offset_of(self), flags);
-}
-
-static int
-offset_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
-                   struct nbd_source *src, uint32_t count, uint64_t offset,
-                   uint32_t flags)
-{
-  return next_pwrite_from(next, src, count, offset + offset_of(self), flags);
-}
-
-static int
-offset_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
-            uint64_t offset, uint32_t flags)
-{
-  return next_trim(next, count, offset + offset_of(self), flags);
-}
-
-static int
-offset_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
-            uint64_t offset, uint32_t flags)
-{
-  return next_zero(next, count, offset + offset_of(self), flags);
-}
-
-static int
-offset_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
-             uint64_t offset, uint32_t flags)
-{
-  return next_cache(next, count, offset + offset_of(self), flags);
-}
-
-/* Extents of the window: the layer below's, shifted back (extents.c). */
-static int
-offset_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
-               uint64_t offset, uint32_t flags, struct nbd_extents *extents)
-{
-  return nbd_extents_shifted(next, count, offset, offset_of(self), flags,
-                             extents);
-}
-
-/* Flush has no range; every capability but size and block size is the
- * lower layer's. */
-PASSTHROUGH(offset, flush)
-PASSTHROUGH(offset, can_write)
-PASSTHROUGH(offset, can_flush)
-PASSTHROUGH(offset, can_trim)
-PASSTHROUGH(offset, can_zero)
-PASSTHROUGH(offset, can_fast_zero)
-PASSTHROUGH(offset, can_fua)
-PASSTHROUGH(offset, can_cache)
-PASSTHROUGH(offset, can_extents)
-PASSTHROUGH(offset, can_multi_conn)
-PASSTHROUGH(offset, is_rotational)
-
-NBD_REGISTER_FILTER(offset,
+NBD_REGISTER_FILTER(offset, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "serve the window [offset, offset+range) of the layer below",
   .params = offset_params,
   .conf_size = sizeof(struct offset_conf),
-  .thread_model = NBD_PARALLEL,
-  .nonblocking = NBD_NEVER_BLOCKS,
   .pwrite_from = offset_pwrite_from,
   .setup = offset_setup,
   .prepare = offset_prepare,

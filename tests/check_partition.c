@@ -1,4 +1,4 @@
-/* Unit tests for filters/partition.c.
+/* Unit tests for filters/partition/ (table.c and partition.c).
  *
  * The table reader (partition_find) on disks built in a buffer: MBR primary
  * partitions, logical partitions through an EBR chain, GPT entries, and
@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "testlib.h"
-#include "partition.h"
+#include "partition/table.h"
 
 #define KIB 1024ull
 #define MIB (1024 * KIB)

@@ -8,8 +8,8 @@
  * and never more than PARTITION_MAX_READS times.  It does not check GPT
  * CRCs or the backup GPT, and knows no other table format.
  */
-#ifndef NBDSTACK_PARTITION_H
-#define NBDSTACK_PARTITION_H
+#ifndef NBDSTACK_PARTITION_TABLE_H
+#define NBDSTACK_PARTITION_TABLE_H
 
 #include <stddef.h>
 #include <stdint.h>

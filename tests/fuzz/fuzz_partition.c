@@ -1,5 +1,5 @@
 /* nbdstack fuzzing: the partition table reader of the partition filter
- * (partition_find, filters/partition.c).
+ * (partition_find, filters/partition/table.c).
  *
  * The input is the first bytes of a disk; the rest of the disk reads as
  * zeros.  Each input is read as disks of several sizes (the input's own
@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "partition.h"
+#include "partition/table.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
