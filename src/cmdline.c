@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "settings.h"
 
 #ifndef NBD_VERSION
 #define NBD_VERSION "0.1.0"
@@ -29,13 +30,16 @@ enum {
   CMDLINE_OPT_FILTER = 256,
   CMDLINE_OPT_LIST,
   CMDLINE_OPT_CHECK,
-  CMDLINE_OPT_HANDSHAKE,
-  CMDLINE_OPT_IDLE,
-  CMDLINE_OPT_MAXCONN,
-  CMDLINE_OPT_NOINLINE,
   CMDLINE_OPT_RUN,
-  CMDLINE_OPT_POLL,
-  CMDLINE_OPT_COALESCE,
+  CMDLINE_OPT_SETTINGS_TABLE,
+  CMDLINE_OPT_SETTING = 1000,   /* + index in nbd_settings */
+};
+
+/* A server setting given as an option, applied after the config file. */
+struct cmdline_set {
+  const struct nbd_setting *s;
+  const char *value;
+  char name[48];                /* "-t" or "--threads", for messages */
 };
 
 /* Options as given; strings point into argv. */
@@ -44,18 +48,15 @@ struct cmdline_opts {
   size_t nunix;
   const char **filters;
   size_t nfilters;
-  const char *port, *ipaddr, *export_name, *config, *check, *pidfile;
-  const char *user, *group, *run;
-  unsigned threads;             /* 0 = not given */
-  unsigned max_connections;     /* 0 = not given */
-  const char *handshake_timeout, *idle_timeout, *poll, *coalesce;
-  int readonly, verbose, no_inline;
+  struct cmdline_set *sets;
+  size_t nsets;
+  const char *port, *ipaddr, *export_name, *config, *check, *run;
+  int verbose;
 };
 
-/* Leading ':' so that a missing argument returns ':', not '?'. */
-static const char cmdline_short[] = ":c:e:fg:hi:P:p:rt:u:U:vV";
-
-static const struct option cmdline_long[] = {
+/* Options that are not server settings; settings come from nbd_settings
+ * (settings.c) and are added by cmdline_options(). */
+static const struct option cmdline_fixed[] = {
   { "check-config", required_argument, NULL, CMDLINE_OPT_CHECK },
   { "config", required_argument, NULL, 'c' },
   { "export", required_argument, NULL, 'e' },
@@ -63,28 +64,53 @@ static const struct option cmdline_long[] = {
   { "exportname", required_argument, NULL, 'e' },
   { "filter", required_argument, NULL, CMDLINE_OPT_FILTER },
   { "foreground", no_argument, NULL, 'f' },
-  { "group", required_argument, NULL, 'g' },
-  { "handshake-timeout", required_argument, NULL, CMDLINE_OPT_HANDSHAKE },
-  { "idle-timeout", required_argument, NULL, CMDLINE_OPT_IDLE },
-  { "max-connections", required_argument, NULL, CMDLINE_OPT_MAXCONN },
-  { "no-inline", no_argument, NULL, CMDLINE_OPT_NOINLINE },
   { "help", no_argument, NULL, 'h' },
   { "ipaddr", required_argument, NULL, 'i' },
   { "list", no_argument, NULL, CMDLINE_OPT_LIST },
-  { "pidfile", required_argument, NULL, 'P' },
-  { "poll", required_argument, NULL, CMDLINE_OPT_POLL },
-  { "coalesce", required_argument, NULL, CMDLINE_OPT_COALESCE },
   { "port", required_argument, NULL, 'p' },
   { "read-only", no_argument, NULL, 'r' },
-  { "readonly", no_argument, NULL, 'r' },
   { "run", required_argument, NULL, CMDLINE_OPT_RUN },
-  { "threads", required_argument, NULL, 't' },
+  { "settings-table", no_argument, NULL, CMDLINE_OPT_SETTINGS_TABLE },
   { "unix", required_argument, NULL, 'U' },
-  { "user", required_argument, NULL, 'u' },
   { "verbose", no_argument, NULL, 'v' },
   { "version", no_argument, NULL, 'V' },
-  { NULL, 0, NULL, 0 }
 };
+
+#define CMDLINE_NFIXED (sizeof cmdline_fixed / sizeof cmdline_fixed[0])
+#define CMDLINE_MAXOPTS (CMDLINE_NFIXED + 64)
+
+static struct option cmdline_long[CMDLINE_MAXOPTS + 1];
+/* Leading ':' so that a missing argument returns ':', not '?'. */
+static char cmdline_short[64];
+
+/* The long and short options: the fixed ones, then one per setting. */
+static void
+cmdline_options(void)
+{
+  const struct nbd_setting *st;
+  size_t n = CMDLINE_NFIXED, k;
+
+  memcpy(cmdline_long, cmdline_fixed, sizeof cmdline_fixed);
+  strcpy(cmdline_short, ":c:e:fhi:p:U:vV");
+  for (st = nbd_settings; st->key && n < CMDLINE_MAXOPTS; st++) {
+    int arg = (st->flags & SETTING_FLAG) ? no_argument : required_argument;
+    if (st->option == NULL)
+      continue;
+    cmdline_long[n].name = st->option;
+    cmdline_long[n].has_arg = arg;
+    cmdline_long[n].flag = NULL;
+    cmdline_long[n].val = CMDLINE_OPT_SETTING + (int)(st - nbd_settings);
+    n++;
+    if (st->shortopt) {
+      k = strlen(cmdline_short);
+      cmdline_short[k++] = (char)st->shortopt;
+      if (arg == required_argument)
+        cmdline_short[k++] = ':';
+      cmdline_short[k] = '\0';
+    }
+  }
+  memset(&cmdline_long[n], 0, sizeof cmdline_long[n]);
+}
 
 static void
 cmdline_usage(FILE *fp)
@@ -104,37 +130,25 @@ cmdline_usage(FILE *fp)
     "  -i, --ipaddr ADDR       listen on TCP address ADDR only\n"
     "  -e, --export-name NAME  name of the export (default \"\")\n"
     "      --filter NAME       stack a filter, client side first (repeatable)\n"
-    "  -r, --readonly          serve every export read-only\n"
-    "  -t, --threads N         worker threads per connection (1-%d, default %d)\n"
-    "  -P, --pidfile FILE      write the process id to FILE\n"
-    "  -u, --user USER         run as USER after binding the sockets\n"
-    "  -g, --group GROUP       run as GROUP after binding the sockets\n"
-    "      --max-connections N refuse clients beyond N (default 1024)\n"
-    "      --handshake-timeout T  drop a client still negotiating after T\n"
-    "                          (default 10s; 0 = never)\n"
-    "      --idle-timeout T    drop a client that sends no request for T\n"
-    "                          (default 0 = never)\n"
-    "      --no-inline         run every request on the worker pool, even\n"
-    "                          for stacks that never block\n"
-    "      --poll T            inline: poll T for the next request before\n"
-    "                          sleeping (default 12us, at most 1ms; 0 = off)\n"
-    "      --coalesce T        inline: with many requests in flight, sleep\n"
-    "                          up to T to answer several at once (default\n"
-    "                          120us, at most 1ms; 0 = off)\n"
     "      --run CMD           once serving, run the shell command CMD with\n"
     "                          $uri, $nbd, $unixsocket or $port, $exportname\n"
     "                          set; stop when it exits, with its exit status\n"
     "  -f, --foreground        accepted for nbdkit habits; always foreground\n"
     "  -v, --verbose           debug messages\n"
     "      --list              list filters, backends and their keys\n"
+    "      --settings-table    print the server settings as a Markdown table\n"
     "  -h, --help              this text\n"
     "  -V, --version           print the version\n"
+    "\n"
+    "Server settings (the [server] keys of a config file; given here, they\n"
+    "override the file):\n");
+  settings_usage(fp);
+  fprintf(fp,
     "\n"
     "Without -U, -p or -i, nbdstack listens on TCP port 10809, all addresses.\n"
     "key=value goes to the first filter (in order), then the backend, that\n"
     "knows the key; a bare VALUE sets the backend's main key (memory 1G).\n"
-    "Example: nbdstack --filter offset memory size=1G offset=1M range=256M\n",
-    CONFIG_MAX_THREADS, CONFIG_DEFAULT_THREADS);
+    "Example: nbdstack --filter offset memory size=1G offset=1M range=256M\n");
 }
 
 static void
@@ -154,27 +168,86 @@ cmdline_bad_option(int argc, char **argv, int c)
     fprintf(stderr, "nbdstack: unknown option '-%c' (see --help)\n", optopt);
 }
 
-static int
-cmdline_uint(const char *opt, const char *s, unsigned max, unsigned *out)
+/* A setting from the command line: kept, with the name it was given
+ * under, until the config is built (cmdline_apply). */
+static void
+cmdline_setting(struct cmdline_opts *o, const struct nbd_setting *st,
+                int longidx)
 {
-  uint64_t v;
+  struct cmdline_set *cs = &o->sets[o->nsets++];
 
-  if (params_parse_uint(s, &v) == -1 || v < 1 || v > max) {
-    fprintf(stderr, "nbdstack: %s: invalid value '%s' (expected 1-%u)\n",
-            opt, s, max);
-    return -1;
+  cs->s = st;
+  if (st->flags & SETTING_FLAG)
+    cs->value = (st->flags & SETTING_INVERT) ? "no" : "yes";
+  else
+    cs->value = optarg;
+  if (longidx >= 0)
+    snprintf(cs->name, sizeof cs->name, "--%s", cmdline_long[longidx].name);
+  else
+    snprintf(cs->name, sizeof cs->name, "-%c", st->shortopt);
+}
+
+/* The setting of a short option, or NULL. */
+static const struct nbd_setting *
+cmdline_short_setting(int c)
+{
+  const struct nbd_setting *st;
+
+  for (st = nbd_settings; st->key; st++)
+    if (st->shortopt && st->shortopt == c)
+      return st;
+  return NULL;
+}
+
+/* One option; 0 go on, 1 exit 0 (--help, --version, --list), -1 error. */
+static int
+cmdline_option(int c, int longidx, int argc, char **argv,
+               struct cmdline_opts *o)
+{
+  const struct nbd_setting *st;
+
+  if (c >= CMDLINE_OPT_SETTING) {
+    cmdline_setting(o, &nbd_settings[c - CMDLINE_OPT_SETTING], longidx);
+    return 0;
   }
-  *out = (unsigned)v;
-  return 0;
+  if (c == 'r' && longidx >= 0) /* --read-only, an alias */
+    longidx = -1;
+  if (c < 256 && c != ':' && c != '?' && (st = cmdline_short_setting(c))) {
+    cmdline_setting(o, st, longidx);
+    return 0;
+  }
+  switch (c) {
+  case 'c': o->config = optarg; return 0;
+  case CMDLINE_OPT_CHECK: o->check = optarg; return 0;
+  case 'e': o->export_name = optarg; return 0;
+  case CMDLINE_OPT_FILTER: o->filters[o->nfilters++] = optarg; return 0;
+  case 'f': return 0;
+  case 'i': o->ipaddr = optarg; return 0;
+  case 'p': o->port = optarg; return 0;
+  case CMDLINE_OPT_RUN: o->run = optarg; return 0;
+  case 'U': o->unix_paths[o->nunix++] = optarg; return 0;
+  case 'v': o->verbose++; return 0;
+  case 'h': cmdline_usage(stdout); return 1;
+  case 'V': printf("nbdstack %s\n", NBD_VERSION); return 1;
+  case CMDLINE_OPT_LIST: registry_print(stdout); return 1;
+  case CMDLINE_OPT_SETTINGS_TABLE: settings_markdown(stdout); return 1;
+  default: cmdline_bad_option(argc, argv, c); return -1;
+  }
 }
 
 static int
-cmdline_duration(const char *opt, const char *s, uint64_t *out)
+cmdline_getopt(int argc, char **argv, struct cmdline_opts *o)
 {
-  if (params_parse_duration(s, out) == -1) {
-    fprintf(stderr, "nbdstack: %s: invalid duration '%s' (e.g. 500ms, 10s, "
-            "2m; 0 = never)\n", opt, s);
-    return -1;
+  int c, r, longidx = -1;
+
+  cmdline_options();
+  optind = 0;                   /* full reset (glibc and musl), for tests */
+  opterr = 0;                   /* our messages, not getopt's */
+  while ((c = getopt_long(argc, argv, cmdline_short, cmdline_long,
+                          &longidx)) != -1) {
+    if ((r = cmdline_option(c, longidx, argc, argv, o)) != 0)
+      return r;
+    longidx = -1;
   }
   return 0;
 }
@@ -190,68 +263,6 @@ cmdline_strdup(char **field, const char *s)
   }
   free(*field);
   *field = copy;
-  return 0;
-}
-
-static int
-cmdline_threads(const char *s, unsigned *out)
-{
-  uint64_t v;
-
-  if (params_parse_uint(s, &v) == -1 || v < 1 || v > CONFIG_MAX_THREADS) {
-    fprintf(stderr, "nbdstack: -t: invalid thread count '%s' (expected "
-            "1-%d)\n", s, CONFIG_MAX_THREADS);
-    return -1;
-  }
-  *out = (unsigned)v;
-  return 0;
-}
-
-/* One option; 0 go on, 1 exit 0 (--help, --version, --list), -1 error. */
-static int
-cmdline_option(int c, int argc, char **argv, struct cmdline_opts *o)
-{
-  switch (c) {
-  case 'c': o->config = optarg; return 0;
-  case CMDLINE_OPT_CHECK: o->check = optarg; return 0;
-  case 'e': o->export_name = optarg; return 0;
-  case CMDLINE_OPT_FILTER: o->filters[o->nfilters++] = optarg; return 0;
-  case 'f': return 0;
-  case 'i': o->ipaddr = optarg; return 0;
-  case 'P': o->pidfile = optarg; return 0;
-  case 'u': o->user = optarg; return 0;
-  case 'g': o->group = optarg; return 0;
-  case CMDLINE_OPT_HANDSHAKE: o->handshake_timeout = optarg; return 0;
-  case CMDLINE_OPT_IDLE: o->idle_timeout = optarg; return 0;
-  case CMDLINE_OPT_NOINLINE: o->no_inline = 1; return 0;
-  case CMDLINE_OPT_MAXCONN: return cmdline_uint("--max-connections", optarg,
-                                                1000000, &o->max_connections);
-  case 'p': o->port = optarg; return 0;
-  case CMDLINE_OPT_RUN: o->run = optarg; return 0;
-  case CMDLINE_OPT_POLL: o->poll = optarg; return 0;
-  case CMDLINE_OPT_COALESCE: o->coalesce = optarg; return 0;
-  case 'r': o->readonly = 1; return 0;
-  case 't': return cmdline_threads(optarg, &o->threads);
-  case 'U': o->unix_paths[o->nunix++] = optarg; return 0;
-  case 'v': o->verbose++; return 0;
-  case 'h': cmdline_usage(stdout); return 1;
-  case 'V': printf("nbdstack %s\n", NBD_VERSION); return 1;
-  case CMDLINE_OPT_LIST: registry_print(stdout); return 1;
-  default: cmdline_bad_option(argc, argv, c); return -1;
-  }
-}
-
-static int
-cmdline_getopt(int argc, char **argv, struct cmdline_opts *o)
-{
-  int c, r;
-
-  optind = 0;                   /* full reset (glibc and musl), for tests */
-  opterr = 0;                   /* our messages, not getopt's */
-  while ((c = getopt_long(argc, argv, cmdline_short, cmdline_long,
-                          NULL)) != -1)
-    if ((r = cmdline_option(c, argc, argv, o)) != 0)
-      return r;
   return 0;
 }
 
@@ -504,7 +515,9 @@ oom:
 static int
 cmdline_apply(struct nbd_config *cfg, const struct cmdline_opts *o)
 {
+  char err[CMDLINE_ERRLEN];
   size_t i;
+  int bad = 0;
 
   if (!cfg->listens || o->nunix || o->port || o->ipaddr) {
     for (i = 0; i < cfg->nlistens; i++)
@@ -515,40 +528,16 @@ cmdline_apply(struct nbd_config *cfg, const struct cmdline_opts *o)
     if (cmdline_listens(cfg, o) == -1)
       return -1;
   }
-  if ((o->pidfile && cmdline_strdup(&cfg->pidfile, o->pidfile) == -1) ||
-      (o->run && cmdline_strdup(&cfg->run, o->run) == -1) ||
-      (o->user && cmdline_strdup(&cfg->user, o->user) == -1) ||
-      (o->group && cmdline_strdup(&cfg->group, o->group) == -1))
+  if (o->run && cmdline_strdup(&cfg->run, o->run) == -1)
     return -1;
-  if ((o->handshake_timeout &&
-       cmdline_duration("--handshake-timeout", o->handshake_timeout,
-                        &cfg->handshake_timeout) == -1) ||
-      (o->idle_timeout &&
-       cmdline_duration("--idle-timeout", o->idle_timeout,
-                        &cfg->idle_timeout) == -1) ||
-      (o->poll && cmdline_duration("--poll", o->poll, &cfg->poll) == -1) ||
-      (o->coalesce &&
-       cmdline_duration("--coalesce", o->coalesce, &cfg->coalesce) == -1))
-    return -1;
-  if (cfg->poll > (uint64_t)CONFIG_MAX_POLL_US * 1000) {
-    fprintf(stderr, "nbdstack: --poll: '%s' is too long (at most %dus)\n",
-            o->poll, CONFIG_MAX_POLL_US);
-    return -1;
-  }
-  if (cfg->coalesce > (uint64_t)CONFIG_MAX_COALESCE_US * 1000) {
-    fprintf(stderr, "nbdstack: --coalesce: '%s' is too long (at most %dus)\n",
-            o->coalesce, CONFIG_MAX_COALESCE_US);
-    return -1;
-  }
-  if (o->threads)
-    cfg->threads = o->threads;
-  if (o->max_connections)
-    cfg->max_connections = o->max_connections;
-  if (o->no_inline)
-    cfg->inline_requests = 0;
-  cfg->readonly |= o->readonly;
+  for (i = 0; i < o->nsets; i++)
+    if (settings_set(o->sets[i].s, cfg, o->sets[i].value, err,
+                     sizeof err) == -1) {
+      fprintf(stderr, "nbdstack: %s: %s\n", o->sets[i].name, err);
+      bad = 1;
+    }
   cfg->verbose = o->verbose;
-  return 0;
+  return bad ? -1 : 0;
 }
 
 /* ---- modes --------------------------------------------------------------- */
@@ -619,7 +608,8 @@ cmdline_parse(int argc, char **argv, struct nbd_config *cfg)
   /* Each repeatable option takes at least one argv slot. */
   o.unix_paths = calloc((size_t)argc + 1, sizeof *o.unix_paths);
   o.filters = calloc((size_t)argc + 1, sizeof *o.filters);
-  if (o.unix_paths == NULL || o.filters == NULL)
+  o.sets = calloc((size_t)argc + 1, sizeof *o.sets);
+  if (o.unix_paths == NULL || o.filters == NULL || o.sets == NULL)
     fprintf(stderr, "nbdstack: out of memory\n");
   else if ((r = cmdline_getopt(argc, argv, &o)) == 0)
     r = cmdline_run(argc, argv, &o, cfg);
@@ -627,5 +617,6 @@ cmdline_parse(int argc, char **argv, struct nbd_config *cfg)
     config_free(cfg);
   free(o.unix_paths);
   free(o.filters);
+  free(o.sets);
   return r;
 }

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "settings.h"
 
 #define CONFIG_ERRLEN     1024
 #define CONFIG_MAX_LAYERS 64          /* engine_open keeps 64 contexts */
@@ -65,7 +66,7 @@ struct config_parser {
   struct nbd_export **tail;     /* where the next export is linked */
   enum config_section_kind sec;
   int export_headers;           /* [export ...] headers seen, good or bad */
-  int server_seen[32];
+  int server_seen[64];          /* by index in nbd_settings */
   struct config_export_build cur;
   struct config_seen_export *seen;
   size_t nseen, capseen;
@@ -91,53 +92,14 @@ struct config_word {
 
 static int config_set_string(struct config_parser *, const struct config_key *,
                              void *, char *);
-static int config_set_path(struct config_parser *, const struct config_key *,
-                           void *, char *);
 static int config_set_bool(struct config_parser *, const struct config_key *,
                            void *, char *);
 static int config_set_uint(struct config_parser *, const struct config_key *,
-                           void *, char *);
-static int config_set_listen(struct config_parser *, const struct config_key *,
-                             void *, char *);
-static int config_set_duration(struct config_parser *,
-                               const struct config_key *, void *, char *);
-static int config_set_size(struct config_parser *, const struct config_key *,
                            void *, char *);
 static int config_set_filter(struct config_parser *, const struct config_key *,
                              void *, char *);
 static int config_set_backend(struct config_parser *,
                               const struct config_key *, void *, char *);
-
-static const struct config_key config_server_keys[] = {
-  { "listen", config_set_listen, 0, 0, 0, CONFIG_REPEAT },
-  { "threads", config_set_uint, offsetof(struct nbd_config, threads),
-    1, CONFIG_MAX_THREADS, 0 },
-  { "readonly", config_set_bool, offsetof(struct nbd_config, readonly),
-    0, 0, 0 },
-  { "pidfile", config_set_path, offsetof(struct nbd_config, pidfile),
-    0, 0, 0 },
-  { "max-connections", config_set_uint,
-    offsetof(struct nbd_config, max_connections), 1, 1000000, 0 },
-  { "max-handshakes", config_set_uint,
-    offsetof(struct nbd_config, max_handshakes), 1, 1000000, 0 },
-  { "max-handshakes-per-source", config_set_uint,
-    offsetof(struct nbd_config, max_handshakes_per_source), 1, 1000000, 0 },
-  { "max-buffer-memory", config_set_size,
-    offsetof(struct nbd_config, max_buffer_memory), 0, 0, 0 },
-  { "handshake-timeout", config_set_duration,
-    offsetof(struct nbd_config, handshake_timeout), 0, 0, 0 },
-  { "idle-timeout", config_set_duration,
-    offsetof(struct nbd_config, idle_timeout), 0, 0, 0 },
-  { "user", config_set_string, offsetof(struct nbd_config, user), 0, 0, 0 },
-  { "group", config_set_string, offsetof(struct nbd_config, group), 0, 0, 0 },
-  { "inline", config_set_bool, offsetof(struct nbd_config, inline_requests),
-    0, 0, 0 },
-  { "poll", config_set_duration, offsetof(struct nbd_config, poll),
-    0, CONFIG_MAX_POLL_US, 0 },
-  { "coalesce", config_set_duration, offsetof(struct nbd_config, coalesce),
-    0, CONFIG_MAX_COALESCE_US, 0 },
-  { NULL, NULL, 0, 0, 0, 0 }
-};
 
 static const struct config_key config_export_keys[] = {
   { "description", config_set_string,
@@ -399,41 +361,7 @@ config_words(struct config_parser *p, char *s, struct config_word **out)
   return n;
 }
 
-/* ---- listen addresses ---------------------------------------------------- */
-
-static int
-config_add_listen(struct nbd_config *cfg, struct nbd_listen *l)
-{
-  struct nbd_listen *v;
-
-  v = realloc(cfg->listens, (cfg->nlistens + 1) * sizeof *v);
-  if (v == NULL)
-    return -1;
-  cfg->listens = v;
-  v[cfg->nlistens++] = *l;
-  return 0;
-}
-
 /* ---- key setters --------------------------------------------------------- */
-
-static int
-config_set_listen(struct config_parser *p, const struct config_key *k,
-                  void *base, char *value)
-{
-  struct nbd_listen l;
-  char err[CONFIG_ERRLEN];
-
-  if (listen_parse(value, &l, err, sizeof err) == -1) {
-    config_error(p, p->line, "listen: %s", err);
-    return -1;
-  }
-  if (config_add_listen(p->cfg, &l) == -1) {
-    listen_clear(&l);
-    config_error(p, p->line, "out of memory");
-    return -1;
-  }
-  return 0;
-}
 
 static int
 config_set_string(struct config_parser *p, const struct config_key *k,
@@ -449,17 +377,6 @@ config_set_string(struct config_parser *p, const struct config_key *k,
   free(*field);
   *field = s;
   return 0;
-}
-
-static int
-config_set_path(struct config_parser *p, const struct config_key *k,
-                void *base, char *value)
-{
-  if (*value == '\0') {
-    config_error(p, p->line, "%s: empty value (expected a path)", k->name);
-    return -1;
-  }
-  return config_set_string(p, k, base, value);
 }
 
 static int
@@ -486,42 +403,6 @@ config_set_uint(struct config_parser *p, const struct config_key *k,
     return -1;
   }
   *(unsigned *)((char *)base + k->offset) = (unsigned)v;
-  return 0;
-}
-
-static int
-config_set_duration(struct config_parser *p, const struct config_key *k,
-                    void *base, char *value)
-{
-  uint64_t v;
-
-  if (params_parse_duration(value, &v) == -1) {
-    config_error(p, p->line, "%s: invalid value '%s' (expected a duration "
-                 "such as 500ms, 10s or 2m; 0 = none)", k->name, value);
-    return -1;
-  }
-  if (k->max && v > (uint64_t)k->max * 1000) {
-    config_error(p, p->line, "%s: '%s' is too long (at most %uus)", k->name,
-                 value, k->max);
-    return -1;
-  }
-  *(uint64_t *)((char *)base + k->offset) = v;
-  return 0;
-}
-
-/* A byte count of at least CONFIG_MIN_BUFFER_MEMORY (the only size key). */
-static int
-config_set_size(struct config_parser *p, const struct config_key *k,
-                void *base, char *value)
-{
-  uint64_t v;
-
-  if (params_parse_size(value, &v) == -1 || v < CONFIG_MIN_BUFFER_MEMORY) {
-    config_error(p, p->line, "%s: invalid value '%s' (expected a size of "
-                 "at least 64M, such as 512M or 2G)", k->name, value);
-    return -1;
-  }
-  *(uint64_t *)((char *)base + k->offset) = v;
   return 0;
 }
 
@@ -869,6 +750,33 @@ config_unknown_key(struct config_parser *p, const char *key,
                where, known);
 }
 
+/* A [server] key: one of the server settings (settings.c). */
+static void
+config_server_key(struct config_parser *p, const char *key, char *value)
+{
+  const struct nbd_setting *st = settings_find(key);
+  char err[CONFIG_ERRLEN], known[512];
+  int i;
+
+  if (st == NULL) {
+    settings_key_names(known, sizeof known);
+    config_error(p, p->line, "unknown key '%.64s' in [server] (known: %s)",
+                 key, known);
+    return;
+  }
+  i = (int)(st - nbd_settings);
+  if (!(st->flags & SETTING_REPEAT) && p->server_seen[i]) {
+    config_error(p, p->line, "'%s' given twice in [server] (first at line "
+                 "%d)", key, p->server_seen[i]);
+    return;
+  }
+  p->server_seen[i] = p->line;
+  if (config_scalar(p, value) == -1)
+    return;
+  if (settings_set(st, p->cfg, value, err, sizeof err) == -1)
+    config_error(p, p->line, "%s: %s", key, err);
+}
+
 /* Looks the key up in the section's table and calls its setter. */
 static void
 config_dispatch(struct config_parser *p, const char *key, char *value)
@@ -879,10 +787,8 @@ config_dispatch(struct config_parser *p, const char *key, char *value)
   char where[160], label[128];
 
   if (p->sec == CONFIG_SERVER) {
-    keys = config_server_keys;
-    seen = p->server_seen;
-    base = p->cfg;
-    snprintf(where, sizeof where, "[server]");
+    config_server_key(p, key, value);
+    return;
   } else {
     keys = config_export_keys;
     seen = p->cur.seen;
@@ -1029,20 +935,17 @@ config_max_handshakes_per_source(const struct nbd_config *cfg)
 static void
 config_finish(struct config_parser *p)
 {
-  struct nbd_listen l = { NBD_LISTEN_TCP, NULL, NULL, NULL };
+  char err[CONFIG_ERRLEN];
 
   config_end_section(p);
   if (p->export_headers == 0)
     config_error(p, p->line > 0 ? p->line : 1, "no export defined (add an "
                  "[export NAME] section; [export \"\"] is the default "
                  "export)");
-  if (p->nerrs == 0 && p->cfg->nlistens == 0) {
-    l.port = strdup(LISTEN_DEFAULT_PORT);
-    if (l.port == NULL || config_add_listen(p->cfg, &l) == -1) {
-      free(l.port);
-      config_error(p, p->line, "out of memory");
-    }
-  }
+  if (p->nerrs == 0 && p->cfg->nlistens == 0 &&
+      settings_set(settings_find("listen"), p->cfg,
+                   "tcp:" LISTEN_DEFAULT_PORT, err, sizeof err) == -1)
+    config_error(p, p->line, "%s", err);
   free(p->seen);
   if (p->nerrs)
     config_free(p->cfg);

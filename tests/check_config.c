@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "settings.h"
 #include "testlib.h"
 
 /* ---- test layers --------------------------------------------------------- */
@@ -1093,6 +1094,41 @@ START_TEST(test_cmd_key_routing)
 }
 END_TEST
 
+/* Every server setting is a [server] key and, when it has an option, the
+ * option: both refuse a bad value with the same words (one table,
+ * settings.c).  Strings and paths take anything but "", and listen
+ * addresses have tests of their own. */
+START_TEST(test_settings_one_table)
+{
+  const struct nbd_setting *st;
+  struct nbd_config cfg;
+  char text[256], opt[64], want[256], *tail;
+
+  for (st = nbd_settings; st->key; st++) {
+    if (st->type == SETTING_STRING || st->type == SETTING_LISTEN ||
+        (st->flags & SETTING_FLAG))
+      continue;
+    snprintf(text, sizeof text, "[server]\n%s = %s\n[export x]\n"
+             "backend = tback\n", st->key,
+             st->type == SETTING_PATH ? "\"\"" : "bogus");
+    ck_assert_int_eq(parse(text, &cfg), 1);
+    snprintf(want, sizeof want, "t.ini:2: %s: ", st->key);
+    ck_assert_msg(strncmp(errbuf, want, strlen(want)) == 0,
+                  "config %s: %s", st->key, errbuf);
+    tail = strdup(errbuf + strlen(want));
+    ck_assert_ptr_nonnull(tail);
+    if (st->option) {
+      snprintf(opt, sizeof opt, "--%s", st->option);
+      ck_assert_int_eq(run(&cfg, opt, st->type == SETTING_PATH ? "" : "bogus",
+                           "tback", NULL), -1);
+      snprintf(want, sizeof want, "nbdstack: %s: %s", opt, tail);
+      ck_assert_str_eq(cerrbuf, want);
+    }
+    free(tail);
+  }
+}
+END_TEST
+
 START_TEST(test_cmd_errors)
 {
   struct nbd_config cfg;
@@ -1132,8 +1168,11 @@ START_TEST(test_cmd_errors)
   ck_assert_str_eq(cerrbuf, "nbdstack: option '--port' needs an argument "
                    "(see --help)\n");
   ck_assert_int_eq(run(&cfg, "-t", "0", "tback", NULL), -1);
-  ck_assert_str_eq(cerrbuf, "nbdstack: -t: invalid thread count '0' "
-                   "(expected 1-1024)\n");
+  ck_assert_str_eq(cerrbuf, "nbdstack: -t: invalid value '0' (expected an "
+                   "integer from 1 to 1024)\n");
+  ck_assert_int_eq(run(&cfg, "--threads", "0", "tback", NULL), -1);
+  ck_assert_str_eq(cerrbuf, "nbdstack: --threads: invalid value '0' "
+                   "(expected an integer from 1 to 1024)\n");
   ck_assert_int_eq(run(&cfg, "-p", "http x", "tback", NULL), -1);
   ck_assert_has(cerrbuf, "nbdstack: -p: invalid port 'http x'");
   ck_assert_int_eq(cleanups, setups);
@@ -1376,6 +1415,8 @@ cmdline_suite(void)
       test_cmd_key_routing, cmd_teardown);
   add(s, "reports unknown layers, keys and options", test_cmd_errors,
       cmd_teardown);
+  add(s, "one table: config keys and options refuse alike",
+      test_settings_one_table, cmd_teardown);
   add(s, "builds listen addresses from -U -p -i", test_cmd_listen,
       cmd_teardown);
   add(s, "sets options before and after the backend", test_cmd_options,
