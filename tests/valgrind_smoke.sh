@@ -13,6 +13,7 @@
 . "${SRCDIR:?}/tests/integration/lib.sh"
 require_tool valgrind nbdcopy nbdinfo
 require_nbd_module
+require_layer memory offset
 
 if ! file -L "$NBDSTACK" 2>/dev/null | grep -q "dynamically linked"; then
     skip "$NBDSTACK is not a dynamic glibc binary (static musl?): memcheck cannot intercept malloc"
