@@ -445,14 +445,13 @@ file_cleanup(struct nbd_layer *layer)
   layer->state = NULL;
 }
 
-NBD_REGISTER_BACKEND(file,
+NBD_REGISTER_BACKEND(file, NBD_PARALLEL,
+  /* A hot page cache answers in microseconds; a cold disk does not, and
+   * the engine then moves the connection to workers. */
+  NBD_RARELY_BLOCKS,
   .description = "serve a regular file or block device",
   .params = file_params,
   .conf_size = sizeof(struct file_conf),
-  .thread_model = NBD_PARALLEL,
-  /* A hot page cache answers in microseconds; a cold disk does not, and
-   * the engine then moves the connection to workers. */
-  .nonblocking = NBD_RARELY_BLOCKS,
   .magic_param = "file",
   .setup = file_setup,
   .cleanup = file_cleanup,

@@ -754,13 +754,11 @@ memory_cleanup(struct nbd_layer *layer)
   layer->state = NULL;
 }
 
-NBD_REGISTER_BACKEND(memory,
+NBD_REGISTER_BACKEND(memory, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "sparse RAM disk of up to 2^63-1 bytes, shared by all "
                  "connections",
   .params = memory_params,
   .conf_size = sizeof(struct memory_conf),
-  .thread_model = NBD_PARALLEL,
-  .nonblocking = NBD_NEVER_BLOCKS,
   .magic_param = "size",
   .setup = memory_setup,
   .cleanup = memory_cleanup,

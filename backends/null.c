@@ -97,11 +97,9 @@ null_native(struct nbd_ctx *self, struct nbd_ctx *next)
 UNSUPPORTED(null, block_size)
 UNSUPPORTED(null, is_rotational)
 
-NBD_REGISTER_BACKEND(null,
+NBD_REGISTER_BACKEND(null, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "reads zeros, discards writes (benchmarks, tests)",
   .params = null_params,
   .conf_size = sizeof(struct null_conf),
-  .thread_model = NBD_PARALLEL,
-  .nonblocking = NBD_NEVER_BLOCKS,
   .setup = null_setup,
 );

@@ -13,6 +13,11 @@
 
 #include "engine.h"
 
+/* The second part of the generated header: the capability asks and the
+ * next_<cap>() accessors, made from src/methods.def like the rest. */
+#define NBD_METHODS_GEN_ENGINE
+#include "methods_gen.h"
+
 /* Zeros for write-zero emulation; .bss, never written. */
 static char engine_zero_buf[1 << 20];
 
@@ -29,6 +34,8 @@ engine_layer_new(const struct nbd_layer_ops *ops, const char *export_name)
     return NULL;
   l->ops = ops;
   l->export_name = export_name;
+  l->thread_model = ops->thread_model;
+  l->nonblocking = ops->nonblocking;
   if (ops->conf_size > 0) {
     l->conf = calloc(1, ops->conf_size);
     if (l->conf == NULL) {
@@ -46,6 +53,14 @@ engine_layer_setup(struct nbd_layer *layer, char *err, size_t errlen)
     return -1;
   if (layer->ops->setup && layer->ops->setup(layer, err, errlen) == -1)
     return -1;
+  /* The ops values are what the layer's code was written for; setup may
+   * only ask for less concurrency. */
+  if (layer->thread_model > layer->ops->thread_model ||
+      layer->nonblocking > layer->ops->nonblocking) {
+    snprintf(err, errlen, "setup loosened the thread model or nonblocking "
+             "class the layer registered");
+    return -1;
+  }
   return 0;
 }
 
@@ -97,6 +112,15 @@ engine_export_finish(struct nbd_export *exp, char *err, size_t errlen)
   exp->model = NBD_PARALLEL;
   exp->nonblocking = NBD_NEVER_BLOCKS;
   for (l = exp->top; l; l = l->below) {
+    /* Descriptors built by hand (tests) skip the register macros' checks. */
+    if (l->thread_model < NBD_SERIALIZE_CONNECTIONS ||
+        l->thread_model > NBD_PARALLEL ||
+        l->nonblocking < NBD_MAY_BLOCK || l->nonblocking > NBD_NEVER_BLOCKS) {
+      snprintf(err, errlen, "%s %s: no valid thread_model and nonblocking",
+               l->ops->kind == NBD_LAYER_FILTER ? "filter" : "backend",
+               l->ops->name);
+      return -1;
+    }
     if (l->ops->kind == NBD_LAYER_BACKEND) {
       backends++;
       if (l->below) {
@@ -105,10 +129,10 @@ engine_export_finish(struct nbd_export *exp, char *err, size_t errlen)
         return -1;
       }
     }
-    if (l->ops->thread_model < exp->model)
-      exp->model = l->ops->thread_model;
-    if (l->ops->nonblocking < exp->nonblocking)
-      exp->nonblocking = l->ops->nonblocking;
+    if (l->thread_model < exp->model)
+      exp->model = l->thread_model;
+    if (l->nonblocking < exp->nonblocking)
+      exp->nonblocking = l->nonblocking;
   }
   if (backends != 1) {
     snprintf(err, errlen, "needs exactly one backend (has %d)", backends);
@@ -142,36 +166,21 @@ engine_is_pow2(uint32_t v)
   return v != 0 && (v & (v - 1)) == 0;
 }
 
-/* Asks every capability of one layer once and normalises the answers. */
+/* Asks every capability of one layer once (engine_gen_ask_caps, from
+ * src/methods.def) and normalises the answers. */
 static int
 engine_cache_caps(struct nbd_ctx *c, int readonly, char *err, size_t errlen)
 {
+  static const char *const names[] = { NBD_METHOD_NAMES };
   const struct nbd_layer_ops *o = c->layer->ops;
-  struct nbd_ctx *n = c->next;
+  enum nbd_method failed = NBD_METHOD_COUNT;
   int r;
 
-#define ENGINE_ASK(field, call)                                              \
-  do {                                                                       \
-    r = (call);                                                              \
-    if (r < 0) {                                                             \
-      snprintf(err, errlen, "%s %s: %s failed: %s",                          \
-               o->kind == NBD_LAYER_FILTER ? "filter" : "backend", o->name,  \
-               #field, strerror(-r));                                        \
-      return -1;                                                             \
-    }                                                                        \
-    c->field = r;                                                            \
-  } while (0)
-
-  c->size = o->get_size(c, n);
-  if (c->size < 0) {
-    snprintf(err, errlen, "%s: get_size failed: %s", o->name,
-             strerror((int)-c->size));
-    return -1;
-  }
-  c->min_block = c->pref_block = c->max_block = 0;
-  r = o->block_size(c, n, &c->min_block, &c->pref_block, &c->max_block);
+  r = engine_gen_ask_caps(c, readonly, &failed);
   if (r < 0) {
-    snprintf(err, errlen, "%s: block_size failed: %s", o->name, strerror(-r));
+    snprintf(err, errlen, "%s %s: %s failed: %s",
+             o->kind == NBD_LAYER_FILTER ? "filter" : "backend", o->name,
+             names[failed], strerror(-r));
     return -1;
   }
   if (c->min_block || c->pref_block || c->max_block) {
@@ -185,32 +194,16 @@ engine_cache_caps(struct nbd_ctx *c, int readonly, char *err, size_t errlen)
       return -1;
     }
   }
-  ENGINE_ASK(can_write, o->can_write(c, n));
+  /* can_write was asked even so: the layer may want to know. */
   if (readonly)
     c->can_write = 0;
-  ENGINE_ASK(can_flush, o->can_flush(c, n));
-  ENGINE_ASK(is_rotational, o->is_rotational(c, n));
-  ENGINE_ASK(can_multi_conn, o->can_multi_conn(c, n));
-  ENGINE_ASK(can_extents, o->can_extents(c, n));
-  ENGINE_ASK(can_cache, o->can_cache(c, n));
-  if (c->can_write) {
-    ENGINE_ASK(can_trim, o->can_trim(c, n));
-    ENGINE_ASK(can_zero, o->can_zero(c, n));
-    ENGINE_ASK(can_fast_zero, o->can_fast_zero(c, n));
-    r = o->can_fua(c, n);
-    if (r == NBD_FUA_DEFAULT)
-      r = c->can_flush ? NBD_FUA_EMULATE : NBD_FUA_NONE;
-    ENGINE_ASK(can_fua, r);
-    if (c->can_fua == NBD_FUA_EMULATE && !c->can_flush)
-      c->can_fua = NBD_FUA_NONE;
-  } else {
-    c->can_trim = c->can_zero = c->can_fast_zero = c->can_fua = 0;
-  }
+  /* EMULATE (UNSUPPORTED's default too) needs a flush to emulate with. */
+  if (c->can_fua == NBD_FUA_EMULATE && !c->can_flush)
+    c->can_fua = NBD_FUA_NONE;
   if (c->can_zero != NBD_ZERO_NATIVE)
     c->can_fast_zero = 0;
   c->pull = c->can_write && o->pwrite_from != NULL &&
-            (n == NULL || n->pull);
-#undef ENGINE_ASK
+            (c->next == NULL || c->next->pull);
   return 0;
 }
 
@@ -591,26 +584,6 @@ next_cache(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
   return r;
 }
 
-/* ---- capability entry points: the cached answers ------------------------- */
-
-int64_t next_get_size(struct nbd_ctx *c) { return c->size; }
-int next_can_write(struct nbd_ctx *c) { return c->can_write; }
-int next_can_flush(struct nbd_ctx *c) { return c->can_flush; }
-int next_can_trim(struct nbd_ctx *c) { return c->can_trim; }
-int next_can_zero(struct nbd_ctx *c) { return c->can_zero; }
-int next_can_fast_zero(struct nbd_ctx *c) { return c->can_fast_zero; }
-int next_can_fua(struct nbd_ctx *c) { return c->can_fua; }
-int next_can_cache(struct nbd_ctx *c) { return c->can_cache; }
-int next_can_extents(struct nbd_ctx *c) { return c->can_extents; }
-int next_can_multi_conn(struct nbd_ctx *c) { return c->can_multi_conn; }
-int next_is_rotational(struct nbd_ctx *c) { return c->is_rotational; }
-
-int
-next_block_size(struct nbd_ctx *c, uint32_t *minimum, uint32_t *preferred,
-                uint32_t *maximum)
-{
-  *minimum = c->min_block;
-  *preferred = c->pref_block;
-  *maximum = c->max_block;
-  return 0;
-}
+/* The capability entry points, next_get_size() ... next_is_rotational(),
+ * return the cached answers; they are generated with engine_gen_ask_caps
+ * (methods_gen.h, included above). */

@@ -22,7 +22,7 @@ struct nbd_export {
   unsigned nconnections;        /* open stacks now (server.c's lock) */
   /* Derived by engine_export_finish from the stack. */
   enum nbd_thread_model model;
-  int nonblocking;               /* lowest of its layers' (layer.h) */
+  enum nbd_nonblocking nonblocking; /* lowest of its layers' (layer.h) */
   pthread_mutex_t lock;         /* for SERIALIZE_CONNECTIONS/ALL_REQUESTS */
   struct nbd_export *next;      /* in config order */
 };

@@ -13,6 +13,9 @@
  * read, extents as "all data") at every boundary, so no layer repeats them.
  *
  * Datapath methods return 0 or -errno.  Capabilities return >= 0 or -errno.
+ * The build also refuses a method of the wrong type (or a macro alias to
+ * one), PASSTHROUGH in a backend, and a registration that does not give
+ * the thread model and nonblocking class, each naming layer and method.
  * This header does not deal with the wire protocol or sockets.
  */
 #ifndef NBDSTACK_LAYER_H
@@ -35,16 +38,10 @@
 #define NBD_FLAG_REQ_ONE   (1u << 3)
 #define NBD_FLAG_FAST_ZERO (1u << 4)
 
-/* Values of nbd_layer_ops.nonblocking, in order of increasing speed. */
-#define NBD_MAY_BLOCK      0
-#define NBD_RARELY_BLOCKS  1
-#define NBD_NEVER_BLOCKS   2
-
 /* Tri-state answers of can_fua, can_zero and can_cache. */
 #define NBD_FUA_NONE       0
 #define NBD_FUA_EMULATE    1 /* engine sends a flush after the write */
 #define NBD_FUA_NATIVE     2
-#define NBD_FUA_DEFAULT    (-1000) /* UNSUPPORTED: EMULATE if can_flush, else NONE */
 #define NBD_ZERO_NONE      0
 #define NBD_ZERO_EMULATE   1 /* engine writes zeros through pwrite */
 #define NBD_ZERO_NATIVE    2
@@ -105,6 +102,23 @@ enum nbd_thread_model {
   NBD_PARALLEL = 3,
 };
 
+/* How long a request may take, which decides how the engine runs
+ * requests; an export takes the lowest of its layers:
+ *   NBD_MAY_BLOCK      sleeps or waits (delay, network): requests run on
+ *                      a pool of workers per connection, concurrently;
+ *   NBD_RARELY_BLOCKS  usually quick, now and then slow (a file in the
+ *                      page cache): inline on the reader, with no
+ *                      handoff, until one request takes over 1 ms, then
+ *                      workers for the rest of the connection;
+ *   NBD_NEVER_BLOCKS   CPU only (RAM, pure transforms): always inline.
+ * The values do not overlap those of enum nbd_thread_model, so the two
+ * arguments of NBD_REGISTER_* given in the wrong order fail their check. */
+enum nbd_nonblocking {
+  NBD_MAY_BLOCK = 8,
+  NBD_RARELY_BLOCKS = 9,
+  NBD_NEVER_BLOCKS = 10,
+};
+
 struct nbd_layer;
 
 struct nbd_layer_ops {
@@ -113,18 +127,10 @@ struct nbd_layer_ops {
   enum nbd_layer_kind kind;
   const struct nbd_param *params;     /* ends with NBD_PARAM_END */
   size_t conf_size;                   /* size of the conf struct params fill */
-  enum nbd_thread_model thread_model; /* 0 is SERIALIZE_CONNECTIONS: set it */
-  /* How long a request may take, which decides how the engine runs
-   * requests (an export takes the lowest value of its layers):
-   *   NBD_MAY_BLOCK      sleeps or waits (delay, network): requests run on
-   *                      a pool of workers per connection, concurrently;
-   *   NBD_RARELY_BLOCKS  usually quick, now and then slow (a file in the
-   *                      page cache): inline on the reader, with no
-   *                      handoff, until one request takes over 1 ms, then
-   *                      workers for the rest of the connection;
-   *   NBD_NEVER_BLOCKS   CPU only (RAM, pure transforms): always inline.
-   * 0 (the default) is NBD_MAY_BLOCK. */
-  int nonblocking;
+  /* The loosest the layer ever allows; the register macros require both
+   * (no silent default), an instance may tighten them in setup. */
+  enum nbd_thread_model thread_model;
+  enum nbd_nonblocking nonblocking;
   /* Command line: a bare value with no "key=" sets this parameter, as in
    * nbdkit ("memory 1G", "file disk.img").  NULL = none. */
   const char *magic_param;
@@ -146,6 +152,11 @@ struct nbd_layer {
   uint64_t params_set;        /* bit i set when params[i] was given */
   void *state;                /* free for setup(): shared by all connections */
   const char *export_name;
+  /* Copied from ops before setup, which may lower them for this instance
+   * (a setting that needs serialised requests); raising them is an
+   * error.  The export's model is computed from these. */
+  enum nbd_thread_model thread_model;
+  enum nbd_nonblocking nonblocking;
   struct nbd_layer *below;    /* next layer instance, NULL for the backend */
 };
 
@@ -155,11 +166,10 @@ struct nbd_ctx {
   void *handle;               /* the layer's own per-connection state */
   struct nbd_ctx *next;       /* context of the layer below, NULL for backend */
   struct nbd_conn *conn;      /* owning connection, opaque to layers */
-  /* Capabilities, asked once when the connection opens. */
-  int64_t size;
-  uint32_t min_block, pref_block, max_block; /* 0 = no constraint */
-  int can_write, can_flush, can_trim, can_zero, can_fast_zero, can_fua;
-  int can_cache, can_extents, can_multi_conn, is_rotational;
+  /* Capabilities, asked once when the connection opens (src/methods.def,
+   * column 'cache'): size, min_block/pref_block/max_block (0 = no
+   * constraint), can_write ... is_rotational. */
+  NBD_CTX_CAP_FIELDS
   /* pwrite_from reaches a layer that reads payloads itself: a backend
    * with pwrite_from, through filters that have it too. */
   int pull;
@@ -223,7 +233,8 @@ int nbd_source_skip(struct nbd_source *src, uint64_t len);
 /* ---- registration ------------------------------------------------------ */
 
 /* A layer's methods come from NBD_REQUIRED_METHODS, which names
- * <layer>_<method> for every datapath and capability method. */
+ * <layer>_<method> for every datapath and capability method.
+ * PASSTHROUGH is for filters: a backend's registration refuses it. */
 #define PASSTHROUGH(layer, method) PASSTHROUGH_##method(layer)
 #define UNSUPPORTED(layer, method) UNSUPPORTED_##method(layer)
 
@@ -236,22 +247,62 @@ int nbd_source_skip(struct nbd_source *src, uint64_t len);
     __attribute__((used, retain, section(sect),                           \
                    aligned(sizeof(void *)))) = &name##_layer_ops
 
-#define NBD_REGISTER_LAYER(layer, sect, kind_, ...)                         \
+/* thread_model and nonblocking come first, by position, so that leaving
+ * one out cannot compile: the struct literal names the layer in the error
+ * ("'struct offset_thread_model_nonblocking' has no member named ...")
+ * when a designated initializer stands where they belong. */
+#define NBD_CHECK_MODEL(layer, what, model_, nonblocking_)                  \
+  struct layer##_thread_model_nonblocking {                                 \
+    enum nbd_thread_model thread_model;                                     \
+    enum nbd_nonblocking nonblocking;                                       \
+  };                                                                        \
+  _Static_assert(sizeof((struct layer##_thread_model_nonblocking){          \
+                          model_, nonblocking_ }) > 0 &&                    \
+                 (model_) >= NBD_SERIALIZE_CONNECTIONS &&                   \
+                 (model_) <= NBD_PARALLEL,                                  \
+                 what " " #layer ": the thread model, first after the "     \
+                 "name, must be NBD_SERIALIZE_CONNECTIONS, "                \
+                 "NBD_SERIALIZE_ALL_REQUESTS, NBD_SERIALIZE_REQUESTS or "   \
+                 "NBD_PARALLEL");                                           \
+  _Static_assert((nonblocking_) >= NBD_MAY_BLOCK &&                         \
+                 (nonblocking_) <= NBD_NEVER_BLOCKS,                        \
+                 what " " #layer ": nonblocking, second after the name, "   \
+                 "must be NBD_MAY_BLOCK, NBD_RARELY_BLOCKS or "             \
+                 "NBD_NEVER_BLOCKS")
+
+/* The pragmas make a wrongly typed pointer in the descriptor (setup,
+ * open, pwrite_from...) an error in every build, not a warning, and so a
+ * second initializer of a field the macro sets. */
+#define NBD_REGISTER_LAYER(layer, sect, kind_, what, model, nonblocking_, ...) \
+  NBD_CHECK_MODEL(layer, what, model, nonblocking_);                        \
+  _Pragma("GCC diagnostic push")                                            \
+  _Pragma("GCC diagnostic error \"-Wincompatible-pointer-types\"")          \
+  _Pragma("GCC diagnostic error \"-Woverride-init\"")                       \
   static const struct nbd_layer_ops layer##_layer_ops = {                   \
     .name = #layer,                                                         \
     .kind = kind_,                                                          \
+    .thread_model = (model),                                                \
+    .nonblocking = (nonblocking_),                                          \
     NBD_REQUIRED_METHODS(layer)                                             \
     __VA_ARGS__                                                             \
   };                                                                        \
+  _Pragma("GCC diagnostic pop")                                             \
+  NBD_CHECK_METHOD_TYPES(layer, what)                                       \
   NBD_SECTION_ENTRY(sect, layer)
 
 /* Usage, last in the file:
- *   NBD_REGISTER_FILTER(offset, .description = "...", .params = ...,
- *                       .conf_size = sizeof (struct offset_conf), ...);  */
-#define NBD_REGISTER_FILTER(layer, ...)                                     \
-  NBD_REGISTER_LAYER(layer, "nbd_filters", NBD_LAYER_FILTER, __VA_ARGS__)
-#define NBD_REGISTER_BACKEND(layer, ...)                                    \
-  NBD_REGISTER_LAYER(layer, "nbd_backends", NBD_LAYER_BACKEND, __VA_ARGS__)
+ *   NBD_REGISTER_FILTER(offset, NBD_PARALLEL, NBD_NEVER_BLOCKS,
+ *                       .description = "...", .params = ...,
+ *                       .conf_size = sizeof (struct offset_conf), ...);
+ * The thread model and nonblocking class have no default: each layer
+ * says what it tolerates. */
+#define NBD_REGISTER_FILTER(layer, model, nonblocking, ...)                 \
+  NBD_REGISTER_LAYER(layer, "nbd_filters", NBD_LAYER_FILTER, "filter",      \
+                     model, nonblocking, __VA_ARGS__)
+#define NBD_REGISTER_BACKEND(layer, model, nonblocking, ...)                \
+  NBD_CHECK_BACKEND_METHODS(layer)                                          \
+  NBD_REGISTER_LAYER(layer, "nbd_backends", NBD_LAYER_BACKEND, "backend",   \
+                     model, nonblocking, __VA_ARGS__)
 
 /* ---- helpers for layers ------------------------------------------------ */
 

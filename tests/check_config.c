@@ -139,21 +139,25 @@ TEST_PASS_ALL(tfilt2)
 TEST_UNSUP_ALL(tback)
 TEST_UNSUP_ALL(tsize)
 
-NBD_REGISTER_FILTER(tfilt, .description = "test filter",
+NBD_REGISTER_FILTER(tfilt, NBD_PARALLEL, NBD_MAY_BLOCK,
+  .description = "test filter",
   .params = tfilt_params, .conf_size = sizeof(struct tf_conf),
-  .thread_model = NBD_PARALLEL, .setup = tfilt_setup,
+  .setup = tfilt_setup,
   .cleanup = test_cleanup);
-NBD_REGISTER_FILTER(tfilt2, .description = "second test filter",
+NBD_REGISTER_FILTER(tfilt2, NBD_SERIALIZE_REQUESTS, NBD_MAY_BLOCK,
+  .description = "second test filter",
   .params = tfilt2_params, .conf_size = sizeof(struct tf_conf),
-  .thread_model = NBD_SERIALIZE_REQUESTS, .setup = tfilt_setup,
+  .setup = tfilt_setup,
   .cleanup = test_cleanup);
-NBD_REGISTER_BACKEND(tback, .description = "test backend",
+NBD_REGISTER_BACKEND(tback, NBD_PARALLEL, NBD_MAY_BLOCK,
+  .description = "test backend",
   .params = tback_params, .conf_size = sizeof(struct tb_conf),
-  .thread_model = NBD_PARALLEL, .magic_param = "path",
+  .magic_param = "path",
   .setup = tback_setup, .cleanup = test_cleanup);
-NBD_REGISTER_BACKEND(tsize, .description = "test backend, size required",
+NBD_REGISTER_BACKEND(tsize, NBD_PARALLEL, NBD_MAY_BLOCK,
+  .description = "test backend, size required",
   .params = tsize_params, .conf_size = sizeof(struct tb_conf),
-  .thread_model = NBD_PARALLEL, .magic_param = "size",
+  .magic_param = "size",
   .setup = tback_setup, .cleanup = test_cleanup);
 
 /* ---- helpers ------------------------------------------------------------- */

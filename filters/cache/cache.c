@@ -625,12 +625,10 @@ PASSTHROUGH(cache, can_fast_zero)
 PASSTHROUGH(cache, can_extents)
 PASSTHROUGH(cache, is_rotational)
 
-NBD_REGISTER_FILTER(cache,
+NBD_REGISTER_FILTER(cache, NBD_PARALLEL, NBD_RARELY_BLOCKS,
   .description = "cache blocks of the layer below in a temporary file",
   .params = cache_params,
   .conf_size = sizeof(struct cache_conf),
-  .thread_model = NBD_PARALLEL,
-  .nonblocking = NBD_RARELY_BLOCKS,
   .setup = cache_setup,
   .cleanup = cache_cleanup,
   .prepare = cache_prepare,

@@ -587,12 +587,10 @@ cow_can_cache(struct nbd_ctx *self, struct nbd_ctx *next)
 
 PASSTHROUGH(cow, is_rotational)
 
-NBD_REGISTER_FILTER(cow,
+NBD_REGISTER_FILTER(cow, NBD_PARALLEL, NBD_RARELY_BLOCKS,
   .description = "copy-on-write overlay: writes never reach the layer below",
   .params = cow_params,
   .conf_size = sizeof(struct cow_conf),
-  .thread_model = NBD_PARALLEL,
-  .nonblocking = NBD_RARELY_BLOCKS,
   .setup = cow_setup,
   .cleanup = cow_cleanup,
   .prepare = cow_prepare,

@@ -30,7 +30,6 @@ PASSTHROUGH(missing, can_extents)
 PASSTHROUGH(missing, can_multi_conn)
 PASSTHROUGH(missing, is_rotational)
 
-NBD_REGISTER_FILTER(missing,
+NBD_REGISTER_FILTER(missing, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "test: a filter with trim left out",
-  .thread_model = NBD_PARALLEL,
 );

@@ -36,8 +36,8 @@ PASSTHROUGH(passall, can_multi_conn)
 PASSTHROUGH(passall, is_rotational)
 
 NBD_REGISTER_FILTER(passall,
+  NBD_PARALLEL,                       /* thread model: adds no shared state */
+  NBD_NEVER_BLOCKS,                   /* nonblocking: adds no waiting */
   .description = "pass every request through unchanged (the filter template)",
-  .thread_model = NBD_PARALLEL,       /* adds no shared state */
-  .nonblocking = NBD_NEVER_BLOCKS,    /* adds no waiting */
   .pwrite_from = passall_pwrite_from,
 );

@@ -70,10 +70,8 @@ PASSTHROUGH(testslow, can_extents)
 PASSTHROUGH(testslow, can_multi_conn)
 PASSTHROUGH(testslow, is_rotational)
 
-NBD_REGISTER_FILTER(testslow,
+NBD_REGISTER_FILTER(testslow, NBD_PARALLEL, NBD_MAY_BLOCK,
   .description = "test only: sleep wdelay before each write (a slow disk)",
   .params = testslow_params,
   .conf_size = sizeof(struct testslow_conf),
-  .thread_model = NBD_PARALLEL,
-  .nonblocking = NBD_MAY_BLOCK,
 );
