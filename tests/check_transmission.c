@@ -651,8 +651,8 @@ coal_end(struct tc *t, unsigned long *tries, unsigned long *batches)
 {
   close(t->fd);
   ck_assert_int_eq(pthread_join(t->tid, NULL), 0);
-  *tries = t->c->coal_tries;
-  *batches = t->c->coal_batches;
+  *tries = t->c->w.pol.coal_tries;
+  *batches = t->c->w.pol.coal_batches;
   conn_free(t->c);
   t->c = NULL;
 }

@@ -104,7 +104,7 @@ server_thread(void *arg)
   struct nbd_conn *c = arg;
 
   conn_run(c);
-  close(c->fd);
+  close(c->w.fd);
   return NULL;
 }
 
