@@ -19,6 +19,7 @@
 
 #include "config.h"
 #include "settings.h"
+#include "stack.h"
 
 #ifndef NBD_VERSION
 #define NBD_VERSION "0.1.0"
@@ -268,170 +269,65 @@ cmdline_strdup(char **field, const char *s)
 
 /* ---- building the export ------------------------------------------------- */
 
-static const struct nbd_layer_ops *
-cmdline_find(enum nbd_layer_kind kind, const char *name)
-{
-  enum nbd_layer_kind other = kind == NBD_LAYER_FILTER ? NBD_LAYER_BACKEND
-                                                       : NBD_LAYER_FILTER;
-  const struct nbd_layer_ops *ops = registry_find(kind, name);
-  char known[512];
-
-  if (ops)
-    return ops;
-  config_layer_names(kind, known, sizeof known);
-  fprintf(stderr, "nbdstack: unknown %s '%s' (known: %s)",
-          kind == NBD_LAYER_FILTER ? "filter" : "backend", name, known);
-  if (registry_find(other, name))
-    fprintf(stderr, "; '%s' is a %s%s", name,
-            other == NBD_LAYER_FILTER ? "filter, use --filter " : "backend",
-            other == NBD_LAYER_FILTER ? name : "");
-  fprintf(stderr, "\n");
-  return NULL;
-}
-
-static int
-cmdline_has_key(const struct nbd_layer_ops *ops, const char *key)
-{
-  const struct nbd_param *q;
-
-  for (q = ops->params; q && q->name; q++)
-    if (strcmp(q->name, key) == 0)
-      return 1;
-  return 0;
-}
-
+/* Errors of the stack being built from argv. */
 static void
-cmdline_unknown_key(struct nbd_layer **layers, size_t n, const char *key)
+cmdline_stack_error(void *arg, int line, const char *msg)
 {
-  char known[512];
-  size_t i;
-
-  fprintf(stderr, "nbdstack: unknown key '%s' (", key);
-  for (i = 0; i < n; i++) {
-    config_param_names(layers[i]->ops, known, sizeof known);
-    fprintf(stderr, "%s%s %s knows: %s", i ? "; " : "",
-            layers[i]->ops->kind == NBD_LAYER_FILTER ? "filter" : "backend",
-            layers[i]->ops->name, known);
-  }
-  fprintf(stderr, ")\n");
+  fprintf(stderr, "nbdstack: %s\n", msg);
 }
 
-/* One word after BACKEND; layers[n - 1] is the backend. */
-static int
-cmdline_param(struct nbd_layer **layers, size_t n, char *word)
-{
-  char *eq = strchr(word, '='), *key = NULL, err[CMDLINE_ERRLEN];
-  const char *value = word;
-  struct nbd_layer *l = layers[n - 1];
-  size_t i;
-  int r;
-
-  if (eq && config_is_key(word, (size_t)(eq - word))) {
-    key = strndup(word, (size_t)(eq - word));
-    if (key == NULL)
-      return -1;
-    value = eq + 1;
-    for (i = 0; i < n && !cmdline_has_key(layers[i]->ops, key); i++)
-      ;
-    if (i == n) {
-      cmdline_unknown_key(layers, n, key);
-      free(key);
-      return -1;
-    }
-    l = layers[i];
-  }
-  r = config_layer_param(l, key, value, err, sizeof err);
-  if (r == -1)
-    fprintf(stderr, "nbdstack: %s %s: %s\n",
-            l->ops->kind == NBD_LAYER_FILTER ? "filter" : "backend",
-            l->ops->name, err);
-  free(key);
-  return r;
-}
-
-/* Creates the layers (filters, then the backend) and pushes them. */
-static int
-cmdline_layers(struct nbd_export *exp, const struct cmdline_opts *o,
-               const char *backend, struct nbd_layer **layers)
-{
-  const struct nbd_layer_ops *ops;
-  size_t i;
-  int bad = 0;
-
-  for (i = 0; i <= o->nfilters; i++) {
-    ops = i < o->nfilters ? cmdline_find(NBD_LAYER_FILTER, o->filters[i])
-                          : cmdline_find(NBD_LAYER_BACKEND, backend);
-    if (ops == NULL) {
-      bad = 1;
-      continue;
-    }
-    if (bad)
-      continue;
-    layers[i] = engine_layer_new(ops, exp->name);
-    if (layers[i] == NULL) {
-      fprintf(stderr, "nbdstack: out of memory\n");
-      return -1;
-    }
-    engine_export_push(exp, layers[i]);
-  }
-  return bad ? -1 : 0;
-}
-
-/* Backend first, as the config file does: a filter may look below. */
-static int
-cmdline_setup(struct nbd_export *exp, struct nbd_layer **layers, size_t n)
-{
-  char err[CMDLINE_ERRLEN];
-  int bad = 0;
-  size_t i;
-
-  for (i = n; i-- > 0;)
-    if (engine_layer_setup(layers[i], err, sizeof err) == -1) {
-      fprintf(stderr, "nbdstack: %s %s: %s\n",
-              layers[i]->ops->kind == NBD_LAYER_FILTER ? "filter" : "backend",
-              layers[i]->ops->name, err);
-      bad = 1;
-    }
-  if (!bad && engine_export_finish(exp, err, sizeof err) == -1) {
-    fprintf(stderr, "nbdstack: export: %s\n", err);
-    bad = 1;
-  }
-  return bad ? -1 : 0;
-}
-
+/* The one export of the first form: filters in the order given, the
+ * backend, then every word after it (stack.c routes key=value words to
+ * the first layer that knows the key). */
 static int
 cmdline_export(int nargs, char **args, const struct cmdline_opts *o,
                struct nbd_config *cfg)
 {
   const char *name = o->export_name ? o->export_name : "";
-  struct nbd_layer **layers;
-  size_t n = o->nfilters + 1;
-  int i, bad = 0;
+  struct nbd_stack st;
+  size_t i;
+  int n, bad = 0;
 
   if (strlen(name) > CONFIG_MAX_NAME) {
     fprintf(stderr, "nbdstack: -e: export name is %zu bytes, longer than "
             "the NBD limit of %d\n", strlen(name), CONFIG_MAX_NAME);
     return -1;
   }
-  layers = calloc(n, sizeof *layers);
   cfg->exports = engine_export_new(name);
-  if (layers == NULL || cfg->exports == NULL) {
+  if (cfg->exports == NULL) {
     fprintf(stderr, "nbdstack: out of memory\n");
-    free(layers);
     return -1;
   }
   cfg->any_export_name = 1;
-  if (cmdline_layers(cfg->exports, o, args[0], layers) == -1) {
-    free(layers);
+  stack_begin(&st, cfg->exports, "export", cmdline_stack_error, NULL);
+  st.cmdline = 1;
+  for (i = 0; i < o->nfilters; i++)
+    if (stack_add(&st, NBD_LAYER_FILTER, o->filters[i], 0) == NULL)
+      bad = 1;
+  if (stack_add(&st, NBD_LAYER_BACKEND, args[0], 0) == NULL || bad) {
+    stack_finish(&st, 0);
     return -1;
   }
-  for (i = 1; i < nargs; i++)
-    if (cmdline_param(layers, n, args[i]) == -1)
+  for (n = 1; n < nargs; n++) {
+    char *eq = strchr(args[n], '='), *key = NULL;
+    const char *value = args[n];
+    if (eq && stack_is_key(args[n], (size_t)(eq - args[n]))) {
+      if ((key = strndup(args[n], (size_t)(eq - args[n]))) == NULL) {
+        fprintf(stderr, "nbdstack: out of memory\n");
+        bad = 1;
+        break;
+      }
+      value = eq + 1;
+    }
+    if (stack_param_routed(&st, key, value, 0) == -1)
       bad = 1;
-  if (!bad && cmdline_setup(cfg->exports, layers, n) == -1)
-    bad = 1;
-  free(layers);
-  return bad ? -1 : 0;
+    free(key);
+  }
+  if (bad) {
+    free(st.v);
+    return -1;
+  }
+  return stack_finish(&st, 0);
 }
 
 /* ---- listen addresses and overrides -------------------------------------- */

@@ -20,9 +20,9 @@
 
 #include "config.h"
 #include "settings.h"
+#include "stack.h"
 
 #define CONFIG_ERRLEN     1024
-#define CONFIG_MAX_LAYERS 64          /* engine_open keeps 64 contexts */
 #define CONFIG_MAX_FILE   (16 << 20)  /* a config file, not a disk image */
 
 enum config_section_kind {
@@ -32,23 +32,15 @@ enum config_section_kind {
   CONFIG_SKIP,                  /* after a bad header: ignore the body */
 };
 
-/* A layer line of the export being read. */
-struct config_layer_line {
-  struct nbd_layer *layer;
-  int line;
-  int ok;                       /* its parameters parsed: run its setup */
-};
-
 /* An export whose header has been read; it ends at the next header. */
 struct config_export_build {
   struct nbd_export *exp;
   int line;                     /* of the header */
   int linked;                   /* in cfg->exports (not a duplicate) */
-  int backend_line;
   int backend_tried;            /* a backend line, good or bad, was seen */
   int seen[16];                 /* line of each export key, for repeats */
-  struct config_layer_line *layers;
-  size_t nlayers, cap;
+  struct nbd_stack stack;       /* the layers (stack.c) */
+  char label[128];              /* "export \"NAME\"" */
 };
 
 /* Exports already in cfg, for "duplicate export ... (first at line N)". */
@@ -146,20 +138,6 @@ config_iskeychar(int c)
          (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
 }
 
-int
-config_is_key(const char *s, size_t len)
-{
-  size_t i;
-
-  if (len == 0 || !((s[0] >= 'a' && s[0] <= 'z') ||
-                    (s[0] >= 'A' && s[0] <= 'Z') || s[0] == '_'))
-    return 0;
-  for (i = 1; i < len; i++)
-    if (!config_iskeychar((unsigned char)s[i]))
-      return 0;
-  return 1;
-}
-
 /* Every message is one line: control bytes from a broken file become '?'. */
 static void
 config_error(struct config_parser *p, int line, const char *fmt, ...)
@@ -182,6 +160,13 @@ config_error(struct config_parser *p, int line, const char *fmt, ...)
     fprintf(p->errs, "%s:%d: %s\n", p->name, line, msg);
 }
 
+/* An error of the stack being built, at its line. */
+static void
+config_stack_error(void *arg, int line, const char *msg)
+{
+  config_error(arg, line, "%s", msg);
+}
+
 /* "export \"vm1\"" for messages, long names cut short. */
 static const char *
 config_export_label(const struct nbd_export *exp, char *buf, size_t len)
@@ -191,73 +176,6 @@ config_export_label(const struct nbd_export *exp, char *buf, size_t len)
   else
     snprintf(buf, len, "export \"%s\"", exp->name);
   return buf;
-}
-
-static const char *
-config_kind_name(enum nbd_layer_kind kind)
-{
-  return kind == NBD_LAYER_FILTER ? "filter" : "backend";
-}
-
-size_t
-config_layer_names(enum nbd_layer_kind kind, char *buf, size_t len)
-{
-  const struct nbd_layer_ops *const *v;
-  size_t i, n = registry_list(kind, &v), used = 0;
-
-  if (len == 0)
-    return 0;
-  buf[0] = '\0';
-  for (i = 0; i < n && used < len; i++)
-    used += (size_t)snprintf(buf + used, len - used, "%s%s",
-                             i ? ", " : "", v[i]->name);
-  if (n == 0)
-    used = (size_t)snprintf(buf, len, "none");
-  return used < len ? used : len - 1;
-}
-
-size_t
-config_param_names(const struct nbd_layer_ops *ops, char *buf, size_t len)
-{
-  const struct nbd_param *q;
-  size_t used = 0;
-
-  if (len == 0)
-    return 0;
-  buf[0] = '\0';
-  for (q = ops->params; q && q->name && used < len; q++)
-    used += (size_t)snprintf(buf + used, len - used, "%s%s",
-                             q == ops->params ? "" : ", ", q->name);
-  if (ops->params == NULL || ops->params[0].name == NULL)
-    used = (size_t)snprintf(buf, len, "none");
-  return used < len ? used : len - 1;
-}
-
-int
-config_layer_param(struct nbd_layer *layer, const char *key,
-                   const char *value, char *err, size_t errlen)
-{
-  const char *magic = layer->ops->magic_param;
-  char known[512];
-
-  if (key == NULL) {
-    if (magic == NULL) {
-      config_param_names(layer->ops, known, sizeof known);
-      snprintf(err, errlen, "takes no bare value '%s' (write key=value; "
-               "known keys: %s)", value, known);
-      return -1;
-    }
-    if (nbd_layer_param_set(layer, magic)) {
-      snprintf(err, errlen, "bare value '%s' sets '%s', which is already "
-               "set", value, magic);
-      return -1;
-    }
-    key = magic;
-  } else if (nbd_layer_param_set(layer, key)) {
-    snprintf(err, errlen, "key '%s' given twice", key);
-    return -1;
-  }
-  return params_set(layer, key, value, err, errlen);
 }
 
 /* ---- values -------------------------------------------------------------- */
@@ -408,127 +326,40 @@ config_set_uint(struct config_parser *p, const struct config_key *k,
 
 /* ---- filter and backend lines -------------------------------------------- */
 
-static void
-config_unknown_layer(struct config_parser *p, enum nbd_layer_kind kind,
-                     const char *name)
-{
-  enum nbd_layer_kind other = kind == NBD_LAYER_FILTER ? NBD_LAYER_BACKEND
-                                                       : NBD_LAYER_FILTER;
-  char known[512];
-
-  config_layer_names(kind, known, sizeof known);
-  if (registry_find(other, name))
-    config_error(p, p->line, "unknown %s '%s' (known: %s); '%s' is a %s",
-                 config_kind_name(kind), name, known, name,
-                 config_kind_name(other));
-  else
-    config_error(p, p->line, "unknown %s '%s' (known: %s)",
-                 config_kind_name(kind), name, known);
-}
-
-/* Whether a layer of this kind may be added to the current export. */
-static int
-config_layer_allowed(struct config_parser *p, enum nbd_layer_kind kind,
-                     const char *name)
-{
-  struct config_export_build *b = &p->cur;
-  char label[128];
-
-  config_export_label(b->exp, label, sizeof label);
-  if (kind == NBD_LAYER_BACKEND && b->backend_line) {
-    config_error(p, p->line, "second backend for %s (first at line %d)",
-                 label, b->backend_line);
-    return 0;
-  }
-  if (kind == NBD_LAYER_FILTER && b->backend_line) {
-    config_error(p, p->line, "filter %s comes after the backend (line %d): "
-                 "list filters first, client side first", name,
-                 b->backend_line);
-    return 0;
-  }
-  if (b->nlayers >= CONFIG_MAX_LAYERS) {
-    config_error(p, p->line, "too many layers in %s (at most %d)", label,
-                 CONFIG_MAX_LAYERS);
-    return 0;
-  }
-  return 1;
-}
-
-/* Gives the words after the layer name to the layer; 1 if all were good. */
-static int
-config_layer_words(struct config_parser *p, struct nbd_layer *layer,
-                   struct config_word *w, int n)
-{
-  char err[CONFIG_ERRLEN];
-  int i, ok = 1;
-
-  for (i = 0; i < n; i++) {
-    const char *key = NULL, *value = w[i].text;
-    if (w[i].eq && config_is_key(w[i].text, (size_t)(w[i].eq - w[i].text))) {
-      *w[i].eq = '\0';
-      key = w[i].text;
-      value = w[i].eq + 1;
-    }
-    if (config_layer_param(layer, key, value, err, sizeof err) == -1) {
-      config_error(p, p->line, "%s %s: %s",
-                   config_kind_name(layer->ops->kind), layer->ops->name, err);
-      ok = 0;
-    }
-  }
-  return ok;
-}
-
-static int
-config_record_layer(struct config_parser *p, struct nbd_layer *layer, int ok)
-{
-  struct config_export_build *b = &p->cur;
-
-  if (b->nlayers == b->cap) {
-    size_t cap = b->cap ? 2 * b->cap : 8;
-    struct config_layer_line *v = realloc(b->layers, cap * sizeof *v);
-    if (v == NULL)
-      return -1;
-    b->layers = v;
-    b->cap = cap;
-  }
-  b->layers[b->nlayers].layer = layer;
-  b->layers[b->nlayers].line = p->line;
-  b->layers[b->nlayers].ok = ok;
-  b->nlayers++;
-  engine_export_push(b->exp, layer);
-  return 0;
-}
-
 static int
 config_add_layer(struct config_parser *p, enum nbd_layer_kind kind,
                  char *value)
 {
-  const struct nbd_layer_ops *ops = NULL;
   struct nbd_layer *layer = NULL;
   struct config_word *w = NULL;
   char known[512];
-  int n, ok;
+  int n, i, ok = 1;
 
   n = config_words(p, value, &w);
   if (n == -1)
     return -1;
-  if (n == 0 || (w[0].eq && config_is_key(w[0].text,
-                                          (size_t)(w[0].eq - w[0].text)))) {
-    config_layer_names(kind, known, sizeof known);
+  if (n == 0 || (w[0].eq && stack_is_key(w[0].text,
+                                         (size_t)(w[0].eq - w[0].text)))) {
+    stack_layer_names(kind, known, sizeof known);
     config_error(p, p->line, "%s: missing name, as in '%s = NAME key=value "
-                 "...' (known: %s)", config_kind_name(kind),
-                 config_kind_name(kind), known);
-  } else if ((ops = registry_find(kind, w[0].text)) == NULL)
-    config_unknown_layer(p, kind, w[0].text);
-  else if (config_layer_allowed(p, kind, w[0].text)) {
-    layer = engine_layer_new(ops, p->cur.exp->name);
-    ok = layer && config_layer_words(p, layer, w + 1, n - 1);
-    if (layer == NULL || config_record_layer(p, layer, ok) == -1) {
-      config_error(p, p->line, "out of memory");
-      engine_layer_free(layer);
-      layer = NULL;
-    } else if (kind == NBD_LAYER_BACKEND)
-      p->cur.backend_line = p->line;
+                 "...' (known: %s)", kind == NBD_LAYER_FILTER ? "filter"
+                 : "backend", kind == NBD_LAYER_FILTER ? "filter" : "backend",
+                 known);
+  } else if ((layer = stack_add(&p->cur.stack, kind, w[0].text,
+                                p->line)) != NULL) {
+    for (i = 1; i < n; i++) {
+      const char *key = NULL, *v = w[i].text;
+      if (w[i].eq && stack_is_key(w[i].text,
+                                  (size_t)(w[i].eq - w[i].text))) {
+        *w[i].eq = '\0';
+        key = w[i].text;
+        v = w[i].eq + 1;
+      }
+      if (stack_param(&p->cur.stack, layer, key, v, p->line) == -1)
+        ok = 0;
+    }
+    if (!ok)
+      stack_bad_params(&p->cur.stack);
   }
   free(w);
   return layer ? 0 : -1;
@@ -557,26 +388,15 @@ static void
 config_end_export(struct config_parser *p)
 {
   struct config_export_build *b = &p->cur;
-  char err[CONFIG_ERRLEN], label[128];
-  size_t i;
 
   if (b->exp == NULL)
     return;
-  config_export_label(b->exp, label, sizeof label);
   if (!b->backend_tried)
     config_error(p, b->line, "%s: no backend (add 'backend = NAME "
-                 "key=value ...')", label);
-  for (i = b->nlayers; i-- > 0;) {
-    struct nbd_layer *l = b->layers[i].layer;
-    if (b->layers[i].ok && engine_layer_setup(l, err, sizeof err) == -1)
-      config_error(p, b->layers[i].line, "%s %s: %s",
-                   config_kind_name(l->ops->kind), l->ops->name, err);
-  }
-  if (b->backend_line && engine_export_finish(b->exp, err, sizeof err) == -1)
-    config_error(p, b->line, "%s: %s", label, err);
+                 "key=value ...')", b->label);
+  stack_finish(&b->stack, b->line);
   if (!b->linked)
     engine_export_free(b->exp);
-  free(b->layers);
   memset(b, 0, sizeof *b);
 }
 
@@ -636,6 +456,8 @@ config_begin_export(struct config_parser *p, const char *name)
     return;
   }
   b->line = p->line;
+  config_export_label(b->exp, b->label, sizeof b->label);
+  stack_begin(&b->stack, b->exp, b->label, config_stack_error, p);
   if (keep) {
     *p->tail = b->exp;
     p->tail = &b->exp->next;
@@ -831,7 +653,7 @@ config_key_line(struct config_parser *p, char *s)
     q++;
   len = (size_t)(q - key);
   q = config_skip_space(q);
-  if (*q != '=' || !config_is_key(key, len)) {
+  if (*q != '=' || !stack_is_key(key, len)) {
     if (strchr(s, '=') == NULL)
       config_error(p, p->line, "expected 'key = value' or a [section] "
                    "header, got '%.40s'", s);

@@ -82,21 +82,6 @@ void config_defaults(struct nbd_config *cfg);
 /* The limits on unfinished handshakes in force (the defaults resolved). */
 unsigned config_max_handshakes(const struct nbd_config *cfg);
 unsigned config_max_handshakes_per_source(const struct nbd_config *cfg);
-/* Shared by config.c and cmdline.c. */
-/* True when s[0..len) is a parameter key: [A-Za-z_][A-Za-z0-9_.-]*.  A word
- * "k=v" whose k is not a key is a bare value ("/srv/a=b.img"), as in nbdkit. */
-int config_is_key(const char *s, size_t len);
-/* Gives one parameter to a layer: key=value through params_set, or a bare
- * value (key NULL) to the layer's magic_param.  A key given twice is an
- * error.  0 or -1 with err filled (no layer name in it). */
-int config_layer_param(struct nbd_layer *layer, const char *key,
-                       const char *value, char *err, size_t errlen);
-/* Writes "a, b, c" (the layer's keys) or "none"; returns strlen of it. */
-size_t config_param_names(const struct nbd_layer_ops *ops, char *buf,
-                          size_t len);
-/* Writes "a, b, c" (registered filters or backends) or "none". */
-size_t config_layer_names(enum nbd_layer_kind kind, char *buf, size_t len);
-
 /* Command line (cmdline.c).  Returns 0 to run, 1 when the program should
  * exit 0 (--help, --version, --list, --check-config ok), -1 on error
  * (already printed on stderr).  On 0, cfg is complete; otherwise it is left
