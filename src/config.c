@@ -4,8 +4,9 @@
  * export's stack (registry_find, engine_layer_new, params_set, then every
  * layer's setup, backend first) and reports every error as
  * "file:line: message", going on to the end so that one run shows them all.
- * The keys of [server] and of an export are tables of name, setter and
- * field offset.
+ * The keys of [server] come from the settings table (settings.c), an
+ * export's from a table of name, setter and field offset here; lines,
+ * values and headers are read by config_lex.c, stacks built by stack.c.
  *
  * It does not know any layer's keys (each layer's parameter table, checked
  * by params.c, does) nor how a listen address is written (listen.c), and it
@@ -18,51 +19,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "config_lex.h"
 #include "settings.h"
-#include "stack.h"
-
-#define CONFIG_ERRLEN     1024
 #define CONFIG_MAX_FILE   (16 << 20)  /* a config file, not a disk image */
-
-enum config_section_kind {
-  CONFIG_NONE,                  /* before the first header */
-  CONFIG_SERVER,
-  CONFIG_EXPORT,
-  CONFIG_SKIP,                  /* after a bad header: ignore the body */
-};
-
-/* An export whose header has been read; it ends at the next header. */
-struct config_export_build {
-  struct nbd_export *exp;
-  int line;                     /* of the header */
-  int linked;                   /* in cfg->exports (not a duplicate) */
-  int backend_tried;            /* a backend line, good or bad, was seen */
-  int seen[16];                 /* line of each export key, for repeats */
-  struct nbd_stack stack;       /* the layers (stack.c) */
-  char label[128];              /* "export \"NAME\"" */
-};
-
-/* Exports already in cfg, for "duplicate export ... (first at line N)". */
-struct config_seen_export {
-  const char *name;             /* the export's own copy */
-  int line;
-};
-
-struct config_parser {
-  const char *name;             /* file name in messages */
-  FILE *errs;
-  int nerrs;
-  int line;
-  struct nbd_config *cfg;
-  struct nbd_export **tail;     /* where the next export is linked */
-  enum config_section_kind sec;
-  int export_headers;           /* [export ...] headers seen, good or bad */
-  int server_seen[64];          /* by index in nbd_settings */
-  struct config_export_build cur;
-  struct config_seen_export *seen;
-  size_t nseen, capseen;
-};
 
 /* A key of [server] or of an export: nginx-style name, setter, offset. */
 struct config_key {
@@ -75,12 +34,6 @@ struct config_key {
 };
 #define CONFIG_REPEAT 1         /* may appear again; order kept */
 #define CONFIG_WORDS  2         /* the setter splits the raw value itself */
-
-/* A word of a filter or backend line after quotes are removed. */
-struct config_word {
-  char *text;
-  char *eq;                     /* first '=' outside quotes, or NULL */
-};
 
 static int config_set_string(struct config_parser *, const struct config_key *,
                              void *, char *);
@@ -106,60 +59,6 @@ static const struct config_key config_export_keys[] = {
   { NULL, NULL, 0, 0, 0, 0 }
 };
 
-/* ---- small helpers ------------------------------------------------------- */
-
-static int
-config_isspace(int c)
-{
-  return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
-}
-
-static char *
-config_skip_space(char *s)
-{
-  while (config_isspace((unsigned char)*s))
-    s++;
-  return s;
-}
-
-static void
-config_trim_end(char *s)
-{
-  size_t n = strlen(s);
-
-  while (n > 0 && config_isspace((unsigned char)s[n - 1]))
-    s[--n] = '\0';
-}
-
-static int
-config_iskeychar(int c)
-{
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
-}
-
-/* Every message is one line: control bytes from a broken file become '?'. */
-static void
-config_error(struct config_parser *p, int line, const char *fmt, ...)
-{
-  char msg[CONFIG_ERRLEN];
-  va_list ap;
-  size_t i;
-  int n;
-
-  va_start(ap, fmt);
-  n = vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  if (n >= (int)sizeof msg)
-    memcpy(msg + sizeof msg - 4, "...", 4);
-  for (i = 0; msg[i]; i++)
-    if (((unsigned char)msg[i] < 0x20 && msg[i] != '\t') || msg[i] == 0x7f)
-      msg[i] = '?';
-  p->nerrs++;
-  if (p->errs)
-    fprintf(p->errs, "%s:%d: %s\n", p->name, line, msg);
-}
-
 /* An error of the stack being built, at its line. */
 static void
 config_stack_error(void *arg, int line, const char *msg)
@@ -176,107 +75,6 @@ config_export_label(const struct nbd_export *exp, char *buf, size_t len)
   else
     snprintf(buf, len, "export \"%s\"", exp->name);
   return buf;
-}
-
-/* ---- values -------------------------------------------------------------- */
-
-/* s points at an opening '"'.  Removes the quotes in place (\" and \\ are
- * escapes; any other backslash is kept) and returns the byte after the
- * closing quote, or NULL when there is none. */
-static char *
-config_unquote(char *s)
-{
-  char *r = s + 1, *w = s;
-
-  while (*r && *r != '"') {
-    if (*r == '\\' && (r[1] == '"' || r[1] == '\\'))
-      r++;
-    *w++ = *r++;
-  }
-  if (*r != '"')
-    return NULL;
-  *w = '\0';
-  return r + 1;
-}
-
-/* The value of a one-value key: "quoted" (may hold '#' and spaces at the
- * ends), or raw text up to a " #" comment, trailing space removed. */
-static int
-config_scalar(struct config_parser *p, char *v)
-{
-  char *q;
-
-  if (*v == '"') {
-    q = config_unquote(v);
-    if (q == NULL) {
-      config_error(p, p->line, "unterminated quote");
-      return -1;
-    }
-    q = config_skip_space(q);
-    if (*q != '\0' && *q != '#') {
-      config_error(p, p->line, "unexpected text after the closing quote: "
-                   "'%.40s'", q);
-      return -1;
-    }
-    return 0;
-  }
-  for (q = v; *q; q++)
-    if (*q == '#' && (q == v || config_isspace((unsigned char)q[-1]))) {
-      *q = '\0';
-      break;
-    }
-  config_trim_end(v);
-  return 0;
-}
-
-/* Splits a filter/backend value into words in place, shell-like: words
- * separated by blanks, "double quotes" group, a word starting with '#'
- * starts a comment.  *out is malloc'd; returns the count or -1. */
-static int
-config_words(struct config_parser *p, char *s, struct config_word **out)
-{
-  struct config_word *v;
-  char *r = s, *w = s, c;
-  int n = 0;
-
-  /* A word takes at least one byte and a separator. */
-  v = calloc(strlen(s) / 2 + 2, sizeof *v);
-  if (v == NULL) {
-    config_error(p, p->line, "out of memory");
-    return -1;
-  }
-  for (;;) {
-    r = config_skip_space(r);
-    if (*r == '\0' || *r == '#')
-      break;
-    v[n].text = w;
-    v[n].eq = NULL;
-    while (*r && !config_isspace((unsigned char)*r)) {
-      if (*r != '"') {
-        if (*r == '=' && v[n].eq == NULL)
-          v[n].eq = w;
-        *w++ = *r++;
-        continue;
-      }
-      for (r++; *r && *r != '"'; *w++ = *r++)
-        if (*r == '\\' && (r[1] == '"' || r[1] == '\\'))
-          r++;
-      if (*r != '"') {
-        config_error(p, p->line, "unterminated quote");
-        free(v);
-        return -1;
-      }
-      r++;
-    }
-    c = *r;                     /* w <= r: save before terminating */
-    *w++ = '\0';
-    n++;
-    if (c == '\0')
-      break;
-    r++;
-  }
-  *out = v;
-  return n;
 }
 
 /* ---- key setters --------------------------------------------------------- */
@@ -464,59 +262,6 @@ config_begin_export(struct config_parser *p, const char *name)
     b->linked = 1;
   }
   p->sec = CONFIG_EXPORT;
-}
-
-/* Parses "[word]", "[word NAME]" or "[word "NAME"]" in place.  Returns 0
- * with *word, *wlen and *arg (NUL-terminated, NULL when absent) set, or -1
- * after an error. */
-static int
-config_header_split(struct config_parser *p, char *s, const char **word,
-                    size_t *wlen, char **arg)
-{
-  char *q = config_skip_space(s + 1), *argend = NULL;
-
-  *word = q;
-  *arg = NULL;
-  while (config_iskeychar((unsigned char)*q))
-    q++;
-  *wlen = (size_t)(q - *word);
-  q = config_skip_space(q);
-  if (*q == '"') {
-    *arg = q;
-    if ((q = config_unquote(q)) == NULL) {
-      config_error(p, p->line, "unterminated quote in section header");
-      return -1;
-    }
-  } else if (*q != ']' && *q != '\0') {
-    *arg = q;
-    q += strcspn(q, " \t\r\v\f]\"");
-    argend = q;
-    if (config_isspace((unsigned char)*q) && *config_skip_space(q) != ']') {
-      config_error(p, p->line, "bad section header: a name with spaces "
-                   "must be quoted, as in [export \"my disk\"]");
-      return -1;
-    }
-  }
-  q = config_skip_space(q);
-  if (*q != ']') {
-    config_error(p, p->line, "bad section header: expected ']'%s",
-                 *q == '"' ? " (a quote inside a name?)" : "");
-    return -1;
-  }
-  q = config_skip_space(q + 1);
-  if (*q != '\0' && *q != '#' && *q != ';') {
-    config_error(p, p->line, "bad section header: unexpected text after "
-                 "']': '%.40s'", q);
-    return -1;
-  }
-  if (*wlen == 0) {
-    config_error(p, p->line, "bad section header: missing section name "
-                 "(known: [server], [export NAME])");
-    return -1;
-  }
-  if (argend)
-    *argend = '\0';
-  return 0;
 }
 
 static int

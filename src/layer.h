@@ -256,9 +256,10 @@ int nbd_source_skip(struct nbd_source *src, uint64_t len);
     enum nbd_thread_model thread_model;                                     \
     enum nbd_nonblocking nonblocking;                                       \
   };                                                                        \
-  _Static_assert(sizeof((struct layer##_thread_model_nonblocking){          \
-                          model_, nonblocking_ }) > 0 &&                    \
-                 (model_) >= NBD_SERIALIZE_CONNECTIONS &&                   \
+  /* unused: it only has to compile. */                                   \
+  static const struct layer##_thread_model_nonblocking                      \
+    layer##_model_check __attribute__((unused)) = { model_, nonblocking_ }; \
+  _Static_assert((model_) >= NBD_SERIALIZE_CONNECTIONS &&                   \
                  (model_) <= NBD_PARALLEL,                                  \
                  what " " #layer ": the thread model, first after the "     \
                  "name, must be NBD_SERIALIZE_CONNECTIONS, "                \
