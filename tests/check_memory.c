@@ -9,6 +9,8 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "testlib.h"
@@ -900,6 +902,118 @@ START_TEST(test_replaced_pages_are_not_refilled_under_readers)
 }
 END_TEST
 
+/* ---- memory given back ------------------------------------------------- */
+
+/* BURST_WRITERS threads pwrite_from BURST_LEN at offset 0 at once, every
+ * other one failing halfway (a client gone mid-payload).  A barrier in the
+ * source holds every payload until all writers have their fresh pages, as
+ * when many clients send together.  The source records the pages each
+ * payload is read into, and mincore() tells how many are still resident
+ * once all are done: the disk's 32 MiB and at most the 32 MiB of free
+ * pages the store keeps, not the burst's peak. */
+#define BURST_WRITERS 8
+#define BURST_LEN     (32 * MIB)
+#define BURST_PAGES   (BURST_LEN / P)
+#define BURST_KEEP    BURST_PAGES           /* free pages the store keeps */
+
+struct burst_source {
+  struct testlib_source t;
+  int (*readv)(struct nbd_source *src, struct iovec *iov, int n);
+  int waited;
+  void **pages;
+  size_t npages;
+};
+
+static pthread_barrier_t burst_barrier;
+static unsigned char *burst_data;
+
+static int
+burst_readv(struct nbd_source *src, struct iovec *iov, int n)
+{
+  struct burst_source *b = (struct burst_source *)src;
+  int i;
+
+  if (!b->waited) {
+    pthread_barrier_wait(&burst_barrier);
+    b->waited = 1;
+  }
+  for (i = 0; i < n; i++)
+    if (iov[i].iov_len == P && b->npages < BURST_PAGES)
+      b->pages[b->npages++] = iov[i].iov_base;
+  return b->readv(src, iov, n);
+}
+
+static void *
+burst_writer_main(void *arg)
+{
+  struct burst_source *b = arg;
+
+  (void)next_pwrite_from(mem_ctx, &b->t.src, BURST_LEN, 0, 0);
+  return NULL;
+}
+
+/* Of the pages recorded by the sources, how many 4 KiB pages are
+ * resident. */
+static size_t
+burst_resident(struct burst_source *b, int nb)
+{
+  unsigned char vec[P / 4096];
+  size_t k, j, n = 0;
+  int i;
+
+  ck_assert_int_eq(sysconf(_SC_PAGESIZE), 4096);
+  for (i = 0; i < nb; i++)
+    for (k = 0; k < b[i].npages; k++) {
+      ck_assert_int_eq(mincore(b[i].pages[k], P, vec), 0);
+      for (j = 0; j < sizeof vec; j++)
+        n += vec[j] & 1;
+    }
+  return n;
+}
+
+START_TEST(test_a_burst_of_large_writes_leaves_little_resident)
+{
+  static struct burst_source b[BURST_WRITERS];
+  pthread_t tid[BURST_WRITERS];
+  size_t resident, most;
+  int round, i;
+
+  memory_open("64M", 0);
+  burst_data = xmalloc(BURST_LEN);
+  pattern(burst_data, BURST_LEN, 0, 3);
+  /* The pages installed and the ones kept free, in 4 KiB pages; slack for
+   * khugepaged, which may fill a released 2 MiB range back in. */
+  most = (BURST_PAGES + BURST_KEEP + 64) * (P / 4096);
+  for (round = 0; round < 2; round++) {
+    ck_assert_int_eq(pthread_barrier_init(&burst_barrier, NULL,
+                                          BURST_WRITERS), 0);
+    for (i = 0; i < BURST_WRITERS; i++) {
+      testlib_source_init(&b[i].t, burst_data, BURST_LEN,
+                          i & 1 ? BURST_LEN / 2 : SIZE_MAX);
+      b[i].readv = b[i].t.src.readv;
+      b[i].t.src.readv = burst_readv;
+      b[i].waited = 0;
+      b[i].pages = xmalloc(BURST_PAGES * sizeof *b[i].pages);
+      b[i].npages = 0;
+      ck_assert_int_eq(pthread_create(&tid[i], NULL, burst_writer_main,
+                                      &b[i]), 0);
+    }
+    for (i = 0; i < BURST_WRITERS; i++)
+      pthread_join(tid[i], NULL);
+    pthread_barrier_destroy(&burst_barrier);
+    resident = burst_resident(b, BURST_WRITERS);
+    ck_assert_msg(resident <= most, "round %d: %zu KiB of the burst's pages "
+                  "still resident, want at most %zu KiB", round,
+                  resident * 4, most * 4);
+    assert_pattern(mem_ctx, BURST_LEN, 0, 3);
+    assert_zero(mem_ctx, 64 * MIB - BURST_LEN, BURST_LEN);
+    for (i = 0; i < BURST_WRITERS; i++)
+      free(b[i].pages);
+  }
+  free(burst_data);
+}
+END_TEST
+
 /* ---- suite ------------------------------------------------------------- */
 
 static void
@@ -968,6 +1082,8 @@ memory_suite(void)
       test_freeing_pages_under_readers_never_shows_freed_memory);
   add(s, "replaced pages are not refilled under readers",
       test_replaced_pages_are_not_refilled_under_readers);
+  add(s, "a burst of large writes leaves little resident",
+      test_a_burst_of_large_writes_leaves_little_resident);
   return s;
 }
 
