@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from nbdtest import *  # noqa: E402,F401,F403
 import nbdtest as T    # noqa: E402
 
+T.require_layers("memory")
 T.start_watchdog(60)
 C = Checker("test_memory_rss")
 
