@@ -226,8 +226,8 @@ file_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 {
   struct file_state *st = self->layer->state;
   const int keep = FALLOC_FL_KEEP_SIZE;
-  int may_punch = !(flags & NBD_FLAG_NO_HOLE);
-  int may_zero_range = !(st->is_block && (flags & NBD_FLAG_FAST_ZERO));
+  int may_punch = !(flags & NBD_CMD_FLAG_NO_HOLE);
+  int may_zero_range = !(st->is_block && (flags & NBD_CMD_FLAG_FAST_ZERO));
   int r;
 
   if (may_punch) {
@@ -303,7 +303,7 @@ file_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
       stop = end;
     if ((r = nbd_extents_add(extents, offset, stop - offset, type)) < 0)
       return r;
-    if (flags & NBD_FLAG_REQ_ONE)
+    if (flags & NBD_CMD_FLAG_REQ_ONE)
       break;
     offset = stop;
   }

@@ -667,7 +667,7 @@ memory_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
             uint64_t offset, uint32_t flags)
 {
   return memory_discard(self->layer->state, count, offset,
-                        (flags & NBD_FLAG_NO_HOLE) != 0);
+                        (flags & NBD_CMD_FLAG_NO_HOLE) != 0);
 }
 
 /* A snapshot: page pointers are read atomically, never dereferenced, so no
@@ -697,7 +697,7 @@ memory_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
     if ((r = nbd_extents_add(extents, offset, stop - offset, type)) < 0)
       return r;
     /* REQ_ONE: stop once a second extent starts. */
-    if ((flags & NBD_FLAG_REQ_ONE) && extents->n > first + 1)
+    if ((flags & NBD_CMD_FLAG_REQ_ONE) && extents->n > first + 1)
       break;
     offset = stop;
   }

@@ -314,13 +314,13 @@ static int
 engine_fua(const struct nbd_ctx *c, uint32_t *flags, int *flush)
 {
   *flush = 0;
-  if (!(*flags & NBD_FLAG_FUA))
+  if (!(*flags & NBD_CMD_FLAG_FUA))
     return 0;
   switch (c->can_fua) {
   case NBD_FUA_NATIVE:
     return 0;
   case NBD_FUA_EMULATE:
-    *flags &= ~NBD_FLAG_FUA;
+    *flags &= ~NBD_CMD_FLAG_FUA;
     *flush = 1;
     return 0;
   default:
@@ -497,7 +497,7 @@ engine_emulate_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset,
   while (count > 0) {
     uint32_t n = count < chunk ? count : chunk;
     r = c->layer->ops->pwrite(c, c->next, engine_zero_buf, n, offset,
-                              flags & NBD_FLAG_FUA);
+                              flags & NBD_CMD_FLAG_FUA);
     if (r < 0)
       return r;
     count -= n;
@@ -519,15 +519,15 @@ next_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
       (r = engine_fua(c, &flags, &flush)) < 0)
     return r;
   if (c->can_zero == NBD_ZERO_NATIVE) {
-    if ((flags & NBD_FLAG_FAST_ZERO) && !c->can_fast_zero)
+    if ((flags & NBD_CMD_FLAG_FAST_ZERO) && !c->can_fast_zero)
       return -ENOTSUP;
     r = c->layer->ops->zero(c, c->next, count, offset, flags);
     /* A native zero may still decline this request; fall back unless the
      * client asked for a fast zero. */
-    if (r != -EOPNOTSUPP || (flags & NBD_FLAG_FAST_ZERO))
+    if (r != -EOPNOTSUPP || (flags & NBD_CMD_FLAG_FAST_ZERO))
       return engine_after_write(c, r, flush);
   }
-  else if (flags & NBD_FLAG_FAST_ZERO)
+  else if (flags & NBD_CMD_FLAG_FAST_ZERO)
     return -ENOTSUP;
   r = engine_emulate_zero(c, count, offset, flags);
   return engine_after_write(c, r, flush);

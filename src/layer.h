@@ -30,13 +30,14 @@
 
 #include "methods_gen.h"
 
-/* Request flags, the NBD_CMD_FLAG_* values of the protocol, so they travel
- * from the wire through every layer unchanged. */
-#define NBD_FLAG_FUA       (1u << 0)
-#define NBD_FLAG_NO_HOLE   (1u << 1)
-#define NBD_FLAG_DF        (1u << 2)
-#define NBD_FLAG_REQ_ONE   (1u << 3)
-#define NBD_FLAG_FAST_ZERO (1u << 4)
+/* Command flags, named and valued as in the protocol (proto.md "Request
+ * message"), so they travel from the wire through every layer unchanged.
+ * The handshake and transmission flags (NBD_FLAG_*) are protocol.h's. */
+#define NBD_CMD_FLAG_FUA       (1u << 0)
+#define NBD_CMD_FLAG_NO_HOLE   (1u << 1)
+#define NBD_CMD_FLAG_DF        (1u << 2)
+#define NBD_CMD_FLAG_REQ_ONE   (1u << 3)
+#define NBD_CMD_FLAG_FAST_ZERO (1u << 4)
 
 /* Tri-state answers of can_fua, can_zero and can_cache. */
 #define NBD_FUA_NONE       0

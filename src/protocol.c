@@ -96,7 +96,7 @@ proto_reply_error(struct nbd_conn *c, const struct nbd_request *r, int err)
 static int
 proto_structured_read(struct nbd_conn *c, const struct nbd_request *r)
 {
-  int scan = !(r->flags & NBD_FLAG_DF) && iopolicy_scan_begin(&c->w.pol);
+  int scan = !(r->flags & NBD_CMD_FLAG_DF) && iopolicy_scan_begin(&c->w.pol);
   int holes = 0;
   unsigned char hdrs[PROTO_MAX_CHUNKS][32];
   struct iovec iov[2 * PROTO_MAX_CHUNKS];
@@ -161,7 +161,7 @@ proto_reply_extents(struct nbd_conn *c, const struct nbd_request *r,
   size_t i, n;
   int err;
 
-  n = (r->flags & NBD_FLAG_REQ_ONE) ? 1 : e->n;
+  n = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : e->n;
   d = malloc(8 * n);
   if (d == NULL)
     return proto_reply_error(c, r, -ENOMEM);
@@ -216,14 +216,14 @@ int
 proto_validate(const struct nbd_conn *c, const struct nbd_request *r)
 {
   uint16_t tf = c->tflags;
-  uint32_t allowed = NBD_FLAG_FUA;
+  uint32_t allowed = NBD_CMD_FLAG_FUA;
   int past_end_err = EINVAL, writes = 0;
   uint64_t size = (uint64_t)c->top->size;
 
   switch (r->type) {
   case NBD_CMD_READ:
     if (c->structured)
-      allowed |= NBD_FLAG_DF;
+      allowed |= NBD_CMD_FLAG_DF;
     break;
   case NBD_CMD_WRITE:
     writes = 1;
@@ -243,14 +243,14 @@ proto_validate(const struct nbd_conn *c, const struct nbd_request *r)
     break;
   case NBD_CMD_WRITE_ZEROES:
     writes = 1;
-    allowed |= NBD_FLAG_NO_HOLE;
+    allowed |= NBD_CMD_FLAG_NO_HOLE;
     if (tf & NBD_FLAG_SEND_FAST_ZERO)
-      allowed |= NBD_FLAG_FAST_ZERO;
+      allowed |= NBD_CMD_FLAG_FAST_ZERO;
     if (!(tf & NBD_FLAG_READ_ONLY) && !(tf & NBD_FLAG_SEND_WRITE_ZEROES))
       return -EINVAL;
     break;
   case NBD_CMD_BLOCK_STATUS:
-    allowed |= NBD_FLAG_REQ_ONE;
+    allowed |= NBD_CMD_FLAG_REQ_ONE;
     if (!c->meta_base_allocation)
       return -EINVAL;
     break;
@@ -259,7 +259,7 @@ proto_validate(const struct nbd_conn *c, const struct nbd_request *r)
   }
   if (r->flags & ~allowed)
     return -EINVAL;
-  if ((r->flags & NBD_FLAG_FUA) && !(tf & NBD_FLAG_SEND_FUA))
+  if ((r->flags & NBD_CMD_FLAG_FUA) && !(tf & NBD_FLAG_SEND_FUA))
     return -EINVAL;
   if (writes && (tf & NBD_FLAG_READ_ONLY))
     return -EPERM;

@@ -76,7 +76,7 @@
 #define NBD_CMD_WRITE_ZEROES      6
 #define NBD_CMD_BLOCK_STATUS      7
 
-/* Command flags are NBD_FLAG_FUA ... NBD_FLAG_FAST_ZERO in layer.h. */
+/* Command flags are NBD_CMD_FLAG_FUA ... NBD_CMD_FLAG_FAST_ZERO in layer.h. */
 
 #define NBD_REPLY_FLAG_DONE       (1u << 0)
 #define NBD_REPLY_TYPE_NONE       0

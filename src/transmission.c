@@ -61,7 +61,7 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
   case NBD_CMD_READ:
     err = sched_reserve(c, r, r->count);
     if (err == 0)
-      err = next_pread(t, r->buf, r->count, r->offset, fl & ~NBD_FLAG_FUA);
+      err = next_pread(t, r->buf, r->count, r->offset, fl & ~NBD_CMD_FLAG_FUA);
     break;
   case NBD_CMD_WRITE:
     __atomic_store_n(&c->wrote, 1, __ATOMIC_RELAXED);
@@ -83,7 +83,7 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
     err = next_trim(t, r->count, r->offset, fl);
     break;
   case NBD_CMD_CACHE:
-    err = next_cache(t, r->count, r->offset, fl & ~NBD_FLAG_FUA);
+    err = next_cache(t, r->count, r->offset, fl & ~NBD_CMD_FLAG_FUA);
     break;
   case NBD_CMD_WRITE_ZEROES:
     __atomic_store_n(&c->wrote, 1, __ATOMIC_RELAXED);

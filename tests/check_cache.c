@@ -210,7 +210,7 @@ START_TEST(test_writeback_fua_write_goes_below_with_fua)
   struct nbd_ctx *top = cache_open("cache");
 
   memset(cache_buf, 0x77, BLK);
-  ck_assert_int_eq(next_pwrite(top, cache_buf, BLK, 0, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_pwrite(top, cache_buf, BLK, 0, NBD_CMD_FLAG_FUA), 0);
   ck_assert_str_eq(testlib_log(), "pwrite 0+65536 flags=FUA");
   ck_assert_mem_eq(cache_s.rec->ram, cache_buf, BLK);
   testlib_log_clear();
@@ -225,7 +225,7 @@ START_TEST(test_writeback_fua_writes_whole_dirty_block)
 
   memset(cache_buf, 0x77, BLK);
   ck_assert_int_eq(next_pwrite(top, cache_buf, 100, 0, 0), 0);
-  ck_assert_int_eq(next_pwrite(top, cache_buf, 100, 1000, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_pwrite(top, cache_buf, 100, 1000, NBD_CMD_FLAG_FUA), 0);
   ck_assert_str_eq(testlib_log(), "pread 0+65536 flags=0; "
                    "pwrite 0+65536 flags=FUA");
   testlib_pattern(cache_want, BLK, 0);
@@ -242,7 +242,7 @@ START_TEST(test_fua_emulated_below_is_write_then_flush)
   cache_caps.can_fua = NBD_FUA_EMULATE;
   top = cache_open("cache");
   ck_assert_int_eq(next_can_fua(top), NBD_FUA_NATIVE);
-  ck_assert_int_eq(next_pwrite(top, cache_buf, BLK, 0, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_pwrite(top, cache_buf, BLK, 0, NBD_CMD_FLAG_FUA), 0);
   ck_assert_str_eq(testlib_log(), "pwrite 0+65536 flags=0; flush");
 }
 END_TEST
@@ -292,7 +292,7 @@ START_TEST(test_writethrough_writes_below_at_once)
   ck_assert_mem_eq(cache_s.rec->ram + BLK, cache_buf, BLK);
   testlib_log_clear();
   cache_assert_data(top, BLK, BLK, BLK, BLK);
-  ck_assert_int_eq(next_pwrite(top, cache_buf, 10, 5, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_pwrite(top, cache_buf, 10, 5, NBD_CMD_FLAG_FUA), 0);
   ck_assert_int_eq(next_flush(top, 0), 0);
   ck_assert_str_eq(testlib_log(), "pread 0+65536 flags=0; "
                    "pwrite 0+65536 flags=FUA; flush");
@@ -304,7 +304,7 @@ START_TEST(test_unsafe_ignores_flush_and_fua)
   struct nbd_ctx *top = cache_open("cache cache=unsafe");
 
   memset(cache_buf, 0x77, BLK);
-  ck_assert_int_eq(next_pwrite(top, cache_buf, BLK, 0, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_pwrite(top, cache_buf, BLK, 0, NBD_CMD_FLAG_FUA), 0);
   ck_assert_int_eq(next_flush(top, 0), 0);
   ck_assert_str_eq(testlib_log(), "");
   cache_assert_data(top, 0, BLK, 0, BLK);
@@ -428,7 +428,7 @@ START_TEST(test_zero_keeps_clean_partial_block_consistent)
   struct nbd_ctx *top = cache_open("cache cache-on-read=true");
 
   cache_assert_data(top, 0, BLK, 0, 0);
-  ck_assert_int_eq(next_zero(top, 100, 50, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_zero(top, 100, 50, NBD_CMD_FLAG_FUA), 0);
   testlib_log_clear();
   ck_assert_int_eq(next_pread(top, cache_buf, BLK, 0, 0), 0);
   ck_assert_str_eq(testlib_log(), "");

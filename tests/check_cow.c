@@ -103,7 +103,7 @@ START_TEST(test_write_never_reaches_below)
   memcpy(cow_want, cow_orig, MIB);
   memset(cow_want + 65536, 0xa5, 131072);
   ck_assert_int_eq(next_pwrite(top, cow_want + 65536, 131072, 65536,
-                               NBD_FLAG_FUA), 0);
+                               NBD_CMD_FLAG_FUA), 0);
   ck_assert_int_eq(next_flush(top, 0), 0);
   ck_assert_str_eq(testlib_log(), "");          /* whole blocks: no read */
   cow_assert_disk(top);
@@ -269,7 +269,7 @@ START_TEST(test_fast_zero_is_native)
 {
   struct nbd_ctx *top = cow_open("cow");
 
-  ck_assert_int_eq(next_zero(top, 65536, 0, NBD_FLAG_FAST_ZERO), 0);
+  ck_assert_int_eq(next_zero(top, 65536, 0, NBD_CMD_FLAG_FAST_ZERO), 0);
   ck_assert_str_eq(testlib_log(), "");
   memcpy(cow_want, cow_orig, MIB);
   memset(cow_want, 0, 65536);
@@ -329,7 +329,7 @@ START_TEST(test_extents_merge_overlay_and_below)
    * never read as a hole; block 6 zeroed with NO_HOLE, block 7 zeroed. */
   ck_assert_int_eq(next_trim(top, 65536, 65536, 0), 0);
   ck_assert_int_eq(next_pwrite(top, cow_buf, 100, 5 * 65536 + 10, 0), 0);
-  ck_assert_int_eq(next_zero(top, 65536, 6 * 65536, NBD_FLAG_NO_HOLE), 0);
+  ck_assert_int_eq(next_zero(top, 65536, 6 * 65536, NBD_CMD_FLAG_NO_HOLE), 0);
   ck_assert_int_eq(next_zero(top, 65536, 7 * 65536, 0), 0);
   ck_assert_str_eq(cow_extents_str(top, MIB, 0, 0),
                    "0+65536/0 65536+65536/3 131072+131072/0 "
@@ -346,7 +346,7 @@ START_TEST(test_extents_req_one_stops_after_first_run)
   struct nbd_ctx *top = cow_open("cow");
 
   ck_assert_int_eq(next_trim(top, 65536, 0, 0), 0);
-  ck_assert_str_eq(cow_extents_str(top, MIB, 0, NBD_FLAG_REQ_ONE),
+  ck_assert_str_eq(cow_extents_str(top, MIB, 0, NBD_CMD_FLAG_REQ_ONE),
                    "0+65536/3");
   ck_assert_str_eq(testlib_log(), "");
 }
@@ -531,7 +531,7 @@ START_TEST(test_capabilities)
   ck_assert_uint_eq(max, 0xffffffff);
   /* Writes work over the read-only layer, with FUA too. */
   memset(cow_buf, 0x12, 5000);
-  ck_assert_int_eq(next_pwrite(top, cow_buf, 5000, 1, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_pwrite(top, cow_buf, 5000, 1, NBD_CMD_FLAG_FUA), 0);
   ck_assert_int_eq(next_flush(top, 0), 0);
   ck_assert_int_eq(next_pread(top, cow_want, 5000, 1, 0), 0);
   ck_assert_mem_eq(cow_want, cow_buf, 5000);
@@ -629,7 +629,7 @@ cow_write_mix(struct nbd_ctx *top)
   ck_assert_int_eq(next_pwrite(top, cow_want + 1000, 200000, 1000, 0), 0);
   ck_assert_int_eq(next_zero(top, 140000, 300000, 0), 0);
   ck_assert_int_eq(next_pwrite(top, cow_want + 600000, 5, 600000,
-                               NBD_FLAG_FUA), 0);
+                               NBD_CMD_FLAG_FUA), 0);
 }
 
 START_TEST(test_persistent_survives_restart)
@@ -710,7 +710,7 @@ START_TEST(test_persistent_crash_keeps_fua_write)
   if (pid == 0) {
     top = cow_open_persistent("");
     memset(cow_buf, 0x4f, 70000);
-    if (next_pwrite(top, cow_buf, 70000, 12345, NBD_FLAG_FUA) != 0)
+    if (next_pwrite(top, cow_buf, 70000, 12345, NBD_CMD_FLAG_FUA) != 0)
       _exit(2);
     _exit(0);
   }

@@ -45,7 +45,7 @@ START_TEST(test_fua_emulated_pwrite_flushes_after)
   engine_caps.can_fua = NBD_FUA_EMULATE;
   top = engine_open_caps();
 
-  ck_assert_int_eq(next_pwrite(top, engine_buf, 4096, 0, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_pwrite(top, engine_buf, 4096, 0, NBD_CMD_FLAG_FUA), 0);
   ck_assert_str_eq(testlib_log(), "pwrite 0+4096 flags=0; flush");
 }
 END_TEST
@@ -57,7 +57,7 @@ START_TEST(test_fua_emulated_trim_flushes_after)
   engine_caps.can_fua = NBD_FUA_EMULATE;
   top = engine_open_caps();
 
-  ck_assert_int_eq(next_trim(top, 4096, 8192, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_trim(top, 4096, 8192, NBD_CMD_FLAG_FUA), 0);
   ck_assert_str_eq(testlib_log(), "trim 8192+4096 flags=0; flush");
 }
 END_TEST
@@ -69,7 +69,7 @@ START_TEST(test_fua_emulated_zero_flushes_after)
   engine_caps.can_fua = NBD_FUA_EMULATE;
   top = engine_open_caps();
 
-  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_CMD_FLAG_FUA), 0);
   ck_assert_str_eq(testlib_log(), "zero 0+4096 flags=0; flush");
 }
 END_TEST
@@ -82,7 +82,7 @@ START_TEST(test_fua_emulated_no_flush_after_failed_write)
   top = engine_open_caps();
 
   engine_s.rec->fail[NBD_METHOD_PWRITE] = -EIO;
-  ck_assert_int_eq(next_pwrite(top, engine_buf, 4096, 0, NBD_FLAG_FUA), -EIO);
+  ck_assert_int_eq(next_pwrite(top, engine_buf, 4096, 0, NBD_CMD_FLAG_FUA), -EIO);
   ck_assert_str_eq(testlib_log(), "pwrite 0+4096 flags=0");
 }
 END_TEST
@@ -91,9 +91,9 @@ START_TEST(test_fua_native_passes_flag_without_flush)
 {
   struct nbd_ctx *top = engine_open_caps();
 
-  ck_assert_int_eq(next_pwrite(top, engine_buf, 4096, 0, NBD_FLAG_FUA), 0);
-  ck_assert_int_eq(next_trim(top, 4096, 0, NBD_FLAG_FUA), 0);
-  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_pwrite(top, engine_buf, 4096, 0, NBD_CMD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_trim(top, 4096, 0, NBD_CMD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_CMD_FLAG_FUA), 0);
   ck_assert_str_eq(testlib_log(), "pwrite 0+4096 flags=FUA; "
                    "trim 0+4096 flags=FUA; zero 0+4096 flags=FUA");
 }
@@ -106,10 +106,10 @@ START_TEST(test_fua_none_rejects_without_call)
   engine_caps.can_fua = NBD_FUA_NONE;
   top = engine_open_caps();
 
-  ck_assert_int_eq(next_pwrite(top, engine_buf, 4096, 0, NBD_FLAG_FUA),
+  ck_assert_int_eq(next_pwrite(top, engine_buf, 4096, 0, NBD_CMD_FLAG_FUA),
                    -EINVAL);
-  ck_assert_int_eq(next_trim(top, 4096, 0, NBD_FLAG_FUA), -EINVAL);
-  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_FLAG_FUA), -EINVAL);
+  ck_assert_int_eq(next_trim(top, 4096, 0, NBD_CMD_FLAG_FUA), -EINVAL);
+  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_CMD_FLAG_FUA), -EINVAL);
   ck_assert_str_eq(testlib_log(), "");
 }
 END_TEST
@@ -123,7 +123,7 @@ START_TEST(test_fua_emulate_without_flush_becomes_none)
   top = engine_open_caps();
 
   ck_assert_int_eq(next_can_fua(top), NBD_FUA_NONE);
-  ck_assert_int_eq(next_pwrite(top, engine_buf, 4096, 0, NBD_FLAG_FUA),
+  ck_assert_int_eq(next_pwrite(top, engine_buf, 4096, 0, NBD_CMD_FLAG_FUA),
                    -EINVAL);
   ck_assert_str_eq(testlib_log(), "");
 }
@@ -137,7 +137,7 @@ START_TEST(test_fua_native_kept_when_zero_falls_back_to_writes)
   const char *log;
 
   engine_s.rec->fail[NBD_METHOD_ZERO] = -EOPNOTSUPP;
-  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_CMD_FLAG_FUA), 0);
   log = testlib_log();
   ck_assert_msg(strcmp(log, "zero 0+4096 flags=FUA; "
                        "pwrite 0+4096 flags=FUA") == 0 ||
@@ -157,7 +157,7 @@ START_TEST(test_fua_native_kept_when_zero_emulated)
   engine_caps.can_zero = NBD_ZERO_EMULATE;
   top = engine_open_caps();
 
-  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_CMD_FLAG_FUA), 0);
   log = testlib_log();
   ck_assert_msg(strcmp(log, "pwrite 0+4096 flags=FUA") == 0 ||
                 strcmp(log, "pwrite 0+4096 flags=0; flush") == 0,
@@ -218,7 +218,7 @@ START_TEST(test_fast_zero_emulated_fails_fast_without_writing)
   engine_caps.can_zero = NBD_ZERO_EMULATE;
   top = engine_open_caps();
 
-  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_FLAG_FAST_ZERO), -ENOTSUP);
+  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_CMD_FLAG_FAST_ZERO), -ENOTSUP);
   ck_assert_str_eq(testlib_log(), "");
   ck_assert_uint_eq(engine_s.rec->calls[NBD_METHOD_PWRITE], 0);
 }
@@ -231,7 +231,7 @@ START_TEST(test_fast_zero_native_unsupported_fails_without_call)
   engine_caps.can_fast_zero = 0;
   top = engine_open_caps();
 
-  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_FLAG_FAST_ZERO), -ENOTSUP);
+  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_CMD_FLAG_FAST_ZERO), -ENOTSUP);
   ck_assert_str_eq(testlib_log(), "");
 }
 END_TEST
@@ -240,7 +240,7 @@ START_TEST(test_fast_zero_native_passes_flag)
 {
   struct nbd_ctx *top = engine_open_caps();
 
-  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_FLAG_FAST_ZERO), 0);
+  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_CMD_FLAG_FAST_ZERO), 0);
   ck_assert_str_eq(testlib_log(), "zero 0+4096 flags=FAST_ZERO");
 }
 END_TEST
@@ -263,7 +263,7 @@ START_TEST(test_zero_native_declined_fast_zero_does_not_fall_back)
   struct nbd_ctx *top = engine_open_caps();
 
   engine_s.rec->fail[NBD_METHOD_ZERO] = -EOPNOTSUPP;
-  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_FLAG_FAST_ZERO), -EOPNOTSUPP);
+  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_CMD_FLAG_FAST_ZERO), -EOPNOTSUPP);
   ck_assert_str_eq(testlib_log(), "zero 0+4096 flags=FAST_ZERO");
 }
 END_TEST
@@ -812,7 +812,7 @@ START_TEST(test_pwrite_from_falls_back_to_pwrite)
   testlib_pattern(engine_buf, 8192, 4096);
   testlib_source_init(&src, engine_buf, 8192, SIZE_MAX);
   ck_assert_int_eq(next_pwrite_from(top, &src.src, 8192, 4096,
-                                    NBD_FLAG_FUA), 0);
+                                    NBD_CMD_FLAG_FUA), 0);
   ck_assert_str_eq(testlib_log(), "pwrite 4096+8192 flags=0; flush");
   ck_assert_uint_eq(src.src.left, 0);
   ck_assert_mem_eq(engine_s.rec->ram + 4096, engine_buf, 8192);
@@ -871,7 +871,7 @@ START_TEST(test_pwrite_from_client_gone_fails_without_flush)
   engine_caps.can_fua = NBD_FUA_EMULATE;
   top = engine_open_caps();
   testlib_source_init(&src, engine_buf, 8192, 5000);
-  ck_assert_int_lt(next_pwrite_from(top, &src.src, 8192, 0, NBD_FLAG_FUA),
+  ck_assert_int_lt(next_pwrite_from(top, &src.src, 8192, 0, NBD_CMD_FLAG_FUA),
                    0);
   ck_assert_int_eq(src.src.failed, 1);
   ck_assert_uint_eq(src.reads, 1);

@@ -339,7 +339,7 @@ START_TEST(test_flush_fua_and_cache_succeed)
   unsigned char b[4096];
 
   pattern(b, sizeof b, 65536);
-  ck_assert_int_eq(next_pwrite(c, b, sizeof b, 65536, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_pwrite(c, b, sizeof b, 65536, NBD_CMD_FLAG_FUA), 0);
   ck_assert_int_eq(next_flush(c, 0), 0);
   ck_assert_int_eq(next_cache(c, MIB, 0, 0), 0);
   assert_data(c, sizeof b, 65536, 0);
@@ -423,7 +423,7 @@ START_TEST(test_zero_with_no_hole_zeros_and_keeps_blocks)
   write_pattern(c, MIB, 0);
   ck_assert_int_eq(next_flush(c, 0), 0);
   before = file_blocks();
-  ck_assert_int_eq(next_zero(c, 256 * KIB, 256 * KIB, NBD_FLAG_NO_HOLE), 0);
+  ck_assert_int_eq(next_zero(c, 256 * KIB, 256 * KIB, NBD_CMD_FLAG_NO_HOLE), 0);
   ck_assert_int_eq(next_flush(c, 0), 0);
   assert_data(c, 256 * KIB, 0, 0);
   assert_data(c, 256 * KIB, 256 * KIB, 1);
@@ -438,7 +438,7 @@ START_TEST(test_fast_zero_succeeds_on_a_regular_file)
   int r;
 
   write_pattern(c, MIB, 0);
-  r = next_zero(c, 512 * KIB, 4096, NBD_FLAG_FAST_ZERO);
+  r = next_zero(c, 512 * KIB, 4096, NBD_CMD_FLAG_FAST_ZERO);
   /* ENOTSUP only where the filesystem can neither punch nor zero. */
   if (can_punch())
     ck_assert_int_eq(r, 0);

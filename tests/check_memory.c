@@ -515,10 +515,10 @@ START_TEST(test_zero_with_no_hole_keeps_pages_allocated)
   struct nbd_ctx *c = memory_open("1G", 0);
 
   write_pattern(c, 2 * P, 0, 1);
-  ck_assert_int_eq(next_zero(c, 2 * P, 0, NBD_FLAG_NO_HOLE), 0);
+  ck_assert_int_eq(next_zero(c, 2 * P, 0, NBD_CMD_FLAG_NO_HOLE), 0);
   assert_zero(c, 2 * P, 0);
   /* A never-written page is provisioned too. */
-  ck_assert_int_eq(next_zero(c, 100, 3 * (uint64_t)P + 5, NBD_FLAG_NO_HOLE),
+  ck_assert_int_eq(next_zero(c, 100, 3 * (uint64_t)P + 5, NBD_CMD_FLAG_NO_HOLE),
                    0);
   assert_zero(c, P, 3 * (uint64_t)P);
   ck_assert_str_eq(extents_str(c, 4 * P, 0, 0),
@@ -532,7 +532,7 @@ START_TEST(test_fast_zero_is_accepted)
   struct nbd_ctx *c = memory_open("1G", 0);
 
   write_pattern(c, 3 * P, 0, 1);
-  ck_assert_int_eq(next_zero(c, 2 * P, 100, NBD_FLAG_FAST_ZERO), 0);
+  ck_assert_int_eq(next_zero(c, 2 * P, 100, NBD_CMD_FLAG_FAST_ZERO), 0);
   assert_pattern(c, 100, 0, 1);
   assert_zero(c, 2 * P, 100);
   assert_pattern(c, P - 100, 2 * (uint64_t)P + 100, 1);
@@ -565,7 +565,7 @@ START_TEST(test_extents_merge_neighbours_and_clip_to_the_request)
                         3 * PP, PP, "D", 4 * PP, 2 * PP, "H", 6 * PP, PP, "D",
                         7 * PP, PP / 2, "H"));
   /* REQ_ONE: the first extent is complete; the caller drops the rest. */
-  ck_assert_str_eq(strtok(extents_str(c, 7 * P, PP / 2, NBD_FLAG_REQ_ONE),
+  ck_assert_str_eq(strtok(extents_str(c, 7 * P, PP / 2, NBD_CMD_FLAG_REQ_ONE),
                           " "), ext(PP / 2, 2 * PP - PP / 2, "D"));
 }
 END_TEST
@@ -597,7 +597,7 @@ START_TEST(test_flush_fua_and_cache_succeed)
   unsigned char b[512];
 
   pattern(b, sizeof b, 4096, 9);
-  ck_assert_int_eq(next_pwrite(c, b, sizeof b, 4096, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_pwrite(c, b, sizeof b, 4096, NBD_CMD_FLAG_FUA), 0);
   ck_assert_int_eq(next_flush(c, 0), 0);
   ck_assert_int_eq(next_cache(c, MIB, 0, 0), 0);
   assert_pattern(c, sizeof b, 4096, 9);

@@ -123,9 +123,9 @@ START_TEST(test_fua_native_flag_passes_through)
 {
   struct nbd_ctx *top = offset_open("offset offset=1M");
 
-  ck_assert_int_eq(next_pwrite(top, offset_buf, 4096, 0, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_pwrite(top, offset_buf, 4096, 0, NBD_CMD_FLAG_FUA), 0);
   ck_assert_int_eq(next_zero(top, 4096, 0,
-                             NBD_FLAG_FUA | NBD_FLAG_NO_HOLE), 0);
+                             NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE), 0);
   ck_assert_str_eq(testlib_log(), "pwrite 1048576+4096 flags=FUA; "
                    "zero 1048576+4096 flags=FUA|NO_HOLE");
 }
@@ -139,7 +139,7 @@ START_TEST(test_fua_emulated_below_flushes_after)
   top = offset_open("offset offset=1M");
 
   ck_assert_int_eq(next_can_fua(top), NBD_FUA_EMULATE);
-  ck_assert_int_eq(next_pwrite(top, offset_buf, 4096, 0, NBD_FLAG_FUA), 0);
+  ck_assert_int_eq(next_pwrite(top, offset_buf, 4096, 0, NBD_CMD_FLAG_FUA), 0);
   ck_assert_str_eq(testlib_log(), "pwrite 1048576+4096 flags=0; flush");
 }
 END_TEST
@@ -148,7 +148,7 @@ START_TEST(test_fast_zero_flag_passes_through)
 {
   struct nbd_ctx *top = offset_open("offset offset=1M");
 
-  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_FLAG_FAST_ZERO), 0);
+  ck_assert_int_eq(next_zero(top, 4096, 0, NBD_CMD_FLAG_FAST_ZERO), 0);
   ck_assert_str_eq(testlib_log(), "zero 1048576+4096 flags=FAST_ZERO");
 }
 END_TEST

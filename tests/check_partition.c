@@ -710,7 +710,7 @@ START_TEST(test_filter_pwrite_lands_at_partition_start)
 
   testlib_pattern(part_buf, 4096, 0);
   ck_assert_int_eq(next_pwrite(top, part_buf, 4096, 1000 * 512 - 4096,
-                               NBD_FLAG_FUA), 0);
+                               NBD_CMD_FLAG_FUA), 0);
   ck_assert_str_eq(testlib_log(), "pwrite 3653632+4096 flags=FUA");
   ck_assert_mem_eq(part_s.rec->ram + start + 1000 * 512 - 4096, part_buf,
                    4096);
@@ -724,7 +724,7 @@ START_TEST(test_filter_trim_zero_cache_flush)
   struct nbd_ctx *top = part_open("partition partition=1");
 
   ck_assert_int_eq(next_trim(top, 4096, 0, 0), 0);
-  ck_assert_int_eq(next_zero(top, 8192, 4096, NBD_FLAG_FAST_ZERO), 0);
+  ck_assert_int_eq(next_zero(top, 8192, 4096, NBD_CMD_FLAG_FAST_ZERO), 0);
   ck_assert_int_eq(next_cache(top, 512, 512, 0), 0);
   ck_assert_int_eq(next_flush(top, 0), 0);
   ck_assert_str_eq(testlib_log(), "trim 1048576+4096 flags=0; "
@@ -742,7 +742,7 @@ START_TEST(test_filter_pwrite_from_lands_at_partition_start)
   testlib_pattern(part_buf, 4096, 0);
   testlib_source_init(&src, part_buf, 4096, SIZE_MAX);
   ck_assert_int_eq(next_pwrite_from(top, &src.src, 4096, 1000 * 512 - 4096,
-                                    NBD_FLAG_FUA), 0);
+                                    NBD_CMD_FLAG_FUA), 0);
   ck_assert_str_eq(testlib_log(), "pwrite 3653632+4096 flags=FUA");
   ck_assert_mem_eq(part_s.rec->ram + start + 1000 * 512 - 4096, part_buf,
                    4096);

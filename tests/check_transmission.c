@@ -152,7 +152,7 @@ START_TEST(test_read_unknown_flag_einval)
   ck_assert_uint_eq(simple_cmd(&t, 1u << 7, NBD_CMD_READ, 1, 0, 512),
                     NBD_EINVAL);
   /* DF without structured replies is not a valid flag either. */
-  ck_assert_uint_eq(simple_cmd(&t, NBD_FLAG_DF, NBD_CMD_READ, 2, 0, 512),
+  ck_assert_uint_eq(simple_cmd(&t, NBD_CMD_FLAG_DF, NBD_CMD_READ, 2, 0, 512),
                     NBD_EINVAL);
   ck_assert_uint_eq(simple_read(&t, 3, 0, buf, sizeof buf), 0);
   tc_end(&t);
@@ -167,7 +167,7 @@ START_TEST(test_write_zeroes_fast_zero_succeeds)
   tc_connect(&t, "", 0, 0);
   pattern(w, sizeof w, 0);
   ck_assert_uint_eq(simple_write(&t, 1, 0, w, sizeof w), 0);
-  ck_assert_uint_eq(simple_cmd(&t, NBD_FLAG_FAST_ZERO, NBD_CMD_WRITE_ZEROES,
+  ck_assert_uint_eq(simple_cmd(&t, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_WRITE_ZEROES,
                                2, 0, sizeof w), 0);
   ck_assert_uint_eq(simple_read(&t, 3, 0, r, sizeof r), 0);
   ck_assert(is_zero(r, sizeof r));
@@ -255,7 +255,7 @@ START_TEST(test_block_status_req_one_single_descriptor)
   tc_connect(&t, "", 1, 1);
   pattern(w, sizeof w, 128 * KIB);
   ck_assert_uint_eq(simple_write(&t, 1, 128 * KIB, w, sizeof w), 0);
-  req_send(&t, NBD_FLAG_REQ_ONE, NBD_CMD_BLOCK_STATUS, 2, 0, 256 * KIB, NULL);
+  req_send(&t, NBD_CMD_FLAG_REQ_ONE, NBD_CMD_BLOCK_STATUS, 2, 0, 256 * KIB, NULL);
   chunk_read(&t, &ch);
   ck_assert_uint_eq(ch.type, NBD_REPLY_TYPE_BLOCK_STATUS);
   ck_assert_uint_eq(ch.len, 4 + 8);
@@ -401,7 +401,7 @@ START_TEST(test_structured_read_df_is_one_data_chunk)
   struct chunk ch;
 
   tc_connect(&t, "", 1, 0);
-  req_send(&t, NBD_FLAG_DF, NBD_CMD_READ, 1, 128 * KIB, 64 * KIB, NULL);
+  req_send(&t, NBD_CMD_FLAG_DF, NBD_CMD_READ, 1, 128 * KIB, 64 * KIB, NULL);
   chunk_read(&t, &ch);
   ck_assert_uint_eq(ch.cookie, 1);
   ck_assert_uint_eq(ch.type, NBD_REPLY_TYPE_OFFSET_DATA);

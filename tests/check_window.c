@@ -176,7 +176,7 @@ START_TEST(test_forwarders_shift_every_ranged_method)
   memset(buf, 0xab, sizeof buf);
   testlib_source_init(&src, buf, sizeof buf, SIZE_MAX);
   ck_assert_int_eq(win_pread(&self, next, buf, 512, 0, 0), 0);
-  ck_assert_int_eq(win_pwrite(&self, next, buf, 512, 512, NBD_FLAG_FUA),
+  ck_assert_int_eq(win_pwrite(&self, next, buf, 512, 512, NBD_CMD_FLAG_FUA),
                    0);
   ck_assert_int_eq(win_pwrite_from(&self, next, &src.src, 4096, 4096, 0),
                    0);

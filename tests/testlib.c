@@ -68,9 +68,9 @@ static const char *
 testlib_flags(char *buf, size_t len, uint32_t flags)
 {
   static const struct { uint32_t bit; const char *name; } names[] = {
-    { NBD_FLAG_FUA, "FUA" }, { NBD_FLAG_NO_HOLE, "NO_HOLE" },
-    { NBD_FLAG_DF, "DF" }, { NBD_FLAG_REQ_ONE, "REQ_ONE" },
-    { NBD_FLAG_FAST_ZERO, "FAST_ZERO" },
+    { NBD_CMD_FLAG_FUA, "FUA" }, { NBD_CMD_FLAG_NO_HOLE, "NO_HOLE" },
+    { NBD_CMD_FLAG_DF, "DF" }, { NBD_CMD_FLAG_REQ_ONE, "REQ_ONE" },
+    { NBD_CMD_FLAG_FAST_ZERO, "FAST_ZERO" },
   };
   size_t i, n = 0;
 

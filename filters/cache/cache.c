@@ -431,7 +431,7 @@ cache_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
   struct cache_blocks *bl = st->blocks;
   uint64_t first, last, start, end;
   int through = st->mode == CACHE_WRITETHROUGH ||
-    (st->mode == CACHE_WRITEBACK && (flags & NBD_FLAG_FUA));
+    (st->mode == CACHE_WRITEBACK && (flags & NBD_CMD_FLAG_FUA));
   const char *data = buf;
   char *bounce = NULL;
   int r = 0;
@@ -459,7 +459,7 @@ cache_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
     r = cache_blocks_pwrite(bl, data, end - start, start);
   if (r == 0 && through)
     r = cache_blocks_below_pwrite(next, data, end - start, start,
-                                  flags & NBD_FLAG_FUA);
+                                  flags & NBD_CMD_FLAG_FUA);
   if (r == 0)
     cache_blocks_release_as(bl, first, last,
                             through ? CACHE_CLEAN : CACHE_DIRTY);

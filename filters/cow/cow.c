@@ -420,7 +420,7 @@ cow_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
          uint64_t offset, uint32_t flags)
 {
   return cow_write(self, next, NULL, count, offset,
-                   !(flags & NBD_FLAG_NO_HOLE));
+                   !(flags & NBD_CMD_FLAG_NO_HOLE));
 }
 
 /* Trimmed data reads back as zeros, as in nbdkit. */
@@ -529,7 +529,7 @@ cow_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
     }
     if (r < 0)
       return r;
-    if (flags & NBD_FLAG_REQ_ONE)
+    if (flags & NBD_CMD_FLAG_REQ_ONE)
       return 0;
     offset += n;
   }
