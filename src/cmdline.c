@@ -20,6 +20,8 @@
 #include "config.h"
 #include "settings.h"
 #include "stack.h"
+#include "registry.h"
+#include "cmdline.h"
 
 #ifndef NBD_VERSION
 #define NBD_VERSION "0.1.0"

@@ -21,6 +21,8 @@
 
 #include "config_lex.h"
 #include "settings.h"
+#include "registry.h"
+#include "params.h"
 #define CONFIG_MAX_FILE   (16 << 20)  /* a config file, not a disk image */
 
 /* A key of [server] or of an export: nginx-style name, setter, offset. */

@@ -82,10 +82,4 @@ void config_defaults(struct nbd_config *cfg);
 /* The limits on unfinished handshakes in force (the defaults resolved). */
 unsigned config_max_handshakes(const struct nbd_config *cfg);
 unsigned config_max_handshakes_per_source(const struct nbd_config *cfg);
-/* Command line (cmdline.c).  Returns 0 to run, 1 when the program should
- * exit 0 (--help, --version, --list, --check-config ok), -1 on error
- * (already printed on stderr).  On 0, cfg is complete; otherwise it is left
- * freed.  Resets getopt itself (optind = 0), so it may be called again. */
-int cmdline_parse(int argc, char **argv, struct nbd_config *cfg);
-
 #endif

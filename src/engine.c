@@ -17,6 +17,7 @@
  * next_<cap>() accessors, made from src/methods.def like the rest. */
 #define NBD_METHODS_GEN_ENGINE
 #include "methods_gen.h"
+#include "params.h"
 
 /* Zeros for write-zero emulation; .bss, never written. */
 static char engine_zero_buf[1 << 20];

@@ -27,29 +27,6 @@ struct nbd_export {
   struct nbd_export *next;      /* in config order */
 };
 
-/* Registry (registry.c). */
-const struct nbd_layer_ops *registry_find(enum nbd_layer_kind kind,
-                                          const char *name);
-/* Sorted by name; returns the count and sets *out (a static array). */
-size_t registry_list(enum nbd_layer_kind kind,
-                     const struct nbd_layer_ops *const **out);
-/* Prints every layer and its parameters (--list). */
-void registry_print(FILE *fp);
-/* Compares the linked set with the build's selection; 0 if equal. */
-int registry_self_check(char *err, size_t errlen);
-
-/* Typed parameters (params.c). */
-int params_set(struct nbd_layer *layer, const char *key, const char *value,
-               char *err, size_t errlen);
-/* Applies defaults to unset params and checks required ones. */
-int params_finish(struct nbd_layer *layer, char *err, size_t errlen);
-void params_free(struct nbd_layer *layer);
-int params_parse_size(const char *s, uint64_t *out);
-int params_parse_uint(const char *s, uint64_t *out);
-int params_parse_bool(const char *s, int *out);
-int params_parse_duration(const char *s, uint64_t *out_ns);
-const char *params_type_name(enum nbd_param_type t);
-
 /* Layer instances and exports (engine.c). */
 struct nbd_layer *engine_layer_new(const struct nbd_layer_ops *ops,
                                    const char *export_name);

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <sys/uio.h>
 
+#include "log.h"
 #include "methods_gen.h"
 
 /* Command flags, named and valued as in the protocol (proto.md "Request
@@ -308,12 +309,7 @@ int nbd_source_skip(struct nbd_source *src, uint64_t len);
 
 /* ---- helpers for layers ------------------------------------------------ */
 
-/* Logging (src/log.c); nbd_debug prints only with -v. */
-void nbd_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void nbd_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void nbd_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void nbd_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-extern int nbd_verbose;
+/* Logging: nbd_error, nbd_warn, nbd_info, nbd_debug (log.h). */
 
 /* Server shutdown (src/stop.c).  stopping: a first SIGTERM/SIGINT came;
  * every connection still finishes its requests and flushes what it

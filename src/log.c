@@ -5,6 +5,7 @@
 #include <stdio.h>
 
 #include "layer.h"
+#include "log.h"
 
 int nbd_verbose;
 

@@ -10,6 +10,8 @@
 
 #include "config.h"
 #include "server.h"
+#include "registry.h"
+#include "cmdline.h"
 
 int
 main(int argc, char **argv)

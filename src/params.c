@@ -12,6 +12,7 @@
 #include <strings.h>
 
 #include "engine.h"
+#include "params.h"
 
 const char *
 params_type_name(enum nbd_param_type t)

@@ -10,6 +10,8 @@
 
 #include "engine.h"
 #include "modules_gen.h"
+#include "registry.h"
+#include "params.h"
 
 /* Weak: a build with no filters at all has no such section. */
 extern const struct nbd_layer_ops *const __start_nbd_filters[]

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "settings.h"
+#include "params.h"
 
 #define OFF(f) offsetof(struct nbd_config, f)
 

@@ -13,6 +13,8 @@
 #include <string.h>
 
 #include "stack.h"
+#include "registry.h"
+#include "params.h"
 
 #define STACK_ERRLEN 1024
 

@@ -20,6 +20,7 @@
 #include "config.h"
 #include "settings.h"
 #include "testlib.h"
+#include "cmdline.h"
 
 /* ---- test layers --------------------------------------------------------- */
 

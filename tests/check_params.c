@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "params.h"
 
 struct fake_conf {
   uint64_t size, count, delay;

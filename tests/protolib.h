@@ -26,6 +26,8 @@
 #include "config.h"
 #include "conn.h"
 #include "engine.h"
+#include "params.h"
+#include "registry.h"
 #include "protocol.h"
 
 #define KIB             ((uint32_t)1024)

@@ -16,6 +16,8 @@
 #include <stdint.h>
 
 #include "engine.h"
+#include "params.h"
+#include "registry.h"
 
 /* What the recorder answers.  testlib_caps_default: 1 MiB, writable,
  * flush, trim, native zero + fast zero, native FUA, native cache, extents,

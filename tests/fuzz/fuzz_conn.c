@@ -21,6 +21,8 @@
 #include "config.h"
 #include "conn.h"
 #include "fuzz_conn.h"
+#include "registry.h"
+#include "params.h"
 
 const char *const fuzz_export_names[FUZZ_EXPORTS] = { "", "win", "ro" };
 

@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #include "engine.h"
+#include "params.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
