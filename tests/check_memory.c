@@ -1,8 +1,9 @@
-/* Unit tests for backends/memory.c: the sparse RAM disk, driven through the
- * engine's next_<method>() entry points as the protocol code would, with
- * no filters and no sockets.  Holes are observed through extents, so a
- * trim that only zeroed (and did not free) a page is caught.  The
- * concurrency test is meant to be run under -DNBD_SANITIZE=thread too.
+/* Unit tests for backends/memory/: the sparse RAM disk (memory.c over its
+ * page store, store.c), driven through the engine's next_<method>() entry
+ * points as the protocol code would, with no filters and no sockets.
+ * Holes are observed through extents, so a trim that only zeroed (and did
+ * not free) a page is caught.  The concurrency test is meant to be run
+ * under -DNBD_SANITIZE=thread too.
  */
 #include <check.h>
 #include <pthread.h>
