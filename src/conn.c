@@ -35,6 +35,7 @@ conn_free(struct nbd_conn *c)
   pthread_cond_destroy(&c->qcond);
   pthread_cond_destroy(&c->donecond);
   free(c->meta_export);
+  free(c->asked_name);
   free(c);
 }
 

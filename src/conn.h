@@ -51,6 +51,7 @@ struct nbd_conn {
    * its handshake and whether the server closed it to make room for a
    * newer client. */
   char source[64];
+  struct nbd_conn_info info;    /* what layers may know (layer.h) */
   int greeted;
   int handshaking, evicted;
 
@@ -62,6 +63,7 @@ struct nbd_conn {
   int structured;
   int meta_base_allocation;     /* base:allocation selected */
   char *meta_export;            /* export the meta context was set for */
+  char *asked_name;             /* export name the client asked for */
   uint16_t tflags;
   uint32_t max_payload;         /* what we advertised as maximum */
   int serial_lock_held;         /* holds exp->lock for the whole connection */

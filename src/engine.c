@@ -208,9 +208,15 @@ engine_cache_caps(struct nbd_ctx *c, int readonly, char *err, size_t errlen)
   return 0;
 }
 
+const struct nbd_conn_info *
+nbd_conn_info(const struct nbd_ctx *ctx)
+{
+  return ctx->info;
+}
+
 struct nbd_ctx *
-engine_open(struct nbd_export *exp, int readonly, struct nbd_conn *conn,
-            char *err, size_t errlen)
+engine_open(struct nbd_export *exp, int readonly,
+            const struct nbd_conn_info *info, char *err, size_t errlen)
 {
   struct nbd_ctx *ctxs[64], *below = NULL;
   struct nbd_layer *l;
@@ -229,7 +235,7 @@ engine_open(struct nbd_export *exp, int readonly, struct nbd_conn *conn,
       goto fail;
     }
     ctxs[n]->layer = l;
-    ctxs[n]->conn = conn;
+    ctxs[n]->info = info;
     n++;
   }
   for (i = 0; i + 1 < n; i++)

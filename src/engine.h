@@ -44,9 +44,11 @@ void engine_export_free(struct nbd_export *exp);
 
 /* Opens the export's stack for one connection: contexts allocated, open
  * called inner to outer, then prepare inner to outer, then capabilities
- * cached.  Returns the top context or NULL with err filled. */
+ * cached.  Every context gets info (NULL outside a connection).  Returns
+ * the top context or NULL with err filled. */
 struct nbd_ctx *engine_open(struct nbd_export *exp, int readonly,
-                            struct nbd_conn *conn, char *err, size_t errlen);
+                            const struct nbd_conn_info *info, char *err,
+                            size_t errlen);
 /* finalize outer to inner, then close outer to inner, then free. */
 int engine_close(struct nbd_ctx *top);
 

@@ -86,9 +86,15 @@ handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
 /* Opens the export's stack for this connection; -1 on failure, -2 when the
  * export is at its connection limit. */
 static int
-handshake_open(struct nbd_conn *c, struct nbd_export *e)
+handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name)
 {
-  char err[512];
+  char err[512], *asked = strdup(name);
+
+  if (asked == NULL)
+    return -1;
+  free(c->asked_name);
+  c->asked_name = asked;
+  c->info.export_name = asked;
 
   c->exp = e;
   if (e->max_connections && !c->counted) {
@@ -109,7 +115,7 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e)
    * EXPORT_NAME alike). */
   if (c->meta_export && strcmp(c->meta_export, e->name) != 0)
     c->meta_base_allocation = 0;
-  c->top = engine_open(e, c->readonly || c->cfg->readonly, NULL, err,
+  c->top = engine_open(e, c->readonly || c->cfg->readonly, &c->info, err,
                        sizeof err);
   if (c->top == NULL) {
     nbd_error("%s: export \"%s\": %s", c->peer, e->name, err);
@@ -136,7 +142,7 @@ handshake_export_name(struct nbd_conn *c, const char *name)
     nbd_info("%s: unknown export \"%s\" requested", c->peer, name);
     return -1;
   }
-  if (handshake_open(c, e) < 0)
+  if (handshake_open(c, e, name) < 0)
     return -1;
   memset(out, 0, sizeof out);
   wire_put64(out, (uint64_t)c->top->size);
@@ -217,7 +223,7 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   e = handshake_find_export(c, name);
   if (e == NULL)
     return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, "unknown export");
-  switch (handshake_open(c, e)) {
+  switch (handshake_open(c, e, name)) {
   case -2:
     return handshake_error(c, opt, NBD_REP_ERR_POLICY,
                            "too many connections to this export");

@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "log.h"
@@ -167,7 +168,7 @@ struct nbd_ctx {
   const struct nbd_layer *layer;
   void *handle;               /* the layer's own per-connection state */
   struct nbd_ctx *next;       /* context of the layer below, NULL for backend */
-  struct nbd_conn *conn;      /* owning connection, opaque to layers */
+  const struct nbd_conn_info *info; /* its connection (nbd_conn_info) */
   /* Capabilities, asked once when the connection opens (src/methods.def,
    * column 'cache'): size, min_block/pref_block/max_block (0 = no
    * constraint), can_write ... is_rotational. */
@@ -176,6 +177,28 @@ struct nbd_ctx {
    * with pwrite_from, through filters that have it too. */
   int pull;
 };
+
+/* ---- the connection ---------------------------------------------------- */
+
+/* What a layer may know of the connection a context belongs to, read
+ * only: for layers that decide by client (ip), log it (log), or serve by
+ * export name (file dir=). */
+struct nbd_conn_info {
+  uint64_t id;                /* 1, 2, ... in the order clients came */
+  int family;                 /* AF_INET, AF_INET6, AF_UNIX; 0 = unknown */
+  char addr[64];              /* numeric address of a TCP peer, else "" */
+  unsigned port;              /* TCP peer's port */
+  int has_cred;               /* a Unix peer: pid, uid and gid are known */
+  pid_t pid;
+  uid_t uid;
+  gid_t gid;
+  const char *export_name;    /* the name the client asked for */
+  int tls;                    /* the connection is encrypted */
+};
+
+/* The connection of ctx; NULL for a stack opened outside a connection
+ * (unit tests). */
+const struct nbd_conn_info *nbd_conn_info(const struct nbd_ctx *ctx);
 
 /* True when the parameter called name was given in the config. */
 int nbd_layer_param_set(const struct nbd_layer *layer, const char *name);

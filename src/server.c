@@ -142,26 +142,37 @@ server_admit(const struct nbd_config *cfg, struct nbd_conn *c)
   return 0;
 }
 
-/* Where a client comes from, for the per-source handshake limit: its
- * address for TCP, its process for a Unix socket. */
+/* Where a client comes from: for the per-source handshake limit (its
+ * address for TCP, its process for a Unix socket), and for layers
+ * (nbd_conn_info: number, address and port, or pid, uid and gid). */
 static void
 server_source(struct nbd_conn *c, const struct sockaddr_storage *ss,
               socklen_t sslen)
 {
-  char addr[INET6_ADDRSTRLEN] = "";
+  static uint64_t server_next_id;
+  char addr[INET6_ADDRSTRLEN] = "", port[16] = "";
   struct ucred cr;
   socklen_t len = sizeof cr;
   int one = 1;
 
+  c->info.id = ++server_next_id;        /* the accept loop's thread only */
+  c->info.family = ss->ss_family;
   if (ss->ss_family == AF_INET || ss->ss_family == AF_INET6) {
     setsockopt(c->w.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    getnameinfo((const struct sockaddr *)ss, sslen, addr, sizeof addr, NULL,
-                0, NI_NUMERICHOST);
+    getnameinfo((const struct sockaddr *)ss, sslen, addr, sizeof addr, port,
+                sizeof port, NI_NUMERICHOST | NI_NUMERICSERV);
     snprintf(c->peer, sizeof c->peer, "%s", addr);
     snprintf(c->source, sizeof c->source, "%s", addr);
+    snprintf(c->info.addr, sizeof c->info.addr, "%s", addr);
+    c->info.port = (unsigned)atoi(port);
   } else if (ss->ss_family == AF_UNIX &&
-             getsockopt(c->w.fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0)
+             getsockopt(c->w.fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0) {
     snprintf(c->source, sizeof c->source, "pid %ld", (long)cr.pid);
+    c->info.has_cred = 1;
+    c->info.pid = cr.pid;
+    c->info.uid = cr.uid;
+    c->info.gid = cr.gid;
+  }
 }
 
 /* Starts the thread of a client that left the lobby, or refuses it. */
