@@ -15,8 +15,7 @@
  * device; a regular file says 0, as nbdkit's file plugin does: the page
  * cache and the filesystem stand between it and the disk, and the flag
  * makes clients serialise (nbdcopy into a file on a virtio disk, which
- * the kernel calls rotational, used one connection and took 1.7 s instead
- * of 1.0 s).  An fallocate mode or ioctl the kernel refuses with EOPNOTSUPP
+ * the kernel calls rotational, used one connection and was much slower).  An fallocate mode or ioctl the kernel refuses with EOPNOTSUPP
  * is remembered and not tried again.
  *
  * It does not emulate anything the engine does (FUA is a flush after the

@@ -57,11 +57,11 @@ nbd_pread_full(int fd, void *buf, size_t count, uint64_t offset)
 }
 
 /* At most this much per pwrite.  Linux sizes a page-cache folio by the
- * write that creates it, and here (a VM whose free memory the host
- * reclaims) filling fresh large folios is 5-20x slower: 1 GiB written to
- * a new file in 1 MiB pwrites ran at 260-300 MiB/s, in 256 KiB or smaller
- * pwrites at 4.7-5.7 GB/s.  Overwriting cached pages is as fast either
- * way, and the extra syscalls cost ~1% of a 1 MiB write. */
+ * write that creates it, and on a VM whose free memory the host reclaims
+ * filling fresh large folios is many times slower than filling small
+ * ones.  Overwriting cached pages is as fast either way, and the extra
+ * syscalls cost little next to a 1 MiB write (the figures are in the
+ * commit that set this). */
 #define UTIL_PWRITE_CHUNK ((size_t)256 << 10)
 
 int
@@ -92,8 +92,8 @@ nbd_pwrite_full(int fd, const void *buf, size_t count, uint64_t offset)
 /* Why keep buffers at all: musl's malloc hands out and takes back large
  * blocks with mmap/munmap, so a 64 KiB bounce buffer per request costs
  * page faults on first touch and, in a threaded process, a TLB shootdown
- * on every free.  The cache filter's 4 KiB random writes spent about half
- * their CPU there (perf: munmap 21%, page faults 28%). */
+ * on every free; small random writes through the cache filter spent
+ * much of their CPU there. */
 void
 nbd_bufpool_init(struct nbd_bufpool *p, size_t size)
 {

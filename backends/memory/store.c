@@ -12,8 +12,8 @@
  *
  * Why 32 KiB pages: the cost that dominates a fresh disk is the first touch
  * of new memory (page faults), and a 4 KiB write into an unallocated page
- * touches the whole page; measured with fio, 4 KiB random writes to a new
- * disk ran several times faster than with 64 KiB pages, and it is the
+ * touches the whole page; 4 KiB random writes to a new disk ran several
+ * times faster than with 64 KiB pages (fio), and it is the
  * granularity of nbdkit's sparse array, so holes and memory use compare
  * like for like.  The per-page cost of a large request is one tree walk
  * and one uncontended lock pair (next to nothing in perf beside memcpy),
