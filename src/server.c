@@ -150,7 +150,7 @@ server_source(struct nbd_conn *c, const struct sockaddr_storage *ss,
               socklen_t sslen)
 {
   static uint64_t server_next_id;
-  char addr[INET6_ADDRSTRLEN] = "", port[16] = "";
+  char addr[INET6_ADDRSTRLEN] = "";
   struct ucred cr;
   socklen_t len = sizeof cr;
   int one = 1;
@@ -159,12 +159,14 @@ server_source(struct nbd_conn *c, const struct sockaddr_storage *ss,
   c->info.family = ss->ss_family;
   if (ss->ss_family == AF_INET || ss->ss_family == AF_INET6) {
     setsockopt(c->w.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    getnameinfo((const struct sockaddr *)ss, sslen, addr, sizeof addr, port,
-                sizeof port, NI_NUMERICHOST | NI_NUMERICSERV);
+    getnameinfo((const struct sockaddr *)ss, sslen, addr, sizeof addr, NULL,
+                0, NI_NUMERICHOST);
     snprintf(c->peer, sizeof c->peer, "%s", addr);
     snprintf(c->source, sizeof c->source, "%s", addr);
     snprintf(c->info.addr, sizeof c->info.addr, "%s", addr);
-    c->info.port = (unsigned)atoi(port);
+    c->info.port = ntohs(ss->ss_family == AF_INET
+                         ? ((const struct sockaddr_in *)ss)->sin_port
+                         : ((const struct sockaddr_in6 *)ss)->sin6_port);
   } else if (ss->ss_family == AF_UNIX &&
              getsockopt(c->w.fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0) {
     snprintf(c->source, sizeof c->source, "pid %ld", (long)cr.pid);
@@ -219,6 +221,7 @@ server_accept(const struct nbd_config *cfg, const struct nbd_listener *l)
   struct nbd_conn *c;
   int fd;
 
+  memset(&ss, 0, sizeof ss);    /* the analyzer does not model accept4 */
   fd = accept4(l->fd, (struct sockaddr *)&ss, &sslen, SOCK_CLOEXEC);
   if (fd == -1) {
     if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)

@@ -890,6 +890,86 @@ engine_tcase(Suite *s, const char *name)
   return tc;
 }
 
+/* ---- per-instance thread model ----------------------------------------- */
+
+/* A layer instance may ask for less concurrency in its setup than its
+ * registration says (a per-instance setting such as noparallel's
+ * serialize=); the export takes the lowest of its instances.  Asking for
+ * more than the layer was written for is refused. */
+static int engine_tighten_mode;
+
+static int
+engine_tighten_setup(struct nbd_layer *layer, char *err, size_t errlen)
+{
+  if (engine_tighten_mode == 1) {
+    layer->thread_model = NBD_SERIALIZE_REQUESTS;
+    layer->nonblocking = NBD_MAY_BLOCK;
+  } else if (engine_tighten_mode == 2)
+    layer->thread_model = NBD_PARALLEL + 1;
+  return 0;
+}
+
+static const struct nbd_layer_ops engine_tighten_ops = {
+  .name = "tighten",
+  .kind = NBD_LAYER_FILTER,
+  .thread_model = NBD_PARALLEL,
+  .nonblocking = NBD_NEVER_BLOCKS,
+  .setup = engine_tighten_setup,
+};
+
+static struct nbd_export *
+engine_tighten_export(int mode, int *setup_ok, char *err, size_t errlen)
+{
+  struct nbd_export *exp = engine_export_new("t");
+  struct nbd_layer *f = engine_layer_new(&engine_tighten_ops, "t");
+  struct testlib_caps caps;
+  struct nbd_layer *b;
+
+  testlib_caps_default(&caps);
+  b = testlib_recorder_new(&caps);
+  ck_assert_ptr_nonnull(exp);
+  ck_assert_ptr_nonnull(f);
+  ck_assert_ptr_nonnull(b);
+  engine_export_push(exp, f);
+  engine_export_push(exp, b);
+  engine_tighten_mode = mode;
+  *setup_ok = engine_layer_setup(f, err, errlen) == 0;
+  return exp;
+}
+
+START_TEST(test_setup_may_tighten_the_model)
+{
+  char err[256];
+  int ok;
+  struct nbd_export *exp = engine_tighten_export(0, &ok, err, sizeof err);
+
+  ck_assert(ok);
+  ck_assert_int_eq(engine_export_finish(exp, err, sizeof err), 0);
+  ck_assert_int_eq(exp->model, NBD_PARALLEL);
+  ck_assert_int_eq(exp->nonblocking, NBD_NEVER_BLOCKS);
+  engine_export_free(exp);
+
+  exp = engine_tighten_export(1, &ok, err, sizeof err);
+  ck_assert(ok);
+  ck_assert_int_eq(engine_export_finish(exp, err, sizeof err), 0);
+  ck_assert_int_eq(exp->model, NBD_SERIALIZE_REQUESTS);
+  ck_assert_int_eq(exp->nonblocking, NBD_MAY_BLOCK);
+  engine_export_free(exp);
+}
+END_TEST
+
+START_TEST(test_setup_may_not_loosen_the_model)
+{
+  char err[256];
+  int ok;
+  struct nbd_export *exp = engine_tighten_export(2, &ok, err, sizeof err);
+
+  ck_assert(!ok);
+  ck_assert_msg(strstr(err, "loosened") != NULL, "%s", err);
+  engine_export_free(exp);
+}
+END_TEST
+
 static Suite *
 engine_suite(void)
 {
@@ -961,6 +1041,10 @@ engine_suite(void)
   tcase_add_test(tc, test_later_capability_calls_do_not_reach_backend);
   tcase_add_test(tc, test_each_connection_asks_again);
   tcase_add_test(tc, test_failing_capability_fails_open_naming_layer);
+
+  tc = engine_tcase(s, "thread model per instance");
+  tcase_add_test(tc, test_setup_may_tighten_the_model);
+  tcase_add_test(tc, test_setup_may_not_loosen_the_model);
 
   tc = engine_tcase(s, "lifecycle");
   tcase_add_test(tc, test_open_inner_to_outer_close_outer_to_inner);
