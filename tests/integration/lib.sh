@@ -76,6 +76,28 @@ require_layer() {
     done
 }
 
+# disk_args SIZE   sets DISK_ARGS to the server arguments (after -U SOCK)
+# of a blank disk of SIZE (a number, or 64M): a memory disk, or with
+# NBD_TEST_STACK=deep the same disk through error (rate 0) -> delay (0) ->
+# blocksize -> cache -> cow -> partition 1 over a file (as nbdtest.py).
+_DISKS=0
+disk_args() {
+    local size
+    size=$(numfmt --from=iec "$1") || die "disk_args: bad size $1"
+    if [ "${NBD_TEST_STACK:-}" != deep ]; then
+        DISK_ARGS=(memory "size=$size")
+        return
+    fi
+    require_layer error delay blocksize cache cow partition file
+    _DISKS=$((_DISKS + 1))
+    /usr/bin/python3 "$SRCDIR/tests/integration/mkpart.py" \
+        "$T/deep$_DISKS.img" "$size" || die "mkpart failed"
+    DISK_ARGS=(--filter error --filter delay --filter blocksize
+               --filter cache --filter cow --filter partition
+               file "file=$T/deep$_DISKS.img" error-rate=0 delay-read=0
+               partition=1)
+}
+
 [ -n "${NBDSTACK:-}" ] || die "NBDSTACK is not set (path of the server binary)"
 [ -x "$NBDSTACK" ] || die "NBDSTACK=$NBDSTACK is not an executable file"
 case $NBDSTACK in /*) ;; *) NBDSTACK=$(cd "$(dirname "$NBDSTACK")" && pwd)/$(basename "$NBDSTACK") ;; esac

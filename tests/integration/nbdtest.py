@@ -221,6 +221,39 @@ def require_layers(*names, binary=None):
 TMPDIR = tempfile.mkdtemp(prefix="nbdstack-test.")
 _servers = []
 
+# ---- the stack under test -------------------------------------------------
+#
+# Client tests serve a blank disk through disk_args().  By default that is
+# a memory disk; NBD_TEST_STACK=deep runs the same checks through a deep
+# stack over a file, to show that layers compose:
+#   error (rate 0) -> delay (0) -> blocksize -> cache -> cow -> partition 1
+DEEP_STACK = [("error", ["error-rate=0"]), ("delay", ["delay-read=0"]),
+              ("blocksize", []), ("cache", []), ("cow", []),
+              ("partition", ["partition=1"])]
+STACK = os.environ.get("NBD_TEST_STACK", "")
+_disks = 0
+
+
+def disk_args(size, readonly=False):
+    """Server arguments (after -U SOCK) for a blank disk of size bytes."""
+    global _disks
+    ro = ["-r"] if readonly else []
+    if STACK != "deep":
+        return ro + ["memory", "size=%d" % size]
+    require_layers(*[n for n, _ in DEEP_STACK], "file")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import mkpart
+    _disks += 1
+    img = os.path.join(TMPDIR, "deep%d.img" % _disks)
+    mkpart.make(img, size)
+    args = ro
+    for name, _ in DEEP_STACK:
+        args += ["--filter", name]
+    args += ["file", "file=" + img]
+    for _, kv in DEEP_STACK:
+        args += kv
+    return args
+
 
 def _cleanup():
     for s in list(_servers):

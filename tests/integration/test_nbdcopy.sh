@@ -30,13 +30,15 @@ roundtrip() {
 }
 
 S=$T/a.sock
-start_server "$S" memory size=256M
+disk_args 256M
+start_server "$S" "${DISK_ARGS[@]}"
 roundtrip "default" "$T/rand.img" "" ""
 stop_server "$SERVER_PID"
 check_eq "exit status after SIGTERM" 0 "$STOP_RC"
 
 S=$T/b.sock
-start_server "$S" memory size=64M
+disk_args 64M
+start_server "$S" "${DISK_ARGS[@]}"
 roundtrip "-C 4 --requests=16 in, -C 1 --requests=1 out" "$T/rand64.img" \
     "-C 4 --requests=16" "-C 1 --requests=1"
 # same server again, the other way round (overwriting existing data)

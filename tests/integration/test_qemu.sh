@@ -10,7 +10,8 @@ require_tool qemu-img qemu-io
 MiB=$((1 << 20))
 S=$T/q.sock
 U=$(uri "$S")
-start_server "$S" memory size=64M
+disk_args 64M
+start_server "$S" "${DISK_ARGS[@]}"
 
 # --- qemu-img info ---------------------------------------------------------
 for u in "$U" "nbd:unix:$S"; do
@@ -73,7 +74,8 @@ check_eq "exit status after SIGTERM" 0 "$STOP_RC"
 # --- read-only server ------------------------------------------------------------
 S=$T/ro.sock
 U=$(uri "$S")
-start_server "$S" -r memory size=64M
+disk_args 64M
+start_server "$S" -r "${DISK_ARGS[@]}"
 if qio -c 'write -P 0xab 0 64k'; then
     fail "qemu-io write succeeded on a -r server"
 else
