@@ -195,6 +195,11 @@ engine_cache_caps(struct nbd_ctx *c, int readonly, char *err, size_t errlen)
       return -1;
     }
   }
+  /* PASSTHROUGH of block_size: the hints of the layer below stay hints. */
+  if (c->next && c->next->block_advisory && c->min_block == c->next->min_block &&
+      c->pref_block == c->next->pref_block &&
+      c->max_block == c->next->max_block)
+    c->block_advisory = 1;
   /* can_write was asked even so: the layer may want to know. */
   if (readonly)
     c->can_write = 0;
@@ -206,6 +211,12 @@ engine_cache_caps(struct nbd_ctx *c, int readonly, char *err, size_t errlen)
   c->pull = c->can_write && o->pwrite_from != NULL &&
             (c->next == NULL || c->next->pull);
   return 0;
+}
+
+void
+nbd_block_size_advisory(struct nbd_ctx *self)
+{
+  self->block_advisory = 1;
 }
 
 const struct nbd_conn_info *
@@ -294,14 +305,15 @@ engine_close(struct nbd_ctx *top)
 
 /* ---- boundary checks ----------------------------------------------------- */
 
-/* Range within the size and aligned to the layer's minimum block size. */
+/* Range within the size and aligned to the layer's minimum block size
+ * (unless the layer gave it as a hint, block_advisory). */
 static int
 engine_check_range(const struct nbd_ctx *c, uint32_t count, uint64_t offset,
                    int err_past_end)
 {
   if ((uint64_t)c->size < count || offset > (uint64_t)c->size - count)
     return -err_past_end;
-  if (c->min_block > 1 &&
+  if (c->min_block > 1 && !c->block_advisory &&
       ((offset | count) & (c->min_block - 1)) != 0)
     return -EINVAL;
   return 0;
@@ -310,7 +322,7 @@ engine_check_range(const struct nbd_ctx *c, uint32_t count, uint64_t offset,
 static int
 engine_check_payload(const struct nbd_ctx *c, uint32_t count)
 {
-  if (c->max_block && count > c->max_block)
+  if (c->max_block && !c->block_advisory && count > c->max_block)
     return -EINVAL;
   return 0;
 }

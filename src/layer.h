@@ -176,7 +176,20 @@ struct nbd_ctx {
   /* pwrite_from reaches a layer that reads payloads itself: a backend
    * with pwrite_from, through filters that have it too. */
   int pull;
+  /* min_block and max_block are hints, advertised to the client but not
+   * enforced by the engine at this boundary (blocksize_policy's
+   * error-policy=allow, nbdkit's default).  A layer says so from its
+   * block_size method with nbd_block_size_advisory(self); a layer that
+   * answers the same three sizes as the layer below (PASSTHROUGH) keeps
+   * the flag of the layer below.  The layer below still enforces its own
+   * limits, so a request that breaks a hint reaches the layer that gave
+   * it, which must then take any size and alignment. */
+  int block_advisory;
 };
+
+/* Called from a layer's block_size method: the sizes it answers are hints
+ * (see block_advisory above). */
+void nbd_block_size_advisory(struct nbd_ctx *self);
 
 /* ---- the connection ---------------------------------------------------- */
 
@@ -299,13 +312,14 @@ int nbd_source_skip(struct nbd_source *src, uint64_t len);
 /* The pragmas make a wrongly typed pointer in the descriptor (setup,
  * open, pwrite_from...) an error in every build, not a warning, and so a
  * second initializer of a field the macro sets. */
-#define NBD_REGISTER_LAYER(layer, sect, kind_, what, model, nonblocking_, ...) \
+#define NBD_REGISTER_LAYER(layer, name_, sect, kind_, what, model,          \
+                           nonblocking_, ...)                               \
   NBD_CHECK_MODEL(layer, what, model, nonblocking_);                        \
   _Pragma("GCC diagnostic push")                                            \
   _Pragma("GCC diagnostic error \"-Wincompatible-pointer-types\"")          \
   _Pragma("GCC diagnostic error \"-Woverride-init\"")                       \
   static const struct nbd_layer_ops layer##_layer_ops = {                   \
-    .name = #layer,                                                         \
+    .name = name_,                                                          \
     .kind = kind_,                                                          \
     .thread_model = (model),                                                \
     .nonblocking = (nonblocking_),                                          \
@@ -323,12 +337,20 @@ int nbd_source_skip(struct nbd_source *src, uint64_t len);
  * The thread model and nonblocking class have no default: each layer
  * says what it tolerates. */
 #define NBD_REGISTER_FILTER(layer, model, nonblocking, ...)                 \
-  NBD_REGISTER_LAYER(layer, "nbd_filters", NBD_LAYER_FILTER, "filter",      \
-                     model, nonblocking, __VA_ARGS__)
+  NBD_REGISTER_LAYER(layer, #layer, "nbd_filters", NBD_LAYER_FILTER,        \
+                     "filter", model, nonblocking, __VA_ARGS__)
 #define NBD_REGISTER_BACKEND(layer, model, nonblocking, ...)                \
   NBD_CHECK_BACKEND_METHODS(layer)                                          \
-  NBD_REGISTER_LAYER(layer, "nbd_backends", NBD_LAYER_BACKEND, "backend",   \
-                     model, nonblocking, __VA_ARGS__)
+  NBD_REGISTER_LAYER(layer, #layer, "nbd_backends", NBD_LAYER_BACKEND,      \
+                     "backend", model, nonblocking, __VA_ARGS__)
+/* A filter whose user-facing name is not a C identifier (nbdkit's
+ * "multi-conn"): the file and functions use layer (multi_conn), the
+ * config, --list and messages use name.  The registry treats '-' and '_'
+ * as the same character, so the build's selection (file names) still
+ * finds it and "multi_conn" works in a config too. */
+#define NBD_REGISTER_FILTER_AS(layer, name, model, nonblocking, ...)        \
+  NBD_REGISTER_LAYER(layer, name, "nbd_filters", NBD_LAYER_FILTER,          \
+                     "filter", model, nonblocking, __VA_ARGS__)
 
 /* ---- helpers for layers ------------------------------------------------ */
 
