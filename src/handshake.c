@@ -83,13 +83,15 @@ handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
   return f;
 }
 
-/* Opens the export's stack for this connection; -1 on failure, -2 when the
- * export is at its connection limit. */
+/* Opens the export's stack for this connection; -1 on failure (why says
+ * it in one line), -2 when the export is at its connection limit. */
 static int
-handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name)
+handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
+               char *why, size_t whylen)
 {
   char err[512], *asked = strdup(name);
 
+  snprintf(why, whylen, "out of memory");
   if (asked == NULL)
     return -1;
   free(c->asked_name);
@@ -119,6 +121,8 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name)
                        sizeof err);
   if (c->top == NULL) {
     nbd_error("%s: export \"%s\": %s", c->peer, e->name, err);
+    snprintf(why, whylen, "export \"%.64s\" cannot be opened: %s", e->name,
+             err);
     handshake_release(c);
     return -1;
   }
@@ -135,6 +139,7 @@ handshake_export_name(struct nbd_conn *c, const char *name)
 {
   struct nbd_export *e = handshake_find_export(c, name);
   unsigned char out[8 + 2 + 124];
+  char why[640];
   size_t len = c->no_zeroes ? 10 : sizeof out;
   struct iovec iov = { out, len };
 
@@ -142,7 +147,7 @@ handshake_export_name(struct nbd_conn *c, const char *name)
     nbd_info("%s: unknown export \"%s\" requested", c->peer, name);
     return -1;
   }
-  if (handshake_open(c, e, name) < 0)
+  if (handshake_open(c, e, name, why, sizeof why) < 0)
     return -1;
   memset(out, 0, sizeof out);
   wire_put64(out, (uint64_t)c->top->size);
@@ -196,7 +201,7 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   uint32_t namelen;
   uint16_t nreq, i, req;
   int want_block = 0, want_name = 0, want_desc = 0;
-  char name[NBD_MAX_STRING + 1];
+  char name[NBD_MAX_STRING + 1], why[640];
   struct nbd_export *e;
 
   if (len < 6 || (namelen = wire_get32(d)) > len - 6)
@@ -223,13 +228,14 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   e = handshake_find_export(c, name);
   if (e == NULL)
     return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, "unknown export");
-  switch (handshake_open(c, e, name)) {
+  /* As nbdkit: a stack that cannot be opened is NBD_REP_ERR_UNKNOWN, with
+   * the reason for a human (qemu prints it). */
+  switch (handshake_open(c, e, name, why, sizeof why)) {
   case -2:
     return handshake_error(c, opt, NBD_REP_ERR_POLICY,
                            "too many connections to this export");
   case -1:
-    return handshake_error(c, opt, NBD_REP_ERR_PLATFORM,
-                           "export could not be opened (see server log)");
+    return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, why);
   }
   if (handshake_info(c, opt, NBD_INFO_EXPORT, e) == -1 ||
       (want_name && handshake_info(c, opt, NBD_INFO_NAME, e) == -1) ||

@@ -69,6 +69,23 @@ sockets_add(int fd, const char *path, const char *desc)
   return 0;
 }
 
+/* Whether something accepts connections on the Unix socket at sun: a
+ * stale socket (nobody listening) refuses them. */
+static int
+sockets_unix_live(const struct sockaddr_un *sun)
+{
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  int r;
+
+  if (fd == -1)
+    return 0;
+  r = connect(fd, (const struct sockaddr *)sun, sizeof *sun);
+  /* EAGAIN: a live listener with a full backlog. */
+  r = r == 0 || errno == EAGAIN || errno == EINPROGRESS;
+  close(fd);
+  return r;
+}
+
 static int
 sockets_listen_unix(const struct nbd_listen *ln)
 {
@@ -85,9 +102,17 @@ sockets_listen_unix(const struct nbd_listen *ln)
   }
   strcpy(sun.sun_path, ln->path);
   /* A stale socket from an earlier run would make bind fail; remove only
-   * a socket, never a regular file. */
-  if (lstat(ln->path, &st) == 0 && S_ISSOCK(st.st_mode))
+   * a socket, never a regular file, and never one a live server still
+   * answers on (it would keep running, unreachable). */
+  if (lstat(ln->path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+    if (sockets_unix_live(&sun)) {
+      nbd_error("cannot listen on unix:%s: another server is listening "
+                "there (it accepted a connection); stop it or choose "
+                "another path", ln->path);
+      return -1;
+    }
     unlink(ln->path);
+  }
   fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd == -1 || bind(fd, (struct sockaddr *)&sun, sizeof sun) == -1 ||
       listen(fd, SOCKETS_BACKLOG) == -1) {
@@ -99,8 +124,8 @@ sockets_listen_unix(const struct nbd_listen *ln)
   return sockets_add(fd, ln->path, ln->path);
 }
 
-/* Binds every address host resolves to; returns how many, or -1 if it
- * does not resolve. */
+/* Binds every address host resolves to; returns how many, or -1 (errno
+ * set) if it does not resolve or one of them cannot be bound. */
 static int
 sockets_listen_tcp_host(const char *host, const char *port, int quiet)
 {
@@ -121,8 +146,20 @@ sockets_listen_tcp_host(const char *host, const char *port, int quiet)
   }
   for (a = res; a; a = a->ai_next) {
     fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd == -1)
-      continue;
+    if (fd == -1) {
+      /* An address family this kernel lacks (no IPv6 at all) is the one
+       * failure that is not fatal. */
+      if (errno == EAFNOSUPPORT) {
+        nbd_info("tcp:%s:%s: skipping an address of a family this kernel "
+                 "does not support", host ? host : "*", port);
+        continue;
+      }
+      if (!quiet)
+        nbd_error("cannot listen on tcp:%s:%s: socket: %s",
+                  host ? host : "*", port, strerror(errno));
+      freeaddrinfo(res);
+      return -1;
+    }
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     /* Bind v4 and v6 separately so both can listen on one port. */
     if (a->ai_family == AF_INET6)
@@ -133,10 +170,16 @@ sockets_listen_tcp_host(const char *host, const char *port, int quiet)
              "%s:%s", addr, port);
     if (bind(fd, a->ai_addr, a->ai_addrlen) == -1 ||
         listen(fd, SOCKETS_BACKLOG) == -1) {
+      /* Serving on some of the addresses asked for while another process
+       * answers on the others would split the clients between two
+       * servers: every address binds, or none. */
+      int e = errno;
       if (!quiet)
-        nbd_error("cannot listen on tcp %s: %s", desc, strerror(errno));
+        nbd_error("cannot listen on tcp %s: %s", desc, strerror(e));
       close(fd);
-      continue;
+      freeaddrinfo(res);
+      errno = e;
+      return -1;
     }
     if (sockets_add(fd, NULL, desc) == 0)
       bound++;
@@ -156,8 +199,15 @@ sockets_listen_tcp(const struct nbd_listen *ln)
    * without IPv6 just gets 127.0.0.1. */
   if (host && strcmp(host, "localhost") == 0) {
     n = sockets_listen_tcp_host("127.0.0.1", port, 0);
-    if (sockets_listen_tcp_host("::1", port, 1) > 0 && n < 0)
-      n = 1;
+    if (n > 0 && sockets_listen_tcp_host("::1", port, 1) < 0) {
+      if (errno != EADDRNOTAVAIL && errno != EAFNOSUPPORT) {
+        nbd_error("cannot listen on tcp [::1]:%s: %s", port,
+                  strerror(errno));
+        return -1;
+      }
+      nbd_info("tcp:localhost:%s: no IPv6 loopback here, 127.0.0.1 only",
+               port);
+    }
   }
   else
     n = sockets_listen_tcp_host(host, port, 0);
