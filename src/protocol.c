@@ -271,8 +271,11 @@ proto_validate(const struct nbd_conn *c, const struct nbd_request *r)
     past_end_err = ENOSPC;
   if (r->count == 0)
     return -EINVAL;
+  /* The advertised maximum binds unless the top layer gave its block
+   * sizes as hints (blocksize-policy's allow); the server's own payload
+   * limit binds always. */
   if ((r->type == NBD_CMD_READ || r->type == NBD_CMD_WRITE) &&
-      r->count > c->max_payload)
+      r->count > (c->top->block_advisory ? NBD_MAX_PAYLOAD : c->max_payload))
     return -EINVAL;
   if (r->count > size || r->offset > size - r->count)
     return -past_end_err;

@@ -42,7 +42,8 @@ pol_err = Server(["--filter", "blocksize_policy", "memory", "size=%d" % SIZE,
                   "blocksize-maximum=1M", "blocksize-error-policy=error"],
                  name="polerr")
 pol_allow = Server(["--filter", "blocksize_policy", "memory",
-                    "size=%d" % SIZE, "blocksize-minimum=512"],
+                    "size=%d" % SIZE, "blocksize-minimum=512",
+                    "blocksize-maximum=64k"],
                    name="polallow")
 
 
@@ -186,6 +187,11 @@ def policy_allow_passes():
     check_eq(h.pread(5, 6), b"\0abc\0", "unaligned read and write")
     h.zero(1, 8)
     check_eq(h.pread(3, 7), b"a\0c", "one-byte zero")
+    # Over the advertised 64K maximum: a hint under allow, so it passes.
+    big = bytes(range(256)) * 1024
+    h.pwrite(big, 4096)
+    check_eq(h.pread(len(big), 4096), big, "256K write and read over a 64K "
+             "maximum")
     h.shutdown()
 
 
