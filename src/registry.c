@@ -67,6 +67,18 @@ registry_list(enum nbd_layer_kind kind, const struct nbd_layer_ops *const **out)
   return registry_lists[kind].n;
 }
 
+/* Names are equal when they differ only by '-' against '_': a layer
+ * registered as "multi-conn" (NBD_REGISTER_FILTER_AS) lives in
+ * multi_conn.c, which is the name the build's selection knows. */
+static int
+registry_name_eq(const char *a, const char *b)
+{
+  for (; *a && *b; a++, b++)
+    if (*a != *b && !((*a == '-' || *a == '_') && (*b == '-' || *b == '_')))
+      return 0;
+  return *a == *b;
+}
+
 const struct nbd_layer_ops *
 registry_find(enum nbd_layer_kind kind, const char *name)
 {
@@ -74,7 +86,7 @@ registry_find(enum nbd_layer_kind kind, const char *name)
   size_t i, n = registry_list(kind, &v);
 
   for (i = 0; i < n; i++)
-    if (strcmp(v[i]->name, name) == 0)
+    if (registry_name_eq(v[i]->name, name))
       return v[i];
   return NULL;
 }
