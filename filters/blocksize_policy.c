@@ -170,7 +170,8 @@ blocksize_policy_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
   return next_pwrite_from(next, src, count, offset, flags);
 }
 
-NBD_REGISTER_FILTER(blocksize_policy, NBD_PARALLEL, NBD_NEVER_BLOCKS,
+NBD_REGISTER_FILTER_AS(blocksize_policy, "blocksize-policy", NBD_PARALLEL,
+                       NBD_NEVER_BLOCKS,
   .description = "advertise block-size constraints and choose whether "
                  "requests that break them fail",
   .params = blocksize_policy_params,

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The blocksize and blocksize_policy filters through libnbd and nbdinfo:
+"""The blocksize and blocksize-policy filters through libnbd and nbdinfo:
 - blocksize minblock=4096 advertises minimum 1 and serves unaligned
   1-byte and odd-sized reads, writes, zeroes and trims from a seeded
   random sequence exactly as a model (trimmed bytes: unchanged or zero);
@@ -7,7 +7,7 @@
   runs) gives the same image and the same advertised sizes;
 - 16 connections writing their own byte of one 4K block leave every byte
   the last value its writer wrote;
-- blocksize_policy advertises its keys (nbdinfo --json), refuses
+- blocksize-policy advertises its keys (nbdinfo --json), refuses
   violations with EINVAL under error, lets them through under allow;
 - bad keys are refused at startup with the accepted range."""
 
@@ -30,18 +30,18 @@ try:
 except ImportError:
     T.skip("python3-libnbd (module nbd) not available to %s" % sys.executable)
 
-T.require_layers("memory", "blocksize", "blocksize_policy")
+T.require_layers("memory", "blocksize", "blocksize-policy")
 T.start_watchdog()
 C = Checker("test_blocksize")
 SIZE = 1 << 20
 
 bs = Server(["--filter", "blocksize", "memory", "size=%d" % SIZE,
              "minblock=4096"], name="bs")
-pol_err = Server(["--filter", "blocksize_policy", "memory", "size=%d" % SIZE,
+pol_err = Server(["--filter", "blocksize-policy", "memory", "size=%d" % SIZE,
                   "blocksize-minimum=512", "blocksize-preferred=64k",
                   "blocksize-maximum=1M", "blocksize-error-policy=error"],
                  name="polerr")
-pol_allow = Server(["--filter", "blocksize_policy", "memory",
+pol_allow = Server(["--filter", "blocksize-policy", "memory",
                     "size=%d" % SIZE, "blocksize-minimum=512",
                     "blocksize-maximum=64k"],
                    name="polallow")
@@ -201,9 +201,9 @@ def bad_keys_refused():
              "power of 2 from 1 to 65536"),
             (["--filter", "blocksize", "memory", "size=1M", "minblock=4k",
               "maxdata=6k"], "multiple of minblock"),
-            (["--filter", "blocksize_policy", "memory", "size=1M",
+            (["--filter", "blocksize-policy", "memory", "size=1M",
               "blocksize-preferred=256"], "from 512 to 33554432"),
-            (["--filter", "blocksize_policy", "memory", "size=1M",
+            (["--filter", "blocksize-policy", "memory", "size=1M",
               "blocksize-minimum=4k", "blocksize-maximum=6k"],
              "multiple of blocksize-minimum")):
         p = subprocess.run([T.NBDSTACK, "-U",
