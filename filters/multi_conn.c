@@ -313,7 +313,8 @@ multi_conn_flush_group(struct nbd_ctx *self, uint32_t flags)
   pthread_mutex_lock(&st->lock);
   for (h2 = h->group->conns; h2; h2 = h2->next)
     cap++;
-  v = malloc(cap * sizeof *v);
+  /* This connection is in its own group: cap >= 1. */
+  v = malloc((cap ? cap : 1) * sizeof(struct multi_conn_handle *));
   if (v == NULL) {
     pthread_mutex_unlock(&st->lock);
     return -ENOMEM;
