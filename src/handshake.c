@@ -70,10 +70,15 @@ handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
     f |= NBD_FLAG_ROTATIONAL;
   if (t->can_write && t->can_trim)
     f |= NBD_FLAG_SEND_TRIM;
-  /* Zero is emulated by writes when the stack lacks it; a fast zero that
-   * would need emulation fails fast, so both flags follow can_zero. */
-  if (t->can_write && t->can_zero != NBD_ZERO_NONE)
-    f |= NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+  /* Zero is emulated by writes when the stack lacks it, and a fast zero
+   * that would need emulation fails fast, so FAST_ZERO comes with it
+   * (as in nbdkit); a stack that zeroes natively advertises FAST_ZERO
+   * only when it says it can (nozero's fastzeromode=none says no). */
+  if (t->can_write && t->can_zero != NBD_ZERO_NONE) {
+    f |= NBD_FLAG_SEND_WRITE_ZEROES;
+    if (t->can_zero != NBD_ZERO_NATIVE || t->can_fast_zero)
+      f |= NBD_FLAG_SEND_FAST_ZERO;
+  }
   if (c->structured)
     f |= NBD_FLAG_SEND_DF;
   if (t->can_multi_conn)

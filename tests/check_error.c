@@ -343,10 +343,12 @@ START_TEST(test_file_lowers_nonblocking)
   l = testlib_filter_new("error", "error-rate=1", err, sizeof err);
   ck_assert_ptr_nonnull(l);
   ck_assert_int_eq(l->nonblocking, NBD_NEVER_BLOCKS);
+  engine_layer_free(l);
   l = testlib_filter_new("error", "error-rate=1 error-file=/nonexistent",
                          err, sizeof err);
   ck_assert_ptr_nonnull(l);
   ck_assert_int_eq(l->nonblocking, NBD_RARELY_BLOCKS);
+  engine_layer_free(l);
 }
 END_TEST
 
