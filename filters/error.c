@@ -225,15 +225,11 @@ error_random(void)
   return x * 0x2545f4914f6cdd1dull;
 }
 
-/* 0, or the negative errno to inject into method m. */
-static int
-error_check(const struct nbd_ctx *self, int m)
+/* The rare path of error_check: a rule that may inject. */
+static int __attribute__((noinline))
+error_check_rule(const struct nbd_ctx *self, const struct error_rule *r,
+                 int m)
 {
-  const struct error_rule *r =
-    &((const struct error_conf *)self->layer->conf)->rule[m];
-
-  if (r->mode == ERROR_NEVER)
-    return 0;
   if (r->file && access(r->file, F_OK) != 0)
     return 0;
   if (r->mode == ERROR_RANDOM && error_random() >= r->threshold)
@@ -244,67 +240,51 @@ error_check(const struct nbd_ctx *self, int m)
   return -r->err;
 }
 
-static int
-error_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
-            uint32_t count, uint64_t offset, uint32_t flags)
-{
-  int r = error_check(self, ERROR_PREAD);
+/* Each method: a rule that never fails passes the request on in one
+ * tail call, as offset does; the rest (the rare path: a trigger file, a
+ * rate) is a separate function, so the common one needs no stack frame.
+ * PARAMS and ARGS are the method's own, after self and next. */
+#define ERROR_METHOD(m, M, PARAMS, ARGS)                                      \
+  static int __attribute__((noinline))                                      \
+  error_##m##_rule(struct nbd_ctx *self, struct nbd_ctx *next, PARAMS)      \
+  {                                                                         \
+    const struct error_rule *r =                                            \
+      &((const struct error_conf *)self->layer->conf)->rule[ERROR_##M];     \
+    int e = error_check_rule(self, r, ERROR_##M);                           \
+                                                                            \
+    return e ? e : next_##m(next, ARGS);                                    \
+  }                                                                         \
+  static int                                                                \
+  error_##m(struct nbd_ctx *self, struct nbd_ctx *next, PARAMS)             \
+  {                                                                         \
+    const struct error_conf *conf = self->layer->conf;                      \
+                                                                            \
+    if (__builtin_expect(conf->rule[ERROR_##M].mode == ERROR_NEVER, 1))     \
+      return next_##m(next, ARGS);                                          \
+    return error_##m##_rule(self, next, ARGS);                              \
+  }
 
-  return r ? r : next_pread(next, buf, count, offset, flags);
-}
-
-static int
-error_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
-             uint32_t count, uint64_t offset, uint32_t flags)
-{
-  int r = error_check(self, ERROR_PWRITE);
-
-  return r ? r : next_pwrite(next, buf, count, offset, flags);
-}
-
-static int
-error_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
-{
-  int r = error_check(self, ERROR_FLUSH);
-
-  return r ? r : next_flush(next, flags);
-}
-
-static int
-error_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
-           uint64_t offset, uint32_t flags)
-{
-  int r = error_check(self, ERROR_TRIM);
-
-  return r ? r : next_trim(next, count, offset, flags);
-}
-
-static int
-error_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
-           uint64_t offset, uint32_t flags)
-{
-  int r = error_check(self, ERROR_ZERO);
-
-  return r ? r : next_zero(next, count, offset, flags);
-}
-
-static int
-error_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
-              uint64_t offset, uint32_t flags, struct nbd_extents *extents)
-{
-  int r = error_check(self, ERROR_EXTENTS);
-
-  return r ? r : next_extents(next, count, offset, flags, extents);
-}
-
-static int
-error_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
-            uint64_t offset, uint32_t flags)
-{
-  int r = error_check(self, ERROR_CACHE);
-
-  return r ? r : next_cache(next, count, offset, flags);
-}
+#define ERROR_P(...) __VA_ARGS__
+ERROR_METHOD(pread, PREAD, ERROR_P(void *buf, uint32_t count, uint64_t offset,
+                                   uint32_t flags),
+             ERROR_P(buf, count, offset, flags))
+ERROR_METHOD(pwrite, PWRITE, ERROR_P(const void *buf, uint32_t count,
+                                     uint64_t offset, uint32_t flags),
+             ERROR_P(buf, count, offset, flags))
+ERROR_METHOD(flush, FLUSH, uint32_t flags, flags)
+ERROR_METHOD(trim, TRIM, ERROR_P(uint32_t count, uint64_t offset,
+                                 uint32_t flags),
+             ERROR_P(count, offset, flags))
+ERROR_METHOD(zero, ZERO, ERROR_P(uint32_t count, uint64_t offset,
+                                 uint32_t flags),
+             ERROR_P(count, offset, flags))
+ERROR_METHOD(extents, EXTENTS, ERROR_P(uint32_t count, uint64_t offset,
+                                       uint32_t flags,
+                                       struct nbd_extents *extents),
+             ERROR_P(count, offset, flags, extents))
+ERROR_METHOD(cache, CACHE, ERROR_P(uint32_t count, uint64_t offset,
+                                   uint32_t flags),
+             ERROR_P(count, offset, flags))
 
 /* Errors are injected per request; what the disk can do is unchanged. */
 PASSTHROUGH(error, get_size)
