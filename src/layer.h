@@ -351,6 +351,11 @@ int nbd_source_skip(struct nbd_source *src, uint64_t len);
 #define NBD_REGISTER_FILTER_AS(layer, name, model, nonblocking, ...)        \
   NBD_REGISTER_LAYER(layer, name, "nbd_filters", NBD_LAYER_FILTER,          \
                      "filter", model, nonblocking, __VA_ARGS__)
+/* The same for a backend (nbdkit's "sparse-random"). */
+#define NBD_REGISTER_BACKEND_AS(layer, name, model, nonblocking, ...)       \
+  NBD_CHECK_BACKEND_METHODS(layer)                                          \
+  NBD_REGISTER_LAYER(layer, name, "nbd_backends", NBD_LAYER_BACKEND,        \
+                     "backend", model, nonblocking, __VA_ARGS__)
 
 /* ---- helpers for layers ------------------------------------------------ */
 
