@@ -66,6 +66,10 @@
  *   PATH      char *    malloc'd copy, must not be empty
  *   DURATION  uint64_t  nanoseconds; accepts 10ns, 5us, 2ms, 1s, 1.5s, 3m, 1h; bare = seconds
  *   ENUM      int       index into .choices
+ *   PATH_LIST struct nbd_strlist  a repeatable key: each "key=value" (or
+ *             bare value, if it is the magic param) appends a malloc'd
+ *             non-empty copy, in the order given.  nbd_layer_param_set
+ *             says 0 for it (one more may always come), look at .n.
  */
 enum nbd_param_type {
   NBD_PARAM_SIZE,
@@ -75,6 +79,13 @@ enum nbd_param_type {
   NBD_PARAM_PATH,
   NBD_PARAM_DURATION,
   NBD_PARAM_ENUM,
+  NBD_PARAM_PATH_LIST,
+};
+
+/* The field of a PATH_LIST parameter; freed by the engine. */
+struct nbd_strlist {
+  char **v;
+  size_t n;
 };
 
 /* Fields in the order of the positional initializers every layer's table

@@ -25,6 +25,7 @@ params_type_name(enum nbd_param_type t)
   case NBD_PARAM_PATH: return "path";
   case NBD_PARAM_DURATION: return "duration";
   case NBD_PARAM_ENUM: return "enum";
+  case NBD_PARAM_PATH_LIST: return "path, repeatable";
   }
   return "?";
 }
@@ -172,7 +173,8 @@ params_expect(const struct nbd_param *p)
   case NBD_PARAM_UINT: return "a non-negative integer";
   case NBD_PARAM_BOOL: return "yes or no";
   case NBD_PARAM_DURATION: return "a duration such as 10ms, 2s or 1m";
-  case NBD_PARAM_PATH: return "a non-empty path";
+  case NBD_PARAM_PATH:
+  case NBD_PARAM_PATH_LIST: return "a non-empty path";
   default: return "a value";
   }
 }
@@ -182,9 +184,10 @@ params_store(const struct nbd_param *p, void *conf, const char *value,
              char *err, size_t errlen)
 {
   char *field = (char *)conf + p->offset;
+  struct nbd_strlist *list = (struct nbd_strlist *)(void *)field;
   uint64_t u;
   int b, i;
-  char *s;
+  char *s, **v;
 
   switch (p->type) {
   case NBD_PARAM_SIZE:
@@ -213,6 +216,20 @@ params_store(const struct nbd_param *p, void *conf, const char *value,
     }
     free(*(char **)field);
     memcpy(field, &s, sizeof s);
+    return 0;
+  case NBD_PARAM_PATH_LIST:
+    /* Repeatable: every value is kept, in order. */
+    if (*value == '\0')
+      goto bad;
+    v = realloc(list->v, (list->n + 1) * sizeof *v);
+    if (v == NULL || (s = strdup(value)) == NULL) {
+      if (v)
+        list->v = v;
+      snprintf(err, errlen, "out of memory");
+      return -1;
+    }
+    list->v = v;
+    list->v[list->n++] = s;
     return 0;
   case NBD_PARAM_ENUM:
     for (i = 0; p->choices && p->choices[i]; i++)
@@ -249,11 +266,14 @@ params_index(const struct nbd_layer *layer, const char *key)
   return -1;
 }
 
+/* A repeatable key is never "set" here: the stack refuses a key given
+ * twice by asking this, and a PATH_LIST takes any number of values. */
 int
 nbd_layer_param_set(const struct nbd_layer *layer, const char *name)
 {
   int i = params_index(layer, name);
-  return i >= 0 && i < 64 && (layer->params_set & ((uint64_t)1 << i));
+  return i >= 0 && i < 64 && (layer->params_set & ((uint64_t)1 << i)) &&
+         layer->ops->params[i].type != NBD_PARAM_PATH_LIST;
 }
 
 /* "unknown key 'rnage' (known: offset, range)".  Every append checks the
@@ -330,5 +350,15 @@ params_free(struct nbd_layer *layer)
       char **f = (char **)((char *)layer->conf + p->offset);
       free(*f);
       *f = NULL;
+    } else if (p->type == NBD_PARAM_PATH_LIST) {
+      struct nbd_strlist *l =
+        (struct nbd_strlist *)(void *)((char *)layer->conf + p->offset);
+      size_t i;
+
+      for (i = 0; i < l->n; i++)
+        free(l->v[i]);
+      free(l->v);
+      l->v = NULL;
+      l->n = 0;
     }
 }
