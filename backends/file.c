@@ -20,14 +20,26 @@
  *
  * It does not emulate anything the engine does (FUA is a flush after the
  * write; a zero this file cannot do fast returns -EOPNOTSUPP and the engine
- * writes zeros, or tells a FAST_ZERO client ENOTSUP).  No O_DIRECT, no
- * locking of the file against other processes.
+ * writes zeros, or tells a FAST_ZERO client ENOTSUP).  No locking of the
+ * file against other processes.
+ *
+ * dir=DIR serves one export per regular file or block device in DIR
+ * (symlinks followed, as nbdkit): list_exports reads the directory, open
+ * opens the file the client named (nbd_conn_info()->export_name) with a
+ * descriptor of the connection's own; names with '/' or a leading '.'
+ * are refused.  cache=none evicts what was read or written from the page
+ * cache (nbdkit's key); direct=true opens with O_DIRECT and makes the
+ * device's logical sector (4096 for a regular file) the minimum block
+ * size; fadvise= gives the kernel an access pattern at open.
+ * docs/backends/file.md is the reference.
  *
  * musl-gcc sees no kernel headers, so the few ioctl and flag numbers are
  * defined here when libc lacks them.
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -61,27 +73,74 @@
 #ifndef SEEK_HOLE
 #define SEEK_HOLE 4
 #endif
+#ifndef O_DIRECT
+#define O_DIRECT 040000         /* x86, arm64's is 0200000: from libc */
+#endif
+
+/* cache=none: writes whose eviction waits, the oldest first.  A write
+ * starts its writeback at once and is dropped from the page cache only
+ * FILE_EVICT_WINDOW writes later, so the disk works while the client
+ * sends more (nbdkit's file plugin keeps the same kind of window). */
+#define FILE_EVICT_WINDOW 8
+
+static const char *const file_cache_choices[] = { "default", "none", NULL };
+enum { FILE_CACHE_DEFAULT, FILE_CACHE_NONE };
+static const char *const file_fadvise_choices[] = {
+  "normal", "random", "sequential", NULL
+};
+static const int file_fadvise_advice[] = {
+  POSIX_FADV_NORMAL, POSIX_FADV_RANDOM, POSIX_FADV_SEQUENTIAL
+};
 
 struct file_conf {
   char *file;
+  char *dir;
   int readonly;
+  int cache;                    /* FILE_CACHE_* */
+  int direct;
+  int fadvise;                  /* index into file_fadvise_advice */
 };
 
 static const struct nbd_param file_params[] = {
   { "file", NBD_PARAM_PATH, offsetof(struct file_conf, file), NULL,
-    "regular file or block device to serve", NULL, 1 },
+    "regular file or block device to serve (this or dir=)", NULL, 0 },
+  { "dir", NBD_PARAM_PATH, offsetof(struct file_conf, dir), NULL,
+    "serve every regular file or block device in this directory, one "
+    "export each, named by file name (this or file=)", NULL, 0 },
   { "readonly", NBD_PARAM_BOOL, offsetof(struct file_conf, readonly), "no",
     "open the file read-only and refuse writes", NULL, 0 },
+  { "cache", NBD_PARAM_ENUM, offsetof(struct file_conf, cache), "default",
+    "none: evict what was read or written from the page cache",
+    file_cache_choices, 0 },
+  { "direct", NBD_PARAM_BOOL, offsetof(struct file_conf, direct), "false",
+    "open with O_DIRECT; the minimum block size becomes the logical "
+    "sector size (4096 for a regular file)", NULL, 0 },
+  { "fadvise", NBD_PARAM_ENUM, offsetof(struct file_conf, fadvise),
+    "normal", "access pattern hint given to the kernel at open",
+    file_fadvise_choices, 0 },
   NBD_PARAM_END
 };
 
+/* One open file: the shared one of file=, or one per connection of dir=. */
 struct file_state {
   int fd;
   int is_block;
   int rotational;
   uint32_t sector;              /* block device: logical sector size */
+  uint32_t align;               /* direct=true: offsets, lengths, buffers */
+  int evict;                    /* cache=none */
   /* Set when the kernel said EOPNOTSUPP, so it is not asked again. */
   atomic_int no_punch, no_zero_range, no_alloc, no_discard, no_seek;
+  /* cache=none: ranges written, waiting to be dropped (under lock). */
+  pthread_mutex_t lock;
+  unsigned nwin, headwin;
+  struct { uint64_t offset, count; } win[FILE_EVICT_WINDOW];
+};
+
+/* layer->state: the file of file=, or the directory of dir=. */
+struct file_layer {
+  struct file_state *one;       /* file=; NULL with dir= */
+  int dirfd;                    /* dir=; -1 with file= */
 };
 
 /* ---- helpers --------------------------------------------------------- */
@@ -149,30 +208,120 @@ file_size(const struct file_state *st)
   return sb.st_size;
 }
 
+/* ---- cache=none ------------------------------------------------------- */
+
+/* Drops a range from the page cache once it is on disk: DONTNEED alone
+ * skips dirty pages, so wait for their writeback first. */
+static void
+file_drop(const struct file_state *st, uint64_t offset, uint64_t count)
+{
+  sync_file_range(st->fd, (off_t)offset, (off_t)count,
+                  SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                  SYNC_FILE_RANGE_WAIT_AFTER);
+  posix_fadvise(st->fd, (off_t)offset, (off_t)count, POSIX_FADV_DONTNEED);
+}
+
+/* After a write: start its writeback now, drop it FILE_EVICT_WINDOW
+ * writes later (and the one it pushes out of the window now).  Eviction
+ * is advice: its failures are not the write's. */
+static void
+file_evict_write(struct file_state *st, uint64_t offset, uint64_t count)
+{
+  uint64_t old_off = 0, old_count = 0;
+  unsigned slot;
+
+  sync_file_range(st->fd, (off_t)offset, (off_t)count,
+                  SYNC_FILE_RANGE_WRITE);
+  pthread_mutex_lock(&st->lock);
+  slot = st->headwin;
+  if (st->nwin == FILE_EVICT_WINDOW) {
+    old_off = st->win[slot].offset;
+    old_count = st->win[slot].count;
+  }
+  else
+    st->nwin++;
+  st->win[slot].offset = offset;
+  st->win[slot].count = count;
+  st->headwin = (slot + 1) % FILE_EVICT_WINDOW;
+  pthread_mutex_unlock(&st->lock);
+  if (old_count)
+    file_drop(st, old_off, old_count);
+}
+
+/* At close: drop whatever is still in the window. */
+static void
+file_evict_all(struct file_state *st)
+{
+  unsigned i;
+
+  for (i = 0; i < st->nwin; i++)
+    file_drop(st, st->win[i].offset, st->win[i].count);
+  st->nwin = st->headwin = 0;
+}
+
+/* ---- direct=true ----------------------------------------------------- */
+
+/* O_DIRECT wants the buffer aligned too; the engine enforces the offset
+ * and length (block_size), a buffer that is not aligned goes through an
+ * aligned bounce buffer. */
+static void *
+file_bounce(const struct file_state *st, const void *buf, uint32_t count)
+{
+  void *b;
+
+  if (st->align == 0 || (uintptr_t)buf % st->align == 0)
+    return NULL;
+  if (posix_memalign(&b, st->align, count ? count : st->align) != 0)
+    return (void *)-1;
+  return b;
+}
+
 /* ---- datapath -------------------------------------------------------- */
 
 static int
 file_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
            uint32_t count, uint64_t offset, uint32_t flags)
 {
-  const struct file_state *st = self->layer->state;
+  const struct file_state *st = self->handle;
+  void *b = file_bounce(st, buf, count);
+  int r;
 
-  return nbd_pread_full(st->fd, buf, count, offset);
+  if (b == (void *)-1)
+    return -ENOMEM;
+  r = nbd_pread_full(st->fd, b ? b : buf, count, offset);
+  if (b) {
+    if (r == 0)
+      memcpy(buf, b, count);
+    free(b);
+  }
+  if (st->evict)
+    posix_fadvise(st->fd, (off_t)offset, (off_t)count, POSIX_FADV_DONTNEED);
+  return r;
 }
 
 static int
 file_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
             uint32_t count, uint64_t offset, uint32_t flags)
 {
-  const struct file_state *st = self->layer->state;
+  struct file_state *st = self->handle;
+  void *b = file_bounce(st, buf, count);
+  int r;
 
-  return nbd_pwrite_full(st->fd, buf, count, offset);
+  if (b == (void *)-1)
+    return -ENOMEM;
+  if (b)
+    memcpy(b, buf, count);
+  r = nbd_pwrite_full(st->fd, b ? b : buf, count, offset);
+  free(b);
+  if (r == 0 && st->evict)
+    file_evict_write(st, offset, count);
+  return r;
 }
 
 static int
 file_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 {
-  const struct file_state *st = self->layer->state;
+  const struct file_state *st = self->handle;
 
   return fdatasync(st->fd) == -1 ? -errno : 0;
 }
@@ -204,7 +353,7 @@ static int
 file_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
           uint64_t offset, uint32_t flags)
 {
-  struct file_state *st = self->layer->state;
+  struct file_state *st = self->handle;
   int r;
 
   if (st->is_block)
@@ -223,7 +372,7 @@ static int
 file_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
           uint64_t offset, uint32_t flags)
 {
-  struct file_state *st = self->layer->state;
+  struct file_state *st = self->handle;
   const int keep = FALLOC_FL_KEEP_SIZE;
   int may_punch = !(flags & NBD_CMD_FLAG_NO_HOLE);
   int may_zero_range = !(st->is_block && (flags & NBD_CMD_FLAG_FAST_ZERO));
@@ -268,7 +417,7 @@ static int
 file_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
              uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
-  struct file_state *st = self->layer->state;
+  struct file_state *st = self->handle;
   uint64_t end = offset + count, stop;
   uint32_t type;
   off_t d, h;
@@ -313,7 +462,7 @@ static int
 file_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
            uint64_t offset, uint32_t flags)
 {
-  const struct file_state *st = self->layer->state;
+  const struct file_state *st = self->handle;
 
   /* Returns the error number itself, not -1 and errno. */
   return -posix_fadvise(st->fd, (off_t)offset, (off_t)count,
@@ -325,7 +474,7 @@ file_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 static int64_t
 file_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
-  return file_size(self->layer->state);
+  return file_size(self->handle);
 }
 
 static int
@@ -338,14 +487,14 @@ file_can_write(struct nbd_ctx *self, struct nbd_ctx *next)
 static int
 file_can_extents(struct nbd_ctx *self, struct nbd_ctx *next)
 {
-  const struct file_state *st = self->layer->state;
+  const struct file_state *st = self->handle;
   return !st->is_block;
 }
 
 static int
 file_is_rotational(struct nbd_ctx *self, struct nbd_ctx *next)
 {
-  const struct file_state *st = self->layer->state;
+  const struct file_state *st = self->handle;
   return st->rotational;
 }
 
@@ -369,16 +518,29 @@ file_native(struct nbd_ctx *self, struct nbd_ctx *next)
 #define file_can_zero file_native
 #define file_can_cache file_native
 
-UNSUPPORTED(file, block_size)   /* buffered I/O: any alignment works */
+/* Buffered I/O takes any alignment; O_DIRECT needs whole sectors. */
+static int
+file_block_size(struct nbd_ctx *self, struct nbd_ctx *next,
+                uint32_t *minimum, uint32_t *preferred, uint32_t *maximum)
+{
+  const struct file_state *st = self->handle;
+
+  if (st->align == 0)
+    return 0;
+  *minimum = st->align;
+  *preferred = st->align > 4096 ? st->align : 4096;
+  *maximum = 0xffffffff;
+  return 0;
+}
 
 /* ---- lifecycle ------------------------------------------------------- */
 
 static int
-file_setup_fd(struct file_state *st, const char *path, char *err,
-              size_t errlen)
+file_setup_fd(struct file_state *st, const struct file_conf *conf,
+              const char *path, char *err, size_t errlen)
 {
   struct stat sb;
-  int sector = 512;
+  int sector = 512, r;
   int64_t size;
 
   if (fstat(st->fd, &sb) == -1) {
@@ -395,63 +557,227 @@ file_setup_fd(struct file_state *st, const char *path, char *err,
     sector = 512;
   st->sector = sector > 0 ? (uint32_t)sector : 512;
   st->rotational = st->is_block ? file_rotational(sb.st_rdev) : 0;
+  /* A regular file's filesystem block is not known for sure: 4096 is
+   * what every Linux filesystem accepts for O_DIRECT (as nbdkit guesses). */
+  if (conf->direct)
+    st->align = st->is_block ? st->sector : 4096;
+  st->evict = conf->cache == FILE_CACHE_NONE;
   if ((size = file_size(st)) < 0) {
     snprintf(err, errlen, "cannot get the size of '%s': %s", path,
              strerror((int)-size));
     return -1;
   }
+  /* Advice only: a kernel that ignores it still serves the file. */
+  r = posix_fadvise(st->fd, 0, 0, file_fadvise_advice[conf->fadvise]);
+  if (r != 0)
+    nbd_debug("file: fadvise '%s': %s", path, strerror(r));
   return 0;
+}
+
+/* Opens path (relative to dirfd, or AT_FDCWD) as the conf says; NULL
+ * with err filled and *errnum set. */
+static struct file_state *
+file_state_open(const struct file_conf *conf, int dirfd, const char *path,
+                int readonly, int *errnum, char *err, size_t errlen)
+{
+  struct file_state *st = calloc(1, sizeof *st);
+  /* O_NONBLOCK: a FIFO in a dir= directory must not hang the open; it
+   * is refused below and the flag cleared for the real file. */
+  int flags = (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY |
+              O_NONBLOCK | (conf->direct ? O_DIRECT : 0);
+  int e;
+
+  *errnum = ENOMEM;
+  if (st == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  st->fd = openat(dirfd, path, flags);
+  if (st->fd == -1) {
+    e = *errnum = errno;
+    snprintf(err, errlen, "cannot open '%s': %s%s", path, strerror(e),
+             !readonly && (e == EACCES || e == EROFS) ? " (readonly=yes?)" :
+             conf->direct && e == EINVAL ? " (O_DIRECT not supported here?)"
+             : "");
+    free(st);
+    return NULL;
+  }
+  if (fcntl(st->fd, F_SETFL, flags & ~O_NONBLOCK & ~O_ACCMODE) == -1 ||
+      file_setup_fd(st, conf, path, err, errlen) == -1) {
+    *errnum = EINVAL;
+    close(st->fd);
+    free(st);
+    return NULL;
+  }
+  pthread_mutex_init(&st->lock, NULL);
+  return st;
+}
+
+static void
+file_state_free(struct file_state *st)
+{
+  if (st == NULL)
+    return;
+  if (st->evict)
+    file_evict_all(st);
+  close(st->fd);
+  pthread_mutex_destroy(&st->lock);
+  free(st);
 }
 
 static int
 file_setup(struct nbd_layer *layer, char *err, size_t errlen)
 {
   const struct file_conf *conf = layer->conf;
-  struct file_state *st = calloc(1, sizeof *st);
-  int flags = (conf->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC;
+  struct file_layer *fl;
+  int e;
 
-  if (st == NULL) {
+  if (!conf->file == !conf->dir) {
+    snprintf(err, errlen, conf->file ? "give file= or dir=, not both"
+             : "file= or dir= is required");
+    return -1;
+  }
+  if ((fl = calloc(1, sizeof *fl)) == NULL) {
     snprintf(err, errlen, "out of memory");
     return -1;
   }
-  st->fd = open(conf->file, flags);
-  if (st->fd == -1) {
-    int e = errno;
-    snprintf(err, errlen, "cannot open '%s': %s%s", conf->file, strerror(e),
-             !conf->readonly && (e == EACCES || e == EROFS)
-               ? " (readonly=yes?)" : "");
-    free(st);
+  fl->dirfd = -1;
+  if (conf->file)
+    fl->one = file_state_open(conf, AT_FDCWD, conf->file, conf->readonly,
+                              &e, err, errlen);
+  else if ((fl->dirfd = open(conf->dir, O_RDONLY | O_DIRECTORY |
+                             O_CLOEXEC)) == -1)
+    snprintf(err, errlen, "cannot open directory '%s': %s", conf->dir,
+             strerror(errno));
+  if (fl->one == NULL && fl->dirfd == -1) {
+    free(fl);
     return -1;
   }
-  if (file_setup_fd(st, conf->file, err, errlen) == -1) {
-    close(st->fd);
-    free(st);
-    return -1;
-  }
-  layer->state = st;
+  layer->state = fl;
   return 0;
 }
 
 static void
 file_cleanup(struct nbd_layer *layer)
 {
-  struct file_state *st = layer->state;
+  struct file_layer *fl = layer->state;
 
-  if (st == NULL)
+  if (fl == NULL)
     return;
-  close(st->fd);
-  free(st);
+  file_state_free(fl->one);
+  if (fl->dirfd != -1)
+    close(fl->dirfd);
+  free(fl);
   layer->state = NULL;
+}
+
+/* dir=: the names a client may ask for; the rest stay private ("." and
+ * "..", dotfiles, anything a path could be made of). */
+static int
+file_name_ok(const char *name)
+{
+  return name[0] != '\0' && name[0] != '.' && strchr(name, '/') == NULL;
+}
+
+static int
+file_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
+{
+  const struct file_conf *conf = self->layer->conf;
+  const struct file_layer *fl = self->layer->state;
+  const struct nbd_conn_info *info = nbd_conn_info(self);
+  const char *name = info && info->export_name ? info->export_name : "";
+  char err[512];
+  int e;
+
+  if (fl->one) {
+    self->handle = fl->one;
+    return 0;
+  }
+  if (!file_name_ok(name)) {
+    nbd_error("file: dir=%s: export name \"%.64s\" refused (empty, '/' "
+              "or a leading '.')", conf->dir, name);
+    return -EINVAL;
+  }
+  self->handle = file_state_open(conf, fl->dirfd, name,
+                                 readonly || conf->readonly, &e, err,
+                                 sizeof err);
+  if (self->handle == NULL) {
+    nbd_error("file: dir=%s: %s", conf->dir, err);
+    return -e;
+  }
+  return 0;
+}
+
+static void
+file_close(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  const struct file_layer *fl = self->layer->state;
+
+  if (fl->one == NULL)
+    file_state_free(self->handle);
+  self->handle = NULL;
+}
+
+static int
+file_cmp(const void *a, const void *b)
+{
+  return strcmp(((const struct nbd_export_name *)a)->name,
+                ((const struct nbd_export_name *)b)->name);
+}
+
+/* dir=: every regular file and block device, symlinks followed (as
+ * nbdkit), sorted by name; file=: the config export's own name only. */
+static int
+file_list_exports(struct nbd_ctx *self, struct nbd_ctx *next,
+                  struct nbd_exports *exports)
+{
+  const struct file_layer *fl = self->layer->state;
+  struct dirent *d;
+  struct stat sb;
+  DIR *dir;
+  int fd, r = 0;
+
+  if (fl->one)
+    return 0;
+  if ((fd = dup(fl->dirfd)) == -1)
+    return -errno;
+  if ((dir = fdopendir(fd)) == NULL) {
+    r = -errno;
+    close(fd);
+    return r;
+  }
+  rewinddir(dir);               /* the dup shares the position */
+  while (r == 0 && (errno = 0, d = readdir(dir)) != NULL) {
+    if (!file_name_ok(d->d_name))
+      continue;
+    if (d->d_type != DT_REG && d->d_type != DT_BLK) {
+      if (d->d_type != DT_LNK && d->d_type != DT_UNKNOWN)
+        continue;
+      if (fstatat(fl->dirfd, d->d_name, &sb, 0) == -1 ||
+          (!S_ISREG(sb.st_mode) && !S_ISBLK(sb.st_mode)))
+        continue;
+    }
+    r = nbd_exports_add(exports, d->d_name, NULL);
+  }
+  if (r == 0 && errno != 0)
+    r = -errno;
+  closedir(dir);
+  if (r < 0)
+    return r;
+  qsort(exports->v, exports->n, sizeof *exports->v, file_cmp);
+  return 1;
 }
 
 NBD_REGISTER_BACKEND(file, NBD_PARALLEL,
   /* A hot page cache answers in microseconds; a cold disk does not, and
    * the engine then moves the connection to workers. */
   NBD_RARELY_BLOCKS,
-  .description = "serve a regular file or block device",
+  .description = "serve a regular file or block device, or a directory",
   .params = file_params,
   .conf_size = sizeof(struct file_conf),
   .magic_param = "file",
   .setup = file_setup,
   .cleanup = file_cleanup,
+  .open = file_open,
+  .close = file_close,
 );

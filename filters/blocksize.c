@@ -451,6 +451,7 @@ PASSTHROUGH(blocksize, can_cache)
 PASSTHROUGH(blocksize, can_extents)
 PASSTHROUGH(blocksize, can_multi_conn)
 PASSTHROUGH(blocksize, is_rotational)
+PASSTHROUGH(blocksize, list_exports)
 
 /* Parallel: the only shared state is the striped lock and the buffer
  * pool.  Never blocks by itself: a request waits on a stripe only while

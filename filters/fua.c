@@ -184,6 +184,7 @@ PASSTHROUGH(fua, can_cache)
 PASSTHROUGH(fua, can_extents)
 PASSTHROUGH(fua, can_multi_conn)
 PASSTHROUGH(fua, is_rotational)
+PASSTHROUGH(fua, list_exports)
 
 NBD_REGISTER_FILTER(fua, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "change how FUA and flush are advertised and handled",

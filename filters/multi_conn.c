@@ -469,6 +469,7 @@ PASSTHROUGH(multi_conn, can_fast_zero)
 PASSTHROUGH(multi_conn, can_cache)
 PASSTHROUGH(multi_conn, can_extents)
 PASSTHROUGH(multi_conn, is_rotational)
+PASSTHROUGH(multi_conn, list_exports)
 
 NBD_REGISTER_FILTER_AS(multi_conn, "multi-conn", NBD_PARALLEL,
                        NBD_NEVER_BLOCKS,

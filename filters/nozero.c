@@ -142,6 +142,7 @@ PASSTHROUGH(nozero, can_cache)
 PASSTHROUGH(nozero, can_extents)
 PASSTHROUGH(nozero, can_multi_conn)
 PASSTHROUGH(nozero, is_rotational)
+PASSTHROUGH(nozero, list_exports)
 
 static int
 nozero_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,

@@ -162,6 +162,7 @@ offset_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
  * are the layer below's (window.h). */
 NBD_WINDOW_SHIFTED(offset)
 NBD_WINDOW_PASSTHROUGH(offset)
+PASSTHROUGH(offset, list_exports)
 
 NBD_REGISTER_FILTER(offset, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "serve the window [offset, offset+range) of the layer below",

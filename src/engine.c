@@ -606,3 +606,92 @@ next_cache(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
 /* The capability entry points, next_get_size() ... next_is_rotational(),
  * return the cached answers; they are generated with engine_gen_ask_caps
  * (methods_gen.h, included above). */
+
+/* ---- export names (layer.h "export names") -------------------------------- */
+
+int
+nbd_exports_add(struct nbd_exports *e, const char *name,
+                const char *description)
+{
+  struct nbd_export_name *v, *x;
+
+  if (e->n == e->cap) {
+    size_t cap = e->cap ? 2 * e->cap : 16;
+    if ((v = realloc(e->v, cap * sizeof *v)) == NULL)
+      return -ENOMEM;
+    e->v = v;
+    e->cap = cap;
+  }
+  x = &e->v[e->n];
+  x->name = strdup(name);
+  x->description = description ? strdup(description) : NULL;
+  if (x->name == NULL || (description && x->description == NULL)) {
+    free(x->name);
+    free(x->description);
+    return -ENOMEM;
+  }
+  e->n++;
+  return 0;
+}
+
+void
+nbd_exports_clear(struct nbd_exports *e)
+{
+  size_t i;
+
+  for (i = 0; i < e->n; i++) {
+    free(e->v[i].name);
+    free(e->v[i].description);
+  }
+  free(e->v);
+  e->v = NULL;
+  e->n = e->cap = 0;
+}
+
+int
+nbd_exports_has(const struct nbd_exports *e, const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < e->n; i++)
+    if (strcmp(e->v[i].name, name) == 0)
+      return 1;
+  return 0;
+}
+
+/* No capability to check: the contexts are not opened. */
+int
+next_list_exports(struct nbd_ctx *c, struct nbd_exports *exports)
+{
+  return c->layer->ops->list_exports(c, c->next, exports);
+}
+
+int
+engine_list_exports(struct nbd_export *exp, const struct nbd_conn_info *info,
+                    struct nbd_exports *exports)
+{
+  struct nbd_ctx *ctxs;
+  struct nbd_layer *l;
+  size_t n = 0, i;
+  int r;
+
+  for (l = exp->top; l; l = l->below)
+    n++;
+  if (n == 0)
+    return 0;
+  /* Contexts never opened (on the heap: musl's thread stacks are small):
+   * a layer's list_exports may look at its layer (conf, state), info and
+   * next, nothing else. */
+  if ((ctxs = calloc(n, sizeof *ctxs)) == NULL)
+    return -ENOMEM;
+  for (l = exp->top, i = 0; l; l = l->below, i++) {
+    ctxs[i].layer = l;
+    ctxs[i].info = info;
+    ctxs[i].next = i + 1 < n ? &ctxs[i + 1] : NULL;
+  }
+  r = next_list_exports(&ctxs[0], exports);
+  free(ctxs);
+  if (r <= 0)
+    nbd_exports_clear(exports);
+  return r < 0 ? r : r > 0;
+}

@@ -52,4 +52,12 @@ struct nbd_ctx *engine_open(struct nbd_export *exp, int readonly,
 /* finalize outer to inner, then close outer to inner, then free. */
 int engine_close(struct nbd_ctx *top);
 
+/* The names the export's stack serves (layer.h "export names"), asked
+ * with contexts that are not opened: 0 = only the export's own name
+ * (exports left empty), 1 = exactly the names in exports (the caller
+ * clears them), or -errno. */
+int engine_list_exports(struct nbd_export *exp,
+                        const struct nbd_conn_info *info,
+                        struct nbd_exports *exports);
+
 #endif

@@ -1,6 +1,10 @@
 /* nbdstack handshake: fixed newstyle negotiation (proto.md "Handshake",
  * "Option types", "Option reply types").
  *
+ * Export names: a config export of the asked name, else the first
+ * "dynamic" export whose stack lists the name (list_exports, layer.h
+ * "export names": file dir=), else the any-export-name fallback.
+ *
  * Options: EXPORT_NAME, ABORT, LIST, STARTTLS (refused: no TLS yet), INFO,
  * GO, STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT
  * (base:allocation only).  Unknown options get NBD_REP_ERR_UNSUP and the
@@ -43,14 +47,43 @@ handshake_error(struct nbd_conn *c, uint32_t opt, uint32_t type,
   return handshake_reply(c, opt, type, msg, strlen(msg));
 }
 
-static struct nbd_export *
-handshake_find_export(struct nbd_conn *c, const char *name)
+/* The names e's stack lists: 1 (dynamic, names in list), 0 (plain: its
+ * config name only; also when listing failed, which is logged). */
+static int
+handshake_list_names(struct nbd_conn *c, struct nbd_export *e,
+                     struct nbd_exports *list)
 {
-  struct nbd_export *e;
+  int r = engine_list_exports(e, &c->info, list);
 
+  if (r < 0)
+    nbd_error("%s: export \"%s\": list_exports: %s", c->peer, e->name,
+              strerror(-r));
+  return r > 0;
+}
+
+/* The export that serves name; *dynamic is set when a stack's list gave
+ * it (the stack then serves the asked name, not its config name). */
+static struct nbd_export *
+handshake_find_export(struct nbd_conn *c, const char *name, int *dynamic)
+{
+  struct nbd_exports list = { NULL, 0, 0 };
+  struct nbd_export *e;
+  int found;
+
+  *dynamic = 0;
   for (e = c->cfg->exports; e; e = e->next)
     if (strcmp(e->name, name) == 0)
       return e;
+  for (e = c->cfg->exports; e; e = e->next) {
+    if (!handshake_list_names(c, e, &list))
+      continue;
+    found = nbd_exports_has(&list, name);
+    nbd_exports_clear(&list);
+    if (found) {
+      *dynamic = 1;
+      return e;
+    }
+  }
   return c->cfg->any_export_name ? c->cfg->exports : NULL;
 }
 
@@ -92,7 +125,7 @@ handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
  * it in one line), -2 when the export is at its connection limit. */
 static int
 handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
-               char *why, size_t whylen)
+               int dynamic, char *why, size_t whylen)
 {
   char err[512], *asked = strdup(name);
 
@@ -120,7 +153,8 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
   }
   /* A meta context chosen for another export does not carry over (GO and
    * EXPORT_NAME alike). */
-  if (c->meta_export && strcmp(c->meta_export, e->name) != 0)
+  if (c->meta_export &&
+      strcmp(c->meta_export, dynamic ? name : e->name) != 0)
     c->meta_base_allocation = 0;
   c->top = engine_open(e, c->readonly || c->cfg->readonly, &c->info, err,
                        sizeof err);
@@ -142,7 +176,8 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
 static int
 handshake_export_name(struct nbd_conn *c, const char *name)
 {
-  struct nbd_export *e = handshake_find_export(c, name);
+  int dynamic;
+  struct nbd_export *e = handshake_find_export(c, name, &dynamic);
   unsigned char out[8 + 2 + 124];
   char why[640];
   size_t len = c->no_zeroes ? 10 : sizeof out;
@@ -152,7 +187,7 @@ handshake_export_name(struct nbd_conn *c, const char *name)
     nbd_info("%s: unknown export \"%s\" requested", c->peer, name);
     return -1;
   }
-  if (handshake_open(c, e, name, why, sizeof why) < 0)
+  if (handshake_open(c, e, name, dynamic, why, sizeof why) < 0)
     return -1;
   memset(out, 0, sizeof out);
   wire_put64(out, (uint64_t)c->top->size);
@@ -160,10 +195,10 @@ handshake_export_name(struct nbd_conn *c, const char *name)
   return wire_writev(&c->w, &iov, 1);
 }
 
-/* Replies NBD_REP_INFO of one type. */
+/* Replies NBD_REP_INFO of one type; name is what NBD_INFO_NAME says. */
 static int
 handshake_info(struct nbd_conn *c, uint32_t opt, uint16_t type,
-               const struct nbd_export *e)
+               const struct nbd_export *e, const char *name)
 {
   unsigned char buf[2 + 12 + NBD_MAX_STRING];
   size_t len = 2;
@@ -179,7 +214,7 @@ handshake_info(struct nbd_conn *c, uint32_t opt, uint16_t type,
     break;
   case NBD_INFO_NAME:
   case NBD_INFO_DESCRIPTION:
-    s = type == NBD_INFO_NAME ? e->name : e->description;
+    s = type == NBD_INFO_NAME ? name : e->description;
     if (s == NULL)
       return 0;
     len += strlen(s) > NBD_MAX_STRING ? NBD_MAX_STRING : strlen(s);
@@ -205,7 +240,7 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
 {
   uint32_t namelen;
   uint16_t nreq, i, req;
-  int want_block = 0, want_name = 0, want_desc = 0;
+  int want_block = 0, want_name = 0, want_desc = 0, dynamic;
   char name[NBD_MAX_STRING + 1], why[640];
   struct nbd_export *e;
 
@@ -230,24 +265,26 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
     want_name |= req == NBD_INFO_NAME;
     want_desc |= req == NBD_INFO_DESCRIPTION;
   }
-  e = handshake_find_export(c, name);
+  e = handshake_find_export(c, name, &dynamic);
   if (e == NULL)
     return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, "unknown export");
   /* As nbdkit: a stack that cannot be opened is NBD_REP_ERR_UNKNOWN, with
    * the reason for a human (qemu prints it). */
-  switch (handshake_open(c, e, name, why, sizeof why)) {
+  switch (handshake_open(c, e, name, dynamic, why, sizeof why)) {
   case -2:
     return handshake_error(c, opt, NBD_REP_ERR_POLICY,
                            "too many connections to this export");
   case -1:
     return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, why);
   }
-  if (handshake_info(c, opt, NBD_INFO_EXPORT, e) == -1 ||
-      (want_name && handshake_info(c, opt, NBD_INFO_NAME, e) == -1) ||
-      (want_desc && handshake_info(c, opt, NBD_INFO_DESCRIPTION, e) == -1) ||
+  if (handshake_info(c, opt, NBD_INFO_EXPORT, e, NULL) == -1 ||
+      (want_name && handshake_info(c, opt, NBD_INFO_NAME, e,
+                                   dynamic ? name : e->name) == -1) ||
+      (want_desc && handshake_info(c, opt, NBD_INFO_DESCRIPTION, e,
+                                   NULL) == -1) ||
       /* Constraints beyond the defaults are sent even unrequested. */
       ((want_block || c->top->min_block > 1) &&
-       handshake_info(c, opt, NBD_INFO_BLOCK_SIZE, e) == -1) ||
+       handshake_info(c, opt, NBD_INFO_BLOCK_SIZE, e, NULL) == -1) ||
       handshake_reply(c, opt, NBD_REP_ACK, NULL, 0) == -1)
     return -1;
   if (opt == NBD_OPT_GO)
@@ -256,28 +293,53 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   return 0;
 }
 
+/* One NBD_REP_SERVER: name, then the description. */
 static int
-handshake_list(struct nbd_conn *c, uint32_t len)
+handshake_list_one(struct nbd_conn *c, const char *name, const char *desc)
 {
-  const struct nbd_export *e;
   unsigned char buf[4 + 2 * NBD_MAX_STRING];
+  size_t n = strlen(name), dl = desc ? strlen(desc) : 0;
+
+  if (n > NBD_MAX_STRING)
+    n = NBD_MAX_STRING;
+  if (dl > NBD_MAX_STRING)
+    dl = NBD_MAX_STRING;
+  wire_put32(buf, (uint32_t)n);
+  memcpy(buf + 4, name, n);
+  if (dl)
+    memcpy(buf + 4 + n, desc, dl);
+  return handshake_reply(c, NBD_OPT_LIST, NBD_REP_SERVER, buf, 4 + n + dl);
+}
+
+/* Plain exports by their config name, dynamic ones by every name their
+ * stack lists.  Each listed name raises the bound on options by 4: a
+ * client asks INFO and SET_META_CONTEXT of each (handshake_max_options). */
+static int
+handshake_list(struct nbd_conn *c, uint32_t len, unsigned *max)
+{
+  struct nbd_exports list = { NULL, 0, 0 };
+  struct nbd_export *e;
+  size_t i;
+  int r = 0;
 
   if (len != 0)
     return handshake_error(c, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
                            "NBD_OPT_LIST takes no data");
-  for (e = c->cfg->exports; e; e = e->next) {
-    size_t n = strlen(e->name), dl = e->description ? strlen(e->description) : 0;
-    if (n > NBD_MAX_STRING)
-      n = NBD_MAX_STRING;
-    if (dl > NBD_MAX_STRING)
-      dl = NBD_MAX_STRING;
-    wire_put32(buf, (uint32_t)n);
-    memcpy(buf + 4, e->name, n);
-    if (dl)
-      memcpy(buf + 4 + n, e->description, dl);
-    if (handshake_reply(c, NBD_OPT_LIST, NBD_REP_SERVER, buf, 4 + n + dl) == -1)
-      return -1;
+  for (e = c->cfg->exports; e && r == 0; e = e->next) {
+    if (!handshake_list_names(c, e, &list)) {
+      r = handshake_list_one(c, e->name, e->description);
+      continue;
+    }
+    for (i = 0; i < list.n && r == 0; i++) {
+      r = handshake_list_one(c, list.v[i].name, list.v[i].description ?
+                             list.v[i].description : e->description);
+      if (*max < UINT_MAX - 4)
+        *max += 4;
+    }
+    nbd_exports_clear(&list);
   }
+  if (r == -1)
+    return -1;
   return handshake_reply(c, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
 }
 
@@ -298,7 +360,7 @@ handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   unsigned char rep[4 + sizeof ctxname];
   uint32_t namelen, nq, qlen, pos, i;
   char name[NBD_MAX_STRING + 1];
-  int found = 0;
+  int found = 0, dynamic;
 
   if (!c->structured)
     return handshake_error(c, opt, NBD_REP_ERR_INVALID,
@@ -323,7 +385,8 @@ handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   if (pos != len)
     return handshake_error(c, opt, NBD_REP_ERR_INVALID,
                            "option length does not match its content");
-  if (strlen(name) != namelen || handshake_find_export(c, name) == NULL)
+  if (strlen(name) != namelen ||
+      handshake_find_export(c, name, &dynamic) == NULL)
     return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, "unknown export");
   if (nq == 0 && opt == NBD_OPT_LIST_META_CONTEXT)
     found = 1;                  /* empty list query: every context */
@@ -347,7 +410,7 @@ handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
  * -1 to drop the connection. */
 static int
 handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
-                 uint32_t len)
+                 uint32_t len, unsigned *max)
 {
   char name[NBD_MAX_STRING + 1];
 
@@ -362,7 +425,7 @@ handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
     handshake_reply(c, opt, NBD_REP_ACK, NULL, 0);
     return -1;
   case NBD_OPT_LIST:
-    return handshake_list(c, len);
+    return handshake_list(c, len, max);
   case NBD_OPT_STARTTLS:
     return handshake_error(c, opt, NBD_REP_ERR_UNSUP,
                            "TLS is not supported by this server");
@@ -473,7 +536,7 @@ handshake_run(struct nbd_conn *c)
     data = malloc(len + 1);
     if (data == NULL || wire_read(&c->w, data, len) == -1)
       break;
-    r = handshake_option(c, opt, data, len);
+    r = handshake_option(c, opt, data, len, &max);
     if (r != 0)
       break;
     r = -1;

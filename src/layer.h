@@ -206,7 +206,7 @@ void nbd_block_size_advisory(struct nbd_ctx *self);
 
 /* What a layer may know of the connection a context belongs to, read
  * only: for layers that decide by client (ip), log it (log), or serve by
- * export name (file dir=). */
+ * export name (file dir=; see "export names" below). */
 struct nbd_conn_info {
   uint64_t id;                /* 1, 2, ... in the order clients came */
   int family;                 /* AF_INET, AF_INET6, AF_UNIX; 0 = unknown */
@@ -256,6 +256,48 @@ int nbd_extents_add(struct nbd_extents *e, uint64_t offset, uint64_t length,
 int nbd_extents_shifted(struct nbd_ctx *next, uint32_t count, uint64_t offset,
                         uint64_t shift, uint32_t flags,
                         struct nbd_extents *extents);
+
+/* ---- export names (list_exports) --------------------------------------- */
+
+/* The names a stack serves, for NBD_OPT_LIST and for finding the export a
+ * client's name belongs to.  A layer's list_exports adds names and
+ * returns 1 ("exactly these"), or adds nothing and returns 0 ("only the
+ * config export's own name": what UNSUPPORTED(layer, list_exports) says,
+ * right for a backend that serves one disk).  Filters pass it through
+ * unless they change names.  It runs on contexts that were never opened:
+ * self->layer (conf, state), nbd_conn_info(self) and next are set, no
+ * handle and no capability.
+ *
+ * How a config export with such a stack (a "dynamic" export, e.g.
+ * backend = file dir=/srv/images) meets client names, in the handshake:
+ *   - a config export whose name is the asked name wins, dynamic or not
+ *     (its stack then opens with that name, which it may refuse);
+ *   - else the first dynamic export, in config order, whose list holds
+ *     the name serves it: the stack opens with
+ *     nbd_conn_info(self)->export_name set to the asked name, and
+ *     NBD_INFO_NAME reports the asked name;
+ *   - else the server's any-export-name fallback, as before.
+ * NBD_OPT_LIST lists every plain export by its config name and, for each
+ * dynamic export, every name its stack lists (with the layer's
+ * description, else the export's), never the dynamic export's own name.
+ * Plain exports are unchanged. */
+struct nbd_export_name {
+  char *name;
+  char *description;          /* NULL = the export's description */
+};
+
+struct nbd_exports {
+  struct nbd_export_name *v;
+  size_t n, cap;
+};
+
+/* Appends copies of name and description (may be NULL); 0 or -ENOMEM. */
+int nbd_exports_add(struct nbd_exports *e, const char *name,
+                    const char *description);
+/* Frees the names and the array; the struct itself is the caller's. */
+void nbd_exports_clear(struct nbd_exports *e);
+/* True when name is in the list. */
+int nbd_exports_has(const struct nbd_exports *e, const char *name);
 
 /* ---- write payloads still in the socket (pwrite_from) ------------------ */
 

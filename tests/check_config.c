@@ -123,7 +123,8 @@ test_cleanup(struct nbd_layer *layer)
   PASSTHROUGH(l, can_trim) PASSTHROUGH(l, can_zero)                         \
   PASSTHROUGH(l, can_fast_zero) PASSTHROUGH(l, can_fua)                     \
   PASSTHROUGH(l, can_cache) PASSTHROUGH(l, can_extents)                     \
-  PASSTHROUGH(l, can_multi_conn) PASSTHROUGH(l, is_rotational)
+  PASSTHROUGH(l, can_multi_conn) PASSTHROUGH(l, is_rotational)         \
+  PASSTHROUGH(l, list_exports)
 
 #define TEST_UNSUP_ALL(l)                                                   \
   UNSUPPORTED(l, pread) UNSUPPORTED(l, pwrite) UNSUPPORTED(l, flush)        \
@@ -133,7 +134,8 @@ test_cleanup(struct nbd_layer *layer)
   UNSUPPORTED(l, can_trim) UNSUPPORTED(l, can_zero)                         \
   UNSUPPORTED(l, can_fast_zero) UNSUPPORTED(l, can_fua)                     \
   UNSUPPORTED(l, can_cache) UNSUPPORTED(l, can_extents)                     \
-  UNSUPPORTED(l, can_multi_conn) UNSUPPORTED(l, is_rotational)
+  UNSUPPORTED(l, can_multi_conn) UNSUPPORTED(l, is_rotational)         \
+  UNSUPPORTED(l, list_exports)
 
 TEST_PASS_ALL(tfilt)
 TEST_PASS_ALL(tfilt2)

@@ -597,6 +597,7 @@ UNSUPPORTED(slowpoke, can_cache)
 UNSUPPORTED(slowpoke, can_extents)
 UNSUPPORTED(slowpoke, can_multi_conn)
 UNSUPPORTED(slowpoke, is_rotational)
+UNSUPPORTED(slowpoke, list_exports)
 
 static const struct nbd_layer_ops slowpoke_ops = {
   .name = "slowpoke",
@@ -677,6 +678,7 @@ UNSUPPORTED(slowflush, can_cache)
 UNSUPPORTED(slowflush, can_extents)
 UNSUPPORTED(slowflush, can_multi_conn)
 UNSUPPORTED(slowflush, is_rotational)
+UNSUPPORTED(slowflush, list_exports)
 
 static const struct nbd_layer_ops slowflush_ops = {
   .name = "slowflush",

@@ -312,6 +312,8 @@ testlib_rec_cleanup(struct nbd_layer *layer)
   free(rec);
 }
 
+UNSUPPORTED(testlib_rec, list_exports) /* one disk */
+
 static const struct nbd_layer_ops testlib_rec_ops = {
   .name = "recorder",
   .description = "test-only RAM disk that logs every call",
@@ -434,6 +436,7 @@ PASSTHROUGH(testlib_tracer, can_cache)
 PASSTHROUGH(testlib_tracer, can_extents)
 PASSTHROUGH(testlib_tracer, can_multi_conn)
 PASSTHROUGH(testlib_tracer, is_rotational)
+PASSTHROUGH(testlib_tracer, list_exports)
 
 static const struct nbd_layer_ops testlib_tracer_ops = {
   .name = "tracer",

@@ -185,6 +185,7 @@ partition_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
  * capabilities are the layer below's (window.h). */
 NBD_WINDOW_SHIFTED(partition)
 NBD_WINDOW_PASSTHROUGH(partition)
+PASSTHROUGH(partition, list_exports)
 
 NBD_REGISTER_FILTER(partition, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "serve one partition (MBR or GPT) of the layer below",

@@ -25,6 +25,7 @@ PASSTHROUGH(nomodel, can_cache)
 PASSTHROUGH(nomodel, can_extents)
 PASSTHROUGH(nomodel, can_multi_conn)
 PASSTHROUGH(nomodel, is_rotational)
+PASSTHROUGH(nomodel, list_exports)
 
 #if defined(CONTROL)
 NBD_REGISTER_FILTER(nomodel, NBD_PARALLEL, NBD_NEVER_BLOCKS,

@@ -44,6 +44,7 @@ PASSTHROUGH(wrongalias, can_cache)
 PASSTHROUGH(wrongalias, can_extents)
 PASSTHROUGH(wrongalias, can_multi_conn)
 PASSTHROUGH(wrongalias, is_rotational)
+PASSTHROUGH(wrongalias, list_exports)
 
 NBD_REGISTER_FILTER(wrongalias, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "test: trim is an alias for a function of another shape",

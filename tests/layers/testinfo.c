@@ -69,6 +69,7 @@ PASSTHROUGH(testinfo, can_cache)
 PASSTHROUGH(testinfo, can_extents)
 PASSTHROUGH(testinfo, can_multi_conn)
 PASSTHROUGH(testinfo, is_rotational)
+PASSTHROUGH(testinfo, list_exports)
 
 NBD_REGISTER_FILTER(testinfo, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "test only: the first 4 KiB read as the connection's info",
