@@ -2,7 +2,8 @@
  *
  * For benchmarking the protocol engine and for tests; like nbdkit's null
  * plugin.  Reads return zeros, writes are accepted and dropped, extents
- * report one hole that reads as zero.
+ * report one hole that reads as zero.  A bare value is the size
+ * ("null 1G"), as in nbdkit.
  */
 #include <string.h>
 
@@ -103,4 +104,5 @@ NBD_REGISTER_BACKEND(null, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .params = null_params,
   .conf_size = sizeof(struct null_conf),
   .setup = null_setup,
+  .magic_param = "size",              /* "null 1G", as nbdkit */
 );
