@@ -1,0 +1,933 @@
+/* nbdstack backend nbd: the NBD client of one upstream connection.
+ *
+ * Handshake (proto.md "Newstyle negotiation"): fixed newstyle only; asks
+ * for structured replies, then base:allocation, then NBD_OPT_GO with
+ * NBD_INFO_BLOCK_SIZE; a server without GO gets NBD_OPT_EXPORT_NAME.
+ *
+ * Transmission (proto.md "Transmission"): a request is put in the table
+ * of requests in flight before it is sent (its reply may come before the
+ * send returns), then sent in one locked sendmsg, header and payload
+ * together.  One reader thread reads every reply, finds its request by
+ * cookie, checks each chunk against that request (offsets, lengths,
+ * types, the context id), writes read data straight into the caller's
+ * buffer, and wakes the caller when the reply is done.  Only the reader
+ * completes requests, so a buffer is never written after its request
+ * returned.  When anything goes wrong on the socket (EOF, a reply that
+ * breaks the protocol, a failed send) the connection is dead: every
+ * request in flight and every later one fails with EIO.
+ *
+ * Not here: connecting, TLS, reconnecting, extended headers (64-bit
+ * lengths), meta contexts other than base:allocation.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "layer.h"
+#include "protocol.h"
+#include "client.h"
+
+#define NBDC_META_NAME "base:allocation"
+/* A block status reply of more extents than this is refused: the request
+ * is at most 4 GiB, and no server describes it in 512-byte pieces. */
+#define NBDC_MAX_EXTENTS (1u << 20)
+#define NBDC_HANDSHAKE_TIMEOUT 30   /* seconds per read during the handshake */
+
+struct nbdc_req {
+  uint64_t cookie;
+  uint16_t cmd;
+  uint64_t offset;
+  uint32_t count;
+  void *buf;                    /* NBD_CMD_READ */
+  struct nbd_extents *extents;  /* NBD_CMD_BLOCK_STATUS */
+  uint64_t covered;             /* read: bytes of data and holes received */
+  uint64_t contig;              /* read: bytes received in order from offset */
+  int unordered;                /* read: a chunk came out of order */
+  int got_status;               /* block status: the context's chunk came */
+  int err;                      /* first error, -errno */
+  int done;
+  pthread_cond_t cond;
+  struct nbdc_req *next;
+};
+
+struct nbdc {
+  int fd;
+  struct nbdc_info info;
+  pthread_mutex_t wlock;        /* one sender at a time on the socket */
+  pthread_mutex_t lock;         /* reqs, cookie, dead, closing */
+  struct nbdc_req *reqs;
+  uint64_t cookie;
+  int dead;
+  int closing;
+  pthread_t reader;
+};
+
+/* ---- bytes ------------------------------------------------------------ */
+
+/* 0, or -1 at end of file or error. */
+static int
+nbdc_read_full(int fd, void *buf, size_t len)
+{
+  unsigned char *p = buf;
+  ssize_t r;
+
+  while (len > 0) {
+    r = read(fd, p, len);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return -1;
+    p += r;
+    len -= (size_t)r;
+  }
+  return 0;
+}
+
+static int
+nbdc_skip(int fd, uint64_t len)
+{
+  unsigned char tmp[512];
+  size_t n;
+
+  while (len > 0) {
+    n = len < sizeof tmp ? (size_t)len : sizeof tmp;
+    if (nbdc_read_full(fd, tmp, n) == -1)
+      return -1;
+    len -= n;
+  }
+  return 0;
+}
+
+/* Every byte of iov[0..n), MSG_NOSIGNAL so a dead peer is an error and
+ * not a signal; 0 or -1. */
+static int
+nbdc_writev_full(int fd, struct iovec *iov, int n)
+{
+  struct msghdr m;
+  ssize_t r;
+
+  while (n > 0) {
+    memset(&m, 0, sizeof m);
+    m.msg_iov = iov;
+    m.msg_iovlen = (size_t)n;
+    r = sendmsg(fd, &m, MSG_NOSIGNAL);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return -1;
+    while (n > 0 && (size_t)r >= iov->iov_len) {
+      r -= (ssize_t)iov->iov_len;
+      iov++;
+      n--;
+    }
+    if (n > 0) {
+      iov->iov_base = (char *)iov->iov_base + r;
+      iov->iov_len -= (size_t)r;
+    }
+  }
+  return 0;
+}
+
+static int
+nbdc_write_full(int fd, const void *buf, size_t len)
+{
+  struct iovec iov = { (void *)buf, len };
+  return nbdc_writev_full(fd, &iov, 1);
+}
+
+int
+nbdc_errno(uint32_t e)
+{
+  switch (e) {
+  case NBD_EPERM: return -EPERM;
+  case NBD_EIO: return -EIO;
+  case NBD_ENOMEM: return -ENOMEM;
+  case NBD_EINVAL: return -EINVAL;
+  case NBD_ENOSPC: return -ENOSPC;
+  case NBD_EOVERFLOW: return -EOVERFLOW;
+  case NBD_ENOTSUP: return -ENOTSUP;
+  case NBD_ESHUTDOWN: return -ESHUTDOWN;
+  default: return -EIO;
+  }
+}
+
+/* ---- handshake -------------------------------------------------------- */
+
+static int
+nbdc_opt_send(int fd, uint32_t opt, const void *data, uint32_t len)
+{
+  unsigned char h[16];
+  struct iovec iov[2] = { { h, sizeof h }, { (void *)data, len } };
+
+  wire_put64(h, NBD_IHAVEOPT);
+  wire_put32(h + 8, opt);
+  wire_put32(h + 12, len);
+  return nbdc_writev_full(fd, iov, len ? 2 : 1);
+}
+
+/* One option reply (proto.md "Option reply"): its type in *rep, up to
+ * bufsize bytes of its data in buf (the rest is dropped), the data length
+ * kept in *len.  0 or -1 with err filled. */
+static int
+nbdc_opt_reply(int fd, uint32_t opt, uint32_t *rep, unsigned char *buf,
+               uint32_t bufsize, uint32_t *len, char *err, size_t errlen)
+{
+  unsigned char h[20];
+  uint32_t n;
+
+  if (nbdc_read_full(fd, h, sizeof h) == -1) {
+    snprintf(err, errlen, "connection closed during option %u", opt);
+    return -1;
+  }
+  if (wire_get64(h) != NBD_REP_MAGIC || wire_get32(h + 8) != opt) {
+    snprintf(err, errlen, "bad reply to option %u", opt);
+    return -1;
+  }
+  *rep = wire_get32(h + 12);
+  n = wire_get32(h + 16);
+  if (n > NBD_MAX_OPTION_LEN) {
+    snprintf(err, errlen, "reply to option %u too long (%u bytes)", opt, n);
+    return -1;
+  }
+  *len = n < bufsize ? n : bufsize;
+  if (nbdc_read_full(fd, buf, *len) == -1 || nbdc_skip(fd, n - *len) == -1) {
+    snprintf(err, errlen, "connection closed during option %u", opt);
+    return -1;
+  }
+  return 0;
+}
+
+/* NBD_OPT_STRUCTURED_REPLY: 1 acked, 0 refused, -1 failed. */
+static int
+nbdc_opt_structured(int fd, char *err, size_t errlen)
+{
+  unsigned char buf[256];
+  uint32_t rep, len;
+
+  if (nbdc_opt_send(fd, NBD_OPT_STRUCTURED_REPLY, NULL, 0) == -1) {
+    snprintf(err, errlen, "send failed: %s", strerror(errno));
+    return -1;
+  }
+  if (nbdc_opt_reply(fd, NBD_OPT_STRUCTURED_REPLY, &rep, buf, sizeof buf,
+                     &len, err, errlen) == -1)
+    return -1;
+  return rep == NBD_REP_ACK;
+}
+
+/* NBD_OPT_SET_META_CONTEXT base:allocation; fills info; 0 or -1. */
+static int
+nbdc_opt_meta(int fd, const char *name, struct nbdc_info *info, char *err,
+              size_t errlen)
+{
+  size_t nlen = strlen(name), qlen = strlen(NBDC_META_NAME);
+  size_t dlen = 4 + nlen + 4 + 4 + qlen;
+  unsigned char *d = malloc(dlen), buf[256];
+  uint32_t rep, len;
+  int r;
+
+  if (d == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  wire_put32(d, (uint32_t)nlen);
+  memcpy(d + 4, name, nlen);
+  wire_put32(d + 4 + nlen, 1);
+  wire_put32(d + 8 + nlen, (uint32_t)qlen);
+  memcpy(d + 12 + nlen, NBDC_META_NAME, qlen);
+  r = nbdc_opt_send(fd, NBD_OPT_SET_META_CONTEXT, d, (uint32_t)dlen);
+  free(d);
+  if (r == -1) {
+    snprintf(err, errlen, "send failed: %s", strerror(errno));
+    return -1;
+  }
+  for (;;) {
+    if (nbdc_opt_reply(fd, NBD_OPT_SET_META_CONTEXT, &rep, buf, sizeof buf,
+                       &len, err, errlen) == -1)
+      return -1;
+    if (rep != NBD_REP_META_CONTEXT)
+      return 0;                 /* ACK, or an error: no block status */
+    if (len == 4 + qlen && memcmp(buf + 4, NBDC_META_NAME, qlen) == 0) {
+      info->base_allocation = 1;
+      info->meta_id = wire_get32(buf);
+    }
+  }
+}
+
+/* NBD_INFO_BLOCK_SIZE (proto.md "Block size constraints"); kept only when
+ * valid.  The maximum is cut to what this server's own clients may send. */
+static void
+nbdc_block_size(struct nbdc_info *info, const unsigned char *p)
+{
+  uint32_t min = wire_get32(p), pref = wire_get32(p + 4);
+  uint32_t max = wire_get32(p + 8);
+
+  if (min == 0 || (min & (min - 1)) || min > 65536 ||
+      pref == 0 || (pref & (pref - 1)) || pref < min || max < min ||
+      (max != UINT32_MAX && max % min)) {
+    nbd_warn("nbd: upstream block sizes %u/%u/%u are not valid, ignored",
+             min, pref, max);
+    return;
+  }
+  if (max > NBD_MAX_PAYLOAD)
+    max = NBD_MAX_PAYLOAD / min * min;
+  while (pref > max)            /* stays >= min: min divides max */
+    pref >>= 1;
+  info->has_block_size = 1;
+  info->min_block = min;
+  info->pref_block = pref;
+  info->max_block = max;
+}
+
+/* NBD_OPT_GO asking for NBD_INFO_BLOCK_SIZE: 1 done, 0 server has no GO
+ * (NBD_REP_ERR_UNSUP), -1 failed. */
+static int
+nbdc_opt_go(int fd, const char *name, struct nbdc_info *info, char *err,
+            size_t errlen)
+{
+  size_t nlen = strlen(name), dlen = 4 + nlen + 2 + 2;
+  unsigned char *d = malloc(dlen), buf[64];
+  int have_export = 0, r;
+  uint32_t rep, len;
+
+  if (d == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  wire_put32(d, (uint32_t)nlen);
+  memcpy(d + 4, name, nlen);
+  wire_put16(d + 4 + nlen, 1);
+  wire_put16(d + 6 + nlen, NBD_INFO_BLOCK_SIZE);
+  r = nbdc_opt_send(fd, NBD_OPT_GO, d, (uint32_t)dlen);
+  free(d);
+  if (r == -1) {
+    snprintf(err, errlen, "send failed: %s", strerror(errno));
+    return -1;
+  }
+  for (;;) {
+    if (nbdc_opt_reply(fd, NBD_OPT_GO, &rep, buf, sizeof buf, &len, err,
+                       errlen) == -1)
+      return -1;
+    if (rep == NBD_REP_ACK)
+      break;
+    if (rep == NBD_REP_ERR_UNSUP)
+      return 0;
+    if (rep & NBD_REP_ERR(0)) {
+      snprintf(err, errlen, "upstream refused export '%s'%s%s", name,
+               rep == NBD_REP_ERR_UNKNOWN ? ": no such export" : "",
+               rep == NBD_REP_ERR_TLS_REQD ? ": TLS required" : "");
+      return -1;
+    }
+    if (rep != NBD_REP_INFO || len < 2)
+      continue;
+    switch (wire_get16(buf)) {
+    case NBD_INFO_EXPORT:
+      if (len != 12)
+        break;
+      info->size = wire_get64(buf + 2);
+      info->tflags = wire_get16(buf + 10);
+      have_export = 1;
+      break;
+    case NBD_INFO_BLOCK_SIZE:
+      if (len == 14)
+        nbdc_block_size(info, buf + 2);
+      break;
+    }
+  }
+  if (!have_export) {
+    snprintf(err, errlen, "upstream sent no NBD_INFO_EXPORT");
+    return -1;
+  }
+  return 1;
+}
+
+/* The old way in (proto.md "NBD_OPT_EXPORT_NAME"): a server that refuses
+ * the name just closes the connection. */
+static int
+nbdc_opt_export_name(int fd, const char *name, int no_zeroes,
+                     struct nbdc_info *info, char *err, size_t errlen)
+{
+  unsigned char buf[10];
+
+  if (nbdc_opt_send(fd, NBD_OPT_EXPORT_NAME, name,
+                    (uint32_t)strlen(name)) == -1 ||
+      nbdc_read_full(fd, buf, sizeof buf) == -1 ||
+      (!no_zeroes && nbdc_skip(fd, 124) == -1)) {
+    snprintf(err, errlen, "upstream closed the connection at export '%s'",
+             name);
+    return -1;
+  }
+  info->size = wire_get64(buf);
+  info->tflags = wire_get16(buf + 8);
+  return 0;
+}
+
+static int
+nbdc_handshake(int fd, const char *name, struct nbdc_info *info, char *err,
+               size_t errlen)
+{
+  unsigned char h[18], cf[4];
+  uint16_t hflags;
+  int r;
+
+  if (strlen(name) > NBD_MAX_STRING) {
+    snprintf(err, errlen, "export name longer than %d bytes", NBD_MAX_STRING);
+    return -1;
+  }
+  if (nbdc_read_full(fd, h, sizeof h) == -1) {
+    snprintf(err, errlen, "connection closed before the greeting");
+    return -1;
+  }
+  if (wire_get64(h) != NBD_MAGIC || wire_get64(h + 8) != NBD_IHAVEOPT) {
+    snprintf(err, errlen, "upstream is not a newstyle NBD server");
+    return -1;
+  }
+  hflags = wire_get16(h + 16);
+  if (!(hflags & NBD_FLAG_FIXED_NEWSTYLE)) {
+    snprintf(err, errlen, "upstream does not speak fixed newstyle");
+    return -1;
+  }
+  wire_put32(cf, NBD_FLAG_C_FIXED_NEWSTYLE |
+                 (hflags & NBD_FLAG_NO_ZEROES ? NBD_FLAG_C_NO_ZEROES : 0));
+  if (nbdc_write_full(fd, cf, sizeof cf) == -1) {
+    snprintf(err, errlen, "send failed: %s", strerror(errno));
+    return -1;
+  }
+  if ((r = nbdc_opt_structured(fd, err, errlen)) == -1)
+    return -1;
+  info->structured = r;
+  if (r && nbdc_opt_meta(fd, name, info, err, errlen) == -1)
+    return -1;
+  if ((r = nbdc_opt_go(fd, name, info, err, errlen)) == -1)
+    return -1;
+  if (r == 0) {
+    /* No GO: the meta context was for a name EXPORT_NAME still picks, but
+     * without GO no block size came. */
+    if (nbdc_opt_export_name(fd, name, hflags & NBD_FLAG_NO_ZEROES, info,
+                             err, errlen) == -1)
+      return -1;
+  }
+  if (info->size > INT64_MAX) {
+    snprintf(err, errlen, "upstream size %llu is too large",
+             (unsigned long long)info->size);
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- requests in flight ----------------------------------------------- */
+
+/* Under c->lock. */
+static struct nbdc_req *
+nbdc_find(struct nbdc *c, uint64_t cookie)
+{
+  struct nbdc_req *r;
+
+  for (r = c->reqs; r; r = r->next)
+    if (r->cookie == cookie)
+      return r;
+  return NULL;
+}
+
+/* Under c->lock: unlink and wake. */
+static void
+nbdc_complete(struct nbdc *c, struct nbdc_req *req)
+{
+  struct nbdc_req **p;
+
+  for (p = &c->reqs; *p; p = &(*p)->next)
+    if (*p == req) {
+      *p = req->next;
+      break;
+    }
+  req->done = 1;
+  pthread_cond_signal(&req->cond);
+}
+
+/* Marks the connection dead and wakes the reader (shutdown): called by a
+ * sender whose send failed, and by the reader on its way out. */
+static void
+nbdc_kill(struct nbdc *c, const char *why)
+{
+  pthread_mutex_lock(&c->lock);
+  if (!c->dead && !c->closing)
+    nbd_error("nbd: upstream connection lost: %s", why);
+  c->dead = 1;
+  pthread_mutex_unlock(&c->lock);
+  shutdown(c->fd, SHUT_RDWR);
+}
+
+/* ---- the reader ------------------------------------------------------- */
+
+/* Returns the request of cookie, or NULL (protocol error). */
+static struct nbdc_req *
+nbdc_lookup(struct nbdc *c, uint64_t cookie)
+{
+  struct nbdc_req *r;
+
+  pthread_mutex_lock(&c->lock);
+  r = nbdc_find(c, cookie);
+  pthread_mutex_unlock(&c->lock);
+  return r;
+}
+
+/* [off, off+len) within the request; no overflow: both terms are
+ * compared to the request's own offset and count. */
+static int
+nbdc_in_request(const struct nbdc_req *req, uint64_t off, uint64_t len)
+{
+  return off >= req->offset && len <= req->count &&
+         off - req->offset <= req->count - len;
+}
+
+static void
+nbdc_read_piece(struct nbdc_req *req, uint64_t off, uint64_t len)
+{
+  if (off == req->offset + req->contig && !req->unordered)
+    req->contig += len;
+  else
+    req->unordered = 1;
+  req->covered += len;
+}
+
+/* OFFSET_DATA or OFFSET_HOLE of a read (proto.md "Structured reply
+ * types").  0, or -1 for a protocol error (message in *why). */
+static int
+nbdc_chunk_read(struct nbdc *c, struct nbdc_req *req, uint16_t type,
+                uint32_t len, const char **why)
+{
+  unsigned char h[12];
+  uint64_t off, n;
+
+  if (req->cmd != NBD_CMD_READ) {
+    *why = "read data in the reply to another command";
+    return -1;
+  }
+  if (type == NBD_REPLY_TYPE_OFFSET_HOLE) {
+    if (len != 12 || nbdc_read_full(c->fd, h, 12) == -1) {
+      *why = len != 12 ? "hole chunk of bad length" : "connection closed";
+      return -1;
+    }
+    off = wire_get64(h);
+    n = wire_get32(h + 8);
+  } else {
+    if (len < 8 || nbdc_read_full(c->fd, h, 8) == -1) {
+      *why = len < 8 ? "data chunk of bad length" : "connection closed";
+      return -1;
+    }
+    off = wire_get64(h);
+    n = len - 8;
+  }
+  if (n == 0 || !nbdc_in_request(req, off, n)) {
+    *why = "read chunk outside the request";
+    return -1;
+  }
+  if (type == NBD_REPLY_TYPE_OFFSET_HOLE)
+    memset((char *)req->buf + (off - req->offset), 0, n);
+  else if (nbdc_read_full(c->fd, (char *)req->buf + (off - req->offset),
+                          n) == -1) {
+    *why = "connection closed";
+    return -1;
+  }
+  nbdc_read_piece(req, off, n);
+  return 0;
+}
+
+/* BLOCK_STATUS: the context id, then (length, flags) pairs from the
+ * request's offset; the last may run past the request (clipped). */
+static int
+nbdc_chunk_status(struct nbdc *c, struct nbdc_req *req, uint32_t len,
+                  const char **why)
+{
+  unsigned char *p;
+  uint64_t off = req->offset, end = req->offset + req->count;
+  uint32_t i, n, elen;
+  int r = 0;
+
+  if (req->cmd != NBD_CMD_BLOCK_STATUS || req->got_status) {
+    *why = "unexpected block status chunk";
+    return -1;
+  }
+  if (len < 12 || (len - 4) % 8 || (len - 4) / 8 > NBDC_MAX_EXTENTS) {
+    *why = "block status chunk of bad length";
+    return -1;
+  }
+  if ((p = malloc(len)) == NULL) {
+    req->err = req->err ? req->err : -ENOMEM;
+    return nbdc_skip(c->fd, len) == -1 ? (*why = "connection closed", -1)
+                                       : 0;
+  }
+  if (nbdc_read_full(c->fd, p, len) == -1) {
+    free(p);
+    *why = "connection closed";
+    return -1;
+  }
+  if (wire_get32(p) != c->info.meta_id) {
+    free(p);
+    *why = "block status for a context not negotiated";
+    return -1;
+  }
+  req->got_status = 1;
+  n = (len - 4) / 8;
+  for (i = 0; i < n && off < end && r == 0; i++) {
+    elen = wire_get32(p + 4 + 8 * i);
+    if (elen == 0) {
+      free(p);
+      *why = "block status extent of length 0";
+      return -1;
+    }
+    r = nbd_extents_add(req->extents, off, elen,
+                        wire_get32(p + 8 + 8 * i) &
+                          (NBD_EXTENT_HOLE | NBD_EXTENT_ZERO));
+    off += elen;                /* off < end <= 2^63, elen < 2^32 */
+  }
+  free(p);
+  if (r < 0 && req->err == 0)
+    req->err = r;
+  return 0;
+}
+
+/* ERROR or ERROR_OFFSET (any type with bit 15 set): error, message
+ * length, message (and an offset, not needed). */
+static int
+nbdc_chunk_error(struct nbdc *c, struct nbdc_req *req, uint32_t len,
+                 const char **why)
+{
+  unsigned char h[6];
+  uint32_t e;
+  uint16_t mlen;
+
+  if (len < 6 || nbdc_read_full(c->fd, h, 6) == -1) {
+    *why = len < 6 ? "error chunk of bad length" : "connection closed";
+    return -1;
+  }
+  e = wire_get32(h);
+  mlen = wire_get16(h + 4);
+  if (mlen > len - 6 || nbdc_skip(c->fd, len - 6) == -1) {
+    *why = mlen > len - 6 ? "error chunk message too long"
+                          : "connection closed";
+    return -1;
+  }
+  if (req->err == 0)
+    req->err = e ? nbdc_errno(e) : -EIO;
+  return 0;
+}
+
+/* One structured reply chunk; 0 or -1 (protocol error). */
+static int
+nbdc_structured(struct nbdc *c, const char **why)
+{
+  unsigned char h[16];
+  struct nbdc_req *req;
+  uint16_t flags, type;
+  uint32_t len;
+  int r;
+
+  if (nbdc_read_full(c->fd, h, sizeof h) == -1) {
+    *why = "connection closed";
+    return -1;
+  }
+  flags = wire_get16(h);
+  type = wire_get16(h + 2);
+  len = wire_get32(h + 12);
+  if (!c->info.structured || (req = nbdc_lookup(c, wire_get64(h + 4))) == NULL) {
+    *why = "structured reply with an unknown cookie";
+    return -1;
+  }
+  if (type == NBD_REPLY_TYPE_NONE)
+    r = len == 0 && (flags & NBD_REPLY_FLAG_DONE) ? 0
+        : (*why = "bad NBD_REPLY_TYPE_NONE", -1);
+  else if (type == NBD_REPLY_TYPE_OFFSET_DATA ||
+           type == NBD_REPLY_TYPE_OFFSET_HOLE)
+    r = nbdc_chunk_read(c, req, type, len, why);
+  else if (type == NBD_REPLY_TYPE_BLOCK_STATUS)
+    r = nbdc_chunk_status(c, req, len, why);
+  else if (type & 0x8000)
+    r = nbdc_chunk_error(c, req, len, why);
+  else
+    r = (*why = "unknown structured reply type", -1);
+  if (r == -1 || !(flags & NBD_REPLY_FLAG_DONE))
+    return r;
+  /* The reply is complete: a successful one must have said everything. */
+  if (req->err == 0 && req->cmd == NBD_CMD_READ &&
+      (req->unordered ? req->covered : req->contig) != req->count) {
+    *why = "read reply does not cover the request";
+    return -1;
+  }
+  if (req->err == 0 && req->cmd == NBD_CMD_BLOCK_STATUS && !req->got_status) {
+    *why = "block status reply without extents";
+    return -1;
+  }
+  pthread_mutex_lock(&c->lock);
+  nbdc_complete(c, req);
+  pthread_mutex_unlock(&c->lock);
+  return 0;
+}
+
+/* A simple reply; the data of a successful read follows it. */
+static int
+nbdc_simple(struct nbdc *c, const char **why)
+{
+  unsigned char h[12];
+  struct nbdc_req *req;
+  uint32_t e;
+
+  if (nbdc_read_full(c->fd, h, sizeof h) == -1) {
+    *why = "connection closed";
+    return -1;
+  }
+  e = wire_get32(h);
+  if ((req = nbdc_lookup(c, wire_get64(h + 4))) == NULL) {
+    *why = "simple reply with an unknown cookie";
+    return -1;
+  }
+  if (req->cmd == NBD_CMD_BLOCK_STATUS && e == 0) {
+    *why = "simple reply to block status";
+    return -1;
+  }
+  if (req->cmd == NBD_CMD_READ && e == 0) {
+    if (req->covered != 0) {
+      *why = "simple reply after read chunks";
+      return -1;
+    }
+    if (nbdc_read_full(c->fd, req->buf, req->count) == -1) {
+      *why = "connection closed";
+      return -1;
+    }
+  }
+  pthread_mutex_lock(&c->lock);
+  req->err = e ? nbdc_errno(e) : 0;
+  nbdc_complete(c, req);
+  pthread_mutex_unlock(&c->lock);
+  return 0;
+}
+
+static void *
+nbdc_reader(void *arg)
+{
+  struct nbdc *c = arg;
+  const char *why = "connection closed";
+  unsigned char m[4];
+
+  for (;;) {
+    if (nbdc_read_full(c->fd, m, 4) == -1)
+      break;
+    if (wire_get32(m) == NBD_SIMPLE_REPLY_MAGIC) {
+      if (nbdc_simple(c, &why) == -1)
+        break;
+    } else if (wire_get32(m) == NBD_STRUCTURED_REPLY_MAGIC) {
+      if (nbdc_structured(c, &why) == -1)
+        break;
+    } else {
+      why = "bad reply magic";
+      break;
+    }
+  }
+  nbdc_kill(c, why);
+  pthread_mutex_lock(&c->lock);
+  while (c->reqs) {
+    c->reqs->err = -EIO;
+    nbdc_complete(c, c->reqs);
+  }
+  pthread_mutex_unlock(&c->lock);
+  return NULL;
+}
+
+/* ---- the connection --------------------------------------------------- */
+
+struct nbdc *
+nbdc_open(int fd, const char *name, char *err, size_t errlen)
+{
+  struct timeval tv = { NBDC_HANDSHAKE_TIMEOUT, 0 }, none = { 0, 0 };
+  struct nbdc *c = calloc(1, sizeof *c);
+  pthread_attr_t attr;
+  int r;
+
+  if (c == NULL) {
+    snprintf(err, errlen, "out of memory");
+    close(fd);
+    return NULL;
+  }
+  c->fd = fd;
+  /* A server that stops talking in the handshake must not hold the
+   * client's connection for ever. */
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (nbdc_handshake(fd, name, &c->info, err, errlen) == -1) {
+    close(fd);
+    free(c);
+    return NULL;
+  }
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+  pthread_mutex_init(&c->wlock, NULL);
+  pthread_mutex_init(&c->lock, NULL);
+  /* The reader keeps nothing big on its stack; musl's 128 KiB default is
+   * enough, but say so rather than depend on it. */
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 << 10);
+  r = pthread_create(&c->reader, &attr, nbdc_reader, c);
+  pthread_attr_destroy(&attr);
+  if (r != 0) {
+    snprintf(err, errlen, "cannot start the reader thread: %s", strerror(r));
+    pthread_mutex_destroy(&c->wlock);
+    pthread_mutex_destroy(&c->lock);
+    close(fd);
+    free(c);
+    return NULL;
+  }
+  return c;
+}
+
+void
+nbdc_close(struct nbdc *c)
+{
+  unsigned char h[NBD_REQUEST_SIZE];
+
+  if (c == NULL)
+    return;
+  pthread_mutex_lock(&c->lock);
+  c->closing = 1;
+  pthread_mutex_unlock(&c->lock);
+  memset(h, 0, sizeof h);
+  wire_put32(h, NBD_REQUEST_MAGIC);
+  wire_put16(h + 6, NBD_CMD_DISC);
+  pthread_mutex_lock(&c->wlock);
+  if (!nbdc_dead(c))
+    (void)nbdc_write_full(c->fd, h, sizeof h);
+  pthread_mutex_unlock(&c->wlock);
+  shutdown(c->fd, SHUT_RDWR);
+  pthread_join(c->reader, NULL);
+  close(c->fd);
+  pthread_mutex_destroy(&c->wlock);
+  pthread_mutex_destroy(&c->lock);
+  free(c);
+}
+
+const struct nbdc_info *
+nbdc_info(const struct nbdc *c)
+{
+  return &c->info;
+}
+
+int
+nbdc_dead(struct nbdc *c)
+{
+  int d;
+
+  pthread_mutex_lock(&c->lock);
+  d = c->dead;
+  pthread_mutex_unlock(&c->lock);
+  return d;
+}
+
+/* One request and its reply (proto.md "Request message"). */
+static int
+nbdc_request(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
+             uint32_t count, const void *wbuf, void *rbuf,
+             struct nbd_extents *extents)
+{
+  unsigned char h[NBD_REQUEST_SIZE];
+  struct iovec iov[2];
+  struct nbdc_req req;
+  int r;
+
+  if (count != 0 && offset > UINT64_MAX - count)
+    return -EINVAL;
+  memset(&req, 0, sizeof req);
+  req.cmd = cmd;
+  req.offset = offset;
+  req.count = count;
+  req.buf = rbuf;
+  req.extents = extents;
+  pthread_cond_init(&req.cond, NULL);
+  pthread_mutex_lock(&c->lock);
+  if (c->dead) {
+    pthread_mutex_unlock(&c->lock);
+    pthread_cond_destroy(&req.cond);
+    return -EIO;
+  }
+  req.cookie = ++c->cookie;
+  req.next = c->reqs;
+  c->reqs = &req;
+  pthread_mutex_unlock(&c->lock);
+
+  wire_put32(h, NBD_REQUEST_MAGIC);
+  wire_put16(h + 4, (uint16_t)flags);
+  wire_put16(h + 6, cmd);
+  wire_put64(h + 8, req.cookie);
+  wire_put64(h + 16, offset);
+  wire_put32(h + 24, count);
+  iov[0].iov_base = h;
+  iov[0].iov_len = sizeof h;
+  iov[1].iov_base = (void *)wbuf;
+  iov[1].iov_len = count;
+  pthread_mutex_lock(&c->wlock);
+  r = nbdc_writev_full(c->fd, iov, wbuf ? 2 : 1);
+  pthread_mutex_unlock(&c->wlock);
+  /* A half-sent request leaves the stream unusable; the reader then fails
+   * every request, this one too. */
+  if (r == -1)
+    nbdc_kill(c, strerror(errno));
+
+  pthread_mutex_lock(&c->lock);
+  while (!req.done)
+    pthread_cond_wait(&req.cond, &c->lock);
+  pthread_mutex_unlock(&c->lock);
+  pthread_cond_destroy(&req.cond);
+  return req.err;
+}
+
+int
+nbdc_pread(struct nbdc *c, void *buf, uint32_t count, uint64_t offset,
+           uint32_t flags)
+{
+  return nbdc_request(c, NBD_CMD_READ, flags, offset, count, NULL, buf,
+                      NULL);
+}
+
+int
+nbdc_pwrite(struct nbdc *c, const void *buf, uint32_t count, uint64_t offset,
+            uint32_t flags)
+{
+  return nbdc_request(c, NBD_CMD_WRITE, flags, offset, count, buf, NULL,
+                      NULL);
+}
+
+int
+nbdc_flush(struct nbdc *c, uint32_t flags)
+{
+  return nbdc_request(c, NBD_CMD_FLUSH, flags, 0, 0, NULL, NULL, NULL);
+}
+
+int
+nbdc_trim(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return nbdc_request(c, NBD_CMD_TRIM, flags, offset, count, NULL, NULL,
+                      NULL);
+}
+
+int
+nbdc_zero(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return nbdc_request(c, NBD_CMD_WRITE_ZEROES, flags, offset, count, NULL,
+                      NULL, NULL);
+}
+
+int
+nbdc_cache(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return nbdc_request(c, NBD_CMD_CACHE, flags, offset, count, NULL, NULL,
+                      NULL);
+}
+
+int
+nbdc_extents(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags,
+             struct nbd_extents *extents)
+{
+  if (!c->info.base_allocation)
+    return -EOPNOTSUPP;
+  return nbdc_request(c, NBD_CMD_BLOCK_STATUS, flags, offset, count, NULL,
+                      NULL, extents);
+}

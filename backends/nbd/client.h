@@ -1,0 +1,65 @@
+/* nbdstack backend nbd: a small NBD client (client.c).
+ *
+ * One struct nbdc is one upstream connection in the transmission phase:
+ * fixed newstyle handshake with NBD_OPT_STRUCTURED_REPLY,
+ * NBD_OPT_SET_META_CONTEXT base:allocation and NBD_OPT_GO asking for
+ * NBD_INFO_BLOCK_SIZE (NBD_OPT_EXPORT_NAME when the server has no GO).
+ * Many requests may be in flight: senders share the socket under a write
+ * lock, a reader thread matches replies to requests by cookie and writes
+ * read data straight into the caller's buffer.  Every reply is checked
+ * against its request; a reply that breaks the protocol, or a dead
+ * socket, fails every request in flight (and every later one) with EIO.
+ *
+ * It does not connect sockets or run commands (nbd.c does, and hands the
+ * fd over), speak TLS, or reconnect.
+ */
+#ifndef NBDSTACK_NBD_CLIENT_H
+#define NBDSTACK_NBD_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct nbd_extents;
+struct nbdc;
+
+/* What the upstream said in the handshake. */
+struct nbdc_info {
+  uint64_t size;
+  uint16_t tflags;            /* NBD_FLAG_HAS_FLAGS, READ_ONLY, ... */
+  int structured;             /* structured replies negotiated */
+  int base_allocation;        /* base:allocation negotiated */
+  uint32_t meta_id;           /* its context id */
+  int has_block_size;         /* NBD_INFO_BLOCK_SIZE came and was valid */
+  uint32_t min_block, pref_block, max_block;
+};
+
+/* Handshake on fd (which the client then owns, also on failure) for
+ * export name; on success starts the reader thread.  NULL on failure,
+ * with a one-line reason in err. */
+struct nbdc *nbdc_open(int fd, const char *name, char *err, size_t errlen);
+/* Sends NBD_CMD_DISC unless dead, stops the reader, closes the fd.  No
+ * request may be in flight. */
+void nbdc_close(struct nbdc *c);
+const struct nbdc_info *nbdc_info(const struct nbdc *c);
+/* True once the connection failed. */
+int nbdc_dead(struct nbdc *c);
+
+/* Requests; 0 or -errno (-EIO when the connection is or goes dead).
+ * flags are NBD_CMD_FLAG_*, passed as given: the caller drops those the
+ * upstream did not negotiate. */
+int nbdc_pread(struct nbdc *c, void *buf, uint32_t count, uint64_t offset,
+               uint32_t flags);
+int nbdc_pwrite(struct nbdc *c, const void *buf, uint32_t count,
+                uint64_t offset, uint32_t flags);
+int nbdc_flush(struct nbdc *c, uint32_t flags);
+int nbdc_trim(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags);
+int nbdc_zero(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags);
+int nbdc_cache(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags);
+/* base:allocation extents of [offset, offset+count), added to extents. */
+int nbdc_extents(struct nbdc *c, uint32_t count, uint64_t offset,
+                 uint32_t flags, struct nbd_extents *extents);
+
+/* The NBD error value of a reply as -errno (unknown values are -EIO). */
+int nbdc_errno(uint32_t nbd_error);
+
+#endif

@@ -1,0 +1,653 @@
+/* nbdstack backend nbd: proxy to an upstream NBD server.
+ *
+ * Keys as nbdkit's nbd plugin: the upstream is one of uri= (nbd:// or
+ * nbd+unix://), socket=, hostname= (with port=), or command= (with arg=),
+ * which runs an NBD server with the socket as its stdin and stdout, as
+ * libnbd's nbd_connect_command does (nbdkit -s, nbd-server -i).
+ *
+ * Each client connection opens its own upstream connection when its
+ * context opens (and runs its own command=); shared=true opens one on the
+ * first client and shares it, refcounted, until the last one leaves.
+ * dynamic-export=true asks upstream for the name this client asked for.
+ * retry=N retries a connection that is refused or not there for N
+ * seconds, once a second.
+ *
+ * Every capability is the upstream's: its transmission flags, its size
+ * and block sizes, base:allocation when negotiated.  Flags the upstream
+ * did not negotiate are dropped from requests, and nothing is sent
+ * upstream that the client did not cause (no probing, no flush at close).
+ * The wire client is client.c.
+ *
+ * Not here (yet): TLS, vsock, socket-fd=, reconnecting a dead shared
+ * connection.
+ */
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "layer.h"
+#include "protocol.h"
+#include "client.h"
+
+struct nbd_conf {
+  char *uri;
+  char *socket;
+  char *hostname;
+  char *port;
+  char *export;
+  int dynamic_export;
+  char *command;
+  char *arg;
+  int shared;
+  uint64_t retry;
+};
+
+static const struct nbd_param nbd_params[] = {
+  { "uri", NBD_PARAM_STRING, offsetof(struct nbd_conf, uri), NULL,
+    "nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH", NULL, 0 },
+  { "socket", NBD_PARAM_PATH, offsetof(struct nbd_conf, socket), NULL,
+    "Unix socket of the upstream server", NULL, 0 },
+  { "hostname", NBD_PARAM_STRING, offsetof(struct nbd_conf, hostname), NULL,
+    "host of the upstream server (TCP)", NULL, 0 },
+  { "port", NBD_PARAM_STRING, offsetof(struct nbd_conf, port), NULL,
+    "TCP port or service name (default 10809)", NULL, 0 },
+  { "export", NBD_PARAM_STRING, offsetof(struct nbd_conf, export), NULL,
+    "export name to ask upstream for (default \"\")", NULL, 0 },
+  { "dynamic-export", NBD_PARAM_BOOL,
+    offsetof(struct nbd_conf, dynamic_export), "false",
+    "ask upstream for the export name the client asked for", NULL, 0 },
+  { "command", NBD_PARAM_STRING, offsetof(struct nbd_conf, command), NULL,
+    "run this NBD server on the socket as stdin/stdout (nbdkit -s)", NULL, 0 },
+  { "arg", NBD_PARAM_STRING, offsetof(struct nbd_conf, arg), NULL,
+    "one argument for command", NULL, 0 },
+  { "shared", NBD_PARAM_BOOL, offsetof(struct nbd_conf, shared), "false",
+    "one upstream connection shared by all clients", NULL, 0 },
+  { "retry", NBD_PARAM_UINT, offsetof(struct nbd_conf, retry), "0",
+    "retry connecting for up to N seconds", NULL, 0 },
+  NBD_PARAM_END
+};
+
+enum nbd_mode { NBD_MODE_UNIX, NBD_MODE_TCP, NBD_MODE_COMMAND };
+
+struct nbd_state {
+  enum nbd_mode mode;
+  char *path;                   /* unix */
+  char *host, *port;            /* tcp */
+  char *export;
+  char *argv[3];                /* command */
+  /* shared=true */
+  pthread_mutex_t lock;
+  struct nbdc *conn;
+  pid_t pid;
+  unsigned refs;
+};
+
+/* Per client connection. */
+struct nbd_handle {
+  struct nbdc *conn;
+  pid_t pid;                    /* command= child, 0 = none */
+};
+
+/* ---- uri -------------------------------------------------------------- */
+
+static int
+nbd_hex(int c)
+{
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* A malloc'd, %-decoded copy of [s, s+len); NULL on a bad escape. */
+static char *
+nbd_decode(const char *s, size_t len)
+{
+  char *out = malloc(len + 1), *o = out;
+  size_t i;
+
+  if (out == NULL)
+    return NULL;
+  for (i = 0; i < len; i++) {
+    if (s[i] == '%') {
+      if (i + 2 >= len || nbd_hex(s[i + 1]) < 0 || nbd_hex(s[i + 2]) < 0 ||
+          (nbd_hex(s[i + 1]) == 0 && nbd_hex(s[i + 2]) == 0)) {
+        free(out);
+        return NULL;
+      }
+      *o++ = (char)(nbd_hex(s[i + 1]) << 4 | nbd_hex(s[i + 2]));
+      i += 2;
+    } else
+      *o++ = s[i];
+  }
+  *o = '\0';
+  return out;
+}
+
+/* nbd://host[:port][/export] and nbd+unix:///[export]?socket=PATH (the
+ * NBD URI spec, doc/uri.md); nbds and the vsock schemes need TLS or vsock,
+ * which are not here. */
+static int
+nbd_parse_uri(struct nbd_state *st, const char *uri, char *err, size_t errlen)
+{
+  const char *p, *path, *q, *end;
+
+  if (strncmp(uri, "nbd://", 6) == 0) {
+    st->mode = NBD_MODE_TCP;
+    p = uri + 6;
+    path = p + strcspn(p, "/?#");
+    if (*p == '[') {            /* [IPv6]:port */
+      const char *rb = memchr(p, ']', (size_t)(path - p));
+      if (rb == NULL)
+        goto bad;
+      st->host = strndup(p + 1, (size_t)(rb - p - 1));
+      if (rb[1] == ':')
+        st->port = strndup(rb + 2, (size_t)(path - rb - 2));
+    } else {
+      const char *colon = memchr(p, ':', (size_t)(path - p));
+      st->host = strndup(p, (size_t)((colon ? colon : path) - p));
+      if (colon)
+        st->port = strndup(colon + 1, (size_t)(path - colon - 1));
+    }
+    if (st->host == NULL || st->host[0] == '\0')
+      goto bad;
+  } else if (strncmp(uri, "nbd+unix://", 11) == 0) {
+    st->mode = NBD_MODE_UNIX;
+    path = uri + 11;
+    if (*path != '/' && *path != '?' && *path != '\0')
+      goto bad;                 /* no host part for a Unix socket */
+  } else {
+    snprintf(err, errlen, "uri '%s': only nbd:// and nbd+unix:// are "
+             "supported (TLS is not yet)", uri);
+    return -1;
+  }
+  end = path + strcspn(path, "?#");
+  if (*path == '/')
+    path++;
+  if ((st->export = nbd_decode(path, (size_t)(end - path))) == NULL)
+    goto bad;
+  for (q = *end == '?' ? end + 1 : NULL; q && *q && *q != '#';) {
+    size_t n = strcspn(q, "&#");
+    if (strncmp(q, "socket=", 7) == 0 && st->mode == NBD_MODE_UNIX) {
+      free(st->path);
+      if ((st->path = nbd_decode(q + 7, n - 7)) == NULL)
+        goto bad;
+    }
+    q += n;
+    if (*q == '&')
+      q++;
+  }
+  if (st->mode == NBD_MODE_UNIX && (st->path == NULL || !st->path[0])) {
+    snprintf(err, errlen, "uri '%s': nbd+unix:// needs ?socket=PATH", uri);
+    return -1;
+  }
+  return 0;
+bad:
+  snprintf(err, errlen, "uri '%s' is not a valid NBD URI", uri);
+  return -1;
+}
+
+/* ---- connecting ------------------------------------------------------- */
+
+/* A connected fd, or -errno. */
+static int
+nbd_connect_unix(const char *path)
+{
+  struct sockaddr_un sun;
+  int fd, e;
+
+  memset(&sun, 0, sizeof sun);
+  sun.sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof sun.sun_path)
+    return -ENAMETOOLONG;
+  memcpy(sun.sun_path, path, strlen(path));
+  if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1)
+    return -errno;
+  if (connect(fd, (struct sockaddr *)&sun, sizeof sun) == -1) {
+    e = errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+static int
+nbd_connect_tcp(const char *host, const char *port)
+{
+  struct addrinfo hints, *res, *ai;
+  int fd = -1, e = ECONNREFUSED, one = 1, r;
+
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  if ((r = getaddrinfo(host, port, &hints, &res)) != 0) {
+    nbd_error("nbd: %s:%s: %s", host, port, gai_strerror(r));
+    return r == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
+  }
+  for (ai = res; ai; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+                ai->ai_protocol);
+    if (fd == -1) {
+      e = errno;
+      continue;
+    }
+    if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0)
+      break;
+    e = errno;
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  if (fd == -1)
+    return -e;
+  /* Requests are small writes that must not wait for the next one. */
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return fd;
+}
+
+/* Runs the command with one end of a socketpair as its stdin and stdout
+ * (libnbd's nbd_connect_command); fd or -errno, *pid the child. */
+static int
+nbd_connect_command(struct nbd_state *st, pid_t *pid)
+{
+  int sv[2], e;
+  sigset_t all;
+
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1)
+    return -errno;
+  *pid = fork();
+  if (*pid == -1) {
+    e = errno;
+    close(sv[0]);
+    close(sv[1]);
+    return -e;
+  }
+  if (*pid == 0) {
+    /* The child of a threaded parent: async-signal-safe calls only.  It
+     * gets a default SIGPIPE and an empty mask, as a command expects. */
+    sigemptyset(&all);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    if (dup2(sv[1], 0) == -1 || dup2(sv[1], 1) == -1)
+      _exit(126);
+    execvp(st->argv[0], st->argv);
+    _exit(127);
+  }
+  close(sv[1]);
+  return sv[0];
+}
+
+static void
+nbd_reap(pid_t pid)
+{
+  if (pid <= 0)
+    return;
+  kill(pid, SIGTERM);
+  while (waitpid(pid, NULL, 0) == -1 && errno == EINTR)
+    ;
+}
+
+/* Connects (retrying for conf->retry seconds) and does the handshake. */
+static struct nbdc *
+nbd_connect(const struct nbd_layer *layer, const char *export, pid_t *pid)
+{
+  const struct nbd_conf *conf = layer->conf;
+  struct nbd_state *st = layer->state;
+  char err[256];
+  uint64_t tries = 0;
+  struct nbdc *c;
+  int fd;
+
+  *pid = 0;
+  for (;;) {
+    switch (st->mode) {
+    case NBD_MODE_UNIX: fd = nbd_connect_unix(st->path); break;
+    case NBD_MODE_TCP: fd = nbd_connect_tcp(st->host, st->port); break;
+    default: fd = nbd_connect_command(st, pid); break;
+    }
+    if (fd >= 0 || tries++ >= conf->retry)
+      break;
+    if (nbd_sleep(UINT64_C(1000000000)) < 0)
+      break;
+  }
+  if (fd < 0) {
+    nbd_error("nbd: cannot connect to upstream: %s", strerror(-fd));
+    return NULL;
+  }
+  if ((c = nbdc_open(fd, export, err, sizeof err)) == NULL) {
+    nbd_error("nbd: upstream handshake failed: %s", err);
+    nbd_reap(*pid);
+    *pid = 0;
+  }
+  return c;
+}
+
+/* ---- lifecycle -------------------------------------------------------- */
+
+static int
+nbd_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
+{
+  const struct nbd_conf *conf = self->layer->conf;
+  struct nbd_state *st = self->layer->state;
+  const struct nbd_conn_info *info = nbd_conn_info(self);
+  const char *export = st->export;
+  struct nbd_handle *h = calloc(1, sizeof *h);
+
+  if (h == NULL)
+    return -ENOMEM;
+  if (conf->dynamic_export && info && info->export_name)
+    export = info->export_name;
+  if (conf->shared) {
+    pthread_mutex_lock(&st->lock);
+    if (st->refs == 0)
+      st->conn = nbd_connect(self->layer, export, &st->pid);
+    if (st->conn)
+      st->refs++;
+    h->conn = st->conn;
+    pthread_mutex_unlock(&st->lock);
+  } else
+    h->conn = nbd_connect(self->layer, export, &h->pid);
+  if (h->conn == NULL) {
+    free(h);
+    return -EIO;
+  }
+  self->handle = h;
+  return 0;
+}
+
+static void
+nbd_close(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  const struct nbd_conf *conf = self->layer->conf;
+  struct nbd_state *st = self->layer->state;
+  struct nbd_handle *h = self->handle;
+
+  if (h == NULL)
+    return;
+  if (conf->shared) {
+    pthread_mutex_lock(&st->lock);
+    if (--st->refs == 0) {
+      nbdc_close(st->conn);
+      nbd_reap(st->pid);
+      st->conn = NULL;
+      st->pid = 0;
+    }
+    pthread_mutex_unlock(&st->lock);
+  } else {
+    nbdc_close(h->conn);
+    nbd_reap(h->pid);
+  }
+  free(h);
+  self->handle = NULL;
+}
+
+/* ---- datapath --------------------------------------------------------- */
+
+static struct nbdc *
+nbd_conn(const struct nbd_ctx *self)
+{
+  return ((struct nbd_handle *)self->handle)->conn;
+}
+
+static uint16_t
+nbd_tflags(const struct nbd_ctx *self)
+{
+  return nbdc_info(nbd_conn(self))->tflags;
+}
+
+/* FUA only to an upstream that negotiated it. */
+static uint32_t
+nbd_fua(const struct nbd_ctx *self, uint32_t flags)
+{
+  return nbd_tflags(self) & NBD_FLAG_SEND_FUA ? flags & NBD_CMD_FLAG_FUA : 0;
+}
+
+static int
+nbd_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
+          uint32_t count, uint64_t offset, uint32_t flags)
+{
+  const struct nbdc_info *i = nbdc_info(nbd_conn(self));
+  uint32_t f = i->structured && (i->tflags & NBD_FLAG_SEND_DF)
+               ? flags & NBD_CMD_FLAG_DF : 0;
+
+  return nbdc_pread(nbd_conn(self), buf, count, offset, f);
+}
+
+static int
+nbd_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
+           uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return nbdc_pwrite(nbd_conn(self), buf, count, offset,
+                     nbd_fua(self, flags));
+}
+
+static int
+nbd_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
+{
+  return nbdc_flush(nbd_conn(self), 0);
+}
+
+static int
+nbd_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+         uint64_t offset, uint32_t flags)
+{
+  return nbdc_trim(nbd_conn(self), count, offset, nbd_fua(self, flags));
+}
+
+static int
+nbd_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+         uint64_t offset, uint32_t flags)
+{
+  uint32_t f = nbd_fua(self, flags) | (flags & NBD_CMD_FLAG_NO_HOLE);
+
+  if (flags & NBD_CMD_FLAG_FAST_ZERO) {
+    if (!(nbd_tflags(self) & NBD_FLAG_SEND_FAST_ZERO))
+      return -ENOTSUP;
+    f |= NBD_CMD_FLAG_FAST_ZERO;
+  }
+  return nbdc_zero(nbd_conn(self), count, offset, f);
+}
+
+static int
+nbd_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+            uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  return nbdc_extents(nbd_conn(self), count, offset,
+                      flags & NBD_CMD_FLAG_REQ_ONE, extents);
+}
+
+static int
+nbd_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+          uint64_t offset, uint32_t flags)
+{
+  return nbdc_cache(nbd_conn(self), count, offset, 0);
+}
+
+/* ---- capabilities: the upstream's ------------------------------------- */
+
+static int64_t
+nbd_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return (int64_t)nbdc_info(nbd_conn(self))->size;
+}
+
+static int
+nbd_block_size(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t *minimum,
+               uint32_t *preferred, uint32_t *maximum)
+{
+  const struct nbdc_info *i = nbdc_info(nbd_conn(self));
+
+  if (i->has_block_size) {
+    *minimum = i->min_block;
+    *preferred = i->pref_block;
+    *maximum = i->max_block;
+  }
+  return 0;
+}
+
+#define NBD_FLAG_CAP(method, flag)                                    \
+  static int                                                          \
+  nbd_##method(struct nbd_ctx *self, struct nbd_ctx *next)            \
+  {                                                                   \
+    return (nbd_tflags(self) & (flag)) != 0;                          \
+  }
+NBD_FLAG_CAP(can_flush, NBD_FLAG_SEND_FLUSH)
+NBD_FLAG_CAP(can_trim, NBD_FLAG_SEND_TRIM)
+NBD_FLAG_CAP(can_fast_zero, NBD_FLAG_SEND_FAST_ZERO)
+NBD_FLAG_CAP(can_multi_conn, NBD_FLAG_CAN_MULTI_CONN)
+NBD_FLAG_CAP(is_rotational, NBD_FLAG_ROTATIONAL)
+
+static int
+nbd_can_write(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return !(nbd_tflags(self) & NBD_FLAG_READ_ONLY);
+}
+
+static int
+nbd_can_fua(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return nbd_tflags(self) & NBD_FLAG_SEND_FUA ? NBD_FUA_NATIVE : NBD_FUA_NONE;
+}
+
+static int
+nbd_can_zero(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return nbd_tflags(self) & NBD_FLAG_SEND_WRITE_ZEROES ? NBD_ZERO_NATIVE
+                                                       : NBD_ZERO_NONE;
+}
+
+static int
+nbd_can_cache(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return nbd_tflags(self) & NBD_FLAG_SEND_CACHE ? NBD_CACHE_NATIVE
+                                                : NBD_CACHE_NONE;
+}
+
+static int
+nbd_can_extents(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return nbdc_info(nbd_conn(self))->base_allocation;
+}
+
+/* ---- setup ------------------------------------------------------------ */
+
+static int
+nbd_setup_state(struct nbd_state *st, const struct nbd_layer *layer,
+                char *err, size_t errlen)
+{
+  const struct nbd_conf *c = layer->conf;
+  int n = !!c->uri + !!c->socket + !!c->hostname + !!c->command;
+
+  if (n != 1) {
+    snprintf(err, errlen, "give exactly one of uri=, socket=, hostname= or "
+             "command= (%d given)", n);
+    return -1;
+  }
+  if (c->port && !c->hostname) {
+    snprintf(err, errlen, "port= goes with hostname=");
+    return -1;
+  }
+  if (c->arg && !c->command) {
+    snprintf(err, errlen, "arg= goes with command=");
+    return -1;
+  }
+  if (c->export && c->uri) {
+    snprintf(err, errlen, "export= conflicts with uri= (the URI names the "
+             "export)");
+    return -1;
+  }
+  if (c->export && c->dynamic_export) {
+    snprintf(err, errlen, "export= conflicts with dynamic-export=true");
+    return -1;
+  }
+  if (c->shared && c->dynamic_export) {
+    snprintf(err, errlen, "dynamic-export=true cannot be shared=true (one "
+             "connection has one export)");
+    return -1;
+  }
+  if (c->uri)
+    return nbd_parse_uri(st, c->uri, err, errlen);
+  if (c->socket) {
+    st->mode = NBD_MODE_UNIX;
+    st->path = strdup(c->socket);
+  } else if (c->hostname) {
+    st->mode = NBD_MODE_TCP;
+    st->host = strdup(c->hostname);
+    st->port = c->port ? strdup(c->port) : NULL;
+  } else {
+    st->mode = NBD_MODE_COMMAND;
+    st->argv[0] = strdup(c->command);
+    st->argv[1] = c->arg ? strdup(c->arg) : NULL;
+  }
+  st->export = strdup(c->export ? c->export : "");
+  return 0;
+}
+
+static void
+nbd_free_state(struct nbd_state *st)
+{
+  free(st->path);
+  free(st->host);
+  free(st->port);
+  free(st->export);
+  free(st->argv[0]);
+  free(st->argv[1]);
+  pthread_mutex_destroy(&st->lock);
+  free(st);
+}
+
+static int
+nbd_setup(struct nbd_layer *layer, char *err, size_t errlen)
+{
+  struct nbd_state *st = calloc(1, sizeof *st);
+
+  if (st == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  pthread_mutex_init(&st->lock, NULL);
+  if (nbd_setup_state(st, layer, err, errlen) == -1) {
+    nbd_free_state(st);
+    return -1;
+  }
+  if (st->mode == NBD_MODE_TCP && st->port == NULL)
+    st->port = strdup("10809");
+  if (st->export == NULL || (st->mode == NBD_MODE_TCP && st->port == NULL)) {
+    snprintf(err, errlen, "out of memory");
+    nbd_free_state(st);
+    return -1;
+  }
+  layer->state = st;
+  return 0;
+}
+
+static void
+nbd_cleanup(struct nbd_layer *layer)
+{
+  if (layer->state)
+    nbd_free_state(layer->state);
+  layer->state = NULL;
+}
+
+UNSUPPORTED(nbd, list_exports)
+
+NBD_REGISTER_BACKEND(nbd, NBD_PARALLEL,
+  /* Every request waits for the network. */
+  NBD_MAY_BLOCK,
+  .description = "proxy to an upstream NBD server",
+  .params = nbd_params,
+  .conf_size = sizeof(struct nbd_conf),
+  .magic_param = "uri",
+  .setup = nbd_setup,
+  .cleanup = nbd_cleanup,
+  .open = nbd_open,
+  .close = nbd_close,
+);
