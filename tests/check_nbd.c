@@ -1,0 +1,397 @@
+/* Unit tests of the nbd backend's client (backends/nbd/client.c): a fake
+ * server on the other end of a socketpair does the handshake, then the
+ * test reads each request and writes the reply bytes it wants, well
+ * formed or not, while a thread waits in the client call. */
+#include <check.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "layer.h"
+#include "protocol.h"
+#include "../backends/nbd/client.h"
+
+#define META_ID 7
+#define SIZE (1u << 20)
+
+static void
+rd(int fd, void *buf, size_t len)
+{
+  unsigned char *p = buf;
+  ssize_t r;
+
+  while (len > 0) {
+    r = read(fd, p, len);
+    ck_assert_int_gt(r, 0);
+    p += r;
+    len -= (size_t)r;
+  }
+}
+
+static void
+wr(int fd, const void *buf, size_t len)
+{
+  ck_assert_int_eq(write(fd, buf, len), (ssize_t)len);
+}
+
+static void
+opt_reply(int fd, uint32_t opt, uint32_t rep, const void *data, uint32_t len)
+{
+  unsigned char h[20];
+
+  wire_put64(h, NBD_REP_MAGIC);
+  wire_put32(h + 8, opt);
+  wire_put32(h + 12, rep);
+  wire_put32(h + 16, len);
+  wr(fd, h, sizeof h);
+  if (len)
+    wr(fd, data, len);
+}
+
+/* The server side of the handshake: structured replies, base:allocation
+ * as META_ID, GO with size SIZE and block sizes 512/4096/1M. */
+static void *
+fake_handshake(void *arg)
+{
+  int fd = *(int *)arg;
+  unsigned char g[18], h[16], *d, buf[32];
+  uint32_t opt, len;
+
+  wire_put64(g, NBD_MAGIC);
+  wire_put64(g + 8, NBD_IHAVEOPT);
+  wire_put16(g + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+  wr(fd, g, sizeof g);
+  rd(fd, buf, 4);
+  for (;;) {
+    rd(fd, h, sizeof h);
+    opt = wire_get32(h + 8);
+    len = wire_get32(h + 12);
+    d = malloc(len + 1);
+    rd(fd, d, len);
+    free(d);
+    if (opt == NBD_OPT_STRUCTURED_REPLY)
+      opt_reply(fd, opt, NBD_REP_ACK, NULL, 0);
+    else if (opt == NBD_OPT_SET_META_CONTEXT) {
+      wire_put32(buf, META_ID);
+      memcpy(buf + 4, "base:allocation", 15);
+      opt_reply(fd, opt, NBD_REP_META_CONTEXT, buf, 19);
+      opt_reply(fd, opt, NBD_REP_ACK, NULL, 0);
+    } else if (opt == NBD_OPT_GO) {
+      wire_put16(buf, NBD_INFO_EXPORT);
+      wire_put64(buf + 2, SIZE);
+      wire_put16(buf + 10, NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH);
+      opt_reply(fd, opt, NBD_REP_INFO, buf, 12);
+      wire_put16(buf, NBD_INFO_BLOCK_SIZE);
+      wire_put32(buf + 2, 512);
+      wire_put32(buf + 6, 4096);
+      wire_put32(buf + 10, 1 << 20);
+      opt_reply(fd, opt, NBD_REP_INFO, buf, 14);
+      opt_reply(fd, opt, NBD_REP_ACK, NULL, 0);
+      return NULL;
+    } else
+      opt_reply(fd, opt, NBD_REP_ERR_UNSUP, NULL, 0);
+  }
+}
+
+struct fix {
+  int srv;
+  struct nbdc *c;
+};
+
+static void
+fix_open(struct fix *f)
+{
+  int sv[2];
+  pthread_t t;
+  char err[256] = "";
+
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  f->srv = sv[1];
+  ck_assert_int_eq(pthread_create(&t, NULL, fake_handshake, &f->srv), 0);
+  f->c = nbdc_open(sv[0], "", err, sizeof err);
+  pthread_join(t, NULL);
+  ck_assert_msg(f->c != NULL, "%s", err);
+}
+
+static void
+fix_close(struct fix *f)
+{
+  close(f->srv);                /* before: the client's DISC may not be read */
+  nbdc_close(f->c);
+}
+
+/* A request in a thread, so the test can play the server. */
+struct call {
+  struct nbdc *c;
+  int cmd;
+  void *buf;
+  uint32_t count;
+  uint64_t offset;
+  struct nbd_extents *e;
+  int r;
+  pthread_t t;
+};
+
+static void *
+call_run(void *arg)
+{
+  struct call *k = arg;
+
+  if (k->cmd == NBD_CMD_READ)
+    k->r = nbdc_pread(k->c, k->buf, k->count, k->offset, 0);
+  else if (k->cmd == NBD_CMD_BLOCK_STATUS)
+    k->r = nbdc_extents(k->c, k->count, k->offset, 0, k->e);
+  else
+    k->r = nbdc_flush(k->c, 0);
+  return NULL;
+}
+
+/* Starts the call and reads its request; returns the cookie. */
+static uint64_t
+call_start(struct fix *f, struct call *k)
+{
+  unsigned char h[NBD_REQUEST_SIZE];
+
+  k->c = f->c;
+  ck_assert_int_eq(pthread_create(&k->t, NULL, call_run, k), 0);
+  rd(f->srv, h, sizeof h);
+  ck_assert_uint_eq(wire_get32(h), NBD_REQUEST_MAGIC);
+  ck_assert_uint_eq(wire_get16(h + 6), (unsigned)k->cmd);
+  ck_assert_uint_eq(wire_get64(h + 16), k->offset);
+  ck_assert_uint_eq(wire_get32(h + 24), k->count);
+  return wire_get64(h + 8);
+}
+
+static int
+call_end(struct call *k)
+{
+  pthread_join(k->t, NULL);
+  return k->r;
+}
+
+static void
+chunk(int fd, uint16_t flags, uint16_t type, uint64_t cookie,
+      const void *payload, uint32_t len)
+{
+  unsigned char h[20];
+
+  wire_put32(h, NBD_STRUCTURED_REPLY_MAGIC);
+  wire_put16(h + 4, flags);
+  wire_put16(h + 6, type);
+  wire_put64(h + 8, cookie);
+  wire_put32(h + 16, len);
+  wr(fd, h, sizeof h);
+  if (len)
+    wr(fd, payload, len);
+}
+
+static void
+data_chunk(int fd, uint16_t flags, uint64_t cookie, uint64_t off, char c,
+           uint32_t n)
+{
+  unsigned char *p = malloc(8 + n);
+
+  wire_put64(p, off);
+  memset(p + 8, c, n);
+  chunk(fd, flags, NBD_REPLY_TYPE_OFFSET_DATA, cookie, p, 8 + n);
+  free(p);
+}
+
+START_TEST(test_handshake_info)
+{
+  struct fix f;
+  const struct nbdc_info *i;
+
+  fix_open(&f);
+  i = nbdc_info(f.c);
+  ck_assert_uint_eq(i->size, SIZE);
+  ck_assert_int_eq(i->structured, 1);
+  ck_assert_int_eq(i->base_allocation, 1);
+  ck_assert_uint_eq(i->meta_id, META_ID);
+  ck_assert_int_eq(i->has_block_size, 1);
+  ck_assert_uint_eq(i->min_block, 512);
+  ck_assert_uint_eq(i->max_block, 1 << 20);
+  fix_close(&f);
+}
+END_TEST
+
+START_TEST(test_read_chunks_out_of_order)
+{
+  struct fix f;
+  struct call k = { .cmd = NBD_CMD_READ, .count = 3072, .offset = 4096 };
+  unsigned char hole[12];
+  char *buf = malloc(3072);
+  uint64_t ck;
+
+  memset(buf, 'x', 3072);
+  k.buf = buf;
+  fix_open(&f);
+  ck = call_start(&f, &k);
+  data_chunk(f.srv, 0, ck, 4096 + 2048, 'c', 1024);
+  wire_put64(hole, 4096 + 1024);
+  wire_put32(hole + 8, 1024);
+  chunk(f.srv, 0, NBD_REPLY_TYPE_OFFSET_HOLE, ck, hole, 12);
+  data_chunk(f.srv, NBD_REPLY_FLAG_DONE, ck, 4096, 'a', 1024);
+  ck_assert_int_eq(call_end(&k), 0);
+  ck_assert_int_eq(buf[0], 'a');
+  ck_assert_int_eq(buf[1023], 'a');
+  ck_assert_int_eq(buf[1024], 0);
+  ck_assert_int_eq(buf[2047], 0);
+  ck_assert_int_eq(buf[2048], 'c');
+  ck_assert_int_eq(nbdc_dead(f.c), 0);
+  fix_close(&f);
+  free(buf);
+}
+END_TEST
+
+START_TEST(test_read_chunk_past_request_kills)
+{
+  struct fix f;
+  struct call k = { .cmd = NBD_CMD_READ, .count = 1024, .offset = 0 };
+  struct call k2 = { .cmd = NBD_CMD_FLUSH };
+  char *buf = malloc(4096);
+  uint64_t ck;
+
+  k.buf = buf;
+  fix_open(&f);
+  ck = call_start(&f, &k);
+  /* 8 bytes of offset claiming 2048 bytes for a 1024-byte read */
+  data_chunk(f.srv, NBD_REPLY_FLAG_DONE, ck, 0, 'a', 2048);
+  ck_assert_int_eq(call_end(&k), -EIO);
+  ck_assert_int_eq(nbdc_dead(f.c), 1);
+  k2.c = f.c;
+  call_run(&k2);
+  ck_assert_int_eq(k2.r, -EIO);
+  fix_close(&f);
+  free(buf);
+}
+END_TEST
+
+START_TEST(test_read_short_reply_fails)
+{
+  struct fix f;
+  struct call k = { .cmd = NBD_CMD_READ, .count = 2048, .offset = 0 };
+  char *buf = malloc(2048);
+  uint64_t ck;
+
+  k.buf = buf;
+  fix_open(&f);
+  ck = call_start(&f, &k);
+  data_chunk(f.srv, NBD_REPLY_FLAG_DONE, ck, 0, 'a', 1024);
+  ck_assert_int_eq(call_end(&k), -EIO);
+  fix_close(&f);
+  free(buf);
+}
+END_TEST
+
+START_TEST(test_error_chunk)
+{
+  struct fix f;
+  struct call k = { .cmd = NBD_CMD_READ, .count = 512, .offset = 0 };
+  unsigned char e[6 + 3];
+  char *buf = malloc(512);
+  uint64_t ck;
+
+  k.buf = buf;
+  fix_open(&f);
+  ck = call_start(&f, &k);
+  wire_put32(e, NBD_ENOSPC);
+  wire_put16(e + 4, 3);
+  memcpy(e + 6, "bad", 3);
+  chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, ck, e, sizeof e);
+  ck_assert_int_eq(call_end(&k), -ENOSPC);
+  ck_assert_int_eq(nbdc_dead(f.c), 0);
+  fix_close(&f);
+  free(buf);
+}
+END_TEST
+
+START_TEST(test_block_status)
+{
+  struct fix f;
+  struct call k = { .cmd = NBD_CMD_BLOCK_STATUS, .count = 8192, .offset = 4096 };
+  unsigned char p[4 + 16];
+  uint64_t ck;
+
+  k.e = nbd_extents_new(4096, 4096 + 8192);
+  fix_open(&f);
+  ck = call_start(&f, &k);
+  wire_put32(p, META_ID);
+  wire_put32(p + 4, 4096);
+  wire_put32(p + 8, 0);
+  wire_put32(p + 12, 65536);    /* runs past the request: clipped */
+  wire_put32(p + 16, NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
+  chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, ck, p,
+        sizeof p);
+  ck_assert_int_eq(call_end(&k), 0);
+  ck_assert_uint_eq(k.e->n, 2);
+  ck_assert_uint_eq(k.e->v[0].length, 4096);
+  ck_assert_uint_eq(k.e->v[0].type, 0);
+  ck_assert_uint_eq(k.e->v[1].offset, 8192);
+  ck_assert_uint_eq(k.e->v[1].length, 4096);
+  ck_assert_uint_eq(k.e->v[1].type, NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
+  nbd_extents_free(k.e);
+  fix_close(&f);
+}
+END_TEST
+
+START_TEST(test_unknown_cookie_kills)
+{
+  struct fix f;
+  struct call k = { .cmd = NBD_CMD_FLUSH };
+  unsigned char s[16];
+  uint64_t ck;
+
+  fix_open(&f);
+  ck = call_start(&f, &k);
+  wire_put32(s, NBD_SIMPLE_REPLY_MAGIC);
+  wire_put32(s + 4, 0);
+  wire_put64(s + 8, ck + 1000);
+  wr(f.srv, s, sizeof s);
+  ck_assert_int_eq(call_end(&k), -EIO);
+  ck_assert_int_eq(nbdc_dead(f.c), 1);
+  fix_close(&f);
+}
+END_TEST
+
+START_TEST(test_upstream_gone)
+{
+  struct fix f;
+  struct call k = { .cmd = NBD_CMD_FLUSH };
+
+  fix_open(&f);
+  (void)call_start(&f, &k);
+  shutdown(f.srv, SHUT_RDWR);
+  ck_assert_int_eq(call_end(&k), -EIO);
+  fix_close(&f);
+}
+END_TEST
+
+int
+main(void)
+{
+  Suite *s;
+  TCase *tc = tcase_create("client");
+  SRunner *sr;
+  int failed;
+
+  signal(SIGPIPE, SIG_IGN);     /* the fake server writes to a dead client */
+  s = suite_create("nbd");
+  tcase_add_test(tc, test_handshake_info);
+  tcase_add_test(tc, test_read_chunks_out_of_order);
+  tcase_add_test(tc, test_read_chunk_past_request_kills);
+  tcase_add_test(tc, test_read_short_reply_fails);
+  tcase_add_test(tc, test_error_chunk);
+  tcase_add_test(tc, test_block_status);
+  tcase_add_test(tc, test_unknown_cookie_kills);
+  tcase_add_test(tc, test_upstream_gone);
+  suite_add_tcase(s, tc);
+  sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
