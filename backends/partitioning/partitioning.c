@@ -2,14 +2,11 @@
  * partition per file, as nbdkit's partitioning plugin
  * ("nbdkit partitioning boot.img swap.img root.img").
  *
- * The disk is a list of regions built once at setup: the primary table
- * (an MBR sector, or protective MBR + GPT header + 32 sectors of entries),
- * then for each file: an EBR sector (MBR with more than 4 files, files 4
- * and up), zero padding up to the alignment, the file, zero padding up to
- * a whole 512-byte sector; and for GPT the backup entries and header at
- * the end.  nbdkit's layout: with more than 4 files an MBR gets three
- * primary partitions, an extended partition 4 to the end of the disk and
- * logical partitions 5 and up; the first partition is marked bootable.
+ * This file is the backend: its keys, setup (open the files, check the
+ * keys, choose MBR or GPT) and cleanup, and the datapath.  The disk is a
+ * list of regions built once at setup by table.c (tables, padding,
+ * files; see table.h): each request is cut at region boundaries and each
+ * piece served by what the region is.
  *
  * Reads and writes of the files go to the files; the tables and padding
  * read as built.  A write that would change a table or put non-zero bytes
@@ -30,11 +27,11 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "layer.h"
+#include "table.h"
 
 #ifndef FALLOC_FL_KEEP_SIZE
 #define FALLOC_FL_KEEP_SIZE 0x01
@@ -52,18 +49,9 @@
 #define SEEK_HOLE 4
 #endif
 
-#define PART_SECTOR      512u
-#define PART_MAX_ALIGN   (2048u * PART_SECTOR)           /* nbdkit's 1M */
-/* nbdkit's limit: 2^32 sectors, less room for padding. */
-#define PART_MAX_MBR     ((uint64_t)UINT32_MAX * PART_SECTOR - \
-                          5u * PART_MAX_ALIGN)
-#define PART_GPT_MIN     128u   /* UEFI: at least 128 entries */
-#define PART_GPT_ENTRY   128u
-#define PART_GPT_HDR     92u
 #define PART_DEF_MBR_ID  "0x83"
 #define PART_DEF_GUID    "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 
-enum { PART_MBR, PART_GPT };
 static const char *const partitioning_types[] = { "mbr", "gpt", NULL };
 
 struct partitioning_conf {
@@ -96,327 +84,6 @@ static const struct nbd_param partitioning_params[] = {
     "no", "open the files read-only and refuse writes", NULL, 0 },
   NBD_PARAM_END
 };
-
-enum partitioning_kind { REG_DATA, REG_ZERO, REG_FILE };
-
-struct partitioning_file {
-  int fd;
-  uint64_t size;
-  unsigned char guid[16];       /* GPT unique partition GUID */
-  atomic_int no_punch, no_zero_range, no_seek;
-};
-
-struct partitioning_region {
-  uint64_t start, len;
-  enum partitioning_kind kind;
-  size_t file;                  /* REG_FILE */
-  const unsigned char *data;    /* REG_DATA: len bytes */
-};
-
-struct partitioning_state {
-  struct partitioning_file *f;
-  size_t nf;
-  struct partitioning_region *r;
-  size_t nr, cap;
-  uint64_t size;
-  int type;
-  unsigned char *primary, *secondary, *ebr;
-  uint32_t pta_entries, pta_lbas; /* GPT */
-  uint8_t mbr_id;
-  unsigned char type_guid[16];
-};
-
-/* ---- small helpers --------------------------------------------------- */
-
-static void
-partitioning_le32(unsigned char *p, uint32_t v)
-{
-  int i;
-  for (i = 0; i < 4; i++)
-    p[i] = (unsigned char)(v >> (8 * i));
-}
-
-static void
-partitioning_le64(unsigned char *p, uint64_t v)
-{
-  int i;
-  for (i = 0; i < 8; i++)
-    p[i] = (unsigned char)(v >> (8 * i));
-}
-
-/* CRC-32 of GPT (UEFI 2.x, the zlib/IEEE polynomial, reflected). */
-static uint32_t
-partitioning_crc32(const unsigned char *p, size_t len)
-{
-  uint32_t c = 0xffffffffu;
-  int k;
-
-  while (len--) {
-    c ^= *p++;
-    for (k = 0; k < 8; k++)
-      c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1)));
-  }
-  return c ^ 0xffffffffu;
-}
-
-static int
-partitioning_hex(int c)
-{
-  return isdigit(c) ? c - '0' : tolower(c) - 'a' + 10;
-}
-
-/* "0FC63DAF-8483-4772-8E79-3D69D8477DE4" or with braces, into the mixed
- * endian bytes of GPT (first three groups little endian).  0 or -1. */
-static int
-partitioning_parse_guid(const char *s, unsigned char *out)
-{
-  static const int order[16] = { 6, 4, 2, 0, 11, 9, 16, 14, 19, 21, 24, 26,
-                                 28, 30, 32, 34 };
-  size_t len = strlen(s), i;
-
-  if (len == 38 && s[0] == '{' && s[37] == '}')
-    s++, len -= 2;
-  if (len != 36)
-    return -1;
-  for (i = 0; i < 36; i++)
-    if (i == 8 || i == 13 || i == 18 || i == 23 ? s[i] != '-'
-        : !isxdigit((unsigned char)s[i]))
-      return -1;
-  for (i = 0; i < 16; i++)
-    out[i] = (unsigned char)(partitioning_hex(s[order[i]]) << 4 |
-                             partitioning_hex(s[order[i] + 1]));
-  return 0;
-}
-
-static void
-partitioning_random_guid(unsigned char *g)
-{
-  size_t got = 0;
-  ssize_t r;
-
-  while (got < 16) {
-    r = getrandom(g + got, 16 - got, 0);
-    if (r <= 0) {
-      if (r == -1 && errno == EINTR)
-        continue;
-      /* No entropy source: unique enough for one disk. */
-      for (; got < 16; got++)
-        g[got] = (unsigned char)(rand() ^ (int)getpid() ^ (int)got);
-      break;
-    }
-    got += (size_t)r;
-  }
-  g[7] = (unsigned char)((g[7] & 0x0f) | 0x40);  /* version 4 (LE group) */
-  g[8] = (unsigned char)((g[8] & 0x3f) | 0x80);  /* RFC 4122 variant */
-}
-
-/* ---- layout ---------------------------------------------------------- */
-
-static int
-partitioning_add(struct partitioning_state *st, uint64_t len,
-                 enum partitioning_kind kind, size_t file,
-                 const unsigned char *data)
-{
-  struct partitioning_region *r;
-
-  if (st->nr == st->cap) {
-    size_t cap = st->cap ? 2 * st->cap : 16;
-    if ((r = realloc(st->r, cap * sizeof *r)) == NULL)
-      return -1;
-    st->r = r;
-    st->cap = cap;
-  }
-  r = &st->r[st->nr++];
-  r->start = st->size;
-  r->len = len;
-  r->kind = kind;
-  r->file = file;
-  r->data = data;
-  st->size += len;
-  return 0;
-}
-
-/* The region of file i, or of the EBR before it. */
-static const struct partitioning_region *
-partitioning_region_of(const struct partitioning_state *st, size_t i,
-                       int ebr)
-{
-  size_t j;
-
-  for (j = 0; j < st->nr; j++)
-    if (ebr ? st->r[j].data == st->ebr + (i - 3) * PART_SECTOR
-        : st->r[j].kind == REG_FILE && st->r[j].file == i)
-      return &st->r[j];
-  abort();
-}
-
-static void
-partitioning_mbr_entry(unsigned char *out, uint64_t start, uint64_t len,
-                       int boot, uint8_t id)
-{
-  static const unsigned char chs[3] = { 254, (1023 & 0x300) >> 2 | 63,
-                                        1023 & 0xff };   /* "too large" */
-
-  out[0] = boot ? 0x80 : 0;
-  memcpy(out + 1, chs, 3);
-  out[4] = id;
-  memcpy(out + 5, chs, 3);
-  partitioning_le32(out + 8, (uint32_t)(start / PART_SECTOR));
-  partitioning_le32(out + 12,
-                    (uint32_t)((len + PART_SECTOR - 1) / PART_SECTOR));
-}
-
-static void
-partitioning_mbr(struct partitioning_state *st)
-{
-  const struct partitioning_region *r, *e, *e0, *en, *rn;
-  unsigned char *mbr = st->primary, *ebr;
-  size_t i, nprim = st->nf > 4 ? 3 : st->nf;
-
-  mbr[0x1fe] = 0x55;
-  mbr[0x1ff] = 0xaa;
-  for (i = 0; i < nprim; i++) {
-    r = partitioning_region_of(st, i, 0);
-    partitioning_mbr_entry(mbr + 0x1be + 16 * i, r->start, r->len, i == 0,
-                           st->mbr_id);
-  }
-  if (st->nf <= 4)
-    return;
-  /* Partition 4: extended, from the first EBR to the end of the disk;
-   * EBR offsets are relative to their own sector (the partition) or to
-   * the extended partition's start (the next EBR). */
-  e0 = partitioning_region_of(st, 3, 1);
-  partitioning_mbr_entry(mbr + 0x1ee, e0->start, st->size - e0->start, 0,
-                         0x0f);
-  for (i = 3; i < st->nf; i++) {
-    e = partitioning_region_of(st, i, 1);
-    r = partitioning_region_of(st, i, 0);
-    ebr = st->ebr + (i - 3) * PART_SECTOR;
-    ebr[0x1fe] = 0x55;
-    ebr[0x1ff] = 0xaa;
-    partitioning_mbr_entry(ebr + 0x1be, r->start - e->start, r->len, 0,
-                           st->mbr_id);
-    if (i + 1 < st->nf) {
-      en = partitioning_region_of(st, i + 1, 1);
-      rn = partitioning_region_of(st, i + 1, 0);
-      partitioning_mbr_entry(ebr + 0x1ce, en->start - e0->start,
-                             rn->start + rn->len - en->start, 0, 0x0f);
-    }
-  }
-}
-
-static void
-partitioning_gpt_entries(struct partitioning_state *st, unsigned char *out,
-                         char *const *names)
-{
-  const struct partitioning_region *r;
-  size_t i, k, len;
-
-  for (i = 0; i < st->nf; i++, out += PART_GPT_ENTRY) {
-    r = partitioning_region_of(st, i, 0);
-    memcpy(out, st->type_guid, 16);
-    memcpy(out + 16, st->f[i].guid, 16);
-    partitioning_le64(out + 32, r->start / PART_SECTOR);
-    partitioning_le64(out + 40, (r->start + r->len - 1) / PART_SECTOR);
-    partitioning_le64(out + 48, i == 0 ? 4 : 0);  /* legacy BIOS bootable */
-    /* The name is the file name when it fits and is ASCII, as nbdkit. */
-    len = strlen(names[i]);
-    for (k = 0; k < len && !(names[i][k] & 0x80); k++)
-      ;
-    if (len < 36 && k == len)
-      for (k = 0; k < len; k++)
-        out[56 + 2 * k] = (unsigned char)names[i][k];
-  }
-}
-
-static void
-partitioning_gpt_header(const struct partitioning_state *st,
-                        unsigned char *h, const unsigned char *pta,
-                        int primary, const unsigned char *disk_guid)
-{
-  uint64_t lbas = st->size / PART_SECTOR;
-
-  memcpy(h, "EFI PART", 8);
-  memcpy(h + 8, "\0\0\1\0", 4);                 /* revision 1.0 */
-  partitioning_le32(h + 12, PART_GPT_HDR);
-  partitioning_le64(h + 24, primary ? 1 : lbas - 1);
-  partitioning_le64(h + 32, primary ? lbas - 1 : 1);
-  partitioning_le64(h + 40, 2 + st->pta_lbas);
-  partitioning_le64(h + 48, lbas - st->pta_lbas - 2);
-  memcpy(h + 56, disk_guid, 16);
-  partitioning_le64(h + 72, primary ? 2 : lbas - st->pta_lbas - 1);
-  partitioning_le32(h + 80, st->pta_entries);
-  partitioning_le32(h + 84, PART_GPT_ENTRY);
-  partitioning_le32(h + 88, partitioning_crc32(pta, (size_t)st->pta_entries *
-                                               PART_GPT_ENTRY));
-  partitioning_le32(h + 16, partitioning_crc32(h, PART_GPT_HDR)); /* last */
-}
-
-static void
-partitioning_gpt(struct partitioning_state *st, char *const *names)
-{
-  unsigned char *pta = st->primary + 2 * PART_SECTOR, disk_guid[16];
-  uint64_t end = st->size - 1;
-  size_t ptalen = (size_t)st->pta_lbas * PART_SECTOR;
-
-  /* Protective MBR: type 0xee over the disk, or what MBR can say. */
-  if (end > (uint64_t)UINT32_MAX * PART_SECTOR)
-    end = (uint64_t)UINT32_MAX * PART_SECTOR;
-  partitioning_mbr_entry(st->primary + 0x1be, PART_SECTOR,
-                         end - PART_SECTOR + 1, 0, 0xee);
-  st->primary[0x1fe] = 0x55;
-  st->primary[0x1ff] = 0xaa;
-  partitioning_gpt_entries(st, pta, names);
-  memcpy(st->secondary, pta, ptalen);
-  partitioning_random_guid(disk_guid);
-  partitioning_gpt_header(st, st->primary + PART_SECTOR, pta, 1, disk_guid);
-  partitioning_gpt_header(st, st->secondary + ptalen, pta, 0, disk_guid);
-}
-
-static int
-partitioning_layout(struct partitioning_state *st, uint64_t align)
-{
-  size_t i;
-  uint64_t pad;
-
-  if (st->type == PART_GPT) {
-    st->pta_entries = (uint32_t)((st->nf + PART_GPT_MIN - 1) / PART_GPT_MIN *
-                                 PART_GPT_MIN);
-    st->pta_lbas = st->pta_entries * PART_GPT_ENTRY / PART_SECTOR;
-    st->primary = calloc(2 + st->pta_lbas, PART_SECTOR);
-    st->secondary = calloc(1 + st->pta_lbas, PART_SECTOR);
-    if (st->primary == NULL || st->secondary == NULL)
-      return -1;
-  } else {
-    st->primary = calloc(1, PART_SECTOR);
-    if (st->primary == NULL ||
-        (st->nf > 4 && (st->ebr = calloc(st->nf - 3, PART_SECTOR)) == NULL))
-      return -1;
-  }
-  if (partitioning_add(st, st->type == PART_GPT ?
-                       (2 + (uint64_t)st->pta_lbas) * PART_SECTOR :
-                       PART_SECTOR, REG_DATA, 0, st->primary) == -1)
-    return -1;
-  for (i = 0; i < st->nf; i++) {
-    if (st->type == PART_MBR && st->nf > 4 && i >= 3 &&
-        partitioning_add(st, PART_SECTOR, REG_DATA, 0,
-                         st->ebr + (i - 3) * PART_SECTOR) == -1)
-      return -1;
-    if ((pad = (align - st->size % align) % align) != 0 &&
-        partitioning_add(st, pad, REG_ZERO, 0, NULL) == -1)
-      return -1;
-    if (partitioning_add(st, st->f[i].size, REG_FILE, i, NULL) == -1)
-      return -1;
-    if ((pad = (PART_SECTOR - st->size % PART_SECTOR) % PART_SECTOR) != 0 &&
-        partitioning_add(st, pad, REG_ZERO, 0, NULL) == -1)
-      return -1;
-  }
-  if (st->type == PART_GPT &&
-      partitioning_add(st, (1 + (uint64_t)st->pta_lbas) * PART_SECTOR,
-                       REG_DATA, 0, st->secondary) == -1)
-    return -1;
-  return 0;
-}
 
 /* ---- pieces ---------------------------------------------------------- */
 
@@ -820,7 +487,7 @@ partitioning_open_file(struct partitioning_file *f, const char *path,
     return -1;
   }
   f->size = (uint64_t)sb.st_size;
-  partitioning_random_guid(f->guid);
+  partitioning_table_random_guid(f->guid);
   return 0;
 }
 
@@ -851,7 +518,7 @@ partitioning_check_keys(struct partitioning_state *st,
     return -1;
   }
   st->mbr_id = (uint8_t)v;
-  if (partitioning_parse_guid(guid, st->type_guid) == -1) {
+  if (partitioning_table_parse_guid(guid, st->type_guid) == -1) {
     snprintf(err, errlen, "type-guid: invalid value '%s' (expected a GUID "
              "such as %s, or default)", conf->type_guid, PART_DEF_GUID);
     return -1;
@@ -914,7 +581,7 @@ partitioning_setup(struct nbd_layer *layer, char *err, size_t errlen)
   }
   if (partitioning_pick_type(layer, st, total, err, errlen) == -1)
     goto fail;
-  if (partitioning_layout(st, conf->alignment) == -1) {
+  if (partitioning_table_layout(st, conf->alignment) == -1) {
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
@@ -924,10 +591,7 @@ partitioning_setup(struct nbd_layer *layer, char *err, size_t errlen)
              "partition-type=gpt or a smaller alignment", st->size);
     goto fail;
   }
-  if (st->type == PART_MBR)
-    partitioning_mbr(st);
-  else
-    partitioning_gpt(st, conf->file.v);
+  partitioning_table_fill(st, conf->file.v);
   layer->state = st;
   return 0;
 
