@@ -1,4 +1,4 @@
-/* Unit tests for backends/file.c on a temporary regular file under /tmp,
+/* Unit tests for backends/file/ on a temporary regular file under /tmp,
  * driven through the engine's next_<method>() entry points (no sockets).
  * What reached the file is checked with the test's own descriptor (pread,
  * fstat block counts); holes are checked through extents.  Tests of hole

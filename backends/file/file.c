@@ -15,8 +15,9 @@
  * device; a regular file says 0, as nbdkit's file plugin does: the page
  * cache and the filesystem stand between it and the disk, and the flag
  * makes clients serialise (nbdcopy into a file on a virtio disk, which
- * the kernel calls rotational, used one connection and was much slower).  An fallocate mode or ioctl the kernel refuses with EOPNOTSUPP
- * is remembered and not tried again.
+ * the kernel calls rotational, used one connection and was much slower).
+ * An fallocate mode or ioctl the kernel refuses with EOPNOTSUPP is
+ * remembered and not tried again.
  *
  * It does not emulate anything the engine does (FUA is a flush after the
  * write; a zero this file cannot do fast returns -EOPNOTSUPP and the engine
@@ -30,7 +31,9 @@
  * are refused.  cache=none evicts what was read or written from the page
  * cache (nbdkit's key); direct=true opens with O_DIRECT and makes the
  * device's logical sector (4096 for a regular file) the minimum block
- * size; fadvise= gives the kernel an access pattern at open.
+ * size; fadvise= gives the kernel an access pattern at open.  The bytes
+ * of pread and pwrite, with direct=true's bounce buffers and cache=none's
+ * eviction, are io.c's; this file is the rest of the backend.
  * docs/backends/file.md is the reference.
  *
  * musl-gcc sees no kernel headers, so the few ioctl and flag numbers are
@@ -48,6 +51,7 @@
 #include <unistd.h>
 
 #include "layer.h"
+#include "io.h"
 
 #ifndef BLKSSZGET
 #define BLKSSZGET _IO(0x12, 104)
@@ -76,12 +80,6 @@
 #ifndef O_DIRECT
 #define O_DIRECT 040000         /* x86, arm64's is 0200000: from libc */
 #endif
-
-/* cache=none: writes whose eviction waits, the oldest first.  A write
- * starts its writeback at once and is dropped from the page cache only
- * FILE_EVICT_WINDOW writes later, so the disk works while the client
- * sends more (nbdkit's file plugin keeps the same kind of window). */
-#define FILE_EVICT_WINDOW 8
 
 static const char *const file_cache_choices[] = { "default", "none", NULL };
 enum { FILE_CACHE_DEFAULT, FILE_CACHE_NONE };
@@ -119,22 +117,6 @@ static const struct nbd_param file_params[] = {
     "normal", "access pattern hint given to the kernel at open",
     file_fadvise_choices, 0 },
   NBD_PARAM_END
-};
-
-/* One open file: the shared one of file=, or one per connection of dir=. */
-struct file_state {
-  int fd;
-  int is_block;
-  int rotational;
-  uint32_t sector;              /* block device: logical sector size */
-  uint32_t align;               /* direct=true: offsets, lengths, buffers */
-  int evict;                    /* cache=none */
-  /* Set when the kernel said EOPNOTSUPP, so it is not asked again. */
-  atomic_int no_punch, no_zero_range, no_alloc, no_discard, no_seek;
-  /* cache=none: ranges written, waiting to be dropped (under lock). */
-  pthread_mutex_t lock;
-  unsigned nwin, headwin;
-  struct { uint64_t offset, count; } win[FILE_EVICT_WINDOW];
 };
 
 /* layer->state: the file of file=, or the directory of dir=. */
@@ -208,114 +190,20 @@ file_size(const struct file_state *st)
   return sb.st_size;
 }
 
-/* ---- cache=none ------------------------------------------------------- */
-
-/* Drops a range from the page cache once it is on disk: DONTNEED alone
- * skips dirty pages, so wait for their writeback first. */
-static void
-file_drop(const struct file_state *st, uint64_t offset, uint64_t count)
-{
-  sync_file_range(st->fd, (off_t)offset, (off_t)count,
-                  SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                  SYNC_FILE_RANGE_WAIT_AFTER);
-  posix_fadvise(st->fd, (off_t)offset, (off_t)count, POSIX_FADV_DONTNEED);
-}
-
-/* After a write: start its writeback now, drop it FILE_EVICT_WINDOW
- * writes later (and the one it pushes out of the window now).  Eviction
- * is advice: its failures are not the write's. */
-static void
-file_evict_write(struct file_state *st, uint64_t offset, uint64_t count)
-{
-  uint64_t old_off = 0, old_count = 0;
-  unsigned slot;
-
-  sync_file_range(st->fd, (off_t)offset, (off_t)count,
-                  SYNC_FILE_RANGE_WRITE);
-  pthread_mutex_lock(&st->lock);
-  slot = st->headwin;
-  if (st->nwin == FILE_EVICT_WINDOW) {
-    old_off = st->win[slot].offset;
-    old_count = st->win[slot].count;
-  }
-  else
-    st->nwin++;
-  st->win[slot].offset = offset;
-  st->win[slot].count = count;
-  st->headwin = (slot + 1) % FILE_EVICT_WINDOW;
-  pthread_mutex_unlock(&st->lock);
-  if (old_count)
-    file_drop(st, old_off, old_count);
-}
-
-/* At close: drop whatever is still in the window. */
-static void
-file_evict_all(struct file_state *st)
-{
-  unsigned i;
-
-  for (i = 0; i < st->nwin; i++)
-    file_drop(st, st->win[i].offset, st->win[i].count);
-  st->nwin = st->headwin = 0;
-}
-
-/* ---- direct=true ----------------------------------------------------- */
-
-/* O_DIRECT wants the buffer aligned too; the engine enforces the offset
- * and length (block_size), a buffer that is not aligned goes through an
- * aligned bounce buffer. */
-static void *
-file_bounce(const struct file_state *st, const void *buf, uint32_t count)
-{
-  void *b;
-
-  if (st->align == 0 || (uintptr_t)buf % st->align == 0)
-    return NULL;
-  if (posix_memalign(&b, st->align, count ? count : st->align) != 0)
-    return (void *)-1;
-  return b;
-}
-
 /* ---- datapath -------------------------------------------------------- */
 
 static int
 file_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
            uint32_t count, uint64_t offset, uint32_t flags)
 {
-  const struct file_state *st = self->handle;
-  void *b = file_bounce(st, buf, count);
-  int r;
-
-  if (b == (void *)-1)
-    return -ENOMEM;
-  r = nbd_pread_full(st->fd, b ? b : buf, count, offset);
-  if (b) {
-    if (r == 0)
-      memcpy(buf, b, count);
-    free(b);
-  }
-  if (st->evict)
-    posix_fadvise(st->fd, (off_t)offset, (off_t)count, POSIX_FADV_DONTNEED);
-  return r;
+  return file_io_read(self->handle, buf, count, offset);
 }
 
 static int
 file_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
             uint32_t count, uint64_t offset, uint32_t flags)
 {
-  struct file_state *st = self->handle;
-  void *b = file_bounce(st, buf, count);
-  int r;
-
-  if (b == (void *)-1)
-    return -ENOMEM;
-  if (b)
-    memcpy(b, buf, count);
-  r = nbd_pwrite_full(st->fd, b ? b : buf, count, offset);
-  free(b);
-  if (r == 0 && st->evict)
-    file_evict_write(st, offset, count);
-  return r;
+  return file_io_write(self->handle, buf, count, offset);
 }
 
 static int
@@ -619,7 +507,7 @@ file_state_free(struct file_state *st)
   if (st == NULL)
     return;
   if (st->evict)
-    file_evict_all(st);
+    file_io_evict_all(st);
   close(st->fd);
   pthread_mutex_destroy(&st->lock);
   free(st);
