@@ -143,7 +143,7 @@ random_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
     if (b[i] != random_byte(conf->seed, offset + i)) {
       nbd_debug("random: write at %llu does not match the content "
                 "(byte %llu)", (unsigned long long)offset,
-                (unsigned long long)(offset + i));
+                (unsigned long long)offset + i);
       return -EIO;
     }
   return 0;

@@ -305,9 +305,9 @@ handshake_list_one(struct nbd_conn *c, const char *name, const char *desc)
   if (dl > NBD_MAX_STRING)
     dl = NBD_MAX_STRING;
   wire_put32(buf, (uint32_t)n);
-  memcpy(buf + 4, name, n);
+  memcpy(buf + 4, name, n);     /* NOLINT(bugprone-not-null-terminated-result): NBD strings are length-prefixed */
   if (dl)
-    memcpy(buf + 4 + n, desc, dl);
+    memcpy(buf + 4 + n, desc, dl);  /* NOLINT(bugprone-not-null-terminated-result) */
   return handshake_reply(c, NBD_OPT_LIST, NBD_REP_SERVER, buf, 4 + n + dl);
 }
 

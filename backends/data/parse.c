@@ -157,7 +157,7 @@ data_word(struct data_parser *p, struct data_value *v)
   unsigned bytes = (s[2] == '1' ? 2 : s[2] == '3' ? 4 : 8), i;
   int le = s[0] == 'l';
   size_t at;
-  uint64_t w;
+  uint64_t w = 0;
 
   p->pos += 5;
   at = p->pos;
@@ -305,7 +305,7 @@ data_expr(struct data_parser *p, struct data_value *v)
 {
   const char *s = p->text + p->pos;
   size_t at = p->pos;
-  uint64_t b;
+  uint64_t b = 0;
 
   if (*s == '"')
     return data_string(p, v);
@@ -337,7 +337,7 @@ data_offset(struct data_parser *p, uint64_t *cur)
 {
   size_t at = p->pos;
   char op = p->text[at + 1];
-  uint64_t n;
+  uint64_t n = 0;
 
   p->pos++;
   if (op == '+' || op == '-' || op == '^')
@@ -385,7 +385,7 @@ data_repeat(struct data_parser *p, uint64_t *count)
 {
   for (;;) {
     size_t save = p->pos, at;
-    uint64_t n;
+    uint64_t n = 0;
 
     data_skip_space(p);
     if (p->text[p->pos] != '*') {

@@ -234,10 +234,10 @@ nbdc_opt_meta(int fd, const char *name, struct nbdc_info *info, char *err,
     return -1;
   }
   wire_put32(d, (uint32_t)nlen);
-  memcpy(d + 4, name, nlen);
+  memcpy(d + 4, name, nlen);    /* NOLINT(bugprone-not-null-terminated-result): a length-prefixed NBD string */
   wire_put32(d + 4 + nlen, 1);
   wire_put32(d + 8 + nlen, (uint32_t)qlen);
-  memcpy(d + 12 + nlen, NBDC_META_NAME, qlen);
+  memcpy(d + 12 + nlen, NBDC_META_NAME, qlen);  /* NOLINT(bugprone-not-null-terminated-result): length-prefixed */
   r = nbdc_opt_send(fd, NBD_OPT_SET_META_CONTEXT, d, (uint32_t)dlen);
   free(d);
   if (r == -1) {
@@ -298,7 +298,7 @@ nbdc_opt_go(int fd, const char *name, struct nbdc_info *info, char *err,
     return -1;
   }
   wire_put32(d, (uint32_t)nlen);
-  memcpy(d + 4, name, nlen);
+  memcpy(d + 4, name, nlen);    /* NOLINT(bugprone-not-null-terminated-result): a length-prefixed NBD string */
   wire_put16(d + 4 + nlen, 1);
   wire_put16(d + 6 + nlen, NBD_INFO_BLOCK_SIZE);
   r = nbdc_opt_send(fd, NBD_OPT_GO, d, (uint32_t)dlen);

@@ -118,12 +118,13 @@ nbd_decode(const char *s, size_t len)
     return NULL;
   for (i = 0; i < len; i++) {
     if (s[i] == '%') {
-      if (i + 2 >= len || nbd_hex(s[i + 1]) < 0 || nbd_hex(s[i + 2]) < 0 ||
-          (nbd_hex(s[i + 1]) == 0 && nbd_hex(s[i + 2]) == 0)) {
+      int hi = i + 2 < len ? nbd_hex(s[i + 1]) : -1;
+      int lo = i + 2 < len ? nbd_hex(s[i + 2]) : -1;
+      if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
         free(out);
         return NULL;
       }
-      *o++ = (char)(nbd_hex(s[i + 1]) << 4 | nbd_hex(s[i + 2]));
+      *o++ = (char)(hi << 4 | lo);
       i += 2;
     } else
       *o++ = s[i];

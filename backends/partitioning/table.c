@@ -233,8 +233,12 @@ table_gpt_header(const struct partitioning_state *st, unsigned char *h,
 {
   uint64_t lbas = st->size / PART_SECTOR;
 
-  memcpy(h, "EFI PART", 8);
-  memcpy(h + 8, "\0\0\1\0", 4);                 /* revision 1.0 */
+  static const unsigned char sig[8] = { 'E', 'F', 'I', ' ',
+                                        'P', 'A', 'R', 'T' };
+  static const unsigned char rev[4] = { 0, 0, 1, 0 };  /* revision 1.0 */
+
+  memcpy(h, sig, sizeof sig);
+  memcpy(h + 8, rev, sizeof rev);
   table_le32(h + 12, PART_GPT_HDR);
   table_le64(h + 24, primary ? 1 : lbas - 1);
   table_le64(h + 32, primary ? lbas - 1 : 1);
