@@ -111,6 +111,8 @@ registry_print_kind(FILE *fp, enum nbd_layer_kind kind, const char *title)
           fprintf(fp, "%s%s", c == p->choices ? "" : "|", *c);
         fprintf(fp, ")");
       }
+      if (v[i]->magic_param && strcmp(v[i]->magic_param, p->name) == 0)
+        fprintf(fp, " (bare value)");
       if (p->required)
         fprintf(fp, " required");
       else if (p->def)
@@ -125,6 +127,8 @@ registry_print(FILE *fp)
 {
   registry_print_kind(fp, NBD_LAYER_FILTER, "filters");
   registry_print_kind(fp, NBD_LAYER_BACKEND, "backends");
+  fprintf(fp, "\nA key marked (bare value) may also be given as a bare word: "
+          "'memory 1G' is\n'memory size=1G'.\n");
 }
 
 /* The build's selection (modules_gen.h) must equal what was linked: an
