@@ -424,6 +424,13 @@ int nbd_server_stopping(void);
 int nbd_server_aborting(void);
 int nbd_sleep(uint64_t ns);
 
+/* True under --check-config: every export's stack is set up and opened
+ * once, read-only and with no connection, beside a server that may be
+ * running with the same files.  A layer must then change nothing and
+ * take no lock another process holds (the cow filter opens a kept
+ * overlay read-only, unlocked, and does not create a missing one). */
+int nbd_checking(void);
+
 /* True when every byte of buf[0..len) is zero. */
 int nbd_is_zero(const void *buf, size_t len);
 

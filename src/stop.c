@@ -17,6 +17,7 @@
 
 atomic_int server_stopping;
 atomic_int server_aborting;
+atomic_int server_checking;
 
 static pthread_mutex_t stop_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t stop_cond;
@@ -66,6 +67,12 @@ int
 nbd_server_aborting(void)
 {
   return atomic_load_explicit(&server_aborting, memory_order_relaxed) != 0;
+}
+
+int
+nbd_checking(void)
+{
+  return atomic_load_explicit(&server_checking, memory_order_relaxed) != 0;
 }
 
 /* The flag is set before the main thread calls stop_wake, and it is read

@@ -10,6 +10,8 @@
  * SIGTERM/SIGINT asks to cut the final flushes short. */
 extern atomic_int server_stopping;
 extern atomic_int server_aborting;
+/* Set by --check-config before the config is read (nbd_checking). */
+extern atomic_int server_checking;
 
 /* Called by the main thread after it saw a signal: wakes every layer
  * sleeping in nbd_sleep() (a signal handler cannot). */

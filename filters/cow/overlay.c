@@ -79,6 +79,7 @@ struct cow_overlay {
   unsigned shift;               /* log2(block_size) */
   uint64_t data_offset;
   int failed;                   /* a durable flush failed: errno */
+  int checking;                 /* --check-config: read-only, unlocked */
 
   pthread_mutex_t lock;         /* everything below */
   pthread_mutex_t flush_lock;   /* one flush at a time */
@@ -323,6 +324,44 @@ overlay_load(struct cow_overlay *ov, uint64_t file_size, char *err,
   return 0;
 }
 
+/* --check-config (nbd_checking): the overlay is opened read-only and
+ * not locked, since a running server may hold it, and a missing one is
+ * not created: its directory must let the server create it. */
+static int
+overlay_open_check(struct cow_overlay *ov, const char *path, char *err,
+                   size_t errlen)
+{
+  char *dir, *slash;
+  int r;
+
+  ov->checking = 1;
+  ov->fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (ov->fd >= 0)
+    return 1;
+  if (errno != ENOENT) {
+    snprintf(err, errlen, "cannot open overlay %s: %s", path,
+             strerror(errno));
+    return 0;
+  }
+  if ((dir = strdup(path)) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return 0;
+  }
+  slash = strrchr(dir, '/');
+  if (slash == NULL)
+    strcpy(dir, ".");
+  else if (slash == dir)
+    slash[1] = '\0';
+  else
+    *slash = '\0';
+  r = access(dir, W_OK | X_OK);
+  if (r == -1)
+    snprintf(err, errlen, "cannot create overlay %s: %s: %s", path, dir,
+             strerror(errno));
+  free(dir);
+  return r == -1 ? 0 : 2;
+}
+
 static int
 overlay_open_persistent(struct cow_overlay *ov, const char *path, char *err,
                         size_t errlen)
@@ -330,6 +369,14 @@ overlay_open_persistent(struct cow_overlay *ov, const char *path, char *err,
   struct stat sb;
   int created = 1;
 
+  if (nbd_checking()) {
+    /* 0: reported, 1: opened, 2: missing, would be created. */
+    switch (overlay_open_check(ov, path, err, errlen)) {
+    case 0: return -1;
+    case 2: return 0;
+    default: goto opened;
+    }
+  }
   ov->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (ov->fd == -1 && errno == EEXIST) {
     created = 0;
@@ -342,7 +389,8 @@ overlay_open_persistent(struct cow_overlay *ov, const char *path, char *err,
   }
   if (created)
     overlay_sync_dir(path);
-  if (flock(ov->fd, LOCK_EX | LOCK_NB) == -1) {
+opened:
+  if (!ov->checking && flock(ov->fd, LOCK_EX | LOCK_NB) == -1) {
     snprintf(err, errlen, "overlay %s is in use by another process (%s)",
              path, strerror(errno));
     return -1;
@@ -401,7 +449,7 @@ cow_overlay_close(struct cow_overlay *ov)
 
   if (ov == NULL)
     return;
-  if (ov->persistent && (r = cow_overlay_flush(ov)) < 0)
+  if (ov->persistent && !ov->checking && (r = cow_overlay_flush(ov)) < 0)
     nbd_error("overlay %s: writing the map at exit failed: %s", ov->path,
               strerror(-r));
   if (ov->fd >= 0)
@@ -464,7 +512,7 @@ cow_overlay_set_size(struct cow_overlay *ov, uint64_t size, char *err,
     }
   } else {
     r = overlay_alloc_map(ov, size, err, errlen);
-    if (r == 0 && ov->persistent && !ov->has_header &&
+    if (r == 0 && ov->persistent && !ov->has_header && !ov->checking &&
         (r = overlay_write_header(ov, err, errlen)) == -1) {
       free(ov->map);
       free(ov->dirty);
