@@ -276,25 +276,97 @@ nbd_layer_param_set(const struct nbd_layer *layer, const char *name)
          layer->ops->params[i].type != NBD_PARAM_PATH_LIST;
 }
 
-/* "unknown key 'rnage' (known: offset, range)".  Every append checks the
- * room left: a long key from a config file must not run past err. */
+#define PARAMS_SUGGEST_MAX 64     /* longer names are not compared */
+
+static int
+params_same_char(char a, char b)
+{
+  if (a == '_')
+    a = '-';
+  if (b == '_')
+    b = '-';
+  return a == b;
+}
+
+/* Optimal string alignment distance between a[0..la) and b[0..lb), both
+ * at most PARAMS_SUGGEST_MAX bytes. */
+static unsigned
+params_distance(const char *a, size_t la, const char *b, size_t lb)
+{
+  unsigned d[PARAMS_SUGGEST_MAX + 1][PARAMS_SUGGEST_MAX + 1];
+  size_t i, j;
+
+  for (i = 0; i <= la; i++)
+    d[i][0] = (unsigned)i;
+  for (j = 0; j <= lb; j++)
+    d[0][j] = (unsigned)j;
+  for (i = 1; i <= la; i++)
+    for (j = 1; j <= lb; j++) {
+      unsigned cost = params_same_char(a[i - 1], b[j - 1]) ? 0 : 1;
+      unsigned v = d[i - 1][j] + 1;
+      if (d[i][j - 1] + 1 < v)
+        v = d[i][j - 1] + 1;
+      if (d[i - 1][j - 1] + cost < v)
+        v = d[i - 1][j - 1] + cost;
+      if (i > 1 && j > 1 && params_same_char(a[i - 1], b[j - 2]) &&
+          params_same_char(a[i - 2], b[j - 1]) && d[i - 2][j - 2] + 1 < v)
+        v = d[i - 2][j - 2] + 1;
+      d[i][j] = v;
+    }
+  return d[la][lb];
+}
+
+const char *
+params_suggest(const char *word, const char *known, char *buf, size_t len)
+{
+  size_t lw = strlen(word), best_len = 0;
+  const char *s = known, *best = NULL;
+  unsigned best_d = 0, limit;
+
+  if (len == 0)
+    return buf;
+  buf[0] = '\0';
+  if (lw == 0 || lw > PARAMS_SUGGEST_MAX || strcmp(known, "none") == 0)
+    return buf;
+  /* A typo: one edit in a short word, two in a longer one. */
+  limit = lw >= 6 ? 2 : lw >= 3 ? 1 : 0;
+  while (*s) {
+    size_t n = strcspn(s, ", ");
+    if (n > 0 && n <= PARAMS_SUGGEST_MAX) {
+      unsigned dist = params_distance(word, lw, s, n);
+      if (dist > 0 && dist <= limit && (best == NULL || dist < best_d)) {
+        best = s;
+        best_len = n;
+        best_d = dist;
+      }
+    }
+    s += n;
+    s += strspn(s, ", ");
+  }
+  if (best)
+    snprintf(buf, len, "did you mean '%.*s'?; ", (int)best_len, best);
+  return buf;
+}
+
+/* "unknown key 'rnage' (did you mean 'range'?; known: offset, range)".
+ * Every append checks the room left: a long key from a config file must
+ * not run past err. */
 static void
 params_unknown(const struct nbd_layer *layer, const char *key, char *err,
                size_t errlen)
 {
   const struct nbd_param *p = layer->ops->params;
-  size_t len;
+  char known[1024], hint[PARAMS_SUGGEST_MAX + 32];
+  size_t len = 0;
 
-  len = (size_t)snprintf(err, errlen, "unknown key '%s' (known:", key);
-  if (p == NULL || p->name == NULL) {
-    if (len < errlen)
-      len += (size_t)snprintf(err + len, errlen - len, " none");
-  }
-  for (; p && p->name && len < errlen; p++)
-    len += (size_t)snprintf(err + len, errlen - len, "%s %s",
-                            p == layer->ops->params ? "" : ",", p->name);
-  if (len < errlen)
-    snprintf(err + len, errlen - len, ")");
+  known[0] = '\0';
+  if (p == NULL || p->name == NULL)
+    snprintf(known, sizeof known, "none");
+  for (; p && p->name && len < sizeof known; p++)
+    len += (size_t)snprintf(known + len, sizeof known - len, "%s%s",
+                            p == layer->ops->params ? "" : ", ", p->name);
+  snprintf(err, errlen, "unknown key '%s' (%sknown: %s)", key,
+           params_suggest(key, known, hint, sizeof hint), known);
 }
 
 int

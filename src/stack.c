@@ -108,12 +108,13 @@ stack_unknown(struct nbd_stack *st, enum nbd_layer_kind kind,
 {
   enum nbd_layer_kind other = kind == NBD_LAYER_FILTER ? NBD_LAYER_BACKEND
                                                        : NBD_LAYER_FILTER;
-  char known[512];
+  char known[512], hint[128];
 
   stack_layer_names(kind, known, sizeof known);
   if (registry_find(other, name) == NULL)
-    stack_error(st, line, "unknown %s '%s' (known: %s)",
-                stack_kind_name(kind), name, known);
+    stack_error(st, line, "unknown %s '%s' (%sknown: %s)",
+                stack_kind_name(kind), name,
+                params_suggest(name, known, hint, sizeof hint), known);
   else if (st->cmdline && other == NBD_LAYER_FILTER)
     stack_error(st, line, "unknown %s '%s' (known: %s); '%s' is a filter, "
                 "use --filter %s", stack_kind_name(kind), name, known, name,
@@ -253,8 +254,8 @@ int
 stack_param_routed(struct nbd_stack *st, const char *key, const char *value,
                    int line)
 {
-  char msg[STACK_ERRLEN], known[512];
-  size_t i, used;
+  char msg[STACK_ERRLEN], known[512], all[STACK_ERRLEN], hint[128];
+  size_t i, used, nall = 0;
 
   if (st->n == 0)
     return -1;
@@ -263,7 +264,15 @@ stack_param_routed(struct nbd_stack *st, const char *key, const char *value,
   for (i = 0; i < st->n; i++)
     if (stack_has_key(st->v[i].layer->ops, key))
       return stack_param(st, st->v[i].layer, key, value, line);
-  used = (size_t)snprintf(msg, sizeof msg, "unknown key '%s' (", key);
+  all[0] = '\0';
+  for (i = 0; i < st->n && nall < sizeof all; i++) {
+    stack_param_names(st->v[i].layer->ops, known, sizeof known);
+    if (strcmp(known, "none") != 0)
+      nall += (size_t)snprintf(all + nall, sizeof all - nall, "%s%s",
+                               nall ? ", " : "", known);
+  }
+  used = (size_t)snprintf(msg, sizeof msg, "unknown key '%s' (%s", key,
+                          params_suggest(key, all, hint, sizeof hint));
   for (i = 0; i < st->n && used < sizeof msg; i++) {
     const struct nbd_layer_ops *ops = st->v[i].layer->ops;
     stack_param_names(ops, known, sizeof known);

@@ -315,6 +315,33 @@ START_TEST(test_unknown_key)
 }
 END_TEST
 
+START_TEST(test_suggest)
+{
+  char buf[128];
+
+  /* A swap of two neighbours is one edit. */
+  ck_assert_str_eq(params_suggest("offste", "offset, range", buf,
+                                   sizeof buf), "did you mean 'offset'?; ");
+  ck_assert_str_eq(params_suggest("rnage", "offset, range", buf, sizeof buf),
+                   "did you mean 'range'?; ");
+  /* '-' and '_' are the same; the nearest wins. */
+  ck_assert_str_eq(params_suggest("max_conection", "max-handshakes, "
+                                  "max-connections", buf, sizeof buf),
+                   "did you mean 'max-connections'?; ");
+  /* Too far, too short, an exact match, or nothing known: no hint. */
+  ck_assert_str_eq(params_suggest("zzzzzz", "offset, range", buf,
+                                  sizeof buf), "");
+  ck_assert_str_eq(params_suggest("of", "on, offset", buf, sizeof buf), "");
+  ck_assert_str_eq(params_suggest("range", "range", buf, sizeof buf), "");
+  ck_assert_str_eq(params_suggest("nome", "none", buf, sizeof buf), "");
+  ck_assert_str_eq(params_suggest("size", "", buf, sizeof buf), "");
+  /* The unknown-key message carries it. */
+  ck_assert_int_eq(params_set(layer, "sise", "1", err, sizeof err), -1);
+  ck_assert_str_eq(err, "unknown key 'sise' (did you mean 'size'?; known: "
+                   "size, count, delay, on, mode, name, path)");
+}
+END_TEST
+
 /* Messages are cut at errlen, never written past it, even for a key far
  * longer than the buffer on a layer with no keys. */
 START_TEST(test_message_truncated)
@@ -379,6 +406,7 @@ main(void)
   add(s, "reports a missing required key", test_required);
   add(s, "names key, value and expectation in errors", test_bad_values);
   add(s, "rejects unknown key with list of known keys", test_unknown_key);
+  add(s, "suggests the nearest known name", test_suggest);
   add(s, "never writes past the error buffer", test_message_truncated);
   add(s, "names every type", test_type_names);
   sr = srunner_create(s);
