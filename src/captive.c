@@ -13,28 +13,7 @@
 
 #include "layer.h"
 #include "process.h"
-
-/* Appends s to the URI being built, percent-encoding all but unreserved
- * characters (and '/', kept for socket paths). */
-static void
-captive_uri_append(char *uri, size_t len, const char *s)
-{
-  size_t n = strlen(uri);
-  static const char hex[] = "0123456789ABCDEF";
-
-  for (; *s && n + 4 < len; s++) {
-    unsigned char ch = (unsigned char)*s;
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
-        (ch >= '0' && ch <= '9') || strchr("-._~/", ch))
-      uri[n++] = (char)ch;
-    else {
-      uri[n++] = '%';
-      uri[n++] = hex[ch >> 4];
-      uri[n++] = hex[ch & 15];
-    }
-  }
-  uri[n] = '\0';
-}
+#include "uri.h"
 
 /* --run: starts the command with the first listener's address in its
  * environment, as nbdkit does.  Returns its pid, or -1. */
@@ -43,23 +22,10 @@ captive_start(const struct nbd_config *cfg)
 {
   const struct nbd_listen *l = &cfg->listens[0];
   const char *name = cfg->exports ? cfg->exports->name : "";
-  /* Room for the longest: a 4096-byte name and a 107-byte socket path,
-   * every byte percent-encoded (a host is cut by snprintf at worst). */
-  char uri[3 * CONFIG_MAX_NAME + 3 * 108 + 64] = "";
+  char uri[URI_MAX];
   pid_t pid;
 
-  if (l->kind == NBD_LISTEN_UNIX) {
-    strcpy(uri, "nbd+unix:///");
-    captive_uri_append(uri, sizeof uri, name);
-    strcat(uri, "?socket=");
-    captive_uri_append(uri, sizeof uri, l->path);
-  } else {
-    const char *h = l->host && *l->host ? l->host : "localhost";
-    int v6 = strchr(h, ':') != NULL;
-    snprintf(uri, sizeof uri, "nbd://%s%s%s:%s/", v6 ? "[" : "", h,
-             v6 ? "]" : "", l->port);
-    captive_uri_append(uri, sizeof uri, name);
-  }
+  uri_build(uri, sizeof uri, l, name, 0);
   pid = fork();
   if (pid == -1) {
     nbd_error("--run: fork: %s", strerror(errno));
