@@ -142,21 +142,82 @@ engine_export_finish(struct nbd_export *exp, char *err, size_t errlen)
   return 0;
 }
 
+/* Guards views and dropped: a config freed on a connection's thread may
+ * race the main thread's reload over the same origin. */
+static pthread_mutex_t engine_export_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void
+engine_export_adopt(struct nbd_export *fresh, struct nbd_export *old)
+{
+  struct nbd_layer *l, *below;
+  struct nbd_export *o = engine_export_origin(old);
+
+  for (l = fresh->top; l; l = below) {  /* setup never ran: no cleanup */
+    below = l->below;
+    params_free(l);
+    free(l->conf);
+    free(l);
+  }
+  fresh->top = o->top;
+  fresh->model = o->model;
+  fresh->nonblocking = o->nonblocking;
+  fresh->origin = o;
+  pthread_mutex_lock(&engine_export_lock);
+  o->views++;
+  pthread_mutex_unlock(&engine_export_lock);
+}
+
+struct nbd_export *
+engine_export_origin(struct nbd_export *exp)
+{
+  return exp->origin ? exp->origin : exp;
+}
+
+int
+engine_export_sign(struct nbd_export *exp, const char *key,
+                   const char *value)
+{
+  size_t n = exp->sig ? strlen(exp->sig) : 0;
+  size_t add = strlen(key) + strlen(value) + 2;
+  char *s = realloc(exp->sig, n + add + 1);
+
+  if (s == NULL)
+    return -1;
+  snprintf(s + n, add + 1, "%s=%s\n", key, value);
+  exp->sig = s;
+  return 0;
+}
+
 void
 engine_export_free(struct nbd_export *exp)
 {
+  struct nbd_export *o, *gone = NULL;
   struct nbd_layer *l, *below;
 
   if (exp == NULL)
     return;
-  for (l = exp->top; l; l = below) {
-    below = l->below;
-    engine_layer_free(l);
+  o = exp->origin;
+  pthread_mutex_lock(&engine_export_lock);
+  if (o == NULL && exp->views > 0) {
+    exp->dropped = 1;           /* a newer config still serves its layers */
+    pthread_mutex_unlock(&engine_export_lock);
+    return;
   }
+  if (o && --o->views == 0 && o->dropped)
+    gone = o;
+  pthread_mutex_unlock(&engine_export_lock);
+  if (o == NULL)
+    for (l = exp->top; l; l = below) {
+      below = l->below;
+      engine_layer_free(l);
+    }
   pthread_mutex_destroy(&exp->lock);
   free(exp->name);
   free(exp->description);
+  free(exp->sig);
   free(exp);
+  if (gone)
+    engine_export_free(gone);   /* its last view is gone */
 }
 
 /* ---- opening a connection's stack --------------------------------------- */

@@ -25,6 +25,14 @@ struct nbd_export {
   enum nbd_nonblocking nonblocking; /* lowest of its layers' (layer.h) */
   pthread_mutex_t lock;         /* for SERIALIZE_CONNECTIONS/ALL_REQUESTS */
   struct nbd_export *next;      /* in config order */
+  /* Reload (reload.c): the export's config lines, to tell whether a new
+   * config changed it; and, for an export a reload kept, the export
+   * first built (origin: its layers, lock and connection count), which
+   * lives until the last config holding it is freed. */
+  char *sig;
+  struct nbd_export *origin;    /* NULL: this one owns its layers */
+  unsigned views;               /* origin: kept copies alive (engine.c) */
+  int dropped;                  /* origin: its own config is gone */
 };
 
 /* Layer instances and exports (engine.c). */
@@ -41,6 +49,15 @@ void engine_export_push(struct nbd_export *exp, struct nbd_layer *layer);
  * model; 0 or -1 with err filled. */
 int engine_export_finish(struct nbd_export *exp, char *err, size_t errlen);
 void engine_export_free(struct nbd_export *exp);
+/* Appends "key=value\n" to exp->sig; 0 or -1 (out of memory). */
+int engine_export_sign(struct nbd_export *exp, const char *key,
+                       const char *value);
+/* Reload: fresh (parsed, its layers never set up) becomes a copy of old,
+ * whose layers it shares instead of its own, which are discarded
+ * without cleanup. */
+void engine_export_adopt(struct nbd_export *fresh, struct nbd_export *old);
+/* The export that owns exp's layers (exp itself, or its origin). */
+struct nbd_export *engine_export_origin(struct nbd_export *exp);
 
 /* Opens the export's stack for one connection: contexts allocated, open
  * called inner to outer, then prepare inner to outer, then capabilities

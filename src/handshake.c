@@ -136,6 +136,9 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
   c->asked_name = asked;
   c->info.export_name = asked;
 
+  /* An export a reload kept: its layers, lock and count are its
+   * origin's, shared with connections of the older set. */
+  e = engine_export_origin(e);
   c->exp = e;
   if (e->max_connections && !c->counted) {
     if (__atomic_add_fetch(&e->nconnections, 1, __ATOMIC_SEQ_CST) >
