@@ -184,6 +184,8 @@ data_store_zero_locked(struct data_store *s, uint64_t count, uint64_t offset)
     return;
   i = data_store_find(s, first);
   j = data_store_find(s, last);
+  if (i == j)
+    return;                     /* no page there (s->v may be NULL) */
   for (k = i; k < j; k++)
     free(s->v[k].bytes);
   memmove(&s->v[i], &s->v[j], (s->n - j) * sizeof *s->v);
