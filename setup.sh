@@ -14,7 +14,7 @@ cd "$(dirname "$0")"
 
 mode=${1:-run}
 build_pkgs=(cmake make gcc musl-tools pkg-config)
-test_pkgs=(check libnbd-bin python3-libnbd nbdkit qemu-utils binutils file fdisk fio)
+test_pkgs=(check libnbd-bin python3-libnbd nbdkit qemu-utils binutils file fdisk fio groff-base)
 # ci: fuzzers (clang 14 + its sanitizer runtimes), valgrind, static analysis
 ci_pkgs=(clang libclang-rt-14-dev valgrind cppcheck clang-tidy)
 

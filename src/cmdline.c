@@ -21,7 +21,9 @@
 #include "settings.h"
 #include "stack.h"
 #include "registry.h"
+#include "stop.h"
 #include "cmdline.h"
+#include "modes.h"
 
 #ifndef NBD_VERSION
 #define NBD_VERSION "0.1.0"
@@ -35,6 +37,9 @@ enum {
   CMDLINE_OPT_CHECK,
   CMDLINE_OPT_RUN,
   CMDLINE_OPT_SETTINGS_TABLE,
+  CMDLINE_OPT_EXIT_WITH_PARENT,
+  CMDLINE_OPT_PRINT_URI,
+  CMDLINE_OPT_MAN,
   CMDLINE_OPT_SETTING = 1000,   /* + index in nbd_settings */
 };
 
@@ -65,15 +70,19 @@ static const struct option cmdline_fixed[] = {
   { "export", required_argument, NULL, 'e' },
   { "export-name", required_argument, NULL, 'e' },
   { "exportname", required_argument, NULL, 'e' },
+  { "exit-with-parent", no_argument, NULL, CMDLINE_OPT_EXIT_WITH_PARENT },
   { "filter", required_argument, NULL, CMDLINE_OPT_FILTER },
   { "foreground", no_argument, NULL, 'f' },
   { "help", no_argument, NULL, 'h' },
   { "ipaddr", required_argument, NULL, 'i' },
   { "list", no_argument, NULL, CMDLINE_OPT_LIST },
+  { "man", required_argument, NULL, CMDLINE_OPT_MAN },  /* hidden: build */
   { "port", required_argument, NULL, 'p' },
+  { "print-uri", no_argument, NULL, CMDLINE_OPT_PRINT_URI },
   { "read-only", no_argument, NULL, 'r' },
   { "run", required_argument, NULL, CMDLINE_OPT_RUN },
   { "settings-table", no_argument, NULL, CMDLINE_OPT_SETTINGS_TABLE },
+  { "single", no_argument, NULL, 's' },
   { "unix", required_argument, NULL, 'U' },
   { "verbose", no_argument, NULL, 'v' },
   { "version", no_argument, NULL, 'V' },
@@ -81,6 +90,8 @@ static const struct option cmdline_fixed[] = {
 
 #define CMDLINE_NFIXED (sizeof cmdline_fixed / sizeof cmdline_fixed[0])
 #define CMDLINE_MAXOPTS (CMDLINE_NFIXED + 64)
+
+struct nbd_modes nbd_modes;
 
 static struct option cmdline_long[CMDLINE_MAXOPTS + 1];
 /* Leading ':' so that a missing argument returns ':', not '?'. */
@@ -94,7 +105,7 @@ cmdline_options(void)
   size_t n = CMDLINE_NFIXED, k;
 
   memcpy(cmdline_long, cmdline_fixed, sizeof cmdline_fixed);
-  strcpy(cmdline_short, ":c:e:fhi:p:U:vV");
+  strcpy(cmdline_short, ":c:e:fhi:p:sU:vV");
   for (st = nbd_settings; st->key && n < CMDLINE_MAXOPTS; st++) {
     int arg = (st->flags & SETTING_FLAG) ? no_argument : required_argument;
     if (st->option == NULL)
@@ -126,7 +137,9 @@ cmdline_usage(FILE *fp)
     "client asks for gets it), or the exports of a config file.\n"
     "\n"
     "  -c, --config FILE       read exports and listen addresses from FILE\n"
-    "      --check-config FILE parse FILE, set up every export, then exit\n"
+    "      --check-config FILE check FILE: open every export's stack as a\n"
+    "                          client would, check user, group, pidfile\n"
+    "                          and listen addresses, then exit\n"
     "  -U, --unix PATH         listen on a Unix socket (repeatable); PATH -\n"
     "                          makes one in a new private directory\n"
     "  -p, --port PORT         listen on TCP PORT (default 10809)\n"
@@ -136,6 +149,10 @@ cmdline_usage(FILE *fp)
     "      --run CMD           once serving, run the shell command CMD with\n"
     "                          $uri, $nbd, $unixsocket or $port, $exportname\n"
     "                          set; stop when it exits, with its exit status\n"
+    "  -s, --single            serve one client on stdin/stdout (a socket:\n"
+    "                          inetd, libnbd's connect_command) and exit\n"
+    "      --exit-with-parent  exit when the parent process exits\n"
+    "      --print-uri         print the URI of each listener once serving\n"
     "  -f, --foreground        accepted for nbdkit habits; always foreground\n"
     "  -v, --verbose           debug messages\n"
     "      --list              list filters, backends and their keys\n"
@@ -151,7 +168,11 @@ cmdline_usage(FILE *fp)
     "Without -U, -p or -i, nbdstack listens on TCP port 10809, all addresses.\n"
     "key=value goes to the first filter (in order), then the backend, that\n"
     "knows the key; a bare VALUE sets the backend's main key (memory 1G).\n"
-    "Example: nbdstack --filter offset memory size=1G offset=1M range=256M\n");
+    "Example: nbdstack --filter offset memory size=1G offset=1M range=256M\n"
+    "\n"
+    "See nbdstack --list for the filters, backends and their keys, and the\n"
+    "manual pages nbdstack(1), nbdstack.conf(5), nbdstack-filters(7) and\n"
+    "nbdstack-backends(7).\n");
 }
 
 static void
@@ -202,6 +223,33 @@ cmdline_short_setting(int c)
   return NULL;
 }
 
+/* -s, --exit-with-parent, --print-uri: how the process runs (modes.h). */
+static int
+cmdline_mode(int c)
+{
+  if (c == 's')
+    nbd_modes.single = 1;
+  else if (c == CMDLINE_OPT_PRINT_URI)
+    nbd_modes.print_uri = 1;
+  else {
+    nbd_modes.exit_with_parent = 1;
+    nbd_modes.parent = getppid();
+  }
+  return 0;
+}
+
+/* --man PAGE (hidden): the build generates the man pages with it. */
+static int
+cmdline_man(const char *page)
+{
+  if (manpage_print(stdout, page) == -1) {
+    fprintf(stderr, "nbdstack: --man: unknown page '%s' (expected 1, 5, "
+            "filters or backends)\n", page);
+    return -1;
+  }
+  return 1;
+}
+
 /* One option; 0 go on, 1 exit 0 (--help, --version, --list), -1 error. */
 static int
 cmdline_option(int c, int longidx, int argc, char **argv,
@@ -234,6 +282,9 @@ cmdline_option(int c, int longidx, int argc, char **argv,
   case 'V': printf("nbdstack %s\n", NBD_VERSION); return 1;
   case CMDLINE_OPT_LIST: registry_print(stdout); return 1;
   case CMDLINE_OPT_SETTINGS_TABLE: settings_markdown(stdout); return 1;
+  case 's': case CMDLINE_OPT_EXIT_WITH_PARENT: case CMDLINE_OPT_PRINT_URI:
+    return cmdline_mode(c);
+  case CMDLINE_OPT_MAN: return cmdline_man(optarg);
   default: cmdline_bad_option(argc, argv, c); return -1;
   }
 }
@@ -440,11 +491,17 @@ cmdline_apply(struct nbd_config *cfg, const struct cmdline_opts *o)
 
 /* ---- modes --------------------------------------------------------------- */
 
+/* Layers see nbd_checking(): every export's stack is opened read-only
+ * and closed, beside a server that may hold the same files. */
 static int
 cmdline_check_config(const char *path)
 {
   struct nbd_config cfg;
-  int n = config_load_file(path, &cfg, stderr);
+  int n;
+
+  atomic_store(&server_checking, 1);
+  n = config_load_file(path, &cfg, stderr);
+  atomic_store(&server_checking, 0);
 
   if (n > 0) {
     fprintf(stderr, "nbdstack: %s: %d error%s\n", path, n, n == 1 ? "" : "s");
@@ -472,6 +529,32 @@ cmdline_config_file(int nargs, char **args, const struct cmdline_opts *o,
   return config_load_file(o->config, cfg, stderr) > 0 ? -1 : 0;
 }
 
+/* -s serves fd 0: listening options and what needs a listener make no
+ * sense with it (nbdkit refuses them too). */
+static int
+cmdline_check_modes(const struct cmdline_opts *o)
+{
+  const char *opt = NULL;
+
+  if (!nbd_modes.single)
+    return 0;
+  if (o->nunix)
+    opt = "-U";
+  else if (o->port)
+    opt = "-p";
+  else if (o->ipaddr)
+    opt = "-i";
+  else if (o->run)
+    opt = "--run";
+  else if (nbd_modes.print_uri)
+    opt = "--print-uri";
+  if (opt == NULL)
+    return 0;
+  fprintf(stderr, "nbdstack: -s and %s are exclusive: -s serves one client "
+          "on stdin/stdout and listens on nothing\n", opt);
+  return -1;
+}
+
 static int
 cmdline_run(int argc, char **argv, struct cmdline_opts *o,
             struct nbd_config *cfg)
@@ -492,6 +575,8 @@ cmdline_run(int argc, char **argv, struct cmdline_opts *o,
     r = cmdline_export(nargs, args, o, cfg);
   if (r == 0 && cmdline_apply(cfg, o) == -1)
     r = -1;
+  if (r == 0 && cmdline_check_modes(o) == -1)
+    r = -1;
   return r;
 }
 
@@ -503,6 +588,7 @@ cmdline_parse(int argc, char **argv, struct nbd_config *cfg)
 
   config_defaults(cfg);
   memset(&o, 0, sizeof o);
+  memset(&nbd_modes, 0, sizeof nbd_modes);
   /* Each repeatable option takes at least one argv slot. */
   o.unix_paths = calloc((size_t)argc + 1, sizeof *o.unix_paths);
   o.filters = calloc((size_t)argc + 1, sizeof *o.filters);

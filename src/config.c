@@ -13,10 +13,15 @@
  * does not open sockets or resolve host names.
  */
 #include <errno.h>
+#include <grp.h>
+#include <netdb.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config_lex.h"
@@ -182,19 +187,76 @@ config_set_backend(struct config_parser *p, const struct config_key *k,
 
 /* ---- sections ------------------------------------------------------------ */
 
+/* --check-config: opens the stack as a connection would (read-only, no
+ * connection), so that what layers check only then (sizes, partition
+ * tables, overlays) is found now, and closes it again. */
+static void
+config_check_export(struct config_parser *p, struct config_export_build *b)
+{
+  char err[CONFIG_ERRLEN];
+  struct nbd_ctx *top;
+
+  top = engine_open(b->exp, 1, NULL, err, sizeof err);
+  if (top == NULL) {
+    config_error(p, b->line, "%s: cannot open it as a client would: %s",
+                 b->label, err);
+    return;
+  }
+  if (engine_close(top) < 0)
+    config_error(p, b->line, "%s: closing it failed", b->label);
+}
+
+/* Reload (reload.c): the running config, whose exports a new one keeps
+ * when their lines did not change; NULL at startup. */
+static const struct nbd_config *config_prev;
+
+void
+config_reuse_from(const struct nbd_config *prev)
+{
+  config_prev = prev;
+}
+
+/* An export whose lines are those of a running one keeps its layer
+ * instances (a memory backend its data, a cow overlay its lock): the
+ * layers just parsed are dropped before any setup.  1 = reused. */
+static int
+config_reuse(struct config_export_build *b)
+{
+  struct nbd_export *e;
+
+  if (config_prev == NULL || !b->linked || !b->backend_tried ||
+      b->stack.nerrs || b->exp->sig == NULL)
+    return 0;
+  for (e = config_prev->exports; e; e = e->next)
+    if (strcmp(e->name, b->exp->name) == 0)
+      break;
+  if (e == NULL || e->sig == NULL || strcmp(e->sig, b->exp->sig) != 0)
+    return 0;
+  free(b->stack.v);             /* the builder's list; no setup ran */
+  engine_export_adopt(b->exp, e);
+  return 1;
+}
+
 /* Runs every layer's setup (backend first: a filter's setup may look at
  * the layer below) and links or drops the export. */
 static void
 config_end_export(struct config_parser *p)
 {
   struct config_export_build *b = &p->cur;
+  int r;
 
   if (b->exp == NULL)
     return;
   if (!b->backend_tried)
     config_error(p, b->line, "%s: no backend (add 'backend = NAME "
                  "key=value ...')", b->label);
-  stack_finish(&b->stack, b->line);
+  if (config_reuse(b)) {
+    memset(b, 0, sizeof *b);
+    return;
+  }
+  r = stack_finish(&b->stack, b->line);
+  if (r == 0 && b->backend_tried && b->exp->top && nbd_checking())
+    config_check_export(p, b);
   if (!b->linked)
     engine_export_free(b->exp);
   memset(b, 0, sizeof *b);
@@ -307,7 +369,7 @@ static void
 config_unknown_key(struct config_parser *p, const char *key,
                    const struct config_key *keys, const char *where)
 {
-  char known[256];
+  char known[256], hint[128];
   size_t used = 0;
   const struct config_key *k;
 
@@ -315,8 +377,26 @@ config_unknown_key(struct config_parser *p, const char *key,
   for (k = keys; k->name && used < sizeof known; k++)
     used += (size_t)snprintf(known + used, sizeof known - used, "%s%s",
                              k == keys ? "" : ", ", k->name);
-  config_error(p, p->line, "unknown key '%.64s' in %s (known: %s)", key,
-               where, known);
+  config_error(p, p->line, "unknown key '%.64s' in %s (%sknown: %s)", key,
+               where, params_suggest(key, known, hint, sizeof hint), known);
+}
+
+/* The line of each listen address added since the last call, for the
+ * checks of --check-config. */
+static void
+config_note_listen_lines(struct config_parser *p)
+{
+  size_t n = p->cfg->nlistens;
+  int *v;
+
+  if (n <= p->nlisten_lines)
+    return;
+  v = realloc(p->listen_lines, n * sizeof *v);
+  if (v == NULL)
+    return;                     /* lines are for messages only */
+  p->listen_lines = v;
+  while (p->nlisten_lines < n)
+    v[p->nlisten_lines++] = p->line;
 }
 
 /* A [server] key: one of the server settings (settings.c). */
@@ -324,13 +404,14 @@ static void
 config_server_key(struct config_parser *p, const char *key, char *value)
 {
   const struct nbd_setting *st = settings_find(key);
-  char err[CONFIG_ERRLEN], known[512];
+  char err[CONFIG_ERRLEN], known[512], hint[128];
   int i;
 
   if (st == NULL) {
     settings_key_names(known, sizeof known);
-    config_error(p, p->line, "unknown key '%.64s' in [server] (known: %s)",
-                 key, known);
+    config_error(p, p->line, "unknown key '%.64s' in [server] (%sknown: "
+                 "%s)", key, params_suggest(key, known, hint, sizeof hint),
+                 known);
     return;
   }
   i = (int)(st - nbd_settings);
@@ -344,6 +425,8 @@ config_server_key(struct config_parser *p, const char *key, char *value)
     return;
   if (settings_set(st, p->cfg, value, err, sizeof err) == -1)
     config_error(p, p->line, "%s: %s", key, err);
+  else
+    config_note_listen_lines(p);
 }
 
 /* Looks the key up in the section's table and calls its setter. */
@@ -412,6 +495,9 @@ config_key_line(struct config_parser *p, char *s)
   }
   value = config_skip_space(q + 1);
   key[len] = '\0';              /* after reading q: it may be the '=' */
+  if (p->sec == CONFIG_EXPORT &&
+      engine_export_sign(p->cur.exp, key, value) == -1)
+    config_error(p, p->line, "out of memory");
   config_dispatch(p, key, value);
 }
 
@@ -452,6 +538,7 @@ config_free(struct nbd_config *cfg)
   if (cfg->tmpdir)
     rmdir(cfg->tmpdir);         /* its socket is gone by now */
   free(cfg->tmpdir);
+  free(cfg->log);
   config_defaults(cfg);
 }
 
@@ -501,12 +588,135 @@ config_max_handshakes_per_source(const struct nbd_config *cfg)
   return cfg->max_handshakes_per_source;
 }
 
+/* ---- --check-config: what the server needs once it runs -------------- */
+
+/* The line of a [server] key, or 1 when it was not given in the file. */
+static int
+config_key_line_of(const struct config_parser *p, const char *key)
+{
+  const struct nbd_setting *st = settings_find(key);
+  int line = st ? p->server_seen[st - nbd_settings] : 0;
+
+  return line > 0 ? line : 1;
+}
+
+static int
+config_is_number(const char *s)
+{
+  if (*s == '\0')
+    return 0;
+  for (; *s; s++)
+    if (*s < '0' || *s > '9')
+      return 0;
+  return 1;
+}
+
+/* The directory part of path (malloc'd), "." for a bare name. */
+static char *
+config_dirname(const char *path)
+{
+  char *dir = strdup(path), *slash;
+
+  if (dir == NULL)
+    return NULL;
+  slash = strrchr(dir, '/');
+  if (slash == NULL)
+    strcpy(dir, ".");
+  else if (slash == dir)
+    slash[1] = '\0';
+  else
+    *slash = '\0';
+  return dir;
+}
+
+/* 0 when dir is a directory the server may create files in, else -1 with
+ * errno set. */
+static int
+config_dir_writable(const char *dir)
+{
+  struct stat sb;
+
+  if (stat(dir, &sb) == -1)
+    return -1;
+  if (!S_ISDIR(sb.st_mode)) {
+    errno = ENOTDIR;
+    return -1;
+  }
+  return access(dir, W_OK | X_OK);
+}
+
+static void
+config_check_path_dir(struct config_parser *p, int line, const char *what,
+                      const char *path)
+{
+  char *dir = config_dirname(path);
+
+  if (dir == NULL)
+    config_error(p, line, "out of memory");
+  else if (config_dir_writable(dir) == -1)
+    config_error(p, line, "%s: cannot create '%s': directory '%s': %s",
+                 what, path, dir, strerror(errno));
+  free(dir);
+}
+
+/* Addresses are parsed and resolved, never bound: a server already
+ * listening on them must not make the check fail. */
+static void
+config_check_listen(struct config_parser *p, const struct nbd_listen *l,
+                    int line)
+{
+  struct addrinfo hints, *res = NULL;
+  const char *host;
+  int r;
+
+  if (l->kind == NBD_LISTEN_UNIX) {
+    config_check_path_dir(p, line, "listen", l->path);
+    return;
+  }
+  host = l->host && *l->host ? l->host : NULL;
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  r = getaddrinfo(host, l->port, &hints, &res);
+  if (r != 0)
+    config_error(p, line, "listen: cannot resolve '%s' port '%s': %s",
+                 host ? host : "*", l->port, gai_strerror(r));
+  else
+    freeaddrinfo(res);
+}
+
+/* user, group, the pidfile's directory and the listen addresses, each
+ * reported at the line of its key. */
+static void
+config_check_server(struct config_parser *p)
+{
+  const struct nbd_config *cfg = p->cfg;
+  size_t i;
+
+  if (cfg->user && !config_is_number(cfg->user) &&
+      getpwnam(cfg->user) == NULL)
+    config_error(p, config_key_line_of(p, "user"), "user: no user '%s' on "
+                 "this system", cfg->user);
+  if (cfg->group && !config_is_number(cfg->group) &&
+      getgrnam(cfg->group) == NULL)
+    config_error(p, config_key_line_of(p, "group"), "group: no group '%s' "
+                 "on this system", cfg->group);
+  if (cfg->pidfile)
+    config_check_path_dir(p, config_key_line_of(p, "pidfile"), "pidfile",
+                          cfg->pidfile);
+  for (i = 0; i < cfg->nlistens && i < p->nlisten_lines; i++)
+    config_check_listen(p, &cfg->listens[i], p->listen_lines[i]);
+}
+
 static void
 config_finish(struct config_parser *p)
 {
   char err[CONFIG_ERRLEN];
 
   config_end_section(p);
+  if (nbd_checking())
+    config_check_server(p);
   if (p->export_headers == 0)
     config_error(p, p->line > 0 ? p->line : 1, "no export defined (add an "
                  "[export NAME] section; [export \"\"] is the default "
@@ -516,6 +726,7 @@ config_finish(struct config_parser *p)
                    "tcp:" LISTEN_DEFAULT_PORT, err, sizeof err) == -1)
     config_error(p, p->line, "%s", err);
   free(p->seen);
+  free(p->listen_lines);
   if (p->nerrs)
     config_free(p->cfg);
 }

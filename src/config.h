@@ -57,6 +57,9 @@ struct nbd_config {
   char *run;
   /* -U -: a private directory made for the socket, removed at exit. */
   char *tmpdir;
+  /* Where log lines go (log.c): NULL or "stderr", "syslog",
+   * "syslog:/PATH". */
+  char *log;
 };
 
 #define CONFIG_DEFAULT_MAX_CONNECTIONS 1024
@@ -74,6 +77,10 @@ struct nbd_config {
  * set up; on failure cfg is left freed (config_free not needed). */
 int config_parse_string(const char *text, const char *name,
                         struct nbd_config *cfg, FILE *errs);
+/* Reload: while prev is set, an export whose lines equal those of the
+ * export of the same name in prev shares its layer instances instead of
+ * building new ones (engine_export_adopt).  NULL to stop. */
+void config_reuse_from(const struct nbd_config *prev);
 /* Reads a file and calls config_parse_string. */
 int config_load_file(const char *path, struct nbd_config *cfg, FILE *errs);
 void config_free(struct nbd_config *cfg);

@@ -48,6 +48,8 @@ struct config_parser {
   struct config_export_build cur;
   struct config_seen_export *seen;
   size_t nseen, capseen;
+  int *listen_lines;            /* line of each cfg->listens[i] */
+  size_t nlisten_lines;
 };
 
 /* A word of a filter or backend line after quotes are removed. */

@@ -4,11 +4,13 @@
  * handshake.c's, the request loop transmission.c's.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
 #include "conn.h"
+#include "reload.h"
 #include "stop.h"
 
 struct nbd_conn *
@@ -19,6 +21,7 @@ conn_new(int fd, const struct nbd_config *cfg)
   if (c == NULL)
     return NULL;
   c->cfg = cfg;
+  c->started_ns = nbd_now_ns();
   snprintf(c->peer, sizeof c->peer, "unix client fd %d", fd);
   wire_init(&c->w, fd, c->peer, cfg->poll, cfg->coalesce);
   pthread_mutex_init(&c->qlock, NULL);
@@ -36,7 +39,26 @@ conn_free(struct nbd_conn *c)
   pthread_cond_destroy(&c->donecond);
   free(c->meta_export);
   free(c->asked_name);
+  if (c->set_ref)
+    reload_put(c->cfg);         /* may free a set a reload replaced */
   free(c);
+}
+
+/* Who the client is, for the connect and disconnect lines: address and
+ * port, or the process of a Unix socket peer. */
+static void
+conn_describe(const struct nbd_conn *c, char *buf, size_t len)
+{
+  const struct nbd_conn_info *i = &c->info;
+
+  if (i->family == AF_INET6)
+    snprintf(buf, len, "[%s]:%u", i->addr, (unsigned)i->port);
+  else if (i->family == AF_INET)
+    snprintf(buf, len, "%s:%u", i->addr, (unsigned)i->port);
+  else if (i->has_cred)
+    snprintf(buf, len, "unix pid %ld uid %ld", (long)i->pid, (long)i->uid);
+  else
+    snprintf(buf, len, "%s", c->peer);
 }
 
 int
@@ -54,6 +76,11 @@ conn_handshake(struct nbd_conn *c)
   if (c->cfg->idle_timeout)
     wire_set_timeout(&c->w, c->cfg->idle_timeout, 0);
   wire_size_sndbuf(&c->w);
+  if (c->exp) {
+    char who[128];
+    conn_describe(c, who, sizeof who);
+    nbd_info("connect: %s, export \"%s\"", who, c->exp->name);
+  }
   return 0;
 }
 
@@ -89,6 +116,16 @@ conn_finish(struct nbd_conn *c)
               "acknowledged to this client may not be durable", c->peer,
               c->exp->name, strerror(-r));
     stop_note_unwritten();
+  }
+  /* Only clients that got an export: probes and --list are debug noise. */
+  if (c->exp) {
+    char who[128];
+    uint64_t ms = (nbd_now_ns() - c->started_ns) / 1000000;
+    conn_describe(c, who, sizeof who);
+    nbd_info("disconnect: %s, export \"%s\": read %" PRIu64 " bytes, "
+             "wrote %" PRIu64 " bytes, %" PRIu64 " requests, %" PRIu64
+             ".%03" PRIu64 "s", who, c->exp->name, c->bytes_read,
+             c->bytes_written, c->nrequests, ms / 1000, ms % 1000);
   }
   handshake_release(c);
   nbd_debug("%s: connection closed", c->peer);

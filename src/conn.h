@@ -42,7 +42,10 @@ struct nbd_request {
 
 struct nbd_conn {
   struct nbd_wire w;            /* the socket (w.fd) and its buffers */
+  /* The export set the connection was accepted with (reload.c); with
+   * set_ref, conn_free drops the reference server.c took on it. */
   const struct nbd_config *cfg;
+  int set_ref;
   char peer[64];                /* for log lines */
   int counted;                  /* counted in exp->nconnections */
   /* Admission (server.c, lobby.c): where the client comes from (TCP
@@ -68,6 +71,10 @@ struct nbd_conn {
   uint32_t max_payload;         /* what we advertised as maximum */
   int serial_lock_held;         /* holds exp->lock for the whole connection */
   int wrote;                    /* a write, trim or zero ran (atomic) */
+  /* For the disconnect log line (conn.c): counted by the reader thread
+   * alone (transmission.c), read by it at the end, so no lock and no
+   * atomics on the data path. */
+  uint64_t started_ns, nrequests, bytes_read, bytes_written;
 
   /* Requests (scheduler.c). */
   pthread_mutex_t qlock;

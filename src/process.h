@@ -10,8 +10,15 @@
 /* Raises the soft open-file limit to the hard one; warns when even that
  * is short of what max-connections and max-handshakes allow. */
 void process_raise_nofile(const struct nbd_config *cfg);
-/* -u/-g; 0 or -1 (logged). */
-int process_drop_privileges(const struct nbd_config *cfg);
+/* -u/-g (names or numbers); 0 or -1 (logged).  paths (the Unix
+ * sockets and pidfile made so far) and cfg->tmpdir are removed at exit
+ * by a child that keeps root, once process_cleanup_done is called or
+ * the server dies. */
+int process_drop_privileges(const struct nbd_config *cfg,
+                            const char *const *paths, size_t npaths);
+/* At exit, after our own unlinks: lets that child remove the paths and
+ * waits for it. */
+void process_cleanup_done(void);
 /* 0 or -1 (logged; nothing left behind). */
 int process_write_pidfile(const char *path);
 

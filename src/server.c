@@ -32,9 +32,12 @@
 #include "conn.h"
 #include "lobby.h"
 #include "process.h"
+#include "reload.h"
 #include "server.h"
 #include "sockets.h"
 #include "stop.h"
+#include "modes.h"
+#include "uri.h"
 
 #define SERVER_CONN_STACK (256u << 10)
 #define SERVER_GRACE_SECONDS 5
@@ -48,6 +51,10 @@ static struct nbd_conn *server_conns;   /* newest first */
 static unsigned server_nconns;          /* threads alive, evicted included */
 static unsigned server_nevicted;        /* closed for room, not gone yet */
 static volatile sig_atomic_t server_nsignals;
+static volatile sig_atomic_t server_reload_pending;
+static const struct nbd_config *server_cfg;     /* for server_status */
+/* The connection count changed since the last STATUS= (server_lock). */
+static int server_status_dirty;
 
 
 static void
@@ -56,6 +63,14 @@ server_on_signal(int sig)
   int saved = errno;
   char c = (char)sig;
 
+  if (sig == SIGHUP) {          /* reload (reload.c), on the main loop */
+    server_reload_pending = 1;
+    if (write(server_sigpipe[1], &c, 1) == -1) {
+      /* The pipe is full: a wake-up is already pending. */
+    }
+    errno = saved;
+    return;
+  }
   /* A second SIGTERM/SIGINT cuts the final flushes short (stop.h). */
   if (sig != SIGCHLD && ++server_nsignals >= 2)
     server_aborting = 1;
@@ -64,6 +79,29 @@ server_on_signal(int sig)
     /* The pipe is full: a wake-up is already pending. */
   }
   errno = saved;
+}
+
+/* STATUS= for systemctl status: exports served and connections now.
+ * Sent under server_lock so that two threads cannot report counts out
+ * of order; only with $NOTIFY_SOCKET set.  Connection changes are sent
+ * by the accept loop at most once a second (server_status_dirty), so a
+ * storm of clients is not a storm of datagrams to PID 1.  extra goes
+ * first (READY=1). */
+static void
+server_status(const char *extra)
+{
+  const struct nbd_export *e;
+  unsigned nexp = 0, n;
+  char msg[160];
+
+  if (getenv("NOTIFY_SOCKET") == NULL)
+    return;
+  for (e = server_cfg ? server_cfg->exports : NULL; e; e = e->next)
+    nexp++;
+  n = server_nconns - server_nevicted;
+  snprintf(msg, sizeof msg, "%sSTATUS=serving %u export%s, %u connection%s",
+           extra, nexp, nexp == 1 ? "" : "s", n, n == 1 ? "" : "s");
+  notify_systemd(msg);
 }
 
 /* The handshake is over: the connection may no longer be closed to make
@@ -105,6 +143,7 @@ server_conn_thread(void *arg)
   server_nconns--;
   if (evicted)
     server_nevicted--;
+  server_status_dirty = 1;
   pthread_cond_broadcast(&server_conns_cond);
   pthread_mutex_unlock(&server_lock);
   return NULL;
@@ -187,6 +226,8 @@ server_start_conn(const struct nbd_config *cfg, struct nbd_conn *c)
 
   pthread_mutex_lock(&server_lock);
   r = server_admit(cfg, c);
+  if (r == 0)
+    server_status_dirty = 1;
   pthread_mutex_unlock(&server_lock);
   if (r == -1) {
     static time_t last;
@@ -230,11 +271,14 @@ server_accept(const struct nbd_config *cfg, const struct nbd_listener *l)
       usleep(100000);           /* let connections close; don't spin */
     return -1;
   }
+  cfg = reload_get();           /* the set this client opens from */
   c = conn_new(fd, cfg);
   if (c == NULL) {
+    reload_put(cfg);
     close(fd);
     return 0;
   }
+  c->set_ref = 1;
   server_source(c, &ss, sslen);
   nbd_debug("%s: connected on %s", c->peer, l->desc);
   if (cfg->handshake_timeout)
@@ -323,17 +367,193 @@ server_signals(void)
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+}
+
+/* The signal pipe is readable: empty it, and reload on SIGHUP.  The set
+ * the status line counts is switched under server_lock before the old
+ * one may be freed. */
+static void
+server_on_wakeup(void)
+{
+  const struct nbd_config *old;
+  char buf[64];
+
+  while (read(server_sigpipe[0], buf, sizeof buf) > 0)
+    ;
+  if (!server_reload_pending || server_stopping)
+    return;
+  server_reload_pending = 0;
+  if (reload_run(&old) == 1) {
+    pthread_mutex_lock(&server_lock);
+    server_cfg = reload_current();
+    server_status("");
+    pthread_mutex_unlock(&server_lock);
+    reload_put(old);
+  }
+}
+
+/* -u/-g: what was made as root and must go at exit (Unix sockets, the
+ * pidfile), for the child that keeps the right to remove it. */
+static int
+server_drop_privileges(const struct nbd_config *cfg)
+{
+  const char *paths[SOCKETS_MAX + 1];
+  size_t i, n = 0;
+
+  for (i = 0; i < sockets_count(); i++)
+    if (sockets_get(i)->unlink_path)
+      paths[n++] = sockets_get(i)->unlink_path;
+  if (cfg->pidfile)
+    paths[n++] = cfg->pidfile;
+  return process_drop_privileges(cfg, paths, n);
+}
+
+/* --exit-with-parent: SIGTERM (the orderly shutdown) when the parent
+ * goes; a parent that went before we asked shows as a new parent pid. */
+static void
+server_exit_with_parent(void)
+{
+  if (prctl(PR_SET_PDEATHSIG, SIGTERM) == -1) {
+    nbd_warn("--exit-with-parent: prctl: %s", strerror(errno));
+    return;
+  }
+  if (getppid() != nbd_modes.parent)
+    raise(SIGTERM);
+}
+
+/* The URI of every listener, once serving: in the log, and on stdout
+ * with --print-uri.  From the bound address (the real port of port 0);
+ * the IPv4 and IPv6 sockets of "all addresses" give one line.  TLS is
+ * not there yet: always nbd:// and nbd+unix://. */
+static void
+server_print_uris(const struct nbd_config *cfg)
+{
+  const char *name = cfg->exports ? cfg->exports->name : "";
+  static char uri[URI_MAX], last[URI_MAX];
+  size_t i;
+
+  last[0] = '\0';
+  for (i = 0; i < sockets_count(); i++) {
+    if (uri_of_socket(uri, sizeof uri, sockets_get(i)->fd, name, 0) == -1 ||
+        strcmp(uri, last) == 0)
+      continue;
+    nbd_info("serving %s", uri);
+    if (nbd_modes.print_uri)
+      printf("%s\n", uri);
+    memcpy(last, uri, sizeof last);
+  }
+  fflush(stdout);
+}
+
+/* -s: the socket on fd 0, taken from stdin and stdout so that nothing
+ * else can write on the connection (they become /dev/null); -1 when fd 0
+ * is not a socket. */
+static int
+server_single_fd(void)
+{
+  struct stat st;
+  int fd, null;
+
+  if (fstat(0, &st) == -1 || !S_ISSOCK(st.st_mode)) {
+    nbd_error("-s: standard input is not a socket: -s serves one client "
+              "on a socket given as stdin/stdout (inetd, libnbd's "
+              "connect_command); to listen, use -U, -p or -i instead");
+    return -1;
+  }
+  if ((fd = fcntl(0, F_DUPFD_CLOEXEC, 3)) == -1) {
+    nbd_error("-s: dup: %s", strerror(errno));
+    return -1;
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  if ((null = open("/dev/null", O_RDWR | O_CLOEXEC)) != -1) {
+    dup2(null, 0);
+    dup2(null, 1);
+    if (null > 2)
+      close(null);
+  }
+  return fd;
+}
+
+/* -s: waits until the one connection is gone or a signal came. */
+static void
+server_single_wait(void)
+{
+  struct timespec tick;
+
+  pthread_mutex_lock(&server_lock);
+  while (server_nconns > 0 && !server_stopping) {
+    /* A signal only sets a flag: look at it now and then. */
+    clock_gettime(CLOCK_REALTIME, &tick);
+    tick.tv_sec++;
+    pthread_cond_timedwait(&server_conns_cond, &server_lock, &tick);
+  }
+  pthread_mutex_unlock(&server_lock);
+}
+
+/* -s: serves the one client on fd 0 with the connection thread of any
+ * other client, waits until it goes (or a signal), then drains as
+ * server_run does: exit status 0, or 1 when a flush at close failed. */
+static int
+server_single(const struct nbd_config *cfg, int *drained)
+{
+  const char *paths[1] = { cfg->pidfile };
+  struct sockaddr_storage ss;
+  socklen_t sslen = sizeof ss;
+  struct nbd_conn *c;
+  int fd, status = 0;
+
+  if ((fd = server_single_fd()) == -1)
+    return -1;
+  if ((cfg->pidfile && process_write_pidfile(cfg->pidfile) == -1) ||
+      process_drop_privileges(cfg, paths, cfg->pidfile ? 1 : 0) == -1 ||
+      (c = conn_new(fd, cfg)) == NULL) {
+    close(fd);
+    return -1;
+  }
+  memset(&ss, 0, sizeof ss);
+  if (getpeername(fd, (struct sockaddr *)&ss, &sslen) == -1)
+    sslen = 0;
+  server_source(c, &ss, sslen);
+  if (cfg->handshake_timeout)
+    c->w.deadline = nbd_now_ns() + cfg->handshake_timeout;
+  if (handshake_greet(c) == -1) {
+    close(fd);
+    conn_free(c);
+  } else
+    server_start_conn(cfg, c);
+  server_single_wait();
+  stop_wake();
+  *drained = server_drain() == 0;
+  if (cfg->pidfile)
+    unlink(cfg->pidfile);
+  process_cleanup_done();
+  if (stop_unwritten() > 0 || !*drained) {
+    nbd_error("exiting with acknowledged writes that may not be durable "
+              "(%u failed flushes at close; see above)", stop_unwritten());
+    status = 1;
+  }
+  return status;
 }
 
 int
 server_run(const struct nbd_config *cfg, int *drained)
 {
   pid_t child = -1;
-  int status = 0;
+  int status = 0, notifying = getenv("NOTIFY_SOCKET") != NULL;
+  uint64_t last_status = 0;
   struct pollfd *pfd;
   size_t i, npfd;
 
   *drained = 1;
+  server_cfg = cfg;
+  {
+    char err[256];
+    if (log_open(cfg->log, err, sizeof err) == -1) {
+      nbd_error("log: %s", err);
+      return -1;
+    }
+  }
   process_raise_nofile(cfg);
   bufmem_set_limit(cfg->max_buffer_memory);
   if (pipe2(server_sigpipe, O_CLOEXEC | O_NONBLOCK) == -1) {
@@ -341,6 +561,10 @@ server_run(const struct nbd_config *cfg, int *drained)
     return -1;
   }
   server_signals();
+  if (nbd_modes.exit_with_parent)
+    server_exit_with_parent();
+  if (nbd_modes.single)
+    return server_single(cfg, drained);
   if (sockets_open(cfg) == -1) {
     sockets_close();
     return -1;
@@ -354,11 +578,21 @@ server_run(const struct nbd_config *cfg, int *drained)
     sockets_close();
     return -1;
   }
-  if (process_drop_privileges(cfg) == -1) {
+  if (server_drop_privileges(cfg) == -1) {
     sockets_close();
+    process_cleanup_done();
     return -1;
   }
-  notify_systemd("READY=1");
+  {
+    /* MAINPID: the pid systemd should watch is ours (no fork). */
+    char ready[48];
+    snprintf(ready, sizeof ready, "READY=1\nMAINPID=%ld\n", (long)getpid());
+    pthread_mutex_lock(&server_lock);
+    server_status(ready);
+    pthread_mutex_unlock(&server_lock);
+    last_status = nbd_now_ns();
+  }
+  server_print_uris(cfg);
   if (cfg->run && cfg->nlistens > 0) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -377,6 +611,8 @@ server_run(const struct nbd_config *cfg, int *drained)
     size_t nl = sockets_count() + 1, nlobby, pos = 0;
     struct nbd_conn *c;
 
+    cfg = reload_current();     /* a reload keeps the server settings */
+
     for (i = 0; i < sockets_count(); i++) {
       pfd[i].fd = sockets_get(i)->fd;
       pfd[i].events = POLLIN;
@@ -385,7 +621,9 @@ server_run(const struct nbd_config *cfg, int *drained)
     pfd[i].events = POLLIN;
     nlobby = lobby_pollfds(pfd + nl, npfd - nl);
     /* With clients in the lobby, wake now and then to expire them. */
-    if (poll(pfd, nl + nlobby, nlobby ? 500 : -1) == -1) {
+    /* Under systemd, wake each second to report a changed STATUS=. */
+    if (poll(pfd, nl + nlobby, nlobby ? 500 : notifying ? 1000 : -1) ==
+        -1) {
       if (errno == EINTR)
         continue;
       nbd_error("poll: %s", strerror(errno));
@@ -395,6 +633,19 @@ server_run(const struct nbd_config *cfg, int *drained)
            (c = lobby_take_ready(pfd + nl, nlobby, &pos)) != NULL)
       server_start_conn(cfg, c);
     lobby_expire(nbd_now_ns());
+    if (notifying && nbd_now_ns() - last_status >= 1000000000) {
+      pthread_mutex_lock(&server_lock);
+      if (server_status_dirty) {
+        server_status("");
+        last_status = nbd_now_ns();
+      }
+      server_status_dirty = 0;
+      pthread_mutex_unlock(&server_lock);
+    }
+    if (pfd[nl - 1].revents & POLLIN) {
+      server_on_wakeup();
+      continue;                 /* the listeners may have changed */
+    }
     /* Drain each ready listener (bounded, so one cannot starve others). */
     for (i = 0; i < sockets_count() && !server_stopping; i++) {
       int n;
@@ -413,6 +664,7 @@ server_run(const struct nbd_config *cfg, int *drained)
   *drained = server_drain() == 0;
   if (cfg->pidfile)
     unlink(cfg->pidfile);
+  process_cleanup_done();
   if (cfg->run)
     status = child == -1 ? 1 : captive_status(child);
   if (stop_unwritten() > 0 || !*drained) {
@@ -421,5 +673,7 @@ server_run(const struct nbd_config *cfg, int *drained)
     if (status == 0)
       status = 1;
   }
+  if (*drained)
+    reload_end();               /* a set a reload made; main frees its own */
   return status;
 }

@@ -61,6 +61,10 @@ const struct nbd_setting nbd_settings[] = {
     CONFIG_MAX_COALESCE_US, 0, "T", "120us", "inline: with many requests "
     "in flight, sleep up to T to answer several at once (at most 1ms; 0 = "
     "never; see Tuning)" },
+  { "log", "log", 0, SETTING_STRING, OFF(log), 0, 0, 0, "WHERE",
+    "stderr", "where log lines go: `stderr` (the journal's priority "
+    "prefixes when stderr is the journal), `syslog` (/dev/log) or "
+    "`syslog:/PATH` (see Logging)" },
   { NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL }
 };
 

@@ -23,6 +23,8 @@
 
 static struct nbd_listener sockets_v[SOCKETS_MAX];
 static size_t sockets_n;
+/* The listen address being bound, recorded by sockets_add. */
+static char sockets_spec[300];
 
 size_t
 sockets_count(void)
@@ -66,6 +68,7 @@ sockets_add(int fd, const char *path, const char *desc)
   l->fd = fd;
   l->unlink_path = path ? strdup(path) : NULL;
   snprintf(l->desc, sizeof l->desc, "%s", desc);
+  snprintf(l->spec, sizeof l->spec, "%s", sockets_spec);
   return 0;
 }
 
@@ -138,6 +141,15 @@ sockets_listen_tcp_host(const char *host, const char *port, int quiet)
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE;
   r = getaddrinfo(host, port, &hints, &res);
+  /* "nbd" is IANA's 10809, also where no /etc/services names it (an
+   * empty container or chroot holds nothing but the binary). */
+  if ((r == EAI_SERVICE || r == EAI_NONAME) && strcmp(port, "nbd") == 0) {
+    if (!quiet)
+      nbd_info("service \"nbd\" is not in /etc/services here: using port "
+               "10809");
+    port = "10809";
+    r = getaddrinfo(host, port, &hints, &res);
+  }
   if (r != 0) {
     if (!quiet)
       nbd_error("cannot resolve tcp:%s:%s: %s", host ? host : "*", port,
@@ -214,6 +226,89 @@ sockets_listen_tcp(const struct nbd_listen *ln)
   return n > 0 ? 0 : -1;
 }
 
+/* "unix:PATH" or "tcp:HOST:PORT": what reload compares. */
+static void
+sockets_spec_of(const struct nbd_listen *ln, char *buf, size_t len)
+{
+  if (ln->kind == NBD_LISTEN_UNIX)
+    snprintf(buf, len, "unix:%s", ln->path);
+  else
+    snprintf(buf, len, "tcp:%s:%s", ln->host ? ln->host : "",
+             ln->port && *ln->port ? ln->port : "10809");
+}
+
+static int
+sockets_listen(const struct nbd_listen *ln)
+{
+  int r;
+
+  sockets_spec_of(ln, sockets_spec, sizeof sockets_spec);
+  r = ln->kind == NBD_LISTEN_UNIX ? sockets_listen_unix(ln)
+                                  : sockets_listen_tcp(ln);
+  sockets_spec[0] = '\0';
+  return r;
+}
+
+/* Closes listener i and moves the last one into its place. */
+static void
+sockets_close_one(size_t i)
+{
+  struct nbd_listener *l = &sockets_v[i];
+
+  close(l->fd);
+  if (l->unlink_path && unlink(l->unlink_path) == -1)
+    nbd_warn("cannot remove %s: %s", l->unlink_path, strerror(errno));
+  free(l->unlink_path);
+  if (i != sockets_n - 1)
+    *l = sockets_v[sockets_n - 1];
+  sockets_n--;
+}
+
+int
+sockets_update(const struct nbd_config *cfg)
+{
+  size_t i, j, old_n = sockets_n;
+  char spec[300];
+  int found;
+
+  for (i = 0; i < old_n; i++)
+    if (sockets_v[i].spec[0] == '\0') {
+      nbd_info("reload: listening on sockets from systemd: listen "
+               "addresses are not changed");
+      return 0;
+    }
+  for (j = 0; j < cfg->nlistens; j++) {
+    sockets_spec_of(&cfg->listens[j], spec, sizeof spec);
+    for (found = 0, i = 0; i < old_n && !found; i++)
+      found = strcmp(sockets_v[i].spec, spec) == 0;
+    if (found)
+      continue;
+    if (sockets_listen(&cfg->listens[j]) == -1) {
+      while (sockets_n > old_n)
+        sockets_close_one(sockets_n - 1);
+      return -1;
+    }
+  }
+  for (i = old_n; i < sockets_n; i++) {
+    fcntl(sockets_v[i].fd, F_SETFL,
+          fcntl(sockets_v[i].fd, F_GETFL) | O_NONBLOCK);
+    nbd_info("reload: listening on %s", sockets_v[i].desc);
+  }
+  for (i = 0; i < sockets_n;) {
+    for (found = 0, j = 0; j < cfg->nlistens && !found; j++) {
+      sockets_spec_of(&cfg->listens[j], spec, sizeof spec);
+      found = strcmp(sockets_v[i].spec, spec) == 0;
+    }
+    if (found) {
+      i++;
+      continue;
+    }
+    nbd_info("reload: no longer listening on %s", sockets_v[i].desc);
+    sockets_close_one(i);
+  }
+  return 0;
+}
+
 int
 sockets_open(const struct nbd_config *cfg)
 {
@@ -226,12 +321,9 @@ sockets_open(const struct nbd_config *cfg)
     nbd_info("using %d socket(s) from systemd socket activation", n);
     return 0;
   }
-  for (i = 0; i < cfg->nlistens; i++) {
-    const struct nbd_listen *ln = &cfg->listens[i];
-    if ((ln->kind == NBD_LISTEN_UNIX ? sockets_listen_unix(ln)
-                                     : sockets_listen_tcp(ln)) == -1)
+  for (i = 0; i < cfg->nlistens; i++)
+    if (sockets_listen(&cfg->listens[i]) == -1)
       return -1;
-  }
   if (sockets_n == 0) {
     nbd_error("nothing to listen on");
     return -1;

@@ -9,9 +9,11 @@
 #define SOCKETS_MAX 64
 
 struct nbd_listener {
-  int fd;
   char *unlink_path;            /* Unix socket we created */
+  int fd;
   char desc[128];
+  char spec[300];               /* the listen address it was bound for,
+                                   "" = inherited (reload compares these) */
 };
 
 /* Binds what cfg asks for, or takes the sockets systemd passed; 0, or
@@ -21,6 +23,12 @@ int sockets_open(const struct nbd_config *cfg);
 int sockets_add(int fd, const char *path, const char *desc);
 size_t sockets_count(void);
 const struct nbd_listener *sockets_get(size_t i);
+/* Reload: binds the listen addresses of cfg not bound yet, then closes
+ * the listeners of addresses cfg no longer has (removing their Unix
+ * sockets).  On a failure to bind, closes what it just bound and returns
+ * -1 (logged), leaving the running listeners as they were.  Inherited
+ * sockets are never touched. */
+int sockets_update(const struct nbd_config *cfg);
 /* Closes every listener and removes the Unix sockets we created. */
 void sockets_close(void);
 

@@ -182,6 +182,11 @@ transmission_run(struct nbd_conn *c)
         break;
       continue;
     }
+    c->nrequests++;
+    if (r->type == NBD_CMD_READ)
+      c->bytes_read += r->count;
+    else if (r->type == NBD_CMD_WRITE)
+      c->bytes_written += r->count;
     if (sched_submit(c, &s, r) == -1)
       break;
   }

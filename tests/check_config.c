@@ -533,8 +533,8 @@ END_TEST
 START_TEST(test_unknown_layer_key)
 {
   expect_error("[export x]\n\nfilter = tfilt rnage=1M\nbackend = tback\n",
-               "t.ini:3: filter tfilt: unknown key 'rnage' (known: offset, "
-               "range, mode, label)");
+               "t.ini:3: filter tfilt: unknown key 'rnage' (did you mean "
+               "'range'?; known: offset, range, mode, label)");
   expect_error("[export x]\nbackend = tback size=12x\n",
                "t.ini:2: backend tback: size: invalid value '12x' (expected "
                "a size such as 4096, 64k, 1M or 2G)");
@@ -550,7 +550,8 @@ START_TEST(test_unknown_filter)
 
   ck_assert_int_eq(parse("[export x]\nfilter = ofset\nbackend = tback\n",
                          &cfg), 1);
-  ck_assert_has(errbuf, "t.ini:2: unknown filter 'ofset' (known: ");
+  ck_assert_has(errbuf, "t.ini:2: unknown filter 'ofset' (did you mean "
+                "'offset'?; known: ");
   ck_assert_has(errbuf, "tfilt, tfilt2");
   ck_assert_int_eq(parse("[export x]\nfilter = tback\nbackend = tback\n",
                          &cfg), 1);
@@ -598,7 +599,7 @@ START_TEST(test_server_errors)
                "threads, readonly, pidfile, max-connections, max-handshakes, "
                "max-handshakes-per-source, max-buffer-memory, "
                "handshake-timeout, idle-timeout, user, group, inline, poll, "
-               "coalesce)");
+               "coalesce, log)");
   expect_error("[export x]\nfilter tfilt\nbackend = tback\n",
                "t.ini:2: expected 'key = value' or a [section] header, got "
                "'filter tfilt'");
@@ -1142,17 +1143,19 @@ START_TEST(test_cmd_errors)
 
   ck_assert_int_eq(run(&cfg, "--filter", "tfilt", "tback", "rnage=1", NULL),
                    -1);
-  ck_assert_str_eq(cerrbuf, "nbdstack: unknown key 'rnage' (filter tfilt "
-                   "knows: offset, range, mode, label; backend tback knows: "
-                   "path, size, ro)\n");
+  ck_assert_str_eq(cerrbuf, "nbdstack: unknown key 'rnage' (did you mean "
+                   "'range'?; filter tfilt knows: offset, range, mode, label; "
+                   "backend tback knows: path, size, ro)\n");
   ck_assert_ptr_null(cfg.exports);
   ck_assert_int_eq(run(&cfg, "memroy", "1G", NULL), -1);
-  ck_assert_has(cerrbuf, "nbdstack: unknown backend 'memroy' (known: ");
+  ck_assert_has(cerrbuf, "nbdstack: unknown backend 'memroy' (did you mean "
+                "'memory'?; known: ");
   ck_assert_has(cerrbuf, "tback, tsize");
   ck_assert_int_eq(run(&cfg, "tfilt", NULL), -1);
   ck_assert_has(cerrbuf, "; 'tfilt' is a filter, use --filter tfilt\n");
   ck_assert_int_eq(run(&cfg, "--filter", "ofset", "tback", NULL), -1);
-  ck_assert_has(cerrbuf, "nbdstack: unknown filter 'ofset' (known: ");
+  ck_assert_has(cerrbuf, "nbdstack: unknown filter 'ofset' (did you mean "
+                "'offset'?; known: ");
   ck_assert_int_eq(run(&cfg, NULL), -1);
   ck_assert_has(cerrbuf, "nbdstack: no backend given");
   ck_assert_int_eq(run(&cfg, "tback", "/nope", NULL), -1);
@@ -1291,7 +1294,7 @@ START_TEST(test_cmd_check_config)
   struct nbd_config cfg;
   char *path, want[128];
 
-  path = write_config("[export x]\nbackend = tback\n");
+  path = write_config("[export x]\nfilter = tfilt\nbackend = memory 1M\n");
   ck_assert_int_eq(run(&cfg, "--check-config", path, NULL), 1);
   snprintf(want, sizeof want, "%s: OK\n", path);
   ck_assert_str_eq(outbuf, want);
@@ -1305,6 +1308,84 @@ START_TEST(test_cmd_check_config)
   ck_assert_has(cerrbuf, ": 1 error\n");
   ck_assert_str_eq(outbuf, "");
   unlink(path);
+}
+END_TEST
+
+/* --check-config opens every stack as a client would (tback cannot be
+ * opened: it has no size) and checks user, group, the pidfile's directory
+ * and the listen addresses, each at its line; a plain parse does not. */
+START_TEST(test_cmd_check_config_deep)
+{
+  static const char text[] =
+    "[server]\n"
+    "user = nbdstack-no-such-user\n"
+    "group = nbdstack-no-such-group\n"
+    "pidfile = /nonexistent-dir/x.pid\n"
+    "listen = unix:/nonexistent-dir/s.sock\n"
+    "listen = tcp:127.0.0.1:10809\n"
+    "[export x]\n"
+    "backend = tback\n"
+    "[export y]\n"
+    "backend = memory 1M\n";
+  struct nbd_config cfg;
+  char *path, want[256];
+
+  ck_assert_int_eq(parse(text, &cfg), 0);
+  config_free(&cfg);
+  path = write_config(text);
+  ck_assert_int_eq(run(&cfg, "--check-config", path, NULL), -1);
+  snprintf(want, sizeof want, "%s:2: user: no user 'nbdstack-no-such-user'",
+           path);
+  ck_assert_has(cerrbuf, want);
+  snprintf(want, sizeof want, "%s:3: group: no group "
+           "'nbdstack-no-such-group'", path);
+  ck_assert_has(cerrbuf, want);
+  snprintf(want, sizeof want, "%s:4: pidfile: cannot create "
+           "'/nonexistent-dir/x.pid': directory '/nonexistent-dir': No such "
+           "file or directory", path);
+  ck_assert_has(cerrbuf, want);
+  snprintf(want, sizeof want, "%s:5: listen: cannot create "
+           "'/nonexistent-dir/s.sock'", path);
+  ck_assert_has(cerrbuf, want);
+  snprintf(want, sizeof want, "%s:7: export \"x\": cannot open it as a "
+           "client would: ", path);
+  ck_assert_has(cerrbuf, want);
+  ck_assert_has(cerrbuf, ": 5 errors\n");
+  ck_assert_str_eq(outbuf, "");
+  ck_assert_int_eq(nbd_checking(), 0);
+  unlink(path);
+  /* Numeric ids are accepted. */
+  path = write_config("[server]\nuser = 12345\ngroup = 12345\n"
+                      "[export y]\nbackend = memory 1M\n");
+  ck_assert_int_eq(run(&cfg, "--check-config", path, NULL), 1);
+  unlink(path);
+}
+END_TEST
+
+/* Did-you-mean: a close known name is suggested before the known list. */
+START_TEST(test_did_you_mean)
+{
+  struct nbd_config cfg;
+
+  ck_assert_int_eq(parse("[server]\nthraeds = 4\n[export x]\n"
+                         "descripton = d\nfilter = tflit\n"
+                         "backend = tback\n", &cfg), 3);
+  ck_assert_has(errbuf, "t.ini:2: unknown key 'thraeds' in [server] (did "
+                "you mean 'threads'?; known: listen, ");
+  ck_assert_has(errbuf, "t.ini:4: unknown key 'descripton' in [export "
+                "\"x\"] (did you mean 'description'?; known: ");
+  ck_assert_has(errbuf, "t.ini:5: unknown filter 'tflit' (did you mean "
+                "'tfilt'?; known: ");
+  /* Nothing close: no suggestion. */
+  ck_assert_int_eq(parse("[export x]\nfilter = zzzzzz\nbackend = tback\n",
+                         &cfg), 1);
+  ck_assert_has(errbuf, "t.ini:2: unknown filter 'zzzzzz' (known: ");
+  ck_assert_int_eq(run(&cfg, "--filter", "tfilt", "tback", "rnage=1", NULL),
+                   -1);
+  ck_assert_has(cerrbuf, "unknown key 'rnage' (did you mean 'range'?; ");
+  ck_assert_int_eq(run(&cfg, "tbakc", NULL), -1);
+  ck_assert_has(cerrbuf, "unknown backend 'tbakc' (did you mean 'tback'?; "
+                "known: ");
 }
 END_TEST
 
@@ -1429,6 +1510,10 @@ cmdline_suite(void)
   add(s, "sets options before and after the backend", test_cmd_options,
       cmd_teardown);
   add(s, "help, version and list exit 0", test_cmd_exit_zero, cmd_teardown);
+  add(s, "check-config opens stacks, checks user/group/pidfile/listen",
+      test_cmd_check_config_deep, cmd_teardown);
+  add(s, "did-you-mean for unknown layers and keys", test_did_you_mean,
+      cmd_teardown);
   add(s, "check-config sets up every export", test_cmd_check_config,
       cmd_teardown);
   add(s, "-c reads the file and options override it", test_cmd_config_file,

@@ -290,7 +290,7 @@ START_TEST(test_unknown_key_lists_known_keys)
   ck_assert_int_eq(testlib_stack_new(&offset_s, "offset rnage=1M",
                                      &offset_caps), -1);
   ck_assert_str_eq(offset_s.err, "filter offset: unknown key 'rnage' "
-                   "(known: offset, range)");
+                   "(did you mean 'range'?; known: offset, range)");
 }
 END_TEST
 
