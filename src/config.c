@@ -679,6 +679,9 @@ config_check_listen(struct config_parser *p, const struct nbd_listen *l,
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE;
   r = getaddrinfo(host, l->port, &hints, &res);
+  /* As the server does: "nbd" is 10809 where /etc/services lacks it. */
+  if (r == EAI_SERVICE && strcmp(l->port, "nbd") == 0)
+    r = getaddrinfo(host, "10809", &hints, &res);
   if (r != 0)
     config_error(p, line, "listen: cannot resolve '%s' port '%s': %s",
                  host ? host : "*", l->port, gai_strerror(r));

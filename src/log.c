@@ -86,28 +86,50 @@ log_syslog_connect(void)
   return 0;
 }
 
-int
-log_open(const char *spec, char *err, size_t errlen)
+/* The syslog socket spec names, or NULL for stderr; -1 when spec is not
+ * a valid `log` value.  Shared by the settings' check and log_open. */
+static int
+log_parse(const char *spec, const char **path, char *err, size_t errlen)
 {
-  const char *path = LOG_SYSLOG_DEFAULT;
-
-  /* First, so that an error about spec reaches the journal right. */
-  log_mode = log_stderr_is_journal() ? LOG_JOURNAL : LOG_STDERR;
+  *path = NULL;
   if (spec == NULL || strcmp(spec, "stderr") == 0)
     return 0;
+  *path = LOG_SYSLOG_DEFAULT;
   if (strncmp(spec, "syslog:", 7) == 0)
-    path = spec + 7;
+    *path = spec + 7;
   else if (strcmp(spec, "syslog") != 0) {
     snprintf(err, errlen, "invalid value '%.64s' (expected stderr, syslog "
              "or syslog:/PATH)", spec);
     return -1;
   }
-  if (path[0] != '/' || strlen(path) >= sizeof log_addr.sun_path) {
+  if ((*path)[0] != '/' || strlen(*path) >= sizeof log_addr.sun_path) {
     snprintf(err, errlen, "invalid syslog socket '%.64s' (expected an "
-             "absolute path of at most %zu bytes)", path,
+             "absolute path of at most %zu bytes)", *path,
              sizeof log_addr.sun_path - 1);
     return -1;
   }
+  return 0;
+}
+
+int
+log_check(const char *spec, char *err, size_t errlen)
+{
+  const char *path;
+
+  return log_parse(spec, &path, err, errlen);
+}
+
+int
+log_open(const char *spec, char *err, size_t errlen)
+{
+  const char *path;
+
+  /* First, so that an error about spec reaches the journal right. */
+  log_mode = log_stderr_is_journal() ? LOG_JOURNAL : LOG_STDERR;
+  if (log_parse(spec, &path, err, errlen) == -1)
+    return -1;
+  if (path == NULL)
+    return 0;
   memset(&log_addr, 0, sizeof log_addr);
   log_addr.sun_family = AF_UNIX;
   memcpy(log_addr.sun_path, path, strlen(path));

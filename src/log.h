@@ -16,5 +16,8 @@ extern int nbd_verbose;
  * "stderr", "syslog", "syslog:/PATH").  0, or -1 with a message in err
  * (an unknown value, a syslog socket that does not answer). */
 int log_open(const char *spec, char *err, size_t errlen);
+/* Whether spec is a valid `log` value (checked when it is set, so that
+ * --check-config sees it); 0, or -1 with err filled. */
+int log_check(const char *spec, char *err, size_t errlen);
 
 #endif

@@ -120,6 +120,7 @@ reload_setting_text(const struct nbd_setting *st,
     break;
   case SETTING_STRING:
   case SETTING_PATH:
+  case SETTING_LOG:
     snprintf(buf, len, "%s", *(char *const *)p ? *(char *const *)p : "");
     break;
   case SETTING_LISTEN:

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "settings.h"
 #include "params.h"
 
@@ -61,7 +62,7 @@ const struct nbd_setting nbd_settings[] = {
     CONFIG_MAX_COALESCE_US, 0, "T", "120us", "inline: with many requests "
     "in flight, sleep up to T to answer several at once (at most 1ms; 0 = "
     "never; see Tuning)" },
-  { "log", "log", 0, SETTING_STRING, OFF(log), 0, 0, 0, "WHERE",
+  { "log", "log", 0, SETTING_LOG, OFF(log), 0, 0, 0, "WHERE",
     "stderr", "where log lines go: `stderr` (the journal's priority "
     "prefixes when stderr is the journal), `syslog` (/dev/log) or "
     "`syslog:/PATH` (see Logging)" },
@@ -164,6 +165,10 @@ settings_set(const struct nbd_setting *s, struct nbd_config *cfg,
     }
     /* fall through */
   case SETTING_STRING:
+    return settings_string((char **)field, text, err, errlen);
+  case SETTING_LOG:
+    if (log_check(text, err, errlen) == -1)
+      return -1;
     return settings_string((char **)field, text, err, errlen);
   case SETTING_LISTEN:
     return settings_listen(cfg, text, err, errlen);

@@ -19,6 +19,7 @@ enum setting_type {
   SETTING_STRING,               /* char * */
   SETTING_PATH,                 /* char *, not empty */
   SETTING_LISTEN,               /* appended to cfg->listens */
+  SETTING_LOG,                  /* char *, a valid `log` value (log.c) */
 };
 
 #define SETTING_REPEAT 1        /* may be given again; order kept */

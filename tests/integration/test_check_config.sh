@@ -155,4 +155,13 @@ check "--list marks memory's size as the bare value" \
 check "--list marks partition's bare value" \
     grep -qE '^ +partition=<uint> \(bare value\)' "$T/list.out"
 
+# --- log and the nbd service --------------------------------------------------
+printf '[server]\nlog = sometimes\nlisten = tcp:127.0.0.1:nbd\n[export x]\nbackend = memory size=1M\n' >"$T/log.ini"
+t "$NBDSTACK" --check-config "$T/log.ini" >"$T/log.out" 2>&1
+check_eq "a bad log value fails the check" 1 "$?"
+check "the bad log value is reported at its line" \
+    grep -qF "log.ini:2: log: invalid value 'sometimes'" "$T/log.out"
+check "port nbd resolves (10809 without /etc/services)" \
+    sh -c "! grep -q 'log.ini:3' '$T/log.out'"
+
 finish

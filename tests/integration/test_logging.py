@@ -125,13 +125,22 @@ def journal_error():
     with open(path, "wb") as f:
         st = os.fstat(f.fileno())
         env = dict(os.environ, JOURNAL_STREAM="%d:%d" % (st.st_dev, st.st_ino))
+        # A valid value whose socket is not there: refused when the
+        # server starts, through the logger (a bad value is refused by
+        # the option parser, before logging is set up).
         rc = subprocess.run([T.NBDSTACK, "-U", os.path.join(T.TMPDIR, "x.sock"),
-                             "--log=bogus", "memory", "size=1M"], env=env,
+                             "--log=syslog:/nonexistent/log.sock", "memory",
+                             "size=1M"], env=env,
                             stderr=f, stdout=f, timeout=10).returncode
     check_eq(rc, 1, "exit status")
     text = open(path).read()
-    check(text.startswith("<3>error: log: invalid value 'bogus'"),
+    check(text.startswith("<3>error: log: cannot connect to the syslog "
+                          "socket /nonexistent/log.sock"),
           "an error gets <3>: %r" % text)
+    r = subprocess.run([T.NBDSTACK, "--log=bogus", "memory", "size=1M"],
+                       capture_output=True, text=True, timeout=10)
+    check(r.returncode != 0 and "--log: invalid value 'bogus'" in r.stderr,
+          "a bad value is refused by the option parser: %r" % r.stderr)
 
 
 def syslog(how):
