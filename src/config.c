@@ -41,6 +41,10 @@ struct config_key {
 };
 #define CONFIG_REPEAT 1         /* may appear again; order kept */
 #define CONFIG_WORDS  2         /* the setter splits the raw value itself */
+/* Not in the export's signature: a reload that changes only such keys
+ * keeps the layer instances (config_reuse).  Only for a key read from
+ * the set's own export (handshake.c's e), never from its origin. */
+#define CONFIG_UNSIGNED 4
 
 static int config_set_string(struct config_parser *, const struct config_key *,
                              void *, char *);
@@ -55,7 +59,10 @@ static int config_set_backend(struct config_parser *,
 
 static const struct config_key config_export_keys[] = {
   { "description", config_set_string,
-    offsetof(struct nbd_export, description), 0, 0, 0 },
+    offsetof(struct nbd_export, description), 0, 0, CONFIG_UNSIGNED },
+  /* Signed: engine_open and handshake.c read these two, with the
+   * connection count and the serializing lock, from the origin shared
+   * with the older set's connections (docs/config.md, "Reload"). */
   { "readonly", config_set_bool, offsetof(struct nbd_export, readonly),
     0, 0, 0 },
   { "max-connections", config_set_uint,
@@ -216,9 +223,10 @@ config_reuse_from(const struct nbd_config *prev)
   config_prev = prev;
 }
 
-/* An export whose lines are those of a running one keeps its layer
- * instances (a memory backend its data, a cow overlay its lock): the
- * layers just parsed are dropped before any setup.  1 = reused. */
+/* An export whose signed lines (every key but description, in order)
+ * are those of a running one keeps its layer instances (a memory backend
+ * its data, a cow overlay its lock): the layers just parsed are dropped
+ * before any setup, and its own description serves.  1 = reused. */
 static int
 config_reuse(struct config_export_build *b)
 {
@@ -460,6 +468,12 @@ config_dispatch(struct config_parser *p, const char *key, char *value)
     return;
   }
   seen[k - keys] = p->line;
+  /* The raw value, before config_scalar or a setter rewrites it. */
+  if (!(k->flags & CONFIG_UNSIGNED) &&
+      engine_export_sign(p->cur.exp, key, value) == -1) {
+    config_error(p, p->line, "out of memory");
+    return;
+  }
   if (!(k->flags & CONFIG_WORDS) && config_scalar(p, value) == -1)
     return;
   k->set(p, k, base, value);
@@ -495,9 +509,6 @@ config_key_line(struct config_parser *p, char *s)
   }
   value = config_skip_space(q + 1);
   key[len] = '\0';              /* after reading q: it may be the '=' */
-  if (p->sec == CONFIG_EXPORT &&
-      engine_export_sign(p->cur.exp, key, value) == -1)
-    config_error(p, p->line, "out of memory");
   config_dispatch(p, key, value);
 }
 

@@ -4,12 +4,12 @@
  * the set they were accepted with, so an export a reload removed or
  * changed keeps serving them until they close; the old set is freed
  * with its last connection.  A reload parses the file into a complete
- * new set (config.c keeps the layer instances of exports whose lines did
- * not change), binds the listen addresses it adds, and only then swaps
- * the current pointer; a set with any error is refused whole.  Server
- * settings other than listen addresses need a restart: a new value is
- * reported and the running one kept.  It does not accept clients
- * (server.c) nor bind sockets itself (sockets.c).
+ * new set (config.c keeps the layer instances of exports whose lines,
+ * description aside, did not change), binds the listen addresses it
+ * adds, and only then swaps the current pointer; a set with any error
+ * is refused whole.  Server settings other than listen addresses need a
+ * restart: a new value is reported and the running one kept.  It does
+ * not accept clients (server.c) nor bind sockets itself (sockets.c).
  */
 #include <pthread.h>
 #include <stdio.h>

@@ -2,7 +2,9 @@
 """SIGHUP re-reads the config file (docs/config.md, "Reload").
 
 Real clients (libnbd) connected across reloads: an unchanged memory
-export keeps its data, an added export answers, a removed one keeps
+export keeps its data, a kept cow overlay stays locked by its instance, a
+kept writeback cache stays one cache, a changed description keeps the
+layers (readonly does not), an added export answers, a removed one keeps
 serving the client that had it open and refuses new ones, a broken file
 is refused whole, listen addresses are bound and closed, settings that
 need a restart are reported, systemd hears RELOADING=1 then READY=1, and
@@ -10,8 +12,10 @@ in command-line mode SIGHUP does not kill the server.
 """
 
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -97,6 +101,107 @@ def keeps_data_and_adds():
     b.shutdown()
     check("1 export kept, 0 changed, 1 added" in s.log_text(),
           "reload reports what it kept and added")
+    check_eq(s.stop(), 0, "exit status")
+
+
+def have_layers(*names):
+    out = subprocess.run([T.NBDSTACK, "--list"], capture_output=True,
+                         text=True).stdout
+    have = {line.split()[0] for line in out.splitlines()
+            if line.startswith("  ") and not line.startswith("   ")}
+    return all(n in have for n in names)
+
+
+def kept_overlay_stays_locked():
+    if not have_layers("cow"):
+        T.log("SKIP: no cow filter in this build")
+        return
+    ov = os.path.join(T.TMPDIR, "kept.overlay")
+    cow = ("[server]\nlisten = unix:SOCK\n[export c]\n"
+           "filter = cow overlay=%s\nbackend = memory size=1M\n" % ov)
+    s, cfg, sock = start("cowkeep", cow)
+    h = client(s.uri_for("c"))
+    h.pwrite(b"in the overlay", 8192)
+    h.shutdown()
+    # Rebuilt, the new instance would find the overlay locked by the
+    # running one and the reload would be refused.
+    reload(s, cfg, cow + "[export d]\nbackend = memory size=1M\n")
+    check("1 export kept, 0 changed, 1 added" in s.log_text(),
+          "the cow export is kept:\n" + s.log_text())
+    h = client(s.uri_for("c"))
+    check_eq(h.pread(14, 8192), b"in the overlay", "data after the reload")
+    h.shutdown()
+    second = subprocess.run(
+        [T.NBDSTACK, "-U", os.path.join(T.TMPDIR, "cowkeep2.sock"),
+         "--filter", "cow", "memory", "size=1M", "overlay=" + ov],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=10)
+    check(second.returncode != 0 and "in use" in second.stderr,
+          "a second server took the kept overlay: %d %r"
+          % (second.returncode, second.stderr))
+    check_eq(s.stop(), 0, "exit status")
+
+
+def kept_cache_is_one_cache():
+    if not have_layers("cache", "file"):
+        T.log("SKIP: no cache filter or file backend in this build")
+        return
+    img = os.path.join(T.TMPDIR, "cached.img")
+    with open(img, "wb") as f:
+        f.truncate(1 << 20)
+    text = ("[server]\nlisten = unix:SOCK\n[export k]\n"
+            "filter = cache cache=writeback\nbackend = file %s\n" % img)
+    s, cfg, sock = start("cachekeep", text)
+    # Stays open across the reload: a connection flushes when it closes.
+    w = client(s.uri_for("k"))
+    w.pwrite(b"dirty in the cache", 65536)
+    with open(img, "rb") as f:
+        f.seek(65536)
+        check_eq(f.read(18), b"\0" * 18, "writeback before any flush")
+    reload(s, cfg, text + "[export other]\nbackend = memory size=1M\n")
+    check("1 export kept, 0 changed, 1 added" in s.log_text(),
+          "the cache export is kept:\n" + s.log_text())
+    h = client(s.uri_for("k"))
+    check_eq(h.pread(18, 65536), b"dirty in the cache",
+             "a new connection reads the one cache")
+    h.shutdown()
+    check_eq(s.stop(), 0, "exit status")   # w still connected
+    del w
+    with open(img, "rb") as f:
+        f.seek(65536)
+        check_eq(f.read(18), b"dirty in the cache", "the file after SIGTERM")
+
+
+def description_only_is_kept():
+    text = ONE.replace("[export a]\n", "[export a]\ndescription = first\n")
+    s, cfg, sock = start("desc", text)
+    h = client(s.uri_for("a"))
+    h.pwrite(b"kept data", 0)
+    h.shutdown()
+    reload(s, cfg, text.replace("= first", "= second one"))
+    check("1 export kept, 0 changed" in s.log_text(),
+          "a description change keeps the export:\n" + s.log_text())
+    h = client(s.uri_for("a"))
+    check_eq(h.pread(9, 0), b"kept data", "data after a description change")
+    h.shutdown()
+    h = nbd.NBD()
+    h.set_full_info(True)
+    h.connect_uri(s.uri_for("a"))
+    check_eq(h.get_export_description(), "second one", "new description")
+    h.shutdown()
+    if shutil.which("nbdinfo"):
+        out = subprocess.run(["nbdinfo", s.uri_for("a")], capture_output=True,
+                             text=True, timeout=10).stdout
+        check("description: second one" in out, "nbdinfo shows:\n" + out)
+    # readonly is kept on the layers' export, shared with older
+    # connections: a change rebuilds (docs/config.md, "Reload").
+    reload(s, cfg, text.replace("= first", "= second one\nreadonly = yes"))
+    check("0 exports kept, 1 changed" in s.log_text(),
+          "a readonly change rebuilds:\n" + s.log_text())
+    h = client(s.uri_for("a"))
+    check(h.is_read_only(), "the new readonly applies")
+    check_eq(h.pread(9, 0), b"\0" * 9, "a rebuilt memory export")
+    h.shutdown()
     check_eq(s.stop(), 0, "exit status")
 
 
@@ -222,6 +327,11 @@ def cmdline_mode():
 
 C.run("a kept memory export keeps its data; an added one answers",
       keeps_data_and_adds)
+C.run("a kept cow overlay stays locked by its instance",
+      kept_overlay_stays_locked)
+C.run("a kept writeback cache is one cache", kept_cache_is_one_cache)
+C.run("a description change keeps the layers; readonly rebuilds",
+      description_only_is_kept)
 C.run("a changed export is rebuilt; its open client keeps the old one",
       changed_is_rebuilt)
 C.run("a removed export serves its client until it closes",
