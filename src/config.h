@@ -77,9 +77,10 @@ struct nbd_config {
  * set up; on failure cfg is left freed (config_free not needed). */
 int config_parse_string(const char *text, const char *name,
                         struct nbd_config *cfg, FILE *errs);
-/* Reload: while prev is set, an export whose lines equal those of the
- * export of the same name in prev shares its layer instances instead of
- * building new ones (engine_export_adopt).  NULL to stop. */
+/* Reload: while prev is set, an export whose lines (its description
+ * aside) equal those of the export of the same name in prev shares its
+ * layer instances instead of building new ones (engine_export_adopt).
+ * NULL to stop. */
 void config_reuse_from(const struct nbd_config *prev);
 /* Reads a file and calls config_parse_string. */
 int config_load_file(const char *path, struct nbd_config *cfg, FILE *errs);

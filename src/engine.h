@@ -25,8 +25,8 @@ struct nbd_export {
   enum nbd_nonblocking nonblocking; /* lowest of its layers' (layer.h) */
   pthread_mutex_t lock;         /* for SERIALIZE_CONNECTIONS/ALL_REQUESTS */
   struct nbd_export *next;      /* in config order */
-  /* Reload (reload.c): the export's config lines, to tell whether a new
-   * config changed it; and, for an export a reload kept, the export
+  /* Reload (reload.c): the export's config lines but its description,
+   * to tell whether a new config changed it; and, for an export a reload kept, the export
    * first built (origin: its layers, lock and connection count), which
    * lives until the last config holding it is freed. */
   char *sig;
