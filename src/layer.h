@@ -70,6 +70,8 @@
  *             bare value, if it is the magic param) appends a malloc'd
  *             non-empty copy, in the order given.  nbd_layer_param_set
  *             says 0 for it (one more may always come), look at .n.
+ *   STRING_LIST struct nbd_strlist  as PATH_LIST, and a value may be
+ *             empty (a command's arguments: arg=-f arg=raw).
  */
 enum nbd_param_type {
   NBD_PARAM_SIZE,
@@ -80,9 +82,11 @@ enum nbd_param_type {
   NBD_PARAM_DURATION,
   NBD_PARAM_ENUM,
   NBD_PARAM_PATH_LIST,
+  NBD_PARAM_STRING_LIST,
 };
 
-/* The field of a PATH_LIST parameter; freed by the engine. */
+/* The field of a PATH_LIST or STRING_LIST parameter; freed by the
+ * engine. */
 struct nbd_strlist {
   char **v;
   size_t n;

@@ -26,6 +26,7 @@ params_type_name(enum nbd_param_type t)
   case NBD_PARAM_DURATION: return "duration";
   case NBD_PARAM_ENUM: return "enum";
   case NBD_PARAM_PATH_LIST: return "path, repeatable";
+  case NBD_PARAM_STRING_LIST: return "string, repeatable";
   }
   return "?";
 }
@@ -218,9 +219,11 @@ params_store(const struct nbd_param *p, void *conf, const char *value,
     memcpy(field, &s, sizeof s);
     return 0;
   case NBD_PARAM_PATH_LIST:
-    /* Repeatable: every value is kept, in order. */
     if (*value == '\0')
       goto bad;
+    /* fall through */
+  case NBD_PARAM_STRING_LIST:
+    /* Repeatable: every value is kept, in order. */
     v = realloc(list->v, (list->n + 1) * sizeof *v);
     if (v == NULL || (s = strdup(value)) == NULL) {
       if (v)
@@ -267,13 +270,15 @@ params_index(const struct nbd_layer *layer, const char *key)
 }
 
 /* A repeatable key is never "set" here: the stack refuses a key given
- * twice by asking this, and a PATH_LIST takes any number of values. */
+ * twice by asking this, and a PATH_LIST or STRING_LIST takes any number
+ * of values. */
 int
 nbd_layer_param_set(const struct nbd_layer *layer, const char *name)
 {
   int i = params_index(layer, name);
   return i >= 0 && i < 64 && (layer->params_set & ((uint64_t)1 << i)) &&
-         layer->ops->params[i].type != NBD_PARAM_PATH_LIST;
+         layer->ops->params[i].type != NBD_PARAM_PATH_LIST &&
+         layer->ops->params[i].type != NBD_PARAM_STRING_LIST;
 }
 
 #define PARAMS_SUGGEST_MAX 64     /* longer names are not compared */
@@ -422,7 +427,8 @@ params_free(struct nbd_layer *layer)
       char **f = (char **)((char *)layer->conf + p->offset);
       free(*f);
       *f = NULL;
-    } else if (p->type == NBD_PARAM_PATH_LIST) {
+    } else if (p->type == NBD_PARAM_PATH_LIST ||
+               p->type == NBD_PARAM_STRING_LIST) {
       struct nbd_strlist *l =
         (struct nbd_strlist *)(void *)((char *)layer->conf + p->offset);
       size_t i;

@@ -7,14 +7,28 @@
  * Transmission (proto.md "Transmission"): a request is put in the table
  * of requests in flight before it is sent (its reply may come before the
  * send returns), then sent in one locked sendmsg, header and payload
- * together.  One reader thread reads every reply, finds its request by
- * cookie, checks each chunk against that request (offsets, lengths,
- * types, the context id), writes read data straight into the caller's
- * buffer, and wakes the caller when the reply is done.  Only the reader
- * completes requests, so a buffer is never written after its request
- * returned.  When anything goes wrong on the socket (EOF, a reply that
- * breaks the protocol, a failed send) the connection is dead: every
- * request in flight and every later one fails with EIO.
+ * together.  Who reads the replies: a caller whose request is alone in
+ * flight, with nobody reading, reads its own reply, woken by the kernel
+ * and not by another thread (handing each reply over from a reader
+ * thread cost a wake-up, futex calls and a context switch per request,
+ * most of the proxy's latency at queue depth 1).  Otherwise the
+ * connection's reader thread reads for as long as anything is in flight,
+ * and the callers sleep on their own condition: at depth the replies
+ * keep flowing without a pause to hand reading from caller to caller.
+ * Replies are read through a small buffer, so a short reply, or a header
+ * with the data of a small read, takes one read(2) (and a queue of short
+ * replies one in all); data beyond what is buffered goes straight into
+ * the caller's buffer.
+ *
+ * The reader finds each reply's request by cookie, checks each chunk
+ * against that request (offsets, lengths, types, the context id), writes
+ * read data into the request's buffer, and wakes its caller when the
+ * reply is done.  Only the reader completes requests, so a buffer is
+ * never written after its request returned.  When anything goes wrong on
+ * the socket (EOF, a reply that breaks the protocol, a failed send) the
+ * connection is dead: every request in flight and every later one fails
+ * with EIO.  An upstream that goes away while nothing is in flight is
+ * found at the next request.
  *
  * Not here: connecting, TLS, reconnecting, extended headers (64-bit
  * lengths), meta contexts other than base:allocation.
@@ -36,6 +50,9 @@
  * is at most 4 GiB, and no server describes it in 512-byte pieces. */
 #define NBDC_MAX_EXTENTS (1u << 20)
 #define NBDC_HANDSHAKE_TIMEOUT 30   /* seconds per read during the handshake */
+/* Reply read buffer: a 4 KiB read's reply, or a few dozen short replies,
+ * in one read(2); small, as every connection has one. */
+#define NBDC_RBUF (16u << 10)
 
 struct nbdc_req {
   uint64_t cookie;
@@ -58,12 +75,18 @@ struct nbdc {
   int fd;
   struct nbdc_info info;
   pthread_mutex_t wlock;        /* one sender at a time on the socket */
-  pthread_mutex_t lock;         /* reqs, cookie, dead, closing */
+  pthread_mutex_t lock;         /* reqs, cookie, dead, closing, reading */
   struct nbdc_req *reqs;
   uint64_t cookie;
   int dead;
   int closing;
+  int reading;                  /* someone is reading replies */
+  pthread_cond_t rcond;         /* wakes the reader thread */
   pthread_t reader;
+  /* Replies received but not parsed yet; only the reading caller touches
+   * them. */
+  size_t rpos, rlen;
+  unsigned char rbuf[NBDC_RBUF];
 };
 
 /* ---- bytes ------------------------------------------------------------ */
@@ -96,6 +119,53 @@ nbdc_skip(int fd, uint64_t len)
   while (len > 0) {
     n = len < sizeof tmp ? (size_t)len : sizeof tmp;
     if (nbdc_read_full(fd, tmp, n) == -1)
+      return -1;
+    len -= n;
+  }
+  return 0;
+}
+
+/* len bytes of the reply stream: what the buffer holds first; a rest as
+ * large as the buffer straight from the socket (no copy), a smaller one
+ * through the buffer.  0, or -1 at end of file or error. */
+static int
+nbdc_recv(struct nbdc *c, void *buf, size_t len)
+{
+  unsigned char *p = buf;
+  size_t n;
+  ssize_t r;
+
+  for (;;) {
+    n = c->rlen - c->rpos < len ? c->rlen - c->rpos : len;
+    if (n) {
+      memcpy(p, c->rbuf + c->rpos, n);
+      c->rpos += n;
+      p += n;
+      len -= n;
+    }
+    if (len == 0)
+      return 0;
+    if (len >= sizeof c->rbuf)  /* the buffer is empty here */
+      return nbdc_read_full(c->fd, p, len);
+    r = read(c->fd, c->rbuf, sizeof c->rbuf);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return -1;
+    c->rpos = 0;
+    c->rlen = (size_t)r;
+  }
+}
+
+static int
+nbdc_discard(struct nbdc *c, uint64_t len)
+{
+  unsigned char tmp[512];
+  size_t n;
+
+  while (len > 0) {
+    n = len < sizeof tmp ? (size_t)len : sizeof tmp;
+    if (nbdc_recv(c, tmp, n) == -1)
       return -1;
     len -= n;
   }
@@ -447,8 +517,9 @@ nbdc_complete(struct nbdc *c, struct nbdc_req *req)
   pthread_cond_signal(&req->cond);
 }
 
-/* Marks the connection dead and wakes the reader (shutdown): called by a
- * sender whose send failed, and by the reader on its way out. */
+/* Marks the connection dead and wakes a caller blocked reading
+ * (shutdown): called by a sender whose send failed, and by the reader
+ * when the connection fails. */
 static void
 nbdc_kill(struct nbdc *c, const char *why)
 {
@@ -507,14 +578,14 @@ nbdc_chunk_read(struct nbdc *c, struct nbdc_req *req, uint16_t type,
     return -1;
   }
   if (type == NBD_REPLY_TYPE_OFFSET_HOLE) {
-    if (len != 12 || nbdc_read_full(c->fd, h, 12) == -1) {
+    if (len != 12 || nbdc_recv(c, h, 12) == -1) {
       *why = len != 12 ? "hole chunk of bad length" : "connection closed";
       return -1;
     }
     off = wire_get64(h);
     n = wire_get32(h + 8);
   } else {
-    if (len < 8 || nbdc_read_full(c->fd, h, 8) == -1) {
+    if (len < 8 || nbdc_recv(c, h, 8) == -1) {
       *why = len < 8 ? "data chunk of bad length" : "connection closed";
       return -1;
     }
@@ -527,7 +598,7 @@ nbdc_chunk_read(struct nbdc *c, struct nbdc_req *req, uint16_t type,
   }
   if (type == NBD_REPLY_TYPE_OFFSET_HOLE)
     memset((char *)req->buf + (off - req->offset), 0, n);
-  else if (nbdc_read_full(c->fd, (char *)req->buf + (off - req->offset),
+  else if (nbdc_recv(c, (char *)req->buf + (off - req->offset),
                           n) == -1) {
     *why = "connection closed";
     return -1;
@@ -557,10 +628,10 @@ nbdc_chunk_status(struct nbdc *c, struct nbdc_req *req, uint32_t len,
   }
   if ((p = malloc(len)) == NULL) {
     req->err = req->err ? req->err : -ENOMEM;
-    return nbdc_skip(c->fd, len) == -1 ? (*why = "connection closed", -1)
+    return nbdc_discard(c, len) == -1 ? (*why = "connection closed", -1)
                                        : 0;
   }
-  if (nbdc_read_full(c->fd, p, len) == -1) {
+  if (nbdc_recv(c, p, len) == -1) {
     free(p);
     *why = "connection closed";
     return -1;
@@ -600,13 +671,13 @@ nbdc_chunk_error(struct nbdc *c, struct nbdc_req *req, uint32_t len,
   uint32_t e;
   uint16_t mlen;
 
-  if (len < 6 || nbdc_read_full(c->fd, h, 6) == -1) {
+  if (len < 6 || nbdc_recv(c, h, 6) == -1) {
     *why = len < 6 ? "error chunk of bad length" : "connection closed";
     return -1;
   }
   e = wire_get32(h);
   mlen = wire_get16(h + 4);
-  if (mlen > len - 6 || nbdc_skip(c->fd, len - 6) == -1) {
+  if (mlen > len - 6 || nbdc_discard(c, len - 6) == -1) {
     *why = mlen > len - 6 ? "error chunk message too long"
                           : "connection closed";
     return -1;
@@ -626,7 +697,7 @@ nbdc_structured(struct nbdc *c, const char **why)
   uint32_t len;
   int r;
 
-  if (nbdc_read_full(c->fd, h, sizeof h) == -1) {
+  if (nbdc_recv(c, h, sizeof h) == -1) {
     *why = "connection closed";
     return -1;
   }
@@ -675,7 +746,7 @@ nbdc_simple(struct nbdc *c, const char **why)
   struct nbdc_req *req;
   uint32_t e;
 
-  if (nbdc_read_full(c->fd, h, sizeof h) == -1) {
+  if (nbdc_recv(c, h, sizeof h) == -1) {
     *why = "connection closed";
     return -1;
   }
@@ -693,7 +764,7 @@ nbdc_simple(struct nbdc *c, const char **why)
       *why = "simple reply after read chunks";
       return -1;
     }
-    if (nbdc_read_full(c->fd, req->buf, req->count) == -1) {
+    if (nbdc_recv(c, req->buf, req->count) == -1) {
       *why = "connection closed";
       return -1;
     }
@@ -705,32 +776,76 @@ nbdc_simple(struct nbdc *c, const char **why)
   return 0;
 }
 
-static void *
-nbdc_reader(void *arg)
+/* One reply, all its chunks; 0 or -1 (dead, the reason in *why). */
+static int
+nbdc_reply(struct nbdc *c, const char **why)
 {
-  struct nbdc *c = arg;
-  const char *why = "connection closed";
   unsigned char m[4];
 
-  for (;;) {
-    if (nbdc_read_full(c->fd, m, 4) == -1)
-      break;
-    if (wire_get32(m) == NBD_SIMPLE_REPLY_MAGIC) {
-      if (nbdc_simple(c, &why) == -1)
-        break;
-    } else if (wire_get32(m) == NBD_STRUCTURED_REPLY_MAGIC) {
-      if (nbdc_structured(c, &why) == -1)
-        break;
-    } else {
-      why = "bad reply magic";
-      break;
+  if (nbdc_recv(c, m, 4) == -1) {
+    *why = "connection closed";
+    return -1;
+  }
+  if (wire_get32(m) == NBD_SIMPLE_REPLY_MAGIC)
+    return nbdc_simple(c, why);
+  if (wire_get32(m) == NBD_STRUCTURED_REPLY_MAGIC)
+    return nbdc_structured(c, why);
+  *why = "bad reply magic";
+  return -1;
+}
+
+/* Reads replies, whoever's, until mine is done (a caller reading) or
+ * nothing is in flight (the reader thread); when the connection dies,
+ * every request in flight fails.  Only the reader completes requests, so
+ * mine->done is its own to read. */
+static void
+nbdc_read_replies(struct nbdc *c, struct nbdc_req *mine)
+{
+  const char *why = "connection closed";
+  int dead, more = 1;
+
+  pthread_mutex_lock(&c->lock);
+  dead = c->dead;               /* a send failed: nothing to read */
+  pthread_mutex_unlock(&c->lock);
+  while (!dead && more) {
+    dead = nbdc_reply(c, &why) == -1;
+    if (mine)
+      more = !mine->done;
+    else {
+      pthread_mutex_lock(&c->lock);
+      more = c->reqs != NULL;
+      pthread_mutex_unlock(&c->lock);
     }
   }
+  if (!dead)
+    return;
   nbdc_kill(c, why);
   pthread_mutex_lock(&c->lock);
   while (c->reqs) {
     c->reqs->err = -EIO;
     nbdc_complete(c, c->reqs);
+  }
+  pthread_mutex_unlock(&c->lock);
+}
+
+/* The reader thread: reads while more than one request is in flight, or
+ * one whose caller sleeps; a lone caller reads its own reply. */
+static void *
+nbdc_reader(void *arg)
+{
+  struct nbdc *c = arg;
+
+  pthread_mutex_lock(&c->lock);
+  for (;;) {
+    while (!c->closing && (c->reading || c->reqs == NULL))
+      pthread_cond_wait(&c->rcond, &c->lock);
+    if (c->closing)
+      break;
+    c->reading = 1;
+    pthread_mutex_unlock(&c->lock);
+    nbdc_read_replies(c, NULL);
+    pthread_mutex_lock(&c->lock);
+    c->reading = 0;
   }
   pthread_mutex_unlock(&c->lock);
   return NULL;
@@ -763,6 +878,7 @@ nbdc_open(int fd, const char *name, char *err, size_t errlen)
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
   pthread_mutex_init(&c->wlock, NULL);
   pthread_mutex_init(&c->lock, NULL);
+  pthread_cond_init(&c->rcond, NULL);
   /* The reader keeps nothing big on its stack; musl's 128 KiB default is
    * enough, but say so rather than depend on it. */
   pthread_attr_init(&attr);
@@ -771,6 +887,7 @@ nbdc_open(int fd, const char *name, char *err, size_t errlen)
   pthread_attr_destroy(&attr);
   if (r != 0) {
     snprintf(err, errlen, "cannot start the reader thread: %s", strerror(r));
+    pthread_cond_destroy(&c->rcond);
     pthread_mutex_destroy(&c->wlock);
     pthread_mutex_destroy(&c->lock);
     close(fd);
@@ -789,7 +906,9 @@ nbdc_close(struct nbdc *c)
     return;
   pthread_mutex_lock(&c->lock);
   c->closing = 1;
+  pthread_cond_signal(&c->rcond);
   pthread_mutex_unlock(&c->lock);
+  pthread_join(c->reader, NULL);
   memset(h, 0, sizeof h);
   wire_put32(h, NBD_REQUEST_MAGIC);
   wire_put16(h + 6, NBD_CMD_DISC);
@@ -798,8 +917,8 @@ nbdc_close(struct nbdc *c)
     (void)nbdc_write_full(c->fd, h, sizeof h);
   pthread_mutex_unlock(&c->wlock);
   shutdown(c->fd, SHUT_RDWR);
-  pthread_join(c->reader, NULL);
   close(c->fd);
+  pthread_cond_destroy(&c->rcond);
   pthread_mutex_destroy(&c->wlock);
   pthread_mutex_destroy(&c->lock);
   free(c);
@@ -871,9 +990,24 @@ nbdc_request(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
   if (r == -1)
     nbdc_kill(c, strerror(errno));
 
+  /* Alone in flight with nobody reading: read the reply here.  Else sleep
+   * until the reader completes this request, making sure there is one. */
   pthread_mutex_lock(&c->lock);
-  while (!req.done)
+  while (!req.done) {
+    if (!c->reading && c->reqs == &req && req.next == NULL) {
+      c->reading = 1;
+      pthread_mutex_unlock(&c->lock);
+      nbdc_read_replies(c, &req);
+      pthread_mutex_lock(&c->lock);
+      c->reading = 0;
+      if (c->reqs)              /* arrived meanwhile: the thread reads on */
+        pthread_cond_signal(&c->rcond);
+      continue;
+    }
+    if (!c->reading)
+      pthread_cond_signal(&c->rcond);
     pthread_cond_wait(&req.cond, &c->lock);
+  }
   pthread_mutex_unlock(&c->lock);
   pthread_cond_destroy(&req.cond);
   return req.err;

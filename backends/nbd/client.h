@@ -5,8 +5,9 @@
  * NBD_OPT_SET_META_CONTEXT base:allocation and NBD_OPT_GO asking for
  * NBD_INFO_BLOCK_SIZE (NBD_OPT_EXPORT_NAME when the server has no GO).
  * Many requests may be in flight: senders share the socket under a write
- * lock, a reader thread matches replies to requests by cookie and writes
- * read data straight into the caller's buffer.  Every reply is checked
+ * lock; a reader thread (or the caller of a request alone in flight)
+ * matches replies to requests by cookie and writes read data into the
+ * caller's buffer.  Every reply is checked
  * against its request; a reply that breaks the protocol, or a dead
  * socket, fails every request in flight (and every later one) with EIO.
  *

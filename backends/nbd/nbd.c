@@ -1,9 +1,10 @@
 /* nbdstack backend nbd: proxy to an upstream NBD server.
  *
  * Keys as nbdkit's nbd plugin: the upstream is one of uri= (nbd:// or
- * nbd+unix://), socket=, hostname= (with port=), or command= (with arg=),
- * which runs an NBD server with the socket as its stdin and stdout, as
- * libnbd's nbd_connect_command does (nbdkit -s, nbd-server -i).
+ * nbd+unix://), socket=, hostname= (with port=), or command= (with arg=,
+ * repeated for each argument), which runs an NBD server with the socket
+ * as its stdin and stdout, as libnbd's nbd_connect_command does (nbdkit
+ * -s, nbd-server -i).
  *
  * Each client connection opens its own upstream connection when its
  * context opens (and runs its own command=); shared=true opens one on the
@@ -45,7 +46,7 @@ struct nbd_conf {
   char *export;
   int dynamic_export;
   char *command;
-  char *arg;
+  struct nbd_strlist arg;
   int shared;
   uint64_t retry;
 };
@@ -66,8 +67,8 @@ static const struct nbd_param nbd_params[] = {
     "ask upstream for the export name the client asked for", NULL, 0 },
   { "command", NBD_PARAM_STRING, offsetof(struct nbd_conf, command), NULL,
     "run this NBD server on the socket as stdin/stdout (nbdkit -s)", NULL, 0 },
-  { "arg", NBD_PARAM_STRING, offsetof(struct nbd_conf, arg), NULL,
-    "one argument for command", NULL, 0 },
+  { "arg", NBD_PARAM_STRING_LIST, offsetof(struct nbd_conf, arg), NULL,
+    "an argument for command (repeat for more, in order)", NULL, 0 },
   { "shared", NBD_PARAM_BOOL, offsetof(struct nbd_conf, shared), "false",
     "one upstream connection shared by all clients", NULL, 0 },
   { "retry", NBD_PARAM_UINT, offsetof(struct nbd_conf, retry), "0",
@@ -82,7 +83,7 @@ struct nbd_state {
   char *path;                   /* unix */
   char *host, *port;            /* tcp */
   char *export;
-  char *argv[3];                /* command */
+  char **argv;                  /* command: its name, args, NULL */
   /* shared=true */
   pthread_mutex_t lock;
   struct nbdc *conn;
@@ -540,6 +541,21 @@ nbd_can_extents(struct nbd_ctx *self, struct nbd_ctx *next)
 
 /* ---- setup ------------------------------------------------------------ */
 
+/* command= and each arg=, in order: the argv execvp gets.  0 or -1. */
+static int
+nbd_setup_argv(struct nbd_state *st, const struct nbd_conf *c)
+{
+  size_t i;
+
+  if ((st->argv = calloc(c->arg.n + 2, sizeof *st->argv)) == NULL ||
+      (st->argv[0] = strdup(c->command)) == NULL)
+    return -1;
+  for (i = 0; i < c->arg.n; i++)
+    if ((st->argv[i + 1] = strdup(c->arg.v[i])) == NULL)
+      return -1;
+  return 0;
+}
+
 static int
 nbd_setup_state(struct nbd_state *st, const struct nbd_layer *layer,
                 char *err, size_t errlen)
@@ -556,7 +572,7 @@ nbd_setup_state(struct nbd_state *st, const struct nbd_layer *layer,
     snprintf(err, errlen, "port= goes with hostname=");
     return -1;
   }
-  if (c->arg && !c->command) {
+  if (c->arg.n && !c->command) {
     snprintf(err, errlen, "arg= goes with command=");
     return -1;
   }
@@ -585,8 +601,10 @@ nbd_setup_state(struct nbd_state *st, const struct nbd_layer *layer,
     st->port = c->port ? strdup(c->port) : NULL;
   } else {
     st->mode = NBD_MODE_COMMAND;
-    st->argv[0] = strdup(c->command);
-    st->argv[1] = c->arg ? strdup(c->arg) : NULL;
+    if (nbd_setup_argv(st, c) == -1) {
+      snprintf(err, errlen, "out of memory");
+      return -1;
+    }
   }
   st->export = strdup(c->export ? c->export : "");
   return 0;
@@ -595,12 +613,17 @@ nbd_setup_state(struct nbd_state *st, const struct nbd_layer *layer,
 static void
 nbd_free_state(struct nbd_state *st)
 {
+  size_t i;
+
   free(st->path);
   free(st->host);
   free(st->port);
   free(st->export);
-  free(st->argv[0]);
-  free(st->argv[1]);
+  if (st->argv) {
+    for (i = 0; st->argv[i]; i++)
+      free(st->argv[i]);
+    free(st->argv);
+  }
   pthread_mutex_destroy(&st->lock);
   free(st);
 }

@@ -5,8 +5,8 @@ Upstreams: nbdkit memory, qemu-nbd over a raw file, a second nbdstack.
 Checks that the proxy shows the upstream's capabilities and bytes, that a
 filter stack split across two processes gives the same bytes as in one,
 that a killed upstream gives the client EIO and no hang, shared=true with
-8 clients on one upstream connection, dynamic-export=, command=, retry=
-and nbd:// over TCP.
+8 clients on one upstream connection, dynamic-export=, command= (with
+repeated arg=), retry= and nbd:// over TCP.
 """
 
 import json
@@ -380,6 +380,18 @@ def t_command():
     px.stop()
 
 
+def t_command_args():
+    # arg= repeated, as nbdkit takes it: each one argument, in order
+    px = proxy("command=nbdkit", "arg=-s", "arg=--exit-with-parent",
+               "arg=memory", "arg=5M")
+    h = connect(px.uri)
+    T.check_eq(h.get_size(), 5 * MiB, "size from command= with four arg=")
+    h.pwrite(b"q" * 4096, 0)
+    T.check_eq(bytes(h.pread(4096, 0)), b"q" * 4096, "data through it")
+    h.shutdown()
+    px.stop()
+
+
 def t_retry():
     sock = os.path.join(T.TMPDIR, "late.sock")
     px = proxy("socket=" + sock, "retry=10")
@@ -444,6 +456,7 @@ def t_bad_config():
                       (["nbd", "uri=nbds://h/x"], "TLS"),
                       (["nbd", "uri=nbd+unix:///x"], "socket="),
                       (["nbd", "socket=/x", "port=1"], "port="),
+                      (["nbd", "socket=/x", "arg=-s", "arg=x"], "arg="),
                       (["nbd", "socket=/x", "shared=true", "dynamic-export=true"],
                        "shared")):
         r = subprocess.run([T.NBDSTACK, "-U", os.path.join(T.TMPDIR, "bad.sock")]
@@ -462,6 +475,7 @@ c.run("upstream killed mid-copy: EIO, no hang", t_upstream_killed)
 c.run("shared=true with 8 clients", t_shared)
 c.run("dynamic-export and export=", t_dynamic_export)
 c.run("command= runs an upstream per client", t_command)
+c.run("command= with repeated arg=", t_command_args)
 c.run("retry= waits for the upstream", t_retry)
 c.run("nbd:// over TCP", t_tcp_uri)
 c.run("bad keys are refused at startup", t_bad_config)
