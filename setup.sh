@@ -13,8 +13,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 mode=${1:-run}
-build_pkgs=(cmake make gcc musl-tools pkg-config)
-test_pkgs=(check libnbd-bin python3-libnbd nbdkit qemu-utils binutils file fdisk fio groff-base)
+build_pkgs=(cmake make gcc musl-tools pkg-config dpkg-dev)
+# libmbedtls-dev: the glibc test build's TLS library (the static binary's
+# is built from Debian's mbedtls source package, fetch_mbedtls below);
+# gnutls-bin: certtool and gnutls-cli for the TLS tests.
+test_pkgs=(check libnbd-bin python3-libnbd nbdkit qemu-utils binutils file fdisk fio groff-base
+           libmbedtls-dev gnutls-bin openssl)
 # ci: fuzzers (clang 14 + its sanitizer runtimes), valgrind, static analysis
 ci_pkgs=(clang libclang-rt-14-dev valgrind cppcheck clang-tidy)
 
@@ -32,7 +36,42 @@ install_missing() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# mbedTLS for the static binary: Debian's source package, unpacked under
+# third_party/ (not committed), which cmake/mbedtls.cmake compiles with
+# musl-gcc.  apt-get source needs a deb-src entry: a separate sources
+# file with the same archive and key as debian.sources, which is left
+# alone.  NBD_TLS=OFF skips all of it.
+mbedtls_dir=third_party/mbedtls-src
+fetch_mbedtls() {
+  [ "${NBD_TLS:-ON}" = OFF ] && return 0
+  [ -f "$mbedtls_dir/include/mbedtls/ssl.h" ] && return 0
+  local sudo=() list=/etc/apt/sources.list.d/debian-src.sources
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  if ! apt-get source --print-uris mbedtls >/dev/null 2>&1; then
+    if [ ! -f "$list" ]; then
+      echo "setup: adding $list (deb-src for Debian's main archive)" >&2
+      # debian.sources with every Types: deb turned into deb-src.
+      sed -n 's/^Types:.*/Types: deb-src/; p' /etc/apt/sources.list.d/debian.sources \
+        | "${sudo[@]}" tee "$list" >/dev/null
+    fi
+    "${sudo[@]}" apt-get update -qq
+  fi
+  local tmp
+  tmp=$(mktemp -d)
+  ( cd "$tmp" && apt-get source --download-only -qq mbedtls >/dev/null 2>&1 ) ||
+    { echo "setup: apt-get source mbedtls failed" >&2; rm -rf "$tmp"; return 1; }
+  rm -rf "$mbedtls_dir" && mkdir -p third_party
+  # apt checked the files against the signed Sources index; --no-check
+  # only skips dpkg-source's own look for the uploader's key.  It applies
+  # Debian's patches.
+  dpkg-source --no-check -x "$tmp"/mbedtls_*.dsc "$tmp/src" >/dev/null
+  mv "$tmp/src" "$mbedtls_dir"
+  rm -rf "$tmp"
+  echo "setup: mbedTLS $(dpkg-parsechangelog -l "$mbedtls_dir/debian/changelog" -S Version) in $mbedtls_dir" >&2
+}
+
 build_musl() {
+  fetch_mbedtls
   cmake --preset musl -DNBD_WERROR="${NBD_WERROR:-OFF}" >/dev/null
   cmake --build --preset musl -j"$(nproc)"
 }
