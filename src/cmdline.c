@@ -24,6 +24,7 @@
 #include "stop.h"
 #include "cmdline.h"
 #include "modes.h"
+#include "tls.h"
 
 #ifndef NBD_VERSION
 #define NBD_VERSION "0.1.0"
@@ -279,7 +280,8 @@ cmdline_option(int c, int longidx, int argc, char **argv,
   case 'U': o->unix_paths[o->nunix++] = optarg; return 0;
   case 'v': o->verbose++; return 0;
   case 'h': cmdline_usage(stdout); return 1;
-  case 'V': printf("nbdstack %s\n", NBD_VERSION); return 1;
+  case 'V': printf("nbdstack %s\n%s\n", NBD_VERSION, tls_version_text());
+    return 1;
   case CMDLINE_OPT_LIST: registry_print(stdout); return 1;
   case CMDLINE_OPT_SETTINGS_TABLE: settings_markdown(stdout); return 1;
   case 's': case CMDLINE_OPT_EXIT_WITH_PARENT: case CMDLINE_OPT_PRINT_URI:

@@ -550,6 +550,8 @@ config_free(struct nbd_config *cfg)
     rmdir(cfg->tmpdir);         /* its socket is gone by now */
   free(cfg->tmpdir);
   free(cfg->log);
+  free(cfg->tls_certificates);
+  free(cfg->tls_psk);
   config_defaults(cfg);
 }
 

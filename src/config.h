@@ -60,7 +60,15 @@ struct nbd_config {
   /* Where log lines go (log.c): NULL or "stderr", "syslog",
    * "syslog:/PATH". */
   char *log;
+  /* TLS (tls.c): off, offered, or required before any other option;
+   * the X.509 directory, the PSK file, whether a client certificate is
+   * demanded. */
+  int tls;
+  char *tls_certificates, *tls_psk;
+  int tls_verify_peer;
 };
+
+enum { NBD_TLS_OFF, NBD_TLS_ON, NBD_TLS_REQUIRE };
 
 #define CONFIG_DEFAULT_MAX_CONNECTIONS 1024
 #define CONFIG_MAX_BUFFER_MEMORY_DEFAULT (UINT64_C(1) << 30)

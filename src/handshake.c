@@ -5,9 +5,11 @@
  * "dynamic" export whose stack lists the name (list_exports, layer.h
  * "export names": file dir=), else the any-export-name fallback.
  *
- * Options: EXPORT_NAME, ABORT, LIST, STARTTLS (refused: no TLS yet), INFO,
- * GO, STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT
- * (base:allocation only).  Unknown options get NBD_REP_ERR_UNSUP and the
+ * Options: EXPORT_NAME, ABORT, LIST, STARTTLS (when `tls` is on or
+ * require; the session itself is wire.c's and tls.c's), INFO, GO,
+ * STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT
+ * (base:allocation only).  With `tls = require`, every option but
+ * STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD before TLS.  Unknown options get NBD_REP_ERR_UNSUP and the
  * session goes on; malformed lengths NBD_REP_ERR_INVALID with the stream
  * kept in sync.  Unknown client flags, a bad option magic or an oversized
  * option drop the connection.  Oldstyle negotiation is not offered.
@@ -19,6 +21,7 @@
 #include "conn.h"
 #include "stop.h"
 #include "protocol.h"
+#include "tls.h"
 
 /* One option reply: header, then optional payload. */
 static int
@@ -409,6 +412,32 @@ handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   return handshake_reply(c, opt, NBD_REP_ACK, NULL, 0);
 }
 
+/* NBD_OPT_STARTTLS (proto.md "NBD_OPT_STARTTLS", "TLS support"): ACK,
+ * then the TLS handshake on the same socket; the haggling goes on inside
+ * it.  What was negotiated in the clear is forgotten, as the spec asks:
+ * a man in the middle may have chosen it. */
+static int
+handshake_starttls(struct nbd_conn *c, uint32_t len)
+{
+  if (len != 0)
+    return handshake_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                           "NBD_OPT_STARTTLS takes no data");
+  if (wire_is_tls(&c->w))
+    return handshake_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
+                           "TLS is already on");
+  if (c->cfg->tls == NBD_TLS_OFF || !tls_server_ready())
+    return handshake_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_UNSUP,
+                           "TLS is not enabled on this server");
+  if (handshake_reply(c, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0) == -1 ||
+      wire_starttls(&c->w) == -1)
+    return -1;
+  c->structured = 0;
+  c->meta_base_allocation = 0;
+  free(c->meta_export);
+  c->meta_export = NULL;
+  return 0;
+}
+
 /* Handles one option; returns 1 to enter transmission, 0 to continue,
  * -1 to drop the connection. */
 static int
@@ -417,6 +446,17 @@ handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
 {
   char name[NBD_MAX_STRING + 1];
 
+  /* proto.md "TLS support", FORCEDTLS: before TLS only STARTTLS and
+   * ABORT; EXPORT_NAME has no error reply, so it drops. */
+  if (c->cfg->tls == NBD_TLS_REQUIRE && !wire_is_tls(&c->w) &&
+      opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT) {
+    if (opt == NBD_OPT_EXPORT_NAME) {
+      nbd_info("%s: NBD_OPT_EXPORT_NAME without TLS, dropping", c->peer);
+      return -1;
+    }
+    return handshake_error(c, opt, NBD_REP_ERR_TLS_REQD,
+                           "TLS is required: send NBD_OPT_STARTTLS first");
+  }
   switch (opt) {
   case NBD_OPT_EXPORT_NAME:
     if (len > NBD_MAX_STRING)
@@ -430,8 +470,7 @@ handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
   case NBD_OPT_LIST:
     return handshake_list(c, len, max);
   case NBD_OPT_STARTTLS:
-    return handshake_error(c, opt, NBD_REP_ERR_UNSUP,
-                           "TLS is not supported by this server");
+    return handshake_starttls(c, len);
   case NBD_OPT_INFO:
   case NBD_OPT_GO:
     return handshake_info_go(c, opt, d, len);

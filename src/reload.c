@@ -114,6 +114,9 @@ reload_setting_text(const struct nbd_setting *st,
   case SETTING_BOOL:
     snprintf(buf, len, "%s", *(const int *)p ? "yes" : "no");
     break;
+  case SETTING_TLS:
+    snprintf(buf, len, "%d", *(const int *)p);
+    break;
   case SETTING_DURATION:
   case SETTING_SIZE:
     snprintf(buf, len, "%llu", (unsigned long long)*(const uint64_t *)p);
@@ -162,7 +165,8 @@ reload_keep_settings(const struct nbd_config *cur, struct nbd_config *next)
     else
       memcpy(p, (const char *)cur + st->offset,
              st->type == SETTING_UINT ? sizeof(unsigned)
-             : st->type == SETTING_BOOL ? sizeof(int) : sizeof(uint64_t));
+             : st->type == SETTING_BOOL || st->type == SETTING_TLS
+             ? sizeof(int) : sizeof(uint64_t));
   }
   next->verbose = cur->verbose;
   r |= reload_dup(&next->run, cur->run);

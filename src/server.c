@@ -37,6 +37,7 @@
 #include "sockets.h"
 #include "stop.h"
 #include "modes.h"
+#include "tls.h"
 #include "uri.h"
 
 #define SERVER_CONN_STACK (256u << 10)
@@ -554,6 +555,9 @@ server_run(const struct nbd_config *cfg, int *drained)
       return -1;
     }
   }
+  /* Bad keys stop the server here, not at the first client. */
+  if (tls_server_init(cfg) != 0)
+    return -1;
   process_raise_nofile(cfg);
   bufmem_set_limit(cfg->max_buffer_memory);
   if (pipe2(server_sigpipe, O_CLOEXEC | O_NONBLOCK) == -1) {
@@ -673,7 +677,9 @@ server_run(const struct nbd_config *cfg, int *drained)
     if (status == 0)
       status = 1;
   }
-  if (*drained)
+  if (*drained) {
     reload_end();               /* a set a reload made; main frees its own */
+    tls_server_free();
+  }
   return status;
 }

@@ -66,6 +66,17 @@ const struct nbd_setting nbd_settings[] = {
     "stderr", "where log lines go: `stderr` (the journal's priority "
     "prefixes when stderr is the journal), `syslog` (/dev/log) or "
     "`syslog:/PATH` (see Logging)" },
+  { "tls", "tls", 0, SETTING_TLS, OFF(tls), 0, 0, 0, "off|on|require",
+    "off", "TLS (STARTTLS): `on` offers it, `require` refuses every option "
+    "but STARTTLS and ABORT before it (see TLS)" },
+  { "tls-certificates", "tls-certificates", 0, SETTING_PATH,
+    OFF(tls_certificates), 0, 0, 0, "DIR", "none", "X.509: DIR holds "
+    "`ca-cert.pem`, `server-cert.pem` and `server-key.pem`" },
+  { "tls-psk", "tls-psk", 0, SETTING_PATH, OFF(tls_psk), 0, 0, 0, "FILE",
+    "none", "pre-shared keys, psktool's `username:hexkey` lines" },
+  { "tls-verify-peer", "tls-verify-peer", 0, SETTING_BOOL,
+    OFF(tls_verify_peer), 0, 0, SETTING_FLAG, NULL, "no", "X.509: demand "
+    "a client certificate signed by `ca-cert.pem`" },
   { NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL }
 };
 
@@ -172,6 +183,19 @@ settings_set(const struct nbd_setting *s, struct nbd_config *cfg,
     return settings_string((char **)field, text, err, errlen);
   case SETTING_LISTEN:
     return settings_listen(cfg, text, err, errlen);
+  case SETTING_TLS:
+    if (strcmp(text, "off") == 0 || strcmp(text, "no") == 0)
+      *(int *)field = NBD_TLS_OFF;
+    else if (strcmp(text, "on") == 0 || strcmp(text, "yes") == 0)
+      *(int *)field = NBD_TLS_ON;
+    else if (strcmp(text, "require") == 0)
+      *(int *)field = NBD_TLS_REQUIRE;
+    else {
+      snprintf(err, errlen, "invalid value '%s' (expected off, on or "
+               "require)", text);
+      return -1;
+    }
+    return 0;
   }
   return -1;
 }

@@ -20,6 +20,7 @@ enum setting_type {
   SETTING_PATH,                 /* char *, not empty */
   SETTING_LISTEN,               /* appended to cfg->listens */
   SETTING_LOG,                  /* char *, a valid `log` value (log.c) */
+  SETTING_TLS,                  /* int: NBD_TLS_OFF, _ON or _REQUIRE */
 };
 
 #define SETTING_REPEAT 1        /* may be given again; order kept */

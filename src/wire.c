@@ -17,6 +17,7 @@
 
 #include "layer.h"
 #include "protocol.h"
+#include "tls.h"
 #include "wire.h"
 
 #define WIRE_RBUF_SIZE (32u << 10)
@@ -30,6 +31,9 @@ wire_set_timeout(struct nbd_wire *w, uint64_t ns, int send_too)
 {
   struct timeval tv;
 
+  w->rcvtimeo = ns;
+  if (send_too)
+    w->sndtimeo = ns;
   tv.tv_sec = (time_t)(ns / 1000000000);
   tv.tv_usec = (suseconds_t)(ns % 1000000000 / 1000);
   if (ns && tv.tv_sec == 0 && tv.tv_usec == 0)
@@ -76,11 +80,40 @@ wire_retry(struct nbd_wire *w, ssize_t r)
   return 0;
 }
 
+/* The plain socket's pair (struct wire_io). */
+static ssize_t
+wire_plain_recvv(struct nbd_wire *w, struct iovec *iov, int n, int flags)
+{
+  struct msghdr msg;
+
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = n;
+  return recvmsg(w->fd, &msg, flags);
+}
+
+static ssize_t
+wire_plain_sendv(struct nbd_wire *w, struct iovec *iov, int n)
+{
+  struct msghdr msg;
+
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = n;
+  return sendmsg(w->fd, &msg, MSG_NOSIGNAL);
+}
+
+static const struct wire_io wire_plain = {
+  wire_plain_recvv, wire_plain_sendv, NULL, NULL
+};
+
 /* Receives into the free end of the input buffer. */
 static ssize_t
 wire_recv_more(struct nbd_wire *w, int flags)
 {
-  return recv(w->fd, w->rbuf + w->rlen, w->rcap - w->rlen, flags);
+  struct iovec iov = { w->rbuf + w->rlen, w->rcap - w->rlen };
+
+  return w->io->recvv(w, &iov, 1, flags);
 }
 
 /* After a non-blocking read returned -1: nothing has come yet (as
@@ -246,12 +279,7 @@ wire_iov_advance(struct iovec **iov, int n, size_t r)
 static ssize_t
 wire_recvv(struct nbd_wire *w, struct iovec *iov, int n, int flags)
 {
-  struct msghdr msg;
-
-  memset(&msg, 0, sizeof msg);
-  msg.msg_iov = iov;
-  msg.msg_iovlen = n > WIRE_MAX_IOV ? WIRE_MAX_IOV : n;
-  return recvmsg(w->fd, &msg, flags);
+  return w->io->recvv(w, iov, n > WIRE_MAX_IOV ? WIRE_MAX_IOV : n, flags);
 }
 
 /* Before a large payload is waited for asleep: takes what arrives within
@@ -354,14 +382,10 @@ wire_skip(struct nbd_wire *w, size_t len)
 static int
 wire_send_locked(struct nbd_wire *w, struct iovec *iov, int n)
 {
-  struct msghdr msg;
   ssize_t r;
 
   while (n > 0) {
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = iov;
-    msg.msg_iovlen = n;
-    r = sendmsg(w->fd, &msg, MSG_NOSIGNAL);
+    r = w->io->sendv(w, iov, n);
     if (r == -1) {
       if (errno == EINTR)
         continue;
@@ -471,6 +495,7 @@ wire_init(struct nbd_wire *w, int fd, const char *peer, uint64_t poll_ns,
 {
   memset(w, 0, sizeof *w);
   w->fd = fd;
+  w->io = &wire_plain;
   w->peer = peer;
   pthread_mutex_init(&w->wlock, NULL);
   iopolicy_init(&w->pol, poll_ns, coalesce_ns);
@@ -479,6 +504,9 @@ wire_init(struct nbd_wire *w, int fd, const char *peer, uint64_t poll_ns,
 void
 wire_destroy(struct nbd_wire *w)
 {
+  if (w->io->free)
+    w->io->free(w);
+  w->io = &wire_plain;
   pthread_mutex_destroy(&w->wlock);
   free(w->rbuf);
   free(w->obuf);
@@ -505,7 +533,33 @@ wire_size_sndbuf(struct nbd_wire *w)
 void
 wire_shutdown(struct nbd_wire *w, int how)
 {
+  if (how != SHUT_RD && w->io->close_notify) {
+    pthread_mutex_lock(&w->wlock);
+    if (!w->write_failed)
+      w->io->close_notify(w);
+    pthread_mutex_unlock(&w->wlock);
+  }
   shutdown(w->fd, how);
+}
+
+int
+wire_starttls(struct nbd_wire *w)
+{
+  if (wire_buffered(w) > 0) {
+    /* proto.md: the TLS handshake starts after the reply.  Bytes that
+     * came before it would have to be fed to the TLS library by hand. */
+    nbd_info("%s: data sent before the STARTTLS reply, dropping", w->peer);
+    return -1;
+  }
+  if (w->olen && wire_flush(w) == -1)
+    return -1;
+  return tls_server_start(w);
+}
+
+int
+wire_is_tls(const struct nbd_wire *w)
+{
+  return w->io != &wire_plain;
 }
 
 uint64_t

@@ -1,8 +1,9 @@
 /* nbdstack wire I/O (wire.c): the one place that touches a connection's
  * socket.  Buffered reads, vectored reply writes under one lock, and the
  * batching of small replies while requests run inline on the reader.
- * TLS will slot in here, as the pair of functions that move bytes; no
- * code above calls recv or sendmsg. */
+ * Bytes move through a pair of functions chosen per connection: the
+ * plain socket's, or a TLS session's after STARTTLS (tls.c); no code
+ * above calls recv or sendmsg, and none knows which pair is in use. */
 #ifndef NBDSTACK_WIRE_H
 #define NBDSTACK_WIRE_H
 
@@ -14,8 +15,25 @@
 
 #include "iopolicy.h"
 
+struct nbd_wire;
+
+/* How bytes move.  recvv is recvmsg's contract (flags MSG_DONTWAIT and
+ * MSG_WAITALL; the socket's receive timeout is rcvtimeo; -1 with errno
+ * EAGAIN when it passed), sendv sendmsg's (some bytes, or -1; called
+ * under wlock).  close_notify ends the stream in order (TLS); free
+ * releases the session. */
+struct wire_io {
+  ssize_t (*recvv)(struct nbd_wire *w, struct iovec *iov, int n, int flags);
+  ssize_t (*sendv)(struct nbd_wire *w, struct iovec *iov, int n);
+  void (*close_notify)(struct nbd_wire *w);
+  void (*free)(struct nbd_wire *w);
+};
+
 struct nbd_wire {
   int fd;
+  const struct wire_io *io;     /* plain, or TLS after STARTTLS */
+  void *session;                /* the TLS session (tls.c) */
+  uint64_t rcvtimeo, sndtimeo;  /* the socket's timeouts, ns; 0 = none */
   const char *peer;             /* for log lines */
   uint64_t deadline;            /* CLOCK_MONOTONIC ns to finish the
                                    handshake; 0 = none */
@@ -65,7 +83,16 @@ int wire_flush(struct nbd_wire *w);
 void wire_set_timeout(struct nbd_wire *w, uint64_t ns, int send_too);
 /* A send buffer with room for a few whole replies (Unix sockets). */
 void wire_size_sndbuf(struct nbd_wire *w);
+/* SHUT_WR or SHUT_RDWR first ends a TLS session in order (close_notify). */
 void wire_shutdown(struct nbd_wire *w, int how);
+
+/* NBD_OPT_STARTTLS was acknowledged: the TLS handshake, then every byte
+ * goes through the session.  0, or -1 (drop the connection): no TLS,
+ * input already buffered (the client did not wait for the reply), or a
+ * failed handshake. */
+int wire_starttls(struct nbd_wire *w);
+/* 1 when the connection runs TLS. */
+int wire_is_tls(const struct nbd_wire *w);
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t nbd_now_ns(void);

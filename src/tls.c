@@ -1,0 +1,649 @@
+/* nbdstack TLS: the server's credentials and the per-connection session
+ * under wire.c (DESIGN.md, "The socket side").
+ *
+ * Credentials are loaded once, at startup, and checked there (readable,
+ * the key matching the certificate, the certificate not expired; every
+ * PSK line well formed), so a bad key stops the server instead of the
+ * first client.  Sessions speak TLS 1.2 (mbedTLS 2.28 has no 1.3; 1.2 is
+ * proto.md's floor, "TLS"), AEAD suites only, no renegotiation.
+ *
+ * Threads: a connection's reader and its workers read and write at once,
+ * and an mbedTLS context must not be entered by two threads together.
+ * So the socket is driven non-blocking (MSG_DONTWAIT in the BIO), every
+ * call into the context holds the session's lock, and the waiting for
+ * the socket (poll, with the wire's timeouts) happens outside it.  The
+ * shared random generator has its own lock.
+ *
+ * Not here (issue 15, later steps): per-export tls, the tls-fallback
+ * filter, the nbd backend's client side, PSK re-read on SIGHUP, logging
+ * the client certificate's name.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "log.h"
+#include "tls.h"
+
+#ifndef NBD_HAVE_TLS
+
+int tls_compiled_in(void) { return 0; }
+const char *tls_version_text(void) { return "TLS: not compiled in"; }
+int
+tls_server_init(const struct nbd_config *cfg)
+{
+  if (cfg->tls == NBD_TLS_OFF)
+    return 0;
+  nbd_error("tls: this nbdstack was built without TLS (NBD_TLS=OFF)");
+  return 1;
+}
+int tls_server_ready(void) { return 0; }
+void tls_server_free(void) { }
+int tls_server_start(struct nbd_wire *w) { return -1; }
+
+#else
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/error.h>
+#include <mbedtls/net_sockets.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/version.h>
+#include <mbedtls/x509_crt.h>
+
+#define TLS_MAX_PSK_KEY 64      /* bytes; psktool makes 32 */
+#define TLS_RECORD 16384        /* plaintext bytes per record */
+
+struct tls_psk {
+  char *identity;
+  unsigned char key[TLS_MAX_PSK_KEY];
+  size_t keylen;
+};
+
+struct tls_server {
+  mbedtls_entropy_context entropy;
+  mbedtls_ctr_drbg_context drbg;
+  pthread_mutex_t rng_lock;
+  mbedtls_ssl_config conf;
+  mbedtls_x509_crt ca, cert;
+  mbedtls_pk_context key;
+  struct tls_psk *psks;
+  size_t npsks;
+};
+
+struct tls_session {
+  mbedtls_ssl_context ssl;
+  pthread_mutex_t lock;         /* every call into ssl */
+  int fd;
+  int dead;                     /* a fatal error: no more I/O */
+  unsigned char wbuf[TLS_RECORD];
+  size_t wlen;                  /* bytes in wbuf a WANT_WRITE left */
+};
+
+static struct tls_server *tls_srv;
+
+/* AEAD suites only, strongest first; those the library was built
+ * without are skipped by it. */
+static const int tls_suites[] = {
+  MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+  MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+  MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+  MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+  MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+  MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+  MBEDTLS_TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256,
+  MBEDTLS_TLS_PSK_WITH_AES_256_GCM_SHA384,
+  MBEDTLS_TLS_PSK_WITH_AES_128_GCM_SHA256,
+  MBEDTLS_TLS_PSK_WITH_CHACHA20_POLY1305_SHA256,
+  0
+};
+
+int
+tls_compiled_in(void)
+{
+  return 1;
+}
+
+const char *
+tls_version_text(void)
+{
+  return "TLS: " MBEDTLS_VERSION_STRING_FULL " (TLS 1.2)";
+}
+
+static const char *
+tls_strerror(int r, char *buf, size_t len)
+{
+  mbedtls_strerror(r, buf, len);
+  return buf;
+}
+
+/* ---- credentials --------------------------------------------------------- */
+
+static int
+tls_rng(void *arg, unsigned char *out, size_t len)
+{
+  struct tls_server *s = arg;
+  int r;
+
+  pthread_mutex_lock(&s->rng_lock);
+  r = mbedtls_ctr_drbg_random(&s->drbg, out, len);
+  pthread_mutex_unlock(&s->rng_lock);
+  return r;
+}
+
+static int
+tls_hexval(int c)
+{
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+/* One "identity:hexkey" line of a psktool file; 0 or -1. */
+static int
+tls_psk_line(struct tls_server *s, char *line, const char *path,
+             unsigned lineno)
+{
+  char *colon = strrchr(line, ':'), *hex;
+  struct tls_psk *v, *p;
+  size_t n, i;
+
+  if (colon == NULL || colon == line) {
+    nbd_error("%s:%u: expected username:hexkey (psktool's format)", path,
+              lineno);
+    return -1;
+  }
+  *colon = '\0';
+  hex = colon + 1;
+  n = strlen(hex);
+  if (n == 0 || n % 2 || n / 2 > TLS_MAX_PSK_KEY) {
+    nbd_error("%s:%u: the key of '%s' must be 2 to %u hex digits, an even "
+              "number", path, lineno, line, 2 * TLS_MAX_PSK_KEY);
+    return -1;
+  }
+  v = realloc(s->psks, (s->npsks + 1) * sizeof *v);
+  if (v == NULL)
+    return -1;
+  s->psks = v;
+  p = &v[s->npsks];
+  for (i = 0; i < n / 2; i++) {
+    int hi = tls_hexval(hex[2 * i]), lo = tls_hexval(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) {
+      nbd_error("%s:%u: the key of '%s' is not hexadecimal", path, lineno,
+                line);
+      return -1;
+    }
+    p->key[i] = (unsigned char)(hi << 4 | lo);
+  }
+  p->keylen = n / 2;
+  if ((p->identity = strdup(line)) == NULL)
+    return -1;
+  s->npsks++;
+  return 0;
+}
+
+static int
+tls_load_psk(struct tls_server *s, const char *path)
+{
+  FILE *fp = fopen(path, "re");
+  char line[1024];
+  unsigned lineno = 0;
+  int errors = 0;
+
+  if (fp == NULL) {
+    nbd_error("tls-psk: %s: %s", path, strerror(errno));
+    return 1;
+  }
+  while (fgets(line, sizeof line, fp)) {
+    lineno++;
+    line[strcspn(line, "\r\n")] = '\0';
+    if (line[0] == '\0' || line[0] == '#')
+      continue;
+    if (tls_psk_line(s, line, path, lineno) == -1)
+      errors++;
+  }
+  fclose(fp);
+  if (errors == 0 && s->npsks == 0) {
+    nbd_error("tls-psk: %s: no keys in it", path);
+    errors++;
+  }
+  return errors;
+}
+
+/* mbedTLS asks for the key of the identity a client sent. */
+static int
+tls_psk_cb(void *arg, mbedtls_ssl_context *ssl, const unsigned char *id,
+           size_t idlen)
+{
+  struct tls_server *s = arg;
+  size_t i;
+
+  for (i = 0; i < s->npsks; i++)
+    if (strlen(s->psks[i].identity) == idlen &&
+        memcmp(s->psks[i].identity, id, idlen) == 0)
+      return mbedtls_ssl_set_hs_psk(ssl, s->psks[i].key, s->psks[i].keylen);
+  nbd_info("tls: unknown PSK identity '%.*s'", (int)(idlen > 64 ? 64 : idlen),
+           (const char *)id);
+  return -1;
+}
+
+/* A certificate that is not valid now is refused, not served. */
+static int
+tls_check_dates(const mbedtls_x509_crt *crt, const char *path)
+{
+  if (mbedtls_x509_time_is_past(&crt->valid_to)) {
+    nbd_error("tls-certificates: %s: expired %04d-%02d-%02d", path,
+              crt->valid_to.year, crt->valid_to.mon, crt->valid_to.day);
+    return 1;
+  }
+  if (mbedtls_x509_time_is_future(&crt->valid_from)) {
+    nbd_error("tls-certificates: %s: not valid before %04d-%02d-%02d", path,
+              crt->valid_from.year, crt->valid_from.mon, crt->valid_from.day);
+    return 1;
+  }
+  return 0;
+}
+
+static int
+tls_load_x509(struct tls_server *s, const struct nbd_config *cfg)
+{
+  char path[4096], e[128];
+  const char *dir = cfg->tls_certificates;
+  int r, errors = 0;
+
+  snprintf(path, sizeof path, "%s/server-cert.pem", dir);
+  if ((r = mbedtls_x509_crt_parse_file(&s->cert, path)) != 0) {
+    nbd_error("tls-certificates: %s: %s", path, tls_strerror(r, e, sizeof e));
+    return 1;
+  }
+  errors += tls_check_dates(&s->cert, path);
+  snprintf(path, sizeof path, "%s/server-key.pem", dir);
+  if ((r = mbedtls_pk_parse_keyfile(&s->key, path, NULL)) != 0) {
+    nbd_error("tls-certificates: %s: %s", path, tls_strerror(r, e, sizeof e));
+    return errors + 1;
+  }
+  if ((r = mbedtls_pk_check_pair(&s->cert.pk, &s->key)) != 0) {
+    nbd_error("tls-certificates: %s does not belong to server-cert.pem: %s",
+              path, tls_strerror(r, e, sizeof e));
+    return errors + 1;
+  }
+  if ((r = mbedtls_ssl_conf_own_cert(&s->conf, &s->cert, &s->key)) != 0) {
+    nbd_error("tls-certificates: %s", tls_strerror(r, e, sizeof e));
+    return errors + 1;
+  }
+  /* The CA: needed to check client certificates (tls-verify-peer). */
+  snprintf(path, sizeof path, "%s/ca-cert.pem", dir);
+  r = mbedtls_x509_crt_parse_file(&s->ca, path);
+  if (r != 0 && cfg->tls_verify_peer) {
+    nbd_error("tls-certificates: %s (needed by tls-verify-peer): %s", path,
+              tls_strerror(r, e, sizeof e));
+    return errors + 1;
+  }
+  if (r == 0) {
+    errors += tls_check_dates(&s->ca, path);
+    mbedtls_ssl_conf_ca_chain(&s->conf, &s->ca, NULL);
+  }
+  mbedtls_ssl_conf_authmode(&s->conf, cfg->tls_verify_peer ?
+                            MBEDTLS_SSL_VERIFY_REQUIRED :
+                            MBEDTLS_SSL_VERIFY_NONE);
+  return errors;
+}
+
+static void
+tls_server_release(struct tls_server *s)
+{
+  size_t i;
+
+  mbedtls_ssl_config_free(&s->conf);
+  mbedtls_x509_crt_free(&s->cert);
+  mbedtls_x509_crt_free(&s->ca);
+  mbedtls_pk_free(&s->key);
+  mbedtls_ctr_drbg_free(&s->drbg);
+  mbedtls_entropy_free(&s->entropy);
+  pthread_mutex_destroy(&s->rng_lock);
+  for (i = 0; i < s->npsks; i++) {
+    mbedtls_platform_zeroize(s->psks[i].key, sizeof s->psks[i].key);
+    free(s->psks[i].identity);
+  }
+  free(s->psks);
+  free(s);
+}
+
+int
+tls_server_init(const struct nbd_config *cfg)
+{
+  static const char pers[] = "nbdstack tls";
+  struct tls_server *s;
+  char e[128];
+  int r, errors = 0;
+
+  if (cfg->tls == NBD_TLS_OFF)
+    return 0;
+  if (!cfg->tls_certificates && !cfg->tls_psk) {
+    nbd_error("tls: tls = %s needs tls-certificates or tls-psk",
+              cfg->tls == NBD_TLS_ON ? "on" : "require");
+    return 1;
+  }
+  if ((s = calloc(1, sizeof *s)) == NULL)
+    return 1;
+  pthread_mutex_init(&s->rng_lock, NULL);
+  mbedtls_entropy_init(&s->entropy);
+  mbedtls_ctr_drbg_init(&s->drbg);
+  mbedtls_ssl_config_init(&s->conf);
+  mbedtls_x509_crt_init(&s->cert);
+  mbedtls_x509_crt_init(&s->ca);
+  mbedtls_pk_init(&s->key);
+  if ((r = mbedtls_ctr_drbg_seed(&s->drbg, mbedtls_entropy_func, &s->entropy,
+                                 (const unsigned char *)pers,
+                                 sizeof pers - 1)) != 0 ||
+      (r = mbedtls_ssl_config_defaults(&s->conf, MBEDTLS_SSL_IS_SERVER,
+                                       MBEDTLS_SSL_TRANSPORT_STREAM,
+                                       MBEDTLS_SSL_PRESET_DEFAULT)) != 0) {
+    nbd_error("tls: %s", tls_strerror(r, e, sizeof e));
+    tls_server_release(s);
+    return 1;
+  }
+  mbedtls_ssl_conf_rng(&s->conf, tls_rng, s);
+  mbedtls_ssl_conf_min_version(&s->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                               MBEDTLS_SSL_MINOR_VERSION_3);
+  mbedtls_ssl_conf_ciphersuites(&s->conf, tls_suites);
+#ifdef MBEDTLS_SSL_RENEGOTIATION
+  mbedtls_ssl_conf_renegotiation(&s->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+#endif
+  if (cfg->tls_certificates)
+    errors += tls_load_x509(s, cfg);
+  if (cfg->tls_psk) {
+    errors += tls_load_psk(s, cfg->tls_psk);
+    mbedtls_ssl_conf_psk_cb(&s->conf, tls_psk_cb, s);
+  }
+  if (errors) {
+    tls_server_release(s);
+    return errors;
+  }
+  tls_srv = s;
+  nbd_debug("tls: %s, %s%s%s", tls_version_text(),
+            cfg->tls_certificates ? "X.509" : "",
+            cfg->tls_certificates && cfg->tls_psk ? " and " : "",
+            cfg->tls_psk ? "PSK" : "");
+  return 0;
+}
+
+int
+tls_server_ready(void)
+{
+  return tls_srv != NULL;
+}
+
+void
+tls_server_free(void)
+{
+  if (tls_srv)
+    tls_server_release(tls_srv);
+  tls_srv = NULL;
+}
+
+/* ---- the session under wire.c ----------------------------------------- */
+
+/* The BIO: never blocks; waiting is tls_wait's, outside the lock. */
+static int
+tls_bio_send(void *arg, const unsigned char *buf, size_t len)
+{
+  struct tls_session *t = arg;
+  ssize_t r = send(t->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+  if (r >= 0)
+    return (int)r;
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+    return MBEDTLS_ERR_SSL_WANT_WRITE;
+  return MBEDTLS_ERR_NET_SEND_FAILED;
+}
+
+static int
+tls_bio_recv(void *arg, unsigned char *buf, size_t len)
+{
+  struct tls_session *t = arg;
+  ssize_t r = recv(t->fd, buf, len, MSG_DONTWAIT);
+
+  if (r >= 0)
+    return (int)r;
+  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+    return MBEDTLS_ERR_SSL_WANT_READ;
+  return MBEDTLS_ERR_NET_RECV_FAILED;
+}
+
+/* Waits until fd is ready for ev, at most ns (0 = forever); 0, or -1
+ * with errno EAGAIN when the time passed (as a socket timeout would). */
+static int
+tls_wait(int fd, short ev, uint64_t ns)
+{
+  struct pollfd p = { fd, ev, 0 };
+  int ms = ns ? (int)((ns + 999999) / 1000000) : -1, r;
+
+  if (ns > (uint64_t)INT32_MAX * 1000000)
+    ms = INT32_MAX;
+  do
+    r = poll(&p, 1, ms);
+  while (r == -1 && errno == EINTR);
+  if (r == 0)
+    errno = EAGAIN;
+  return r == 1 ? 0 : -1;
+}
+
+/* After an mbedTLS error: the connection is over. */
+static ssize_t
+tls_fail(struct nbd_wire *w, struct tls_session *t, const char *what, int r)
+{
+  char e[128];
+
+  t->dead = 1;
+  if (r != MBEDTLS_ERR_SSL_CONN_EOF && r != MBEDTLS_ERR_NET_RECV_FAILED &&
+      r != MBEDTLS_ERR_NET_SEND_FAILED)
+    nbd_info("%s: tls %s: %s", w->peer, what, tls_strerror(r, e, sizeof e));
+  errno = ECONNRESET;
+  return -1;
+}
+
+/* One read of up to len bytes: what recv would return. */
+static ssize_t
+tls_read_some(struct nbd_wire *w, struct tls_session *t, void *buf,
+              size_t len, int nowait)
+{
+  int r;
+
+  for (;;) {
+    if (t->dead) {
+      errno = ECONNRESET;
+      return -1;
+    }
+    pthread_mutex_lock(&t->lock);
+    r = mbedtls_ssl_read(&t->ssl, buf, len);
+    pthread_mutex_unlock(&t->lock);
+    if (r > 0)
+      return r;
+    if (r == 0 || r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY ||
+        r == MBEDTLS_ERR_SSL_CONN_EOF)
+      return 0;
+    if (r != MBEDTLS_ERR_SSL_WANT_READ && r != MBEDTLS_ERR_SSL_WANT_WRITE)
+      return tls_fail(w, t, "read", r);
+    if (nowait) {
+      errno = EAGAIN;
+      return -1;
+    }
+    if (tls_wait(t->fd, r == MBEDTLS_ERR_SSL_WANT_READ ? POLLIN : POLLOUT,
+                 r == MBEDTLS_ERR_SSL_WANT_READ ? w->rcvtimeo : w->sndtimeo)
+        == -1)
+      return -1;
+  }
+}
+
+static ssize_t
+tls_recvv(struct nbd_wire *w, struct iovec *iov, int n, int flags)
+{
+  struct tls_session *t = w->session;
+  ssize_t total = 0, r;
+  size_t off = 0;
+  int i = 0;
+
+  while (i < n) {
+    if (off == iov[i].iov_len) {
+      i++;
+      off = 0;
+      continue;
+    }
+    /* Like recvmsg: once something came, wait only under MSG_WAITALL. */
+    r = tls_read_some(w, t, (char *)iov[i].iov_base + off,
+                      iov[i].iov_len - off, (flags & MSG_DONTWAIT) ||
+                      (total > 0 && !(flags & MSG_WAITALL)));
+    if (r <= 0)
+      return total > 0 ? total : r;
+    total += r;
+    off += (size_t)r;
+  }
+  return total;
+}
+
+/* Encrypts what fits one record from the front of iov; returns the bytes
+ * taken, as sendmsg would.  A WANT_WRITE leaves the record half sent:
+ * mbedTLS wants the same call again, so the bytes stay in wbuf. */
+static ssize_t
+tls_sendv(struct nbd_wire *w, struct iovec *iov, int n)
+{
+  struct tls_session *t = w->session;
+  int i, r;
+
+  if (t->wlen == 0)
+    for (i = 0; i < n && t->wlen < sizeof t->wbuf; i++) {
+      size_t k = iov[i].iov_len;
+      if (k > sizeof t->wbuf - t->wlen)
+        k = sizeof t->wbuf - t->wlen;
+      memcpy(t->wbuf + t->wlen, iov[i].iov_base, k);
+      t->wlen += k;
+    }
+  for (;;) {
+    if (t->dead) {
+      errno = EPIPE;
+      return -1;
+    }
+    pthread_mutex_lock(&t->lock);
+    r = mbedtls_ssl_write(&t->ssl, t->wbuf, t->wlen);
+    pthread_mutex_unlock(&t->lock);
+    if (r > 0) {
+      /* r bytes from the front of wbuf, the front of iov, are sent (at
+       * most a record); the caller passes the rest again. */
+      t->wlen = 0;
+      return r;
+    }
+    if (r != MBEDTLS_ERR_SSL_WANT_WRITE && r != MBEDTLS_ERR_SSL_WANT_READ)
+      return tls_fail(w, t, "write", r);
+    if (tls_wait(t->fd, r == MBEDTLS_ERR_SSL_WANT_WRITE ? POLLOUT : POLLIN,
+                 w->sndtimeo) == -1) {
+      t->dead = 1;
+      return -1;
+    }
+  }
+}
+
+/* close_notify, once, without waiting for a client that does not read. */
+static void
+tls_close_notify(struct nbd_wire *w)
+{
+  struct tls_session *t = w->session;
+
+  if (t->dead)
+    return;
+  pthread_mutex_lock(&t->lock);
+  (void)mbedtls_ssl_close_notify(&t->ssl);
+  pthread_mutex_unlock(&t->lock);
+  t->dead = 1;
+}
+
+static void
+tls_free(struct nbd_wire *w)
+{
+  struct tls_session *t = w->session;
+
+  if (t == NULL)
+    return;
+  mbedtls_ssl_free(&t->ssl);
+  pthread_mutex_destroy(&t->lock);
+  free(t);
+  w->session = NULL;
+}
+
+static const struct wire_io tls_io = {
+  tls_recvv, tls_sendv, tls_close_notify, tls_free
+};
+
+/* The handshake, under the wire's deadline (the handshake timeout). */
+static int
+tls_handshake(struct nbd_wire *w, struct tls_session *t)
+{
+  uint64_t now;
+  char e[128];
+  int r;
+
+  for (;;) {
+    r = mbedtls_ssl_handshake(&t->ssl);
+    if (r == 0)
+      return 0;
+    if (r != MBEDTLS_ERR_SSL_WANT_READ && r != MBEDTLS_ERR_SSL_WANT_WRITE) {
+      nbd_info("%s: tls handshake failed: %s", w->peer,
+               tls_strerror(r, e, sizeof e));
+      return -1;
+    }
+    now = nbd_now_ns();
+    if (w->deadline && now >= w->deadline) {
+      nbd_info("%s: handshake timed out (tls)", w->peer);
+      return -1;
+    }
+    if (tls_wait(t->fd, r == MBEDTLS_ERR_SSL_WANT_READ ? POLLIN : POLLOUT,
+                 w->deadline ? w->deadline - now : 0) == -1 &&
+        errno != EAGAIN) {
+      nbd_info("%s: tls handshake: %s", w->peer, strerror(errno));
+      return -1;
+    }
+  }
+}
+
+int
+tls_server_start(struct nbd_wire *w)
+{
+  struct tls_session *t;
+  char e[128];
+  int r;
+
+  if (tls_srv == NULL)
+    return -1;
+  if ((t = calloc(1, sizeof *t)) == NULL)
+    return -1;
+  t->fd = w->fd;
+  pthread_mutex_init(&t->lock, NULL);
+  mbedtls_ssl_init(&t->ssl);
+  if ((r = mbedtls_ssl_setup(&t->ssl, &tls_srv->conf)) != 0) {
+    nbd_error("%s: tls: %s", w->peer, tls_strerror(r, e, sizeof e));
+    goto fail;
+  }
+  mbedtls_ssl_set_bio(&t->ssl, t, tls_bio_send, tls_bio_recv, NULL);
+  if (tls_handshake(w, t) == -1)
+    goto fail;
+  nbd_debug("%s: tls: %s, %s", w->peer, mbedtls_ssl_get_version(&t->ssl),
+            mbedtls_ssl_get_ciphersuite(&t->ssl));
+  w->session = t;
+  w->io = &tls_io;
+  return 0;
+fail:
+  mbedtls_ssl_free(&t->ssl);
+  pthread_mutex_destroy(&t->lock);
+  free(t);
+  return -1;
+}
+
+#endif
