@@ -219,6 +219,8 @@ sched_maybe_spawn(struct nbd_conn *c)
 static int
 sched_enqueue(struct nbd_conn *c, struct nbd_request *r)
 {
+  int wake;
+
   pthread_mutex_lock(&c->qlock);
   r->next = NULL;
   if (c->qtail)
@@ -234,8 +236,13 @@ sched_enqueue(struct nbd_conn *c, struct nbd_request *r)
     sched_finish(c, r, c->exec(c, r, NULL) == -1);
     return 0;
   }
-  pthread_cond_signal(&c->qcond);
+  /* Wake a worker only when one waits (busy ones look at the queue
+   * before they sleep), and after unlocking: woken under the lock, it
+   * would block on the lock at once (two more futex calls a request). */
+  wake = c->nidle > 0;
   pthread_mutex_unlock(&c->qlock);
+  if (wake)
+    pthread_cond_signal(&c->qcond);
   return 0;
 }
 
