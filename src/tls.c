@@ -79,7 +79,7 @@ struct tls_session {
   mbedtls_ssl_context ssl;
   pthread_mutex_t lock;         /* every call into ssl */
   int fd;
-  int dead;                     /* a fatal error: no more I/O */
+  _Atomic int dead;             /* a fatal error: no more I/O (any thread) */
   unsigned char wbuf[TLS_RECORD];
   size_t wlen;                  /* bytes in wbuf a WANT_WRITE left */
 };
