@@ -12,81 +12,25 @@
 #define GEN_NAME "full"
 /* ---- helpers ------------------------------------------------------------ */
 
-static struct nbd_export *gen_exp;
-static struct nbd_ctx *gen_ctx;
-
-/* A NAME export with params "k=v k=v", set up; NULL with err filled when
- * a key or the setup refuses. */
-static struct nbd_export *
-gen_export(const char *params, char *err, size_t errlen)
-{
-  const struct nbd_layer_ops *ops = registry_find(NBD_LAYER_BACKEND, GEN_NAME);
-  char *copy = strdup(params), *tok, *save = NULL;
-  struct nbd_layer *l;
-  struct nbd_export *exp;
-
-  ck_assert_ptr_nonnull(ops);
-  ck_assert_ptr_nonnull(copy);
-  l = engine_layer_new(ops, "");
-  ck_assert_ptr_nonnull(l);
-  for (tok = strtok_r(copy, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
-    char *eq = strchr(tok, '=');
-
-    ck_assert_ptr_nonnull(eq);
-    *eq = '\0';
-    if (params_set(l, tok, eq + 1, err, errlen) == -1)
-      goto fail;
-  }
-  if (engine_layer_setup(l, err, errlen) == -1)
-    goto fail;
-  free(copy);
-  exp = engine_export_new("");
-  ck_assert_ptr_nonnull(exp);
-  engine_export_push(exp, l);
-  ck_assert_int_eq(engine_export_finish(exp, err, errlen), 0);
-  return exp;
-fail:
-  free(copy);
-  engine_layer_free(l);
-  return NULL;
-}
+/* The backend alone (tests/testlib.c). */
+static struct testlib_backend gen_b;
 
 static struct nbd_ctx *
 gen_open(const char *params, int readonly)
 {
-  char err[256] = "";
-
-  gen_exp = gen_export(params, err, sizeof err);
-  ck_assert_msg(gen_exp != NULL, "setup failed: %s", err);
-  gen_ctx = engine_open(gen_exp, readonly, NULL, err, sizeof err);
-  ck_assert_msg(gen_ctx != NULL, "open failed: %s", err);
-  return gen_ctx;
+  return testlib_backend_open(&gen_b, GEN_NAME, params, readonly);
 }
 
 static void
 gen_teardown(void)
 {
-  if (gen_ctx)
-    engine_close(gen_ctx);
-  engine_export_free(gen_exp);
-  gen_ctx = NULL;
-  gen_exp = NULL;
+  testlib_backend_close(&gen_b);
 }
 
-/* The setup error of params, "" when it was accepted. */
 static const char *
 gen_refused(const char *params)
 {
-  static char err[256];
-  struct nbd_export *exp;
-
-  err[0] = '\0';
-  exp = gen_export(params, err, sizeof err);
-  if (exp) {
-    engine_export_free(exp);
-    return "";
-  }
-  return err;
+  return testlib_backend_refused(GEN_NAME, params);
 }
 
 START_TEST(test_reads_zeros_and_reports_a_hole)

@@ -686,3 +686,89 @@ testlib_require_layer(enum nbd_layer_kind kind, const char *name)
   fflush(stdout);
   return 0;
 }
+
+/* ---- one backend alone -------------------------------------------------- */
+
+struct nbd_export *
+testlib_backend_export(const char *name, const char *params, char *err,
+                       size_t errlen)
+{
+  const struct nbd_layer_ops *ops = registry_find(NBD_LAYER_BACKEND, name);
+  char *copy = strdup(params), *tok, *save = NULL;
+  struct nbd_layer *l;
+  struct nbd_export *exp;
+
+  ck_assert_ptr_nonnull(ops);
+  ck_assert_ptr_nonnull(copy);
+  l = engine_layer_new(ops, "");
+  ck_assert_ptr_nonnull(l);
+  for (tok = strtok_r(copy, " ", &save); tok;
+       tok = strtok_r(NULL, " ", &save)) {
+    char *eq = strchr(tok, '=');
+
+    ck_assert_ptr_nonnull(eq);
+    *eq = '\0';
+    if (params_set(l, tok, eq + 1, err, errlen) == -1)
+      goto fail;
+  }
+  if (engine_layer_setup(l, err, errlen) == -1)
+    goto fail;
+  free(copy);
+  exp = engine_export_new("");
+  ck_assert_ptr_nonnull(exp);
+  engine_export_push(exp, l);
+  ck_assert_int_eq(engine_export_finish(exp, err, errlen), 0);
+  return exp;
+fail:
+  free(copy);
+  engine_layer_free(l);
+  return NULL;
+}
+
+struct nbd_ctx *
+testlib_backend_open(struct testlib_backend *b, const char *name,
+                     const char *params, int readonly)
+{
+  char err[256] = "";
+
+  b->exp = testlib_backend_export(name, params, err, sizeof err);
+  ck_assert_msg(b->exp != NULL, "setup failed: %s", err);
+  b->ctx = engine_open(b->exp, readonly, NULL, err, sizeof err);
+  ck_assert_msg(b->ctx != NULL, "open failed: %s", err);
+  return b->ctx;
+}
+
+void
+testlib_backend_close(struct testlib_backend *b)
+{
+  if (b->ctx)
+    engine_close(b->ctx);
+  engine_export_free(b->exp);
+  b->ctx = NULL;
+  b->exp = NULL;
+}
+
+const char *
+testlib_backend_refused(const char *name, const char *params)
+{
+  static char err[256];
+  struct nbd_export *exp;
+
+  err[0] = '\0';
+  exp = testlib_backend_export(name, params, err, sizeof err);
+  if (exp) {
+    engine_export_free(exp);
+    return "";
+  }
+  return err;
+}
+
+void
+testlib_hex(const void *b, size_t n, char *out)
+{
+  const unsigned char *p = b;
+  size_t i;
+
+  for (i = 0; i < n; i++)
+    sprintf(out + 2 * i, "%02x", p[i]);
+}

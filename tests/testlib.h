@@ -118,4 +118,27 @@ void testlib_pattern(void *buf, uint32_t count, uint64_t offset);
  * skip, and a build may select any subset of layers (-DNBD_FILTERS=...). */
 int testlib_require_layer(enum nbd_layer_kind kind, const char *name);
 
+/* ---- one backend alone -------------------------------------------------- */
+
+/* An export of the backend called name with params "k=v k=v", set up;
+ * NULL with err filled when a key or the setup refuses. */
+struct nbd_export *testlib_backend_export(const char *name,
+                                          const char *params, char *err,
+                                          size_t errlen);
+/* The same, opened (readonly or not); the test fails when it cannot be.
+ * testlib_backend_close closes and frees what it opened. */
+struct testlib_backend {
+  struct nbd_export *exp;
+  struct nbd_ctx *ctx;
+};
+struct nbd_ctx *testlib_backend_open(struct testlib_backend *b,
+                                     const char *name, const char *params,
+                                     int readonly);
+void testlib_backend_close(struct testlib_backend *b);
+/* The setup error of params, "" when they were accepted (a static
+ * buffer). */
+const char *testlib_backend_refused(const char *name, const char *params);
+/* Lowercase hex of b[0..n) into out (2n + 1 bytes). */
+void testlib_hex(const void *b, size_t n, char *out);
+
 #endif
