@@ -124,26 +124,6 @@ split_each(struct split_state *st, uint32_t count, uint64_t offset,
   return 0;
 }
 
-static int
-split_fallocate(struct split_file *f, int mode, uint64_t offset,
-                uint32_t count, atomic_int *unsupported)
-{
-  int r;
-
-  if (atomic_load_explicit(unsupported, memory_order_relaxed))
-    return -EOPNOTSUPP;
-  do
-    r = fallocate(f->fd, mode, (off_t)offset, (off_t)count);
-  while (r == -1 && errno == EINTR);
-  if (r == 0)
-    return 0;
-  if (errno == EOPNOTSUPP || errno == ENOSYS) {
-    atomic_store_explicit(unsupported, 1, memory_order_relaxed);
-    return -EOPNOTSUPP;
-  }
-  return -errno;
-}
-
 /* ---- datapath -------------------------------------------------------- */
 
 static int
@@ -192,7 +172,7 @@ static int
 split_trim_piece(struct split_file *f, uint64_t foff, uint32_t len,
                  uint32_t done, void *arg)
 {
-  int r = split_fallocate(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+  int r = nbd_fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                           foff, len, &f->no_punch);
   return r == -EOPNOTSUPP ? 0 : r;     /* trim is advisory */
 }
@@ -217,12 +197,12 @@ split_zero_piece(struct split_file *f, uint64_t foff, uint32_t len,
   int r;
 
   if (!(flags & NBD_CMD_FLAG_NO_HOLE)) {
-    r = split_fallocate(f, FALLOC_FL_PUNCH_HOLE | keep, foff, len,
+    r = nbd_fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | keep, foff, len,
                         &f->no_punch);
     if (r != -EOPNOTSUPP)
       return r;
   }
-  return split_fallocate(f, FALLOC_FL_ZERO_RANGE | keep, foff, len,
+  return nbd_fallocate(f->fd, FALLOC_FL_ZERO_RANGE | keep, foff, len,
                          &f->no_zero_range);
 }
 

@@ -23,6 +23,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -443,6 +444,11 @@ int nbd_is_zero(const void *buf, size_t len);
  * at most 256 KiB (src/util.c says why). */
 int nbd_pread_full(int fd, void *buf, size_t count, uint64_t offset);
 int nbd_pwrite_full(int fd, const void *buf, size_t count, uint64_t offset);
+/* fallocate(fd, mode, offset, count) unless *unsupported says this file
+ * cannot; 0, -errno, or -EOPNOTSUPP (and *unsupported set, so the next
+ * call costs nothing) when the filesystem or device refuses the mode. */
+int nbd_fallocate(int fd, int mode, uint64_t offset, uint32_t count,
+                  atomic_int *unsupported);
 
 /* A few malloc'd buffers of one size, kept for reuse by the requests of a
  * layer (bounce buffers of read-modify-write), safe between threads.

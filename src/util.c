@@ -1,5 +1,6 @@
 /* nbdstack: small helpers shared by the core and layers. */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -145,4 +146,24 @@ nbd_bufpool_put(struct nbd_bufpool *p, void *buf, size_t len)
     pthread_mutex_unlock(&p->lock);
   }
   free(buf);
+}
+
+int
+nbd_fallocate(int fd, int mode, uint64_t offset, uint32_t count,
+              atomic_int *unsupported)
+{
+  int r;
+
+  if (atomic_load_explicit(unsupported, memory_order_relaxed))
+    return -EOPNOTSUPP;
+  do
+    r = fallocate(fd, mode, (off_t)offset, (off_t)count);
+  while (r == -1 && errno == EINTR);
+  if (r == 0)
+    return 0;
+  if (errno == EOPNOTSUPP || errno == ENOSYS) {
+    atomic_store_explicit(unsupported, 1, memory_order_relaxed);
+    return -EOPNOTSUPP;
+  }
+  return -errno;
 }

@@ -127,28 +127,6 @@ struct file_layer {
 
 /* ---- helpers --------------------------------------------------------- */
 
-/* fallocate(mode) unless *unsupported; 0, -errno, or -EOPNOTSUPP (and
- * *unsupported set) when this filesystem or device cannot do it. */
-static int
-file_fallocate(const struct file_state *st, int mode, uint64_t offset,
-               uint32_t count, atomic_int *unsupported)
-{
-  int r;
-
-  if (atomic_load_explicit(unsupported, memory_order_relaxed))
-    return -EOPNOTSUPP;
-  do
-    r = fallocate(st->fd, mode, (off_t)offset, (off_t)count);
-  while (r == -1 && errno == EINTR);
-  if (r == 0)
-    return 0;
-  if (errno == EOPNOTSUPP || errno == ENOSYS) {
-    atomic_store_explicit(unsupported, 1, memory_order_relaxed);
-    return -EOPNOTSUPP;
-  }
-  return -errno;
-}
-
 /* sysfs knows whether a disk spins; a partition has no queue directory of
  * its own, so also look at its parent disk. */
 static int
@@ -246,7 +224,7 @@ file_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 
   if (st->is_block)
     return file_discard_block(st, count, offset);
-  r = file_fallocate(st, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+  r = nbd_fallocate(st->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                      offset, count, &st->no_punch);
   return r == -EOPNOTSUPP ? 0 : r;
 }
@@ -267,13 +245,13 @@ file_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
   int r;
 
   if (may_punch) {
-    r = file_fallocate(st, FALLOC_FL_PUNCH_HOLE | keep, offset, count,
+    r = nbd_fallocate(st->fd, FALLOC_FL_PUNCH_HOLE | keep, offset, count,
                        &st->no_punch);
     if (r != -EOPNOTSUPP)
       return r;
   }
   if (may_zero_range) {
-    r = file_fallocate(st, FALLOC_FL_ZERO_RANGE | keep, offset, count,
+    r = nbd_fallocate(st->fd, FALLOC_FL_ZERO_RANGE | keep, offset, count,
                        &st->no_zero_range);
     if (r != -EOPNOTSUPP)
       return r;
@@ -284,10 +262,10 @@ file_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
   /* NO_HOLE without ZERO_RANGE (tmpfs): if the re-allocation fails after
    * the punch, the range already reads as zeros and the engine's fallback
    * writes allocate it again. */
-  r = file_fallocate(st, FALLOC_FL_PUNCH_HOLE | keep, offset, count,
+  r = nbd_fallocate(st->fd, FALLOC_FL_PUNCH_HOLE | keep, offset, count,
                      &st->no_punch);
   if (r == 0)
-    r = file_fallocate(st, keep, offset, count, &st->no_alloc);
+    r = nbd_fallocate(st->fd, keep, offset, count, &st->no_alloc);
   return r;
 }
 

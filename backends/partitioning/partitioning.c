@@ -137,27 +137,6 @@ partitioning_each(struct partitioning_state *st, uint32_t count,
   return 0;
 }
 
-static int
-partitioning_fallocate(struct partitioning_file *f, int mode,
-                       uint64_t offset, uint32_t count,
-                       atomic_int *unsupported)
-{
-  int r;
-
-  if (atomic_load_explicit(unsupported, memory_order_relaxed))
-    return -EOPNOTSUPP;
-  do
-    r = fallocate(f->fd, mode, (off_t)offset, (off_t)count);
-  while (r == -1 && errno == EINTR);
-  if (r == 0)
-    return 0;
-  if (errno == EOPNOTSUPP || errno == ENOSYS) {
-    atomic_store_explicit(unsupported, 1, memory_order_relaxed);
-    return -EOPNOTSUPP;
-  }
-  return -errno;
-}
-
 /* ---- datapath -------------------------------------------------------- */
 
 static int
@@ -244,7 +223,7 @@ partitioning_trim_piece(struct partitioning_state *st,
 
   if (r->kind != REG_FILE)
     return 0;                   /* trim is advisory: tables stay */
-  e = partitioning_fallocate(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+  e = nbd_fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                              roff, len, &f->no_punch);
   return e == -EOPNOTSUPP ? 0 : e;
 }
@@ -275,12 +254,12 @@ partitioning_zero_piece(struct partitioning_state *st,
   if (r->kind == REG_DATA)
     return nbd_is_zero(r->data + roff, len) ? 0 : -EIO;
   if (!(flags & NBD_CMD_FLAG_NO_HOLE)) {
-    e = partitioning_fallocate(f, FALLOC_FL_PUNCH_HOLE | keep, roff, len,
+    e = nbd_fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | keep, roff, len,
                                &f->no_punch);
     if (e != -EOPNOTSUPP)
       return e;
   }
-  return partitioning_fallocate(f, FALLOC_FL_ZERO_RANGE | keep, roff, len,
+  return nbd_fallocate(f->fd, FALLOC_FL_ZERO_RANGE | keep, roff, len,
                                 &f->no_zero_range);
 }
 
