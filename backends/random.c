@@ -9,12 +9,13 @@
  * content is never zero on purpose).  No flush, no extents (all data).
  *
  * The generator (splitmix64 and xoshiro256** 1.0 by Blackman and Vigna)
- * is also in backends/sparse_random.c: each backend stays one file.
+ * is src/xoshiro.h, shared with the other of random and sparse-random.
  */
 #include <string.h>
 #include <time.h>
 
 #include "layer.h"
+#include "xoshiro.h"
 
 struct random_conf {
   uint64_t size;
@@ -30,62 +31,17 @@ static const struct nbd_param random_params[] = {
   NBD_PARAM_END
 };
 
-/* ---- the generator: splitmix64 seeds xoshiro256** --------------------- */
-
-struct random_state {
-  uint64_t s[4];
-};
-
-static inline uint64_t
-random_splitmix(uint64_t *seed)
-{
-  uint64_t z = (*seed += UINT64_C(0x9e3779b97f4a7c15));
-  z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
-  z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
-  return z ^ (z >> 31);
-}
-
-static inline void
-random_seed(uint64_t seed, struct random_state *st)
-{
-  st->s[0] = random_splitmix(&seed);
-  st->s[1] = random_splitmix(&seed);
-  st->s[2] = random_splitmix(&seed);
-  st->s[3] = random_splitmix(&seed);
-}
-
-static inline uint64_t
-random_rotl(uint64_t x, int k)
-{
-  return (x << k) | (x >> (64 - k));
-}
-
-static inline uint64_t
-random_next(struct random_state *st)
-{
-  const uint64_t result = random_rotl(st->s[1] * 5, 7) * 9;
-  const uint64_t t = st->s[1] << 17;
-
-  st->s[2] ^= st->s[0];
-  st->s[3] ^= st->s[1];
-  st->s[1] ^= st->s[2];
-  st->s[0] ^= st->s[3];
-  st->s[2] ^= t;
-  st->s[3] = random_rotl(st->s[3], 45);
-  return result;
-}
-
 /* The byte at offset: PRNG(seed + offset), two outputs dropped, the
  * third's low byte (nbdkit plugins/random/random.c). */
 static inline unsigned char
 random_byte(uint64_t seed, uint64_t offset)
 {
-  struct random_state st;
+  struct xoshiro_state st;
 
-  random_seed(seed + offset, &st);
-  random_next(&st);
-  random_next(&st);
-  return (unsigned char)(random_next(&st) & 255);
+  xoshiro_seed(seed + offset, &st);
+  xoshiro_next(&st);
+  xoshiro_next(&st);
+  return (unsigned char)(xoshiro_next(&st) & 255);
 }
 
 /* ---- the backend ------------------------------------------------------- */

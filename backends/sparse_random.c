@@ -17,8 +17,8 @@
  * request's offset instead of the block's, so an unaligned read (and an
  * unaligned write of the right data) disagrees with an aligned one.
  *
- * The generator (splitmix64, xoshiro256**) is also in backends/random.c:
- * each backend stays one file.
+ * The generator (splitmix64 and xoshiro256** 1.0 by Blackman and Vigna)
+ * is src/xoshiro.h, shared with the other of random and sparse-random.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "layer.h"
+#include "xoshiro.h"
 
 #define SPARSE_BLOCK 4096       /* one bit of the map per block, as nbdkit */
 
@@ -63,51 +64,6 @@ struct sparse_random_state {
   uint8_t *map;                 /* bit i: block i is data */
 };
 
-/* ---- the generator: splitmix64 seeds xoshiro256** --------------------- */
-
-struct sparse_random_rng {
-  uint64_t s[4];
-};
-
-static inline uint64_t
-sparse_random_splitmix(uint64_t *seed)
-{
-  uint64_t z = (*seed += UINT64_C(0x9e3779b97f4a7c15));
-  z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
-  z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
-  return z ^ (z >> 31);
-}
-
-static inline void
-sparse_random_seed(uint64_t seed, struct sparse_random_rng *st)
-{
-  st->s[0] = sparse_random_splitmix(&seed);
-  st->s[1] = sparse_random_splitmix(&seed);
-  st->s[2] = sparse_random_splitmix(&seed);
-  st->s[3] = sparse_random_splitmix(&seed);
-}
-
-static inline uint64_t
-sparse_random_rotl(uint64_t x, int k)
-{
-  return (x << k) | (x >> (64 - k));
-}
-
-static inline uint64_t
-sparse_random_next(struct sparse_random_rng *st)
-{
-  const uint64_t result = sparse_random_rotl(st->s[1] * 5, 7) * 9;
-  const uint64_t t = st->s[1] << 17;
-
-  st->s[2] ^= st->s[0];
-  st->s[3] ^= st->s[1];
-  st->s[1] ^= st->s[2];
-  st->s[0] ^= st->s[3];
-  st->s[2] ^= t;
-  st->s[3] = sparse_random_rotl(st->s[3], 45);
-  return result;
-}
-
 /* ---- the map ----------------------------------------------------------- */
 
 static inline int
@@ -123,7 +79,7 @@ static void
 sparse_random_walk(struct sparse_random_state *s, uint64_t nblocks,
                    double percent, uint64_t runlength)
 {
-  struct sparse_random_rng rng;
+  struct xoshiro_state rng;
   double p_dh, p_hd;
   uint64_t i;
   int state = 0;                /* 0 hole, 1 data */
@@ -136,13 +92,13 @@ sparse_random_walk(struct sparse_random_state *s, uint64_t nblocks,
   }
   p_dh = 1. / ((double)runlength / SPARSE_BLOCK);
   p_hd = (percent / 100.) * p_dh / (1. - (percent / 100.));
-  sparse_random_seed(s->seed, &rng);
+  xoshiro_seed(s->seed, &rng);
   for (i = 0; i < nblocks; i++) {
     double p = state ? p_dh : p_hd;
 
     if (state)
       s->map[i >> 3] |= (uint8_t)(1u << (i & 7));
-    if ((double)sparse_random_next(&rng) <= p * (double)UINT64_MAX)
+    if ((double)xoshiro_next(&rng) <= p * (double)UINT64_MAX)
       state ^= 1;
   }
 }
@@ -228,21 +184,21 @@ static void
 sparse_random_block(const struct sparse_random_state *s, uint64_t blk,
                     uint8_t *out)
 {
-  struct sparse_random_rng rng;
+  struct xoshiro_state rng;
   unsigned i;
 
   if (!sparse_random_is_data(s, blk)) {
     memset(out, 0, SPARSE_BLOCK);
     return;
   }
-  sparse_random_seed(s->seed + blk * SPARSE_BLOCK, &rng);
+  xoshiro_seed(s->seed + blk * SPARSE_BLOCK, &rng);
   if (!s->random_content) {
-    uint8_t b = (uint8_t)(sparse_random_next(&rng) & 255);
+    uint8_t b = (uint8_t)(xoshiro_next(&rng) & 255);
 
     memset(out, b ? b : 1, SPARSE_BLOCK);
   } else {
     for (i = 0; i < SPARSE_BLOCK; i++)
-      out[i] = (uint8_t)(sparse_random_next(&rng) & 255);
+      out[i] = (uint8_t)(xoshiro_next(&rng) & 255);
   }
 }
 
