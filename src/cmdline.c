@@ -505,6 +505,14 @@ cmdline_check_config(const char *path)
   n = config_load_file(path, &cfg, stderr);
   atomic_store(&server_checking, 0);
 
+  /* The TLS keys are loaded and checked as at startup (readable, the
+   * key matching its certificate, the PSK file well formed). */
+  if (n == 0) {
+    n = tls_server_init(&cfg);
+    tls_server_free();
+    if (n > 0)
+      config_free(&cfg);
+  }
   if (n > 0) {
     fprintf(stderr, "nbdstack: %s: %d error%s\n", path, n, n == 1 ? "" : "s");
     return -1;

@@ -340,6 +340,36 @@ def t_bad_keys():
     startup_fails(["--tls=maybe"], "off, on or require", "a bad --tls value")
 
 
+def t_check_config():
+    """--check-config loads the TLS credentials as startup would."""
+    badpsk = os.path.join(D, "bad.psk")
+    with open(badpsk, "w") as f:
+        f.write("alice:xyz\n")
+    bad = os.path.join(D, "mismatch")
+    cases = [("tls-psk = " + PSK, None, "a good PSK file"),
+             ("tls-certificates = " + srvdir, None, "good certificates"),
+             ("tls-psk = " + badpsk, "bad.psk:1:", "a malformed PSK file"),
+             ("tls-psk = " + os.path.join(D, "no.psk"), "no.psk",
+              "a missing PSK file"),
+             ("tls-certificates = " + bad, "does not belong",
+              "a key of another certificate"),
+             ("", "tls-certificates or tls-psk", "tls without credentials")]
+    for i, (line, needle, what) in enumerate(cases):
+        conf = os.path.join(D, "check%d.conf" % i)
+        with open(conf, "w") as f:
+            f.write("[server]\nlisten = unix:%s\ntls = require\n%s\n"
+                    "[export a]\nbackend = memory size=1M\n"
+                    % (os.path.join(D, "check.sock"), line))
+        r = run([T.NBDSTACK, "--check-config", conf])
+        if needle is None:
+            check(r.returncode == 0, "--check-config, %s: status %d: %s"
+                  % (what, r.returncode, r.stderr.strip()))
+        else:
+            check(r.returncode != 0, "--check-config passed %s" % what)
+            check(needle in r.stderr, "--check-config, %s: message %r lacks %r"
+                  % (what, r.stderr.strip(), needle))
+
+
 C.run("X.509: nbdinfo over nbds+unix", t_x509_nbdinfo)
 C.run("X.509: 3 MiB written and read back, 64 pipelined reads", t_x509_data)
 C.run("X.509: nbdsh -u nbds+unix", t_x509_nbdsh)
@@ -353,4 +383,5 @@ C.run("garbage after STARTTLS: dropped, others served", t_garbage_after_starttls
 C.run("--tls-verify-peer: client certificate demanded", t_verify_peer)
 C.run("qemu-img convert in and out with tls-creds-x509", t_qemu_img)
 C.run("bad keys and settings stop the server at startup", t_bad_keys)
+C.run("--check-config loads and checks the TLS credentials", t_check_config)
 C.finish([x509_on, psk_req, x509_req])
