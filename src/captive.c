@@ -25,7 +25,7 @@ captive_start(const struct nbd_config *cfg)
   char uri[URI_MAX];
   pid_t pid;
 
-  uri_build(uri, sizeof uri, l, name, 0);
+  uri_build(uri, sizeof uri, l, name, cfg->tls == NBD_TLS_REQUIRE);
   pid = fork();
   if (pid == -1) {
     nbd_error("--run: fork: %s", strerror(errno));

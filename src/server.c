@@ -425,8 +425,9 @@ server_exit_with_parent(void)
 
 /* The URI of every listener, once serving: in the log, and on stdout
  * with --print-uri.  From the bound address (the real port of port 0);
- * the IPv4 and IPv6 sockets of "all addresses" give one line.  TLS is
- * not there yet: always nbd:// and nbd+unix://. */
+ * the IPv4 and IPv6 sockets of "all addresses" give one line.  As in
+ * nbdkit, nbds:// only when TLS is required (with tls = on a plain
+ * client is served too, so nbd:// stays right). */
 static void
 server_print_uris(const struct nbd_config *cfg)
 {
@@ -436,7 +437,8 @@ server_print_uris(const struct nbd_config *cfg)
 
   last[0] = '\0';
   for (i = 0; i < sockets_count(); i++) {
-    if (uri_of_socket(uri, sizeof uri, sockets_get(i)->fd, name, 0) == -1 ||
+    if (uri_of_socket(uri, sizeof uri, sockets_get(i)->fd, name,
+                      cfg->tls == NBD_TLS_REQUIRE) == -1 ||
         strcmp(uri, last) == 0)
       continue;
     nbd_info("serving %s", uri);

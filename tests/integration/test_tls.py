@@ -370,6 +370,26 @@ def t_check_config():
                   % (what, r.stderr.strip(), needle))
 
 
+def t_print_uri():
+    """nbds+unix:// in --print-uri and $uri when TLS is required (nbdkit
+    does the same); with tls=on a plain client is served, so nbd+unix://."""
+    sock = os.path.join(D, "uri.sock")
+    # $uri with the PSK user and file added must reach the export.
+    cmd = ('u=$(printf %%s "$uri" | sed "s|:///|://alice@/|"); '
+           'echo "run: $uri"; nbdinfo --size "$u&tls-psk-file=%s"' % PSK)
+    for mode, scheme in (("require", "nbds+unix://"), ("on", "nbd+unix://")):
+        r = run([T.NBDSTACK, "-U", sock, "--tls=" + mode, "--tls-psk=" + PSK,
+                 "--print-uri", "--run", cmd, "memory", "size=%d" % MiB])
+        check(r.returncode == 0, "tls=%s --run: status %d: %s"
+              % (mode, r.returncode, r.stderr.strip()))
+        lines = r.stdout.splitlines()
+        want = [scheme + "/?socket=" + sock, "run: " + scheme + "/?socket=" + sock]
+        check(lines[:2] == want, "tls=%s: printed %r, want %r" % (mode, lines, want))
+        if mode == "require":
+            check(lines[2:] == [str(MiB)], "tls=require: nbdinfo through $uri "
+                  "printed %r" % lines[2:])
+
+
 C.run("X.509: nbdinfo over nbds+unix", t_x509_nbdinfo)
 C.run("X.509: 3 MiB written and read back, 64 pipelined reads", t_x509_data)
 C.run("X.509: nbdsh -u nbds+unix", t_x509_nbdsh)
@@ -384,4 +404,5 @@ C.run("--tls-verify-peer: client certificate demanded", t_verify_peer)
 C.run("qemu-img convert in and out with tls-creds-x509", t_qemu_img)
 C.run("bad keys and settings stop the server at startup", t_bad_keys)
 C.run("--check-config loads and checks the TLS credentials", t_check_config)
+C.run("--print-uri and $uri say nbds+unix:// when TLS is required", t_print_uri)
 C.finish([x509_on, psk_req, x509_req])
