@@ -12,11 +12,16 @@ python3-libnbd).  What this module gives a test:
   - Raw: a hand-written NBD client on a plain socket (fixed newstyle
     handshake, options, simple and structured replies) for the protocol
     tests, with wire constants from the NBD spec (doc/proto.md).
+  - same_as_nbdkit and its pieces (unix_uri, copy_out, extent_map,
+    start_nbdkit): a backend served by nbdstack and by nbdkit with the
+    same arguments, compared byte for byte and map for map; and
+    startup_refused for arguments the server must refuse.
 
 It does not import `nbd` (libnbd) itself, so the raw tests do not need it.
 """
 
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -349,7 +354,7 @@ class Server:
 
     @property
     def uri(self):
-        return "nbd+unix:///?socket=" + self.sock
+        return unix_uri(self.sock)
 
     def uri_for(self, export):
         return "nbd+unix:///%s?socket=%s" % (export, self.sock)
@@ -741,3 +746,66 @@ def connect_go(path, name=b"", structured=True, meta=False, infos=(), timeout=5.
                 c.meta_ids[data[4:]] = cid
     c.go(name, infos)
     return c
+
+
+# ---- a backend side by side with nbdkit -----------------------------------
+
+def unix_uri(sock):
+    return "nbd+unix:///?socket=" + sock
+
+
+def start_nbdkit(name, args, sock):
+    """nbdkit NAME ARGS on sock, in the foreground; waits (bounded) for the
+    socket.  The caller terminates it."""
+    p = subprocess.Popen(["nbdkit", "-f", "-U", sock, name] + list(args),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(sock) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return p
+
+
+def copy_out(sock, path):
+    """The whole disk on sock, by nbdcopy into path; returns its bytes."""
+    subprocess.run(["nbdcopy", unix_uri(sock), path], check=True)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def extent_map(sock):
+    """nbdinfo --map of the disk on sock as (offset, length, type) rows."""
+    out = subprocess.run(["nbdinfo", "--map", "--json", unix_uri(sock)],
+                         check=True, capture_output=True, text=True).stdout
+    return [(e["offset"], e["length"], e["type"]) for e in json.loads(out)]
+
+
+def same_as_nbdkit(name, cases):
+    """For each argument list in cases, backend name served by nbdstack and
+    by nbdkit gives the same bytes and the same map.  Skipped (logged)
+    without nbdkit."""
+    if not shutil.which("nbdkit"):
+        log("  (skipped: nbdkit not installed)")
+        return
+    for i, args in enumerate(cases):
+        srv = Server([name] + args)
+        ksock = os.path.join(TMPDIR, "nbdkit%d.sock" % i)
+        k = start_nbdkit(name, args, ksock)
+        try:
+            ours = copy_out(srv.sock, os.path.join(TMPDIR, "o.img"))
+            theirs = copy_out(ksock, os.path.join(TMPDIR, "k.img"))
+            check(ours == theirs, "%s: content differs from nbdkit's" % args)
+            check_eq(extent_map(srv.sock), extent_map(ksock), "%s: map" % args)
+        finally:
+            k.terminate()
+            k.wait(10)
+            srv.stop()
+
+
+def startup_refused(name, args, want):
+    """nbdstack NAME ARGS exits non-zero at startup with want in stderr."""
+    r = subprocess.run([NBDSTACK, "-U", os.path.join(TMPDIR, "x"),
+                        name] + args, capture_output=True, text=True,
+                       timeout=10)
+    check(r.returncode != 0 and want in r.stderr,
+          "%s refused with %r: rc %d, %r" % (args, want, r.returncode,
+                                              r.stderr))

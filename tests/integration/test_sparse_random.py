@@ -8,17 +8,16 @@ its own content succeeds, of other content fails; bad values are refused
 at startup with the accepted range.
 """
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nbdtest as T                       # noqa: E402
 from nbdtest import Checker, Server, check, check_eq  # noqa: E402
+from nbdtest import copy_out, extent_map as amap, unix_uri as uri  # noqa: E402
 
 NAME = "sparse-random"
 CASES = [["size=64M", "seed=42", "runlength=65536"],
@@ -34,48 +33,8 @@ T.start_watchdog(120)
 C = Checker("test_sparse_random")
 
 
-def nbdkit(args, sock):
-    p = subprocess.Popen(["nbdkit", "-f", "-U", sock, NAME] + args,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not os.path.exists(sock) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return p
-
-
-def uri(sock):
-    return "nbd+unix:///?socket=" + sock
-
-
-def copy_out(sock, path):
-    subprocess.run(["nbdcopy", uri(sock), path], check=True)
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def amap(sock):
-    out = subprocess.run(["nbdinfo", "--map", "--json", uri(sock)],
-                         check=True, capture_output=True, text=True).stdout
-    return [(e["offset"], e["length"], e["type"]) for e in json.loads(out)]
-
-
-def same_as_nbdkit():
-    if not shutil.which("nbdkit"):
-        T.log("  (skipped: nbdkit not installed)")
-        return
-    for i, args in enumerate(CASES):
-        srv = Server([NAME] + args)
-        ksock = os.path.join(T.TMPDIR, "nbdkit%d.sock" % i)
-        k = nbdkit(args, ksock)
-        try:
-            ours = copy_out(srv.sock, os.path.join(T.TMPDIR, "o.img"))
-            theirs = copy_out(ksock, os.path.join(T.TMPDIR, "k.img"))
-            check(ours == theirs, "%s: content differs from nbdkit's" % args)
-            check_eq(amap(srv.sock), amap(ksock), "%s: map" % args)
-        finally:
-            k.terminate()
-            k.wait(10)
-            srv.stop()
+def refused(args, want):
+    T.startup_refused(NAME, args, want)
 
 
 def map_true_to_content():
@@ -124,7 +83,7 @@ def bad_values_refused():
                                                   r.stderr))
 
 
-C.run("same bytes and map as nbdkit sparse-random", same_as_nbdkit)
+C.run("same bytes and map as nbdkit sparse-random", T.same_as_nbdkit, NAME, CASES)
 C.run("holes read as zeros, data is not", map_true_to_content)
 C.run("a copy onto the disk verifies the copy", copy_onto_verifies)
 C.run("bad values refused at startup", bad_values_refused)
