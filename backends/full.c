@@ -89,12 +89,11 @@ full_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
                          NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
 }
 
-static int full_yes(struct nbd_ctx *self, struct nbd_ctx *next) { return 1; }
-#define full_can_write full_yes
-#define full_can_trim full_yes
-#define full_can_fast_zero full_yes
-#define full_can_extents full_yes
-#define full_can_multi_conn full_yes
+#define full_can_write nbd_cap_yes
+#define full_can_trim nbd_cap_yes
+#define full_can_fast_zero nbd_cap_yes
+#define full_can_extents nbd_cap_yes
+#define full_can_multi_conn nbd_cap_yes
 
 static int
 full_can_zero(struct nbd_ctx *self, struct nbd_ctx *next)

@@ -78,13 +78,12 @@ null_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
                          NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
 }
 
-static int null_yes(struct nbd_ctx *self, struct nbd_ctx *next) { return 1; }
-#define null_can_write null_yes
-#define null_can_flush null_yes
-#define null_can_trim null_yes
-#define null_can_fast_zero null_yes
-#define null_can_extents null_yes
-#define null_can_multi_conn null_yes
+#define null_can_write nbd_cap_yes
+#define null_can_flush nbd_cap_yes
+#define null_can_trim nbd_cap_yes
+#define null_can_fast_zero nbd_cap_yes
+#define null_can_extents nbd_cap_yes
+#define null_can_multi_conn nbd_cap_yes
 
 static int
 null_native(struct nbd_ctx *self, struct nbd_ctx *next)

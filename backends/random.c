@@ -124,10 +124,9 @@ random_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
   return 0;
 }
 
-static int random_yes(struct nbd_ctx *self, struct nbd_ctx *next) { return 1; }
-#define random_can_write random_yes
-#define random_can_trim random_yes
-#define random_can_multi_conn random_yes
+#define random_can_write nbd_cap_yes
+#define random_can_trim nbd_cap_yes
+#define random_can_multi_conn nbd_cap_yes
 
 static int
 random_can_zero(struct nbd_ctx *self, struct nbd_ctx *next)

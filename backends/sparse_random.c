@@ -379,16 +379,11 @@ sparse_random_extents(struct nbd_ctx *self, struct nbd_ctx *next,
   return 0;
 }
 
-static int
-sparse_random_yes(struct nbd_ctx *self, struct nbd_ctx *next)
-{
-  return 1;
-}
-#define sparse_random_can_write sparse_random_yes
-#define sparse_random_can_flush sparse_random_yes
-#define sparse_random_can_trim sparse_random_yes
-#define sparse_random_can_extents sparse_random_yes
-#define sparse_random_can_multi_conn sparse_random_yes
+#define sparse_random_can_write nbd_cap_yes
+#define sparse_random_can_flush nbd_cap_yes
+#define sparse_random_can_trim nbd_cap_yes
+#define sparse_random_can_extents nbd_cap_yes
+#define sparse_random_can_multi_conn nbd_cap_yes
 
 static int
 sparse_random_can_zero(struct nbd_ctx *self, struct nbd_ctx *next)

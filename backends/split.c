@@ -317,12 +317,11 @@ split_can_fua(struct nbd_ctx *self, struct nbd_ctx *next)
   return NBD_FUA_EMULATE;       /* the engine's flush is fdatasync */
 }
 
-static int split_yes(struct nbd_ctx *self, struct nbd_ctx *next) { return 1; }
-#define split_can_flush split_yes
-#define split_can_trim split_yes
-#define split_can_fast_zero split_yes   /* split_zero does only fast work */
-#define split_can_extents split_yes
-#define split_can_multi_conn split_yes  /* shared fds: flush covers all */
+#define split_can_flush nbd_cap_yes
+#define split_can_trim nbd_cap_yes
+#define split_can_fast_zero nbd_cap_yes   /* split_zero does only fast work */
+#define split_can_extents nbd_cap_yes
+#define split_can_multi_conn nbd_cap_yes  /* shared fds: flush covers all */
 
 static int
 split_native(struct nbd_ctx *self, struct nbd_ctx *next)

@@ -207,6 +207,17 @@ struct nbd_ctx {
  * (see block_advisory above). */
 void nbd_block_size_advisory(struct nbd_ctx *self);
 
+/* A capability that is always there (can_flush, can_trim, ...): a layer
+ * aliases it, #define x_can_flush nbd_cap_yes, rather than writing its
+ * own function that returns 1. */
+static inline int
+nbd_cap_yes(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  (void)self;
+  (void)next;
+  return 1;
+}
+
 /* ---- the connection ---------------------------------------------------- */
 
 /* What a layer may know of the connection a context belongs to, read

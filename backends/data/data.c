@@ -135,13 +135,12 @@ data_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
   return (int64_t)st->size;
 }
 
-static int data_yes(struct nbd_ctx *self, struct nbd_ctx *next) { return 1; }
-#define data_can_write data_yes       /* read-only is the engine's job */
-#define data_can_flush data_yes
-#define data_can_trim data_yes
-#define data_can_fast_zero data_yes
-#define data_can_extents data_yes
-#define data_can_multi_conn data_yes  /* one store for all connections */
+#define data_can_write nbd_cap_yes       /* read-only is the engine's job */
+#define data_can_flush nbd_cap_yes
+#define data_can_trim nbd_cap_yes
+#define data_can_fast_zero nbd_cap_yes
+#define data_can_extents nbd_cap_yes
+#define data_can_multi_conn nbd_cap_yes  /* one store for all connections */
 
 static int
 data_native(struct nbd_ctx *self, struct nbd_ctx *next)

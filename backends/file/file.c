@@ -370,11 +370,10 @@ file_can_fua(struct nbd_ctx *self, struct nbd_ctx *next)
   return NBD_FUA_EMULATE;       /* the engine's flush is fdatasync */
 }
 
-static int file_yes(struct nbd_ctx *self, struct nbd_ctx *next) { return 1; }
-#define file_can_flush file_yes
-#define file_can_trim file_yes
-#define file_can_fast_zero file_yes     /* file_zero does only fast work */
-#define file_can_multi_conn file_yes    /* one fd: flush covers everyone */
+#define file_can_flush nbd_cap_yes
+#define file_can_trim nbd_cap_yes
+#define file_can_fast_zero nbd_cap_yes     /* file_zero does only fast work */
+#define file_can_multi_conn nbd_cap_yes    /* one fd: flush covers everyone */
 
 static int
 file_native(struct nbd_ctx *self, struct nbd_ctx *next)

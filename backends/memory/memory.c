@@ -123,13 +123,12 @@ memory_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
   return (int64_t)conf->size;
 }
 
-static int memory_yes(struct nbd_ctx *self, struct nbd_ctx *next) { return 1; }
-#define memory_can_write memory_yes     /* read-only is the engine's job */
-#define memory_can_flush memory_yes
-#define memory_can_trim memory_yes
-#define memory_can_fast_zero memory_yes
-#define memory_can_extents memory_yes
-#define memory_can_multi_conn memory_yes  /* one store for all connections */
+#define memory_can_write nbd_cap_yes     /* read-only is the engine's job */
+#define memory_can_flush nbd_cap_yes
+#define memory_can_trim nbd_cap_yes
+#define memory_can_fast_zero nbd_cap_yes
+#define memory_can_extents nbd_cap_yes
+#define memory_can_multi_conn nbd_cap_yes  /* one store for all connections */
 
 static int
 memory_native(struct nbd_ctx *self, struct nbd_ctx *next)

@@ -391,16 +391,11 @@ partitioning_can_fua(struct nbd_ctx *self, struct nbd_ctx *next)
   return NBD_FUA_EMULATE;       /* the engine's flush is fdatasync */
 }
 
-static int
-partitioning_yes(struct nbd_ctx *self, struct nbd_ctx *next)
-{
-  return 1;
-}
-#define partitioning_can_flush partitioning_yes
-#define partitioning_can_trim partitioning_yes
-#define partitioning_can_fast_zero partitioning_yes /* only fast work */
-#define partitioning_can_extents partitioning_yes
-#define partitioning_can_multi_conn partitioning_yes /* shared fds */
+#define partitioning_can_flush nbd_cap_yes
+#define partitioning_can_trim nbd_cap_yes
+#define partitioning_can_fast_zero nbd_cap_yes /* only fast work */
+#define partitioning_can_extents nbd_cap_yes
+#define partitioning_can_multi_conn nbd_cap_yes /* shared fds */
 
 static int
 partitioning_native(struct nbd_ctx *self, struct nbd_ctx *next)
