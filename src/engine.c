@@ -727,29 +727,62 @@ next_list_exports(struct nbd_ctx *c, struct nbd_exports *exports)
   return c->layer->ops->list_exports(c, c->next, exports);
 }
 
+/* No capability to check either. */
 int
-engine_list_exports(struct nbd_export *exp, const struct nbd_conn_info *info,
-                    struct nbd_exports *exports)
+next_preconnect(struct nbd_ctx *c)
+{
+  return c->layer->ops->preconnect(c, c->next);
+}
+
+/* Contexts never opened (on the heap: musl's thread stacks are small),
+ * for the name methods: a layer may look at its layer (conf, state), info
+ * and next, nothing else.  NULL when out of memory or the stack is
+ * empty. */
+static struct nbd_ctx *
+engine_unopened(struct nbd_export *exp, const struct nbd_conn_info *info)
 {
   struct nbd_ctx *ctxs;
   struct nbd_layer *l;
   size_t n = 0, i;
-  int r;
 
   for (l = exp->top; l; l = l->below)
     n++;
-  if (n == 0)
-    return 0;
-  /* Contexts never opened (on the heap: musl's thread stacks are small):
-   * a layer's list_exports may look at its layer (conf, state), info and
-   * next, nothing else. */
-  if ((ctxs = calloc(n, sizeof *ctxs)) == NULL)
-    return -ENOMEM;
+  if (n == 0 || (ctxs = calloc(n, sizeof *ctxs)) == NULL)
+    return NULL;
   for (l = exp->top, i = 0; l; l = l->below, i++) {
     ctxs[i].layer = l;
     ctxs[i].info = info;
     ctxs[i].next = i + 1 < n ? &ctxs[i + 1] : NULL;
   }
+  return ctxs;
+}
+
+int
+engine_preconnect(struct nbd_export *exp, const struct nbd_conn_info *info)
+{
+  struct nbd_ctx *ctxs;
+  int r;
+
+  if (exp->top == NULL)
+    return 0;
+  if ((ctxs = engine_unopened(exp, info)) == NULL)
+    return -ENOMEM;
+  r = next_preconnect(&ctxs[0]);
+  free(ctxs);
+  return r < 0 ? r : 0;
+}
+
+int
+engine_list_exports(struct nbd_export *exp, const struct nbd_conn_info *info,
+                    struct nbd_exports *exports)
+{
+  struct nbd_ctx *ctxs;
+  int r;
+
+  if (exp->top == NULL)
+    return 0;
+  if ((ctxs = engine_unopened(exp, info)) == NULL)
+    return -ENOMEM;
   r = next_list_exports(&ctxs[0], exports);
   free(ctxs);
   if (r <= 0)

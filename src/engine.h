@@ -77,4 +77,9 @@ int engine_list_exports(struct nbd_export *exp,
                         const struct nbd_conn_info *info,
                         struct nbd_exports *exports);
 
+/* Before the handshake (methods.def, preconnect): may this client use
+ * the export?  0, or -errno from the layer that refused it. */
+int engine_preconnect(struct nbd_export *exp,
+                      const struct nbd_conn_info *info);
+
 #endif

@@ -125,13 +125,20 @@ handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
 }
 
 /* Opens the export's stack for this connection; -1 on failure (why says
- * it in one line), -2 when the export is at its connection limit. */
+ * it in one line), -2 when the export is at its connection limit, -3
+ * when it refused this client before the handshake (conn_preconnect). */
 static int
 handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
                int dynamic, char *why, size_t whylen)
 {
-  char err[512], *asked = strdup(name);
+  char err[512], *asked;
 
+  if (conn_refused(c, e)) {
+    nbd_info("%s: export \"%s\" refused this client before the handshake",
+             c->peer, e->name);
+    return -3;
+  }
+  asked = strdup(name);
   snprintf(why, whylen, "out of memory");
   if (asked == NULL)
     return -1;
@@ -280,6 +287,9 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   case -2:
     return handshake_error(c, opt, NBD_REP_ERR_POLICY,
                            "too many connections to this export");
+  case -3:
+    return handshake_error(c, opt, NBD_REP_ERR_POLICY,
+                           "this export does not serve this client");
   case -1:
     return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, why);
   }

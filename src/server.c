@@ -53,6 +53,7 @@ static unsigned server_nconns;          /* threads alive, evicted included */
 static unsigned server_nevicted;        /* closed for room, not gone yet */
 static volatile sig_atomic_t server_nsignals;
 static volatile sig_atomic_t server_reload_pending;
+static volatile sig_atomic_t server_usr1_pending;
 static const struct nbd_config *server_cfg;     /* for server_status */
 /* The connection count changed since the last STATUS= (server_lock). */
 static int server_status_dirty;
@@ -64,8 +65,13 @@ server_on_signal(int sig)
   int saved = errno;
   char c = (char)sig;
 
-  if (sig == SIGHUP) {          /* reload (reload.c), on the main loop */
-    server_reload_pending = 1;
+  if (sig == SIGHUP || sig == SIGUSR1) {
+    /* reload (reload.c), or the reports of layers (stats): on the main
+     * loop. */
+    if (sig == SIGHUP)
+      server_reload_pending = 1;
+    else
+      server_usr1_pending = 1;
     if (write(server_sigpipe[1], &c, 1) == -1) {
       /* The pipe is full: a wake-up is already pending. */
     }
@@ -147,6 +153,8 @@ server_conn_thread(void *arg)
   server_status_dirty = 1;
   pthread_cond_broadcast(&server_conns_cond);
   pthread_mutex_unlock(&server_lock);
+  if (server_exit_requested)
+    stop_poke();                /* the main loop counts who is left */
   return NULL;
 }
 
@@ -253,6 +261,26 @@ server_start_conn(const struct nbd_config *cfg, struct nbd_conn *c)
   pthread_attr_destroy(&attr);
 }
 
+/* A layer asked for an exit (nbd_server_exit): the first time, stop
+ * listening and close the clients that have not spoken; then true once
+ * no connection is left, when the main loop ends as on SIGTERM. */
+static int
+server_exit_step(void)
+{
+  static int closed;
+  unsigned n;
+
+  if (!closed) {
+    closed = 1;
+    sockets_close();
+    lobby_clear();
+  }
+  pthread_mutex_lock(&server_lock);
+  n = server_nconns;
+  pthread_mutex_unlock(&server_lock);
+  return n == 0;
+}
+
 /* Accepts one client, greets it and puts it in the lobby until it
  * speaks; returns -1 when there is none left to accept. */
 static int
@@ -282,6 +310,11 @@ server_accept(const struct nbd_config *cfg, const struct nbd_listener *l)
   c->set_ref = 1;
   server_source(c, &ss, sslen);
   nbd_debug("%s: connected on %s", c->peer, l->desc);
+  if (conn_preconnect(c) == -1) {
+    close(fd);
+    conn_free(c);
+    return 0;
+  }
   if (cfg->handshake_timeout)
     c->w.deadline = nbd_now_ns() + cfg->handshake_timeout;
   if (handshake_greet(c) == -1) {
@@ -369,6 +402,7 @@ server_signals(void)
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGHUP, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
 }
 
 /* The signal pipe is readable: empty it, and reload on SIGHUP.  The set
@@ -382,7 +416,12 @@ server_on_wakeup(void)
 
   while (read(server_sigpipe[0], buf, sizeof buf) > 0)
     ;
-  if (!server_reload_pending || server_stopping)
+  if (server_usr1_pending) {
+    server_usr1_pending = 0;
+    stop_run_sigusr1();
+  }
+  /* No reload once exiting: it could open listeners again. */
+  if (!server_reload_pending || server_stopping || server_exit_requested)
     return;
   server_reload_pending = 0;
   if (reload_run(&old) == 1) {
@@ -490,6 +529,12 @@ server_single_wait(void)
     clock_gettime(CLOCK_REALTIME, &tick);
     tick.tv_sec++;
     pthread_cond_timedwait(&server_conns_cond, &server_lock, &tick);
+    if (server_usr1_pending) {
+      server_usr1_pending = 0;
+      pthread_mutex_unlock(&server_lock);
+      stop_run_sigusr1();
+      pthread_mutex_lock(&server_lock);
+    }
   }
   pthread_mutex_unlock(&server_lock);
 }
@@ -520,7 +565,7 @@ server_single(const struct nbd_config *cfg, int *drained)
   server_source(c, &ss, sslen);
   if (cfg->handshake_timeout)
     c->w.deadline = nbd_now_ns() + cfg->handshake_timeout;
-  if (handshake_greet(c) == -1) {
+  if (conn_preconnect(c) == -1 || handshake_greet(c) == -1) {
     close(fd);
     conn_free(c);
   } else
@@ -567,6 +612,7 @@ server_run(const struct nbd_config *cfg, int *drained)
     return -1;
   }
   server_signals();
+  stop_set_wake_fd(server_sigpipe[1]);
   if (nbd_modes.exit_with_parent)
     server_exit_with_parent();
   if (nbd_modes.single)
@@ -618,6 +664,8 @@ server_run(const struct nbd_config *cfg, int *drained)
     struct nbd_conn *c;
 
     cfg = reload_current();     /* a reload keeps the server settings */
+    if (server_exit_requested && server_exit_step())
+      break;
 
     for (i = 0; i < sockets_count(); i++) {
       pfd[i].fd = sockets_get(i)->fd;

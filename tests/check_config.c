@@ -124,7 +124,8 @@ test_cleanup(struct nbd_layer *layer)
   PASSTHROUGH(l, can_fast_zero) PASSTHROUGH(l, can_fua)                     \
   PASSTHROUGH(l, can_cache) PASSTHROUGH(l, can_extents)                     \
   PASSTHROUGH(l, can_multi_conn) PASSTHROUGH(l, is_rotational)         \
-  PASSTHROUGH(l, list_exports)
+  PASSTHROUGH(l, list_exports)                                              \
+  PASSTHROUGH(l, preconnect)
 
 #define TEST_UNSUP_ALL(l)                                                   \
   UNSUPPORTED(l, pread) UNSUPPORTED(l, pwrite) UNSUPPORTED(l, flush)        \
@@ -135,7 +136,8 @@ test_cleanup(struct nbd_layer *layer)
   UNSUPPORTED(l, can_fast_zero) UNSUPPORTED(l, can_fua)                     \
   UNSUPPORTED(l, can_cache) UNSUPPORTED(l, can_extents)                     \
   UNSUPPORTED(l, can_multi_conn) UNSUPPORTED(l, is_rotational)         \
-  UNSUPPORTED(l, list_exports)
+  UNSUPPORTED(l, list_exports)                                              \
+  UNSUPPORTED(l, preconnect)
 
 TEST_PASS_ALL(tfilt)
 TEST_PASS_ALL(tfilt2)
