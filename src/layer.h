@@ -461,6 +461,10 @@ int nbd_sleep(uint64_t ns);
  * says whether an exit (or a stop) was asked. */
 void nbd_server_exit(const char *why);
 int nbd_server_exiting(void);
+/* The same exit, but only if no client is connected once the calling
+ * connection is gone (nbdkit's exitlast): a client the server admits
+ * after the call cancels it.  Call it from close. */
+void nbd_server_exit_when_idle(void);
 
 /* SIGUSR1 runs fn(arg) on the server's main thread, for a layer that
  * reports on demand (stats).  Register in setup (0 or -ENOMEM) and

@@ -153,7 +153,7 @@ server_conn_thread(void *arg)
   server_status_dirty = 1;
   pthread_cond_broadcast(&server_conns_cond);
   pthread_mutex_unlock(&server_lock);
-  if (server_exit_requested)
+  if (server_exit_requested || server_exit_idle)
     stop_poke();                /* the main loop counts who is left */
   return NULL;
 }
@@ -235,8 +235,10 @@ server_start_conn(const struct nbd_config *cfg, struct nbd_conn *c)
 
   pthread_mutex_lock(&server_lock);
   r = server_admit(cfg, c);
-  if (r == 0)
+  if (r == 0) {
     server_status_dirty = 1;
+    server_exit_idle = 0;       /* a client came: not idle (exitlast) */
+  }
   pthread_mutex_unlock(&server_lock);
   if (r == -1) {
     static time_t last;
@@ -261,6 +263,18 @@ server_start_conn(const struct nbd_config *cfg, struct nbd_conn *c)
   pthread_attr_destroy(&attr);
 }
 
+/* No connection thread is left. */
+static int
+server_idle(void)
+{
+  unsigned n;
+
+  pthread_mutex_lock(&server_lock);
+  n = server_nconns;
+  pthread_mutex_unlock(&server_lock);
+  return n == 0;
+}
+
 /* A layer asked for an exit (nbd_server_exit): the first time, stop
  * listening and close the clients that have not spoken; then true once
  * no connection is left, when the main loop ends as on SIGTERM. */
@@ -268,17 +282,13 @@ static int
 server_exit_step(void)
 {
   static int closed;
-  unsigned n;
 
   if (!closed) {
     closed = 1;
     sockets_close();
     lobby_clear();
   }
-  pthread_mutex_lock(&server_lock);
-  n = server_nconns;
-  pthread_mutex_unlock(&server_lock);
-  return n == 0;
+  return server_idle();
 }
 
 /* Accepts one client, greets it and puts it in the lobby until it
@@ -664,6 +674,8 @@ server_run(const struct nbd_config *cfg, int *drained)
     struct nbd_conn *c;
 
     cfg = reload_current();     /* a reload keeps the server settings */
+    if (server_exit_idle && !server_exit_requested && server_idle())
+      nbd_server_exit("the last client left");
     if (server_exit_requested && server_exit_step())
       break;
 

@@ -26,6 +26,7 @@ atomic_int server_stopping;
 atomic_int server_aborting;
 atomic_int server_checking;
 atomic_int server_exit_requested;
+atomic_int server_exit_idle;
 
 static atomic_int stop_wake_fd = -1;
 static pthread_mutex_t stop_hooks_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -139,6 +140,13 @@ nbd_server_exit(const char *why)
   if (atomic_exchange(&server_exit_requested, 1) == 0)
     nbd_info("exit requested (%s): no new clients; exiting once the "
              "connected ones are gone", why);
+  stop_poke();
+}
+
+void
+nbd_server_exit_when_idle(void)
+{
+  atomic_store(&server_exit_idle, 1);
   stop_poke();
 }
 

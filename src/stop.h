@@ -15,6 +15,9 @@ extern atomic_int server_checking;
 /* Set by nbd_server_exit (a layer): no new clients, exit once the
  * connected ones are gone. */
 extern atomic_int server_exit_requested;
+/* Set by nbd_server_exit_when_idle: exit if no connection is left; the
+ * server clears it when it admits a client. */
+extern atomic_int server_exit_idle;
 
 /* The write end of the server's wake-up pipe (non-blocking), which
  * nbd_server_exit writes to; -1 = none (unit tests). */
