@@ -190,10 +190,12 @@ stats_duration(char *buf, size_t len, uint64_t ns)
     snprintf(buf, len, "%.2f s", (double)ns / 1e9);
 }
 
-/* The smallest bucket top with at least p of the ops at or below it. */
+/* The smallest bucket top with at least p of the ops at or below it,
+ * never above the exact maximum. */
 static uint64_t
 stats_percentile(const struct stats_method *s, uint64_t ops, double p)
 {
+  uint64_t max = atomic_load(&s->max_ns), top;
   uint64_t want = (uint64_t)((double)ops * p + 0.999999), seen = 0;
   unsigned b;
 
@@ -201,8 +203,10 @@ stats_percentile(const struct stats_method *s, uint64_t ops, double p)
     want = 1;
   for (b = 0; b < ST_NB; b++) {
     seen += atomic_load(&s->hist[b]);
-    if (seen >= want)
-      return stats_bucket_top(b);
+    if (seen >= want) {
+      top = stats_bucket_top(b);
+      return top < max ? top : max;
+    }
   }
   return 0;
 }
@@ -226,6 +230,7 @@ stats_write_report(FILE *fp, const struct stats_counters *c,
   for (m = 0; m < ST_N; m++) {
     const struct stats_method *s = &c->m[m];
     uint64_t n = atomic_load(&s->ops), by = atomic_load(&s->bytes);
+    uint64_t max = atomic_load(&s->max_ns);
     double t = (double)atomic_load(&s->ns) / 1e9;
     if (n == 0)
       continue;
@@ -240,7 +245,7 @@ stats_write_report(FILE *fp, const struct stats_counters *c,
     stats_duration(p50, sizeof p50, stats_percentile(s, n, 0.50));
     stats_duration(p90, sizeof p90, stats_percentile(s, n, 0.90));
     stats_duration(p99, sizeof p99, stats_percentile(s, n, 0.99));
-    stats_duration(mx, sizeof mx, atomic_load(&s->max_ns));
+    stats_duration(mx, sizeof mx, max);
     fprintf(fp, "  errors: %" PRIu64 ", latency p50 %s, p90 %s, p99 %s, "
             "max %s\n", atomic_load(&s->errors), p50, p90, p99, mx);
   }
