@@ -64,6 +64,7 @@ struct rate_bucket {
   pthread_mutex_t lock;
   double level;                 /* tokens (bits); below 0 = debt */
   uint64_t last_ns;
+  uint64_t rate;                /* the rate since last_ns */
 };
 
 /* A rate that a file may change. */
@@ -162,12 +163,18 @@ rate_take(struct rate_bucket *b, uint64_t rate, uint64_t burst_ns,
   double cap, wait = 0;
   uint64_t now;
 
-  if (rate == 0)
-    return 0;
   pthread_mutex_lock(&b->lock);
   now = rate_now();
-  b->level += (double)(now - b->last_ns) * (double)rate / 1e9;
+  /* Tokens since the last request came at the rate of that time: a
+   * debt made at a lower rate is not paid back at a new, higher one. */
+  b->level += (double)(now - b->last_ns) * (double)b->rate / 1e9;
   b->last_ns = now;
+  b->rate = rate;
+  if (rate == 0) {
+    b->level = 0;               /* no limit now: no debt, no credit */
+    pthread_mutex_unlock(&b->lock);
+    return 0;
+  }
   cap = (double)rate * (double)burst_ns / 1e9;
   if (b->level > cap)
     b->level = cap;
@@ -187,13 +194,20 @@ rate_account(struct nbd_ctx *self, int write, uint32_t count)
   uint64_t bits = (uint64_t)count * 8;
   int r;
 
-  rate_source_check(&st->conn);
-  rate_source_check(&st->total);
-  if ((r = rate_take(write ? &h->write : &h->read, atomic_load(&st->conn.rate),
-                     c->burstiness, bits)) < 0)
-    return r;
-  return rate_take(write ? &st->write : &st->read,
-                   atomic_load(&st->total.rate), c->burstiness, bits);
+  /* A fixed "no limit" costs no lock: the export's bucket is shared. */
+  if (st->conn.path || atomic_load(&st->conn.rate)) {
+    rate_source_check(&st->conn);
+    if ((r = rate_take(write ? &h->write : &h->read,
+                       atomic_load(&st->conn.rate), c->burstiness,
+                       bits)) < 0)
+      return r;
+  }
+  if (st->total.path || atomic_load(&st->total.rate)) {
+    rate_source_check(&st->total);
+    return rate_take(write ? &st->write : &st->read,
+                     atomic_load(&st->total.rate), c->burstiness, bits);
+  }
+  return 0;
 }
 
 static void
