@@ -293,7 +293,7 @@ engine_open(struct nbd_export *exp, int readonly,
   struct nbd_ctx *ctxs[64], *below = NULL;
   struct nbd_layer *l;
   size_t n = 0, i;
-  int opened = 0, r;
+  int opened = 0, r, fail_errno = ENOMEM;
 
   readonly = readonly || exp->readonly;
   for (l = exp->top; l; l = l->below) {
@@ -319,6 +319,7 @@ engine_open(struct nbd_export *exp, int readonly,
     below = ctxs[i]->next;
     if (o->open && (r = o->open(ctxs[i], below, readonly)) < 0) {
       snprintf(err, errlen, "%s: open failed: %s", o->name, strerror(-r));
+      fail_errno = -r;
       goto fail;
     }
     opened++;
@@ -329,6 +330,7 @@ engine_open(struct nbd_export *exp, int readonly,
     const struct nbd_layer_ops *o = ctxs[i]->layer->ops;
     if (o->prepare && (r = o->prepare(ctxs[i], ctxs[i]->next, readonly)) < 0) {
       snprintf(err, errlen, "%s: prepare failed: %s", o->name, strerror(-r));
+      fail_errno = -r;
       goto fail;
     }
     if (engine_cache_caps(ctxs[i], readonly, err, errlen) == -1)
@@ -343,6 +345,7 @@ fail:
       ctxs[i]->layer->ops->close(ctxs[i], ctxs[i]->next);
   for (i = 0; i < n; i++)
     free(ctxs[i]);
+  errno = fail_errno;
   return NULL;
 }
 

@@ -126,7 +126,9 @@ handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
 
 /* Opens the export's stack for this connection; -1 on failure (why says
  * it in one line), -2 when the export is at its connection limit, -3
- * when it refused this client before the handshake (conn_preconnect). */
+ * when it refused this client before the handshake (conn_preconnect), -4
+ * when a layer's open refused it (EBUSY, EPERM, EACCES: the limit
+ * filter), with why filled as for -1. */
 static int
 handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
                int dynamic, char *why, size_t whylen)
@@ -172,11 +174,12 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
   c->top = engine_open(e, c->readonly || c->cfg->readonly, &c->info, err,
                        sizeof err);
   if (c->top == NULL) {
+    int refused = errno == EBUSY || errno == EPERM || errno == EACCES;
     nbd_error("%s: export \"%s\": %s", c->peer, e->name, err);
     snprintf(why, whylen, "export \"%.64s\" cannot be opened: %s", e->name,
              err);
     handshake_release(c);
-    return -1;
+    return refused ? -4 : -1;
   }
   c->tflags = handshake_tflags(c, c->top);
   c->max_payload = NBD_MAX_PAYLOAD;
@@ -290,6 +293,8 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   case -3:
     return handshake_error(c, opt, NBD_REP_ERR_POLICY,
                            "this export does not serve this client");
+  case -4:                      /* a layer refused: limit, ... */
+    return handshake_error(c, opt, NBD_REP_ERR_POLICY, why);
   case -1:
     return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, why);
   }
