@@ -8,8 +8,9 @@
  * shuts down as on SIGTERM (layers flushed and cleaned up) and exits 0.
  * A client admitted in between cancels the request; its own close asks
  * again.  "Last" counts every connection of the server, of any export,
- * as nbdkit does (it has one).  Clients that only listed exports never
- * opened a stack and do not trigger it.  Under --check-config the one
+ * as nbdkit does (it has one).  A client that only sent NBD_OPT_LIST
+ * never opened a stack and does not trigger it; nbdinfo --list, whose
+ * NBD_OPT_INFO opens the export, does, as it does in nbdkit.  Under --check-config the one
  * open and close of every stack does nothing here.  The filter changes no
  * request.
  */
