@@ -552,6 +552,7 @@ config_free(struct nbd_config *cfg)
   free(cfg->log);
   free(cfg->tls_certificates);
   free(cfg->tls_psk);
+  free(cfg->metrics);
   config_defaults(cfg);
 }
 
