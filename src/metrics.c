@@ -64,9 +64,16 @@ static const uint64_t metrics_bounds[] = {
 };
 #define METRICS_NBOUNDS (sizeof metrics_bounds / sizeof metrics_bounds[0])
 #define METRICS_NBUCKETS (METRICS_NBOUNDS + 1)
+/* For a duration of bit length L (1-64), the first bucket it may fall
+ * in: from there at most two steps find it (a power-of-two range holds
+ * at most two bounds of a 1-2.5-5 series).  Filled at configure. */
+static unsigned char metrics_first_bucket[65];
 
+/* Every answered request is one observation of the histogram (those
+ * refused before they ran with duration 0), so the request count is the
+ * buckets' sum: one atomic add less per request. */
 struct metrics_method {
-  uint64_t requests, bytes, sum_ns;
+  uint64_t bytes, sum_ns;
   uint64_t errors[METRICS_NERRORS];
   uint64_t buckets[METRICS_NBUCKETS];    /* not cumulative */
 };
@@ -152,8 +159,17 @@ metrics_configure(const struct nbd_config *cfg)
   const struct nbd_export *x;
   struct metrics_export *e;
 
-  if (metrics_started == 0)
+  if (metrics_started == 0) {
+    unsigned l, b = 0;
     metrics_started = (uint64_t)time(NULL);
+    for (l = 1; l <= 64; l++) {
+      /* The smallest duration of bit length l is 2^(l-1). */
+      uint64_t low = UINT64_C(1) << (l - 1);
+      while (b < METRICS_NBOUNDS && low > metrics_bounds[b])
+        b++;
+      metrics_first_bucket[l] = (unsigned char)b;
+    }
+  }
   __atomic_store_n(&metrics_on, cfg->metrics != NULL, __ATOMIC_RELAXED);
   for (x = cfg->exports; x; x = x->next)
     metrics_get(x->name);
@@ -242,17 +258,16 @@ metrics_request(const struct nbd_conn *c, const struct nbd_request *r,
       metrics_cmd[r->type] < 0)
     return;
   m = &c->metrics->m[metrics_cmd[r->type]];
-  ADD(&m->requests, 1);
   if (err < 0)
     ADD(&m->errors[metrics_errno_index(err)], 1);
   else
     ADD(&m->bytes, r->count);
-  if (t0 == 0)
-    return;
-  ns = nbd_now_ns() - t0;
-  for (b = 0; b < METRICS_NBOUNDS && ns > metrics_bounds[b]; b++)
-    ;
-  ADD(&m->sum_ns, ns);
+  ns = t0 ? nbd_now_ns() - t0 : 0;
+  b = ns ? metrics_first_bucket[64 - __builtin_clzll(ns)] : 0;
+  while (b < METRICS_NBOUNDS && ns > metrics_bounds[b])
+    b++;
+  if (ns)
+    ADD(&m->sum_ns, ns);
   ADD(&m->buckets[b], 1);
 }
 
@@ -385,7 +400,6 @@ metrics_sum(const struct metrics_export *e, struct metrics_method *out)
   for (s = 0; s < METRICS_SHARDS; s++)
     for (k = 0; k < M_N; k++) {
       const struct metrics_method *m = &e->shard[s].m[k];
-      out[k].requests += GET(&m->requests);
       out[k].bytes += GET(&m->bytes);
       out[k].sum_ns += GET(&m->sum_ns);
       for (i = 0; i < METRICS_NERRORS; i++)
@@ -459,8 +473,11 @@ metrics_render_exports(struct metrics_buf *b, struct metrics_export *head,
                  "Requests answered, by export and method.");
   for (e = head, x = 0; e && x < n; e = e->next, x++)
     for (k = 0; k < M_N && metrics_shown(e); k++) {
+      uint64_t total = 0;
+      for (i = 0; i < METRICS_NBUCKETS; i++)
+        total += sums[x][k].buckets[i];
       metrics_labels(b, "nbdstack_requests_total", e, (int)k);
-      metrics_printf(b, "} %" PRIu64 "\n", sums[x][k].requests);
+      metrics_printf(b, "} %" PRIu64 "\n", total);
     }
   metrics_family(b, "nbdstack_request_bytes_total", "counter",
                  "Bytes of the requests that succeeded (their count), by "
@@ -483,7 +500,8 @@ metrics_render_exports(struct metrics_buf *b, struct metrics_export *head,
         }
   metrics_family(b, "nbdstack_request_duration_seconds", "histogram",
                  "Time from the start of a request in the export's stack "
-                 "to its reply, by export and method.");
+                 "to its reply (0 for one refused before it ran), by export "
+                 "and method.");
   for (e = head, x = 0; e && x < n; e = e->next, x++)
     for (k = 0; k < M_N && metrics_shown(e); k++) {
       const struct metrics_method *m = &sums[x][k];
