@@ -21,15 +21,14 @@ tx_block_status(struct nbd_conn *c, struct nbd_request *r)
   uint64_t t0 = metrics_start(c);
   int err;
 
-  if (e == NULL)
-    err = -ENOMEM;
-  else
-    err = next_extents(c->top, r->count, r->offset, r->flags, e);
+  if (e == NULL) {
+    metrics_request(c, r, -ENOMEM, t0);
+    return proto_reply_error(c, r, -ENOMEM);
+  }
+  err = next_extents(c->top, r->count, r->offset, r->flags, e);
   if (err == 0 && e->n == 0)
     err = -EIO;                 /* a layer reported nothing: its bug */
   metrics_request(c, r, err, t0);
-  if (e == NULL)
-    return proto_reply_error(c, r, err);
   err = err < 0 ? proto_reply_error(c, r, err)
                 : proto_reply_extents(c, r, e);
   nbd_extents_free(e);
