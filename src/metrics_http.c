@@ -190,8 +190,10 @@ metrics_start_server(const struct nbd_config *cfg)
   }
   n = sockets_bind_apart(&ln, metrics_l, METRICS_HTTP_MAXFDS);
   listen_clear(&ln);
-  if (n <= 0)
+  if (n <= 0) {
+    nbd_error("metrics: cannot serve on %s (see above)", cfg->metrics);
     return -1;
+  }
   metrics_nl = (size_t)n;
   for (i = 0; i < metrics_nl; i++)
     fcntl(metrics_l[i].fd, F_SETFL,

@@ -527,6 +527,16 @@ def t_bad_addresses():
                        capture_output=True, timeout=60)
     check(r.returncode != 0 and b"metrics" in r.stderr, "--metrics unix: refused: %r"
           % r.stderr)
+    # An address that cannot be bound (a regular file is there) stops the
+    # server at start, saying which address it was.
+    taken = os.path.join(T.TMPDIR, "taken")
+    open(taken, "w").close()
+    r = subprocess.run([T.NBDSTACK, "-U", os.path.join(T.TMPDIR, "x.sock"),
+                        "--metrics", "unix:" + taken, "memory", "1M"],
+                       capture_output=True, timeout=60)
+    check(r.returncode != 0 and b"metrics: cannot serve on unix:" in r.stderr,
+          "unbindable metrics address: %r" % r.stderr)
+    check(os.path.isfile(taken), "the file in the way is left alone")
 
 
 C.run("every configured export shown from the start", t_empty)
