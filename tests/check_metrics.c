@@ -225,6 +225,7 @@ START_TEST(test_counts_exactly)
   free(text);
 
   /* A set without "gone": shown while a connection still has it. */
+  free(c[0]);
   c[0] = conn_on(&exp_gone, 5);
   exp_odd.next = NULL;
   metrics_configure(&cfg);
