@@ -243,9 +243,11 @@ srv = Server(config=CFG, sock=NSOCK, name="metrics")
 
 def t_empty():
     s = scrape()
-    check_eq(get(s, "nbdstack_build_info", version="0.1.0",
-                 tls=[l for (n, ls) in s for l in ls if n == "nbdstack_build_info"
-                      and l[0] == "tls"][0][1]), 1, "build info")
+    out = subprocess.run([T.NBDSTACK, "--version"], capture_output=True, text=True,
+                         timeout=60).stdout.split("\n")
+    version = out[0].split()[1]             # "nbdstack 0.1.0", then the TLS line
+    check_eq(get(s, "nbdstack_build_info", version=version, tls=out[1]), 1,
+             "build info: the version and TLS library of --version")
     for e in ("a", "b", "ro", "one"):
         check_eq(get(s, "nbdstack_connections_open", export=e), 0, "open of " + e)
         check(("nbdstack_requests_total", frozenset({("export", e), ("method", "read")}))
