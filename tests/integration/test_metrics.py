@@ -525,6 +525,14 @@ def t_bad_addresses():
                        timeout=60)
     check(r.returncode != 0, "bad metrics address refused")
     check(("bad.ini:2:" in r.stderr.decode()), "file:line in %r" % r.stderr)
+    # --check-config checks the directory of a Unix socket, as for listen.
+    with open(bad, "w") as f:
+        f.write("[server]\nlisten = unix:%s\nmetrics = unix:/nonexistent-dir/m.sock\n"
+                "[export a]\nbackend = memory size=1M\n" % os.path.join(T.TMPDIR, "c.sock"))
+    r = subprocess.run([T.NBDSTACK, "--check-config", bad], capture_output=True,
+                       timeout=60)
+    check(r.returncode != 0 and b"bad.ini:3: metrics: cannot create" in r.stderr,
+          "--check-config: metrics socket directory: %r" % r.stderr)
     r = subprocess.run([T.NBDSTACK, "--metrics", "unix:", "memory", "1M"],
                        capture_output=True, timeout=60)
     check(r.returncode != 0 and b"metrics" in r.stderr, "--metrics unix: refused: %r"
