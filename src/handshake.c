@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "conn.h"
+#include "metrics.h"
 #include "stop.h"
 #include "protocol.h"
 #include "tls.h"
@@ -158,6 +159,7 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
       __atomic_sub_fetch(&e->nconnections, 1, __ATOMIC_SEQ_CST);
       nbd_info("%s: export \"%s\" has its maximum of %u connections",
                c->peer, e->name, e->max_connections);
+      metrics_refused(METRICS_REFUSED_EXPORT_LIMIT);
       return -2;
     }
     c->counted = 1;
@@ -480,6 +482,7 @@ handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
     name[len] = '\0';
     return handshake_export_name(c, name) == 0 ? 1 : -1;
   case NBD_OPT_ABORT:
+    metrics_handshake_aborted();
     handshake_reply(c, opt, NBD_REP_ACK, NULL, 0);
     return -1;
   case NBD_OPT_LIST:
