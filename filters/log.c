@@ -387,14 +387,14 @@ logf_close(struct nbd_ctx *self, struct nbd_ctx *next)
 /* ---- requests ---------------------------------------------------------- */
 
 static uint64_t
-logf_enter(struct nbd_ctx *self, const char *act, uint32_t count,
-          uint64_t offset, const char *fmt, ...)
+logf_enter(struct nbd_ctx *self, const char *act, uint64_t count,
+           uint64_t offset, const char *fmt, ...)
   __attribute__((format(printf, 5, 6)));
 
 /* The call line; returns the request id.  fmt adds flags after count. */
 static uint64_t
-logf_enter(struct nbd_ctx *self, const char *act, uint32_t count,
-          uint64_t offset, const char *fmt, ...)
+logf_enter(struct nbd_ctx *self, const char *act, uint64_t count,
+           uint64_t offset, const char *fmt, ...)
 {
   struct logf_handle *h = self->handle;
   uint64_t id = atomic_fetch_add(&h->ids, 1) + 1;
@@ -405,7 +405,7 @@ logf_enter(struct nbd_ctx *self, const char *act, uint32_t count,
   logf_start(&l, h->conn);
   logf_add(&l, "%s id=%" PRIu64 " ", act, id);
   if (strcmp(act, "Flush") != 0)
-    logf_add(&l, "offset=0x%" PRIx64 " count=0x%" PRIx32 " ", offset,
+    logf_add(&l, "offset=0x%" PRIx64 " count=0x%" PRIx64 " ", offset,
               count);
   if (fmt && l.n < sizeof l.s) {
     va_start(ap, fmt);
@@ -462,7 +462,7 @@ logf_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 }
 
 static int
-logf_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+logf_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
          uint64_t offset, uint32_t flags)
 {
   uint64_t id = logf_enter(self, "Trim", count, offset, "fua=%d ",
@@ -472,7 +472,7 @@ logf_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-logf_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+logf_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
          uint64_t offset, uint32_t flags)
 {
   uint64_t id = logf_enter(self, "Zero", count, offset,
@@ -485,7 +485,7 @@ logf_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-logf_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+logf_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
 {
   uint64_t id = logf_enter(self, "Cache", count, offset, NULL);
@@ -495,7 +495,7 @@ logf_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 
 /* The result line lists the extents, as nbdkit: offset length "type". */
 static int
-logf_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+logf_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   static const char *const types[4] = { "", "hole", "zero", "hole,zero" };

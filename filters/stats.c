@@ -413,7 +413,7 @@ stats_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 }
 
 static int
-stats_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+stats_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   uint64_t t0 = stats_now();
@@ -424,7 +424,7 @@ stats_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-stats_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+stats_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   uint64_t t0 = stats_now();
@@ -435,7 +435,7 @@ stats_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-stats_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+stats_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
               uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   uint64_t t0 = stats_now();
@@ -446,7 +446,7 @@ stats_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-stats_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+stats_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)
 {
   uint64_t t0 = stats_now();
