@@ -14,9 +14,9 @@
  * the socket (poll, with the wire's timeouts) happens outside it.  The
  * shared random generator has its own lock.
  *
- * Not here (issue 15, later steps): per-export tls, the tls-fallback
- * filter, the nbd backend's client side, PSK re-read on SIGHUP, logging
- * the client certificate's name.
+ * The PSK file is read again on SIGHUP (tls_server_reload): a file
+ * with any error leaves the keys read before.  With tls-verify-peer the
+ * client certificate's CN is logged, with PSK the identity.
  */
 #include <errno.h>
 #include <poll.h>
@@ -35,12 +35,13 @@ const char *tls_version_text(void) { return "TLS: not compiled in"; }
 int
 tls_server_init(const struct nbd_config *cfg)
 {
-  if (cfg->tls == NBD_TLS_OFF)
+  if (!config_tls_offered(cfg))
     return 0;
   nbd_error("tls: this nbdstack was built without TLS (NBD_TLS=OFF)");
   return 1;
 }
 int tls_server_ready(void) { return 0; }
+void tls_server_reload(void) { }
 void tls_server_free(void) { }
 int tls_server_start(struct nbd_wire *w) { return -1; }
 
@@ -50,6 +51,7 @@ int tls_server_start(struct nbd_wire *w) { return -1; }
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
 #include <mbedtls/net_sockets.h>
+#include <mbedtls/oid.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/version.h>
@@ -64,6 +66,13 @@ struct tls_psk {
   size_t keylen;
 };
 
+/* The keys of one reading of the PSK file; SIGHUP reads it again
+ * (tls_server_reload) and swaps the whole set under psk_lock. */
+struct tls_psks {
+  struct tls_psk *v;
+  size_t n;
+};
+
 struct tls_server {
   mbedtls_entropy_context entropy;
   mbedtls_ctr_drbg_context drbg;
@@ -71,8 +80,10 @@ struct tls_server {
   mbedtls_ssl_config conf;
   mbedtls_x509_crt ca, cert;
   mbedtls_pk_context key;
-  struct tls_psk *psks;
-  size_t npsks;
+  pthread_rwlock_t psk_lock;    /* psks: read by handshakes, swapped by SIGHUP */
+  struct tls_psks *psks;
+  char *psk_path;
+  int verify_peer;              /* log the client certificate's name */
 };
 
 struct tls_session {
@@ -82,6 +93,7 @@ struct tls_session {
   _Atomic int dead;             /* a fatal error: no more I/O (any thread) */
   unsigned char wbuf[TLS_RECORD];
   size_t wlen;                  /* bytes in wbuf a WANT_WRITE left */
+  char who[80];                 /* the PSK identity the client used, for the log */
 };
 
 static struct tls_server *tls_srv;
@@ -149,7 +161,7 @@ tls_hexval(int c)
 
 /* One "identity:hexkey" line of a psktool file; 0 or -1. */
 static int
-tls_psk_line(struct tls_server *s, char *line, const char *path,
+tls_psk_line(struct tls_psks *s, char *line, const char *path,
              unsigned lineno)
 {
   char *colon = strrchr(line, ':'), *hex;
@@ -169,11 +181,11 @@ tls_psk_line(struct tls_server *s, char *line, const char *path,
               "number", path, lineno, line, 2 * TLS_MAX_PSK_KEY);
     return -1;
   }
-  v = realloc(s->psks, (s->npsks + 1) * sizeof *v);
+  v = realloc(s->v, (s->n + 1) * sizeof *v);
   if (v == NULL)
     return -1;
-  s->psks = v;
-  p = &v[s->npsks];
+  s->v = v;
+  p = &v[s->n];
   for (i = 0; i < n / 2; i++) {
     int hi = tls_hexval(hex[2 * i]), lo = tls_hexval(hex[2 * i + 1]);
     if (hi < 0 || lo < 0) {
@@ -186,20 +198,43 @@ tls_psk_line(struct tls_server *s, char *line, const char *path,
   p->keylen = n / 2;
   if ((p->identity = strdup(line)) == NULL)
     return -1;
-  s->npsks++;
+  s->n++;
   return 0;
 }
 
+static void
+tls_psks_free(struct tls_psks *s)
+{
+  size_t i;
+
+  if (s == NULL)
+    return;
+  for (i = 0; i < s->n; i++) {
+    mbedtls_platform_zeroize(s->v[i].key, sizeof s->v[i].key);
+    free(s->v[i].identity);
+  }
+  free(s->v);
+  free(s);
+}
+
+/* Reads a psktool file into *out; the number of errors (each logged),
+ * *out set only when there are none. */
 static int
-tls_load_psk(struct tls_server *s, const char *path)
+tls_load_psk(struct tls_psks **out, const char *path)
 {
   FILE *fp = fopen(path, "re");
   char line[1024];
   unsigned lineno = 0;
   int errors = 0;
+  struct tls_psks *s;
 
   if (fp == NULL) {
     nbd_error("tls-psk: %s: %s", path, strerror(errno));
+    return 1;
+  }
+  if ((s = calloc(1, sizeof *s)) == NULL) {
+    fclose(fp);
+    nbd_error("tls-psk: out of memory");
     return 1;
   }
   while (fgets(line, sizeof line, fp)) {
@@ -211,11 +246,29 @@ tls_load_psk(struct tls_server *s, const char *path)
       errors++;
   }
   fclose(fp);
-  if (errors == 0 && s->npsks == 0) {
+  if (errors == 0 && s->n == 0) {
     nbd_error("tls-psk: %s: no keys in it", path);
     errors++;
   }
+  if (errors)
+    tls_psks_free(s);
+  else
+    *out = s;
   return errors;
+}
+
+/* A name from the client (PSK identity, certificate CN) made safe for a
+ * log line: bytes outside printable ASCII become '?', long ones cut. */
+static void
+tls_printable(char *out, size_t outlen, const unsigned char *in, size_t len)
+{
+  size_t i;
+
+  if (len > outlen - 1)
+    len = outlen - 1;
+  for (i = 0; i < len; i++)
+    out[i] = in[i] >= 0x20 && in[i] < 0x7f ? (char)in[i] : '?';
+  out[len] = '\0';
 }
 
 /* mbedTLS asks for the key of the identity a client sent. */
@@ -224,15 +277,29 @@ tls_psk_cb(void *arg, mbedtls_ssl_context *ssl, const unsigned char *id,
            size_t idlen)
 {
   struct tls_server *s = arg;
+  /* ssl is the first member of its session (tls_server_start). */
+  struct tls_session *t = (struct tls_session *)(void *)ssl;
+  const struct tls_psk *p;
   size_t i;
+  int r = -1;
 
-  for (i = 0; i < s->npsks; i++)
-    if (strlen(s->psks[i].identity) == idlen &&
-        memcmp(s->psks[i].identity, id, idlen) == 0)
-      return mbedtls_ssl_set_hs_psk(ssl, s->psks[i].key, s->psks[i].keylen);
-  nbd_info("tls: unknown PSK identity '%.*s'", (int)(idlen > 64 ? 64 : idlen),
-           (const char *)id);
-  return -1;
+  pthread_rwlock_rdlock(&s->psk_lock);
+  for (i = 0; i < s->psks->n; i++) {
+    p = &s->psks->v[i];
+    if (strlen(p->identity) == idlen && memcmp(p->identity, id, idlen) == 0) {
+      /* mbedTLS copies the key: the set may be swapped after this. */
+      r = mbedtls_ssl_set_hs_psk(ssl, p->key, p->keylen);
+      tls_printable(t->who, sizeof t->who, id, idlen);
+      break;
+    }
+  }
+  pthread_rwlock_unlock(&s->psk_lock);
+  if (r == -1) {
+    char who[80];
+    tls_printable(who, sizeof who, id, idlen);
+    nbd_info("tls: unknown PSK identity '%s'", who);
+  }
+  return r;
 }
 
 /* A certificate that is not valid now is refused, not served. */
@@ -300,8 +367,6 @@ tls_load_x509(struct tls_server *s, const struct nbd_config *cfg)
 static void
 tls_server_release(struct tls_server *s)
 {
-  size_t i;
-
   mbedtls_ssl_config_free(&s->conf);
   mbedtls_x509_crt_free(&s->cert);
   mbedtls_x509_crt_free(&s->ca);
@@ -309,11 +374,9 @@ tls_server_release(struct tls_server *s)
   mbedtls_ctr_drbg_free(&s->drbg);
   mbedtls_entropy_free(&s->entropy);
   pthread_mutex_destroy(&s->rng_lock);
-  for (i = 0; i < s->npsks; i++) {
-    mbedtls_platform_zeroize(s->psks[i].key, sizeof s->psks[i].key);
-    free(s->psks[i].identity);
-  }
-  free(s->psks);
+  pthread_rwlock_destroy(&s->psk_lock);
+  tls_psks_free(s->psks);
+  free(s->psk_path);
   free(s);
 }
 
@@ -325,16 +388,20 @@ tls_server_init(const struct nbd_config *cfg)
   char e[128];
   int r, errors = 0;
 
-  if (cfg->tls == NBD_TLS_OFF)
+  if (!config_tls_offered(cfg))
     return 0;
   if (!cfg->tls_certificates && !cfg->tls_psk) {
-    nbd_error("tls: tls = %s needs tls-certificates or tls-psk",
-              cfg->tls == NBD_TLS_ON ? "on" : "require");
+    nbd_error("tls: %s needs tls-certificates or tls-psk",
+              cfg->tls == NBD_TLS_ON ? "tls = on" :
+              cfg->tls == NBD_TLS_REQUIRE ? "tls = require" :
+              "an export's tls = on or require");
     return 1;
   }
   if ((s = calloc(1, sizeof *s)) == NULL)
     return 1;
   pthread_mutex_init(&s->rng_lock, NULL);
+  pthread_rwlock_init(&s->psk_lock, NULL);
+  s->verify_peer = cfg->tls_verify_peer;
   mbedtls_entropy_init(&s->entropy);
   mbedtls_ctr_drbg_init(&s->drbg);
   mbedtls_ssl_config_init(&s->conf);
@@ -361,7 +428,9 @@ tls_server_init(const struct nbd_config *cfg)
   if (cfg->tls_certificates)
     errors += tls_load_x509(s, cfg);
   if (cfg->tls_psk) {
-    errors += tls_load_psk(s, cfg->tls_psk);
+    errors += tls_load_psk(&s->psks, cfg->tls_psk);
+    if ((s->psk_path = strdup(cfg->tls_psk)) == NULL)
+      errors++;
     mbedtls_ssl_conf_psk_cb(&s->conf, tls_psk_cb, s);
   }
   if (errors) {
@@ -374,6 +443,28 @@ tls_server_init(const struct nbd_config *cfg)
             cfg->tls_certificates && cfg->tls_psk ? " and " : "",
             cfg->tls_psk ? "PSK" : "");
   return 0;
+}
+
+void
+tls_server_reload(void)
+{
+  struct tls_server *s = tls_srv;
+  struct tls_psks *fresh = NULL, *old;
+
+  if (s == NULL || s->psk_path == NULL)
+    return;
+  if (tls_load_psk(&fresh, s->psk_path) != 0) {
+    nbd_error("tls-psk: %s: not reloaded, the keys read before stay",
+              s->psk_path);
+    return;
+  }
+  pthread_rwlock_wrlock(&s->psk_lock);
+  old = s->psks;
+  s->psks = fresh;
+  pthread_rwlock_unlock(&s->psk_lock);
+  nbd_info("tls-psk: %s: reloaded, %zu key%s (was %zu)", s->psk_path,
+           fresh->n, fresh->n == 1 ? "" : "s", old->n);
+  tls_psks_free(old);
 }
 
 int
@@ -613,6 +704,44 @@ tls_handshake(struct nbd_wire *w, struct tls_session *t)
   }
 }
 
+/* The client certificate's subject CN, into out ("" when none). */
+static void
+tls_peer_cn(const mbedtls_ssl_context *ssl, char *out, size_t outlen)
+{
+  const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(ssl);
+  const mbedtls_x509_name *n;
+
+  out[0] = '\0';
+  if (crt == NULL)
+    return;
+  for (n = &crt->subject; n; n = n->next)
+    if (n->oid.p && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &n->oid) == 0) {
+      tls_printable(out, outlen, n->val.p, n->val.len);
+      return;
+    }
+}
+
+/* One line per session: version, suite and who the client proved to be
+ * (the certificate's CN under tls-verify-peer, or the PSK identity). */
+static void
+tls_log_session(struct nbd_wire *w, struct tls_session *t)
+{
+  char cn[80];
+
+  if (tls_srv->verify_peer) {
+    tls_peer_cn(&t->ssl, cn, sizeof cn);
+    nbd_info("%s: tls: %s, %s, client certificate CN=\"%s\"", w->peer,
+             mbedtls_ssl_get_version(&t->ssl),
+             mbedtls_ssl_get_ciphersuite(&t->ssl), cn);
+  } else if (t->who[0])
+    nbd_info("%s: tls: %s, %s, PSK identity \"%s\"", w->peer,
+             mbedtls_ssl_get_version(&t->ssl),
+             mbedtls_ssl_get_ciphersuite(&t->ssl), t->who);
+  else
+    nbd_debug("%s: tls: %s, %s", w->peer, mbedtls_ssl_get_version(&t->ssl),
+              mbedtls_ssl_get_ciphersuite(&t->ssl));
+}
+
 int
 tls_server_start(struct nbd_wire *w)
 {
@@ -634,8 +763,7 @@ tls_server_start(struct nbd_wire *w)
   mbedtls_ssl_set_bio(&t->ssl, t, tls_bio_send, tls_bio_recv, NULL);
   if (tls_handshake(w, t) == -1)
     goto fail;
-  nbd_debug("%s: tls: %s, %s", w->peer, mbedtls_ssl_get_version(&t->ssl),
-            mbedtls_ssl_get_ciphersuite(&t->ssl));
+  tls_log_session(w, t);
   w->session = t;
   w->io = &tls_io;
   return 0;

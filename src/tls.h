@@ -23,6 +23,9 @@ const char *tls_version_text(void);
 int tls_server_init(const struct nbd_config *cfg);
 /* 1 once tls_server_init loaded credentials: STARTTLS is offered. */
 int tls_server_ready(void);
+/* SIGHUP: reads the PSK file again and swaps the keys for the next
+ * handshakes; a file with any error is logged and the old keys stay. */
+void tls_server_reload(void);
 void tls_server_free(void);
 
 /* Runs the server side of the TLS handshake on w (the handshake deadline
