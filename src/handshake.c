@@ -458,6 +458,7 @@ handshake_starttls(struct nbd_conn *c, uint32_t len)
   if (handshake_reply(c, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0) == -1 ||
       wire_starttls(&c->w) == -1)
     return -1;
+  c->info.tls = 1;              /* layers ask (nbd_conn_info) */
   c->structured = 0;
   c->meta_base_allocation = 0;
   free(c->meta_export);
