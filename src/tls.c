@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "tls.h"
@@ -43,7 +44,23 @@ tls_server_init(const struct nbd_config *cfg)
 int tls_server_ready(void) { return 0; }
 void tls_server_reload(void) { }
 void tls_server_free(void) { }
-int tls_server_start(struct nbd_wire *w) { return -1; }
+int tls_server_start(struct nbd_wire *w) { (void)w; return -1; }
+struct tls_client *
+tls_client_new(const struct tls_client_opts *o, char *err, size_t errlen)
+{
+  (void)o;
+  snprintf(err, errlen, "this nbdstack was built without TLS (NBD_TLS=OFF)");
+  return NULL;
+}
+void tls_client_free(struct tls_client *c) { (void)c; }
+int
+tls_client_start(struct tls_client *c, struct nbd_wire *w,
+                 const char *hostname, char *err, size_t errlen)
+{
+  (void)c; (void)w; (void)hostname;
+  snprintf(err, errlen, "TLS is not compiled in");
+  return -1;
+}
 
 #else
 
@@ -764,6 +781,233 @@ tls_server_start(struct nbd_wire *w)
   if (tls_handshake(w, t) == -1)
     goto fail;
   tls_log_session(w, t);
+  w->session = t;
+  w->io = &tls_io;
+  return 0;
+fail:
+  mbedtls_ssl_free(&t->ssl);
+  pthread_mutex_destroy(&t->lock);
+  free(t);
+  return -1;
+}
+
+/* ---- the client side (the nbd backend's upstream) ---------------------- */
+
+/* The credentials of one nbd backend instance: X.509 (the CA to check the
+ * server with, and an optional client certificate: libnbd's layout,
+ * ca-cert.pem, client-cert.pem, client-key.pem) or one PSK. */
+struct tls_client {
+  mbedtls_entropy_context entropy;
+  mbedtls_ctr_drbg_context drbg;
+  pthread_mutex_t rng_lock;
+  mbedtls_ssl_config conf;
+  mbedtls_x509_crt ca, cert;
+  mbedtls_pk_context key;
+  int verify;
+};
+
+static const int tls_client_psk_suites[] = {
+  MBEDTLS_TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256,
+  MBEDTLS_TLS_PSK_WITH_AES_256_GCM_SHA384,
+  MBEDTLS_TLS_PSK_WITH_AES_128_GCM_SHA256,
+  MBEDTLS_TLS_PSK_WITH_CHACHA20_POLY1305_SHA256,
+  0
+};
+
+static int
+tls_client_rng(void *arg, unsigned char *out, size_t len)
+{
+  struct tls_client *c = arg;
+  int r;
+
+  pthread_mutex_lock(&c->rng_lock);
+  r = mbedtls_ctr_drbg_random(&c->drbg, out, len);
+  pthread_mutex_unlock(&c->rng_lock);
+  return r;
+}
+
+void
+tls_client_free(struct tls_client *c)
+{
+  if (c == NULL)
+    return;
+  mbedtls_ssl_config_free(&c->conf);
+  mbedtls_x509_crt_free(&c->cert);
+  mbedtls_x509_crt_free(&c->ca);
+  mbedtls_pk_free(&c->key);
+  mbedtls_ctr_drbg_free(&c->drbg);
+  mbedtls_entropy_free(&c->entropy);
+  pthread_mutex_destroy(&c->rng_lock);
+  free(c);
+}
+
+static int
+tls_client_x509(struct tls_client *c, const char *dir, char *err,
+                size_t errlen)
+{
+  char path[4096], e[128];
+  int r;
+
+  snprintf(path, sizeof path, "%s/ca-cert.pem", dir);
+  r = mbedtls_x509_crt_parse_file(&c->ca, path);
+  if (r != 0 && c->verify) {
+    snprintf(err, errlen, "tls-certificates: %s (needed by tls-verify=true): "
+             "%s", path, tls_strerror(r, e, sizeof e));
+    return -1;
+  }
+  if (r == 0)
+    mbedtls_ssl_conf_ca_chain(&c->conf, &c->ca, NULL);
+  /* A client certificate is optional: for servers with
+   * --tls-verify-peer. */
+  snprintf(path, sizeof path, "%s/client-cert.pem", dir);
+  if (access(path, F_OK) == 0) {
+    if ((r = mbedtls_x509_crt_parse_file(&c->cert, path)) != 0) {
+      snprintf(err, errlen, "tls-certificates: %s: %s", path,
+               tls_strerror(r, e, sizeof e));
+      return -1;
+    }
+    snprintf(path, sizeof path, "%s/client-key.pem", dir);
+    if ((r = mbedtls_pk_parse_keyfile(&c->key, path, NULL)) != 0 ||
+        (r = mbedtls_pk_check_pair(&c->cert.pk, &c->key)) != 0 ||
+        (r = mbedtls_ssl_conf_own_cert(&c->conf, &c->cert, &c->key)) != 0) {
+      snprintf(err, errlen, "tls-certificates: %s: %s", path,
+               tls_strerror(r, e, sizeof e));
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* The key of username in a psktool file. */
+static int
+tls_client_psk(struct tls_client *c, const char *path, const char *username,
+               char *err, size_t errlen)
+{
+  struct tls_psks *psks = NULL;
+  size_t i;
+  int r = -1;
+
+  if (tls_load_psk(&psks, path) != 0) {
+    snprintf(err, errlen, "tls-psk: %s: cannot be read (see the line "
+             "before)", path);
+    return -1;
+  }
+  for (i = 0; i < psks->n; i++)
+    if (strcmp(psks->v[i].identity, username) == 0) {
+      r = mbedtls_ssl_conf_psk(&c->conf, psks->v[i].key, psks->v[i].keylen,
+                               (const unsigned char *)username,
+                               strlen(username));
+      if (r != 0)
+        snprintf(err, errlen, "tls-psk: cannot use the key");
+      break;
+    }
+  if (i == psks->n)
+    snprintf(err, errlen, "tls-psk: %s has no key for user '%s' (set "
+             "tls-username=)", path, username);
+  tls_psks_free(psks);
+  if (r == 0)
+    mbedtls_ssl_conf_ciphersuites(&c->conf, tls_client_psk_suites);
+  return r == 0 ? 0 : -1;
+}
+
+struct tls_client *
+tls_client_new(const struct tls_client_opts *o, char *err, size_t errlen)
+{
+  static const char pers[] = "nbdstack tls client";
+  struct tls_client *c = calloc(1, sizeof *c);
+  char e[128];
+  int r;
+
+  if (c == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  c->verify = o->verify;
+  pthread_mutex_init(&c->rng_lock, NULL);
+  mbedtls_entropy_init(&c->entropy);
+  mbedtls_ctr_drbg_init(&c->drbg);
+  mbedtls_ssl_config_init(&c->conf);
+  mbedtls_x509_crt_init(&c->ca);
+  mbedtls_x509_crt_init(&c->cert);
+  mbedtls_pk_init(&c->key);
+  if ((r = mbedtls_ctr_drbg_seed(&c->drbg, mbedtls_entropy_func, &c->entropy,
+                                 (const unsigned char *)pers,
+                                 sizeof pers - 1)) != 0 ||
+      (r = mbedtls_ssl_config_defaults(&c->conf, MBEDTLS_SSL_IS_CLIENT,
+                                       MBEDTLS_SSL_TRANSPORT_STREAM,
+                                       MBEDTLS_SSL_PRESET_DEFAULT)) != 0) {
+    snprintf(err, errlen, "tls: %s", tls_strerror(r, e, sizeof e));
+    tls_client_free(c);
+    return NULL;
+  }
+  mbedtls_ssl_conf_rng(&c->conf, tls_client_rng, c);
+  mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                               MBEDTLS_SSL_MINOR_VERSION_3);
+  mbedtls_ssl_conf_ciphersuites(&c->conf, tls_suites);
+#ifdef MBEDTLS_SSL_RENEGOTIATION
+  mbedtls_ssl_conf_renegotiation(&c->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+#endif
+  mbedtls_ssl_conf_authmode(&c->conf, o->verify && o->certificates ?
+                            MBEDTLS_SSL_VERIFY_REQUIRED :
+                            MBEDTLS_SSL_VERIFY_NONE);
+  if ((o->certificates && tls_client_x509(c, o->certificates, err,
+                                          errlen) == -1) ||
+      (o->psk && tls_client_psk(c, o->psk, o->username, err, errlen) == -1)) {
+    tls_client_free(c);
+    return NULL;
+  }
+  return c;
+}
+
+int
+tls_client_start(struct tls_client *c, struct nbd_wire *w,
+                 const char *hostname, char *err, size_t errlen)
+{
+  struct tls_session *t;
+  char e[128];
+  uint32_t flags;
+  int r;
+
+  if ((t = calloc(1, sizeof *t)) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  t->fd = w->fd;
+  pthread_mutex_init(&t->lock, NULL);
+  mbedtls_ssl_init(&t->ssl);
+  if ((r = mbedtls_ssl_setup(&t->ssl, &c->conf)) != 0 ||
+      (hostname && c->verify &&
+       (r = mbedtls_ssl_set_hostname(&t->ssl, hostname)) != 0)) {
+    snprintf(err, errlen, "tls: %s", tls_strerror(r, e, sizeof e));
+    goto fail;
+  }
+  mbedtls_ssl_set_bio(&t->ssl, t, tls_bio_send, tls_bio_recv, NULL);
+  for (;;) {
+    r = mbedtls_ssl_handshake(&t->ssl);
+    if (r == 0)
+      break;
+    if (r != MBEDTLS_ERR_SSL_WANT_READ && r != MBEDTLS_ERR_SSL_WANT_WRITE) {
+      flags = mbedtls_ssl_get_verify_result(&t->ssl);
+      if (r == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED && flags != 0) {
+        char why[256];
+        mbedtls_x509_crt_verify_info(why, sizeof why, "", flags);
+        why[strcspn(why, "\n")] = '\0';
+        snprintf(err, errlen, "TLS handshake: the server's certificate: %s",
+                 why);
+      } else
+        snprintf(err, errlen, "TLS handshake: %s",
+                 tls_strerror(r, e, sizeof e));
+      goto fail;
+    }
+    if (tls_wait(t->fd, r == MBEDTLS_ERR_SSL_WANT_READ ? POLLIN : POLLOUT,
+                 w->rcvtimeo) == -1) {
+      snprintf(err, errlen, "TLS handshake: %s", errno == EAGAIN ?
+               "timed out" : strerror(errno));
+      goto fail;
+    }
+  }
+  snprintf(err, errlen, "%s, %s", mbedtls_ssl_get_version(&t->ssl),
+           mbedtls_ssl_get_ciphersuite(&t->ssl));
   w->session = t;
   w->io = &tls_io;
   return 0;

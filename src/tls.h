@@ -33,4 +33,27 @@ void tls_server_free(void);
  * connection must then be closed). */
 int tls_server_start(struct nbd_wire *w);
 
+/* ---- the client side: the nbd backend's upstream --------------------- */
+
+/* nbdkit's nbd plugin keys: X.509 from a directory in libnbd's layout
+ * (ca-cert.pem; client-cert.pem and client-key.pem when the server wants
+ * a client certificate), or the key of username in a psktool file.
+ * verify: check the server's certificate against ca-cert.pem (and its
+ * name against hostname, when there is one). */
+struct tls_client_opts {
+  const char *certificates, *psk, *username;
+  int verify;
+};
+struct tls_client;
+
+/* Loads and checks the credentials; NULL with a one-line reason. */
+struct tls_client *tls_client_new(const struct tls_client_opts *o, char *err,
+                                  size_t errlen);
+void tls_client_free(struct tls_client *c);
+/* After the server acknowledged NBD_OPT_STARTTLS: the handshake on w->fd
+ * (each wait bounded by w->rcvtimeo), then w->io is the session's.  0
+ * with "TLSv1.2, SUITE" in err, or -1 with the reason in err. */
+int tls_client_start(struct tls_client *c, struct nbd_wire *w,
+                     const char *hostname, char *err, size_t errlen);
+
 #endif
