@@ -118,17 +118,32 @@ struct nbd_state {
   int uri_tls;                  /* the URI's scheme was nbds */
   char *uri_certificates, *uri_psk, *uri_username;
   char *username;
-  /* shared=true */
+  /* shared=true: the connection (and its command's pid), the client
+   * contexts open on it, the requests using it now; a connection found
+   * dead is replaced by a new one (nbd_get) and retired: closed when the
+   * last request still using it returns. */
   pthread_mutex_t lock;
   struct nbdc *conn;
   pid_t pid;
   unsigned refs;
+  unsigned users;
+  struct nbdc_info first;       /* what the first connection said */
+  char *shared_export;
+  struct nbd_retired *retired;
+};
+
+struct nbd_retired {
+  struct nbdc *conn;
+  pid_t pid;
+  unsigned users;
+  struct nbd_retired *next;
 };
 
 /* Per client connection. */
 struct nbd_handle {
-  struct nbdc *conn;
+  struct nbdc *conn;            /* shared=true: the one it opened with */
   pid_t pid;                    /* command= child, 0 = none */
+  struct nbdc_info info;        /* the capabilities it opened with */
 };
 
 /* ---- uri -------------------------------------------------------------- */
@@ -410,8 +425,14 @@ nbd_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
     export = info->export_name;
   if (conf->shared) {
     pthread_mutex_lock(&st->lock);
-    if (st->refs == 0)
+    if (st->refs == 0) {
       st->conn = nbd_connect(self->layer, export, &st->pid);
+      if (st->conn) {
+        st->first = *nbdc_info(st->conn);
+        free(st->shared_export);
+        st->shared_export = strdup(export);
+      }
+    }
     if (st->conn)
       st->refs++;
     h->conn = st->conn;
@@ -422,6 +443,7 @@ nbd_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
     free(h);
     return -EIO;
   }
+  h->info = conf->shared ? st->first : *nbdc_info(h->conn);
   self->handle = h;
   return 0;
 }
@@ -438,6 +460,7 @@ nbd_close(struct nbd_ctx *self, struct nbd_ctx *next)
   if (conf->shared) {
     pthread_mutex_lock(&st->lock);
     if (--st->refs == 0) {
+      /* No request runs: every context on it is closed. */
       nbdc_close(st->conn);
       nbd_reap(st->pid);
       st->conn = NULL;
@@ -454,16 +477,125 @@ nbd_close(struct nbd_ctx *self, struct nbd_ctx *next)
 
 /* ---- datapath --------------------------------------------------------- */
 
-static struct nbdc *
-nbd_conn(const struct nbd_ctx *self)
+/* shared=true, under st->lock: the shared connection is dead; replace
+ * it by a new one (retrying for retry= seconds, as at open) while
+ * clients remain.  The new upstream must say what the first said (size,
+ * flags, block sizes): the clients cached those.  The dead one is
+ * retired, closed by the last request still using it. */
+static void
+nbd_reconnect(const struct nbd_layer *layer, struct nbd_state *st)
 {
-  return ((struct nbd_handle *)self->handle)->conn;
+  struct nbd_retired *r = calloc(1, sizeof *r);
+  const struct nbdc_info *i;
+  struct nbdc *c;
+  pid_t pid;
+
+  if (r == NULL)
+    return;
+  nbd_info("nbd: the shared upstream connection died: reconnecting "
+           "(%u client%s)", st->refs, st->refs == 1 ? "" : "s");
+  c = nbd_connect(layer, st->shared_export ? st->shared_export : st->export,
+                  &pid);
+  if (c == NULL) {
+    free(r);
+    return;                     /* the next request tries again */
+  }
+  i = nbdc_info(c);
+  if (i->size != st->first.size || i->tflags != st->first.tflags ||
+      i->structured != st->first.structured ||
+      i->base_allocation != st->first.base_allocation ||
+      i->min_block != st->first.min_block ||
+      i->max_block != st->first.max_block) {
+    nbd_error("nbd: the reconnected upstream differs (size %llu, flags "
+              "0x%x; was %llu, 0x%x): not used",
+              (unsigned long long)i->size, i->tflags,
+              (unsigned long long)st->first.size, st->first.tflags);
+    nbdc_close(c);
+    nbd_reap(pid);
+    free(r);
+    return;
+  }
+  r->conn = st->conn;
+  r->pid = st->pid;
+  r->users = st->users;
+  r->next = st->retired;
+  st->retired = r;
+  st->conn = c;
+  st->pid = pid;
+  st->users = 0;
+  nbd_info("nbd: reconnected to the shared upstream");
+}
+
+/* The upstream connection for one request, or NULL (dead, and no new
+ * one could be made): a handle's own, or the shared one, counted in
+ * use until nbd_put. */
+static struct nbdc *
+nbd_get(const struct nbd_ctx *self)
+{
+  const struct nbd_conf *conf = self->layer->conf;
+  struct nbd_state *st = self->layer->state;
+  struct nbdc *c;
+
+  if (!conf->shared)
+    return ((struct nbd_handle *)self->handle)->conn;
+  pthread_mutex_lock(&st->lock);
+  if (nbdc_dead(st->conn))
+    nbd_reconnect(self->layer, st);
+  c = st->conn;
+  st->users++;
+  pthread_mutex_unlock(&st->lock);
+  return c;
+}
+
+static void
+nbd_put(const struct nbd_ctx *self, struct nbdc *c)
+{
+  const struct nbd_conf *conf = self->layer->conf;
+  struct nbd_state *st = self->layer->state;
+  struct nbd_retired **pp, *r = NULL;
+
+  if (!conf->shared)
+    return;
+  pthread_mutex_lock(&st->lock);
+  if (c == st->conn)
+    st->users--;
+  else
+    for (pp = &st->retired; *pp; pp = &(*pp)->next)
+      if ((*pp)->conn == c) {
+        if (--(*pp)->users == 0) {
+          r = *pp;
+          *pp = r->next;
+        }
+        break;
+      }
+  pthread_mutex_unlock(&st->lock);
+  if (r) {
+    nbdc_close(r->conn);
+    nbd_reap(r->pid);
+    free(r);
+  }
+}
+
+/* One request on the upstream connection nbd_get gives (a dead one
+ * answers -EIO). */
+#define NBD_RETURN_REQUEST(self, call)                                       \
+  do {                                                                \
+    struct nbdc *c_ = nbd_get(self);                                  \
+    int r_ = (call);                                                  \
+    nbd_put(self, c_);                                                \
+    return r_;                                                        \
+  } while (0)
+
+static const struct nbdc_info *
+nbd_info_of(const struct nbd_ctx *self)
+{
+  return &((struct nbd_handle *)self->handle)->info;
 }
 
 static uint16_t
 nbd_tflags(const struct nbd_ctx *self)
 {
-  return nbdc_info(nbd_conn(self))->tflags;
+  return nbd_info_of(self)->tflags;
 }
 
 /* FUA only to an upstream that negotiated it. */
@@ -477,32 +609,32 @@ static int
 nbd_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
           uint32_t count, uint64_t offset, uint32_t flags)
 {
-  const struct nbdc_info *i = nbdc_info(nbd_conn(self));
+  const struct nbdc_info *i = nbd_info_of(self);
   uint32_t f = i->structured && (i->tflags & NBD_FLAG_SEND_DF)
                ? flags & NBD_CMD_FLAG_DF : 0;
 
-  return nbdc_pread(nbd_conn(self), buf, count, offset, f);
+  NBD_RETURN_REQUEST(self, nbdc_pread(c_, buf, count, offset, f));
 }
 
 static int
 nbd_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
            uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return nbdc_pwrite(nbd_conn(self), buf, count, offset,
-                     nbd_fua(self, flags));
+  NBD_RETURN_REQUEST(self, nbdc_pwrite(c_, buf, count, offset,
+                     nbd_fua(self, flags)));
 }
 
 static int
 nbd_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 {
-  return nbdc_flush(nbd_conn(self), 0);
+  NBD_RETURN_REQUEST(self, nbdc_flush(c_, 0));
 }
 
 static int
 nbd_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
          uint64_t offset, uint32_t flags)
 {
-  return nbdc_trim(nbd_conn(self), count, offset, nbd_fua(self, flags));
+  NBD_RETURN_REQUEST(self, nbdc_trim(c_, count, offset, nbd_fua(self, flags)));
 }
 
 static int
@@ -516,22 +648,22 @@ nbd_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
       return -ENOTSUP;
     f |= NBD_CMD_FLAG_FAST_ZERO;
   }
-  return nbdc_zero(nbd_conn(self), count, offset, f);
+  NBD_RETURN_REQUEST(self, nbdc_zero(c_, count, offset, f));
 }
 
 static int
 nbd_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
             uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
-  return nbdc_extents(nbd_conn(self), count, offset,
-                      flags & NBD_CMD_FLAG_REQ_ONE, extents);
+  NBD_RETURN_REQUEST(self, nbdc_extents(c_, count, offset,
+                      flags & NBD_CMD_FLAG_REQ_ONE, extents));
 }
 
 static int
 nbd_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
           uint64_t offset, uint32_t flags)
 {
-  return nbdc_cache(nbd_conn(self), count, offset, 0);
+  NBD_RETURN_REQUEST(self, nbdc_cache(c_, count, offset, 0));
 }
 
 /* ---- capabilities: the upstream's ------------------------------------- */
@@ -539,14 +671,14 @@ nbd_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 static int64_t
 nbd_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
-  return (int64_t)nbdc_info(nbd_conn(self))->size;
+  return (int64_t)nbd_info_of(self)->size;
 }
 
 static int
 nbd_block_size(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t *minimum,
                uint32_t *preferred, uint32_t *maximum)
 {
-  const struct nbdc_info *i = nbdc_info(nbd_conn(self));
+  const struct nbdc_info *i = nbd_info_of(self);
 
   if (i->has_block_size) {
     *minimum = i->min_block;
@@ -597,7 +729,7 @@ nbd_can_cache(struct nbd_ctx *self, struct nbd_ctx *next)
 static int
 nbd_can_extents(struct nbd_ctx *self, struct nbd_ctx *next)
 {
-  return nbdc_info(nbd_conn(self))->base_allocation;
+  return nbd_info_of(self)->base_allocation;
 }
 
 /* ---- setup ------------------------------------------------------------ */
@@ -745,6 +877,14 @@ nbd_free_state(struct nbd_state *st)
   size_t i;
 
   tls_client_free(st->tls.client);
+  free(st->shared_export);
+  while (st->retired) {         /* none left in use: no context is open */
+    struct nbd_retired *r = st->retired;
+    st->retired = r->next;
+    nbdc_close(r->conn);
+    nbd_reap(r->pid);
+    free(r);
+  }
   free(st->uri_certificates);
   free(st->uri_psk);
   free(st->uri_username);
