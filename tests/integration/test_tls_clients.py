@@ -216,6 +216,8 @@ def tls_handle(uri):
 def refused_once(srv, uri, needle, what, beside):
     """The client is refused; the server adds one log line that says why
     (and nothing else); the TLS client beside still reads."""
+    beside.pread(512, 0)                     # its own log lines are out
+    time.sleep(0.2)
     before = srv.log_text().splitlines()
     try:
         h = tls_handle(uri)
