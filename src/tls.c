@@ -76,6 +76,7 @@ tls_client_start(struct tls_client *c, struct nbd_wire *w,
 
 #define TLS_MAX_PSK_KEY 64      /* bytes; psktool makes 32 */
 #define TLS_RECORD 16384        /* plaintext bytes per record */
+#define TLS_DIRECT_MIN 4096     /* a first iovec this large is not copied */
 
 struct tls_psk {
   char *identity;
@@ -109,7 +110,7 @@ struct tls_session {
   int fd;
   _Atomic int dead;             /* a fatal error: no more I/O (any thread) */
   unsigned char wbuf[TLS_RECORD];
-  size_t wlen;                  /* bytes in wbuf a WANT_WRITE left */
+  size_t wlen;                  /* bytes gathered in wbuf */
   char who[80];                 /* the PSK identity the client used, for the log */
 };
 
@@ -630,36 +631,42 @@ tls_recvv(struct nbd_wire *w, struct iovec *iov, int n, int flags)
 }
 
 /* Encrypts what fits one record from the front of iov; returns the bytes
- * taken, as sendmsg would.  A WANT_WRITE leaves the record half sent:
- * mbedTLS wants the same call again, so the bytes stay in wbuf. */
+ * taken, as sendmsg would.  A large first iovec (read data) goes to
+ * mbedTLS as it is, which copies it into the record once; small pieces
+ * (headers, batched replies) are gathered in wbuf first.  A WANT_WRITE
+ * wants the same call again, which the loop makes while waiting. */
 static ssize_t
 tls_sendv(struct nbd_wire *w, struct iovec *iov, int n)
 {
   struct tls_session *t = w->session;
+  const unsigned char *buf;
+  size_t len;
   int i, r;
 
-  if (t->wlen == 0)
-    for (i = 0; i < n && t->wlen < sizeof t->wbuf; i++) {
+  if (n > 0 && iov[0].iov_len >= TLS_DIRECT_MIN) {
+    buf = iov[0].iov_base;
+    len = iov[0].iov_len;
+  } else {
+    for (t->wlen = 0, i = 0; i < n && t->wlen < sizeof t->wbuf; i++) {
       size_t k = iov[i].iov_len;
       if (k > sizeof t->wbuf - t->wlen)
         k = sizeof t->wbuf - t->wlen;
       memcpy(t->wbuf + t->wlen, iov[i].iov_base, k);
       t->wlen += k;
     }
+    buf = t->wbuf;
+    len = t->wlen;
+  }
   for (;;) {
     if (t->dead) {
       errno = EPIPE;
       return -1;
     }
     pthread_mutex_lock(&t->lock);
-    r = mbedtls_ssl_write(&t->ssl, t->wbuf, t->wlen);
+    r = mbedtls_ssl_write(&t->ssl, buf, len);
     pthread_mutex_unlock(&t->lock);
-    if (r > 0) {
-      /* r bytes from the front of wbuf, the front of iov, are sent (at
-       * most a record); the caller passes the rest again. */
-      t->wlen = 0;
-      return r;
-    }
+    if (r > 0)
+      return r;       /* r bytes from the front of iov; the caller passes the rest */
     if (r != MBEDTLS_ERR_SSL_WANT_WRITE && r != MBEDTLS_ERR_SSL_WANT_READ)
       return tls_fail(w, t, "write", r);
     if (tls_wait(t->fd, r == MBEDTLS_ERR_SSL_WANT_WRITE ? POLLOUT : POLLIN,
