@@ -631,14 +631,14 @@ nbd_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 }
 
 static int
-nbd_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+nbd_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
          uint64_t offset, uint32_t flags)
 {
   NBD_RETURN_REQUEST(self, nbdc_trim(c_, count, offset, nbd_fua(self, flags)));
 }
 
 static int
-nbd_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+nbd_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
          uint64_t offset, uint32_t flags)
 {
   uint32_t f = nbd_fua(self, flags) | (flags & NBD_CMD_FLAG_NO_HOLE);
@@ -652,7 +652,7 @@ nbd_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-nbd_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+nbd_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   NBD_RETURN_REQUEST(self, nbdc_extents(c_, count, offset,
@@ -660,7 +660,7 @@ nbd_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-nbd_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+nbd_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
 {
   NBD_RETURN_REQUEST(self, nbdc_cache(c_, count, offset, 0));
