@@ -137,7 +137,7 @@ tls_fallback_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 }
 
 static int
-tls_fallback_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+tls_fallback_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                   uint64_t offset, uint32_t flags)
 {
   if (TLS_FALLBACK_PLAIN(self))
@@ -146,7 +146,7 @@ tls_fallback_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-tls_fallback_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+tls_fallback_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                   uint64_t offset, uint32_t flags)
 {
   if (TLS_FALLBACK_PLAIN(self))
@@ -156,7 +156,7 @@ tls_fallback_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 
 static int
 tls_fallback_extents(struct nbd_ctx *self, struct nbd_ctx *next,
-                     uint32_t count, uint64_t offset, uint32_t flags,
+                     uint64_t count, uint64_t offset, uint32_t flags,
                      struct nbd_extents *extents)
 {
   if (TLS_FALLBACK_PLAIN(self))
@@ -165,7 +165,7 @@ tls_fallback_extents(struct nbd_ctx *self, struct nbd_ctx *next,
 }
 
 static int
-tls_fallback_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+tls_fallback_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                    uint64_t offset, uint32_t flags)
 {
   if (TLS_FALLBACK_PLAIN(self))
