@@ -89,6 +89,7 @@ engine_export_new(const char *name)
     free(e);
     return NULL;
   }
+  e->tls = -1;
   pthread_mutex_init(&e->lock, NULL);
   return e;
 }

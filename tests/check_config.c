@@ -608,7 +608,7 @@ START_TEST(test_server_errors)
                "'filter tfilt'");
   expect_error("[export x]\nbackend = tback\nfoo = 1\n",
                "t.ini:3: unknown key 'foo' in [export \"x\"] (known: "
-               "description, readonly, max-connections, filter, backend)");
+               "description, readonly, max-connections, tls, filter, backend)");
   expect_error("[export x]\nbackend = tback\n9key = 1\n",
                "t.ini:3: invalid key '9key ' (a key is letters, digits, '_', "
                "'-' and '.')");
