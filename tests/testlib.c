@@ -230,6 +230,9 @@ testlib_rec_extents(struct nbd_ctx *self, struct nbd_ctx *next,
   return r;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define testlib_rec_reopen nbd_reopen_close_open
+
 static int64_t
 testlib_rec_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -424,6 +427,10 @@ PASSTHROUGH(testlib_tracer, trim)
 PASSTHROUGH(testlib_tracer, zero)
 PASSTHROUGH(testlib_tracer, extents)
 PASSTHROUGH(testlib_tracer, cache)
+
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define testlib_tracer_reopen nbd_reopen_close_open
+
 PASSTHROUGH(testlib_tracer, get_size)
 PASSTHROUGH(testlib_tracer, block_size)
 PASSTHROUGH(testlib_tracer, can_write)

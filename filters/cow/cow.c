@@ -538,6 +538,7 @@ cow_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 
 /* ---- capabilities ---------------------------------------------------------- */
 
+PASSTHROUGH(cow, reopen)
 static int64_t
 cow_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
