@@ -286,6 +286,20 @@ nbd_conn_info(const struct nbd_ctx *ctx)
   return ctx->info;
 }
 
+/* The layer above ctxs[i] that retries opens most often (layer.h,
+ * open_retries), or NULL. */
+static const struct nbd_layer *
+engine_open_retrier(struct nbd_ctx *const *ctxs, size_t i)
+{
+  const struct nbd_layer *best = NULL;
+
+  while (i-- > 0)
+    if (ctxs[i]->layer->open_retries &&
+        (best == NULL || ctxs[i]->layer->open_retries > best->open_retries))
+      best = ctxs[i]->layer;
+  return best;
+}
+
 struct nbd_ctx *
 engine_open(struct nbd_export *exp, int readonly,
             const struct nbd_conn_info *info, char *err, size_t errlen)
@@ -316,10 +330,19 @@ engine_open(struct nbd_export *exp, int readonly,
   /* open: inner (backend) to outer. */
   for (i = n; i-- > 0;) {
     const struct nbd_layer_ops *o = ctxs[i]->layer->ops;
+    unsigned tries = 0;
+
     below = ctxs[i]->next;
-    if (o->open && (r = o->open(ctxs[i], below, readonly)) < 0) {
-      snprintf(err, errlen, "%s: open failed: %s", o->name, strerror(-r));
-      goto fail;
+    while (o->open && (r = o->open(ctxs[i], below, readonly)) < 0) {
+      const struct nbd_layer *retry = engine_open_retrier(ctxs, i);
+
+      if (retry == NULL || tries++ >= retry->open_retries ||
+          nbd_sleep(retry->open_retry_delay) < 0) {
+        snprintf(err, errlen, "%s: open failed: %s", o->name, strerror(-r));
+        goto fail;
+      }
+      nbd_debug("export '%s': %s: open failed (%s), retry %u of %u",
+                exp->name, o->name, strerror(-r), tries, retry->open_retries);
     }
     opened++;
   }

@@ -177,6 +177,11 @@ struct nbd_layer {
   enum nbd_thread_model thread_model;
   enum nbd_nonblocking nonblocking;
   struct nbd_layer *below;    /* next layer instance, NULL for the backend */
+  /* Set by a filter's setup to have the engine retry a failed open of
+   * any layer below it (retry-request-open): up to open_retries more
+   * times, open_retry_delay ns apart.  0 = no retries. */
+  unsigned open_retries;
+  uint64_t open_retry_delay;
 };
 
 /* Per-connection context of one layer. */
