@@ -9,6 +9,7 @@
  */
 #include <check.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,11 @@ struct testlib_buf {
 
 static struct testlib_buf testlib_calls, testlib_life;
 
+/* Filters with threads of their own (readahead, scan) reach the
+ * recorder from them: appends are locked; a test reads the log once
+ * those threads are done (or counts calls with testlib_calls_of). */
+static pthread_mutex_t testlib_buf_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static void
 testlib_buf_add(struct testlib_buf *b, const char *fmt, ...)
 {
@@ -36,6 +42,7 @@ testlib_buf_add(struct testlib_buf *b, const char *fmt, ...)
   va_start(ap, fmt);
   vsnprintf(entry, sizeof entry, fmt, ap);
   va_end(ap);
+  pthread_mutex_lock(&testlib_buf_lock);
   n = strlen(entry) + 2;
   if (b->len + n + 1 > b->cap) {
     b->cap = (b->len + n + 1) * 2;
@@ -44,6 +51,13 @@ testlib_buf_add(struct testlib_buf *b, const char *fmt, ...)
   }
   b->len += snprintf(b->s + b->len, b->cap - b->len, "%s%s",
                      b->len ? "; " : "", entry);
+  pthread_mutex_unlock(&testlib_buf_lock);
+}
+
+unsigned
+testlib_calls_of(const struct testlib_recorder *rec, enum nbd_method m)
+{
+  return __atomic_load_n(&rec->calls[m], __ATOMIC_SEQ_CST);
 }
 
 static const char *
@@ -108,7 +122,7 @@ testlib_rec_enter(struct nbd_ctx *self, enum nbd_method m)
 {
   struct testlib_recorder *rec = self->layer->state;
 
-  rec->calls[m]++;
+  __atomic_fetch_add(&rec->calls[m], 1, __ATOMIC_SEQ_CST);
   return rec->fail[m];
 }
 
