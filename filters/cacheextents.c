@@ -86,7 +86,7 @@ cacheextents_drop(struct cacheextents_state *st)
  * held, or -errno.  Called with the lock held. */
 static int
 cacheextents_answer(struct cacheextents_state *st, const char *name,
-                    uint32_t count, uint64_t offset,
+                    uint64_t count, uint64_t offset,
                     struct nbd_extents *extents)
 {
   uint64_t end = offset + count;
@@ -109,7 +109,7 @@ cacheextents_answer(struct cacheextents_state *st, const char *name,
 
 static int
 cacheextents_extents(struct nbd_ctx *self, struct nbd_ctx *next,
-                     uint32_t count, uint64_t offset, uint32_t flags,
+                     uint64_t count, uint64_t offset, uint32_t flags,
                      struct nbd_extents *extents)
 {
   struct cacheextents_state *st = cacheextents_st(self);
@@ -178,14 +178,14 @@ cacheextents_pwrite(struct nbd_ctx *self, struct nbd_ctx *next,
 }
 
 static int
-cacheextents_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+cacheextents_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                   uint64_t offset, uint32_t flags)
 {
   CACHEEXTENTS_CHANGE(next_trim(next, count, offset, flags));
 }
 
 static int
-cacheextents_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+cacheextents_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                   uint64_t offset, uint32_t flags)
 {
   CACHEEXTENTS_CHANGE(next_zero(next, count, offset, flags));

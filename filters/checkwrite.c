@@ -84,7 +84,7 @@ checkwrite_zeros(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
     }
     if ((e = nbd_extents_new(offset, offset + n)) == NULL)
       return -ENOMEM;
-    r = next_extents(next, (uint32_t)n, offset, 0, e);
+    r = next_extents(next, n, offset, 0, e);
     if (r == 0 && e->n == 0)
       r = -EIO;                 /* a layer that answered nothing */
     for (i = 0; r == 0 && i < e->n; i++)
@@ -101,7 +101,7 @@ checkwrite_zeros(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 }
 
 static int
-checkwrite_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+checkwrite_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                 uint64_t offset, uint32_t flags)
 {
   (void)flags;
@@ -109,7 +109,7 @@ checkwrite_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-checkwrite_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+checkwrite_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                 uint64_t offset, uint32_t flags)
 {
   (void)flags;

@@ -216,7 +216,7 @@ protect_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
 }
 
 static int
-protect_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+protect_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
              uint64_t offset, uint32_t flags)
 {
   int r = protect_check(self, next, NULL, count, offset);
@@ -226,7 +226,7 @@ protect_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 
 /* Trims the unprotected parts of [offset, offset+count) only. */
 static int
-protect_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+protect_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
              uint64_t offset, uint32_t flags)
 {
   const struct protect_conf *c = self->layer->conf;
@@ -240,12 +240,12 @@ protect_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
     if (c->r[i].start >= end)
       break;
     if (c->r[i].start > pos &&
-        (r = next_trim(next, (uint32_t)(c->r[i].start - pos), pos, flags)) < 0)
+        (r = next_trim(next, c->r[i].start - pos, pos, flags)) < 0)
       return r;
     pos = c->r[i].end == UINT64_MAX ? end : c->r[i].end + 1;
   }
   if (pos < end)
-    return next_trim(next, (uint32_t)(end - pos), pos, flags);
+    return next_trim(next, end - pos, pos, flags);
   /* Nothing trimmed: a FUA still asks for what is there to be durable. */
   if ((flags & NBD_CMD_FLAG_FUA) && next_can_flush(next) > 0)
     return next_flush(next, 0);

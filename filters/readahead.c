@@ -61,7 +61,7 @@ readahead_thread(void *arg)
     h->want_off += len;
     h->want_len -= len;
     pthread_mutex_unlock(&h->lock);
-    r = next_cache(h->next, (uint32_t)len, off, 0);
+    r = next_cache(h->next, len, off, 0);
     if (r < 0)
       nbd_debug("filter readahead: prefetch of %llu bytes at %llu: %s",
                 (unsigned long long)len, (unsigned long long)off,
@@ -216,7 +216,7 @@ readahead_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
 }
 
 static int
-readahead_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+readahead_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                uint64_t offset, uint32_t flags)
 {
   readahead_drop(self->handle);
@@ -224,7 +224,7 @@ readahead_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-readahead_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+readahead_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                uint64_t offset, uint32_t flags)
 {
   readahead_drop(self->handle);

@@ -198,14 +198,14 @@ retry_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 }
 
 static int
-retry_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+retry_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   RETRY("trim", 1, (void)0, next_trim(next, count, offset, flags));
 }
 
 static int
-retry_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+retry_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   RETRY("zero", 1, (void)0, next_zero(next, count, offset, flags));
@@ -213,7 +213,7 @@ retry_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 
 /* A failed attempt may have added extents: start the list again. */
 static int
-retry_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+retry_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
               uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   size_t n0 = extents->n;
@@ -223,7 +223,7 @@ retry_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-retry_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+retry_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)
 {
   RETRY("cache", 0, (void)0, next_cache(next, count, offset, flags));

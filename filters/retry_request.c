@@ -102,14 +102,14 @@ retry_request_flush(struct nbd_ctx *self, struct nbd_ctx *next,
 
 static int
 retry_request_trim(struct nbd_ctx *self, struct nbd_ctx *next,
-                   uint32_t count, uint64_t offset, uint32_t flags)
+                   uint64_t count, uint64_t offset, uint32_t flags)
 {
   RETRY_REQUEST("trim", (void)0, next_trim(next, count, offset, flags));
 }
 
 static int
 retry_request_zero(struct nbd_ctx *self, struct nbd_ctx *next,
-                   uint32_t count, uint64_t offset, uint32_t flags)
+                   uint64_t count, uint64_t offset, uint32_t flags)
 {
   RETRY_REQUEST("zero", (void)0, next_zero(next, count, offset, flags));
 }
@@ -117,7 +117,7 @@ retry_request_zero(struct nbd_ctx *self, struct nbd_ctx *next,
 /* A failed attempt may have added extents: start the list again. */
 static int
 retry_request_extents(struct nbd_ctx *self, struct nbd_ctx *next,
-                      uint32_t count, uint64_t offset, uint32_t flags,
+                      uint64_t count, uint64_t offset, uint32_t flags,
                       struct nbd_extents *extents)
 {
   size_t n0 = extents->n;
@@ -128,7 +128,7 @@ retry_request_extents(struct nbd_ctx *self, struct nbd_ctx *next,
 
 static int
 retry_request_cache(struct nbd_ctx *self, struct nbd_ctx *next,
-                    uint32_t count, uint64_t offset, uint32_t flags)
+                    uint64_t count, uint64_t offset, uint32_t flags)
 {
   RETRY_REQUEST("cache", (void)0, next_cache(next, count, offset, flags));
 }

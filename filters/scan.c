@@ -119,7 +119,7 @@ scan_thread(void *arg)
       break;
     }
     n = h->size - p < c->size ? h->size - p : c->size;
-    r = next_cache(h->next, (uint32_t)n, p, 0);
+    r = next_cache(h->next, n, p, 0);
     if (r < 0)
       nbd_debug("export '%s': filter scan: cache of %" PRIu64 " bytes at %"
                 PRIu64 ": %s", l->export_name, n, p, strerror(-r));

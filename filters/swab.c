@@ -185,7 +185,7 @@ swab_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
 /* Whole words are zeroed below (zeros are their own swap); the partial
  * head and tail words are read-modify-written. */
 static int
-swab_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+swab_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
 {
   struct swab_state *st = self->layer->state;
@@ -197,14 +197,14 @@ swab_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
   if ((flags & NBD_CMD_FLAG_FAST_ZERO) && ((offset | end) & (w - 1)))
     return -ENOTSUP;
   if (a >= b)                   /* within one or two words */
-    return swab_write(self, next, NULL, count, offset,
+    return swab_write(self, next, NULL, (uint32_t)count, offset,
                       flags & NBD_CMD_FLAG_FUA);
   if (offset < a &&
       (r = swab_write(self, next, NULL, (uint32_t)(a - offset), offset,
                       flags & NBD_CMD_FLAG_FUA)) < 0)
     return r;
   pthread_rwlock_rdlock(&st->lock);
-  r = next_zero(next, (uint32_t)(b - a), a, flags);
+  r = next_zero(next, b - a, a, flags);
   pthread_rwlock_unlock(&st->lock);
   if (r == 0 && end > b)
     r = swab_write(self, next, NULL, (uint32_t)(end - b), b,
@@ -215,7 +215,7 @@ swab_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 /* Whole words only: a trim may leave anything behind, which the other
  * bytes of a partial word must not get. */
 static int
-swab_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+swab_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
 {
   uint64_t w = swab_w(self), end = offset + count;
@@ -226,17 +226,17 @@ swab_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
       return next_flush(next, 0);
     return 0;
   }
-  return next_trim(next, (uint32_t)(b - a), a, flags);
+  return next_trim(next, b - a, a, flags);
 }
 
 static int
-swab_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+swab_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   uint64_t a, len;
 
   swab_round(self, count, offset, &a, &len);
-  return next_cache(next, (uint32_t)len, a, flags);
+  return next_cache(next, len, a, flags);
 }
 
 static int
@@ -249,7 +249,7 @@ swab_can_extents(struct nbd_ctx *self, struct nbd_ctx *next)
 
 /* Not reached: can_extents is 0. */
 static int
-swab_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+swab_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
              uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   (void)self;

@@ -39,23 +39,28 @@ sc_wait_cache(unsigned n)
 
 START_TEST(test_scans_whole_disk_once)
 {
+  static const char want[] = "cache 0+262144 flags=0; "
+    "cache 262144+262144 flags=0; cache 524288+262144 flags=0; "
+    "cache 786432+262144 flags=0";
   struct timespec ts = { 0, 20 * 1000 * 1000 };
 
   testlib_stack(&sc_s, "scan scan-size=256k", &sc_caps);
   sc_wait_cache(4);
   nanosleep(&ts, NULL);       /* a fifth would be a bug; give it a chance */
+  ck_assert_uint_eq(testlib_calls_of(sc_s.rec, NBD_METHOD_CACHE), 4);
   testlib_stack_free(&sc_s);
-  ck_assert_str_eq(testlib_log(), "cache 0+262144 flags=0; "
-                   "cache 262144+262144 flags=0; "
-                   "cache 524288+262144 flags=0; "
-                   "cache 786432+262144 flags=0");
+  /* Opening clears the log, maybe after the thread's first requests: what
+   * is left is the end of the whole, in order. */
+  ck_assert_uint_gt(strlen(testlib_log()), 0);
+  ck_assert_str_eq(want + strlen(want) - strlen(testlib_log()),
+                   testlib_log());
 }
 END_TEST
 
 START_TEST(test_forever_stops_at_close)
 {
   testlib_stack(&sc_s, "scan scan-size=512k scan-forever=true", &sc_caps);
-  sc_wait_cache(7);
+  sc_wait_cache(9);
   testlib_stack_free(&sc_s);    /* returns: the thread stopped */
   ck_assert_ptr_nonnull(strstr(testlib_log(), "cache 0+524288 flags=0; "
                                "cache 524288+524288 flags=0; "
