@@ -160,9 +160,11 @@ swab_write(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
     pthread_rwlock_rdlock(&st->lock);
   else
     pthread_rwlock_wrlock(&st->lock);
-  r = aligned ? 0 : next_pread(next, tmp, (uint32_t)len, a, 0);
+  r = 0;
+  if (!aligned && (r = next_pread(next, tmp, (uint32_t)len, a, 0)) == 0)
+    swab_words(tmp, len, w);    /* client order, to merge into */
   if (r == 0) {
-    swab_words(tmp, len, w);
+    /* Aligned: this covers all of tmp. */
     if (buf)
       memcpy(tmp + (offset - a), buf, count);
     else
