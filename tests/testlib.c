@@ -72,9 +72,11 @@ const char *testlib_lifecycle(void) { return testlib_buf_str(&testlib_life); }
 void
 testlib_log_clear(void)
 {
+  pthread_mutex_lock(&testlib_buf_lock);
   testlib_calls.len = 0;
   if (testlib_calls.s)
     testlib_calls.s[0] = '\0';
+  pthread_mutex_unlock(&testlib_buf_lock);
 }
 
 /* "0", "FUA", "FUA|FAST_ZERO": names make failing asserts readable. */
