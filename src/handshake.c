@@ -54,13 +54,16 @@ handshake_error(struct nbd_conn *c, uint32_t opt, uint32_t type,
 }
 
 /* The names e's stack lists: 1 (dynamic, names in list), 0 (plain: its
- * config name only; also when listing failed, which is logged). */
+ * config name only; also when listing failed, which is logged), -1 when
+ * a layer refuses to list by policy (-EPERM: exportname-list=error). */
 static int
 handshake_list_names(struct nbd_conn *c, struct nbd_export *e,
                      struct nbd_exports *list)
 {
   int r = engine_list_exports(e, &c->info, list);
 
+  if (r == -EPERM)
+    return -1;
   if (r < 0)
     nbd_error("%s: export \"%s\": list_exports: %s", c->peer, e->name,
               strerror(-r));
@@ -81,7 +84,7 @@ handshake_find_export(struct nbd_conn *c, const char *name, int *dynamic)
     if (strcmp(e->name, name) == 0)
       return e;
   for (e = c->cfg->exports; e; e = e->next) {
-    if (!handshake_list_names(c, e, &list))
+    if (handshake_list_names(c, e, &list) <= 0)
       continue;
     found = nbd_exports_has(&list, name);
     nbd_exports_clear(&list);
@@ -369,9 +372,15 @@ handshake_list(struct nbd_conn *c, uint32_t len, unsigned *max)
     return handshake_error(c, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
                            "NBD_OPT_LIST takes no data");
   for (e = c->cfg->exports; e && r == 0; e = e->next) {
+    int dynamic;
+
     if (handshake_tls_refused(c, e))
       continue;                 /* not even its name before TLS */
-    if (!handshake_list_names(c, e, &list)) {
+    dynamic = handshake_list_names(c, e, &list);
+    if (dynamic < 0)
+      return handshake_error(c, NBD_OPT_LIST, NBD_REP_ERR_POLICY,
+                             "the export list is not available");
+    if (!dynamic) {
       r = handshake_list_one(c, e->name, e->description);
       continue;
     }

@@ -668,6 +668,9 @@ nbd_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 
 /* ---- capabilities: the upstream's ------------------------------------- */
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define nbd_reopen nbd_reopen_close_open
+
 static int64_t
 nbd_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
