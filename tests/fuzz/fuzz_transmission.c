@@ -8,6 +8,8 @@
  *             2 "ro" (read-only), 3 is "" again
  *   bit 2     set: no NBD_OPT_STRUCTURED_REPLY (simple replies only)
  *   bit 3     set: no NBD_OPT_SET_META_CONTEXT base:allocation
+ *   bit 4     set: NBD_OPT_EXTENDED_HEADERS (after STRUCTURED_REPLY
+ *             unless bit 2): 32-byte requests and replies
  * Client flags are FIXED_NEWSTYLE|NO_ZEROES; GO asks for NBD_INFO_BLOCK_SIZE.
  */
 #include <stddef.h>
@@ -19,6 +21,7 @@
 #define TX_OPT_GO                7
 #define TX_OPT_STRUCTURED_REPLY  8
 #define TX_OPT_SET_META_CONTEXT  10
+#define TX_OPT_EXTENDED_HEADERS  11
 #define TX_INFO_BLOCK_SIZE       3
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -57,8 +60,11 @@ tx_handshake(uint8_t *p, uint8_t mode)
   size_t n = 0, k;
 
   n += tx_put(p + n, 3, 4);     /* FIXED_NEWSTYLE | NO_ZEROES */
-  if (!(mode & 4)) {
+  if (!(mode & 4))
     n += tx_option(p + n, TX_OPT_STRUCTURED_REPLY, NULL, 0);
+  if (mode & 16)
+    n += tx_option(p + n, TX_OPT_EXTENDED_HEADERS, NULL, 0);
+  if (!(mode & 4) || (mode & 16)) {
     if (!(mode & 8)) {
       k = tx_put(d, nlen, 4);
       memcpy(d + k, name, nlen);
