@@ -43,6 +43,7 @@ proto_nbd_error(int err)
 /* The meta contexts served, in id order (id = index + 1). */
 const char *const proto_meta_names[NBD_META_COUNT] = {
   [NBD_META_BASE_ALLOCATION] = "base:allocation",
+  [NBD_META_ALLOCATION_DEPTH] = "qemu:allocation-depth",
 };
 
 static int

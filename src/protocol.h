@@ -119,7 +119,8 @@
 /* Meta contexts (proto.md "Metadata querying"): context i has the id
  * i + 1 in every session, and a bit (1 << i) in a set of them. */
 #define NBD_META_BASE_ALLOCATION  0
-#define NBD_META_COUNT            1
+#define NBD_META_ALLOCATION_DEPTH 1     /* qemu:allocation-depth */
+#define NBD_META_COUNT            2
 extern const char *const proto_meta_names[NBD_META_COUNT];
 
 /* ---- big-endian helpers --------------------------------------------------- */

@@ -23,6 +23,9 @@ tx_context_extents(struct nbd_conn *c, unsigned ctx,
   case NBD_META_BASE_ALLOCATION:
     return next_extents(c->top, r->count, r->offset,
                         r->flags & ~NBD_CMD_FLAG_PAYLOAD_LEN, e);
+  case NBD_META_ALLOCATION_DEPTH:
+    return next_depth(c->top, r->count, r->offset,
+                      r->flags & ~NBD_CMD_FLAG_PAYLOAD_LEN, e);
   default:
     return -EINVAL;
   }

@@ -243,6 +243,22 @@ testlib_rec_extents(struct nbd_ctx *self, struct nbd_ctx *next,
   return r;
 }
 
+/* Depth rec->depth everywhere (a recorder standing for a backing chain),
+ * or, when it is 0, a backend's answer: NBD_DEPTH_ONE. */
+static int
+testlib_rec_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+                  uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  struct testlib_recorder *rec =
+    testlib_rec_request(self, "depth", count, offset, flags);
+  int r = testlib_rec_enter(self, NBD_METHOD_DEPTH);
+
+  if (r)
+    return r;
+  return rec->depth ? nbd_extents_add(extents, offset, count, rec->depth)
+                    : NBD_DEPTH_ONE;
+}
+
 static int64_t
 testlib_rec_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -447,6 +463,7 @@ PASSTHROUGH(testlib_tracer, flush)
 PASSTHROUGH(testlib_tracer, trim)
 PASSTHROUGH(testlib_tracer, zero)
 PASSTHROUGH(testlib_tracer, extents)
+PASSTHROUGH(testlib_tracer, depth)
 PASSTHROUGH(testlib_tracer, cache)
 PASSTHROUGH(testlib_tracer, get_size)
 PASSTHROUGH(testlib_tracer, block_size)

@@ -48,6 +48,8 @@ struct testlib_recorder {
    * one data extent over the whole disk. */
   struct nbd_extent *map;
   size_t nmap;
+  /* What depth reports everywhere; 0 = a backend's answer, depth 1. */
+  uint32_t depth;
 };
 
 /* A recorder backend instance (set up, ready to push into an export). */

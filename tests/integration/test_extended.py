@@ -163,12 +163,12 @@ class Ext(Raw):
         return 0, out
 
 
-def ext_client(meta=True, path=None):
+def ext_client(meta=True, path=None, queries=(b"base:allocation",)):
     c = Ext(path or srv.sock)
     c.handshake()
     c.extended_headers()
     if meta:
-        r = c.set_meta()
+        r = c.set_meta(b"", queries)
         check_eq(rep_name(r[-1][0]), "ACK", "SET_META_CONTEXT")
         c.meta_ids = {d[4:]: struct.unpack(">I", d[:4])[0] for _, d in r[:-1]}
     c.go()
@@ -330,13 +330,24 @@ def t_zero_6g():
 
 
 def t_status_payload():
-    c = ext_client()
+    c = ext_client(queries=(b"base:allocation", b"qemu:allocation-depth"))
     bid = c.meta_ids[b"base:allocation"]
+    did = c.meta_ids[b"qemu:allocation-depth"]
+    err, st = c.status_ext(0, SIZE)
+    check_eq(sorted(st), sorted([bid, did]), "both contexts without payload")
+    check_eq(st[did], [(SIZE, 1)], "depth of a memory disk")
     payload = struct.pack(">QI", 2 * GiB, bid)
     err, st = c.status_ext(0, 0, CMD_FLAG_PAYLOAD_LEN, payload)
     check_eq(err, 0, "block status with a payload")
     check_eq(list(st), [bid], "contexts of the payload")
     check(sum(ln for ln, _ in st[bid]) >= 2 * GiB, "effect length used")
+    err, st = c.status_ext(0, 0, CMD_FLAG_PAYLOAD_LEN,
+                           struct.pack(">QI", 3 * GiB, did))
+    check_eq((err, list(st)), (0, [did]), "depth alone by payload")
+    check_eq(st[did], [(3 * GiB, 1)], "depth over the effect length")
+    err, st = c.status_ext(0, 0, CMD_FLAG_PAYLOAD_LEN,
+                           struct.pack(">QII", GiB, did, bid))
+    check_eq((err, sorted(st)), (0, sorted([bid, did])), "both by payload")
     for what, p in (("unknown id", struct.pack(">QI", GiB, bid + 7)),
                     ("duplicate id", struct.pack(">QII", GiB, bid, bid)),
                     ("no id", struct.pack(">Q", GiB)),
