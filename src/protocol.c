@@ -1,8 +1,9 @@
 /* nbdstack protocol encoding for the transmission phase (proto.md
  * "Transmission", "Request types", "Structured replies", "Error values"):
- * request headers parsed and checked against what was negotiated,
- * replies built (simple, structured, error chunks, read data with holes,
- * block status) and sent, each as one write, through wire.c; and the one
+ * request headers (compact or extended) parsed and checked against what
+ * was negotiated, replies built (simple, structured or extended chunks,
+ * errors, read data with holes, block status for each meta context of the
+ * table below) and sent, each as one write, through wire.c; and the one
  * errno to NBD error table.  It runs no request (transmission.c does) and
  * touches no socket.
  */

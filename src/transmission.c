@@ -151,24 +151,16 @@ out:
 static int
 tx_read_other_payload(struct nbd_conn *c, struct nbd_request *r, int *verr)
 {
-  unsigned char *p;
+  unsigned char p[8 + 4 * NBD_META_COUNT];   /* each context at most once */
 
   if (r->type != NBD_CMD_BLOCK_STATUS || !r->ext ||
-      !(c->tflags & NBD_FLAG_BLOCK_STAT_PAYLOAD) ||
-      r->payload > 8 + 4 * NBD_META_COUNT) {
+      !(c->tflags & NBD_FLAG_BLOCK_STAT_PAYLOAD) || r->payload > sizeof p) {
     *verr = -EINVAL;
     return wire_skip(&c->w, (size_t)r->payload);
   }
-  if ((p = malloc((size_t)r->payload)) == NULL) {
-    *verr = -ENOMEM;
-    return wire_skip(&c->w, (size_t)r->payload);
-  }
-  if (wire_read(&c->w, p, (size_t)r->payload) == -1) {
-    free(p);
+  if (wire_read(&c->w, p, (size_t)r->payload) == -1)
     return -1;
-  }
   *verr = proto_status_payload(c, r, p, r->payload);
-  free(p);
   return 0;
 }
 
