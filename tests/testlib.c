@@ -152,7 +152,8 @@ testlib_rec_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
 
   if (r)
     return r;
-  memcpy(buf, rec->ram + offset, n);
+  if (n)                        /* ram may be NULL: no memcpy of 0 */
+    memcpy(buf, rec->ram + offset, n);
   memset((char *)buf + n, 0, count - n);
   return 0;
 }
@@ -170,7 +171,8 @@ testlib_rec_pwrite(struct nbd_ctx *self, struct nbd_ctx *next,
 
   if (r)
     return r;
-  memcpy(rec->ram + offset, buf, n);
+  if (n)
+    memcpy(rec->ram + offset, buf, n);
   return 0;
 }
 
@@ -209,7 +211,8 @@ testlib_rec_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 
   if (r)
     return r;
-  memset(rec->ram + offset, 0, n);
+  if (n)
+    memset(rec->ram + offset, 0, n);
   return 0;
 }
 
