@@ -11,6 +11,7 @@
 #include <stdlib.h>
 
 #include "conn.h"
+#include "metrics.h"
 #include "protocol.h"
 #include "scheduler.h"
 
@@ -38,6 +39,7 @@ tx_block_status(struct nbd_conn *c, struct nbd_request *r)
 {
   struct nbd_extents *e[NBD_META_COUNT];
   uint32_t ids[NBD_META_COUNT];
+  uint64_t t0 = metrics_start(c);
   size_t n = 0, i;
   unsigned ctx;
   int err = 0;
@@ -57,6 +59,7 @@ tx_block_status(struct nbd_conn *c, struct nbd_request *r)
   }
   if (err == 0 && n == 0)
     err = -EINVAL;
+  metrics_request(c, r, err, t0);
   err = err < 0 ? proto_reply_error(c, r, err)
                 : proto_reply_extents(c, r, n, ids, e);
   for (i = 0; i < n; i++)
@@ -86,6 +89,7 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
   struct nbd_ctx *t = c->top;
   uint32_t fl = r->flags & ~NBD_CMD_FLAG_PAYLOAD_LEN;  /* the wire's only */
   int err = 0, locked = 0, ret;
+  uint64_t t0 = metrics_start(c);
 
   if (c->exp->model == NBD_SERIALIZE_ALL_REQUESTS) {
     pthread_mutex_lock(&c->exp->lock);
@@ -131,6 +135,7 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
     goto out;
   }
   sched_timing_stop(tm);
+  metrics_request(c, r, err, t0);
   if (err < 0)
     ret = proto_reply_error(c, r, err);
   else if (r->type == NBD_CMD_READ)
@@ -249,6 +254,8 @@ transmission_run(struct nbd_conn *c)
       break;
     rr = tx_read_request(c, r, &verr, s.pull);
     if (rr != 0 || verr != 0) {
+      if (rr == 0)
+        metrics_request(c, r, verr, 0);
       if (rr == 0 && proto_reply_error(c, r, verr) == -1)
         rr = -1;
       sched_put(c, r);
