@@ -934,14 +934,14 @@ s3_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 }
 
 static int
-s3_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+s3_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
         uint64_t offset, uint32_t flags)
 {
   return s3_write_range(self, NULL, count, offset, 1);
 }
 
 static int
-s3_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+s3_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
         uint64_t offset, uint32_t flags)
 {
   struct s3_state *st = self->layer->state;
@@ -954,7 +954,7 @@ s3_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-s3_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+s3_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   struct s3_state *st = self->layer->state;
@@ -968,9 +968,19 @@ s3_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
     pthread_mutex_unlock(&st->map_lock);
     return nbd_extents_add(extents, offset, count, 0);
   }
-  for (blk = offset / st->objsz; r == 0 && blk * st->objsz < end; blk++)
-    r = nbd_extents_add(extents, blk * st->objsz, st->objsz,
-                        st->map[blk] ? 0 : NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
+  if (end > st->size)
+    end = st->size;
+  /* Runs of objects of one kind; at most 4096 runs per answer (a client
+   * asks again for the rest). */
+  blk = offset / st->objsz;
+  while (r == 0 && blk * st->objsz < end && extents->n < 4096) {
+    uint64_t first = blk;
+    uint8_t kind = st->map[blk];
+    while (blk * st->objsz < end && st->map[blk] == kind)
+      blk++;
+    r = nbd_extents_add(extents, first * st->objsz, (blk - first) * st->objsz,
+                        kind ? 0 : NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
+  }
   pthread_mutex_unlock(&st->map_lock);
   return r;
 }
