@@ -510,6 +510,8 @@ s3_connect(struct s3_pool *p, struct s3_conn **out, char *err, size_t errlen)
                                      mbedtls_ssl_get_verify_result(&c->ssl));
         v[strcspn(v, "\n")] = '\0';
         snprintf(err + strlen(err), errlen - strlen(err), " (%s)", v);
+        s3_conn_free(c);
+        return -EACCES;         /* no point in retrying */
       }
       s3_conn_free(c);
       return -EIO;

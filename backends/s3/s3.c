@@ -122,7 +122,10 @@ struct s3_state {
   struct nbd_bufpool bufs;
 
   /* The lease. */
-  pthread_mutex_t lease_lock;
+  /* lease_op: held over the lease's requests (open, renewal, close);
+   * state_lock: the fields the datapath reads, only briefly. */
+  pthread_mutex_t lease_op;
+  pthread_mutex_t state_lock;
   pthread_cond_t lease_cond;
   unsigned writers;
   int lease_held;             /* we own it (renewals may still fail) */
@@ -179,10 +182,13 @@ s3_map_set(struct s3_state *st, uint64_t blk, int present)
 static int
 s3_known_absent(struct s3_state *st, uint64_t blk)
 {
-  int r;
+  int r, held;
 
+  pthread_mutex_lock(&st->state_lock);
+  held = st->lease_held && st->lease_ok;
+  pthread_mutex_unlock(&st->state_lock);
   pthread_mutex_lock(&st->map_lock);
-  r = st->map_valid && st->lease_held && st->lease_ok && !st->map[blk];
+  r = held && st->map_valid && !st->map[blk];
   pthread_mutex_unlock(&st->map_lock);
   return r;
 }
@@ -283,8 +289,10 @@ s3_request(struct s3_state *st, const char *method, const char *key,
     r = s3_http_do(st->pool, &rq, rs, err, sizeof err);
     if (r == 0 && rs->head.status < 500 && rs->head.status != 429)
       return 0;
-    if (r == -ENOMEM || r == -EINVAL)
-      return r;
+    if (r == -ENOMEM || r == -EINVAL || r == -EACCES) {
+      nbd_error("s3: %s %s: %s", method, key ? key : st->path_prefix, err);
+      return r == -EACCES ? -EIO : r;
+    }
     if (attempt >= st->retries) {
       if (r == 0) {
         r = s3_status_error(st, method, key ? key : st->path_prefix, rs);
@@ -541,7 +549,9 @@ s3_lease_put(struct s3_state *st, uint64_t lease_s, const char *cond)
   if (r < 0)
     return r;
   if (rs.head.status == 200) {
+    pthread_mutex_lock(&st->state_lock);
     snprintf(st->lease_etag, sizeof st->lease_etag, "%s", rs.head.etag);
+    pthread_mutex_unlock(&st->state_lock);
     r = 1;
   } else if (rs.head.status == 412 || rs.head.status == 409)
     r = 0;
@@ -562,7 +572,7 @@ s3_fmt_time(int64_t t, char *out, size_t len)
 }
 
 /* Takes the lease (create, or take over an expired one or our own).
- * Called with lease_lock held.  0, -EBUSY (held by another; logged),
+ * Called with lease_op held.  0, -EBUSY (held by another; logged),
  * -errno. */
 static int
 s3_lease_acquire(struct s3_state *st, uint64_t lease_ns, int quiet)
@@ -608,10 +618,12 @@ s3_lease_acquire(struct s3_state *st, uint64_t lease_ns, int quiet)
     nbd_error("s3: %s/lease: could not take it (changed under us)", st->key);
   return -EBUSY;
 held:
+  pthread_mutex_lock(&st->state_lock);
   st->lease_held = 1;
   st->lease_ok = 1;
   /* Leave a margin of a tenth for the time the PUT took to arrive. */
   st->lease_until = start + lease_ns - lease_ns / 10;
+  pthread_mutex_unlock(&st->state_lock);
   return 0;
 }
 
@@ -623,7 +635,7 @@ s3_renewer(void *arg)
   const struct s3_conf *conf = layer->conf;
   uint64_t period = conf->lease_time / 3;
 
-  pthread_mutex_lock(&st->lease_lock);
+  pthread_mutex_lock(&st->lease_op);
   while (!st->renewer_stop) {
     struct timespec ts;
     uint64_t start;
@@ -637,31 +649,35 @@ s3_renewer(void *arg)
       ts.tv_sec++;
       ts.tv_nsec -= 1000000000;
     }
-    pthread_cond_timedwait(&st->lease_cond, &st->lease_lock, &ts);
+    pthread_cond_timedwait(&st->lease_cond, &st->lease_op, &ts);
     if (st->renewer_stop)
       break;
     start = s3_mono_ns();
     snprintf(cond, sizeof cond, "If-Match: %s\r\n", st->lease_etag);
     r = s3_lease_put(st, conf->lease_time / 1000000000u, cond);
     if (r == 1) {
+      pthread_mutex_lock(&st->state_lock);
       if (!st->lease_ok)
         nbd_info("s3: %s/lease renewed again: writes resume", st->key);
       st->lease_ok = 1;
       st->lease_held = 1;
       st->lease_until = start + conf->lease_time - conf->lease_time / 10;
+      pthread_mutex_unlock(&st->state_lock);
       continue;
     }
     if (r == 0 && (r = s3_lease_acquire(st, conf->lease_time, 1)) == 0) {
       nbd_info("s3: %s/lease taken again: writes resume", st->key);
       continue;
     }
+    pthread_mutex_lock(&st->state_lock);
     if (st->lease_ok)
       nbd_error("s3: %s/lease: renewal failed (%s): writes fail with EROFS "
                 "until it is held again", st->key,
                 r == -EBUSY ? "another server holds it" : strerror(-r));
     st->lease_ok = 0;
+    pthread_mutex_unlock(&st->state_lock);
   }
-  pthread_mutex_unlock(&st->lease_lock);
+  pthread_mutex_unlock(&st->lease_op);
   return NULL;
 }
 
@@ -671,14 +687,14 @@ s3_may_write(struct s3_state *st)
 {
   int ok;
 
-  pthread_mutex_lock(&st->lease_lock);
+  pthread_mutex_lock(&st->state_lock);
   ok = st->lease_held && st->lease_ok && s3_mono_ns() < st->lease_until;
   if (st->lease_held && st->lease_ok && !ok) {
     nbd_error("s3: %s/lease: not renewed in time: writes fail with EROFS "
               "until it is", st->key);
     st->lease_ok = 0;
   }
-  pthread_mutex_unlock(&st->lease_lock);
+  pthread_mutex_unlock(&st->state_lock);
   return ok ? 0 : -EROFS;
 }
 
@@ -720,7 +736,7 @@ s3_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   }
 
   if (!readonly && !nbd_checking()) {
-    pthread_mutex_lock(&st->lease_lock);
+    pthread_mutex_lock(&st->lease_op);
     if (st->writers == 0) {
       r = s3_lease_acquire(st, conf->lease_time, 0);
       if (r == 0) {
@@ -731,7 +747,7 @@ s3_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
           st->renewer_running = 1;
       }
       if (r < 0) {
-        pthread_mutex_unlock(&st->lease_lock);
+        pthread_mutex_unlock(&st->lease_op);
         free(h);
         return r == -EBUSY ? -EPERM : r;
       }
@@ -742,7 +758,7 @@ s3_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
     }
     st->writers++;
     h->writer = 1;
-    pthread_mutex_unlock(&st->lease_lock);
+    pthread_mutex_unlock(&st->lease_op);
   } else {
     struct s3_lease_info li;
     if (s3_lease_read(st, &li) == 1 && strcmp(li.owner, st->owner) != 0 &&
@@ -753,12 +769,12 @@ s3_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   /* The map: built when no writer of ours keeps it current. */
   {
     int need;
-    pthread_mutex_lock(&st->lease_lock);
+    pthread_mutex_lock(&st->lease_op);
     pthread_mutex_lock(&st->map_lock);
     need = !st->map_valid || st->writers == 0 ||
            (h->writer && st->writers == 1);
     pthread_mutex_unlock(&st->map_lock);
-    pthread_mutex_unlock(&st->lease_lock);
+    pthread_mutex_unlock(&st->lease_op);
     if (need && (r = s3_list(st)) < 0) {
       nbd_warn("s3: LIST of %s/ failed: extents report everything as data",
                st->key);
@@ -782,7 +798,7 @@ s3_close(struct nbd_ctx *self, struct nbd_ctx *next)
   if (h == NULL)
     return;
   if (h->writer) {
-    pthread_mutex_lock(&st->lease_lock);
+    pthread_mutex_lock(&st->lease_op);
     if (--st->writers == 0) {
       if (st->renewer_running) {
         st->renewer_stop = 1;
@@ -792,21 +808,27 @@ s3_close(struct nbd_ctx *self, struct nbd_ctx *next)
         join = 1;
       }
     }
-    pthread_mutex_unlock(&st->lease_lock);
+    pthread_mutex_unlock(&st->lease_op);
     if (join)
       pthread_join(t, NULL);
-    pthread_mutex_lock(&st->lease_lock);
+    pthread_mutex_lock(&st->lease_op);
     if (st->writers == 0 && st->lease_held) {
       char name[1100];
-      if (st->lease_ok) {
+      int ok;
+      pthread_mutex_lock(&st->state_lock);
+      ok = st->lease_ok;
+      pthread_mutex_unlock(&st->state_lock);
+      if (ok) {
         s3_lease_name(st, name, sizeof name);
         if (s3_delete(st, name) < 0)
           nbd_warn("s3: could not release %s (it expires by itself)", name);
       }
+      pthread_mutex_lock(&st->state_lock);
       st->lease_held = 0;
       st->lease_ok = 0;
+      pthread_mutex_unlock(&st->state_lock);
     }
-    pthread_mutex_unlock(&st->lease_lock);
+    pthread_mutex_unlock(&st->lease_op);
   }
   free(h);
   self->handle = NULL;
@@ -1079,7 +1101,8 @@ s3_free_state(struct s3_state *st)
   for (i = 0; i < S3_LOCKS; i++)
     pthread_mutex_destroy(&st->obj_lock[i]);
   pthread_mutex_destroy(&st->map_lock);
-  pthread_mutex_destroy(&st->lease_lock);
+  pthread_mutex_destroy(&st->lease_op);
+  pthread_mutex_destroy(&st->state_lock);
   pthread_cond_destroy(&st->lease_cond);
   nbd_bufpool_destroy(&st->bufs);
   free(st);
@@ -1198,7 +1221,8 @@ s3_setup(struct nbd_layer *layer, char *err, size_t errlen)
   for (i = 0; i < S3_LOCKS; i++)
     pthread_mutex_init(&st->obj_lock[i], NULL);
   pthread_mutex_init(&st->map_lock, NULL);
-  pthread_mutex_init(&st->lease_lock, NULL);
+  pthread_mutex_init(&st->lease_op, NULL);
+  pthread_mutex_init(&st->state_lock, NULL);
   pthread_cond_init(&st->lease_cond, NULL);
   st->region = c->region;
   st->key = c->key;

@@ -3,7 +3,8 @@
 # memstore OSD, no mgr, and radosgw (beast) on 127.0.0.1, all under DIR,
 # no systemd, containers or cephadm.  Daemons' pids go to DIR/pids.
 #
-#   cluster.sh start DIR [RGW_PORT]   prints "endpoint=... access=... secret=..."
+#   cluster.sh start DIR [RGW_PORT]   prints "endpoint=... access=... secret=...";
+#                                     https on RGW_PORT+1 (CA: DIR/ca.pem)
 #   cluster.sh stop DIR               stops the daemons by their pids
 #   cluster.sh stop-rgw DIR / start-rgw DIR   the gateway alone
 #
@@ -77,6 +78,18 @@ start)
   done
   mkdir -p "$dir/mon" "$dir/osd" "$dir/log" "$dir/run" "$dir/pids" "$dir/rgw"
   echo "$port" >"$dir/rgw_port"
+  # A certificate for the gateway's https endpoint (PORT+1), signed by a
+  # CA of its own (DIR/ca.pem) for tls-ca= tests.
+  tls_port=$((port + 1))
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=nbdstack-test-ca \
+    -keyout "$dir/ca.key" -out "$dir/ca.pem" >/dev/null 2>&1 || die "openssl: CA"
+  openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout "$dir/rgw.key" \
+    -out "$dir/rgw.csr" >/dev/null 2>&1 || die "openssl: key"
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/rgw.ext"
+  openssl x509 -req -in "$dir/rgw.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 2 -extfile "$dir/rgw.ext" -out "$dir/rgw.crt" \
+    >/dev/null 2>&1 || die "openssl: certificate"
+  cat "$dir/rgw.crt" "$dir/rgw.key" >"$dir/rgw.pem"
   fsid=$(python3 -c 'import uuid; print(uuid.uuid4())')
   cat >"$conf" <<CONF
 [global]
@@ -111,7 +124,7 @@ osd data = $dir/osd
 osd journal size = 0
 osd max object name len = 256
 osd max object namespace len = 64
-rgw frontends = beast endpoint=127.0.0.1:$port
+rgw frontends = beast endpoint=127.0.0.1:$port ssl_endpoint=127.0.0.1:$tls_port ssl_certificate=$dir/rgw.pem
 rgw data = $dir/rgw
 rgw dns name = localhost
 rgw enable usage log = false

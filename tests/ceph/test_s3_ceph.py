@@ -368,6 +368,55 @@ def nbdkit_interop():
     check(got == want, "nbdstack's disk read by nbdkit")
 
 
+def access_denied():
+    # A wrong secret: 403 from the store, EPERM to the client, logged once.
+    args = s3args("copy", 256 * MiB, MiB)
+    args = [a if not a.startswith("secret-key=") else "secret-key=wrong"
+            for a in args]
+    srv = Server(["-r"] + args, name="denied")
+    h = connect(srv)
+    for _ in range(3):
+        try:
+            h.pread(512, 0)
+            check(False, "read with a wrong key succeeded")
+        except nbd.Error as e:
+            check(e.errno in (1, "EPERM"), "EPERM (got %r)" % e.errno)
+    h.shutdown()
+    log_text = srv.log_text()
+    check_eq(log_text.count("access denied"), 1, "403 logged once")
+    check("SignatureDoesNotMatch" in log_text, "S3 error code logged")
+    srv.stop()
+
+
+def https():
+    ca = os.path.join(CDIR, "ca.pem")
+    # A name, not 127.0.0.1: mbedTLS 2.28 checks DNS names only (no IP SANs).
+    url = "https://localhost:%d" % (PORT + 1)
+    base = [a for a in s3args("tls", 4 * MiB, 64 * 1024)
+            if not a.startswith("endpoint-url=")] + ["endpoint-url=" + url]
+    srv = Server(base + ["tls-ca=" + ca], name="tls")
+    h = connect(srv)
+    data = os.urandom(100000)
+    h.pwrite(data, 12345)
+    check(bytes(h.pread(len(data), 12345)) == data, "data over https")
+    h.shutdown()
+    srv.stop()
+    # Without the CA the certificate is refused; tls-verify=false accepts.
+    srv = Server(["-r"] + base + ["tls-ca=/etc/ssl/certs/ca-certificates.crt"],
+                 name="tls-bad")
+    try:
+        connect(srv).pread(512, 0)
+        check(False, "unverified certificate accepted")
+    except nbd.Error:
+        pass
+    check("verif" in srv.log_text().lower(), "verification failure logged")
+    srv.stop()
+    srv = Server(["-r"] + base + ["tls-verify=false"], name="tls-noverify")
+    check(bytes(connect(srv).pread(len(data), 12345)) == data,
+          "tls-verify=false")
+    srv.stop()
+
+
 def main():
     try:
         log(cluster("start", CDIR, str(PORT)).strip())
@@ -390,6 +439,8 @@ def main():
         c.run("SIGKILL after FLUSH loses nothing", sigkill_after_flush, False)
         c.run("SIGKILL after FLUSH with cache in front", sigkill_after_flush, True)
         c.run("single object read-only, cow in front", single_object)
+        c.run("403: EPERM, logged once with the S3 code", access_denied)
+        c.run("https: tls-ca, refused without it, tls-verify=false", https)
         c.run("disks of nbdkit S3 and nbdstack read by the other", nbdkit_interop)
         c.run("gateway stopped mid-I/O: EIO, other exports served", gateway_down)
     finally:
