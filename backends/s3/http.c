@@ -638,6 +638,8 @@ s3_recv_exact(struct s3_conn *c, char *buf, uint64_t len)
       ssize_t r;
       n = len > (buf ? SIZE_MAX : sizeof sink) ? (buf ? SIZE_MAX : sizeof sink)
                                                : (size_t)len;
+      /* sink only receives bytes to drop. */
+      /* cppcheck-suppress legacyUninitvar */
       r = s3_recv_some(c, buf ? buf : sink, n);
       if (r <= 0)
         return r == 0 ? -EPIPE : (int)r;
@@ -870,11 +872,11 @@ s3_http_do(struct s3_pool *p, const struct s3_http_req *rq,
   /* A kept connection the server closed meanwhile fails before any
    * answer: then once more on a new one. */
   for (attempt = 0; attempt < 2; attempt++) {
-    struct s3_conn *c;
-    int reused, keep, nothing;
+    struct s3_conn *c = NULL;
+    int reused = 0, keep, nothing;
 
-    if ((r = s3_pool_get(p, &c, &reused, err, errlen)) < 0)
-      return r;
+    if ((r = s3_pool_get(p, &c, &reused, err, errlen)) < 0 || c == NULL)
+      return r < 0 ? r : -EIO;
     r = s3_http_once(p, c, rq, rs, &keep, &nothing, err, errlen);
     s3_pool_put(p, c, r == 0 && keep);
     if (r == 0 || !reused || !nothing || r == -ETIMEDOUT)

@@ -543,8 +543,8 @@ s3_lease_put(struct s3_state *st, uint64_t lease_s, const char *cond)
   int n, r;
 
   s3_lease_name(st, name, sizeof name);
-  n = snprintf(body, sizeof body, "nbdstack lease\nowner %s\nexpires %lld\n",
-               st->owner, (long long)((int64_t)time(NULL) + (int64_t)lease_s));
+  n = snprintf(body, sizeof body, "nbdstack lease\nowner %s\nexpires %" PRId64
+               "\n", st->owner, (int64_t)time(NULL) + (int64_t)lease_s);
   r = s3_request(st, "PUT", name, "", cond, body, (size_t)n, NULL, 0, &rs);
   if (r < 0)
     return r;
@@ -775,7 +775,7 @@ s3_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
            (h->writer && st->writers == 1);
     pthread_mutex_unlock(&st->map_lock);
     pthread_mutex_unlock(&st->lease_op);
-    if (need && (r = s3_list(st)) < 0) {
+    if (need && s3_list(st) < 0) {
       nbd_warn("s3: LIST of %s/ failed: extents report everything as data",
                st->key);
       pthread_mutex_lock(&st->map_lock);
