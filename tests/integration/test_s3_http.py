@@ -11,10 +11,12 @@ import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nbdtest import (Checker, Server, check, check_eq, require_layers,  # noqa: E402
-                     start_watchdog)
+from nbdtest import (TMPDIR, Checker, Server, check, check_eq,  # noqa: E402
+                     require_layers, start_watchdog, startup_refused)
 
 start_watchdog(120)
+for _v in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+    os.environ.pop(_v, None)            # the tests give their own
 require_layers("s3")
 import nbd  # noqa: E402
 
@@ -113,10 +115,9 @@ def accept_loop():
 threading.Thread(target=accept_loop, daemon=True).start()
 
 
-def server(key, extra=()):
+def server(key, extra=(), creds=("access-key=AK", "secret-key=SK"), env=None):
     return Server(["s3", "endpoint-url=http://127.0.0.1:%d" % port, "bucket=b",
-                   "key=" + key, "access-key=AK", "secret-key=SK"] + list(extra),
-                  name=key)
+                   "key=" + key] + list(creds) + list(extra), name=key, env=env)
 
 
 def read_fails(key, errno_names, log_words, extra=()):
@@ -170,7 +171,45 @@ def denied():
     check_eq(srv.log_text().count("access denied"), 1, "logged once")
 
 
+def credentials():
+    # access-key=+FILE (first line), the secret from the environment.
+    path = os.path.join(TMPDIR, "access")
+    with open(path, "w") as f:
+        f.write("AK\nignored second line\n")
+    env = dict(os.environ, AWS_SECRET_ACCESS_KEY="SK")
+    env.pop("AWS_ACCESS_KEY_ID", None)
+    srv = server("good", creds=["access-key=+" + path], env=env)
+    h = nbd.NBD()
+    h.connect_uri(srv.uri)
+    check(bytes(h.pread(10, 0)) == pattern(0, 10), "signed with AK")
+    h.shutdown()
+    srv.stop()
+
+
+def refused():
+    base = ["endpoint-url=http://127.0.0.1:1", "bucket=b", "key=k",
+            "access-key=a", "secret-key=s"]
+    startup_refused("s3", base + ["size=1M"], "size= and object-size= go together")
+    startup_refused("s3", base + ["size=1M", "object-size=3000"],
+                    "must be a power of two from 4K to 64M")
+    startup_refused("s3", base + ["size=1M", "object-size=128M"],
+                    "must be a power of two from 4K to 64M")
+    startup_refused("s3", base + ["size=100000", "object-size=64K"],
+                    "multiple of object-size")
+    startup_refused("s3", ["bucket=b", "key=k", "access-key=a", "secret-key=s",
+                           "endpoint-url=ftp://x"], "must start with http://")
+    startup_refused("s3", ["bucket=b", "key=k", "access-key=a", "secret-key=s",
+                           "endpoint-url=http://h:99x"], "is not http[s]://HOST[:PORT]")
+    startup_refused("s3", ["bucket=b", "key=k", "access-key=+/nonexistent/f",
+                           "secret-key=s"], "access-key=+/nonexistent/f")
+    startup_refused("s3", base + ["connections=0"], "connections=0")
+    startup_refused("s3", base + ["lease-time=1s"], "lease-time must be at least 3s")
+    startup_refused("s3", ["bucket=b", "key=k"], "no credentials")
+
+
 c = Checker("s3 http")
+c.run("+FILE and environment credentials", credentials)
+c.run("bad configurations refused at startup", refused)
 c.run("chunked bodies, unaligned ranges, keep-alive", good)
 c.run("malformed status line: EIO", read_fails, "garbage", ("EIO", 5),
       ["malformed HTTP response head"], ["retries=0"])
