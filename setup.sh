@@ -16,12 +16,14 @@ mode=${1:-run}
 build_pkgs=(cmake make gcc musl-tools pkg-config dpkg-dev)
 # libmbedtls-dev: the glibc test build's TLS library (the static binary's
 # is built from Debian's mbedtls source package, fetch_mbedtls below);
-# gnutls-bin: certtool and gnutls-cli for the TLS tests; python3-botocore
-# (SigV4 reference signatures), python3-boto3 and nbdkit-plugin-python
-# (nbdkit's S3 plugin) and the ceph packages: the s3 backend's tests
-# against a single-node Ceph cluster (tests/ceph/, ./setup.sh ci runs them).
+# gnutls-bin: certtool and gnutls-cli for the TLS tests; curl and
+# prometheus (promtool check metrics) for the metrics endpoint's test;
+# python3-botocore (SigV4 reference signatures), python3-boto3 and
+# nbdkit-plugin-python (nbdkit's S3 plugin) and the ceph packages: the s3
+# backend's tests against a single-node Ceph cluster (tests/ceph/,
+# ./setup.sh ci runs them).
 test_pkgs=(check libnbd-bin python3-libnbd nbdkit qemu-utils binutils file fdisk fio groff-base
-           libmbedtls-dev gnutls-bin openssl
+           libmbedtls-dev gnutls-bin openssl curl prometheus
            python3-botocore python3-boto3 nbdkit-plugin-python
            ceph-mon ceph-osd radosgw ceph-common)
 # ci: fuzzers (clang 14 + its sanitizer runtimes), valgrind, static analysis

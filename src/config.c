@@ -552,6 +552,7 @@ config_free(struct nbd_config *cfg)
   free(cfg->log);
   free(cfg->tls_certificates);
   free(cfg->tls_psk);
+  free(cfg->metrics);
   config_defaults(cfg);
 }
 
@@ -676,14 +677,14 @@ config_check_path_dir(struct config_parser *p, int line, const char *what,
  * listening on them must not make the check fail. */
 static void
 config_check_listen(struct config_parser *p, const struct nbd_listen *l,
-                    int line)
+                    int line, const char *what)
 {
   struct addrinfo hints, *res = NULL;
   const char *host;
   int r;
 
   if (l->kind == NBD_LISTEN_UNIX) {
-    config_check_path_dir(p, line, "listen", l->path);
+    config_check_path_dir(p, line, what, l->path);
     return;
   }
   host = l->host && *l->host ? l->host : NULL;
@@ -696,7 +697,7 @@ config_check_listen(struct config_parser *p, const struct nbd_listen *l,
   if (r == EAI_SERVICE && strcmp(l->port, "nbd") == 0)
     r = getaddrinfo(host, "10809", &hints, &res);
   if (r != 0)
-    config_error(p, line, "listen: cannot resolve '%s' port '%s': %s",
+    config_error(p, line, "%s: cannot resolve '%s' port '%s': %s", what,
                  host ? host : "*", l->port, gai_strerror(r));
   else
     freeaddrinfo(res);
@@ -722,7 +723,16 @@ config_check_server(struct config_parser *p)
     config_check_path_dir(p, config_key_line_of(p, "pidfile"), "pidfile",
                           cfg->pidfile);
   for (i = 0; i < cfg->nlistens && i < p->nlisten_lines; i++)
-    config_check_listen(p, &cfg->listens[i], p->listen_lines[i]);
+    config_check_listen(p, &cfg->listens[i], p->listen_lines[i], "listen");
+  if (cfg->metrics) {
+    struct nbd_listen l;
+    char err[CONFIG_ERRLEN];
+    if (listen_parse(cfg->metrics, &l, err, sizeof err) == 0) {
+      config_check_listen(p, &l, config_key_line_of(p, "metrics"),
+                          "metrics");
+      listen_clear(&l);
+    }
+  }
 }
 
 static void

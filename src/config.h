@@ -66,6 +66,9 @@ struct nbd_config {
   int tls;
   char *tls_certificates, *tls_psk;
   int tls_verify_peer;
+  /* The metrics endpoint's address (metrics_http.c), as given: NULL =
+   * none. */
+  char *metrics;
 };
 
 enum { NBD_TLS_OFF, NBD_TLS_ON, NBD_TLS_REQUIRE };

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "conn.h"
+#include "metrics.h"
 #include "stop.h"
 #include "protocol.h"
 #include "tls.h"
@@ -125,13 +126,22 @@ handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
 }
 
 /* Opens the export's stack for this connection; -1 on failure (why says
- * it in one line), -2 when the export is at its connection limit. */
+ * it in one line), -2 when the export is at its connection limit, -3
+ * when it refused this client before the handshake (conn_preconnect), -4
+ * when a layer's open refused it (EBUSY, EPERM, EACCES: the limit
+ * filter), with why filled as for -1. */
 static int
 handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
                int dynamic, char *why, size_t whylen)
 {
-  char err[512], *asked = strdup(name);
+  char err[512], *asked;
 
+  if (conn_refused(c, e)) {
+    nbd_info("%s: export \"%s\" refused this client before the handshake",
+             c->peer, e->name);
+    return -3;
+  }
+  asked = strdup(name);
   snprintf(why, whylen, "out of memory");
   if (asked == NULL)
     return -1;
@@ -149,6 +159,7 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
       __atomic_sub_fetch(&e->nconnections, 1, __ATOMIC_SEQ_CST);
       nbd_info("%s: export \"%s\" has its maximum of %u connections",
                c->peer, e->name, e->max_connections);
+      metrics_refused(METRICS_REFUSED_EXPORT_LIMIT);
       return -2;
     }
     c->counted = 1;
@@ -165,11 +176,12 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
   c->top = engine_open(e, c->readonly || c->cfg->readonly, &c->info, err,
                        sizeof err);
   if (c->top == NULL) {
+    int refused = errno == EBUSY || errno == EPERM || errno == EACCES;
     nbd_error("%s: export \"%s\": %s", c->peer, e->name, err);
     snprintf(why, whylen, "export \"%.64s\" cannot be opened: %s", e->name,
              err);
     handshake_release(c);
-    return -1;
+    return refused ? -4 : -1;
   }
   c->tflags = handshake_tflags(c, c->top);
   c->max_payload = NBD_MAX_PAYLOAD;
@@ -280,6 +292,11 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   case -2:
     return handshake_error(c, opt, NBD_REP_ERR_POLICY,
                            "too many connections to this export");
+  case -3:
+    return handshake_error(c, opt, NBD_REP_ERR_POLICY,
+                           "this export does not serve this client");
+  case -4:                      /* a layer refused: limit, ... */
+    return handshake_error(c, opt, NBD_REP_ERR_POLICY, why);
   case -1:
     return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, why);
   }
@@ -465,6 +482,7 @@ handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
     name[len] = '\0';
     return handshake_export_name(c, name) == 0 ? 1 : -1;
   case NBD_OPT_ABORT:
+    metrics_handshake_aborted();
     handshake_reply(c, opt, NBD_REP_ACK, NULL, 0);
     return -1;
   case NBD_OPT_LIST:

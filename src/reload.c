@@ -124,6 +124,7 @@ reload_setting_text(const struct nbd_setting *st,
   case SETTING_STRING:
   case SETTING_PATH:
   case SETTING_LOG:
+  case SETTING_ADDR:
     snprintf(buf, len, "%s", *(char *const *)p ? *(char *const *)p : "");
     break;
   case SETTING_LISTEN:
@@ -159,7 +160,10 @@ reload_keep_settings(const struct nbd_config *cur, struct nbd_config *next)
     if (strcmp(a, b) != 0)
       nbd_warn("reload: [server] %s changed: needs a restart (ignored, "
                "still %s)", st->key, a[0] ? a : "unset");
-    if (st->type == SETTING_STRING || st->type == SETTING_PATH)
+    /* Strings are copied: a pointer shared with cur would be freed
+     * with it. */
+    if (st->type == SETTING_STRING || st->type == SETTING_PATH ||
+        st->type == SETTING_LOG || st->type == SETTING_ADDR)
       r |= reload_dup((char **)p, *(char *const *)((const char *)cur +
                                                     st->offset));
     else

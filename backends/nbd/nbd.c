@@ -662,6 +662,7 @@ nbd_cleanup(struct nbd_layer *layer)
 }
 
 UNSUPPORTED(nbd, list_exports)
+UNSUPPORTED(nbd, preconnect)
 
 NBD_REGISTER_BACKEND(nbd, NBD_PARALLEL,
   /* Every request waits for the network. */
