@@ -34,6 +34,9 @@ full_setup(struct nbd_layer *layer, char *err, size_t errlen)
   return 0;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define full_reopen nbd_reopen_close_open
+
 static int64_t
 full_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -88,6 +91,8 @@ full_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return nbd_extents_add(extents, offset, count,
                          NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
 }
+
+UNSUPPORTED(full, depth)
 
 #define full_can_write nbd_cap_yes
 #define full_can_trim nbd_cap_yes

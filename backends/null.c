@@ -32,6 +32,9 @@ null_setup(struct nbd_layer *layer, char *err, size_t errlen)
   return 0;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define null_reopen nbd_reopen_close_open
+
 static int64_t
 null_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -77,6 +80,8 @@ null_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return nbd_extents_add(extents, offset, count,
                          NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
 }
+
+UNSUPPORTED(null, depth)
 
 #define null_can_write nbd_cap_yes
 #define null_can_flush nbd_cap_yes

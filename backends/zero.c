@@ -9,6 +9,9 @@
 
 #include "layer.h"
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define zero_reopen nbd_reopen_close_open
+
 static int64_t
 zero_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -35,6 +38,7 @@ UNSUPPORTED(zero, flush)
 UNSUPPORTED(zero, trim)
 UNSUPPORTED(zero, zero)
 UNSUPPORTED(zero, extents)
+UNSUPPORTED(zero, depth)
 UNSUPPORTED(zero, cache)
 UNSUPPORTED(zero, block_size)
 UNSUPPORTED(zero, can_write)

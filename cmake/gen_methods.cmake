@@ -16,6 +16,14 @@
 
 cmake_policy(SET CMP0007 NEW)
 cmake_policy(SET CMP0057 NEW)
+# A '[' makes CMake keep the rest of the file as one list element, which
+# silently drops every method after it: refuse it, comments included.
+file(READ "${IN}" _raw)
+string(FIND "${_raw}" "[" _bracket)
+if(NOT _bracket EQUAL -1)
+  message(FATAL_ERROR "${IN}: no '[' anywhere in this file (CMake lists "
+                      "treat it as a bracket and drop the lines after it)")
+endif()
 file(STRINGS "${IN}" lines)
 set(typedefs "")
 set(fields "")
@@ -48,7 +56,7 @@ foreach(line IN LISTS lines)
   list(GET cols 3 params)
   list(GET cols 4 def)
   list(GET cols 5 cache)
-  if(NOT kind MATCHES "^(data|cap|life|opt|name)$")
+  if(NOT kind MATCHES "^(data|cap|life|opt|name|conn)$")
     message(FATAL_ERROR "${IN}: unknown kind '${kind}' in: ${line}")
   endif()
   if(NOT kind STREQUAL "cap" AND NOT cache STREQUAL "")

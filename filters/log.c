@@ -527,6 +527,9 @@ logf_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return r;
 }
 
+/* qemu:allocation-depth has no nbdkit counterpart to log as: through. */
+PASSTHROUGH(logf, depth)
+
 static int
 logf_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
                 struct nbd_source *src, uint32_t count, uint64_t offset,
@@ -539,6 +542,7 @@ logf_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
                    next_pwrite_from(next, src, count, offset, flags));
 }
 
+PASSTHROUGH(logf, reopen)
 PASSTHROUGH(logf, get_size)
 PASSTHROUGH(logf, block_size)
 PASSTHROUGH(logf, can_write)

@@ -215,6 +215,20 @@ pause_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 }
 
 static int
+pause_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+            uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  struct pause_state *st = PAUSE_STATE(self);
+  int r;
+
+  if ((r = pause_enter(st)) < 0)
+    return r;
+  r = next_depth(next, count, offset, flags, extents);
+  pause_leave(st);
+  return r;
+}
+
+static int
 pause_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)
 {
@@ -441,6 +455,7 @@ pause_cleanup(struct nbd_layer *layer)
 }
 
 /* Capabilities are asked at open and change no data: not held. */
+PASSTHROUGH(pause, reopen)
 PASSTHROUGH(pause, get_size)
 PASSTHROUGH(pause, block_size)
 PASSTHROUGH(pause, can_write)

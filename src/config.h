@@ -73,6 +73,17 @@ struct nbd_config {
 
 enum { NBD_TLS_OFF, NBD_TLS_ON, NBD_TLS_REQUIRE };
 
+/* TLS per export (docs/config.md "TLS"): an export's own `tls`, else the
+ * server's.  The server offers STARTTLS when any export's mode is on or
+ * require (config_tls_offered), and refuses every option but STARTTLS
+ * and ABORT before TLS only when every export requires it
+ * (config_tls_forced, proto.md's FORCEDTLS); otherwise a TLS-only export
+ * is refused by name (SELECTIVETLS). */
+int config_export_tls(const struct nbd_config *cfg,
+                      const struct nbd_export *e);
+int config_tls_offered(const struct nbd_config *cfg);
+int config_tls_forced(const struct nbd_config *cfg);
+
 #define CONFIG_DEFAULT_MAX_CONNECTIONS 1024
 #define CONFIG_MAX_BUFFER_MEMORY_DEFAULT (UINT64_C(1) << 30)
 #define CONFIG_MIN_BUFFER_MEMORY (UINT64_C(64) << 20)

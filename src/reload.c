@@ -21,6 +21,7 @@
 #include "reload.h"
 #include "settings.h"
 #include "sockets.h"
+#include "tls.h"
 
 struct reload_set {
   struct nbd_config *cfg;
@@ -211,6 +212,17 @@ reload_parse(const struct nbd_config *cur)
   }
   if (reload_keep_settings(cur, next) == -1) {
     nbd_error("reload: out of memory: refused");
+    config_free(next);
+    free(next);
+    return NULL;
+  }
+  /* Credentials are loaded at start only (tls-certificates and tls-psk
+   * are server settings): an export that now wants TLS on a server that
+   * started without it cannot be served. */
+  if (config_tls_offered(next) && !tls_server_ready()) {
+    nbd_error("reload: an export sets tls = on or require, but the server "
+              "started without TLS credentials: refused (restart with "
+              "tls-certificates or tls-psk)");
     config_free(next);
     free(next);
     return NULL;

@@ -436,6 +436,7 @@ server_on_wakeup(void)
   if (!server_reload_pending || server_stopping || server_exit_requested)
     return;
   server_reload_pending = 0;
+  tls_server_reload();
   if (reload_run(&old) == 1) {
     pthread_mutex_lock(&server_lock);
     server_cfg = reload_current();
@@ -480,7 +481,7 @@ server_exit_with_parent(void)
 /* The URI of every listener, once serving: in the log, and on stdout
  * with --print-uri.  From the bound address (the real port of port 0);
  * the IPv4 and IPv6 sockets of "all addresses" give one line.  As in
- * nbdkit, nbds:// only when TLS is required (with tls = on a plain
+ * nbdkit, nbds:// only when TLS is required for the export named (with tls = on a plain
  * client is served too, so nbd:// stays right). */
 static void
 server_print_uris(const struct nbd_config *cfg)
@@ -492,7 +493,8 @@ server_print_uris(const struct nbd_config *cfg)
   last[0] = '\0';
   for (i = 0; i < sockets_count(); i++) {
     if (uri_of_socket(uri, sizeof uri, sockets_get(i)->fd, name,
-                      cfg->tls == NBD_TLS_REQUIRE) == -1 ||
+                      cfg->exports && config_export_tls(cfg, cfg->exports) ==
+                      NBD_TLS_REQUIRE) == -1 ||
         strcmp(uri, last) == 0)
       continue;
     nbd_info("serving %s", uri);

@@ -118,7 +118,8 @@ test_cleanup(struct nbd_layer *layer)
 #define TEST_PASS_ALL(l)                                                    \
   PASSTHROUGH(l, pread) PASSTHROUGH(l, pwrite) PASSTHROUGH(l, flush)        \
   PASSTHROUGH(l, trim) PASSTHROUGH(l, zero) PASSTHROUGH(l, extents)         \
-  PASSTHROUGH(l, cache) PASSTHROUGH(l, get_size) PASSTHROUGH(l, block_size) \
+  PASSTHROUGH(l, depth)                                                     \
+  PASSTHROUGH(l, cache) PASSTHROUGH(l, reopen) PASSTHROUGH(l, get_size) PASSTHROUGH(l, block_size) \
   PASSTHROUGH(l, can_write) PASSTHROUGH(l, can_flush)                       \
   PASSTHROUGH(l, can_trim) PASSTHROUGH(l, can_zero)                         \
   PASSTHROUGH(l, can_fast_zero) PASSTHROUGH(l, can_fua)                     \
@@ -130,7 +131,8 @@ test_cleanup(struct nbd_layer *layer)
 #define TEST_UNSUP_ALL(l)                                                   \
   UNSUPPORTED(l, pread) UNSUPPORTED(l, pwrite) UNSUPPORTED(l, flush)        \
   UNSUPPORTED(l, trim) UNSUPPORTED(l, zero) UNSUPPORTED(l, extents)         \
-  UNSUPPORTED(l, cache) UNSUPPORTED(l, get_size) UNSUPPORTED(l, block_size) \
+  UNSUPPORTED(l, depth)                                                     \
+  UNSUPPORTED(l, cache) UNSUPPORTED(l, reopen) UNSUPPORTED(l, get_size) UNSUPPORTED(l, block_size) \
   UNSUPPORTED(l, can_write) UNSUPPORTED(l, can_flush)                       \
   UNSUPPORTED(l, can_trim) UNSUPPORTED(l, can_zero)                         \
   UNSUPPORTED(l, can_fast_zero) UNSUPPORTED(l, can_fua)                     \
@@ -608,7 +610,7 @@ START_TEST(test_server_errors)
                "'filter tfilt'");
   expect_error("[export x]\nbackend = tback\nfoo = 1\n",
                "t.ini:3: unknown key 'foo' in [export \"x\"] (known: "
-               "description, readonly, max-connections, filter, backend)");
+               "description, readonly, max-connections, tls, filter, backend)");
   expect_error("[export x]\nbackend = tback\n9key = 1\n",
                "t.ini:3: invalid key '9key ' (a key is letters, digits, '_', "
                "'-' and '.')");

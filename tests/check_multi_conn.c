@@ -454,6 +454,7 @@ mc_probe_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
   return 0;
 }
 
+UNSUPPORTED(mc_probe, reopen)
 static int64_t
 mc_probe_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -478,6 +479,7 @@ mc_probe_can_flush(struct nbd_ctx *self, struct nbd_ctx *next)
 UNSUPPORTED(mc_probe, trim)
 UNSUPPORTED(mc_probe, zero)
 UNSUPPORTED(mc_probe, extents)
+UNSUPPORTED(mc_probe, depth)
 UNSUPPORTED(mc_probe, cache)
 UNSUPPORTED(mc_probe, list_exports)
 UNSUPPORTED(mc_probe, preconnect)

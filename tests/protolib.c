@@ -574,6 +574,7 @@ slowpoke_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
   return 0;
 }
 
+UNSUPPORTED(slowpoke, reopen)
 static int64_t
 slowpoke_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -585,6 +586,7 @@ UNSUPPORTED(slowpoke, flush)
 UNSUPPORTED(slowpoke, trim)
 UNSUPPORTED(slowpoke, zero)
 UNSUPPORTED(slowpoke, extents)
+UNSUPPORTED(slowpoke, depth)
 UNSUPPORTED(slowpoke, cache)
 UNSUPPORTED(slowpoke, block_size)
 UNSUPPORTED(slowpoke, can_write)
@@ -648,6 +650,7 @@ slowflush_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
   return 0;
 }
 
+UNSUPPORTED(slowflush, reopen)
 static int64_t
 slowflush_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -669,6 +672,7 @@ slowflush_can_flush(struct nbd_ctx *self, struct nbd_ctx *next)
 UNSUPPORTED(slowflush, trim)
 UNSUPPORTED(slowflush, zero)
 UNSUPPORTED(slowflush, extents)
+UNSUPPORTED(slowflush, depth)
 UNSUPPORTED(slowflush, cache)
 UNSUPPORTED(slowflush, block_size)
 UNSUPPORTED(slowflush, can_trim)

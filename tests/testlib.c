@@ -9,6 +9,7 @@
  */
 #include <check.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,11 @@ struct testlib_buf {
 
 static struct testlib_buf testlib_calls, testlib_life;
 
+/* Filters with threads of their own (readahead, scan) reach the
+ * recorder from them: appends are locked; a test reads the log once
+ * those threads are done (or counts calls with testlib_calls_of). */
+static pthread_mutex_t testlib_buf_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static void
 testlib_buf_add(struct testlib_buf *b, const char *fmt, ...)
 {
@@ -36,6 +42,7 @@ testlib_buf_add(struct testlib_buf *b, const char *fmt, ...)
   va_start(ap, fmt);
   vsnprintf(entry, sizeof entry, fmt, ap);
   va_end(ap);
+  pthread_mutex_lock(&testlib_buf_lock);
   n = strlen(entry) + 2;
   if (b->len + n + 1 > b->cap) {
     b->cap = (b->len + n + 1) * 2;
@@ -44,6 +51,13 @@ testlib_buf_add(struct testlib_buf *b, const char *fmt, ...)
   }
   b->len += snprintf(b->s + b->len, b->cap - b->len, "%s%s",
                      b->len ? "; " : "", entry);
+  pthread_mutex_unlock(&testlib_buf_lock);
+}
+
+unsigned
+testlib_calls_of(const struct testlib_recorder *rec, enum nbd_method m)
+{
+  return __atomic_load_n(&rec->calls[m], __ATOMIC_SEQ_CST);
 }
 
 static const char *
@@ -58,9 +72,11 @@ const char *testlib_lifecycle(void) { return testlib_buf_str(&testlib_life); }
 void
 testlib_log_clear(void)
 {
+  pthread_mutex_lock(&testlib_buf_lock);
   testlib_calls.len = 0;
   if (testlib_calls.s)
     testlib_calls.s[0] = '\0';
+  pthread_mutex_unlock(&testlib_buf_lock);
 }
 
 /* "0", "FUA", "FUA|FAST_ZERO": names make failing asserts readable. */
@@ -108,7 +124,7 @@ testlib_rec_enter(struct nbd_ctx *self, enum nbd_method m)
 {
   struct testlib_recorder *rec = self->layer->state;
 
-  rec->calls[m]++;
+  __atomic_fetch_add(&rec->calls[m], 1, __ATOMIC_SEQ_CST);
   return rec->fail[m];
 }
 
@@ -152,7 +168,8 @@ testlib_rec_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
 
   if (r)
     return r;
-  memcpy(buf, rec->ram + offset, n);
+  if (n)                        /* ram may be NULL: no memcpy of 0 */
+    memcpy(buf, rec->ram + offset, n);
   memset((char *)buf + n, 0, count - n);
   return 0;
 }
@@ -170,7 +187,8 @@ testlib_rec_pwrite(struct nbd_ctx *self, struct nbd_ctx *next,
 
   if (r)
     return r;
-  memcpy(rec->ram + offset, buf, n);
+  if (n)
+    memcpy(rec->ram + offset, buf, n);
   return 0;
 }
 
@@ -209,7 +227,8 @@ testlib_rec_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 
   if (r)
     return r;
-  memset(rec->ram + offset, 0, n);
+  if (n)
+    memset(rec->ram + offset, 0, n);
   return 0;
 }
 
@@ -241,6 +260,25 @@ testlib_rec_extents(struct nbd_ctx *self, struct nbd_ctx *next,
       r = nbd_extents_add(extents, rec->map[i].offset, rec->map[i].length,
                           rec->map[i].type);
   return r;
+}
+
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define testlib_rec_reopen nbd_reopen_close_open
+
+/* Depth rec->depth everywhere (a recorder standing for a backing chain),
+ * or, when it is 0, a backend's answer: NBD_DEPTH_ONE. */
+static int
+testlib_rec_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+                  uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  struct testlib_recorder *rec =
+    testlib_rec_request(self, "depth", count, offset, flags);
+  int r = testlib_rec_enter(self, NBD_METHOD_DEPTH);
+
+  if (r)
+    return r;
+  return rec->depth ? nbd_extents_add(extents, offset, count, rec->depth)
+                    : NBD_DEPTH_ONE;
 }
 
 static int64_t
@@ -448,7 +486,12 @@ PASSTHROUGH(testlib_tracer, flush)
 PASSTHROUGH(testlib_tracer, trim)
 PASSTHROUGH(testlib_tracer, zero)
 PASSTHROUGH(testlib_tracer, extents)
+PASSTHROUGH(testlib_tracer, depth)
 PASSTHROUGH(testlib_tracer, cache)
+
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define testlib_tracer_reopen nbd_reopen_close_open
+
 PASSTHROUGH(testlib_tracer, get_size)
 PASSTHROUGH(testlib_tracer, block_size)
 PASSTHROUGH(testlib_tracer, can_write)

@@ -48,7 +48,14 @@ struct testlib_recorder {
    * one data extent over the whole disk. */
   struct nbd_extent *map;
   size_t nmap;
+  /* What depth reports everywhere; 0 = a backend's answer, depth 1. */
+  uint32_t depth;
 };
+
+/* rec->calls[m], read atomically: for tests whose filter calls the
+ * recorder from a thread of its own. */
+unsigned testlib_calls_of(const struct testlib_recorder *rec,
+                          enum nbd_method m);
 
 /* A recorder backend instance (set up, ready to push into an export). */
 struct nbd_layer *testlib_recorder_new(const struct testlib_caps *caps);

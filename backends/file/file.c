@@ -324,6 +324,8 @@ file_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return 0;
 }
 
+UNSUPPORTED(file, depth)
+
 static int
 file_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
@@ -336,6 +338,9 @@ file_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 }
 
 /* ---- capabilities ---------------------------------------------------- */
+
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define file_reopen nbd_reopen_close_open
 
 static int64_t
 file_get_size(struct nbd_ctx *self, struct nbd_ctx *next)

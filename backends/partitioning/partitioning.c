@@ -349,6 +349,8 @@ partitioning_extents(struct nbd_ctx *self, struct nbd_ctx *next,
                            partitioning_extents_piece, &a);
 }
 
+UNSUPPORTED(partitioning, depth)
+
 static int
 partitioning_cache_piece(struct partitioning_state *st,
                          const struct partitioning_region *r, uint64_t roff,
@@ -370,6 +372,9 @@ partitioning_cache(struct nbd_ctx *self, struct nbd_ctx *next,
 }
 
 /* ---- capabilities ---------------------------------------------------- */
+
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define partitioning_reopen nbd_reopen_close_open
 
 static int64_t
 partitioning_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
