@@ -1322,6 +1322,7 @@ s3_cleanup(struct nbd_layer *layer)
 }
 
 UNSUPPORTED(s3, list_exports)
+UNSUPPORTED(s3, depth)
 UNSUPPORTED(s3, preconnect)
 UNSUPPORTED(s3, cache)
 UNSUPPORTED(s3, block_size)
