@@ -9,6 +9,9 @@
 
 #include "layer.h"
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define zero_reopen nbd_reopen_close_open
+
 static int64_t
 zero_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {

@@ -172,6 +172,9 @@ blocksize_prepare(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   return 0;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define blocksize_reopen nbd_reopen_close_open
+
 static int64_t
 blocksize_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {

@@ -174,6 +174,10 @@ fua_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 PASSTHROUGH(fua, pread)
 PASSTHROUGH(fua, extents)
 PASSTHROUGH(fua, cache)
+
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define fua_reopen nbd_reopen_close_open
+
 PASSTHROUGH(fua, get_size)
 PASSTHROUGH(fua, block_size)
 PASSTHROUGH(fua, can_write)

@@ -147,6 +147,9 @@ offset_prepare(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   return offset_block_size(self, next, &minimum, &preferred, &maximum);
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define offset_reopen nbd_reopen_close_open
+
 static int64_t
 offset_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {

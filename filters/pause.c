@@ -441,6 +441,7 @@ pause_cleanup(struct nbd_layer *layer)
 }
 
 /* Capabilities are asked at open and change no data: not held. */
+PASSTHROUGH(pause, reopen)
 PASSTHROUGH(pause, get_size)
 PASSTHROUGH(pause, block_size)
 PASSTHROUGH(pause, can_write)

@@ -121,6 +121,9 @@ truncate_prepare(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   return 0;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define truncate_reopen nbd_reopen_close_open
+
 static int64_t
 truncate_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {

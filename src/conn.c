@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include "conn.h"
+#include "metrics.h"
 #include "reload.h"
 #include "stop.h"
 
@@ -111,9 +112,11 @@ conn_handshake(struct nbd_conn *c)
   if (c->cfg->handshake_timeout && c->w.deadline == 0)
     c->w.deadline = nbd_now_ns() + c->cfg->handshake_timeout;
   if (handshake_run(c) == -1) {
+    metrics_handshake(c, -1);
     handshake_release(c);
     return -1;
   }
+  metrics_handshake(c, 0);
   c->w.deadline = 0;
   wire_set_timeout(&c->w, 0, 1);
   if (c->cfg->idle_timeout)
@@ -170,6 +173,7 @@ conn_finish(struct nbd_conn *c)
              ".%03" PRIu64 "s", who, c->exp->name, c->bytes_read,
              c->bytes_written, c->nrequests, ms / 1000, ms % 1000);
   }
+  metrics_conn_close(c);
   handshake_release(c);
   nbd_debug("%s: connection closed", c->peer);
 }

@@ -79,6 +79,7 @@ struct nbd_conn {
    * alone (transmission.c), read by it at the end, so no lock and no
    * atomics on the data path. */
   uint64_t started_ns, nrequests, bytes_read, bytes_written;
+  struct metrics_shard *metrics; /* where it counts (metrics.c), or NULL */
 
   /* Requests (scheduler.c). */
   pthread_mutex_t qlock;

@@ -19,6 +19,10 @@ struct nbd_export {
   struct nbd_layer *top;        /* client side; ->below ... backend */
   int readonly;                 /* forced read-only (config or -r) */
   unsigned max_connections;     /* 0 = only the server-wide limit */
+  /* Per-export `tls` (NBD_TLS_OFF, _ON, _REQUIRE of config.h), or -1:
+   * the server's.  Read from the set's own export, never its origin
+   * (config_export_tls). */
+  int tls;
   unsigned nconnections;        /* open stacks now (server.c's lock) */
   /* Derived by engine_export_finish from the stack. */
   enum nbd_thread_model model;

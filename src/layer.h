@@ -177,6 +177,11 @@ struct nbd_layer {
   enum nbd_thread_model thread_model;
   enum nbd_nonblocking nonblocking;
   struct nbd_layer *below;    /* next layer instance, NULL for the backend */
+  /* Set by a filter's setup to have the engine retry a failed open of
+   * any layer below it (retry-request-open): up to open_retries more
+   * times, open_retry_delay ns apart.  0 = no retries. */
+  unsigned open_retries;
+  uint64_t open_retry_delay;
 };
 
 /* Per-connection context of one layer. */
@@ -201,6 +206,10 @@ struct nbd_ctx {
    * limits, so a request that breaks a hint reaches the layer that gave
    * it, which must then take any size and alignment. */
   int block_advisory;
+  /* reopen closed this context and could not open it again: the engine
+   * calls neither finalize nor close on it, and nothing else may be
+   * called on it but next_reopen (see "Reopening" below). */
+  int closed;
 };
 
 /* Called from a layer's block_size method: the sizes it answers are hints
@@ -284,6 +293,31 @@ int nbd_extents_shifted(struct nbd_ctx *next, uint64_t count, uint64_t offset,
  * refuse, the socket is closed before the greeting and the client logged
  * with its address; otherwise the refusing exports answer
  * NBD_REP_ERR_POLICY to this client's NBD_OPT_GO. */
+
+/* ---- reopening (reopen) ------------------------------------------------ */
+
+/* next_reopen(next, readonly) makes the contexts from next down fresh, as
+ * if this connection had closed and opened them again, then asks their
+ * capabilities again.  The caller (the retry filter) must make sure no
+ * other request of this connection runs on them meanwhile, and should
+ * check that what the client was told (size, can_write) still holds.
+ * readonly is the caller's own open mode, or 1 to reopen read-only.
+ *
+ * Each layer's reopen method decides what it means for that layer:
+ *   PASSTHROUGH(layer, reopen)   keep this layer's own state, reopen below
+ *                                (cow keeps its overlay, cache its blocks);
+ *   #define layer_reopen nbd_reopen_close_open
+ *                                finalize and close this layer, reopen
+ *                                below, open and prepare it again (a
+ *                                backend reconnects or reopens its file,
+ *                                partition re-reads its table);
+ *   its own function             e.g. drop a cache, then next_reopen.
+ * On failure the contexts that could not be opened again are marked
+ * closed (struct nbd_ctx) and the call returns -errno; the caller must
+ * then send nothing below but another next_reopen. */
+int next_reopen(struct nbd_ctx *next, int readonly);
+int nbd_reopen_close_open(struct nbd_ctx *self, struct nbd_ctx *next,
+                          int readonly);
 
 /* ---- export names (list_exports) --------------------------------------- */
 

@@ -31,6 +31,7 @@
 #include "bufmem.h"
 #include "conn.h"
 #include "lobby.h"
+#include "metrics.h"
 #include "process.h"
 #include "reload.h"
 #include "server.h"
@@ -242,6 +243,7 @@ server_start_conn(const struct nbd_config *cfg, struct nbd_conn *c)
   pthread_mutex_unlock(&server_lock);
   if (r == -1) {
     static time_t last;
+    metrics_refused(METRICS_REFUSED_MAX_CONNECTIONS);
     time_t now = time(NULL);
     if (now != last)            /* one line a second, not one per client */
       nbd_warn("refusing a client: %u connections is the maximum",
@@ -434,11 +436,13 @@ server_on_wakeup(void)
   if (!server_reload_pending || server_stopping || server_exit_requested)
     return;
   server_reload_pending = 0;
+  tls_server_reload();
   if (reload_run(&old) == 1) {
     pthread_mutex_lock(&server_lock);
     server_cfg = reload_current();
     server_status("");
     pthread_mutex_unlock(&server_lock);
+    metrics_configure(server_cfg);
     reload_put(old);
   }
 }
@@ -448,7 +452,7 @@ server_on_wakeup(void)
 static int
 server_drop_privileges(const struct nbd_config *cfg)
 {
-  const char *paths[SOCKETS_MAX + 1];
+  const char *paths[SOCKETS_MAX + 2];
   size_t i, n = 0;
 
   for (i = 0; i < sockets_count(); i++)
@@ -456,6 +460,8 @@ server_drop_privileges(const struct nbd_config *cfg)
       paths[n++] = sockets_get(i)->unlink_path;
   if (cfg->pidfile)
     paths[n++] = cfg->pidfile;
+  if (metrics_unix_path())
+    paths[n++] = metrics_unix_path();
   return process_drop_privileges(cfg, paths, n);
 }
 
@@ -475,7 +481,7 @@ server_exit_with_parent(void)
 /* The URI of every listener, once serving: in the log, and on stdout
  * with --print-uri.  From the bound address (the real port of port 0);
  * the IPv4 and IPv6 sockets of "all addresses" give one line.  As in
- * nbdkit, nbds:// only when TLS is required (with tls = on a plain
+ * nbdkit, nbds:// only when TLS is required for the export named (with tls = on a plain
  * client is served too, so nbd:// stays right). */
 static void
 server_print_uris(const struct nbd_config *cfg)
@@ -487,7 +493,8 @@ server_print_uris(const struct nbd_config *cfg)
   last[0] = '\0';
   for (i = 0; i < sockets_count(); i++) {
     if (uri_of_socket(uri, sizeof uri, sockets_get(i)->fd, name,
-                      cfg->tls == NBD_TLS_REQUIRE) == -1 ||
+                      cfg->exports && config_export_tls(cfg, cfg->exports) ==
+                      NBD_TLS_REQUIRE) == -1 ||
         strcmp(uri, last) == 0)
       continue;
     nbd_info("serving %s", uri);
@@ -555,7 +562,7 @@ server_single_wait(void)
 static int
 server_single(const struct nbd_config *cfg, int *drained)
 {
-  const char *paths[1] = { cfg->pidfile };
+  const char *paths[2] = { cfg->pidfile, metrics_unix_path() };
   struct sockaddr_storage ss;
   socklen_t sslen = sizeof ss;
   struct nbd_conn *c;
@@ -564,7 +571,9 @@ server_single(const struct nbd_config *cfg, int *drained)
   if ((fd = server_single_fd()) == -1)
     return -1;
   if ((cfg->pidfile && process_write_pidfile(cfg->pidfile) == -1) ||
-      process_drop_privileges(cfg, paths, cfg->pidfile ? 1 : 0) == -1 ||
+      process_drop_privileges(cfg, cfg->pidfile ? paths : paths + 1,
+                              (cfg->pidfile ? 1 : 0) +
+                              (paths[1] ? 1 : 0)) == -1 ||
       (c = conn_new(fd, cfg)) == NULL) {
     close(fd);
     return -1;
@@ -625,9 +634,15 @@ server_run(const struct nbd_config *cfg, int *drained)
   stop_set_wake_fd(server_sigpipe[1]);
   if (nbd_modes.exit_with_parent)
     server_exit_with_parent();
-  if (nbd_modes.single)
-    return server_single(cfg, drained);
+  if (metrics_start_server(cfg) == -1)
+    return -1;
+  if (nbd_modes.single) {
+    status = server_single(cfg, drained);
+    metrics_stop_server();
+    return status;
+  }
   if (sockets_open(cfg) == -1) {
+    metrics_stop_server();
     sockets_close();
     return -1;
   }
@@ -637,10 +652,12 @@ server_run(const struct nbd_config *cfg, int *drained)
     nbd_info("listening on %s", sockets_get(i)->desc);
   }
   if (cfg->pidfile && process_write_pidfile(cfg->pidfile) == -1) {
+    metrics_stop_server();
     sockets_close();
     return -1;
   }
   if (server_drop_privileges(cfg) == -1) {
+    metrics_stop_server();
     sockets_close();
     process_cleanup_done();
     return -1;
@@ -728,6 +745,7 @@ server_run(const struct nbd_config *cfg, int *drained)
   notify_systemd("STOPPING=1");
   sockets_close();
   *drained = server_drain() == 0;
+  metrics_stop_server();        /* it served during the drain */
   if (cfg->pidfile)
     unlink(cfg->pidfile);
   process_cleanup_done();

@@ -454,6 +454,7 @@ mc_probe_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
   return 0;
 }
 
+UNSUPPORTED(mc_probe, reopen)
 static int64_t
 mc_probe_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {

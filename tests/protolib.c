@@ -574,6 +574,7 @@ slowpoke_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
   return 0;
 }
 
+UNSUPPORTED(slowpoke, reopen)
 static int64_t
 slowpoke_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -648,6 +649,7 @@ slowflush_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
   return 0;
 }
 
+UNSUPPORTED(slowflush, reopen)
 static int64_t
 slowflush_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {

@@ -337,6 +337,9 @@ file_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 
 /* ---- capabilities ---------------------------------------------------- */
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define file_reopen nbd_reopen_close_open
+
 static int64_t
 file_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {

@@ -116,6 +116,9 @@ memory_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return 0;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define memory_reopen nbd_reopen_close_open
+
 static int64_t
 memory_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {

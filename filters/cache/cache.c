@@ -618,6 +618,7 @@ cache_can_multi_conn(struct nbd_ctx *self, struct nbd_ctx *next)
   return next_can_multi_conn(next);
 }
 
+PASSTHROUGH(cache, reopen)
 PASSTHROUGH(cache, get_size)
 PASSTHROUGH(cache, can_write)
 PASSTHROUGH(cache, can_trim)

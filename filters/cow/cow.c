@@ -533,6 +533,7 @@ cow_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 
 /* ---- capabilities ---------------------------------------------------------- */
 
+PASSTHROUGH(cow, reopen)
 static int64_t
 cow_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {

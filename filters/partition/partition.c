@@ -173,6 +173,9 @@ partition_prepare(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   return partition_block_size(self, next, &minimum, &preferred, &maximum);
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define partition_reopen nbd_reopen_close_open
+
 /* prepare (partition_find) checked start + len <= the size below (an
  * int64_t). */
 static int64_t
