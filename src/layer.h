@@ -206,6 +206,10 @@ struct nbd_ctx {
    * limits, so a request that breaks a hint reaches the layer that gave
    * it, which must then take any size and alignment. */
   int block_advisory;
+  /* A copy of the connection's info with another export_name, for the
+   * contexts below a layer whose export_name hook renamed it (owned by
+   * the first context below; NULL = none). */
+  struct nbd_conn_info *renamed;
   /* reopen closed this context and could not open it again: the engine
    * calls neither finalize nor close on it, and nothing else may be
    * called on it but next_reopen (see "Reopening" below). */
