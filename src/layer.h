@@ -335,6 +335,11 @@ int nbd_reopen_close_open(struct nbd_ctx *self, struct nbd_ctx *next,
  * dynamic export, every name its stack lists (with the layer's
  * description, else the export's), never the dynamic export's own name.
  * Plain exports are unchanged. */
+/* A layer may also serve the layers below it under another name than the
+ * client asked for: its optional export_name hook (src/methods.def) is
+ * asked top down before the stack opens, and a different answer gives the
+ * contexts below a copy of the connection info with that export_name
+ * (exportname's default-export). */
 struct nbd_export_name {
   char *name;
   char *description;          /* NULL = the export's description */
