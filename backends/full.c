@@ -116,6 +116,7 @@ UNSUPPORTED(full, can_flush)
 UNSUPPORTED(full, can_fua)
 UNSUPPORTED(full, is_rotational)
 UNSUPPORTED(full, list_exports)
+UNSUPPORTED(full, preconnect)
 
 NBD_REGISTER_BACKEND(full, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "reads zeros, every write fails with ENOSPC (tests)",

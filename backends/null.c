@@ -100,6 +100,7 @@ null_native(struct nbd_ctx *self, struct nbd_ctx *next)
 UNSUPPORTED(null, block_size)
 UNSUPPORTED(null, is_rotational)
 UNSUPPORTED(null, list_exports)
+UNSUPPORTED(null, preconnect)
 
 NBD_REGISTER_BACKEND(null, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "reads zeros, discards writes (benchmarks, tests)",

@@ -101,6 +101,7 @@ UNSUPPORTED(pattern, can_fua)
 UNSUPPORTED(pattern, can_extents)
 UNSUPPORTED(pattern, is_rotational)
 UNSUPPORTED(pattern, list_exports)
+UNSUPPORTED(pattern, preconnect)
 
 NBD_REGISTER_BACKEND(pattern, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "read-only, each 8-byte word holds its offset (tests)",

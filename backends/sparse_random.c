@@ -402,6 +402,7 @@ sparse_random_can_cache(struct nbd_ctx *self, struct nbd_ctx *next)
 
 UNSUPPORTED(sparse_random, block_size)
 UNSUPPORTED(sparse_random, list_exports)
+UNSUPPORTED(sparse_random, preconnect)
 UNSUPPORTED(sparse_random, can_fast_zero)
 UNSUPPORTED(sparse_random, can_fua)
 UNSUPPORTED(sparse_random, is_rotational)

@@ -342,6 +342,7 @@ split_is_rotational(struct nbd_ctx *self, struct nbd_ctx *next)
 
 UNSUPPORTED(split, block_size)  /* buffered I/O: any alignment works */
 UNSUPPORTED(split, list_exports) /* one disk, whatever the name */
+UNSUPPORTED(split, preconnect)
 
 /* ---- lifecycle ------------------------------------------------------- */
 

@@ -50,6 +50,7 @@ UNSUPPORTED(zero, can_cache)
 UNSUPPORTED(zero, can_extents)
 UNSUPPORTED(zero, is_rotational)
 UNSUPPORTED(zero, list_exports)
+UNSUPPORTED(zero, preconnect)
 
 NBD_REGISTER_BACKEND(zero, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "a disk of size 0 (nbdkit's zero plugin)",

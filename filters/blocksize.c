@@ -454,6 +454,7 @@ PASSTHROUGH(blocksize, can_extents)
 PASSTHROUGH(blocksize, can_multi_conn)
 PASSTHROUGH(blocksize, is_rotational)
 PASSTHROUGH(blocksize, list_exports)
+PASSTHROUGH(blocksize, preconnect)
 
 /* Parallel: the only shared state is the striped lock and the buffer
  * pool.  Never blocks by itself: a request waits on a stripe only while

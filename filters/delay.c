@@ -205,6 +205,7 @@ PASSTHROUGH(delay, can_extents)
 PASSTHROUGH(delay, can_multi_conn)
 PASSTHROUGH(delay, is_rotational)
 PASSTHROUGH(delay, list_exports)
+PASSTHROUGH(delay, preconnect)
 
 NBD_REGISTER_FILTER(delay,
   NBD_PARALLEL,                 /* no shared state on the datapath */

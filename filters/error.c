@@ -301,6 +301,7 @@ PASSTHROUGH(error, can_extents)
 PASSTHROUGH(error, can_multi_conn)
 PASSTHROUGH(error, is_rotational)
 PASSTHROUGH(error, list_exports)
+PASSTHROUGH(error, preconnect)
 
 NBD_REGISTER_FILTER(error,
   NBD_PARALLEL,                 /* rules are read only; the PRNG is per thread */

@@ -189,6 +189,7 @@ PASSTHROUGH(fua, can_extents)
 PASSTHROUGH(fua, can_multi_conn)
 PASSTHROUGH(fua, is_rotational)
 PASSTHROUGH(fua, list_exports)
+PASSTHROUGH(fua, preconnect)
 
 NBD_REGISTER_FILTER(fua, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "change how FUA and flush are advertised and handled",

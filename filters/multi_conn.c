@@ -471,6 +471,7 @@ PASSTHROUGH(multi_conn, can_cache)
 PASSTHROUGH(multi_conn, can_extents)
 PASSTHROUGH(multi_conn, is_rotational)
 PASSTHROUGH(multi_conn, list_exports)
+PASSTHROUGH(multi_conn, preconnect)
 
 NBD_REGISTER_FILTER_AS(multi_conn, "multi-conn", NBD_PARALLEL,
                        NBD_NEVER_BLOCKS,

@@ -83,6 +83,7 @@ PASSTHROUGH(nocache, can_extents)
 PASSTHROUGH(nocache, can_multi_conn)
 PASSTHROUGH(nocache, is_rotational)
 PASSTHROUGH(nocache, list_exports)
+PASSTHROUGH(nocache, preconnect)
 
 NBD_REGISTER_FILTER(nocache, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "change how cache requests are advertised and handled",

@@ -60,6 +60,7 @@ PASSTHROUGH(noextents, can_cache)
 PASSTHROUGH(noextents, can_multi_conn)
 PASSTHROUGH(noextents, is_rotational)
 PASSTHROUGH(noextents, list_exports)
+PASSTHROUGH(noextents, preconnect)
 
 NBD_REGISTER_FILTER(noextents, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "hide extents: the disk reads as fully allocated data",

@@ -147,6 +147,7 @@ PASSTHROUGH(nozero, can_extents)
 PASSTHROUGH(nozero, can_multi_conn)
 PASSTHROUGH(nozero, is_rotational)
 PASSTHROUGH(nozero, list_exports)
+PASSTHROUGH(nozero, preconnect)
 
 static int
 nozero_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,

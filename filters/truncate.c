@@ -274,6 +274,7 @@ PASSTHROUGH(truncate, can_cache)
 PASSTHROUGH(truncate, can_multi_conn)
 PASSTHROUGH(truncate, is_rotational)
 PASSTHROUGH(truncate, list_exports)
+PASSTHROUGH(truncate, preconnect)
 
 NBD_REGISTER_FILTER(truncate, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "change the size of the layer below (extend with zeros, "

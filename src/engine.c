@@ -89,6 +89,7 @@ engine_export_new(const char *name)
     free(e);
     return NULL;
   }
+  e->tls = -1;
   pthread_mutex_init(&e->lock, NULL);
   return e;
 }
@@ -337,7 +338,7 @@ engine_open(struct nbd_export *exp, int readonly,
   struct nbd_ctx *ctxs[64], *below = NULL;
   struct nbd_layer *l;
   size_t n = 0, i;
-  int opened = 0, r;
+  int opened = 0, r, fail_errno = ENOMEM;
 
   readonly = readonly || exp->readonly;
   for (l = exp->top; l; l = l->below) {
@@ -373,6 +374,7 @@ engine_open(struct nbd_export *exp, int readonly,
       if (retry == NULL || tries++ >= retry->open_retries ||
           nbd_sleep(retry->open_retry_delay) < 0) {
         snprintf(err, errlen, "%s: open failed: %s", o->name, strerror(-r));
+        fail_errno = -r;
         goto fail;
       }
       nbd_debug("export '%s': %s: open failed (%s), retry %u of %u",
@@ -386,6 +388,7 @@ engine_open(struct nbd_export *exp, int readonly,
     const struct nbd_layer_ops *o = ctxs[i]->layer->ops;
     if (o->prepare && (r = o->prepare(ctxs[i], ctxs[i]->next, readonly)) < 0) {
       snprintf(err, errlen, "%s: prepare failed: %s", o->name, strerror(-r));
+      fail_errno = -r;
       goto fail;
     }
     if (engine_cache_caps(ctxs[i], readonly, err, errlen) == -1)
@@ -402,6 +405,7 @@ fail:
     free(ctxs[i]->renamed);
     free(ctxs[i]);
   }
+  errno = fail_errno;
   return NULL;
 }
 
@@ -851,29 +855,62 @@ next_list_exports(struct nbd_ctx *c, struct nbd_exports *exports)
   return c->layer->ops->list_exports(c, c->next, exports);
 }
 
+/* No capability to check either. */
 int
-engine_list_exports(struct nbd_export *exp, const struct nbd_conn_info *info,
-                    struct nbd_exports *exports)
+next_preconnect(struct nbd_ctx *c)
+{
+  return c->layer->ops->preconnect(c, c->next);
+}
+
+/* Contexts never opened (on the heap: musl's thread stacks are small),
+ * for the name methods: a layer may look at its layer (conf, state), info
+ * and next, nothing else.  NULL when out of memory or the stack is
+ * empty. */
+static struct nbd_ctx *
+engine_unopened(struct nbd_export *exp, const struct nbd_conn_info *info)
 {
   struct nbd_ctx *ctxs;
   struct nbd_layer *l;
   size_t n = 0, i;
-  int r;
 
   for (l = exp->top; l; l = l->below)
     n++;
-  if (n == 0)
-    return 0;
-  /* Contexts never opened (on the heap: musl's thread stacks are small):
-   * a layer's list_exports may look at its layer (conf, state), info and
-   * next, nothing else. */
-  if ((ctxs = calloc(n, sizeof *ctxs)) == NULL)
-    return -ENOMEM;
+  if (n == 0 || (ctxs = calloc(n, sizeof *ctxs)) == NULL)
+    return NULL;
   for (l = exp->top, i = 0; l; l = l->below, i++) {
     ctxs[i].layer = l;
     ctxs[i].info = info;
     ctxs[i].next = i + 1 < n ? &ctxs[i + 1] : NULL;
   }
+  return ctxs;
+}
+
+int
+engine_preconnect(struct nbd_export *exp, const struct nbd_conn_info *info)
+{
+  struct nbd_ctx *ctxs;
+  int r;
+
+  if (exp->top == NULL)
+    return 0;
+  if ((ctxs = engine_unopened(exp, info)) == NULL)
+    return -ENOMEM;
+  r = next_preconnect(&ctxs[0]);
+  free(ctxs);
+  return r < 0 ? r : 0;
+}
+
+int
+engine_list_exports(struct nbd_export *exp, const struct nbd_conn_info *info,
+                    struct nbd_exports *exports)
+{
+  struct nbd_ctx *ctxs;
+  int r;
+
+  if (exp->top == NULL)
+    return 0;
+  if ((ctxs = engine_unopened(exp, info)) == NULL)
+    return -ENOMEM;
   r = next_list_exports(&ctxs[0], exports);
   free(ctxs);
   if (r <= 0)

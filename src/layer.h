@@ -286,6 +286,18 @@ int nbd_extents_shifted(struct nbd_ctx *next, uint64_t count, uint64_t offset,
                         uint64_t shift, uint32_t flags,
                         struct nbd_extents *extents);
 
+/* ---- before the handshake (preconnect) ---------------------------------
+ *
+ * A layer's preconnect runs when a client connects, before the server
+ * greets it or reads any option, so it can only look at
+ * nbd_conn_info(self) (no export name yet).  It runs on contexts that were
+ * never opened, like list_exports (layer, info and next set), and on the
+ * accept loop: it must not block.  Returns 0 (pass it on: next_preconnect)
+ * or -errno to refuse.  The server asks every export's stack: when all
+ * refuse, the socket is closed before the greeting and the client logged
+ * with its address; otherwise the refusing exports answer
+ * NBD_REP_ERR_POLICY to this client's NBD_OPT_GO. */
+
 /* ---- reopening (reopen) ------------------------------------------------ */
 
 /* next_reopen(next, readonly) makes the contexts from next down fresh, as
@@ -482,6 +494,27 @@ int nbd_source_skip(struct nbd_source *src, uint64_t len);
 int nbd_server_stopping(void);
 int nbd_server_aborting(void);
 int nbd_sleep(uint64_t ns);
+
+/* A graceful exit asked by a layer (nbdkit's exitlast and exitwhen
+ * filters): the server stops accepting clients (it closes its listening
+ * sockets), serves the connected ones until each leaves, then shuts down
+ * as on SIGTERM with no client left (every export flushed, layers
+ * cleaned up) and exits 0, or 1 if a flush failed.  why goes in the log
+ * line.  Safe from any thread, any number of times.  nbd_server_exiting
+ * says whether an exit (or a stop) was asked. */
+void nbd_server_exit(const char *why);
+int nbd_server_exiting(void);
+/* The same exit, but only if no client is connected once the calling
+ * connection is gone (nbdkit's exitlast): a client the server admits
+ * after the call cancels it.  Call it from close. */
+void nbd_server_exit_when_idle(void);
+
+/* SIGUSR1 runs fn(arg) on the server's main thread, for a layer that
+ * reports on demand (stats).  Register in setup (0 or -ENOMEM) and
+ * unregister in cleanup: unregistering waits for a report in progress.
+ * Without any, SIGUSR1 does nothing (it never kills the server). */
+int nbd_on_sigusr1(void (*fn)(void *arg), void *arg);
+void nbd_off_sigusr1(void (*fn)(void *arg), void *arg);
 
 /* True under --check-config: every export's stack is set up and opened
  * once, read-only and with no connection, beside a server that may be

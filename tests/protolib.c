@@ -599,6 +599,7 @@ UNSUPPORTED(slowpoke, can_extents)
 UNSUPPORTED(slowpoke, can_multi_conn)
 UNSUPPORTED(slowpoke, is_rotational)
 UNSUPPORTED(slowpoke, list_exports)
+UNSUPPORTED(slowpoke, preconnect)
 
 static const struct nbd_layer_ops slowpoke_ops = {
   .name = "slowpoke",
@@ -681,6 +682,7 @@ UNSUPPORTED(slowflush, can_extents)
 UNSUPPORTED(slowflush, can_multi_conn)
 UNSUPPORTED(slowflush, is_rotational)
 UNSUPPORTED(slowflush, list_exports)
+UNSUPPORTED(slowflush, preconnect)
 
 static const struct nbd_layer_ops slowflush_ops = {
   .name = "slowflush",

@@ -345,6 +345,7 @@ testlib_rec_cleanup(struct nbd_layer *layer)
 }
 
 UNSUPPORTED(testlib_rec, list_exports) /* one disk */
+UNSUPPORTED(testlib_rec, preconnect)
 
 static const struct nbd_layer_ops testlib_rec_ops = {
   .name = "recorder",
@@ -484,6 +485,7 @@ PASSTHROUGH(testlib_tracer, can_extents)
 PASSTHROUGH(testlib_tracer, can_multi_conn)
 PASSTHROUGH(testlib_tracer, is_rotational)
 PASSTHROUGH(testlib_tracer, list_exports)
+PASSTHROUGH(testlib_tracer, preconnect)
 
 static const struct nbd_layer_ops testlib_tracer_ops = {
   .name = "tracer",

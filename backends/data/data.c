@@ -157,6 +157,7 @@ data_native(struct nbd_ctx *self, struct nbd_ctx *next)
 UNSUPPORTED(data, block_size)           /* any alignment works */
 UNSUPPORTED(data, is_rotational)        /* 0: RAM does not seek */
 UNSUPPORTED(data, list_exports)         /* one export: the one configured */
+UNSUPPORTED(data, preconnect)
 
 static void
 data_cleanup(struct nbd_layer *layer)

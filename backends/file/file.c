@@ -636,6 +636,8 @@ file_list_exports(struct nbd_ctx *self, struct nbd_ctx *next,
   return 1;
 }
 
+UNSUPPORTED(file, preconnect)
+
 NBD_REGISTER_BACKEND(file, NBD_PARALLEL,
   /* A hot page cache answers in microseconds; a cold disk does not, and
    * the engine then moves the connection to workers. */

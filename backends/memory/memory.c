@@ -145,6 +145,7 @@ memory_native(struct nbd_ctx *self, struct nbd_ctx *next)
 UNSUPPORTED(memory, block_size)         /* any alignment works */
 UNSUPPORTED(memory, is_rotational)      /* 0: RAM does not seek */
 UNSUPPORTED(memory, list_exports)
+UNSUPPORTED(memory, preconnect)
 
 static int
 memory_setup(struct nbd_layer *layer, char *err, size_t errlen)

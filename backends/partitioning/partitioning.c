@@ -416,6 +416,7 @@ partitioning_is_rotational(struct nbd_ctx *self, struct nbd_ctx *next)
 
 UNSUPPORTED(partitioning, block_size)   /* any alignment works */
 UNSUPPORTED(partitioning, list_exports) /* one disk, whatever the name */
+UNSUPPORTED(partitioning, preconnect)
 
 /* ---- lifecycle ------------------------------------------------------- */
 

@@ -626,6 +626,7 @@ PASSTHROUGH(cache, can_fast_zero)
 PASSTHROUGH(cache, can_extents)
 PASSTHROUGH(cache, is_rotational)
 PASSTHROUGH(cache, list_exports)
+PASSTHROUGH(cache, preconnect)
 
 NBD_REGISTER_FILTER(cache, NBD_PARALLEL, NBD_RARELY_BLOCKS,
   .description = "cache blocks of the layer below in a temporary file",

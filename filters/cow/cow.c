@@ -583,6 +583,7 @@ cow_can_cache(struct nbd_ctx *self, struct nbd_ctx *next)
 
 PASSTHROUGH(cow, is_rotational)
 PASSTHROUGH(cow, list_exports)
+PASSTHROUGH(cow, preconnect)
 
 NBD_REGISTER_FILTER(cow, NBD_PARALLEL, NBD_RARELY_BLOCKS,
   .description = "copy-on-write overlay: writes never reach the layer below",

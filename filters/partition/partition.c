@@ -189,6 +189,7 @@ partition_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 NBD_WINDOW_SHIFTED(partition)
 NBD_WINDOW_PASSTHROUGH(partition)
 PASSTHROUGH(partition, list_exports)
+PASSTHROUGH(partition, preconnect)
 
 NBD_REGISTER_FILTER(partition, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "serve one partition (MBR or GPT) of the layer below",

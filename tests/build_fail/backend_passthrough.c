@@ -31,6 +31,7 @@ UNSUPPORTED(passbe, can_extents)
 UNSUPPORTED(passbe, can_multi_conn)
 UNSUPPORTED(passbe, is_rotational)
 UNSUPPORTED(passbe, list_exports)
+UNSUPPORTED(passbe, preconnect)
 
 NBD_REGISTER_BACKEND(passbe, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "test: a backend with PASSTHROUGH",

@@ -27,6 +27,7 @@ PASSTHROUGH(nomodel, can_extents)
 PASSTHROUGH(nomodel, can_multi_conn)
 PASSTHROUGH(nomodel, is_rotational)
 PASSTHROUGH(nomodel, list_exports)
+PASSTHROUGH(nomodel, preconnect)
 
 #if defined(CONTROL)
 NBD_REGISTER_FILTER(nomodel, NBD_PARALLEL, NBD_NEVER_BLOCKS,

@@ -36,6 +36,7 @@ PASSTHROUGH(passall, can_extents)
 PASSTHROUGH(passall, can_multi_conn)
 PASSTHROUGH(passall, is_rotational)
 PASSTHROUGH(passall, list_exports)
+PASSTHROUGH(passall, preconnect)
 
 NBD_REGISTER_FILTER(passall,
   NBD_PARALLEL,                       /* thread model: adds no shared state */
