@@ -210,6 +210,10 @@ struct nbd_ctx {
    * limits, so a request that breaks a hint reaches the layer that gave
    * it, which must then take any size and alignment. */
   int block_advisory;
+  /* A copy of the connection's info with another export_name, for the
+   * contexts below a layer whose export_name hook renamed it (owned by
+   * the first context below; NULL = none). */
+  struct nbd_conn_info *renamed;
   /* reopen closed this context and could not open it again: the engine
    * calls neither finalize nor close on it, and nothing else may be
    * called on it but next_reopen (see "Reopening" below). */
@@ -351,6 +355,11 @@ int nbd_reopen_close_open(struct nbd_ctx *self, struct nbd_ctx *next,
  * dynamic export, every name its stack lists (with the layer's
  * description, else the export's), never the dynamic export's own name.
  * Plain exports are unchanged. */
+/* A layer may also serve the layers below it under another name than the
+ * client asked for: its optional export_name hook (src/methods.def) is
+ * asked top down before the stack opens, and a different answer gives the
+ * contexts below a copy of the connection info with that export_name
+ * (exportname's default-export). */
 struct nbd_export_name {
   char *name;
   char *description;          /* NULL = the export's description */
