@@ -306,6 +306,9 @@ sched_start(struct nbd_conn *c, struct nbd_sched *s, sched_exec_fn *exec)
   memset(s, 0, sizeof *s);
   s->exec = exec;
   c->exec = exec;
+  pthread_mutex_lock(&c->qlock);
+  c->stopping = 0;              /* again, after park.c gave it back */
+  pthread_mutex_unlock(&c->qlock);
   s->inl = serial || (e->nonblocking != NBD_MAY_BLOCK &&
                       c->cfg->inline_requests);
   /* "Rarely blocks": inline until a request turns out slow. */
