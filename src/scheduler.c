@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "bufmem.h"
 #include "scheduler.h"
@@ -33,6 +34,12 @@
 #define SCHED_PROBE           64          /* requests watched after one */
 #define SCHED_SLOW_COUNT      4           /* ... this many times ... */
 #define SCHED_SLOW_WINDOW     256         /* ... within this many requests */
+/* Requests that keep a CPU busy this long (in the kernel, mostly: a 4 KiB
+ * write into a large page-cache folio costs tens of microseconds) while
+ * the client has more waiting, SCHED_HEAVY_COUNT times in a window, are
+ * worth running side by side on workers when there is a second CPU. */
+#define SCHED_HEAVY_NS        20000       /* 20 us */
+#define SCHED_HEAVY_COUNT     96
 
 struct nbd_request *
 sched_get(struct nbd_conn *c)
@@ -199,7 +206,8 @@ sched_maybe_spawn(struct nbd_conn *c)
 {
   pthread_attr_t attr;
   pthread_t *w;
-  unsigned max = c->cfg->threads ? c->cfg->threads : 16;
+  unsigned max = c->max_workers ? c->max_workers
+               : c->cfg->threads ? c->cfg->threads : 16;
 
   if (c->nidle > 0 || c->nworkers >= max)
     return;
@@ -265,6 +273,8 @@ sched_wait(struct nbd_conn *c, int all)
 
 /* ---- inline or workers ------------------------------------------------------ */
 
+static atomic_int sched_ncpus;
+
 /* For stacks that rarely block: decides, after each inline request, whether
  * the connection should move to workers.  A request over 1 ms is only a
  * suspicion: on a busy machine the thread may just have lost its CPU, and
@@ -272,13 +282,22 @@ sched_wait(struct nbd_conn *c, int all)
  * and a wake-up per request).  So the next SCHED_PROBE requests are
  * watched closely (getrusage each):
  * SCHED_SLOW_COUNT of them over 1 ms during which the thread slept by itself
- * within SCHED_SLOW_WINDOW requests mean the layer really blocks.  Returns 1
- * to switch. */
+ * within SCHED_SLOW_WINDOW requests mean the layer really blocks.  The
+ * other reason to switch: requests that take a CPU for long while the
+ * client has more waiting (queued), which a second CPU would run
+ * meanwhile (SCHED_HEAVY_NS).  Returns 1 to switch, 2 to switch for
+ * the second reason. */
 static int
-sched_adapt(struct nbd_sched *a, const struct sched_timing *tm)
+sched_adapt(struct nbd_sched *a, const struct sched_timing *tm, int queued)
 {
   if (++a->window == SCHED_SLOW_WINDOW)
-    a->window = a->slow = 0;
+    a->window = a->slow = a->heavy = 0;
+  if (queued && tm->took > SCHED_HEAVY_NS) {
+    if (atomic_load(&sched_ncpus) == 0)
+      atomic_store(&sched_ncpus, (int)sysconf(_SC_NPROCESSORS_ONLN));
+    if (atomic_load(&sched_ncpus) > 1 && ++a->heavy >= SCHED_HEAVY_COUNT)
+      return 2;
+  }
   if (a->probe > 0) {
     a->probe--;
     if (tm->slept && ++a->slow >= SCHED_SLOW_COUNT)
@@ -333,7 +352,7 @@ sched_room(struct nbd_conn *c, struct nbd_sched *s)
 int
 sched_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
 {
-  int dead;
+  int dead, heavy;
 
   if (!s->inl) {
     pthread_mutex_lock(&c->qlock);
@@ -352,10 +371,15 @@ sched_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
   sched_put(c, r);
   if (dead)
     return -1;
-  if (s->adaptive && sched_adapt(s, &s->tm)) {
-    nbd_debug("%s: %d requests over %d us slept: running requests on "
-              "workers from now on", c->peer, SCHED_SLOW_COUNT,
-              SCHED_SLOW_NS / 1000);
+  if (s->adaptive &&
+      (heavy = sched_adapt(s, &s->tm, wire_buffered(&c->w) > 0)) != 0) {
+    /* Busy CPUs rather than sleeping requests: more threads than CPUs
+     * would only queue (ext4, for one, writes a file one call at a
+     * time), and the reader takes a CPU too. */
+    if (heavy == 2)
+      c->max_workers = (unsigned)atomic_load(&sched_ncpus) - 1;
+    nbd_debug("%s: requests block or keep a CPU busy while more wait: "
+              "running requests on workers from now on", c->peer);
     wire_batch_stop(&c->w);
     s->inl = s->adaptive = 0;
   }

@@ -30,6 +30,7 @@ struct nbd_sched {
   sched_exec_fn *exec;
   struct sched_timing tm;
   unsigned window, slow, probe; /* see sched_adapt() */
+  unsigned heavy;
 };
 
 /* Chooses where c's requests run; 0, or -1 when out of memory. */
