@@ -39,7 +39,8 @@
  * the client has more waiting, SCHED_HEAVY_COUNT times in a window, are
  * worth running side by side on workers when there is a second CPU. */
 #define SCHED_HEAVY_NS        20000       /* 20 us */
-#define SCHED_HEAVY_COUNT     96
+#define SCHED_HEAVY_COUNT     48
+#define SCHED_WAIT_COUNT      8
 
 struct nbd_request *
 sched_get(struct nbd_conn *c)
@@ -154,7 +155,7 @@ sched_timing_stop(struct sched_timing *tm)
   if (tm == NULL)
     return;
   tm->took = nbd_now_ns() - tm->t0;
-  tm->slept = tm->nvcsw >= 0 && tm->took > SCHED_SLOW_NS &&
+  tm->slept = tm->nvcsw >= 0 && tm->took > SCHED_HEAVY_NS &&
               sched_voluntary_switches() > tm->nvcsw;
 }
 
@@ -276,37 +277,46 @@ sched_wait(struct nbd_conn *c, int all)
 static atomic_int sched_ncpus;
 
 /* For stacks that rarely block: decides, after each inline request, whether
- * the connection should move to workers.  A request over 1 ms is only a
+ * the connection should move to workers.  A slow request is only a
  * suspicion: on a busy machine the thread may just have lost its CPU, and
  * moving to workers costs much when the stack does not block (a handoff
  * and a wake-up per request).  So the next SCHED_PROBE requests are
- * watched closely (getrusage each):
- * SCHED_SLOW_COUNT of them over 1 ms during which the thread slept by itself
- * within SCHED_SLOW_WINDOW requests mean the layer really blocks.  The
- * other reason to switch: requests that take a CPU for long while the
- * client has more waiting (queued), which a second CPU would run
- * meanwhile (SCHED_HEAVY_NS).  Returns 1 to switch, 2 to switch for
- * the second reason. */
+ * watched closely (getrusage each).  Then:
+ * - SCHED_SLOW_COUNT requests over 1 ms during which the thread slept by
+ *   itself, within SCHED_SLOW_WINDOW requests: the layer really blocks;
+ * - SCHED_WAIT_COUNT requests over SCHED_HEAVY_NS that slept while the
+ *   client had more waiting (queued): it waits (a proxy's round trip),
+ *   and workers would overlap the waits;
+ * - SCHED_HEAVY_COUNT requests over SCHED_HEAVY_NS that kept the CPU
+ *   while more waited: a second CPU would run them meanwhile.
+ * Returns 1 to switch, 2 to switch for the last reason, else 0.  A lone
+ * request (queue depth 1) never switches for its length alone: inline,
+ * it costs no handoff. */
 static int
 sched_adapt(struct nbd_sched *a, const struct sched_timing *tm, int queued)
 {
+  int long_one = tm->took > SCHED_HEAVY_NS;
+
   if (++a->window == SCHED_SLOW_WINDOW)
-    a->window = a->slow = a->heavy = 0;
-  if (queued && tm->took > SCHED_HEAVY_NS) {
-    if (atomic_load(&sched_ncpus) == 0)
-      atomic_store(&sched_ncpus, (int)sysconf(_SC_NPROCESSORS_ONLN));
-    if (atomic_load(&sched_ncpus) > 1 && ++a->heavy >= SCHED_HEAVY_COUNT)
-      return 2;
-  }
+    a->window = a->slow = a->heavy = a->waits = 0;
   if (a->probe > 0) {
     a->probe--;
-    if (tm->slept && ++a->slow >= SCHED_SLOW_COUNT)
+    if (tm->slept && tm->took > SCHED_SLOW_NS &&
+        ++a->slow >= SCHED_SLOW_COUNT)
       return 1;
-  } else if (tm->took > SCHED_SLOW_NS)
+    if (long_one && queued && tm->slept && ++a->waits >= SCHED_WAIT_COUNT)
+      return 1;
+    if (long_one && queued && !tm->slept && tm->nvcsw >= 0) {
+      if (atomic_load(&sched_ncpus) == 0)
+        atomic_store(&sched_ncpus, (int)sysconf(_SC_NPROCESSORS_ONLN));
+      if (atomic_load(&sched_ncpus) > 1 && ++a->heavy >= SCHED_HEAVY_COUNT)
+        return 2;
+    }
+  }
+  if (a->probe == 0 && (tm->took > SCHED_SLOW_NS || (long_one && queued)))
     a->probe = SCHED_PROBE;
   return 0;
 }
-
 
 void
 sched_put(struct nbd_conn *c, struct nbd_request *r)
