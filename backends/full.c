@@ -57,7 +57,7 @@ full_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
 }
 
 static int
-full_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+full_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
 {
   return -ENOSPC;
@@ -67,7 +67,7 @@ full_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
  * once, a plain one falls back to pwrite and fails with ENOSPC.  The
  * same two answers here, without the fallback's zero buffer. */
 static int
-full_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+full_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
 {
   return (flags & NBD_CMD_FLAG_FAST_ZERO) ? -ENOTSUP : -ENOSPC;
@@ -75,14 +75,14 @@ full_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 
 /* Everything is already "in memory": a cache request has nothing to do. */
 static int
-full_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+full_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   return 0;
 }
 
 static int
-full_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+full_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
              uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   return nbd_extents_add(extents, offset, count,

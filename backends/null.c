@@ -61,7 +61,7 @@ null_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 }
 
 static int
-null_discard(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+null_discard(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
              uint64_t offset, uint32_t flags)
 {
   return 0;
@@ -71,7 +71,7 @@ null_discard(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 #define null_cache null_discard
 
 static int
-null_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+null_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
              uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   return nbd_extents_add(extents, offset, count,

@@ -65,7 +65,7 @@ pattern_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
 
 /* The content is computed: a cache request has nothing to do. */
 static int
-pattern_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+pattern_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
               uint64_t offset, uint32_t flags)
 {
   return 0;

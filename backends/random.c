@@ -109,7 +109,7 @@ random_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
  * random, so zeros never match it (a zero byte here and there does not
  * make a zeroed range). */
 static int
-random_trim_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+random_trim_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                  uint64_t offset, uint32_t flags)
 {
   return -EIO;
@@ -118,7 +118,7 @@ random_trim_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 #define random_zero random_trim_zero
 
 static int
-random_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+random_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
              uint64_t offset, uint32_t flags)
 {
   return 0;

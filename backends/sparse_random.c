@@ -207,15 +207,15 @@ sparse_random_block(const struct sparse_random_state *s, uint64_t blk,
  * the heap: musl's threads have small stacks).  Stops at fn's first
  * nonzero return. */
 static int
-sparse_random_each(const struct sparse_random_state *s, uint32_t count,
+sparse_random_each(const struct sparse_random_state *s, uint64_t count,
                    uint64_t offset, int want_content,
                    int (*fn)(const struct sparse_random_state *s, uint64_t blk,
                              const uint8_t *content, uint32_t in_blk,
-                             uint32_t n, uint32_t done, void *arg),
+                             uint32_t n, uint64_t done, void *arg),
                    void *arg)
 {
   uint8_t *block = NULL;
-  uint32_t done = 0;
+  uint64_t done = 0;
   int r = 0;
 
   if (want_content && (block = malloc(SPARSE_BLOCK)) == NULL)
@@ -227,7 +227,7 @@ sparse_random_each(const struct sparse_random_state *s, uint32_t count,
     uint32_t n = SPARSE_BLOCK - in_blk;
 
     if (n > count - done)
-      n = count - done;
+      n = (uint32_t)(count - done);
     if (want_content)
       sparse_random_block(s, blk, block);
     if ((r = fn(s, blk, block, in_blk, n, done, arg)) != 0)
@@ -241,7 +241,7 @@ sparse_random_each(const struct sparse_random_state *s, uint32_t count,
 static int
 sparse_random_copy_out(const struct sparse_random_state *s, uint64_t blk,
                        const uint8_t *content, uint32_t in_blk, uint32_t n,
-                       uint32_t done, void *arg)
+                       uint64_t done, void *arg)
 {
   memcpy((uint8_t *)arg + done, content + in_blk, n);
   return 0;
@@ -250,7 +250,7 @@ sparse_random_copy_out(const struct sparse_random_state *s, uint64_t blk,
 static int
 sparse_random_compare(const struct sparse_random_state *s, uint64_t blk,
                       const uint8_t *content, uint32_t in_blk, uint32_t n,
-                      uint32_t done, void *arg)
+                      uint64_t done, void *arg)
 {
   const uint8_t *buf = (const uint8_t *)arg + done;
 
@@ -263,7 +263,7 @@ sparse_random_compare(const struct sparse_random_state *s, uint64_t blk,
 static int
 sparse_random_hole_only(const struct sparse_random_state *s, uint64_t blk,
                         const uint8_t *content, uint32_t in_blk, uint32_t n,
-                        uint32_t done, void *arg)
+                        uint64_t done, void *arg)
 {
   return sparse_random_is_data(s, blk) ? -EIO : 0;
 }
@@ -334,7 +334,7 @@ sparse_random_flush(struct nbd_ctx *self, struct nbd_ctx *next,
 /* Trim and zero "succeed" over holes only, as in nbdkit. */
 static int
 sparse_random_trim_zero(struct nbd_ctx *self, struct nbd_ctx *next,
-                        uint32_t count, uint64_t offset, uint32_t flags)
+                        uint64_t count, uint64_t offset, uint32_t flags)
 {
   return sparse_random_each(self->layer->state, count, offset, 0,
                             sparse_random_hole_only, NULL);
@@ -344,7 +344,7 @@ sparse_random_trim_zero(struct nbd_ctx *self, struct nbd_ctx *next,
 
 static int
 sparse_random_cache(struct nbd_ctx *self, struct nbd_ctx *next,
-                    uint32_t count, uint64_t offset, uint32_t flags)
+                    uint64_t count, uint64_t offset, uint32_t flags)
 {
   return 0;
 }
@@ -352,7 +352,7 @@ sparse_random_cache(struct nbd_ctx *self, struct nbd_ctx *next,
 /* One extent per run of blocks of one kind (nbd_extents_add merges). */
 static int
 sparse_random_extents(struct nbd_ctx *self, struct nbd_ctx *next,
-                      uint32_t count, uint64_t offset, uint32_t flags,
+                      uint64_t count, uint64_t offset, uint32_t flags,
                       struct nbd_extents *extents)
 {
   const struct sparse_random_state *s = self->layer->state;

@@ -72,7 +72,7 @@ struct split_state {
 /* Called for each piece of a request: file f, offset within it, length,
  * and how many bytes of the request came before.  0 or -errno. */
 typedef int (*split_piece_fn)(struct split_file *f, uint64_t foff,
-                              uint32_t len, uint32_t done, void *arg);
+                              uint64_t len, uint64_t done, void *arg);
 
 /* The first file that holds offset (< st->size): files of size 0 hold
  * nothing and are passed over. */
@@ -96,10 +96,10 @@ split_find(const struct split_state *st, uint64_t offset)
 /* Cuts [offset, offset+count) at file boundaries; -EINVAL past the end
  * (the engine checks too: this one guards the arithmetic). */
 static int
-split_each(struct split_state *st, uint32_t count, uint64_t offset,
+split_each(struct split_state *st, uint64_t count, uint64_t offset,
            split_piece_fn fn, void *arg)
 {
-  uint32_t done = 0;
+  uint64_t done = 0;
   size_t i;
   int r;
 
@@ -117,9 +117,9 @@ split_each(struct split_state *st, uint32_t count, uint64_t offset,
       continue;
     if (len > count - done)
       len = count - done;
-    if ((r = fn(f, foff, (uint32_t)len, done, arg)) < 0)
+    if ((r = fn(f, foff, len, done, arg)) < 0)
       return r;
-    done += (uint32_t)len;
+    done += len;
   }
   return 0;
 }
@@ -127,8 +127,8 @@ split_each(struct split_state *st, uint32_t count, uint64_t offset,
 /* ---- datapath -------------------------------------------------------- */
 
 static int
-split_read_piece(struct split_file *f, uint64_t foff, uint32_t len,
-                 uint32_t done, void *arg)
+split_read_piece(struct split_file *f, uint64_t foff, uint64_t len,
+                 uint64_t done, void *arg)
 {
   return nbd_pread_full(f->fd, (char *)arg + done, len, foff);
 }
@@ -142,8 +142,8 @@ split_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
 }
 
 static int
-split_write_piece(struct split_file *f, uint64_t foff, uint32_t len,
-                  uint32_t done, void *arg)
+split_write_piece(struct split_file *f, uint64_t foff, uint64_t len,
+                  uint64_t done, void *arg)
 {
   return nbd_pwrite_full(f->fd, (const char *)arg + done, len, foff);
 }
@@ -169,8 +169,8 @@ split_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 }
 
 static int
-split_trim_piece(struct split_file *f, uint64_t foff, uint32_t len,
-                 uint32_t done, void *arg)
+split_trim_piece(struct split_file *f, uint64_t foff, uint64_t len,
+                 uint64_t done, void *arg)
 {
   int r = nbd_fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                           foff, len, &f->no_punch);
@@ -178,7 +178,7 @@ split_trim_piece(struct split_file *f, uint64_t foff, uint32_t len,
 }
 
 static int
-split_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+split_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   return split_each(self->layer->state, count, offset, split_trim_piece,
@@ -189,8 +189,8 @@ split_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
  * -EOPNOTSUPP and the engine writes zeros over the whole request (pieces
  * zeroed already are harmlessly zeroed again). */
 static int
-split_zero_piece(struct split_file *f, uint64_t foff, uint32_t len,
-                 uint32_t done, void *arg)
+split_zero_piece(struct split_file *f, uint64_t foff, uint64_t len,
+                 uint64_t done, void *arg)
 {
   const uint32_t flags = *(const uint32_t *)arg;
   const int keep = FALLOC_FL_KEEP_SIZE;
@@ -207,7 +207,7 @@ split_zero_piece(struct split_file *f, uint64_t foff, uint32_t len,
 }
 
 static int
-split_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+split_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   return split_each(self->layer->state, count, offset, split_zero_piece,
@@ -221,8 +221,8 @@ struct split_ext_arg {
 };
 
 static int
-split_extents_piece(struct split_file *f, uint64_t foff, uint32_t len,
-                    uint32_t done, void *arg)
+split_extents_piece(struct split_file *f, uint64_t foff, uint64_t len,
+                    uint64_t done, void *arg)
 {
   struct split_ext_arg *a = arg;
   const uint32_t hole = NBD_EXTENT_HOLE | NBD_EXTENT_ZERO;
@@ -269,7 +269,7 @@ split_extents_piece(struct split_file *f, uint64_t foff, uint32_t len,
 }
 
 static int
-split_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+split_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
               uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   struct split_ext_arg a = { extents, flags, 0 };
@@ -279,8 +279,8 @@ split_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-split_cache_piece(struct split_file *f, uint64_t foff, uint32_t len,
-                  uint32_t done, void *arg)
+split_cache_piece(struct split_file *f, uint64_t foff, uint64_t len,
+                  uint64_t done, void *arg)
 {
   /* Returns the error number itself, not -1 and errno. */
   return -posix_fadvise(f->fd, (off_t)foff, (off_t)len,
@@ -288,7 +288,7 @@ split_cache_piece(struct split_file *f, uint64_t foff, uint32_t len,
 }
 
 static int
-split_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+split_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)
 {
   return split_each(self->layer->state, count, offset, split_cache_piece,

@@ -245,11 +245,11 @@ blocksize_rmw(struct nbd_ctx *self, struct nbd_ctx *next, const void *data,
 /* The part of [offset, offset+count) in the block that holds offset: its
  * length (never 0 when count > 0). */
 static uint32_t
-blocksize_head(const struct blocksize_h *h, uint32_t count, uint64_t offset)
+blocksize_head(const struct blocksize_h *h, uint64_t count, uint64_t offset)
 {
   uint32_t n = h->minb - (uint32_t)(offset % h->minb);
 
-  return n < count ? n : count;
+  return n < count ? n : (uint32_t)count;
 }
 
 /* ---- datapath ------------------------------------------------------------ */
@@ -344,7 +344,7 @@ PASSTHROUGH(blocksize, flush)
 /* nbdkit's rule: the unaligned head and tail of a trim are left alone
  * (a trim may always do less). */
 static int
-blocksize_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+blocksize_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                uint64_t offset, uint32_t flags)
 {
   const struct blocksize_h *h = self->handle;
@@ -366,7 +366,7 @@ blocksize_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
  * which is not fast: a FAST_ZERO request that needs one fails with
  * ENOTSUP before anything is written. */
 static int
-blocksize_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+blocksize_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                uint64_t offset, uint32_t flags)
 {
   const struct blocksize_h *h = self->handle;
@@ -377,9 +377,8 @@ blocksize_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
     return -ENOTSUP;
   while (count > 0 && r == 0) {
     if (offset % h->minb == 0 && count >= h->minb) {
-      n = count - count % h->minb;
-      if (n > h->maxlen)
-        n = h->maxlen;
+      uint64_t aligned = count - count % h->minb;
+      n = aligned > h->maxlen ? h->maxlen : (uint32_t)aligned;
       r = next_zero(next, n, offset, flags);
     }
     else {
@@ -397,7 +396,7 @@ blocksize_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 /* [offset, offset+count) rounded out to minblock, the size already being
  * a multiple of it, so the end stays inside the disk. */
 static void
-blocksize_round_out(const struct blocksize_h *h, uint32_t count,
+blocksize_round_out(const struct blocksize_h *h, uint64_t count,
                     uint64_t offset, uint64_t *start, uint64_t *end)
 {
   *start = offset - offset % h->minb;
@@ -406,7 +405,7 @@ blocksize_round_out(const struct blocksize_h *h, uint32_t count,
 }
 
 static int
-blocksize_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+blocksize_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                 uint64_t offset, uint32_t flags)
 {
   const struct blocksize_h *h = self->handle;
@@ -427,7 +426,7 @@ blocksize_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
  * range (at most maxlen; a reply may always cover less), and clipped to
  * the request by nbd_extents_add. */
 static int
-blocksize_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+blocksize_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                   uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   const struct blocksize_h *h = self->handle;

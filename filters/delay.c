@@ -113,7 +113,7 @@ delay_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
  * asking below (nbdkit's rule): a zero that is known to be slow is not
  * fast.  Only when there is a zero delay; without one nothing is slowed. */
 static int
-delay_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+delay_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   const struct delay_conf *c = delay_conf(self);
@@ -127,7 +127,7 @@ delay_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-delay_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+delay_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   int r;
@@ -138,7 +138,7 @@ delay_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-delay_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+delay_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
               uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   int r;
@@ -149,7 +149,7 @@ delay_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-delay_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+delay_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)
 {
   int r;

@@ -272,17 +272,17 @@ ERROR_METHOD(pwrite, PWRITE, ERROR_P(const void *buf, uint32_t count,
                                      uint64_t offset, uint32_t flags),
              ERROR_P(buf, count, offset, flags))
 ERROR_METHOD(flush, FLUSH, uint32_t flags, flags)
-ERROR_METHOD(trim, TRIM, ERROR_P(uint32_t count, uint64_t offset,
+ERROR_METHOD(trim, TRIM, ERROR_P(uint64_t count, uint64_t offset,
                                  uint32_t flags),
              ERROR_P(count, offset, flags))
-ERROR_METHOD(zero, ZERO, ERROR_P(uint32_t count, uint64_t offset,
+ERROR_METHOD(zero, ZERO, ERROR_P(uint64_t count, uint64_t offset,
                                  uint32_t flags),
              ERROR_P(count, offset, flags))
-ERROR_METHOD(extents, EXTENTS, ERROR_P(uint32_t count, uint64_t offset,
+ERROR_METHOD(extents, EXTENTS, ERROR_P(uint64_t count, uint64_t offset,
                                        uint32_t flags,
                                        struct nbd_extents *extents),
              ERROR_P(count, offset, flags, extents))
-ERROR_METHOD(cache, CACHE, ERROR_P(uint32_t count, uint64_t offset,
+ERROR_METHOD(cache, CACHE, ERROR_P(uint64_t count, uint64_t offset,
                                    uint32_t flags),
              ERROR_P(count, offset, flags))
 

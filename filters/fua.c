@@ -157,14 +157,14 @@ fua_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
 }
 
 static int
-fua_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+fua_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
          uint64_t offset, uint32_t flags)
 {
   return next_trim(next, count, offset, fua_flags(self, flags));
 }
 
 static int
-fua_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+fua_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
          uint64_t offset, uint32_t flags)
 {
   return next_zero(next, count, offset, fua_flags(self, flags));

@@ -389,7 +389,7 @@ multi_conn_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
 }
 
 static int
-multi_conn_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+multi_conn_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
          uint64_t offset, uint32_t flags)
 {
   multi_conn_mark(self, MC_READ);
@@ -414,7 +414,7 @@ multi_conn_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
 }
 
 static int
-multi_conn_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+multi_conn_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
         uint64_t offset, uint32_t flags)
 {
   multi_conn_mark_write(self, flags);
@@ -422,7 +422,7 @@ multi_conn_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-multi_conn_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+multi_conn_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
         uint64_t offset, uint32_t flags)
 {
   multi_conn_mark_write(self, flags);

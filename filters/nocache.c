@@ -44,7 +44,7 @@ nocache_can_cache(struct nbd_ctx *self, struct nbd_ctx *next)
 /* Reached only in nop mode: none is refused and emulate is read by the
  * engine before a request gets here. */
 static int
-nocache_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+nocache_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
               uint64_t offset, uint32_t flags)
 {
   (void)self;

@@ -19,7 +19,7 @@ noextents_can_extents(struct nbd_ctx *self, struct nbd_ctx *next)
 /* Not reached (can_extents is 0); declines rather than pass the real map
  * through, should that ever change. */
 static int
-noextents_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+noextents_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                   uint64_t offset, uint32_t flags,
                   struct nbd_extents *extents)
 {

@@ -98,7 +98,7 @@ nozero_can_fast_zero(struct nbd_ctx *self, struct nbd_ctx *next)
 }
 
 static int
-nozero_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+nozero_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)
 {
   const struct nozero_conf *c = nozero_conf(self);

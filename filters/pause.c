@@ -173,7 +173,7 @@ pause_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 }
 
 static int
-pause_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+pause_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   struct pause_state *st = PAUSE_STATE(self);
@@ -187,7 +187,7 @@ pause_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-pause_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+pause_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   struct pause_state *st = PAUSE_STATE(self);
@@ -201,7 +201,7 @@ pause_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-pause_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+pause_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
               uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   struct pause_state *st = PAUSE_STATE(self);
@@ -215,7 +215,7 @@ pause_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-pause_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+pause_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)
 {
   struct pause_state *st = PAUSE_STATE(self);

@@ -128,21 +128,21 @@ truncate_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 }
 
 /* Bytes of [offset, offset+count) that lie below the old end. */
-static uint32_t
-truncate_below(const struct nbd_ctx *self, uint32_t count, uint64_t offset)
+static uint64_t
+truncate_below(const struct nbd_ctx *self, uint64_t count, uint64_t offset)
 {
   uint64_t real = ((const struct truncate_handle *)self->handle)->real;
 
   if (offset >= real)
     return 0;
-  return real - offset < count ? (uint32_t)(real - offset) : count;
+  return real - offset < count ? real - offset : count;
 }
 
 static int
 truncate_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
                uint32_t count, uint64_t offset, uint32_t flags)
 {
-  uint32_t n = truncate_below(self, count, offset);
+  uint32_t n = (uint32_t)truncate_below(self, count, offset);
   int r;
 
   if (n == count)
@@ -159,7 +159,7 @@ static int
 truncate_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
                 uint32_t count, uint64_t offset, uint32_t flags)
 {
-  uint32_t n = truncate_below(self, count, offset);
+  uint32_t n = (uint32_t)truncate_below(self, count, offset);
 
   if (n == count)
     return next_pwrite(next, buf, count, offset, flags);
@@ -196,28 +196,28 @@ truncate_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
 /* The extension is already zero: zeroing or trimming it has nothing to
  * do, and nothing to persist for FUA. */
 static int
-truncate_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+truncate_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
               uint64_t offset, uint32_t flags)
 {
-  uint32_t n = truncate_below(self, count, offset);
+  uint64_t n = truncate_below(self, count, offset);
 
   return n > 0 ? next_zero(next, n, offset, flags) : 0;
 }
 
 static int
-truncate_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+truncate_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
               uint64_t offset, uint32_t flags)
 {
-  uint32_t n = truncate_below(self, count, offset);
+  uint64_t n = truncate_below(self, count, offset);
 
   return n > 0 ? next_trim(next, n, offset, flags) : 0;
 }
 
 static int
-truncate_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+truncate_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                uint64_t offset, uint32_t flags)
 {
-  uint32_t n = truncate_below(self, count, offset);
+  uint64_t n = truncate_below(self, count, offset);
 
   return n > 0 ? next_cache(next, n, offset, flags) : 0;
 }
@@ -226,10 +226,10 @@ truncate_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
  * hole that reads as zeros.  When the layer below answered only part of
  * its range (it may), the answer stops there: the client asks again. */
 static int
-truncate_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+truncate_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                  uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
-  uint32_t n = truncate_below(self, count, offset);
+  uint64_t n = truncate_below(self, count, offset);
   const struct nbd_extent *last;
   int r;
 

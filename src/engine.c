@@ -369,7 +369,7 @@ engine_close(struct nbd_ctx *top)
 /* Range within the size and aligned to the layer's minimum block size
  * (unless the layer gave it as a hint, block_advisory). */
 static int
-engine_check_range(const struct nbd_ctx *c, uint32_t count, uint64_t offset,
+engine_check_range(const struct nbd_ctx *c, uint64_t count, uint64_t offset,
                    int err_past_end)
 {
   if ((uint64_t)c->size < count || offset > (uint64_t)c->size - count)
@@ -547,7 +547,7 @@ next_flush(struct nbd_ctx *c, uint32_t flags)
 }
 
 int
-next_trim(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
+next_trim(struct nbd_ctx *c, uint64_t count, uint64_t offset, uint32_t flags)
 {
   int r, flush;
 
@@ -566,7 +566,7 @@ next_trim(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
  * still in flags (native FUA) goes on every chunk: each write must be
  * durable before the zero request is answered. */
 static int
-engine_emulate_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset,
+engine_emulate_zero(struct nbd_ctx *c, uint64_t count, uint64_t offset,
                     uint32_t flags)
 {
   uint32_t chunk = ENGINE_CHUNK;
@@ -575,7 +575,7 @@ engine_emulate_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset,
   if (c->max_block && c->max_block < chunk)
     chunk = c->max_block;
   while (count > 0) {
-    uint32_t n = count < chunk ? count : chunk;
+    uint32_t n = count < chunk ? (uint32_t)count : chunk;
     r = c->layer->ops->pwrite(c, c->next, engine_zero_buf, n, offset,
                               flags & NBD_CMD_FLAG_FUA);
     if (r < 0)
@@ -587,7 +587,7 @@ engine_emulate_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset,
 }
 
 int
-next_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
+next_zero(struct nbd_ctx *c, uint64_t count, uint64_t offset, uint32_t flags)
 {
   int r, flush;
 
@@ -614,7 +614,7 @@ next_zero(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
 }
 
 int
-next_extents(struct nbd_ctx *c, uint32_t count, uint64_t offset,
+next_extents(struct nbd_ctx *c, uint64_t count, uint64_t offset,
              uint32_t flags, struct nbd_extents *extents)
 {
   int r;
@@ -629,7 +629,7 @@ next_extents(struct nbd_ctx *c, uint32_t count, uint64_t offset,
 }
 
 int
-next_cache(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
+next_cache(struct nbd_ctx *c, uint64_t count, uint64_t offset, uint32_t flags)
 {
   uint32_t chunk = ENGINE_CHUNK;
   void *buf;
@@ -648,14 +648,14 @@ next_cache(struct nbd_ctx *c, uint32_t count, uint64_t offset, uint32_t flags)
   if (c->max_block && c->max_block < chunk)
     chunk = c->max_block;
   if (count < chunk)
-    chunk = count;
+    chunk = (uint32_t)count;
   if (chunk == 0)
     return 0;
   buf = malloc(chunk);
   if (buf == NULL)
     return -ENOMEM;
   while (count > 0 && r == 0) {
-    uint32_t n = count < chunk ? count : chunk;
+    uint32_t n = count < chunk ? (uint32_t)count : chunk;
     r = c->layer->ops->pread(c, c->next, buf, n, offset, 0);
     count -= n;
     offset += n;

@@ -76,7 +76,7 @@ nbd_extents_add(struct nbd_extents *e, uint64_t offset, uint64_t length,
 }
 
 int
-nbd_extents_shifted(struct nbd_ctx *next, uint32_t count, uint64_t offset,
+nbd_extents_shifted(struct nbd_ctx *next, uint64_t count, uint64_t offset,
                     uint64_t shift, uint32_t flags, struct nbd_extents *extents)
 {
   struct nbd_extents *below;

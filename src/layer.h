@@ -269,7 +269,7 @@ int nbd_extents_add(struct nbd_extents *e, uint64_t offset, uint64_t length,
  * (offset, partition): asks next for the extents of [offset+shift,
  * offset+shift+count) in its own list, in its own coordinates, and adds
  * them to extents shifted back.  0 or -errno. */
-int nbd_extents_shifted(struct nbd_ctx *next, uint32_t count, uint64_t offset,
+int nbd_extents_shifted(struct nbd_ctx *next, uint64_t count, uint64_t offset,
                         uint64_t shift, uint32_t flags,
                         struct nbd_extents *extents);
 
@@ -458,7 +458,7 @@ int nbd_pwrite_full(int fd, const void *buf, size_t count, uint64_t offset);
 /* fallocate(fd, mode, offset, count) unless *unsupported says this file
  * cannot; 0, -errno, or -EOPNOTSUPP (and *unsupported set, so the next
  * call costs nothing) when the filesystem or device refuses the mode. */
-int nbd_fallocate(int fd, int mode, uint64_t offset, uint32_t count,
+int nbd_fallocate(int fd, int mode, uint64_t offset, uint64_t count,
                   atomic_int *unsupported);
 
 /* A few malloc'd buffers of one size, kept for reuse by the requests of a

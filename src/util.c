@@ -149,7 +149,7 @@ nbd_bufpool_put(struct nbd_bufpool *p, void *buf, size_t len)
 }
 
 int
-nbd_fallocate(int fd, int mode, uint64_t offset, uint32_t count,
+nbd_fallocate(int fd, int mode, uint64_t offset, uint64_t count,
               atomic_int *unsupported)
 {
   int r;

@@ -105,7 +105,7 @@ int nbd_window_fit_blocks(const struct nbd_window *w, uint32_t minimum,
   }
 #define NBD_WINDOW_SHIFT_trim(layer)                                        \
   static int                                                                \
-  layer##_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,  \
+  layer##_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,  \
                uint64_t offset, uint32_t flags)                             \
   {                                                                         \
     return next_trim(next, count, offset + layer##_window(self)->start,     \
@@ -113,7 +113,7 @@ int nbd_window_fit_blocks(const struct nbd_window *w, uint32_t minimum,
   }
 #define NBD_WINDOW_SHIFT_zero(layer)                                        \
   static int                                                                \
-  layer##_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,  \
+  layer##_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,  \
                uint64_t offset, uint32_t flags)                             \
   {                                                                         \
     return next_zero(next, count, offset + layer##_window(self)->start,     \
@@ -121,7 +121,7 @@ int nbd_window_fit_blocks(const struct nbd_window *w, uint32_t minimum,
   }
 #define NBD_WINDOW_SHIFT_cache(layer)                                       \
   static int                                                                \
-  layer##_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count, \
+  layer##_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count, \
                 uint64_t offset, uint32_t flags)                            \
   {                                                                         \
     return next_cache(next, count, offset + layer##_window(self)->start,    \
@@ -131,7 +131,7 @@ int nbd_window_fit_blocks(const struct nbd_window *w, uint32_t minimum,
 #define NBD_WINDOW_SHIFT_extents(layer)                                     \
   static int                                                                \
   layer##_extents(struct nbd_ctx *self, struct nbd_ctx *next,               \
-                  uint32_t count, uint64_t offset, uint32_t flags,          \
+                  uint64_t count, uint64_t offset, uint32_t flags,          \
                   struct nbd_extents *extents)                              \
   {                                                                         \
     return nbd_extents_shifted(next, count, offset,                         \

@@ -128,7 +128,8 @@ struct call {
   struct nbdc *c;
   int cmd;
   void *buf;
-  uint32_t count;
+  uint64_t count;
+  uint32_t flags;
   uint64_t offset;
   struct nbd_extents *e;
   int r;
@@ -144,25 +145,53 @@ call_run(void *arg)
     k->r = nbdc_pread(k->c, k->buf, k->count, k->offset, 0);
   else if (k->cmd == NBD_CMD_BLOCK_STATUS)
     k->r = nbdc_extents(k->c, k->count, k->offset, 0, k->e);
+  else if (k->cmd == NBD_CMD_WRITE_ZEROES)
+    k->r = nbdc_zero(k->c, k->count, k->offset, k->flags);
+  else if (k->cmd == NBD_CMD_TRIM)
+    k->r = nbdc_trim(k->c, k->count, k->offset, k->flags);
+  else if (k->cmd == NBD_CMD_CACHE)
+    k->r = nbdc_cache(k->c, k->count, k->offset, k->flags);
   else
     k->r = nbdc_flush(k->c, 0);
   return NULL;
+}
+
+/* Reads one compact request of the call's command; checks its flags,
+ * offset and length, returns the cookie. */
+static uint64_t
+call_request(struct fix *f, struct call *k, uint16_t flags, uint64_t offset,
+             uint32_t count)
+{
+  unsigned char h[NBD_REQUEST_SIZE];
+
+  rd(f->srv, h, sizeof h);
+  ck_assert_uint_eq(wire_get32(h), NBD_REQUEST_MAGIC);
+  ck_assert_uint_eq(wire_get16(h + 4), flags);
+  ck_assert_uint_eq(wire_get16(h + 6), (unsigned)k->cmd);
+  ck_assert_uint_eq(wire_get64(h + 16), offset);
+  ck_assert_uint_eq(wire_get32(h + 24), count);
+  return wire_get64(h + 8);
 }
 
 /* Starts the call and reads its request; returns the cookie. */
 static uint64_t
 call_start(struct fix *f, struct call *k)
 {
-  unsigned char h[NBD_REQUEST_SIZE];
-
   k->c = f->c;
   ck_assert_int_eq(pthread_create(&k->t, NULL, call_run, k), 0);
-  rd(f->srv, h, sizeof h);
-  ck_assert_uint_eq(wire_get32(h), NBD_REQUEST_MAGIC);
-  ck_assert_uint_eq(wire_get16(h + 6), (unsigned)k->cmd);
-  ck_assert_uint_eq(wire_get64(h + 16), k->offset);
-  ck_assert_uint_eq(wire_get32(h + 24), k->count);
-  return wire_get64(h + 8);
+  return call_request(f, k, (uint16_t)k->flags, k->offset,
+                      (uint32_t)k->count);
+}
+
+static void
+simple_reply(int fd, uint64_t cookie, uint32_t error)
+{
+  unsigned char h[16];
+
+  wire_put32(h, NBD_SIMPLE_REPLY_MAGIC);
+  wire_put32(h + 4, error);
+  wire_put64(h + 8, cookie);
+  wr(fd, h, sizeof h);
 }
 
 static int
@@ -338,6 +367,86 @@ START_TEST(test_block_status)
 }
 END_TEST
 
+/* Over 4 GiB, trim, zero and cache go as compact requests of at most
+ * 4 GiB - 512 (the largest multiple of the upstream's 512-byte minimum),
+ * each with the flags; the first error ends the request. */
+#define GIB (UINT64_C(1) << 30)
+#define PIECE (UINT32_MAX - UINT32_MAX % 512)
+
+START_TEST(test_zero_over_4g_split)
+{
+  static const int cmds[] = { NBD_CMD_WRITE_ZEROES, NBD_CMD_TRIM,
+                              NBD_CMD_CACHE };
+  size_t i;
+
+  for (i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+    struct fix f;
+    struct call k = { .cmd = cmds[i], .count = 6 * GIB + 512,
+                      .offset = 512, .flags = NBD_CMD_FLAG_FUA };
+    uint64_t ck;
+
+    fix_open(&f);
+    k.c = f.c;
+    ck_assert_int_eq(pthread_create(&k.t, NULL, call_run, &k), 0);
+    ck = call_request(&f, &k, NBD_CMD_FLAG_FUA, 512, PIECE);
+    simple_reply(f.srv, ck, 0);
+    ck = call_request(&f, &k, NBD_CMD_FLAG_FUA, 512 + (uint64_t)PIECE,
+                      (uint32_t)(6 * GIB + 512 - PIECE));
+    simple_reply(f.srv, ck, 0);
+    ck_assert_int_eq(call_end(&k), 0);
+    fix_close(&f);
+  }
+}
+END_TEST
+
+START_TEST(test_zero_over_4g_error_stops)
+{
+  struct fix f;
+  struct call k = { .cmd = NBD_CMD_WRITE_ZEROES, .count = 8 * GIB };
+  uint64_t ck;
+  unsigned char h[NBD_REQUEST_SIZE];
+
+  fix_open(&f);
+  k.c = f.c;
+  ck_assert_int_eq(pthread_create(&k.t, NULL, call_run, &k), 0);
+  ck = call_request(&f, &k, 0, 0, PIECE);
+  simple_reply(f.srv, ck, NBD_ENOSPC);
+  ck_assert_int_eq(call_end(&k), -ENOSPC);
+  /* Nothing more was sent: the next thing on the wire is the DISC. */
+  nbdc_close(f.c);
+  rd(f.srv, h, sizeof h);
+  ck_assert_uint_eq(wire_get16(h + 6), NBD_CMD_DISC);
+  close(f.srv);
+}
+END_TEST
+
+/* Block status over 4 GiB asks for the first piece only (a reply may
+ * describe less than asked). */
+START_TEST(test_block_status_over_4g)
+{
+  struct fix f;
+  struct call k = { .cmd = NBD_CMD_BLOCK_STATUS, .count = 5 * GIB };
+  unsigned char p[4 + 8];
+  uint64_t ck;
+
+  k.e = nbd_extents_new(0, 5 * GIB);
+  fix_open(&f);
+  k.c = f.c;
+  ck_assert_int_eq(pthread_create(&k.t, NULL, call_run, &k), 0);
+  ck = call_request(&f, &k, 0, 0, PIECE);
+  wire_put32(p, META_ID);
+  wire_put32(p + 4, PIECE);
+  wire_put32(p + 8, NBD_EXTENT_HOLE);
+  chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, ck, p,
+        sizeof p);
+  ck_assert_int_eq(call_end(&k), 0);
+  ck_assert_uint_eq(k.e->n, 1);
+  ck_assert_uint_eq(k.e->v[0].length, PIECE);
+  nbd_extents_free(k.e);
+  fix_close(&f);
+}
+END_TEST
+
 START_TEST(test_unknown_cookie_kills)
 {
   struct fix f;
@@ -386,6 +495,9 @@ main(void)
   tcase_add_test(tc, test_read_short_reply_fails);
   tcase_add_test(tc, test_error_chunk);
   tcase_add_test(tc, test_block_status);
+  tcase_add_test(tc, test_zero_over_4g_split);
+  tcase_add_test(tc, test_zero_over_4g_error_stops);
+  tcase_add_test(tc, test_block_status_over_4g);
   tcase_add_test(tc, test_unknown_cookie_kills);
   tcase_add_test(tc, test_upstream_gone);
   suite_add_tcase(s, tc);

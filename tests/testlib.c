@@ -114,19 +114,30 @@ testlib_rec_enter(struct nbd_ctx *self, enum nbd_method m)
 
 /* Logs a ranged request and checks the engine kept it inside the disk. */
 static struct testlib_recorder *
-testlib_rec_request(struct nbd_ctx *self, const char *what, uint32_t count,
+testlib_rec_request(struct nbd_ctx *self, const char *what, uint64_t count,
                     uint64_t offset, uint32_t flags)
 {
   struct testlib_recorder *rec = self->layer->state;
   char f[64];
 
-  testlib_buf_add(&testlib_calls, "%s %" PRIu64 "+%" PRIu32 " flags=%s",
+  testlib_buf_add(&testlib_calls, "%s %" PRIu64 "+%" PRIu64 " flags=%s",
                   what, offset, count, testlib_flags(f, sizeof f, flags));
   ck_assert_msg(offset <= (uint64_t)rec->caps.size &&
                 count <= (uint64_t)rec->caps.size - offset,
-                "engine let %s %" PRIu64 "+%" PRIu32 " past the end",
+                "engine let %s %" PRIu64 "+%" PRIu64 " past the end",
                 what, offset, count);
   return rec;
+}
+
+/* The part of [offset, offset+count) that is kept in RAM: its length. */
+static size_t
+testlib_rec_in_ram(const struct testlib_recorder *rec, uint64_t count,
+                   uint64_t offset)
+{
+  if (rec->ram == NULL || offset >= rec->ramlen)
+    return 0;
+  return count < rec->ramlen - offset ? (size_t)count
+                                      : (size_t)(rec->ramlen - offset);
 }
 
 static int
@@ -137,12 +148,12 @@ testlib_rec_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
     testlib_rec_request(self, "pread", count, offset, flags);
   int r = testlib_rec_enter(self, NBD_METHOD_PREAD);
 
+  size_t n = testlib_rec_in_ram(rec, count, offset);
+
   if (r)
     return r;
-  if (rec->ram)
-    memcpy(buf, rec->ram + offset, count);
-  else
-    memset(buf, 0, count);
+  memcpy(buf, rec->ram + offset, n);
+  memset((char *)buf + n, 0, count - n);
   return 0;
 }
 
@@ -155,10 +166,11 @@ testlib_rec_pwrite(struct nbd_ctx *self, struct nbd_ctx *next,
     testlib_rec_request(self, "pwrite", count, offset, flags);
   int r = testlib_rec_enter(self, NBD_METHOD_PWRITE);
 
+  size_t n = testlib_rec_in_ram(rec, count, offset);
+
   if (r)
     return r;
-  if (rec->ram)
-    memcpy(rec->ram + offset, buf, count);
+  memcpy(rec->ram + offset, buf, n);
   return 0;
 }
 
@@ -178,7 +190,7 @@ testlib_rec_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 /* Trim leaves the data alone: after a trim the contents are unspecified,
  * and keeping them lets a test see that nothing was written. */
 static int
-testlib_rec_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+testlib_rec_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                  uint64_t offset, uint32_t flags)
 {
   testlib_rec_request(self, "trim", count, offset, flags);
@@ -186,22 +198,23 @@ testlib_rec_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-testlib_rec_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+testlib_rec_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                  uint64_t offset, uint32_t flags)
 {
   struct testlib_recorder *rec =
     testlib_rec_request(self, "zero", count, offset, flags);
   int r = testlib_rec_enter(self, NBD_METHOD_ZERO);
 
+  size_t n = testlib_rec_in_ram(rec, count, offset);
+
   if (r)
     return r;
-  if (rec->ram)
-    memset(rec->ram + offset, 0, count);
+  memset(rec->ram + offset, 0, n);
   return 0;
 }
 
 static int
-testlib_rec_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+testlib_rec_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                   uint64_t offset, uint32_t flags)
 {
   testlib_rec_request(self, "cache", count, offset, flags);
@@ -210,7 +223,7 @@ testlib_rec_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 
 static int
 testlib_rec_extents(struct nbd_ctx *self, struct nbd_ctx *next,
-                    uint32_t count, uint64_t offset, uint32_t flags,
+                    uint64_t count, uint64_t offset, uint32_t flags,
                     struct nbd_extents *extents)
 {
   struct testlib_recorder *rec =
@@ -340,9 +353,20 @@ testlib_recorder_new(const struct testlib_caps *caps)
   if (caps->size > 0 && caps->size <= TESTLIB_RAM_MAX) {
     rec->ram = calloc(1, (size_t)caps->size);
     ck_assert_ptr_nonnull(rec->ram);
+    rec->ramlen = (size_t)caps->size;
   }
   layer->state = rec;
   return layer;
+}
+
+void
+testlib_recorder_ram_head(struct testlib_recorder *rec, size_t head)
+{
+  ck_assert(rec->ram == NULL && head > 0 && head <= TESTLIB_RAM_MAX &&
+            head <= (uint64_t)rec->caps.size);
+  rec->ram = calloc(1, head);
+  ck_assert_ptr_nonnull(rec->ram);
+  rec->ramlen = head;
 }
 
 struct testlib_recorder *

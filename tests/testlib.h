@@ -38,7 +38,8 @@ void testlib_caps_default(struct testlib_caps *caps);
 /* The recorder's shared state (layer->state); tests read and poke it. */
 struct testlib_recorder {
   struct testlib_caps caps;
-  unsigned char *ram;             /* caps.size bytes, or NULL (see above) */
+  unsigned char *ram;             /* ramlen bytes, or NULL (see above) */
+  size_t ramlen;                  /* caps.size, or a larger disk's head */
   unsigned calls[NBD_METHOD_COUNT];   /* every method, capabilities too */
   /* Nonzero: the method returns this (a negative errno) instead of
    * doing its work; the call is still logged and counted. */
@@ -52,6 +53,9 @@ struct testlib_recorder {
 /* A recorder backend instance (set up, ready to push into an export). */
 struct nbd_layer *testlib_recorder_new(const struct testlib_caps *caps);
 struct testlib_recorder *testlib_recorder(struct nbd_layer *layer);
+/* A disk over TESTLIB_RAM_MAX keeps its first head bytes in RAM (a
+ * partition table, a header) and the rest as above.  Before opening. */
+void testlib_recorder_ram_head(struct testlib_recorder *rec, size_t head);
 /* Appends one extent to the recorder's map. */
 void testlib_recorder_map(struct testlib_recorder *rec, uint64_t offset,
                           uint64_t length, uint32_t type);

@@ -83,7 +83,7 @@ data_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
 /* Trim and zero both free whole pages; NO_HOLE is not honoured (the store
  * has no way to keep zeroed pages), which the protocol allows. */
 static int
-data_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+data_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
 {
   const struct data_state *st = self->layer->state;
@@ -94,7 +94,7 @@ data_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 #define data_zero data_trim
 
 static int
-data_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+data_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
              uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   const struct data_state *st = self->layer->state;
@@ -122,7 +122,7 @@ data_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 }
 
 static int
-data_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+data_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   return data_range(self, count, offset);

@@ -195,7 +195,7 @@ file_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 /* BLKDISCARD works on whole logical sectors; a partial sector at either
  * end is left alone (trim is advisory). */
 static int
-file_discard_block(struct file_state *st, uint32_t count, uint64_t offset)
+file_discard_block(struct file_state *st, uint64_t count, uint64_t offset)
 {
   uint64_t start = (offset + st->sector - 1) / st->sector * st->sector;
   uint64_t end = (offset + count) / st->sector * st->sector;
@@ -216,7 +216,7 @@ file_discard_block(struct file_state *st, uint32_t count, uint64_t offset)
 }
 
 static int
-file_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+file_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
 {
   struct file_state *st = self->handle;
@@ -235,7 +235,7 @@ file_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
  * punch and a re-allocation.  On a block device ZERO_RANGE may write zeros
  * in the kernel, which is not fast, while PUNCH_HOLE never falls back. */
 static int
-file_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+file_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
 {
   struct file_state *st = self->handle;
@@ -280,7 +280,7 @@ file_add_rest(struct nbd_extents *extents, uint64_t offset, uint64_t end,
  * position is moved but never used (pread/pwrite), so threads may race on
  * it harmlessly. */
 static int
-file_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+file_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
              uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   struct file_state *st = self->handle;
@@ -325,7 +325,7 @@ file_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-file_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+file_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   const struct file_state *st = self->handle;

@@ -60,7 +60,7 @@ memory_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
 }
 
 static int
-memory_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+memory_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)
 {
   return memory_store_discard(self->layer->state, count, offset, 0);
@@ -70,7 +70,7 @@ memory_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
  * later writes cannot fail for lack of memory.  FAST_ZERO needs nothing:
  * either way this is faster than writing zeros through the engine. */
 static int
-memory_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+memory_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)
 {
   return memory_store_discard(self->layer->state, count, offset,
@@ -80,7 +80,7 @@ memory_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 /* A snapshot (the store takes no lock for it), walked a page or a missing
  * subtree at a time; nbd_extents_add merges neighbours of one type. */
 static int
-memory_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+memory_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   struct memory_store *s = self->layer->state;
@@ -110,7 +110,7 @@ memory_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 }
 
 static int
-memory_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+memory_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
              uint64_t offset, uint32_t flags)
 {
   return 0;

@@ -681,7 +681,7 @@ out:
 /* Trim and zero: whole pages are freed (or, with alloc, provisioned and
  * zeroed), partial pages zeroed; missing subtrees are skipped whole. */
 int
-memory_store_discard(struct memory_store *s, uint32_t count, uint64_t offset,
+memory_store_discard(struct memory_store *s, uint64_t count, uint64_t offset,
                      int alloc)
 {
   uint64_t end = offset + count;

@@ -37,7 +37,7 @@ int memory_store_write_from(struct memory_store *s, struct nbd_source *src,
  * whole, zeroes the parts of the others.  With alloc, every page of the
  * range is allocated (zeroed) instead, so that later writes to it cannot
  * fail for lack of memory. */
-int memory_store_discard(struct memory_store *s, uint32_t count,
+int memory_store_discard(struct memory_store *s, uint64_t count,
                          uint64_t offset, int alloc);
 /* Whether the bytes at offset (< end) are allocated; *stop is where that
  * answer ends, at most end: the next page, or past a whole missing

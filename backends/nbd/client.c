@@ -1035,33 +1035,70 @@ nbdc_flush(struct nbdc *c, uint32_t flags)
   return nbdc_request(c, NBD_CMD_FLUSH, flags, 0, 0, NULL, NULL, NULL);
 }
 
-int
-nbdc_trim(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags)
+/* The largest length one compact request header carries (32 bits),
+ * rounded down to a multiple of the upstream's minimum block size, so
+ * every piece of a longer request stays aligned to it.  An upstream
+ * without extended headers takes no more per request. */
+static uint32_t
+nbdc_max_length(const struct nbdc *c)
 {
-  return nbdc_request(c, NBD_CMD_TRIM, flags, offset, count, NULL, NULL,
-                      NULL);
+  uint32_t min = c->info.has_block_size && c->info.min_block > 1
+                 ? c->info.min_block : 1;
+
+  return UINT32_MAX - UINT32_MAX % min;
+}
+
+/* TRIM, WRITE_ZEROES and CACHE of any 64-bit length, as requests of at
+ * most nbdc_max_length each.  Every piece carries the flags: with FUA
+ * each must be durable before the whole is answered. */
+static int
+nbdc_ranged(struct nbdc *c, uint16_t cmd, uint64_t count, uint64_t offset,
+            uint32_t flags)
+{
+  uint32_t max = nbdc_max_length(c), n;
+  int r = 0;
+
+  if (count != 0 && offset > UINT64_MAX - count)
+    return -EINVAL;
+  do {
+    n = count < max ? (uint32_t)count : max;
+    r = nbdc_request(c, cmd, flags, offset, n, NULL, NULL, NULL);
+    offset += n;
+    count -= n;
+  } while (r == 0 && count > 0);
+  return r;
 }
 
 int
-nbdc_zero(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags)
+nbdc_trim(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags)
 {
-  return nbdc_request(c, NBD_CMD_WRITE_ZEROES, flags, offset, count, NULL,
-                      NULL, NULL);
+  return nbdc_ranged(c, NBD_CMD_TRIM, count, offset, flags);
 }
 
 int
-nbdc_cache(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags)
+nbdc_zero(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags)
 {
-  return nbdc_request(c, NBD_CMD_CACHE, flags, offset, count, NULL, NULL,
-                      NULL);
+  return nbdc_ranged(c, NBD_CMD_WRITE_ZEROES, count, offset, flags);
 }
 
 int
-nbdc_extents(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags,
+nbdc_cache(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags)
+{
+  return nbdc_ranged(c, NBD_CMD_CACHE, count, offset, flags);
+}
+
+/* Over nbdc_max_length, only the first piece is asked: a block status
+ * reply may always describe less than the request (the client asks
+ * again from where it stops). */
+int
+nbdc_extents(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags,
              struct nbd_extents *extents)
 {
+  uint32_t max = nbdc_max_length(c);
+
   if (!c->info.base_allocation)
     return -EOPNOTSUPP;
-  return nbdc_request(c, NBD_CMD_BLOCK_STATUS, flags, offset, count, NULL,
-                      NULL, extents);
+  return nbdc_request(c, NBD_CMD_BLOCK_STATUS, flags, offset,
+                      count < max ? (uint32_t)count : max, NULL, NULL,
+                      extents);
 }

@@ -53,11 +53,14 @@ int nbdc_pread(struct nbdc *c, void *buf, uint32_t count, uint64_t offset,
 int nbdc_pwrite(struct nbdc *c, const void *buf, uint32_t count,
                 uint64_t offset, uint32_t flags);
 int nbdc_flush(struct nbdc *c, uint32_t flags);
-int nbdc_trim(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags);
-int nbdc_zero(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags);
-int nbdc_cache(struct nbdc *c, uint32_t count, uint64_t offset, uint32_t flags);
-/* base:allocation extents of [offset, offset+count), added to extents. */
-int nbdc_extents(struct nbdc *c, uint32_t count, uint64_t offset,
+/* Any length: trim, zero and cache go as requests of at most 4 GiB (an
+ * upstream without extended headers takes no more), each with flags. */
+int nbdc_trim(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags);
+int nbdc_zero(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags);
+int nbdc_cache(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags);
+/* base:allocation extents of [offset, offset+count), added to extents;
+ * over 4 GiB they may cover only the first 4 GiB. */
+int nbdc_extents(struct nbdc *c, uint64_t count, uint64_t offset,
                  uint32_t flags, struct nbd_extents *extents);
 
 /* The NBD error value of a reply as -errno (unknown values are -EIO). */

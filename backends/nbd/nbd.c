@@ -438,14 +438,14 @@ nbd_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 }
 
 static int
-nbd_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+nbd_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
          uint64_t offset, uint32_t flags)
 {
   return nbdc_trim(nbd_conn(self), count, offset, nbd_fua(self, flags));
 }
 
 static int
-nbd_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+nbd_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
          uint64_t offset, uint32_t flags)
 {
   uint32_t f = nbd_fua(self, flags) | (flags & NBD_CMD_FLAG_NO_HOLE);
@@ -459,7 +459,7 @@ nbd_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-nbd_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+nbd_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   return nbdc_extents(nbd_conn(self), count, offset,
@@ -467,7 +467,7 @@ nbd_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-nbd_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+nbd_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
 {
   return nbdc_cache(nbd_conn(self), count, offset, 0);

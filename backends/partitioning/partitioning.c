@@ -89,8 +89,8 @@ static const struct nbd_param partitioning_params[] = {
 
 typedef int (*partitioning_piece_fn)(struct partitioning_state *st,
                                      const struct partitioning_region *r,
-                                     uint64_t roff, uint32_t len,
-                                     uint32_t done, void *arg);
+                                     uint64_t roff, uint64_t len,
+                                     uint64_t done, void *arg);
 
 /* The region holding offset (< st->size). */
 static size_t
@@ -111,10 +111,10 @@ partitioning_find(const struct partitioning_state *st, uint64_t offset)
 /* Cuts [offset, offset+count) at region boundaries; -EINVAL past the end
  * (the engine checks too: this one guards the arithmetic). */
 static int
-partitioning_each(struct partitioning_state *st, uint32_t count,
+partitioning_each(struct partitioning_state *st, uint64_t count,
                   uint64_t offset, partitioning_piece_fn fn, void *arg)
 {
-  uint32_t done = 0;
+  uint64_t done = 0;
   size_t i;
   int r;
 
@@ -130,9 +130,9 @@ partitioning_each(struct partitioning_state *st, uint32_t count,
 
     if (len > count - done)
       len = count - done;
-    if ((r = fn(st, reg, roff, (uint32_t)len, done, arg)) < 0)
+    if ((r = fn(st, reg, roff, len, done, arg)) < 0)
       return r;
-    done += (uint32_t)len;
+    done += len;
   }
   return 0;
 }
@@ -142,7 +142,7 @@ partitioning_each(struct partitioning_state *st, uint32_t count,
 static int
 partitioning_read_piece(struct partitioning_state *st,
                         const struct partitioning_region *r, uint64_t roff,
-                        uint32_t len, uint32_t done, void *arg)
+                        uint64_t len, uint64_t done, void *arg)
 {
   char *buf = (char *)arg + done;
 
@@ -167,7 +167,7 @@ partitioning_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
 static int
 partitioning_write_piece(struct partitioning_state *st,
                          const struct partitioning_region *r, uint64_t roff,
-                         uint32_t len, uint32_t done, void *arg)
+                         uint64_t len, uint64_t done, void *arg)
 {
   const char *buf = (const char *)arg + done;
 
@@ -216,7 +216,7 @@ partitioning_flush(struct nbd_ctx *self, struct nbd_ctx *next,
 static int
 partitioning_trim_piece(struct partitioning_state *st,
                         const struct partitioning_region *r, uint64_t roff,
-                        uint32_t len, uint32_t done, void *arg)
+                        uint64_t len, uint64_t done, void *arg)
 {
   struct partitioning_file *f = &st->f[r->file];
   int e;
@@ -229,7 +229,7 @@ partitioning_trim_piece(struct partitioning_state *st,
 }
 
 static int
-partitioning_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+partitioning_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                   uint64_t offset, uint32_t flags)
 {
   return partitioning_each(self->layer->state, count, offset,
@@ -242,7 +242,7 @@ partitioning_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 static int
 partitioning_zero_piece(struct partitioning_state *st,
                         const struct partitioning_region *r, uint64_t roff,
-                        uint32_t len, uint32_t done, void *arg)
+                        uint64_t len, uint64_t done, void *arg)
 {
   const uint32_t flags = *(const uint32_t *)arg;
   struct partitioning_file *f = &st->f[r->file];
@@ -264,7 +264,7 @@ partitioning_zero_piece(struct partitioning_state *st,
 }
 
 static int
-partitioning_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+partitioning_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                   uint64_t offset, uint32_t flags)
 {
   return partitioning_each(self->layer->state, count, offset,
@@ -322,7 +322,7 @@ partitioning_file_extents(struct partitioning_file *f, uint64_t base,
 static int
 partitioning_extents_piece(struct partitioning_state *st,
                            const struct partitioning_region *r,
-                           uint64_t roff, uint32_t len, uint32_t done,
+                           uint64_t roff, uint64_t len, uint64_t done,
                            void *arg)
 {
   struct partitioning_ext_arg *a = arg;
@@ -340,7 +340,7 @@ partitioning_extents_piece(struct partitioning_state *st,
 
 static int
 partitioning_extents(struct nbd_ctx *self, struct nbd_ctx *next,
-                     uint32_t count, uint64_t offset, uint32_t flags,
+                     uint64_t count, uint64_t offset, uint32_t flags,
                      struct nbd_extents *extents)
 {
   struct partitioning_ext_arg a = { extents, flags, 0 };
@@ -352,7 +352,7 @@ partitioning_extents(struct nbd_ctx *self, struct nbd_ctx *next,
 static int
 partitioning_cache_piece(struct partitioning_state *st,
                          const struct partitioning_region *r, uint64_t roff,
-                         uint32_t len, uint32_t done, void *arg)
+                         uint64_t len, uint64_t done, void *arg)
 {
   if (r->kind != REG_FILE)
     return 0;
@@ -363,7 +363,7 @@ partitioning_cache_piece(struct partitioning_state *st,
 
 static int
 partitioning_cache(struct nbd_ctx *self, struct nbd_ctx *next,
-                   uint32_t count, uint64_t offset, uint32_t flags)
+                   uint64_t count, uint64_t offset, uint32_t flags)
 {
   return partitioning_each(self->layer->state, count, offset,
                            partitioning_cache_piece, NULL);

@@ -391,7 +391,7 @@ cache_blocks_run(struct cache_blocks *bl, uint64_t b, uint64_t last,
  * failure to zero, a dirty block keeps its old bytes there, which the
  * failed request allows. */
 int
-cache_blocks_discard(struct cache_blocks *bl, uint32_t count, uint64_t offset,
+cache_blocks_discard(struct cache_blocks *bl, uint64_t count, uint64_t offset,
                      uint64_t first, uint64_t last, int trim)
 {
   uint64_t b, start, end, lo, hi, pfirst = 0, pend = 0;

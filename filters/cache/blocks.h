@@ -80,7 +80,7 @@ uint64_t cache_blocks_run(struct cache_blocks *bl, uint64_t b, uint64_t last,
 /* After a zero (trim 0) or trim of [offset, offset+count) went below:
  * covered blocks leave the cache, partial ones are zeroed or dropped.
  * The caller owns blocks first..last, those of the range.  0 or -errno. */
-int cache_blocks_discard(struct cache_blocks *bl, uint32_t count,
+int cache_blocks_discard(struct cache_blocks *bl, uint64_t count,
                          uint64_t offset, uint64_t first, uint64_t last,
                          int trim);
 

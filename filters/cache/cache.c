@@ -360,7 +360,7 @@ cache_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
 /* NBD_CMD_CACHE: read the blocks in, a run at a time, reclaiming as it
  * goes (prefetching more than cache-max-size keeps the last part). */
 static int
-cache_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+cache_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)
 {
   struct cache_state *st = self->layer->state;
@@ -473,7 +473,7 @@ cache_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
 
 static int
 cache_zero_or_trim(struct nbd_ctx *self, struct nbd_ctx *next,
-                   uint32_t count, uint64_t offset, uint32_t flags, int trim)
+                   uint64_t count, uint64_t offset, uint32_t flags, int trim)
 {
   struct cache_state *st = self->layer->state;
   uint64_t first, last;
@@ -497,14 +497,14 @@ cache_zero_or_trim(struct nbd_ctx *self, struct nbd_ctx *next,
 }
 
 static int
-cache_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+cache_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   return cache_zero_or_trim(self, next, count, offset, flags, 0);
 }
 
 static int
-cache_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+cache_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)
 {
   return cache_zero_or_trim(self, next, count, offset, flags, 1);
@@ -537,7 +537,7 @@ cache_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
  * that skips holes, such as qemu-img convert or nbdcopy, loses writes not
  * yet flushed.) */
 static int
-cache_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+cache_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
               uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   struct cache_state *st = self->layer->state;

@@ -32,8 +32,6 @@
 #include "overlay.h"
 
 #define COW_STRIPES      64
-/* Extents or cache asked below at a time: rounded out, still 32 bits. */
-#define COW_BELOW_MAX  (1u << 30)
 
 struct cow_conf {
   uint64_t block_size;
@@ -317,7 +315,7 @@ cow_copy_block(struct cow_state *st, struct nbd_ctx *next, uint64_t blk,
 /* The run of blocks in one state that starts at offset, cut to the request
  * [offset, end): its state, *n its bytes. */
 static int
-cow_run(struct cow_state *st, uint64_t offset, uint64_t end, uint32_t *n)
+cow_run(struct cow_state *st, uint64_t offset, uint64_t end, uint64_t *n)
 {
   uint64_t blk = offset >> st->shift, last = (end - 1) >> st->shift, run;
   uint64_t run_end;
@@ -325,7 +323,7 @@ cow_run(struct cow_state *st, uint64_t offset, uint64_t end, uint32_t *n)
 
   state = cow_overlay_state(st->ov, blk, last - blk + 1, &run);
   run_end = (blk + run) << st->shift;
-  *n = (uint32_t)((run_end < end ? run_end : end) - offset);
+  *n = (run_end < end ? run_end : end) - offset;
   return state;
 }
 
@@ -356,13 +354,16 @@ cow_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
           uint32_t count, uint64_t offset, uint32_t flags)
 {
   struct cow_state *st = cow_st(self);
-  uint64_t end = offset + count;
+  uint64_t end = offset + count, run;
   unsigned char *out = buf;
   uint32_t n;
   int r;
 
   while (offset < end) {
-    switch (cow_run(st, offset, end, &n)) {
+    int state = cow_run(st, offset, end, &run);
+
+    n = (uint32_t)run;          /* at most count */
+    switch (state) {
     case COW_BLOCK_ALLOCATED:
       r = cow_overlay_pread(st->ov, out, n, offset);
       break;
@@ -385,7 +386,7 @@ cow_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
 /* pwrite, zero and trim: data NULL writes zeros. */
 static int
 cow_write(struct nbd_ctx *self, struct nbd_ctx *next, const void *data,
-          uint32_t count, uint64_t offset, int may_hole)
+          uint64_t count, uint64_t offset, int may_hole)
 {
   struct cow_state *st = cow_st(self);
   const unsigned char *in = data;
@@ -394,7 +395,7 @@ cow_write(struct nbd_ctx *self, struct nbd_ctx *next, const void *data,
 
   while (count > 0) {
     o = (uint32_t)(offset & (st->bs - 1));
-    n = st->bs - o < count ? st->bs - o : count;
+    n = st->bs - o < count ? st->bs - o : (uint32_t)count;
     r = cow_write_block(st, next, offset >> st->shift, o, n, in, may_hole);
     if (r < 0)
       return r;
@@ -416,7 +417,7 @@ cow_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
 /* FAST_ZERO needs nothing: no zero here ever falls back to slow writes
  * of a whole range (only partial blocks are written, as for any zero). */
 static int
-cow_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+cow_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
          uint64_t offset, uint32_t flags)
 {
   return cow_write(self, next, NULL, count, offset,
@@ -425,7 +426,7 @@ cow_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 
 /* Trimmed data reads back as zeros, as in nbdkit. */
 static int
-cow_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+cow_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
          uint64_t offset, uint32_t flags)
 {
   return cow_write(self, next, NULL, count, offset, 1);
@@ -440,18 +441,15 @@ cow_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 /* Blocks still below: with cow-on-cache copied into the overlay, else the
  * cache request goes below (if it can cache). */
 static int
-cow_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+cow_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
 {
   struct cow_state *st = cow_st(self);
-  uint64_t end = offset + count, start, len, blk;
-  uint32_t n;
+  uint64_t end = offset + count, start, len, blk, n;
   int r = 0;
 
   while (offset < end && r == 0) {
     if (cow_run(st, offset, end, &n) == COW_BLOCK_BELOW) {
-      if (n > COW_BELOW_MAX)
-        n = COW_BELOW_MAX;
       if (st->on_cache) {
         for (blk = offset >> st->shift;
              r == 0 && blk <= (offset + n - 1) >> st->shift; blk++)
@@ -460,7 +458,7 @@ cow_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
         start = offset;
         len = n;
         cow_round_below(next, &start, &len);
-        r = next_cache(next, (uint32_t)len, start, flags);
+        r = next_cache(next, len, start, flags);
       }
     }
     offset += n;
@@ -471,7 +469,7 @@ cow_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 /* Extents of [offset, offset + n), all below, from the layer below, added
  * to extents; *covered gets how much of it they cover. */
 static int
-cow_below_extents(struct nbd_ctx *next, uint64_t offset, uint32_t n,
+cow_below_extents(struct nbd_ctx *next, uint64_t offset, uint64_t n,
                   uint32_t flags, struct nbd_extents *extents,
                   uint64_t *covered)
 {
@@ -484,7 +482,7 @@ cow_below_extents(struct nbd_ctx *next, uint64_t offset, uint32_t n,
   cow_round_below(next, &start, &len);
   if ((e = nbd_extents_new(start, start + len)) == NULL)
     return -ENOMEM;
-  r = next_extents(next, (uint32_t)len, start, flags, e);
+  r = next_extents(next, len, start, flags, e);
   for (i = 0; r == 0 && i < e->n; i++) {
     a = e->v[i].offset < offset ? offset : e->v[i].offset;
     b = e->v[i].offset + e->v[i].length;
@@ -503,12 +501,11 @@ cow_below_extents(struct nbd_ctx *next, uint64_t offset, uint32_t n,
  * rest is what the layer below says.  A reply may stop early (when below
  * does, or after one run with REQ_ONE): the client asks again. */
 static int
-cow_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+cow_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
   struct cow_state *st = cow_st(self);
-  uint64_t end = offset + count, covered;
-  uint32_t n;
+  uint64_t end = offset + count, covered, n;
   int r;
 
   while (offset < end) {
@@ -521,8 +518,6 @@ cow_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
                           NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
       break;
     default:
-      if (n > COW_BELOW_MAX)
-        n = COW_BELOW_MAX;
       r = cow_below_extents(next, offset, n, flags, extents, &covered);
       if (r == 0 && covered < n)
         return 0;

@@ -9,7 +9,7 @@
 
 #ifdef CONTROL
 static int
-wrongalias_remove(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+wrongalias_remove(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                   uint64_t offset, uint32_t flags)
 {
   (void)self;
@@ -17,7 +17,7 @@ wrongalias_remove(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 #else
 static int64_t
-wrongalias_remove(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+wrongalias_remove(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                   uint64_t offset)
 {
   (void)self;

@@ -8,7 +8,7 @@
 
 #ifdef CONTROL
 static int
-wrongtype_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+wrongtype_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                uint64_t offset, uint32_t flags)
 #else
 static int

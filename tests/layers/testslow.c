@@ -38,7 +38,7 @@ testslow_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
 }
 
 static int
-testslow_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+testslow_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
               uint64_t offset, uint32_t flags)
 {
   testslow_wait(self);
@@ -46,7 +46,7 @@ testslow_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
 }
 
 static int
-testslow_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t count,
+testslow_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
               uint64_t offset, uint32_t flags)
 {
   testslow_wait(self);
