@@ -388,8 +388,9 @@ sched_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
      * time), and the reader takes a CPU too. */
     if (heavy == 2)
       c->max_workers = (unsigned)atomic_load(&sched_ncpus) - 1;
-    nbd_debug("%s: requests block or keep a CPU busy while more wait: "
-              "running requests on workers from now on", c->peer);
+    nbd_debug("%s: requests %s: running requests on %s workers from now "
+              "on", c->peer, heavy == 2 ? "keep a CPU busy while more wait"
+              : "sleep", heavy == 2 ? "at most ncpus - 1" : "its");
     wire_batch_stop(&c->w);
     s->inl = s->adaptive = 0;
   }
