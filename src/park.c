@@ -149,11 +149,17 @@ int
 park_add(struct nbd_conn *c, uint64_t idle_left_ns)
 {
   struct epoll_event ev;
-  int op = c->park_registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, wake = 0;
+  int op = c->park_registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, wake = 0, r;
   uint64_t one = 1;
 
   if (!park_running)
     return -1;
+  memset(&ev, 0, sizeof ev);
+  ev.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
+  ev.data.ptr = c;
+  /* Linked and armed under the lock: the loop takes it before it wakes
+   * c, so all this thread did with c comes before (epoll alone orders
+   * nothing for ThreadSanitizer). */
   pthread_mutex_lock(&park_lock);
   c->park_prev = NULL;
   c->park_next = park_list;
@@ -164,25 +170,22 @@ park_add(struct nbd_conn *c, uint64_t idle_left_ns)
     c->park_deadline = nbd_now_ns() + idle_left_ns;
     wake = park_ndeadlines++ == 0;
   }
-  c->park_registered = 1;
+  r = epoll_ctl(park_epfd, op, c->w.fd, &ev);
+  if (r == 0)
+    c->park_registered = 1;
+  else {
+    nbd_warn("%s: cannot park the idle connection: %s", c->peer,
+             strerror(errno));
+    park_unlink(c);
+    wake = 0;
+  }
   pthread_mutex_unlock(&park_lock);
+  /* From here on the loop may have woken c: c is not ours any more. */
   /* The loop may be asleep without a timeout: it needs one now. */
   if (wake && write(park_evfd, &one, sizeof one) == -1) {
     /* EAGAIN: the counter is full, a wake-up is pending anyway */
   }
-  memset(&ev, 0, sizeof ev);
-  ev.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT;
-  ev.data.ptr = c;
-  /* From here on the loop may wake c at any moment: c is not ours. */
-  if (epoll_ctl(park_epfd, op, c->w.fd, &ev) == 0)
-    return 0;
-  nbd_warn("%s: cannot park the idle connection: %s", c->peer,
-           strerror(errno));
-  pthread_mutex_lock(&park_lock);
-  park_unlink(c);
-  c->park_registered = op == EPOLL_CTL_MOD;
-  pthread_mutex_unlock(&park_lock);
-  return -1;
+  return r == 0 ? 0 : -1;
 }
 
 void

@@ -40,6 +40,7 @@
  * worth running side by side on workers when there is a second CPU. */
 #define SCHED_HEAVY_NS        20000       /* 20 us */
 #define SCHED_HEAVY_COUNT     48
+#define SCHED_HEAVY_NS_PER_BYTE 4         /* a copy takes well under 1 */
 #define SCHED_WAIT_COUNT      8
 
 struct nbd_request *
@@ -287,15 +288,21 @@ static atomic_int sched_ncpus;
  * - SCHED_WAIT_COUNT requests over SCHED_HEAVY_NS that slept while the
  *   client had more waiting (queued): it waits (a proxy's round trip),
  *   and workers would overlap the waits;
- * - SCHED_HEAVY_COUNT requests over SCHED_HEAVY_NS that kept the CPU
+ * - SCHED_HEAVY_COUNT requests over SCHED_HEAVY_NS, and over
+ *   SCHED_HEAVY_NS_PER_BYTE for their size, that kept the CPU
  *   while more waited: a second CPU would run them meanwhile.
  * Returns 1 to switch, 2 to switch for the last reason, else 0.  A lone
  * request (queue depth 1) never switches for its length alone: inline,
  * it costs no handoff. */
 static int
-sched_adapt(struct nbd_sched *a, const struct sched_timing *tm, int queued)
+sched_adapt(struct nbd_sched *a, const struct sched_timing *tm, int queued,
+            uint32_t count)
 {
   int long_one = tm->took > SCHED_HEAVY_NS;
+  /* Heavy for its size: far more than copying its bytes (a 1 MiB read
+   * that takes 100 us is only a copy, and no reason to move). */
+  int heavy_one = long_one &&
+                  tm->took > (uint64_t)count * SCHED_HEAVY_NS_PER_BYTE;
 
   if (++a->window == SCHED_SLOW_WINDOW)
     a->window = a->slow = a->heavy = a->waits = 0;
@@ -306,7 +313,7 @@ sched_adapt(struct nbd_sched *a, const struct sched_timing *tm, int queued)
       return 1;
     if (long_one && queued && tm->slept && ++a->waits >= SCHED_WAIT_COUNT)
       return 1;
-    if (long_one && queued && !tm->slept && tm->nvcsw >= 0) {
+    if (heavy_one && queued && !tm->slept && tm->nvcsw >= 0) {
       if (atomic_load(&sched_ncpus) == 0)
         atomic_store(&sched_ncpus, (int)sysconf(_SC_NPROCESSORS_ONLN));
       if (atomic_load(&sched_ncpus) > 1 && ++a->heavy >= SCHED_HEAVY_COUNT)
@@ -363,6 +370,7 @@ int
 sched_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
 {
   int dead, heavy;
+  uint32_t count;
 
   if (!s->inl) {
     pthread_mutex_lock(&c->qlock);
@@ -377,12 +385,14 @@ sched_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
     s->tm.t0 = nbd_now_ns();
     s->tm.nvcsw = s->probe ? sched_voluntary_switches() : -1;
   }
+  count = r->count;
   dead = s->exec(c, r, s->adaptive ? &s->tm : NULL) == -1;
   sched_put(c, r);
   if (dead)
     return -1;
   if (s->adaptive &&
-      (heavy = sched_adapt(s, &s->tm, wire_buffered(&c->w) > 0)) != 0) {
+      (heavy = sched_adapt(s, &s->tm, wire_buffered(&c->w) > 0,
+                           count)) != 0) {
     /* Busy CPUs rather than sleeping requests: more threads than CPUs
      * would only queue (ext4, for one, writes a file one call at a
      * time), and the reader takes a CPU too. */
