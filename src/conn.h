@@ -86,7 +86,6 @@ struct nbd_conn {
   size_t nfree_bytes;           /* buffer bytes kept in the free list */
   _Atomic uint64_t buf_inuse;   /* buffer bytes of requests in flight */
   unsigned nworkers, nidle, inflight;
-  unsigned max_workers;         /* 0 = the threads setting */
   uint64_t inflight_bytes;
   int stopping;
   pthread_t *workers;
