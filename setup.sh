@@ -16,9 +16,10 @@ mode=${1:-run}
 build_pkgs=(cmake make gcc musl-tools pkg-config dpkg-dev)
 # libmbedtls-dev: the glibc test build's TLS library (the static binary's
 # is built from Debian's mbedtls source package, fetch_mbedtls below);
-# gnutls-bin: certtool and gnutls-cli for the TLS tests.
+# gnutls-bin: certtool and gnutls-cli for the TLS tests; curl and
+# prometheus (promtool check metrics) for the metrics endpoint's test.
 test_pkgs=(check libnbd-bin python3-libnbd nbdkit qemu-utils binutils file fdisk fio groff-base
-           libmbedtls-dev gnutls-bin openssl)
+           libmbedtls-dev gnutls-bin openssl curl prometheus)
 # ci: fuzzers (clang 14 + its sanitizer runtimes), valgrind, static analysis
 ci_pkgs=(clang libclang-rt-14-dev valgrind cppcheck clang-tidy)
 

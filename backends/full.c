@@ -34,6 +34,9 @@ full_setup(struct nbd_layer *layer, char *err, size_t errlen)
   return 0;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define full_reopen nbd_reopen_close_open
+
 static int64_t
 full_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -113,6 +116,7 @@ UNSUPPORTED(full, can_flush)
 UNSUPPORTED(full, can_fua)
 UNSUPPORTED(full, is_rotational)
 UNSUPPORTED(full, list_exports)
+UNSUPPORTED(full, preconnect)
 
 NBD_REGISTER_BACKEND(full, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "reads zeros, every write fails with ENOSPC (tests)",

@@ -32,6 +32,9 @@ null_setup(struct nbd_layer *layer, char *err, size_t errlen)
   return 0;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define null_reopen nbd_reopen_close_open
+
 static int64_t
 null_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -97,6 +100,7 @@ null_native(struct nbd_ctx *self, struct nbd_ctx *next)
 UNSUPPORTED(null, block_size)
 UNSUPPORTED(null, is_rotational)
 UNSUPPORTED(null, list_exports)
+UNSUPPORTED(null, preconnect)
 
 NBD_REGISTER_BACKEND(null, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "reads zeros, discards writes (benchmarks, tests)",

@@ -34,6 +34,9 @@ pattern_setup(struct nbd_layer *layer, char *err, size_t errlen)
   return 0;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define pattern_reopen nbd_reopen_close_open
+
 static int64_t
 pattern_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -98,6 +101,7 @@ UNSUPPORTED(pattern, can_fua)
 UNSUPPORTED(pattern, can_extents)
 UNSUPPORTED(pattern, is_rotational)
 UNSUPPORTED(pattern, list_exports)
+UNSUPPORTED(pattern, preconnect)
 
 NBD_REGISTER_BACKEND(pattern, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "read-only, each 8-byte word holds its offset (tests)",

@@ -66,6 +66,9 @@ random_setup(struct nbd_layer *layer, char *err, size_t errlen)
   return 0;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define random_reopen nbd_reopen_close_open
+
 static int64_t
 random_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -144,6 +147,7 @@ UNSUPPORTED(random, flush)
 UNSUPPORTED(random, extents)
 UNSUPPORTED(random, block_size)
 UNSUPPORTED(random, list_exports)
+UNSUPPORTED(random, preconnect)
 UNSUPPORTED(random, can_flush)
 UNSUPPORTED(random, can_fast_zero)
 UNSUPPORTED(random, can_fua)

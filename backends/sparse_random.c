@@ -270,6 +270,9 @@ sparse_random_hole_only(const struct sparse_random_state *s, uint64_t blk,
 
 /* ---- the backend ------------------------------------------------------- */
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define sparse_random_reopen nbd_reopen_close_open
+
 static int64_t
 sparse_random_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -399,6 +402,7 @@ sparse_random_can_cache(struct nbd_ctx *self, struct nbd_ctx *next)
 
 UNSUPPORTED(sparse_random, block_size)
 UNSUPPORTED(sparse_random, list_exports)
+UNSUPPORTED(sparse_random, preconnect)
 UNSUPPORTED(sparse_random, can_fast_zero)
 UNSUPPORTED(sparse_random, can_fua)
 UNSUPPORTED(sparse_random, is_rotational)

@@ -297,6 +297,9 @@ split_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 
 /* ---- capabilities ---------------------------------------------------- */
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define split_reopen nbd_reopen_close_open
+
 static int64_t
 split_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -339,6 +342,7 @@ split_is_rotational(struct nbd_ctx *self, struct nbd_ctx *next)
 
 UNSUPPORTED(split, block_size)  /* buffered I/O: any alignment works */
 UNSUPPORTED(split, list_exports) /* one disk, whatever the name */
+UNSUPPORTED(split, preconnect)
 
 /* ---- lifecycle ------------------------------------------------------- */
 

@@ -9,6 +9,9 @@
 
 #include "layer.h"
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define zero_reopen nbd_reopen_close_open
+
 static int64_t
 zero_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -47,6 +50,7 @@ UNSUPPORTED(zero, can_cache)
 UNSUPPORTED(zero, can_extents)
 UNSUPPORTED(zero, is_rotational)
 UNSUPPORTED(zero, list_exports)
+UNSUPPORTED(zero, preconnect)
 
 NBD_REGISTER_BACKEND(zero, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "a disk of size 0 (nbdkit's zero plugin)",

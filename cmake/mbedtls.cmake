@@ -35,7 +35,8 @@ if(NBD_MBEDTLS STREQUAL "source")
             "or configure with -DNBD_TLS=OFF")
   endif()
   file(GLOB _mbedtls_sources ${NBD_MBEDTLS_SOURCE_DIR}/library/*.c)
-  add_library(nbd_mbedtls STATIC ${_mbedtls_sources})
+  # MBEDTLS_GCM_ALT (nbd_mbedtls_config.h): our AES-GCM, see the file.
+  add_library(nbd_mbedtls STATIC ${_mbedtls_sources} ${CMAKE_SOURCE_DIR}/cmake/nbd_gcm_alt.c)
   # Its own code, not ours: none of the tree's warnings or -Werror.
   set_property(TARGET nbd_mbedtls PROPERTY COMPILE_OPTIONS -D_GNU_SOURCE -w)
   target_compile_definitions(nbd_mbedtls PUBLIC
@@ -44,6 +45,10 @@ if(NBD_MBEDTLS STREQUAL "source")
                              ${CMAKE_SOURCE_DIR}/cmake)
   target_include_directories(nbd_mbedtls PRIVATE ${NBD_MBEDTLS_SOURCE_DIR}/library)
   target_link_libraries(nbd_tls INTERFACE nbd_mbedtls)
+  # Test helper for tests/integration/test_gcm_alt.py (not installed).
+  add_executable(nbd_gcm_check ${CMAKE_SOURCE_DIR}/cmake/nbd_gcm_check.c)
+  target_link_libraries(nbd_gcm_check nbd_mbedtls)
+  set_property(TARGET nbd_gcm_check PROPERTY COMPILE_OPTIONS -w)
   message(STATUS "TLS: mbedTLS built from ${NBD_MBEDTLS_SOURCE_DIR}")
 elseif(NBD_MBEDTLS STREQUAL "system")
   find_path(MBEDTLS_INCLUDE_DIR mbedtls/ssl.h)

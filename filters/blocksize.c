@@ -172,6 +172,9 @@ blocksize_prepare(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   return 0;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define blocksize_reopen nbd_reopen_close_open
+
 static int64_t
 blocksize_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -451,6 +454,7 @@ PASSTHROUGH(blocksize, can_extents)
 PASSTHROUGH(blocksize, can_multi_conn)
 PASSTHROUGH(blocksize, is_rotational)
 PASSTHROUGH(blocksize, list_exports)
+PASSTHROUGH(blocksize, preconnect)
 
 /* Parallel: the only shared state is the striped lock and the buffer
  * pool.  Never blocks by itself: a request waits on a stripe only while

@@ -150,6 +150,7 @@ PASSTHROUGH(blocksize_policy, trim)
 PASSTHROUGH(blocksize_policy, zero)
 PASSTHROUGH(blocksize_policy, extents)
 PASSTHROUGH(blocksize_policy, cache)
+PASSTHROUGH(blocksize_policy, reopen)
 PASSTHROUGH(blocksize_policy, get_size)
 PASSTHROUGH(blocksize_policy, can_write)
 PASSTHROUGH(blocksize_policy, can_flush)
@@ -162,6 +163,7 @@ PASSTHROUGH(blocksize_policy, can_extents)
 PASSTHROUGH(blocksize_policy, can_multi_conn)
 PASSTHROUGH(blocksize_policy, is_rotational)
 PASSTHROUGH(blocksize_policy, list_exports)
+PASSTHROUGH(blocksize_policy, preconnect)
 
 static int
 blocksize_policy_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,

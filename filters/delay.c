@@ -189,6 +189,10 @@ delay_close(struct nbd_ctx *self, struct nbd_ctx *next)
 
 /* Not delayed, and no change to offsets, data or extents. */
 PASSTHROUGH(delay, flush)
+
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define delay_reopen nbd_reopen_close_open
+
 PASSTHROUGH(delay, get_size)
 PASSTHROUGH(delay, block_size)
 PASSTHROUGH(delay, can_write)
@@ -201,6 +205,7 @@ PASSTHROUGH(delay, can_extents)
 PASSTHROUGH(delay, can_multi_conn)
 PASSTHROUGH(delay, is_rotational)
 PASSTHROUGH(delay, list_exports)
+PASSTHROUGH(delay, preconnect)
 
 NBD_REGISTER_FILTER(delay,
   NBD_PARALLEL,                 /* no shared state on the datapath */

@@ -287,6 +287,7 @@ ERROR_METHOD(cache, CACHE, ERROR_P(uint64_t count, uint64_t offset,
              ERROR_P(count, offset, flags))
 
 /* Errors are injected per request; what the disk can do is unchanged. */
+PASSTHROUGH(error, reopen)
 PASSTHROUGH(error, get_size)
 PASSTHROUGH(error, block_size)
 PASSTHROUGH(error, can_write)
@@ -300,6 +301,7 @@ PASSTHROUGH(error, can_extents)
 PASSTHROUGH(error, can_multi_conn)
 PASSTHROUGH(error, is_rotational)
 PASSTHROUGH(error, list_exports)
+PASSTHROUGH(error, preconnect)
 
 NBD_REGISTER_FILTER(error,
   NBD_PARALLEL,                 /* rules are read only; the PRNG is per thread */

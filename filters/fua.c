@@ -174,6 +174,10 @@ fua_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 PASSTHROUGH(fua, pread)
 PASSTHROUGH(fua, extents)
 PASSTHROUGH(fua, cache)
+
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define fua_reopen nbd_reopen_close_open
+
 PASSTHROUGH(fua, get_size)
 PASSTHROUGH(fua, block_size)
 PASSTHROUGH(fua, can_write)
@@ -185,6 +189,7 @@ PASSTHROUGH(fua, can_extents)
 PASSTHROUGH(fua, can_multi_conn)
 PASSTHROUGH(fua, is_rotational)
 PASSTHROUGH(fua, list_exports)
+PASSTHROUGH(fua, preconnect)
 
 NBD_REGISTER_FILTER(fua, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "change how FUA and flush are advertised and handled",

@@ -459,6 +459,7 @@ multi_conn_can_multi_conn(struct nbd_ctx *self, struct nbd_ctx *next)
 
 /* Block status moves nothing and marks nothing (nbdkit's does not). */
 PASSTHROUGH(multi_conn, extents)
+PASSTHROUGH(multi_conn, reopen)
 PASSTHROUGH(multi_conn, get_size)
 PASSTHROUGH(multi_conn, block_size)
 PASSTHROUGH(multi_conn, can_write)
@@ -470,6 +471,7 @@ PASSTHROUGH(multi_conn, can_cache)
 PASSTHROUGH(multi_conn, can_extents)
 PASSTHROUGH(multi_conn, is_rotational)
 PASSTHROUGH(multi_conn, list_exports)
+PASSTHROUGH(multi_conn, preconnect)
 
 NBD_REGISTER_FILTER_AS(multi_conn, "multi-conn", NBD_PARALLEL,
                        NBD_NEVER_BLOCKS,

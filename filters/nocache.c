@@ -70,6 +70,7 @@ PASSTHROUGH(nocache, flush)
 PASSTHROUGH(nocache, trim)
 PASSTHROUGH(nocache, zero)
 PASSTHROUGH(nocache, extents)
+PASSTHROUGH(nocache, reopen)
 PASSTHROUGH(nocache, get_size)
 PASSTHROUGH(nocache, block_size)
 PASSTHROUGH(nocache, can_write)
@@ -82,6 +83,7 @@ PASSTHROUGH(nocache, can_extents)
 PASSTHROUGH(nocache, can_multi_conn)
 PASSTHROUGH(nocache, is_rotational)
 PASSTHROUGH(nocache, list_exports)
+PASSTHROUGH(nocache, preconnect)
 
 NBD_REGISTER_FILTER(nocache, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "change how cache requests are advertised and handled",

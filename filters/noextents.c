@@ -47,6 +47,7 @@ PASSTHROUGH(noextents, flush)
 PASSTHROUGH(noextents, trim)
 PASSTHROUGH(noextents, zero)
 PASSTHROUGH(noextents, cache)
+PASSTHROUGH(noextents, reopen)
 PASSTHROUGH(noextents, get_size)
 PASSTHROUGH(noextents, block_size)
 PASSTHROUGH(noextents, can_write)
@@ -59,6 +60,7 @@ PASSTHROUGH(noextents, can_cache)
 PASSTHROUGH(noextents, can_multi_conn)
 PASSTHROUGH(noextents, is_rotational)
 PASSTHROUGH(noextents, list_exports)
+PASSTHROUGH(noextents, preconnect)
 
 NBD_REGISTER_FILTER(noextents, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "hide extents: the disk reads as fully allocated data",

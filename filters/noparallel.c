@@ -73,6 +73,7 @@ PASSTHROUGH(noparallel, trim)
 PASSTHROUGH(noparallel, zero)
 PASSTHROUGH(noparallel, extents)
 PASSTHROUGH(noparallel, cache)
+PASSTHROUGH(noparallel, reopen)
 PASSTHROUGH(noparallel, get_size)
 PASSTHROUGH(noparallel, block_size)
 PASSTHROUGH(noparallel, can_write)
@@ -85,6 +86,7 @@ PASSTHROUGH(noparallel, can_cache)
 PASSTHROUGH(noparallel, can_extents)
 PASSTHROUGH(noparallel, is_rotational)
 PASSTHROUGH(noparallel, list_exports)
+PASSTHROUGH(noparallel, preconnect)
 
 NBD_REGISTER_FILTER(noparallel,
   NBD_PARALLEL,                 /* setup lowers it to the mode's model */

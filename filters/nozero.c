@@ -132,6 +132,10 @@ PASSTHROUGH(nozero, flush)
 PASSTHROUGH(nozero, trim)
 PASSTHROUGH(nozero, extents)
 PASSTHROUGH(nozero, cache)
+
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define nozero_reopen nbd_reopen_close_open
+
 PASSTHROUGH(nozero, get_size)
 PASSTHROUGH(nozero, block_size)
 PASSTHROUGH(nozero, can_write)
@@ -143,6 +147,7 @@ PASSTHROUGH(nozero, can_extents)
 PASSTHROUGH(nozero, can_multi_conn)
 PASSTHROUGH(nozero, is_rotational)
 PASSTHROUGH(nozero, list_exports)
+PASSTHROUGH(nozero, preconnect)
 
 static int
 nozero_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,

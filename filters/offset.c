@@ -147,6 +147,9 @@ offset_prepare(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   return offset_block_size(self, next, &minimum, &preferred, &maximum);
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define offset_reopen nbd_reopen_close_open
+
 static int64_t
 offset_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -163,6 +166,7 @@ offset_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 NBD_WINDOW_SHIFTED(offset)
 NBD_WINDOW_PASSTHROUGH(offset)
 PASSTHROUGH(offset, list_exports)
+PASSTHROUGH(offset, preconnect)
 
 NBD_REGISTER_FILTER(offset, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "serve the window [offset, offset+range) of the layer below",

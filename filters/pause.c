@@ -441,6 +441,7 @@ pause_cleanup(struct nbd_layer *layer)
 }
 
 /* Capabilities are asked at open and change no data: not held. */
+PASSTHROUGH(pause, reopen)
 PASSTHROUGH(pause, get_size)
 PASSTHROUGH(pause, block_size)
 PASSTHROUGH(pause, can_write)
@@ -454,6 +455,7 @@ PASSTHROUGH(pause, can_extents)
 PASSTHROUGH(pause, can_multi_conn)
 PASSTHROUGH(pause, is_rotational)
 PASSTHROUGH(pause, list_exports)
+PASSTHROUGH(pause, preconnect)
 
 NBD_REGISTER_FILTER(pause, NBD_PARALLEL, NBD_MAY_BLOCK,
   .description = "pause and resume requests from a control socket "

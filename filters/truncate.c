@@ -121,6 +121,9 @@ truncate_prepare(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   return 0;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define truncate_reopen nbd_reopen_close_open
+
 static int64_t
 truncate_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -271,6 +274,7 @@ PASSTHROUGH(truncate, can_cache)
 PASSTHROUGH(truncate, can_multi_conn)
 PASSTHROUGH(truncate, is_rotational)
 PASSTHROUGH(truncate, list_exports)
+PASSTHROUGH(truncate, preconnect)
 
 NBD_REGISTER_FILTER(truncate, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "change the size of the layer below (extend with zeros, "

@@ -25,7 +25,8 @@ captive_start(const struct nbd_config *cfg)
   char uri[URI_MAX];
   pid_t pid;
 
-  uri_build(uri, sizeof uri, l, name, cfg->tls == NBD_TLS_REQUIRE);
+  uri_build(uri, sizeof uri, l, name, cfg->exports &&
+            config_export_tls(cfg, cfg->exports) == NBD_TLS_REQUIRE);
   pid = fork();
   if (pid == -1) {
     nbd_error("--run: fork: %s", strerror(errno));

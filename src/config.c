@@ -52,6 +52,8 @@ static int config_set_bool(struct config_parser *, const struct config_key *,
                            void *, char *);
 static int config_set_uint(struct config_parser *, const struct config_key *,
                            void *, char *);
+static int config_set_tls(struct config_parser *, const struct config_key *,
+                          void *, char *);
 static int config_set_filter(struct config_parser *, const struct config_key *,
                              void *, char *);
 static int config_set_backend(struct config_parser *,
@@ -67,6 +69,11 @@ static const struct config_key config_export_keys[] = {
     0, 0, 0 },
   { "max-connections", config_set_uint,
     offsetof(struct nbd_export, max_connections), 1, 1000000, 0 },
+  /* Unsigned: the handshake reads it from the set's own export, before
+   * any stack opens, so a reload that changes only `tls` keeps the
+   * layers (a memory disk its data) and applies to new clients. */
+  { "tls", config_set_tls, offsetof(struct nbd_export, tls), 0, 0,
+    CONFIG_UNSIGNED },
   { "filter", config_set_filter, 0, 0, 0, CONFIG_REPEAT | CONFIG_WORDS },
   /* REPEAT: config_set_backend reports a second backend itself. */
   { "backend", config_set_backend, 0, 0, 0, CONFIG_REPEAT | CONFIG_WORDS },
@@ -134,6 +141,59 @@ config_set_uint(struct config_parser *p, const struct config_key *k,
   }
   *(unsigned *)((char *)base + k->offset) = (unsigned)v;
   return 0;
+}
+
+/* An export's `tls = off|on|require` (yes/no as the server's key). */
+static int
+config_set_tls(struct config_parser *p, const struct config_key *k,
+               void *base, char *value)
+{
+  int *field = (int *)((char *)base + k->offset);
+
+  if (strcmp(value, "off") == 0 || strcmp(value, "no") == 0)
+    *field = NBD_TLS_OFF;
+  else if (strcmp(value, "on") == 0 || strcmp(value, "yes") == 0)
+    *field = NBD_TLS_ON;
+  else if (strcmp(value, "require") == 0)
+    *field = NBD_TLS_REQUIRE;
+  else {
+    config_error(p, p->line, "%s: invalid value '%s' (expected off, on or "
+                 "require)", k->name, value);
+    return -1;
+  }
+  return 0;
+}
+
+int
+config_export_tls(const struct nbd_config *cfg, const struct nbd_export *e)
+{
+  return e->tls >= 0 ? e->tls : cfg->tls;
+}
+
+int
+config_tls_offered(const struct nbd_config *cfg)
+{
+  const struct nbd_export *e;
+
+  if (cfg->tls != NBD_TLS_OFF)
+    return 1;
+  for (e = cfg->exports; e; e = e->next)
+    if (config_export_tls(cfg, e) != NBD_TLS_OFF)
+      return 1;
+  return 0;
+}
+
+int
+config_tls_forced(const struct nbd_config *cfg)
+{
+  const struct nbd_export *e;
+
+  if (cfg->exports == NULL)
+    return cfg->tls == NBD_TLS_REQUIRE;
+  for (e = cfg->exports; e; e = e->next)
+    if (config_export_tls(cfg, e) != NBD_TLS_REQUIRE)
+      return 0;
+  return 1;
 }
 
 /* ---- filter and backend lines -------------------------------------------- */
@@ -552,6 +612,7 @@ config_free(struct nbd_config *cfg)
   free(cfg->log);
   free(cfg->tls_certificates);
   free(cfg->tls_psk);
+  free(cfg->metrics);
   config_defaults(cfg);
 }
 
@@ -676,14 +737,14 @@ config_check_path_dir(struct config_parser *p, int line, const char *what,
  * listening on them must not make the check fail. */
 static void
 config_check_listen(struct config_parser *p, const struct nbd_listen *l,
-                    int line)
+                    int line, const char *what)
 {
   struct addrinfo hints, *res = NULL;
   const char *host;
   int r;
 
   if (l->kind == NBD_LISTEN_UNIX) {
-    config_check_path_dir(p, line, "listen", l->path);
+    config_check_path_dir(p, line, what, l->path);
     return;
   }
   host = l->host && *l->host ? l->host : NULL;
@@ -696,7 +757,7 @@ config_check_listen(struct config_parser *p, const struct nbd_listen *l,
   if (r == EAI_SERVICE && strcmp(l->port, "nbd") == 0)
     r = getaddrinfo(host, "10809", &hints, &res);
   if (r != 0)
-    config_error(p, line, "listen: cannot resolve '%s' port '%s': %s",
+    config_error(p, line, "%s: cannot resolve '%s' port '%s': %s", what,
                  host ? host : "*", l->port, gai_strerror(r));
   else
     freeaddrinfo(res);
@@ -722,7 +783,16 @@ config_check_server(struct config_parser *p)
     config_check_path_dir(p, config_key_line_of(p, "pidfile"), "pidfile",
                           cfg->pidfile);
   for (i = 0; i < cfg->nlistens && i < p->nlisten_lines; i++)
-    config_check_listen(p, &cfg->listens[i], p->listen_lines[i]);
+    config_check_listen(p, &cfg->listens[i], p->listen_lines[i], "listen");
+  if (cfg->metrics) {
+    struct nbd_listen l;
+    char err[CONFIG_ERRLEN];
+    if (listen_parse(cfg->metrics, &l, err, sizeof err) == 0) {
+      config_check_listen(p, &l, config_key_line_of(p, "metrics"),
+                          "metrics");
+      listen_clear(&l);
+    }
+  }
 }
 
 static void

@@ -66,9 +66,23 @@ struct nbd_config {
   int tls;
   char *tls_certificates, *tls_psk;
   int tls_verify_peer;
+  /* The metrics endpoint's address (metrics_http.c), as given: NULL =
+   * none. */
+  char *metrics;
 };
 
 enum { NBD_TLS_OFF, NBD_TLS_ON, NBD_TLS_REQUIRE };
+
+/* TLS per export (docs/config.md "TLS"): an export's own `tls`, else the
+ * server's.  The server offers STARTTLS when any export's mode is on or
+ * require (config_tls_offered), and refuses every option but STARTTLS
+ * and ABORT before TLS only when every export requires it
+ * (config_tls_forced, proto.md's FORCEDTLS); otherwise a TLS-only export
+ * is refused by name (SELECTIVETLS). */
+int config_export_tls(const struct nbd_config *cfg,
+                      const struct nbd_export *e);
+int config_tls_offered(const struct nbd_config *cfg);
+int config_tls_forced(const struct nbd_config *cfg);
 
 #define CONFIG_DEFAULT_MAX_CONNECTIONS 1024
 #define CONFIG_MAX_BUFFER_MEMORY_DEFAULT (UINT64_C(1) << 30)

@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #include "conn.h"
+#include "metrics.h"
 #include "reload.h"
 #include "stop.h"
 
@@ -39,6 +40,7 @@ conn_free(struct nbd_conn *c)
   pthread_cond_destroy(&c->donecond);
   free(c->meta_export);
   free(c->asked_name);
+  free(c->refused);
   if (c->set_ref)
     reload_put(c->cfg);         /* may free a set a reload replaced */
   free(c);
@@ -62,15 +64,59 @@ conn_describe(const struct nbd_conn *c, char *buf, size_t len)
 }
 
 int
+conn_preconnect(struct nbd_conn *c)
+{
+  struct nbd_export *e;
+  size_t n = 0, i, nrefused = 0;
+  char who[128];
+  int r;
+
+  for (e = c->cfg->exports; e; e = e->next)
+    n++;
+  if (n == 0)
+    return 0;
+  if ((c->refused = calloc(n, 1)) == NULL)
+    return -1;
+  c->nrefused = n;
+  for (e = c->cfg->exports, i = 0; e; e = e->next, i++)
+    if ((r = engine_preconnect(e, &c->info)) < 0) {
+      c->refused[i] = 1;
+      nrefused++;
+      conn_describe(c, who, sizeof who);
+      nbd_debug("%s: export \"%s\" refused the client before the "
+                "handshake: %s", who, e->name, strerror(-r));
+    }
+  if (nrefused < n)
+    return 0;
+  conn_describe(c, who, sizeof who);
+  nbd_info("refused before the handshake: %s (no export lets it in)", who);
+  return -1;
+}
+
+int
+conn_refused(const struct nbd_conn *c, const struct nbd_export *e)
+{
+  const struct nbd_export *x;
+  size_t i;
+
+  for (x = c->cfg->exports, i = 0; x && i < c->nrefused; x = x->next, i++)
+    if (x == e)
+      return c->refused[i];
+  return 0;
+}
+
+int
 conn_handshake(struct nbd_conn *c)
 {
   /* The deadline runs from accept when the server set it there. */
   if (c->cfg->handshake_timeout && c->w.deadline == 0)
     c->w.deadline = nbd_now_ns() + c->cfg->handshake_timeout;
   if (handshake_run(c) == -1) {
+    metrics_handshake(c, -1);
     handshake_release(c);
     return -1;
   }
+  metrics_handshake(c, 0);
   c->w.deadline = 0;
   wire_set_timeout(&c->w, 0, 1);
   if (c->cfg->idle_timeout)
@@ -127,6 +173,7 @@ conn_finish(struct nbd_conn *c)
              ".%03" PRIu64 "s", who, c->exp->name, c->bytes_read,
              c->bytes_written, c->nrequests, ms / 1000, ms % 1000);
   }
+  metrics_conn_close(c);
   handshake_release(c);
   nbd_debug("%s: connection closed", c->peer);
 }

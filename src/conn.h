@@ -55,6 +55,10 @@ struct nbd_conn {
    * newer client. */
   char source[64];
   struct nbd_conn_info info;    /* what layers may know (layer.h) */
+  /* Before the handshake (conn_preconnect): refused[i] is set when the
+   * i-th export of cfg refused this client (its stack's preconnect). */
+  unsigned char *refused;
+  size_t nrefused;
   int greeted;
   int handshaking, evicted;
 
@@ -75,6 +79,7 @@ struct nbd_conn {
    * alone (transmission.c), read by it at the end, so no lock and no
    * atomics on the data path. */
   uint64_t started_ns, nrequests, bytes_read, bytes_written;
+  struct metrics_shard *metrics; /* where it counts (metrics.c), or NULL */
 
   /* Requests (scheduler.c). */
   pthread_mutex_t qlock;
@@ -107,6 +112,14 @@ struct nbd_conn {
 struct nbd_conn *conn_new(int fd, const struct nbd_config *cfg);
 /* Frees what conn_new and conn_run allocated; does not close fd. */
 void conn_free(struct nbd_conn *c);
+/* Asks every export's stack whether this client may come in (the
+ * preconnect method), before the greeting; 0 when one export at least
+ * lets it in (the others then refuse it in the handshake), -1 when all
+ * refuse (logged: the caller closes the socket). */
+int conn_preconnect(struct nbd_conn *c);
+/* Whether export e (of c->cfg) refused this client before the
+ * handshake. */
+int conn_refused(const struct nbd_conn *c, const struct nbd_export *e);
 /* A connection's life in three steps (server.c calls them in turn):
  * the handshake (0 to go on to transmission, -1 to close), the request
  * loop, and the end: flush what the client wrote (a failure is counted

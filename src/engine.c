@@ -89,6 +89,7 @@ engine_export_new(const char *name)
     free(e);
     return NULL;
   }
+  e->tls = -1;
   pthread_mutex_init(&e->lock, NULL);
   return e;
 }
@@ -286,6 +287,20 @@ nbd_conn_info(const struct nbd_ctx *ctx)
   return ctx->info;
 }
 
+/* The layer above ctxs[i] that retries opens most often (layer.h,
+ * open_retries), or NULL. */
+static const struct nbd_layer *
+engine_open_retrier(struct nbd_ctx *const *ctxs, size_t i)
+{
+  const struct nbd_layer *best = NULL;
+
+  while (i-- > 0)
+    if (ctxs[i]->layer->open_retries &&
+        (best == NULL || ctxs[i]->layer->open_retries > best->open_retries))
+      best = ctxs[i]->layer;
+  return best;
+}
+
 struct nbd_ctx *
 engine_open(struct nbd_export *exp, int readonly,
             const struct nbd_conn_info *info, char *err, size_t errlen)
@@ -293,7 +308,7 @@ engine_open(struct nbd_export *exp, int readonly,
   struct nbd_ctx *ctxs[64], *below = NULL;
   struct nbd_layer *l;
   size_t n = 0, i;
-  int opened = 0, r;
+  int opened = 0, r, fail_errno = ENOMEM;
 
   readonly = readonly || exp->readonly;
   for (l = exp->top; l; l = l->below) {
@@ -316,10 +331,20 @@ engine_open(struct nbd_export *exp, int readonly,
   /* open: inner (backend) to outer. */
   for (i = n; i-- > 0;) {
     const struct nbd_layer_ops *o = ctxs[i]->layer->ops;
+    unsigned tries = 0;
+
     below = ctxs[i]->next;
-    if (o->open && (r = o->open(ctxs[i], below, readonly)) < 0) {
-      snprintf(err, errlen, "%s: open failed: %s", o->name, strerror(-r));
-      goto fail;
+    while (o->open && (r = o->open(ctxs[i], below, readonly)) < 0) {
+      const struct nbd_layer *retry = engine_open_retrier(ctxs, i);
+
+      if (retry == NULL || tries++ >= retry->open_retries ||
+          nbd_sleep(retry->open_retry_delay) < 0) {
+        snprintf(err, errlen, "%s: open failed: %s", o->name, strerror(-r));
+        fail_errno = -r;
+        goto fail;
+      }
+      nbd_debug("export '%s': %s: open failed (%s), retry %u of %u",
+                exp->name, o->name, strerror(-r), tries, retry->open_retries);
     }
     opened++;
   }
@@ -329,6 +354,7 @@ engine_open(struct nbd_export *exp, int readonly,
     const struct nbd_layer_ops *o = ctxs[i]->layer->ops;
     if (o->prepare && (r = o->prepare(ctxs[i], ctxs[i]->next, readonly)) < 0) {
       snprintf(err, errlen, "%s: prepare failed: %s", o->name, strerror(-r));
+      fail_errno = -r;
       goto fail;
     }
     if (engine_cache_caps(ctxs[i], readonly, err, errlen) == -1)
@@ -343,7 +369,18 @@ fail:
       ctxs[i]->layer->ops->close(ctxs[i], ctxs[i]->next);
   for (i = 0; i < n; i++)
     free(ctxs[i]);
+  errno = fail_errno;
   return NULL;
+}
+
+/* True when c or a context below it was left closed by a failed reopen. */
+static int
+engine_closed_below(const struct nbd_ctx *c)
+{
+  for (; c; c = c->next)
+    if (c->closed)
+      return 1;
+  return 0;
 }
 
 int
@@ -352,16 +389,70 @@ engine_close(struct nbd_ctx *top)
   struct nbd_ctx *c, *next;
   int r, ret = 0;
 
+  /* A layer over a closed one would finalize (flush) into nothing. */
   for (c = top; c; c = c->next)
-    if (c->layer->ops->finalize && (r = c->layer->ops->finalize(c, c->next)) < 0)
+    if (c->layer->ops->finalize && !engine_closed_below(c) &&
+        (r = c->layer->ops->finalize(c, c->next)) < 0)
       ret = r;
   for (c = top; c; c = next) {
     next = c->next;
-    if (c->layer->ops->close)
+    if (c->layer->ops->close && !c->closed)
       c->layer->ops->close(c, c->next);
     free(c);
   }
   return ret;
+}
+
+/* ---- reopening (layer.h "Reopening") ------------------------------------- */
+
+int
+next_reopen(struct nbd_ctx *c, int readonly)
+{
+  char err[256];
+  int r;
+
+  r = c->layer->ops->reopen(c, c->next, readonly);
+  if (r < 0)
+    return r;
+  if (engine_cache_caps(c, readonly, err, sizeof err) == -1) {
+    nbd_error("export '%s': reopen: %s", c->layer->export_name, err);
+    return -EIO;
+  }
+  return 0;
+}
+
+int
+nbd_reopen_close_open(struct nbd_ctx *self, struct nbd_ctx *next,
+                      int readonly)
+{
+  const struct nbd_layer_ops *o = self->layer->ops;
+  int r;
+
+  if (!self->closed) {
+    /* The layer below may be what failed: a finalize that cannot flush
+     * is logged, the reopen goes on. */
+    if (o->finalize && !engine_closed_below(next) &&
+        (r = o->finalize(self, next)) < 0)
+      nbd_debug("export '%s': %s: finalize before reopen: %s",
+                self->layer->export_name, o->name, strerror(-r));
+    if (o->close)
+      o->close(self, next);
+    self->handle = NULL;
+    self->closed = 1;
+  }
+  if (next && (r = next_reopen(next, readonly)) < 0)
+    return r;
+  if (o->open && (r = o->open(self, next, readonly)) < 0)
+    return r;
+  self->closed = 0;
+  if (o->prepare && (r = o->prepare(self, next, readonly)) < 0) {
+    if (o->close)
+      o->close(self, next);
+    self->handle = NULL;
+    self->closed = 1;
+    return r;
+  }
+  return 0;
 }
 
 /* ---- boundary checks ----------------------------------------------------- */
@@ -727,29 +818,62 @@ next_list_exports(struct nbd_ctx *c, struct nbd_exports *exports)
   return c->layer->ops->list_exports(c, c->next, exports);
 }
 
+/* No capability to check either. */
 int
-engine_list_exports(struct nbd_export *exp, const struct nbd_conn_info *info,
-                    struct nbd_exports *exports)
+next_preconnect(struct nbd_ctx *c)
+{
+  return c->layer->ops->preconnect(c, c->next);
+}
+
+/* Contexts never opened (on the heap: musl's thread stacks are small),
+ * for the name methods: a layer may look at its layer (conf, state), info
+ * and next, nothing else.  NULL when out of memory or the stack is
+ * empty. */
+static struct nbd_ctx *
+engine_unopened(struct nbd_export *exp, const struct nbd_conn_info *info)
 {
   struct nbd_ctx *ctxs;
   struct nbd_layer *l;
   size_t n = 0, i;
-  int r;
 
   for (l = exp->top; l; l = l->below)
     n++;
-  if (n == 0)
-    return 0;
-  /* Contexts never opened (on the heap: musl's thread stacks are small):
-   * a layer's list_exports may look at its layer (conf, state), info and
-   * next, nothing else. */
-  if ((ctxs = calloc(n, sizeof *ctxs)) == NULL)
-    return -ENOMEM;
+  if (n == 0 || (ctxs = calloc(n, sizeof *ctxs)) == NULL)
+    return NULL;
   for (l = exp->top, i = 0; l; l = l->below, i++) {
     ctxs[i].layer = l;
     ctxs[i].info = info;
     ctxs[i].next = i + 1 < n ? &ctxs[i + 1] : NULL;
   }
+  return ctxs;
+}
+
+int
+engine_preconnect(struct nbd_export *exp, const struct nbd_conn_info *info)
+{
+  struct nbd_ctx *ctxs;
+  int r;
+
+  if (exp->top == NULL)
+    return 0;
+  if ((ctxs = engine_unopened(exp, info)) == NULL)
+    return -ENOMEM;
+  r = next_preconnect(&ctxs[0]);
+  free(ctxs);
+  return r < 0 ? r : 0;
+}
+
+int
+engine_list_exports(struct nbd_export *exp, const struct nbd_conn_info *info,
+                    struct nbd_exports *exports)
+{
+  struct nbd_ctx *ctxs;
+  int r;
+
+  if (exp->top == NULL)
+    return 0;
+  if ((ctxs = engine_unopened(exp, info)) == NULL)
+    return -ENOMEM;
   r = next_list_exports(&ctxs[0], exports);
   free(ctxs);
   if (r <= 0)

@@ -19,6 +19,10 @@ struct nbd_export {
   struct nbd_layer *top;        /* client side; ->below ... backend */
   int readonly;                 /* forced read-only (config or -r) */
   unsigned max_connections;     /* 0 = only the server-wide limit */
+  /* Per-export `tls` (NBD_TLS_OFF, _ON, _REQUIRE of config.h), or -1:
+   * the server's.  Read from the set's own export, never its origin
+   * (config_export_tls). */
+  int tls;
   unsigned nconnections;        /* open stacks now (server.c's lock) */
   /* Derived by engine_export_finish from the stack. */
   enum nbd_thread_model model;
@@ -62,7 +66,9 @@ struct nbd_export *engine_export_origin(struct nbd_export *exp);
 /* Opens the export's stack for one connection: contexts allocated, open
  * called inner to outer, then prepare inner to outer, then capabilities
  * cached.  Every context gets info (NULL outside a connection).  Returns
- * the top context or NULL with err filled. */
+ * the top context or NULL with err filled and errno set (the error a
+ * layer's open or prepare returned, so that EBUSY or EPERM can be told
+ * to the client as a refusal). */
 struct nbd_ctx *engine_open(struct nbd_export *exp, int readonly,
                             const struct nbd_conn_info *info, char *err,
                             size_t errlen);
@@ -76,5 +82,10 @@ int engine_close(struct nbd_ctx *top);
 int engine_list_exports(struct nbd_export *exp,
                         const struct nbd_conn_info *info,
                         struct nbd_exports *exports);
+
+/* Before the handshake (methods.def, preconnect): may this client use
+ * the export?  0, or -errno from the layer that refused it. */
+int engine_preconnect(struct nbd_export *exp,
+                      const struct nbd_conn_info *info);
 
 #endif

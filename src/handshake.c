@@ -8,8 +8,10 @@
  * Options: EXPORT_NAME, ABORT, LIST, STARTTLS (when `tls` is on or
  * require; the session itself is wire.c's and tls.c's), INFO, GO,
  * STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT
- * (base:allocation only).  With `tls = require`, every option but
- * STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD before TLS.  Unknown options get NBD_REP_ERR_UNSUP and the
+ * (base:allocation only).  When every export requires TLS, every option
+ * but STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD before TLS; when only
+ * some do, INFO, GO and the meta context options naming one get it,
+ * EXPORT_NAME drops, and LIST leaves it out.  Unknown options get NBD_REP_ERR_UNSUP and the
  * session goes on; malformed lengths NBD_REP_ERR_INVALID with the stream
  * kept in sync.  Unknown client flags, a bad option magic or an oversized
  * option drop the connection.  Oldstyle negotiation is not offered.
@@ -19,6 +21,7 @@
 #include <string.h>
 
 #include "conn.h"
+#include "metrics.h"
 #include "stop.h"
 #include "protocol.h"
 #include "tls.h"
@@ -51,13 +54,16 @@ handshake_error(struct nbd_conn *c, uint32_t opt, uint32_t type,
 }
 
 /* The names e's stack lists: 1 (dynamic, names in list), 0 (plain: its
- * config name only; also when listing failed, which is logged). */
+ * config name only; also when listing failed, which is logged), -1 when
+ * a layer refuses to list by policy (-EPERM: exportname-list=error). */
 static int
 handshake_list_names(struct nbd_conn *c, struct nbd_export *e,
                      struct nbd_exports *list)
 {
   int r = engine_list_exports(e, &c->info, list);
 
+  if (r == -EPERM)
+    return -1;
   if (r < 0)
     nbd_error("%s: export \"%s\": list_exports: %s", c->peer, e->name,
               strerror(-r));
@@ -78,7 +84,7 @@ handshake_find_export(struct nbd_conn *c, const char *name, int *dynamic)
     if (strcmp(e->name, name) == 0)
       return e;
   for (e = c->cfg->exports; e; e = e->next) {
-    if (!handshake_list_names(c, e, &list))
+    if (handshake_list_names(c, e, &list) <= 0)
       continue;
     found = nbd_exports_has(&list, name);
     nbd_exports_clear(&list);
@@ -88,6 +94,15 @@ handshake_find_export(struct nbd_conn *c, const char *name, int *dynamic)
     }
   }
   return c->cfg->any_export_name ? c->cfg->exports : NULL;
+}
+
+/* proto.md "TLS support", SELECTIVETLS: an export that requires TLS is
+ * refused to a client that has not started it (and not listed). */
+static int
+handshake_tls_refused(const struct nbd_conn *c, const struct nbd_export *e)
+{
+  return !wire_is_tls(&c->w) &&
+         config_export_tls(c->cfg, e) == NBD_TLS_REQUIRE;
 }
 
 /* Transmission flags exactly as the opened stack can serve them. */
@@ -125,13 +140,22 @@ handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
 }
 
 /* Opens the export's stack for this connection; -1 on failure (why says
- * it in one line), -2 when the export is at its connection limit. */
+ * it in one line), -2 when the export is at its connection limit, -3
+ * when it refused this client before the handshake (conn_preconnect), -4
+ * when a layer's open refused it (EBUSY, EPERM, EACCES: the limit
+ * filter), with why filled as for -1. */
 static int
 handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
                int dynamic, char *why, size_t whylen)
 {
-  char err[512], *asked = strdup(name);
+  char err[512], *asked;
 
+  if (conn_refused(c, e)) {
+    nbd_info("%s: export \"%s\" refused this client before the handshake",
+             c->peer, e->name);
+    return -3;
+  }
+  asked = strdup(name);
   snprintf(why, whylen, "out of memory");
   if (asked == NULL)
     return -1;
@@ -149,6 +173,7 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
       __atomic_sub_fetch(&e->nconnections, 1, __ATOMIC_SEQ_CST);
       nbd_info("%s: export \"%s\" has its maximum of %u connections",
                c->peer, e->name, e->max_connections);
+      metrics_refused(METRICS_REFUSED_EXPORT_LIMIT);
       return -2;
     }
     c->counted = 1;
@@ -165,11 +190,12 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
   c->top = engine_open(e, c->readonly || c->cfg->readonly, &c->info, err,
                        sizeof err);
   if (c->top == NULL) {
+    int refused = errno == EBUSY || errno == EPERM || errno == EACCES;
     nbd_error("%s: export \"%s\": %s", c->peer, e->name, err);
     snprintf(why, whylen, "export \"%.64s\" cannot be opened: %s", e->name,
              err);
     handshake_release(c);
-    return -1;
+    return refused ? -4 : -1;
   }
   c->tflags = handshake_tflags(c, c->top);
   c->max_payload = NBD_MAX_PAYLOAD;
@@ -191,6 +217,11 @@ handshake_export_name(struct nbd_conn *c, const char *name)
 
   if (e == NULL) {
     nbd_info("%s: unknown export \"%s\" requested", c->peer, name);
+    return -1;
+  }
+  if (handshake_tls_refused(c, e)) {
+    nbd_info("%s: NBD_OPT_EXPORT_NAME of \"%.64s\" without TLS, dropping "
+             "(the export requires TLS)", c->peer, name);
     return -1;
   }
   if (handshake_open(c, e, name, dynamic, why, sizeof why) < 0)
@@ -274,12 +305,21 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   e = handshake_find_export(c, name, &dynamic);
   if (e == NULL)
     return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, "unknown export");
+  if (handshake_tls_refused(c, e))
+    return handshake_error(c, opt, NBD_REP_ERR_TLS_REQD,
+                           "this export requires TLS: send "
+                           "NBD_OPT_STARTTLS first");
   /* As nbdkit: a stack that cannot be opened is NBD_REP_ERR_UNKNOWN, with
    * the reason for a human (qemu prints it). */
   switch (handshake_open(c, e, name, dynamic, why, sizeof why)) {
   case -2:
     return handshake_error(c, opt, NBD_REP_ERR_POLICY,
                            "too many connections to this export");
+  case -3:
+    return handshake_error(c, opt, NBD_REP_ERR_POLICY,
+                           "this export does not serve this client");
+  case -4:                      /* a layer refused: limit, ... */
+    return handshake_error(c, opt, NBD_REP_ERR_POLICY, why);
   case -1:
     return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, why);
   }
@@ -332,7 +372,15 @@ handshake_list(struct nbd_conn *c, uint32_t len, unsigned *max)
     return handshake_error(c, NBD_OPT_LIST, NBD_REP_ERR_INVALID,
                            "NBD_OPT_LIST takes no data");
   for (e = c->cfg->exports; e && r == 0; e = e->next) {
-    if (!handshake_list_names(c, e, &list)) {
+    int dynamic;
+
+    if (handshake_tls_refused(c, e))
+      continue;                 /* not even its name before TLS */
+    dynamic = handshake_list_names(c, e, &list);
+    if (dynamic < 0)
+      return handshake_error(c, NBD_OPT_LIST, NBD_REP_ERR_POLICY,
+                             "the export list is not available");
+    if (!dynamic) {
       r = handshake_list_one(c, e->name, e->description);
       continue;
     }
@@ -367,6 +415,7 @@ handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   uint32_t namelen, nq, qlen, pos, i;
   char name[NBD_MAX_STRING + 1];
   int found = 0, dynamic;
+  struct nbd_export *e;
 
   if (!c->structured)
     return handshake_error(c, opt, NBD_REP_ERR_INVALID,
@@ -392,8 +441,12 @@ handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
     return handshake_error(c, opt, NBD_REP_ERR_INVALID,
                            "option length does not match its content");
   if (strlen(name) != namelen ||
-      handshake_find_export(c, name, &dynamic) == NULL)
+      (e = handshake_find_export(c, name, &dynamic)) == NULL)
     return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, "unknown export");
+  if (handshake_tls_refused(c, e))
+    return handshake_error(c, opt, NBD_REP_ERR_TLS_REQD,
+                           "this export requires TLS: send "
+                           "NBD_OPT_STARTTLS first");
   if (nq == 0 && opt == NBD_OPT_LIST_META_CONTEXT)
     found = 1;                  /* empty list query: every context */
   if (opt == NBD_OPT_SET_META_CONTEXT) {
@@ -425,12 +478,13 @@ handshake_starttls(struct nbd_conn *c, uint32_t len)
   if (wire_is_tls(&c->w))
     return handshake_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID,
                            "TLS is already on");
-  if (c->cfg->tls == NBD_TLS_OFF || !tls_server_ready())
+  if (!config_tls_offered(c->cfg) || !tls_server_ready())
     return handshake_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_UNSUP,
                            "TLS is not enabled on this server");
   if (handshake_reply(c, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0) == -1 ||
       wire_starttls(&c->w) == -1)
     return -1;
+  c->info.tls = 1;              /* layers ask (nbd_conn_info) */
   c->structured = 0;
   c->meta_base_allocation = 0;
   free(c->meta_export);
@@ -448,7 +502,7 @@ handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
 
   /* proto.md "TLS support", FORCEDTLS: before TLS only STARTTLS and
    * ABORT; EXPORT_NAME has no error reply, so it drops. */
-  if (c->cfg->tls == NBD_TLS_REQUIRE && !wire_is_tls(&c->w) &&
+  if (config_tls_forced(c->cfg) && !wire_is_tls(&c->w) &&
       opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT) {
     if (opt == NBD_OPT_EXPORT_NAME) {
       nbd_info("%s: NBD_OPT_EXPORT_NAME without TLS, dropping", c->peer);
@@ -465,6 +519,7 @@ handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
     name[len] = '\0';
     return handshake_export_name(c, name) == 0 ? 1 : -1;
   case NBD_OPT_ABORT:
+    metrics_handshake_aborted();
     handshake_reply(c, opt, NBD_REP_ACK, NULL, 0);
     return -1;
   case NBD_OPT_LIST:

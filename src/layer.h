@@ -177,6 +177,11 @@ struct nbd_layer {
   enum nbd_thread_model thread_model;
   enum nbd_nonblocking nonblocking;
   struct nbd_layer *below;    /* next layer instance, NULL for the backend */
+  /* Set by a filter's setup to have the engine retry a failed open of
+   * any layer below it (retry-request-open): up to open_retries more
+   * times, open_retry_delay ns apart.  0 = no retries. */
+  unsigned open_retries;
+  uint64_t open_retry_delay;
 };
 
 /* Per-connection context of one layer. */
@@ -201,6 +206,10 @@ struct nbd_ctx {
    * limits, so a request that breaks a hint reaches the layer that gave
    * it, which must then take any size and alignment. */
   int block_advisory;
+  /* reopen closed this context and could not open it again: the engine
+   * calls neither finalize nor close on it, and nothing else may be
+   * called on it but next_reopen (see "Reopening" below). */
+  int closed;
 };
 
 /* Called from a layer's block_size method: the sizes it answers are hints
@@ -272,6 +281,43 @@ int nbd_extents_add(struct nbd_extents *e, uint64_t offset, uint64_t length,
 int nbd_extents_shifted(struct nbd_ctx *next, uint64_t count, uint64_t offset,
                         uint64_t shift, uint32_t flags,
                         struct nbd_extents *extents);
+
+/* ---- before the handshake (preconnect) ---------------------------------
+ *
+ * A layer's preconnect runs when a client connects, before the server
+ * greets it or reads any option, so it can only look at
+ * nbd_conn_info(self) (no export name yet).  It runs on contexts that were
+ * never opened, like list_exports (layer, info and next set), and on the
+ * accept loop: it must not block.  Returns 0 (pass it on: next_preconnect)
+ * or -errno to refuse.  The server asks every export's stack: when all
+ * refuse, the socket is closed before the greeting and the client logged
+ * with its address; otherwise the refusing exports answer
+ * NBD_REP_ERR_POLICY to this client's NBD_OPT_GO. */
+
+/* ---- reopening (reopen) ------------------------------------------------ */
+
+/* next_reopen(next, readonly) makes the contexts from next down fresh, as
+ * if this connection had closed and opened them again, then asks their
+ * capabilities again.  The caller (the retry filter) must make sure no
+ * other request of this connection runs on them meanwhile, and should
+ * check that what the client was told (size, can_write) still holds.
+ * readonly is the caller's own open mode, or 1 to reopen read-only.
+ *
+ * Each layer's reopen method decides what it means for that layer:
+ *   PASSTHROUGH(layer, reopen)   keep this layer's own state, reopen below
+ *                                (cow keeps its overlay, cache its blocks);
+ *   #define layer_reopen nbd_reopen_close_open
+ *                                finalize and close this layer, reopen
+ *                                below, open and prepare it again (a
+ *                                backend reconnects or reopens its file,
+ *                                partition re-reads its table);
+ *   its own function             e.g. drop a cache, then next_reopen.
+ * On failure the contexts that could not be opened again are marked
+ * closed (struct nbd_ctx) and the call returns -errno; the caller must
+ * then send nothing below but another next_reopen. */
+int next_reopen(struct nbd_ctx *next, int readonly);
+int nbd_reopen_close_open(struct nbd_ctx *self, struct nbd_ctx *next,
+                          int readonly);
 
 /* ---- export names (list_exports) --------------------------------------- */
 
@@ -439,6 +485,27 @@ int nbd_source_skip(struct nbd_source *src, uint64_t len);
 int nbd_server_stopping(void);
 int nbd_server_aborting(void);
 int nbd_sleep(uint64_t ns);
+
+/* A graceful exit asked by a layer (nbdkit's exitlast and exitwhen
+ * filters): the server stops accepting clients (it closes its listening
+ * sockets), serves the connected ones until each leaves, then shuts down
+ * as on SIGTERM with no client left (every export flushed, layers
+ * cleaned up) and exits 0, or 1 if a flush failed.  why goes in the log
+ * line.  Safe from any thread, any number of times.  nbd_server_exiting
+ * says whether an exit (or a stop) was asked. */
+void nbd_server_exit(const char *why);
+int nbd_server_exiting(void);
+/* The same exit, but only if no client is connected once the calling
+ * connection is gone (nbdkit's exitlast): a client the server admits
+ * after the call cancels it.  Call it from close. */
+void nbd_server_exit_when_idle(void);
+
+/* SIGUSR1 runs fn(arg) on the server's main thread, for a layer that
+ * reports on demand (stats).  Register in setup (0 or -ENOMEM) and
+ * unregister in cleanup: unregistering waits for a report in progress.
+ * Without any, SIGUSR1 does nothing (it never kills the server). */
+int nbd_on_sigusr1(void (*fn)(void *arg), void *arg);
+void nbd_off_sigusr1(void (*fn)(void *arg), void *arg);
 
 /* True under --check-config: every export's stack is set up and opened
  * once, read-only and with no connection, beside a server that may be

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "lobby.h"
+#include "metrics.h"
 
 /* Oldest first; removal from the middle shifts (the lobby is small and
  * only the accept loop touches it). */
@@ -51,6 +52,9 @@ lobby_add(struct nbd_conn *c, unsigned max, unsigned per_source)
   /* A full lobby makes room at the newcomer's own source first: a storm
    * of silent clients from one place then only displaces itself, and a
    * client from elsewhere keeps its place until it speaks. */
+  if ((same > 0 && (same >= per_source || lobby_n >= max)) ||
+      (lobby_n >= max && lobby_n > 0))
+    metrics_refused(METRICS_REFUSED_MAX_HANDSHAKES);
   if (same > 0 && (same >= per_source || lobby_n >= max))
     lobby_drop(oldest, "silent: closed for a newer client from its source");
   else if (lobby_n >= max && lobby_n > 0)

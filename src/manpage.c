@@ -246,7 +246,9 @@ static const char *const manpage_1_end[] = {
   ".SH SIGNALS",
   "SIGTERM and SIGINT stop accepting clients, let each connection finish "
   "its requests and flush what it wrote, then exit.  A second signal cuts "
-  "the final flushes short.",
+  "the final flushes short.  SIGHUP re-reads the config file.  SIGUSR1 "
+  "makes layers that report write their report now (the stats filter); "
+  "without one it is ignored.",
   ".SH EXIT STATUS",
   "0 after an orderly shutdown; 1 on an error, or when a flush at close "
   "failed (acknowledged writes may not be durable); with \\fB\\-\\-run\\fR, "

@@ -21,6 +21,7 @@
 #include "reload.h"
 #include "settings.h"
 #include "sockets.h"
+#include "tls.h"
 
 struct reload_set {
   struct nbd_config *cfg;
@@ -124,6 +125,7 @@ reload_setting_text(const struct nbd_setting *st,
   case SETTING_STRING:
   case SETTING_PATH:
   case SETTING_LOG:
+  case SETTING_ADDR:
     snprintf(buf, len, "%s", *(char *const *)p ? *(char *const *)p : "");
     break;
   case SETTING_LISTEN:
@@ -159,7 +161,10 @@ reload_keep_settings(const struct nbd_config *cur, struct nbd_config *next)
     if (strcmp(a, b) != 0)
       nbd_warn("reload: [server] %s changed: needs a restart (ignored, "
                "still %s)", st->key, a[0] ? a : "unset");
-    if (st->type == SETTING_STRING || st->type == SETTING_PATH)
+    /* Strings are copied: a pointer shared with cur would be freed
+     * with it. */
+    if (st->type == SETTING_STRING || st->type == SETTING_PATH ||
+        st->type == SETTING_LOG || st->type == SETTING_ADDR)
       r |= reload_dup((char **)p, *(char *const *)((const char *)cur +
                                                     st->offset));
     else
@@ -207,6 +212,17 @@ reload_parse(const struct nbd_config *cur)
   }
   if (reload_keep_settings(cur, next) == -1) {
     nbd_error("reload: out of memory: refused");
+    config_free(next);
+    free(next);
+    return NULL;
+  }
+  /* Credentials are loaded at start only (tls-certificates and tls-psk
+   * are server settings): an export that now wants TLS on a server that
+   * started without it cannot be served. */
+  if (config_tls_offered(next) && !tls_server_ready()) {
+    nbd_error("reload: an export sets tls = on or require, but the server "
+              "started without TLS credentials: refused (restart with "
+              "tls-certificates or tls-psk)");
     config_free(next);
     free(next);
     return NULL;

@@ -31,6 +31,7 @@
 #include "bufmem.h"
 #include "conn.h"
 #include "lobby.h"
+#include "metrics.h"
 #include "park.h"
 #include "process.h"
 #include "reload.h"
@@ -54,6 +55,7 @@ static unsigned server_nconns;          /* threads alive, evicted included */
 static unsigned server_nevicted;        /* closed for room, not gone yet */
 static volatile sig_atomic_t server_nsignals;
 static volatile sig_atomic_t server_reload_pending;
+static volatile sig_atomic_t server_usr1_pending;
 static const struct nbd_config *server_cfg;     /* for server_status */
 /* The connection count changed since the last STATUS= (server_lock). */
 static int server_status_dirty;
@@ -65,8 +67,13 @@ server_on_signal(int sig)
   int saved = errno;
   char c = (char)sig;
 
-  if (sig == SIGHUP) {          /* reload (reload.c), on the main loop */
-    server_reload_pending = 1;
+  if (sig == SIGHUP || sig == SIGUSR1) {
+    /* reload (reload.c), or the reports of layers (stats): on the main
+     * loop. */
+    if (sig == SIGHUP)
+      server_reload_pending = 1;
+    else
+      server_usr1_pending = 1;
     if (write(server_sigpipe[1], &c, 1) == -1) {
       /* The pipe is full: a wake-up is already pending. */
     }
@@ -194,6 +201,8 @@ server_conn_end(struct nbd_conn *c)
   server_status_dirty = 1;
   pthread_cond_broadcast(&server_conns_cond);
   pthread_mutex_unlock(&server_lock);
+  if (server_exit_requested || server_exit_idle)
+    stop_poke();                /* the main loop counts who is left */
 }
 
 /* A client that spoke needs a connection thread.  At max-connections the
@@ -273,11 +282,14 @@ server_start_conn(const struct nbd_config *cfg, struct nbd_conn *c)
 
   pthread_mutex_lock(&server_lock);
   r = server_admit(cfg, c);
-  if (r == 0)
+  if (r == 0) {
     server_status_dirty = 1;
+    server_exit_idle = 0;       /* a client came: not idle (exitlast) */
+  }
   pthread_mutex_unlock(&server_lock);
   if (r == -1) {
     static time_t last;
+    metrics_refused(METRICS_REFUSED_MAX_CONNECTIONS);
     time_t now = time(NULL);
     if (now != last)            /* one line a second, not one per client */
       nbd_warn("refusing a client: %u connections is the maximum",
@@ -329,6 +341,34 @@ server_wake(struct nbd_conn *c)
     server_spawn(c);
 }
 
+/* No connection thread is left. */
+static int
+server_idle(void)
+{
+  unsigned n;
+
+  pthread_mutex_lock(&server_lock);
+  n = server_nconns;
+  pthread_mutex_unlock(&server_lock);
+  return n == 0;
+}
+
+/* A layer asked for an exit (nbd_server_exit): the first time, stop
+ * listening and close the clients that have not spoken; then true once
+ * no connection is left, when the main loop ends as on SIGTERM. */
+static int
+server_exit_step(void)
+{
+  static int closed;
+
+  if (!closed) {
+    closed = 1;
+    sockets_close();
+    lobby_clear();
+  }
+  return server_idle();
+}
+
 /* Accepts one client, greets it and puts it in the lobby until it
  * speaks; returns -1 when there is none left to accept. */
 static int
@@ -358,6 +398,11 @@ server_accept(const struct nbd_config *cfg, const struct nbd_listener *l)
   c->set_ref = 1;
   server_source(c, &ss, sslen);
   nbd_debug("%s: connected on %s", c->peer, l->desc);
+  if (conn_preconnect(c) == -1) {
+    close(fd);
+    conn_free(c);
+    return 0;
+  }
   if (cfg->handshake_timeout)
     c->w.deadline = nbd_now_ns() + cfg->handshake_timeout;
   if (handshake_greet(c) == -1) {
@@ -450,6 +495,7 @@ server_signals(void)
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGHUP, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
 }
 
 /* The signal pipe is readable: empty it, and reload on SIGHUP.  The set
@@ -463,14 +509,21 @@ server_on_wakeup(void)
 
   while (read(server_sigpipe[0], buf, sizeof buf) > 0)
     ;
-  if (!server_reload_pending || server_stopping)
+  if (server_usr1_pending) {
+    server_usr1_pending = 0;
+    stop_run_sigusr1();
+  }
+  /* No reload once exiting: it could open listeners again. */
+  if (!server_reload_pending || server_stopping || server_exit_requested)
     return;
   server_reload_pending = 0;
+  tls_server_reload();
   if (reload_run(&old) == 1) {
     pthread_mutex_lock(&server_lock);
     server_cfg = reload_current();
     server_status("");
     pthread_mutex_unlock(&server_lock);
+    metrics_configure(server_cfg);
     reload_put(old);
   }
 }
@@ -480,7 +533,7 @@ server_on_wakeup(void)
 static int
 server_drop_privileges(const struct nbd_config *cfg)
 {
-  const char *paths[SOCKETS_MAX + 1];
+  const char *paths[SOCKETS_MAX + 2];
   size_t i, n = 0;
 
   for (i = 0; i < sockets_count(); i++)
@@ -488,6 +541,8 @@ server_drop_privileges(const struct nbd_config *cfg)
       paths[n++] = sockets_get(i)->unlink_path;
   if (cfg->pidfile)
     paths[n++] = cfg->pidfile;
+  if (metrics_unix_path())
+    paths[n++] = metrics_unix_path();
   return process_drop_privileges(cfg, paths, n);
 }
 
@@ -507,7 +562,7 @@ server_exit_with_parent(void)
 /* The URI of every listener, once serving: in the log, and on stdout
  * with --print-uri.  From the bound address (the real port of port 0);
  * the IPv4 and IPv6 sockets of "all addresses" give one line.  As in
- * nbdkit, nbds:// only when TLS is required (with tls = on a plain
+ * nbdkit, nbds:// only when TLS is required for the export named (with tls = on a plain
  * client is served too, so nbd:// stays right). */
 static void
 server_print_uris(const struct nbd_config *cfg)
@@ -519,7 +574,8 @@ server_print_uris(const struct nbd_config *cfg)
   last[0] = '\0';
   for (i = 0; i < sockets_count(); i++) {
     if (uri_of_socket(uri, sizeof uri, sockets_get(i)->fd, name,
-                      cfg->tls == NBD_TLS_REQUIRE) == -1 ||
+                      cfg->exports && config_export_tls(cfg, cfg->exports) ==
+                      NBD_TLS_REQUIRE) == -1 ||
         strcmp(uri, last) == 0)
       continue;
     nbd_info("serving %s", uri);
@@ -571,6 +627,12 @@ server_single_wait(void)
     clock_gettime(CLOCK_REALTIME, &tick);
     tick.tv_sec++;
     pthread_cond_timedwait(&server_conns_cond, &server_lock, &tick);
+    if (server_usr1_pending) {
+      server_usr1_pending = 0;
+      pthread_mutex_unlock(&server_lock);
+      stop_run_sigusr1();
+      pthread_mutex_lock(&server_lock);
+    }
   }
   pthread_mutex_unlock(&server_lock);
 }
@@ -581,7 +643,7 @@ server_single_wait(void)
 static int
 server_single(const struct nbd_config *cfg, int *drained)
 {
-  const char *paths[1] = { cfg->pidfile };
+  const char *paths[2] = { cfg->pidfile, metrics_unix_path() };
   struct sockaddr_storage ss;
   socklen_t sslen = sizeof ss;
   struct nbd_conn *c;
@@ -590,7 +652,9 @@ server_single(const struct nbd_config *cfg, int *drained)
   if ((fd = server_single_fd()) == -1)
     return -1;
   if ((cfg->pidfile && process_write_pidfile(cfg->pidfile) == -1) ||
-      process_drop_privileges(cfg, paths, cfg->pidfile ? 1 : 0) == -1 ||
+      process_drop_privileges(cfg, cfg->pidfile ? paths : paths + 1,
+                              (cfg->pidfile ? 1 : 0) +
+                              (paths[1] ? 1 : 0)) == -1 ||
       (c = conn_new(fd, cfg)) == NULL) {
     close(fd);
     return -1;
@@ -601,7 +665,7 @@ server_single(const struct nbd_config *cfg, int *drained)
   server_source(c, &ss, sslen);
   if (cfg->handshake_timeout)
     c->w.deadline = nbd_now_ns() + cfg->handshake_timeout;
-  if (handshake_greet(c) == -1) {
+  if (conn_preconnect(c) == -1 || handshake_greet(c) == -1) {
     close(fd);
     conn_free(c);
   } else
@@ -649,13 +713,20 @@ server_run(const struct nbd_config *cfg, int *drained)
     return -1;
   }
   server_signals();
+  stop_set_wake_fd(server_sigpipe[1]);
   if (nbd_modes.exit_with_parent)
     server_exit_with_parent();
   if (park_start(server_wake) == -1)
     return -1;
-  if (nbd_modes.single)
-    return server_single(cfg, drained);
+  if (metrics_start_server(cfg) == -1)
+    return -1;
+  if (nbd_modes.single) {
+    status = server_single(cfg, drained);
+    metrics_stop_server();
+    return status;
+  }
   if (sockets_open(cfg) == -1) {
+    metrics_stop_server();
     sockets_close();
     return -1;
   }
@@ -665,10 +736,12 @@ server_run(const struct nbd_config *cfg, int *drained)
     nbd_info("listening on %s", sockets_get(i)->desc);
   }
   if (cfg->pidfile && process_write_pidfile(cfg->pidfile) == -1) {
+    metrics_stop_server();
     sockets_close();
     return -1;
   }
   if (server_drop_privileges(cfg) == -1) {
+    metrics_stop_server();
     sockets_close();
     process_cleanup_done();
     return -1;
@@ -702,6 +775,10 @@ server_run(const struct nbd_config *cfg, int *drained)
     struct nbd_conn *c;
 
     cfg = reload_current();     /* a reload keeps the server settings */
+    if (server_exit_idle && !server_exit_requested && server_idle())
+      nbd_server_exit("the last client left");
+    if (server_exit_requested && server_exit_step())
+      break;
 
     for (i = 0; i < sockets_count(); i++) {
       pfd[i].fd = sockets_get(i)->fd;
@@ -753,6 +830,7 @@ server_run(const struct nbd_config *cfg, int *drained)
   sockets_close();
   *drained = server_drain() == 0;
   park_stop();
+  metrics_stop_server();        /* it served during the drain */
   if (cfg->pidfile)
     unlink(cfg->pidfile);
   process_cleanup_done();

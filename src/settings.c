@@ -77,6 +77,9 @@ const struct nbd_setting nbd_settings[] = {
   { "tls-verify-peer", "tls-verify-peer", 0, SETTING_BOOL,
     OFF(tls_verify_peer), 0, 0, SETTING_FLAG, NULL, "no", "X.509: demand "
     "a client certificate signed by `ca-cert.pem`" },
+  { "metrics", "metrics", 0, SETTING_ADDR, OFF(metrics), 0, 0, 0, "ADDR",
+    "none", "serve Prometheus metrics at `GET /metrics` on ADDR, a "
+    "listen address (`unix:PATH` or `tcp:HOST:PORT`; see docs/metrics.md)" },
   { NULL, NULL, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL }
 };
 
@@ -183,6 +186,13 @@ settings_set(const struct nbd_setting *s, struct nbd_config *cfg,
     return settings_string((char **)field, text, err, errlen);
   case SETTING_LISTEN:
     return settings_listen(cfg, text, err, errlen);
+  case SETTING_ADDR: {
+    struct nbd_listen l;
+    if (listen_parse(text, &l, err, errlen) == -1)
+      return -1;
+    listen_clear(&l);
+    return settings_string((char **)field, text, err, errlen);
+  }
   case SETTING_TLS:
     if (strcmp(text, "off") == 0 || strcmp(text, "no") == 0)
       *(int *)field = NBD_TLS_OFF;

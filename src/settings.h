@@ -21,6 +21,7 @@ enum setting_type {
   SETTING_LISTEN,               /* appended to cfg->listens */
   SETTING_LOG,                  /* char *, a valid `log` value (log.c) */
   SETTING_TLS,                  /* int: NBD_TLS_OFF, _ON or _REQUIRE */
+  SETTING_ADDR,                 /* char *, one valid listen address */
 };
 
 #define SETTING_REPEAT 1        /* may be given again; order kept */

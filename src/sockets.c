@@ -265,6 +265,27 @@ sockets_close_one(size_t i)
 }
 
 int
+sockets_bind_apart(const struct nbd_listen *ln, struct nbd_listener *out,
+                   size_t max)
+{
+  size_t old_n = sockets_n, n;
+  int r = sockets_listen(ln);
+
+  n = sockets_n - old_n;
+  if (r == 0 && n > max) {
+    nbd_error("%s: more than %zu sockets", sockets_v[old_n].desc, max);
+    r = -1;
+  }
+  if (r == 0)
+    memcpy(out, sockets_v + old_n, n * sizeof *out);
+  else
+    while (sockets_n > old_n)
+      sockets_close_one(sockets_n - 1);
+  sockets_n = old_n;
+  return r == 0 ? (int)n : -1;
+}
+
+int
 sockets_update(const struct nbd_config *cfg)
 {
   size_t i, j, old_n = sockets_n;

@@ -29,6 +29,12 @@ const struct nbd_listener *sockets_get(size_t i);
  * -1 (logged), leaving the running listeners as they were.  Inherited
  * sockets are never touched. */
 int sockets_update(const struct nbd_config *cfg);
+/* Binds ln as a listen address would be, but apart from the NBD
+ * listeners (the metrics endpoint): at most max sockets into out (the
+ * caller closes them and removes unlink_path); their number, or -1
+ * after logging why (nothing left open). */
+int sockets_bind_apart(const struct nbd_listen *ln, struct nbd_listener *out,
+                       size_t max);
 /* Closes every listener and removes the Unix sockets we created. */
 void sockets_close(void);
 

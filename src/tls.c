@@ -14,9 +14,9 @@
  * the socket (poll, with the wire's timeouts) happens outside it.  The
  * shared random generator has its own lock.
  *
- * Not here (issue 15, later steps): per-export tls, the tls-fallback
- * filter, the nbd backend's client side, PSK re-read on SIGHUP, logging
- * the client certificate's name.
+ * The PSK file is read again on SIGHUP (tls_server_reload): a file
+ * with any error leaves the keys read before.  With tls-verify-peer the
+ * client certificate's CN is logged, with PSK the identity.
  */
 #include <errno.h>
 #include <poll.h>
@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "tls.h"
@@ -35,14 +36,31 @@ const char *tls_version_text(void) { return "TLS: not compiled in"; }
 int
 tls_server_init(const struct nbd_config *cfg)
 {
-  if (cfg->tls == NBD_TLS_OFF)
+  if (!config_tls_offered(cfg))
     return 0;
   nbd_error("tls: this nbdstack was built without TLS (NBD_TLS=OFF)");
   return 1;
 }
 int tls_server_ready(void) { return 0; }
+void tls_server_reload(void) { }
 void tls_server_free(void) { }
-int tls_server_start(struct nbd_wire *w) { return -1; }
+int tls_server_start(struct nbd_wire *w) { (void)w; return -1; }
+struct tls_client *
+tls_client_new(const struct tls_client_opts *o, char *err, size_t errlen)
+{
+  (void)o;
+  snprintf(err, errlen, "this nbdstack was built without TLS (NBD_TLS=OFF)");
+  return NULL;
+}
+void tls_client_free(struct tls_client *c) { (void)c; }
+int
+tls_client_start(struct tls_client *c, struct nbd_wire *w,
+                 const char *hostname, char *err, size_t errlen)
+{
+  (void)c; (void)w; (void)hostname;
+  snprintf(err, errlen, "TLS is not compiled in");
+  return -1;
+}
 
 #else
 
@@ -50,6 +68,7 @@ int tls_server_start(struct nbd_wire *w) { return -1; }
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
 #include <mbedtls/net_sockets.h>
+#include <mbedtls/oid.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/version.h>
@@ -57,11 +76,19 @@ int tls_server_start(struct nbd_wire *w) { return -1; }
 
 #define TLS_MAX_PSK_KEY 64      /* bytes; psktool makes 32 */
 #define TLS_RECORD 16384        /* plaintext bytes per record */
+#define TLS_DIRECT_MIN 4096     /* a first iovec this large is not copied */
 
 struct tls_psk {
   char *identity;
   unsigned char key[TLS_MAX_PSK_KEY];
   size_t keylen;
+};
+
+/* The keys of one reading of the PSK file; SIGHUP reads it again
+ * (tls_server_reload) and swaps the whole set under psk_lock. */
+struct tls_psks {
+  struct tls_psk *v;
+  size_t n;
 };
 
 struct tls_server {
@@ -71,8 +98,10 @@ struct tls_server {
   mbedtls_ssl_config conf;
   mbedtls_x509_crt ca, cert;
   mbedtls_pk_context key;
-  struct tls_psk *psks;
-  size_t npsks;
+  pthread_rwlock_t psk_lock;    /* psks: read by handshakes, swapped by SIGHUP */
+  struct tls_psks *psks;
+  char *psk_path;
+  int verify_peer;              /* log the client certificate's name */
 };
 
 struct tls_session {
@@ -81,7 +110,8 @@ struct tls_session {
   int fd;
   _Atomic int dead;             /* a fatal error: no more I/O (any thread) */
   unsigned char wbuf[TLS_RECORD];
-  size_t wlen;                  /* bytes in wbuf a WANT_WRITE left */
+  size_t wlen;                  /* bytes gathered in wbuf */
+  char who[80];                 /* the PSK identity the client used, for the log */
 };
 
 static struct tls_server *tls_srv;
@@ -100,6 +130,16 @@ static const int tls_suites[] = {
   MBEDTLS_TLS_PSK_WITH_AES_128_GCM_SHA256,
   MBEDTLS_TLS_PSK_WITH_CHACHA20_POLY1305_SHA256,
   0
+};
+
+/* Key exchange curves, fastest first: X25519, then P-256 (mbedTLS's own
+ * order starts with P-521, several times slower per handshake). */
+static const mbedtls_ecp_group_id tls_curves[] = {
+  MBEDTLS_ECP_DP_CURVE25519,
+  MBEDTLS_ECP_DP_SECP256R1,
+  MBEDTLS_ECP_DP_SECP384R1,
+  MBEDTLS_ECP_DP_SECP521R1,
+  MBEDTLS_ECP_DP_NONE
 };
 
 int
@@ -149,7 +189,7 @@ tls_hexval(int c)
 
 /* One "identity:hexkey" line of a psktool file; 0 or -1. */
 static int
-tls_psk_line(struct tls_server *s, char *line, const char *path,
+tls_psk_line(struct tls_psks *s, char *line, const char *path,
              unsigned lineno)
 {
   char *colon = strrchr(line, ':'), *hex;
@@ -169,11 +209,11 @@ tls_psk_line(struct tls_server *s, char *line, const char *path,
               "number", path, lineno, line, 2 * TLS_MAX_PSK_KEY);
     return -1;
   }
-  v = realloc(s->psks, (s->npsks + 1) * sizeof *v);
+  v = realloc(s->v, (s->n + 1) * sizeof *v);
   if (v == NULL)
     return -1;
-  s->psks = v;
-  p = &v[s->npsks];
+  s->v = v;
+  p = &v[s->n];
   for (i = 0; i < n / 2; i++) {
     int hi = tls_hexval(hex[2 * i]), lo = tls_hexval(hex[2 * i + 1]);
     if (hi < 0 || lo < 0) {
@@ -186,20 +226,43 @@ tls_psk_line(struct tls_server *s, char *line, const char *path,
   p->keylen = n / 2;
   if ((p->identity = strdup(line)) == NULL)
     return -1;
-  s->npsks++;
+  s->n++;
   return 0;
 }
 
+static void
+tls_psks_free(struct tls_psks *s)
+{
+  size_t i;
+
+  if (s == NULL)
+    return;
+  for (i = 0; i < s->n; i++) {
+    mbedtls_platform_zeroize(s->v[i].key, sizeof s->v[i].key);
+    free(s->v[i].identity);
+  }
+  free(s->v);
+  free(s);
+}
+
+/* Reads a psktool file into *out; the number of errors (each logged),
+ * *out set only when there are none. */
 static int
-tls_load_psk(struct tls_server *s, const char *path)
+tls_load_psk(struct tls_psks **out, const char *path)
 {
   FILE *fp = fopen(path, "re");
   char line[1024];
   unsigned lineno = 0;
   int errors = 0;
+  struct tls_psks *s;
 
   if (fp == NULL) {
     nbd_error("tls-psk: %s: %s", path, strerror(errno));
+    return 1;
+  }
+  if ((s = calloc(1, sizeof *s)) == NULL) {
+    fclose(fp);
+    nbd_error("tls-psk: out of memory");
     return 1;
   }
   while (fgets(line, sizeof line, fp)) {
@@ -211,11 +274,29 @@ tls_load_psk(struct tls_server *s, const char *path)
       errors++;
   }
   fclose(fp);
-  if (errors == 0 && s->npsks == 0) {
+  if (errors == 0 && s->n == 0) {
     nbd_error("tls-psk: %s: no keys in it", path);
     errors++;
   }
+  if (errors)
+    tls_psks_free(s);
+  else
+    *out = s;
   return errors;
+}
+
+/* A name from the client (PSK identity, certificate CN) made safe for a
+ * log line: bytes outside printable ASCII become '?', long ones cut. */
+static void
+tls_printable(char *out, size_t outlen, const unsigned char *in, size_t len)
+{
+  size_t i;
+
+  if (len > outlen - 1)
+    len = outlen - 1;
+  for (i = 0; i < len; i++)
+    out[i] = in[i] >= 0x20 && in[i] < 0x7f ? (char)in[i] : '?';
+  out[len] = '\0';
 }
 
 /* mbedTLS asks for the key of the identity a client sent. */
@@ -224,15 +305,29 @@ tls_psk_cb(void *arg, mbedtls_ssl_context *ssl, const unsigned char *id,
            size_t idlen)
 {
   struct tls_server *s = arg;
+  /* ssl is the first member of its session (tls_server_start). */
+  struct tls_session *t = (struct tls_session *)(void *)ssl;
+  const struct tls_psk *p;
   size_t i;
+  int r = -1;
 
-  for (i = 0; i < s->npsks; i++)
-    if (strlen(s->psks[i].identity) == idlen &&
-        memcmp(s->psks[i].identity, id, idlen) == 0)
-      return mbedtls_ssl_set_hs_psk(ssl, s->psks[i].key, s->psks[i].keylen);
-  nbd_info("tls: unknown PSK identity '%.*s'", (int)(idlen > 64 ? 64 : idlen),
-           (const char *)id);
-  return -1;
+  pthread_rwlock_rdlock(&s->psk_lock);
+  for (i = 0; i < s->psks->n; i++) {
+    p = &s->psks->v[i];
+    if (strlen(p->identity) == idlen && memcmp(p->identity, id, idlen) == 0) {
+      /* mbedTLS copies the key: the set may be swapped after this. */
+      r = mbedtls_ssl_set_hs_psk(ssl, p->key, p->keylen);
+      tls_printable(t->who, sizeof t->who, id, idlen);
+      break;
+    }
+  }
+  pthread_rwlock_unlock(&s->psk_lock);
+  if (r == -1) {
+    char who[80];
+    tls_printable(who, sizeof who, id, idlen);
+    nbd_info("tls: unknown PSK identity '%s'", who);
+  }
+  return r;
 }
 
 /* A certificate that is not valid now is refused, not served. */
@@ -300,8 +395,6 @@ tls_load_x509(struct tls_server *s, const struct nbd_config *cfg)
 static void
 tls_server_release(struct tls_server *s)
 {
-  size_t i;
-
   mbedtls_ssl_config_free(&s->conf);
   mbedtls_x509_crt_free(&s->cert);
   mbedtls_x509_crt_free(&s->ca);
@@ -309,11 +402,9 @@ tls_server_release(struct tls_server *s)
   mbedtls_ctr_drbg_free(&s->drbg);
   mbedtls_entropy_free(&s->entropy);
   pthread_mutex_destroy(&s->rng_lock);
-  for (i = 0; i < s->npsks; i++) {
-    mbedtls_platform_zeroize(s->psks[i].key, sizeof s->psks[i].key);
-    free(s->psks[i].identity);
-  }
-  free(s->psks);
+  pthread_rwlock_destroy(&s->psk_lock);
+  tls_psks_free(s->psks);
+  free(s->psk_path);
   free(s);
 }
 
@@ -325,16 +416,20 @@ tls_server_init(const struct nbd_config *cfg)
   char e[128];
   int r, errors = 0;
 
-  if (cfg->tls == NBD_TLS_OFF)
+  if (!config_tls_offered(cfg))
     return 0;
   if (!cfg->tls_certificates && !cfg->tls_psk) {
-    nbd_error("tls: tls = %s needs tls-certificates or tls-psk",
-              cfg->tls == NBD_TLS_ON ? "on" : "require");
+    nbd_error("tls: %s needs tls-certificates or tls-psk",
+              cfg->tls == NBD_TLS_ON ? "tls = on" :
+              cfg->tls == NBD_TLS_REQUIRE ? "tls = require" :
+              "an export's tls = on or require");
     return 1;
   }
   if ((s = calloc(1, sizeof *s)) == NULL)
     return 1;
   pthread_mutex_init(&s->rng_lock, NULL);
+  pthread_rwlock_init(&s->psk_lock, NULL);
+  s->verify_peer = cfg->tls_verify_peer;
   mbedtls_entropy_init(&s->entropy);
   mbedtls_ctr_drbg_init(&s->drbg);
   mbedtls_ssl_config_init(&s->conf);
@@ -355,13 +450,16 @@ tls_server_init(const struct nbd_config *cfg)
   mbedtls_ssl_conf_min_version(&s->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
                                MBEDTLS_SSL_MINOR_VERSION_3);
   mbedtls_ssl_conf_ciphersuites(&s->conf, tls_suites);
+  mbedtls_ssl_conf_curves(&s->conf, tls_curves);
 #ifdef MBEDTLS_SSL_RENEGOTIATION
   mbedtls_ssl_conf_renegotiation(&s->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
 #endif
   if (cfg->tls_certificates)
     errors += tls_load_x509(s, cfg);
   if (cfg->tls_psk) {
-    errors += tls_load_psk(s, cfg->tls_psk);
+    errors += tls_load_psk(&s->psks, cfg->tls_psk);
+    if ((s->psk_path = strdup(cfg->tls_psk)) == NULL)
+      errors++;
     mbedtls_ssl_conf_psk_cb(&s->conf, tls_psk_cb, s);
   }
   if (errors) {
@@ -374,6 +472,28 @@ tls_server_init(const struct nbd_config *cfg)
             cfg->tls_certificates && cfg->tls_psk ? " and " : "",
             cfg->tls_psk ? "PSK" : "");
   return 0;
+}
+
+void
+tls_server_reload(void)
+{
+  struct tls_server *s = tls_srv;
+  struct tls_psks *fresh = NULL, *old;
+
+  if (s == NULL || s->psk_path == NULL)
+    return;
+  if (tls_load_psk(&fresh, s->psk_path) != 0) {
+    nbd_error("tls-psk: %s: not reloaded, the keys read before stay",
+              s->psk_path);
+    return;
+  }
+  pthread_rwlock_wrlock(&s->psk_lock);
+  old = s->psks;
+  s->psks = fresh;
+  pthread_rwlock_unlock(&s->psk_lock);
+  nbd_info("tls-psk: %s: reloaded, %zu key%s (was %zu)", s->psk_path,
+           fresh->n, fresh->n == 1 ? "" : "s", old->n);
+  tls_psks_free(old);
 }
 
 int
@@ -511,36 +631,42 @@ tls_recvv(struct nbd_wire *w, struct iovec *iov, int n, int flags)
 }
 
 /* Encrypts what fits one record from the front of iov; returns the bytes
- * taken, as sendmsg would.  A WANT_WRITE leaves the record half sent:
- * mbedTLS wants the same call again, so the bytes stay in wbuf. */
+ * taken, as sendmsg would.  A large first iovec (read data) goes to
+ * mbedTLS as it is, which copies it into the record once; small pieces
+ * (headers, batched replies) are gathered in wbuf first.  A WANT_WRITE
+ * wants the same call again, which the loop makes while waiting. */
 static ssize_t
 tls_sendv(struct nbd_wire *w, struct iovec *iov, int n)
 {
   struct tls_session *t = w->session;
+  const unsigned char *buf;
+  size_t len;
   int i, r;
 
-  if (t->wlen == 0)
-    for (i = 0; i < n && t->wlen < sizeof t->wbuf; i++) {
+  if (n > 0 && iov[0].iov_len >= TLS_DIRECT_MIN) {
+    buf = iov[0].iov_base;
+    len = iov[0].iov_len;
+  } else {
+    for (t->wlen = 0, i = 0; i < n && t->wlen < sizeof t->wbuf; i++) {
       size_t k = iov[i].iov_len;
       if (k > sizeof t->wbuf - t->wlen)
         k = sizeof t->wbuf - t->wlen;
       memcpy(t->wbuf + t->wlen, iov[i].iov_base, k);
       t->wlen += k;
     }
+    buf = t->wbuf;
+    len = t->wlen;
+  }
   for (;;) {
     if (t->dead) {
       errno = EPIPE;
       return -1;
     }
     pthread_mutex_lock(&t->lock);
-    r = mbedtls_ssl_write(&t->ssl, t->wbuf, t->wlen);
+    r = mbedtls_ssl_write(&t->ssl, buf, len);
     pthread_mutex_unlock(&t->lock);
-    if (r > 0) {
-      /* r bytes from the front of wbuf, the front of iov, are sent (at
-       * most a record); the caller passes the rest again. */
-      t->wlen = 0;
-      return r;
-    }
+    if (r > 0)
+      return r;       /* r bytes from the front of iov; the caller passes the rest */
     if (r != MBEDTLS_ERR_SSL_WANT_WRITE && r != MBEDTLS_ERR_SSL_WANT_READ)
       return tls_fail(w, t, "write", r);
     if (tls_wait(t->fd, r == MBEDTLS_ERR_SSL_WANT_WRITE ? POLLOUT : POLLIN,
@@ -613,6 +739,44 @@ tls_handshake(struct nbd_wire *w, struct tls_session *t)
   }
 }
 
+/* The client certificate's subject CN, into out ("" when none). */
+static void
+tls_peer_cn(const mbedtls_ssl_context *ssl, char *out, size_t outlen)
+{
+  const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(ssl);
+  const mbedtls_x509_name *n;
+
+  out[0] = '\0';
+  if (crt == NULL)
+    return;
+  for (n = &crt->subject; n; n = n->next)
+    if (n->oid.p && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &n->oid) == 0) {
+      tls_printable(out, outlen, n->val.p, n->val.len);
+      return;
+    }
+}
+
+/* One line per session: version, suite and who the client proved to be
+ * (the certificate's CN under tls-verify-peer, or the PSK identity). */
+static void
+tls_log_session(struct nbd_wire *w, struct tls_session *t)
+{
+  char cn[80];
+
+  if (tls_srv->verify_peer) {
+    tls_peer_cn(&t->ssl, cn, sizeof cn);
+    nbd_info("%s: tls: %s, %s, client certificate CN=\"%s\"", w->peer,
+             mbedtls_ssl_get_version(&t->ssl),
+             mbedtls_ssl_get_ciphersuite(&t->ssl), cn);
+  } else if (t->who[0])
+    nbd_info("%s: tls: %s, %s, PSK identity \"%s\"", w->peer,
+             mbedtls_ssl_get_version(&t->ssl),
+             mbedtls_ssl_get_ciphersuite(&t->ssl), t->who);
+  else
+    nbd_debug("%s: tls: %s, %s", w->peer, mbedtls_ssl_get_version(&t->ssl),
+              mbedtls_ssl_get_ciphersuite(&t->ssl));
+}
+
 int
 tls_server_start(struct nbd_wire *w)
 {
@@ -634,8 +798,235 @@ tls_server_start(struct nbd_wire *w)
   mbedtls_ssl_set_bio(&t->ssl, t, tls_bio_send, tls_bio_recv, NULL);
   if (tls_handshake(w, t) == -1)
     goto fail;
-  nbd_debug("%s: tls: %s, %s", w->peer, mbedtls_ssl_get_version(&t->ssl),
-            mbedtls_ssl_get_ciphersuite(&t->ssl));
+  tls_log_session(w, t);
+  w->session = t;
+  w->io = &tls_io;
+  return 0;
+fail:
+  mbedtls_ssl_free(&t->ssl);
+  pthread_mutex_destroy(&t->lock);
+  free(t);
+  return -1;
+}
+
+/* ---- the client side (the nbd backend's upstream) ---------------------- */
+
+/* The credentials of one nbd backend instance: X.509 (the CA to check the
+ * server with, and an optional client certificate: libnbd's layout,
+ * ca-cert.pem, client-cert.pem, client-key.pem) or one PSK. */
+struct tls_client {
+  mbedtls_entropy_context entropy;
+  mbedtls_ctr_drbg_context drbg;
+  pthread_mutex_t rng_lock;
+  mbedtls_ssl_config conf;
+  mbedtls_x509_crt ca, cert;
+  mbedtls_pk_context key;
+  int verify;
+};
+
+static const int tls_client_psk_suites[] = {
+  MBEDTLS_TLS_ECDHE_PSK_WITH_CHACHA20_POLY1305_SHA256,
+  MBEDTLS_TLS_PSK_WITH_AES_256_GCM_SHA384,
+  MBEDTLS_TLS_PSK_WITH_AES_128_GCM_SHA256,
+  MBEDTLS_TLS_PSK_WITH_CHACHA20_POLY1305_SHA256,
+  0
+};
+
+static int
+tls_client_rng(void *arg, unsigned char *out, size_t len)
+{
+  struct tls_client *c = arg;
+  int r;
+
+  pthread_mutex_lock(&c->rng_lock);
+  r = mbedtls_ctr_drbg_random(&c->drbg, out, len);
+  pthread_mutex_unlock(&c->rng_lock);
+  return r;
+}
+
+void
+tls_client_free(struct tls_client *c)
+{
+  if (c == NULL)
+    return;
+  mbedtls_ssl_config_free(&c->conf);
+  mbedtls_x509_crt_free(&c->cert);
+  mbedtls_x509_crt_free(&c->ca);
+  mbedtls_pk_free(&c->key);
+  mbedtls_ctr_drbg_free(&c->drbg);
+  mbedtls_entropy_free(&c->entropy);
+  pthread_mutex_destroy(&c->rng_lock);
+  free(c);
+}
+
+static int
+tls_client_x509(struct tls_client *c, const char *dir, char *err,
+                size_t errlen)
+{
+  char path[4096], e[128];
+  int r;
+
+  snprintf(path, sizeof path, "%s/ca-cert.pem", dir);
+  r = mbedtls_x509_crt_parse_file(&c->ca, path);
+  if (r != 0 && c->verify) {
+    snprintf(err, errlen, "tls-certificates: %s (needed by tls-verify=true): "
+             "%s", path, tls_strerror(r, e, sizeof e));
+    return -1;
+  }
+  if (r == 0)
+    mbedtls_ssl_conf_ca_chain(&c->conf, &c->ca, NULL);
+  /* A client certificate is optional: for servers with
+   * --tls-verify-peer. */
+  snprintf(path, sizeof path, "%s/client-cert.pem", dir);
+  if (access(path, F_OK) == 0) {
+    if ((r = mbedtls_x509_crt_parse_file(&c->cert, path)) != 0) {
+      snprintf(err, errlen, "tls-certificates: %s: %s", path,
+               tls_strerror(r, e, sizeof e));
+      return -1;
+    }
+    snprintf(path, sizeof path, "%s/client-key.pem", dir);
+    if ((r = mbedtls_pk_parse_keyfile(&c->key, path, NULL)) != 0 ||
+        (r = mbedtls_pk_check_pair(&c->cert.pk, &c->key)) != 0 ||
+        (r = mbedtls_ssl_conf_own_cert(&c->conf, &c->cert, &c->key)) != 0) {
+      snprintf(err, errlen, "tls-certificates: %s: %s", path,
+               tls_strerror(r, e, sizeof e));
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* The key of username in a psktool file. */
+static int
+tls_client_psk(struct tls_client *c, const char *path, const char *username,
+               char *err, size_t errlen)
+{
+  struct tls_psks *psks = NULL;
+  size_t i;
+  int r = -1;
+
+  if (tls_load_psk(&psks, path) != 0) {
+    snprintf(err, errlen, "tls-psk: %s: cannot be read (see the line "
+             "before)", path);
+    return -1;
+  }
+  for (i = 0; i < psks->n; i++)
+    if (strcmp(psks->v[i].identity, username) == 0) {
+      r = mbedtls_ssl_conf_psk(&c->conf, psks->v[i].key, psks->v[i].keylen,
+                               (const unsigned char *)username,
+                               strlen(username));
+      if (r != 0)
+        snprintf(err, errlen, "tls-psk: cannot use the key");
+      break;
+    }
+  if (i == psks->n)
+    snprintf(err, errlen, "tls-psk: %s has no key for user '%s' (set "
+             "tls-username=)", path, username);
+  tls_psks_free(psks);
+  if (r == 0)
+    mbedtls_ssl_conf_ciphersuites(&c->conf, tls_client_psk_suites);
+  return r == 0 ? 0 : -1;
+}
+
+struct tls_client *
+tls_client_new(const struct tls_client_opts *o, char *err, size_t errlen)
+{
+  static const char pers[] = "nbdstack tls client";
+  struct tls_client *c = calloc(1, sizeof *c);
+  char e[128];
+  int r;
+
+  if (c == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  c->verify = o->verify;
+  pthread_mutex_init(&c->rng_lock, NULL);
+  mbedtls_entropy_init(&c->entropy);
+  mbedtls_ctr_drbg_init(&c->drbg);
+  mbedtls_ssl_config_init(&c->conf);
+  mbedtls_x509_crt_init(&c->ca);
+  mbedtls_x509_crt_init(&c->cert);
+  mbedtls_pk_init(&c->key);
+  if ((r = mbedtls_ctr_drbg_seed(&c->drbg, mbedtls_entropy_func, &c->entropy,
+                                 (const unsigned char *)pers,
+                                 sizeof pers - 1)) != 0 ||
+      (r = mbedtls_ssl_config_defaults(&c->conf, MBEDTLS_SSL_IS_CLIENT,
+                                       MBEDTLS_SSL_TRANSPORT_STREAM,
+                                       MBEDTLS_SSL_PRESET_DEFAULT)) != 0) {
+    snprintf(err, errlen, "tls: %s", tls_strerror(r, e, sizeof e));
+    tls_client_free(c);
+    return NULL;
+  }
+  mbedtls_ssl_conf_rng(&c->conf, tls_client_rng, c);
+  mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                               MBEDTLS_SSL_MINOR_VERSION_3);
+  mbedtls_ssl_conf_ciphersuites(&c->conf, tls_suites);
+  mbedtls_ssl_conf_curves(&c->conf, tls_curves);
+#ifdef MBEDTLS_SSL_RENEGOTIATION
+  mbedtls_ssl_conf_renegotiation(&c->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+#endif
+  mbedtls_ssl_conf_authmode(&c->conf, o->verify && o->certificates ?
+                            MBEDTLS_SSL_VERIFY_REQUIRED :
+                            MBEDTLS_SSL_VERIFY_NONE);
+  if ((o->certificates && tls_client_x509(c, o->certificates, err,
+                                          errlen) == -1) ||
+      (o->psk && tls_client_psk(c, o->psk, o->username, err, errlen) == -1)) {
+    tls_client_free(c);
+    return NULL;
+  }
+  return c;
+}
+
+int
+tls_client_start(struct tls_client *c, struct nbd_wire *w,
+                 const char *hostname, char *err, size_t errlen)
+{
+  struct tls_session *t;
+  char e[128];
+  uint32_t flags;
+  int r;
+
+  if ((t = calloc(1, sizeof *t)) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  t->fd = w->fd;
+  pthread_mutex_init(&t->lock, NULL);
+  mbedtls_ssl_init(&t->ssl);
+  if ((r = mbedtls_ssl_setup(&t->ssl, &c->conf)) != 0 ||
+      (hostname && c->verify &&
+       (r = mbedtls_ssl_set_hostname(&t->ssl, hostname)) != 0)) {
+    snprintf(err, errlen, "tls: %s", tls_strerror(r, e, sizeof e));
+    goto fail;
+  }
+  mbedtls_ssl_set_bio(&t->ssl, t, tls_bio_send, tls_bio_recv, NULL);
+  for (;;) {
+    r = mbedtls_ssl_handshake(&t->ssl);
+    if (r == 0)
+      break;
+    if (r != MBEDTLS_ERR_SSL_WANT_READ && r != MBEDTLS_ERR_SSL_WANT_WRITE) {
+      flags = mbedtls_ssl_get_verify_result(&t->ssl);
+      if (r == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED && flags != 0) {
+        char why[256];
+        mbedtls_x509_crt_verify_info(why, sizeof why, "", flags);
+        why[strcspn(why, "\n")] = '\0';
+        snprintf(err, errlen, "TLS handshake: the server's certificate: %s",
+                 why);
+      } else
+        snprintf(err, errlen, "TLS handshake: %s",
+                 tls_strerror(r, e, sizeof e));
+      goto fail;
+    }
+    if (tls_wait(t->fd, r == MBEDTLS_ERR_SSL_WANT_READ ? POLLIN : POLLOUT,
+                 w->rcvtimeo) == -1) {
+      snprintf(err, errlen, "TLS handshake: %s", errno == EAGAIN ?
+               "timed out" : strerror(errno));
+      goto fail;
+    }
+  }
+  snprintf(err, errlen, "%s, %s", mbedtls_ssl_get_version(&t->ssl),
+           mbedtls_ssl_get_ciphersuite(&t->ssl));
   w->session = t;
   w->io = &tls_io;
   return 0;

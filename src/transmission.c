@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "conn.h"
+#include "metrics.h"
 #include "protocol.h"
 #include "scheduler.h"
 
@@ -17,13 +18,17 @@ static int
 tx_block_status(struct nbd_conn *c, struct nbd_request *r)
 {
   struct nbd_extents *e = nbd_extents_new(r->offset, r->offset + r->count);
+  uint64_t t0 = metrics_start(c);
   int err;
 
-  if (e == NULL)
+  if (e == NULL) {
+    metrics_request(c, r, -ENOMEM, t0);
     return proto_reply_error(c, r, -ENOMEM);
+  }
   err = next_extents(c->top, r->count, r->offset, r->flags, e);
   if (err == 0 && e->n == 0)
     err = -EIO;                 /* a layer reported nothing: its bug */
+  metrics_request(c, r, err, t0);
   err = err < 0 ? proto_reply_error(c, r, err)
                 : proto_reply_extents(c, r, e);
   nbd_extents_free(e);
@@ -52,6 +57,7 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
   struct nbd_ctx *t = c->top;
   uint32_t fl = r->flags;
   int err = 0, locked = 0, ret;
+  uint64_t t0 = metrics_start(c);
 
   if (c->exp->model == NBD_SERIALIZE_ALL_REQUESTS) {
     pthread_mutex_lock(&c->exp->lock);
@@ -95,6 +101,7 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
     goto out;
   }
   sched_timing_stop(tm);
+  metrics_request(c, r, err, t0);
   if (err < 0)
     ret = proto_reply_error(c, r, err);
   else if (r->type == NBD_CMD_READ)
@@ -175,6 +182,8 @@ transmission_run(struct nbd_conn *c)
       break;
     rr = tx_read_request(c, r, &verr, s.pull);
     if (rr != 0 || verr != 0) {
+      if (rr == 0)
+        metrics_request(c, r, verr, 0);
       if (rr == 0 && proto_reply_error(c, r, verr) == -1)
         rr = -1;
       sched_put(c, r);

@@ -118,24 +118,26 @@ test_cleanup(struct nbd_layer *layer)
 #define TEST_PASS_ALL(l)                                                    \
   PASSTHROUGH(l, pread) PASSTHROUGH(l, pwrite) PASSTHROUGH(l, flush)        \
   PASSTHROUGH(l, trim) PASSTHROUGH(l, zero) PASSTHROUGH(l, extents)         \
-  PASSTHROUGH(l, cache) PASSTHROUGH(l, get_size) PASSTHROUGH(l, block_size) \
+  PASSTHROUGH(l, cache) PASSTHROUGH(l, reopen) PASSTHROUGH(l, get_size) PASSTHROUGH(l, block_size) \
   PASSTHROUGH(l, can_write) PASSTHROUGH(l, can_flush)                       \
   PASSTHROUGH(l, can_trim) PASSTHROUGH(l, can_zero)                         \
   PASSTHROUGH(l, can_fast_zero) PASSTHROUGH(l, can_fua)                     \
   PASSTHROUGH(l, can_cache) PASSTHROUGH(l, can_extents)                     \
   PASSTHROUGH(l, can_multi_conn) PASSTHROUGH(l, is_rotational)         \
-  PASSTHROUGH(l, list_exports)
+  PASSTHROUGH(l, list_exports)                                              \
+  PASSTHROUGH(l, preconnect)
 
 #define TEST_UNSUP_ALL(l)                                                   \
   UNSUPPORTED(l, pread) UNSUPPORTED(l, pwrite) UNSUPPORTED(l, flush)        \
   UNSUPPORTED(l, trim) UNSUPPORTED(l, zero) UNSUPPORTED(l, extents)         \
-  UNSUPPORTED(l, cache) UNSUPPORTED(l, get_size) UNSUPPORTED(l, block_size) \
+  UNSUPPORTED(l, cache) UNSUPPORTED(l, reopen) UNSUPPORTED(l, get_size) UNSUPPORTED(l, block_size) \
   UNSUPPORTED(l, can_write) UNSUPPORTED(l, can_flush)                       \
   UNSUPPORTED(l, can_trim) UNSUPPORTED(l, can_zero)                         \
   UNSUPPORTED(l, can_fast_zero) UNSUPPORTED(l, can_fua)                     \
   UNSUPPORTED(l, can_cache) UNSUPPORTED(l, can_extents)                     \
   UNSUPPORTED(l, can_multi_conn) UNSUPPORTED(l, is_rotational)         \
-  UNSUPPORTED(l, list_exports)
+  UNSUPPORTED(l, list_exports)                                              \
+  UNSUPPORTED(l, preconnect)
 
 TEST_PASS_ALL(tfilt)
 TEST_PASS_ALL(tfilt2)
@@ -600,13 +602,13 @@ START_TEST(test_server_errors)
                "max-handshakes-per-source, max-buffer-memory, "
                "handshake-timeout, idle-timeout, user, group, inline, poll, "
                "coalesce, log, tls, tls-certificates, tls-psk, "
-               "tls-verify-peer)");
+               "tls-verify-peer, metrics)");
   expect_error("[export x]\nfilter tfilt\nbackend = tback\n",
                "t.ini:2: expected 'key = value' or a [section] header, got "
                "'filter tfilt'");
   expect_error("[export x]\nbackend = tback\nfoo = 1\n",
                "t.ini:3: unknown key 'foo' in [export \"x\"] (known: "
-               "description, readonly, max-connections, filter, backend)");
+               "description, readonly, max-connections, tls, filter, backend)");
   expect_error("[export x]\nbackend = tback\n9key = 1\n",
                "t.ini:3: invalid key '9key ' (a key is letters, digits, '_', "
                "'-' and '.')");
@@ -1119,7 +1121,8 @@ START_TEST(test_settings_one_table)
       continue;
     snprintf(text, sizeof text, "[server]\n%s = %s\n[export x]\n"
              "backend = tback\n", st->key,
-             st->type == SETTING_PATH ? "\"\"" : "bogus");
+             st->type == SETTING_PATH ? "\"\"" :
+             st->type == SETTING_ADDR ? "tcp:[::1" : "bogus");
     ck_assert_int_eq(parse(text, &cfg), 1);
     snprintf(want, sizeof want, "t.ini:2: %s: ", st->key);
     ck_assert_msg(strncmp(errbuf, want, strlen(want)) == 0,
@@ -1128,7 +1131,8 @@ START_TEST(test_settings_one_table)
     ck_assert_ptr_nonnull(tail);
     if (st->option) {
       snprintf(opt, sizeof opt, "--%s", st->option);
-      ck_assert_int_eq(run(&cfg, opt, st->type == SETTING_PATH ? "" : "bogus",
+      ck_assert_int_eq(run(&cfg, opt, st->type == SETTING_PATH ? "" :
+                           st->type == SETTING_ADDR ? "tcp:[::1" : "bogus",
                            "tback", NULL), -1);
       snprintf(want, sizeof want, "nbdstack: %s: %s", opt, tail);
       ck_assert_str_eq(cerrbuf, want);

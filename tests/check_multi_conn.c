@@ -454,6 +454,7 @@ mc_probe_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
   return 0;
 }
 
+UNSUPPORTED(mc_probe, reopen)
 static int64_t
 mc_probe_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -480,6 +481,7 @@ UNSUPPORTED(mc_probe, zero)
 UNSUPPORTED(mc_probe, extents)
 UNSUPPORTED(mc_probe, cache)
 UNSUPPORTED(mc_probe, list_exports)
+UNSUPPORTED(mc_probe, preconnect)
 UNSUPPORTED(mc_probe, block_size)
 UNSUPPORTED(mc_probe, can_trim)
 UNSUPPORTED(mc_probe, can_zero)

@@ -111,7 +111,7 @@ fix_open(struct fix *f)
   ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
   f->srv = sv[1];
   ck_assert_int_eq(pthread_create(&t, NULL, fake_handshake, &f->srv), 0);
-  f->c = nbdc_open(sv[0], "", err, sizeof err);
+  f->c = nbdc_open(sv[0], "", NULL, err, sizeof err);
   pthread_join(t, NULL);
   ck_assert_msg(f->c != NULL, "%s", err);
 }

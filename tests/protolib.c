@@ -574,6 +574,7 @@ slowpoke_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
   return 0;
 }
 
+UNSUPPORTED(slowpoke, reopen)
 static int64_t
 slowpoke_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -598,6 +599,7 @@ UNSUPPORTED(slowpoke, can_extents)
 UNSUPPORTED(slowpoke, can_multi_conn)
 UNSUPPORTED(slowpoke, is_rotational)
 UNSUPPORTED(slowpoke, list_exports)
+UNSUPPORTED(slowpoke, preconnect)
 
 static const struct nbd_layer_ops slowpoke_ops = {
   .name = "slowpoke",
@@ -647,6 +649,7 @@ slowflush_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
   return 0;
 }
 
+UNSUPPORTED(slowflush, reopen)
 static int64_t
 slowflush_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -679,6 +682,7 @@ UNSUPPORTED(slowflush, can_extents)
 UNSUPPORTED(slowflush, can_multi_conn)
 UNSUPPORTED(slowflush, is_rotational)
 UNSUPPORTED(slowflush, list_exports)
+UNSUPPORTED(slowflush, preconnect)
 
 static const struct nbd_layer_ops slowflush_ops = {
   .name = "slowflush",

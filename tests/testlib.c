@@ -9,6 +9,7 @@
  */
 #include <check.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,11 @@ struct testlib_buf {
 
 static struct testlib_buf testlib_calls, testlib_life;
 
+/* Filters with threads of their own (readahead, scan) reach the
+ * recorder from them: appends are locked; a test reads the log once
+ * those threads are done (or counts calls with testlib_calls_of). */
+static pthread_mutex_t testlib_buf_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static void
 testlib_buf_add(struct testlib_buf *b, const char *fmt, ...)
 {
@@ -36,6 +42,7 @@ testlib_buf_add(struct testlib_buf *b, const char *fmt, ...)
   va_start(ap, fmt);
   vsnprintf(entry, sizeof entry, fmt, ap);
   va_end(ap);
+  pthread_mutex_lock(&testlib_buf_lock);
   n = strlen(entry) + 2;
   if (b->len + n + 1 > b->cap) {
     b->cap = (b->len + n + 1) * 2;
@@ -44,6 +51,13 @@ testlib_buf_add(struct testlib_buf *b, const char *fmt, ...)
   }
   b->len += snprintf(b->s + b->len, b->cap - b->len, "%s%s",
                      b->len ? "; " : "", entry);
+  pthread_mutex_unlock(&testlib_buf_lock);
+}
+
+unsigned
+testlib_calls_of(const struct testlib_recorder *rec, enum nbd_method m)
+{
+  return __atomic_load_n(&rec->calls[m], __ATOMIC_SEQ_CST);
 }
 
 static const char *
@@ -58,9 +72,11 @@ const char *testlib_lifecycle(void) { return testlib_buf_str(&testlib_life); }
 void
 testlib_log_clear(void)
 {
+  pthread_mutex_lock(&testlib_buf_lock);
   testlib_calls.len = 0;
   if (testlib_calls.s)
     testlib_calls.s[0] = '\0';
+  pthread_mutex_unlock(&testlib_buf_lock);
 }
 
 /* "0", "FUA", "FUA|FAST_ZERO": names make failing asserts readable. */
@@ -108,7 +124,7 @@ testlib_rec_enter(struct nbd_ctx *self, enum nbd_method m)
 {
   struct testlib_recorder *rec = self->layer->state;
 
-  rec->calls[m]++;
+  __atomic_fetch_add(&rec->calls[m], 1, __ATOMIC_SEQ_CST);
   return rec->fail[m];
 }
 
@@ -243,6 +259,9 @@ testlib_rec_extents(struct nbd_ctx *self, struct nbd_ctx *next,
   return r;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define testlib_rec_reopen nbd_reopen_close_open
+
 static int64_t
 testlib_rec_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -326,6 +345,7 @@ testlib_rec_cleanup(struct nbd_layer *layer)
 }
 
 UNSUPPORTED(testlib_rec, list_exports) /* one disk */
+UNSUPPORTED(testlib_rec, preconnect)
 
 static const struct nbd_layer_ops testlib_rec_ops = {
   .name = "recorder",
@@ -448,6 +468,10 @@ PASSTHROUGH(testlib_tracer, trim)
 PASSTHROUGH(testlib_tracer, zero)
 PASSTHROUGH(testlib_tracer, extents)
 PASSTHROUGH(testlib_tracer, cache)
+
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define testlib_tracer_reopen nbd_reopen_close_open
+
 PASSTHROUGH(testlib_tracer, get_size)
 PASSTHROUGH(testlib_tracer, block_size)
 PASSTHROUGH(testlib_tracer, can_write)
@@ -461,6 +485,7 @@ PASSTHROUGH(testlib_tracer, can_extents)
 PASSTHROUGH(testlib_tracer, can_multi_conn)
 PASSTHROUGH(testlib_tracer, is_rotational)
 PASSTHROUGH(testlib_tracer, list_exports)
+PASSTHROUGH(testlib_tracer, preconnect)
 
 static const struct nbd_layer_ops testlib_tracer_ops = {
   .name = "tracer",

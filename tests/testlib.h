@@ -50,6 +50,11 @@ struct testlib_recorder {
   size_t nmap;
 };
 
+/* rec->calls[m], read atomically: for tests whose filter calls the
+ * recorder from a thread of its own. */
+unsigned testlib_calls_of(const struct testlib_recorder *rec,
+                          enum nbd_method m);
+
 /* A recorder backend instance (set up, ready to push into an export). */
 struct nbd_layer *testlib_recorder_new(const struct testlib_caps *caps);
 struct testlib_recorder *testlib_recorder(struct nbd_layer *layer);

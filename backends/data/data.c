@@ -128,6 +128,9 @@ data_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return data_range(self, count, offset);
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define data_reopen nbd_reopen_close_open
+
 static int64_t
 data_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -154,6 +157,7 @@ data_native(struct nbd_ctx *self, struct nbd_ctx *next)
 UNSUPPORTED(data, block_size)           /* any alignment works */
 UNSUPPORTED(data, is_rotational)        /* 0: RAM does not seek */
 UNSUPPORTED(data, list_exports)         /* one export: the one configured */
+UNSUPPORTED(data, preconnect)
 
 static void
 data_cleanup(struct nbd_layer *layer)

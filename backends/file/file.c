@@ -337,6 +337,9 @@ file_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 
 /* ---- capabilities ---------------------------------------------------- */
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define file_reopen nbd_reopen_close_open
+
 static int64_t
 file_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -632,6 +635,8 @@ file_list_exports(struct nbd_ctx *self, struct nbd_ctx *next,
   qsort(exports->v, exports->n, sizeof *exports->v, file_cmp);
   return 1;
 }
+
+UNSUPPORTED(file, preconnect)
 
 NBD_REGISTER_BACKEND(file, NBD_PARALLEL,
   /* A hot page cache answers in microseconds; a cold disk does not, and

@@ -116,6 +116,9 @@ memory_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return 0;
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define memory_reopen nbd_reopen_close_open
+
 static int64_t
 memory_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -142,6 +145,7 @@ memory_native(struct nbd_ctx *self, struct nbd_ctx *next)
 UNSUPPORTED(memory, block_size)         /* any alignment works */
 UNSUPPORTED(memory, is_rotational)      /* 0: RAM does not seek */
 UNSUPPORTED(memory, list_exports)
+UNSUPPORTED(memory, preconnect)
 
 static int
 memory_setup(struct nbd_layer *layer, char *err, size_t errlen)

@@ -44,6 +44,8 @@
 #include "layer.h"
 #include "protocol.h"
 #include "client.h"
+#include "tls.h"
+#include "wire.h"
 
 #define NBDC_META_NAME "base:allocation"
 /* A block status reply of more extents than this is refused: the request
@@ -72,7 +74,10 @@ struct nbdc_req {
 };
 
 struct nbdc {
-  int fd;
+  /* The socket: fd, and after STARTTLS the session and its io (else
+   * io is NULL and bytes go through read and sendmsg directly). */
+  struct nbd_wire w;
+  const struct nbdc_tls *tls;   /* NULL: plaintext (tls=off) */
   struct nbdc_info info;
   pthread_mutex_t wlock;        /* one sender at a time on the socket */
   pthread_mutex_t lock;         /* reqs, cookie, dead, closing, reading */
@@ -91,15 +96,27 @@ struct nbdc {
 
 /* ---- bytes ------------------------------------------------------------ */
 
+/* What read(2) would return; through the TLS session once STARTTLS
+ * succeeded (tls.c, the same code the server's connections use). */
+static ssize_t
+nbdc_read_some(struct nbdc *c, void *buf, size_t len)
+{
+  struct iovec iov = { buf, len };
+
+  if (c->w.io)
+    return c->w.io->recvv(&c->w, &iov, 1, 0);
+  return read(c->w.fd, buf, len);
+}
+
 /* 0, or -1 at end of file or error. */
 static int
-nbdc_read_full(int fd, void *buf, size_t len)
+nbdc_read_full(struct nbdc *c, void *buf, size_t len)
 {
   unsigned char *p = buf;
   ssize_t r;
 
   while (len > 0) {
-    r = read(fd, p, len);
+    r = nbdc_read_some(c, p, len);
     if (r == -1 && errno == EINTR)
       continue;
     if (r <= 0)
@@ -111,14 +128,14 @@ nbdc_read_full(int fd, void *buf, size_t len)
 }
 
 static int
-nbdc_skip(int fd, uint64_t len)
+nbdc_skip(struct nbdc *c, uint64_t len)
 {
   unsigned char tmp[512];
   size_t n;
 
   while (len > 0) {
     n = len < sizeof tmp ? (size_t)len : sizeof tmp;
-    if (nbdc_read_full(fd, tmp, n) == -1)
+    if (nbdc_read_full(c, tmp, n) == -1)
       return -1;
     len -= n;
   }
@@ -146,8 +163,8 @@ nbdc_recv(struct nbdc *c, void *buf, size_t len)
     if (len == 0)
       return 0;
     if (len >= sizeof c->rbuf)  /* the buffer is empty here */
-      return nbdc_read_full(c->fd, p, len);
-    r = read(c->fd, c->rbuf, sizeof c->rbuf);
+      return nbdc_read_full(c, p, len);
+    r = nbdc_read_some(c, c->rbuf, sizeof c->rbuf);
     if (r == -1 && errno == EINTR)
       continue;
     if (r <= 0)
@@ -175,7 +192,7 @@ nbdc_discard(struct nbdc *c, uint64_t len)
 /* Every byte of iov[0..n), MSG_NOSIGNAL so a dead peer is an error and
  * not a signal; 0 or -1. */
 static int
-nbdc_writev_full(int fd, struct iovec *iov, int n)
+nbdc_writev_full(struct nbdc *c, struct iovec *iov, int n)
 {
   struct msghdr m;
   ssize_t r;
@@ -184,7 +201,8 @@ nbdc_writev_full(int fd, struct iovec *iov, int n)
     memset(&m, 0, sizeof m);
     m.msg_iov = iov;
     m.msg_iovlen = (size_t)n;
-    r = sendmsg(fd, &m, MSG_NOSIGNAL);
+    r = c->w.io ? c->w.io->sendv(&c->w, iov, n)
+                : sendmsg(c->w.fd, &m, MSG_NOSIGNAL);
     if (r == -1 && errno == EINTR)
       continue;
     if (r <= 0)
@@ -203,10 +221,10 @@ nbdc_writev_full(int fd, struct iovec *iov, int n)
 }
 
 static int
-nbdc_write_full(int fd, const void *buf, size_t len)
+nbdc_write_full(struct nbdc *c, const void *buf, size_t len)
 {
   struct iovec iov = { (void *)buf, len };
-  return nbdc_writev_full(fd, &iov, 1);
+  return nbdc_writev_full(c, &iov, 1);
 }
 
 int
@@ -228,7 +246,7 @@ nbdc_errno(uint32_t e)
 /* ---- handshake -------------------------------------------------------- */
 
 static int
-nbdc_opt_send(int fd, uint32_t opt, const void *data, uint32_t len)
+nbdc_opt_send(struct nbdc *c, uint32_t opt, const void *data, uint32_t len)
 {
   unsigned char h[16];
   struct iovec iov[2] = { { h, sizeof h }, { (void *)data, len } };
@@ -236,20 +254,20 @@ nbdc_opt_send(int fd, uint32_t opt, const void *data, uint32_t len)
   wire_put64(h, NBD_IHAVEOPT);
   wire_put32(h + 8, opt);
   wire_put32(h + 12, len);
-  return nbdc_writev_full(fd, iov, len ? 2 : 1);
+  return nbdc_writev_full(c, iov, len ? 2 : 1);
 }
 
 /* One option reply (proto.md "Option reply"): its type in *rep, up to
  * bufsize bytes of its data in buf (the rest is dropped), the data length
  * kept in *len.  0 or -1 with err filled. */
 static int
-nbdc_opt_reply(int fd, uint32_t opt, uint32_t *rep, unsigned char *buf,
+nbdc_opt_reply(struct nbdc *c, uint32_t opt, uint32_t *rep, unsigned char *buf,
                uint32_t bufsize, uint32_t *len, char *err, size_t errlen)
 {
   unsigned char h[20];
   uint32_t n;
 
-  if (nbdc_read_full(fd, h, sizeof h) == -1) {
+  if (nbdc_read_full(c, h, sizeof h) == -1) {
     snprintf(err, errlen, "connection closed during option %u", opt);
     return -1;
   }
@@ -264,7 +282,7 @@ nbdc_opt_reply(int fd, uint32_t opt, uint32_t *rep, unsigned char *buf,
     return -1;
   }
   *len = n < bufsize ? n : bufsize;
-  if (nbdc_read_full(fd, buf, *len) == -1 || nbdc_skip(fd, n - *len) == -1) {
+  if (nbdc_read_full(c, buf, *len) == -1 || nbdc_skip(c, n - *len) == -1) {
     snprintf(err, errlen, "connection closed during option %u", opt);
     return -1;
   }
@@ -273,16 +291,16 @@ nbdc_opt_reply(int fd, uint32_t opt, uint32_t *rep, unsigned char *buf,
 
 /* NBD_OPT_STRUCTURED_REPLY: 1 acked, 0 refused, -1 failed. */
 static int
-nbdc_opt_structured(int fd, char *err, size_t errlen)
+nbdc_opt_structured(struct nbdc *c, char *err, size_t errlen)
 {
   unsigned char buf[256];
   uint32_t rep, len;
 
-  if (nbdc_opt_send(fd, NBD_OPT_STRUCTURED_REPLY, NULL, 0) == -1) {
+  if (nbdc_opt_send(c, NBD_OPT_STRUCTURED_REPLY, NULL, 0) == -1) {
     snprintf(err, errlen, "send failed: %s", strerror(errno));
     return -1;
   }
-  if (nbdc_opt_reply(fd, NBD_OPT_STRUCTURED_REPLY, &rep, buf, sizeof buf,
+  if (nbdc_opt_reply(c, NBD_OPT_STRUCTURED_REPLY, &rep, buf, sizeof buf,
                      &len, err, errlen) == -1)
     return -1;
   return rep == NBD_REP_ACK;
@@ -290,7 +308,7 @@ nbdc_opt_structured(int fd, char *err, size_t errlen)
 
 /* NBD_OPT_SET_META_CONTEXT base:allocation; fills info; 0 or -1. */
 static int
-nbdc_opt_meta(int fd, const char *name, struct nbdc_info *info, char *err,
+nbdc_opt_meta(struct nbdc *c, const char *name, struct nbdc_info *info, char *err,
               size_t errlen)
 {
   size_t nlen = strlen(name), qlen = strlen(NBDC_META_NAME);
@@ -308,14 +326,14 @@ nbdc_opt_meta(int fd, const char *name, struct nbdc_info *info, char *err,
   wire_put32(d + 4 + nlen, 1);
   wire_put32(d + 8 + nlen, (uint32_t)qlen);
   memcpy(d + 12 + nlen, NBDC_META_NAME, qlen);  /* NOLINT(bugprone-not-null-terminated-result): length-prefixed */
-  r = nbdc_opt_send(fd, NBD_OPT_SET_META_CONTEXT, d, (uint32_t)dlen);
+  r = nbdc_opt_send(c, NBD_OPT_SET_META_CONTEXT, d, (uint32_t)dlen);
   free(d);
   if (r == -1) {
     snprintf(err, errlen, "send failed: %s", strerror(errno));
     return -1;
   }
   for (;;) {
-    if (nbdc_opt_reply(fd, NBD_OPT_SET_META_CONTEXT, &rep, buf, sizeof buf,
+    if (nbdc_opt_reply(c, NBD_OPT_SET_META_CONTEXT, &rep, buf, sizeof buf,
                        &len, err, errlen) == -1)
       return -1;
     if (rep != NBD_REP_META_CONTEXT)
@@ -355,7 +373,7 @@ nbdc_block_size(struct nbdc_info *info, const unsigned char *p)
 /* NBD_OPT_GO asking for NBD_INFO_BLOCK_SIZE: 1 done, 0 server has no GO
  * (NBD_REP_ERR_UNSUP), -1 failed. */
 static int
-nbdc_opt_go(int fd, const char *name, struct nbdc_info *info, char *err,
+nbdc_opt_go(struct nbdc *c, const char *name, struct nbdc_info *info, char *err,
             size_t errlen)
 {
   size_t nlen = strlen(name), dlen = 4 + nlen + 2 + 2;
@@ -371,14 +389,14 @@ nbdc_opt_go(int fd, const char *name, struct nbdc_info *info, char *err,
   memcpy(d + 4, name, nlen);    /* NOLINT(bugprone-not-null-terminated-result): a length-prefixed NBD string */
   wire_put16(d + 4 + nlen, 1);
   wire_put16(d + 6 + nlen, NBD_INFO_BLOCK_SIZE);
-  r = nbdc_opt_send(fd, NBD_OPT_GO, d, (uint32_t)dlen);
+  r = nbdc_opt_send(c, NBD_OPT_GO, d, (uint32_t)dlen);
   free(d);
   if (r == -1) {
     snprintf(err, errlen, "send failed: %s", strerror(errno));
     return -1;
   }
   for (;;) {
-    if (nbdc_opt_reply(fd, NBD_OPT_GO, &rep, buf, sizeof buf, &len, err,
+    if (nbdc_opt_reply(c, NBD_OPT_GO, &rep, buf, sizeof buf, &len, err,
                        errlen) == -1)
       return -1;
     if (rep == NBD_REP_ACK)
@@ -417,15 +435,15 @@ nbdc_opt_go(int fd, const char *name, struct nbdc_info *info, char *err,
 /* The old way in (proto.md "NBD_OPT_EXPORT_NAME"): a server that refuses
  * the name just closes the connection. */
 static int
-nbdc_opt_export_name(int fd, const char *name, int no_zeroes,
+nbdc_opt_export_name(struct nbdc *c, const char *name, int no_zeroes,
                      struct nbdc_info *info, char *err, size_t errlen)
 {
   unsigned char buf[10];
 
-  if (nbdc_opt_send(fd, NBD_OPT_EXPORT_NAME, name,
+  if (nbdc_opt_send(c, NBD_OPT_EXPORT_NAME, name,
                     (uint32_t)strlen(name)) == -1 ||
-      nbdc_read_full(fd, buf, sizeof buf) == -1 ||
-      (!no_zeroes && nbdc_skip(fd, 124) == -1)) {
+      nbdc_read_full(c, buf, sizeof buf) == -1 ||
+      (!no_zeroes && nbdc_skip(c, 124) == -1)) {
     snprintf(err, errlen, "upstream closed the connection at export '%s'",
              name);
     return -1;
@@ -435,8 +453,53 @@ nbdc_opt_export_name(int fd, const char *name, int no_zeroes,
   return 0;
 }
 
+/* NBD_OPT_STARTTLS (proto.md "TLS support"), first of all options, then
+ * the TLS handshake; the rest of the haggling goes on inside it.  With
+ * tls=on a server that does not do TLS is used in plaintext (as libnbd's
+ * LIBNBD_TLS_ALLOW); with tls=require that fails. */
 static int
-nbdc_handshake(int fd, const char *name, struct nbdc_info *info, char *err,
+nbdc_opt_starttls(struct nbdc *c, char *err, size_t errlen)
+{
+  unsigned char buf[256];
+  uint32_t rep, len;
+  char how[128];
+
+  if (nbdc_opt_send(c, NBD_OPT_STARTTLS, NULL, 0) == -1) {
+    snprintf(err, errlen, "send failed: %s", strerror(errno));
+    return -1;
+  }
+  if (nbdc_opt_reply(c, NBD_OPT_STARTTLS, &rep, buf, sizeof buf - 1, &len,
+                     err, errlen) == -1)
+    return -1;
+  if (rep != NBD_REP_ACK) {
+    buf[len] = '\0';
+    if (c->tls->require) {
+      snprintf(err, errlen, "upstream refused NBD_OPT_STARTTLS (reply "
+               "0x%x%s%s) and tls=require", rep, len ? ": " : "",
+               (char *)buf);
+      return -1;
+    }
+    nbd_debug("nbd: upstream has no TLS (reply 0x%x): plaintext, as "
+              "tls=on allows", rep);
+    return 0;
+  }
+  if (c->rlen != c->rpos) {
+    snprintf(err, errlen, "upstream sent bytes before the TLS handshake");
+    return -1;
+  }
+  c->w.rcvtimeo = (uint64_t)NBDC_HANDSHAKE_TIMEOUT * 1000000000u;
+  c->w.sndtimeo = c->w.rcvtimeo;
+  if (tls_client_start(c->tls->client, &c->w, c->tls->hostname, how,
+                       sizeof how) == -1) {
+    snprintf(err, errlen, "%s", how);
+    return -1;
+  }
+  nbd_debug("nbd: upstream TLS: %s", how);
+  return 0;
+}
+
+static int
+nbdc_handshake(struct nbdc *c, const char *name, struct nbdc_info *info, char *err,
                size_t errlen)
 {
   unsigned char h[18], cf[4];
@@ -447,7 +510,7 @@ nbdc_handshake(int fd, const char *name, struct nbdc_info *info, char *err,
     snprintf(err, errlen, "export name longer than %d bytes", NBD_MAX_STRING);
     return -1;
   }
-  if (nbdc_read_full(fd, h, sizeof h) == -1) {
+  if (nbdc_read_full(c, h, sizeof h) == -1) {
     snprintf(err, errlen, "connection closed before the greeting");
     return -1;
   }
@@ -462,21 +525,23 @@ nbdc_handshake(int fd, const char *name, struct nbdc_info *info, char *err,
   }
   wire_put32(cf, NBD_FLAG_C_FIXED_NEWSTYLE |
                  (hflags & NBD_FLAG_NO_ZEROES ? NBD_FLAG_C_NO_ZEROES : 0));
-  if (nbdc_write_full(fd, cf, sizeof cf) == -1) {
+  if (nbdc_write_full(c, cf, sizeof cf) == -1) {
     snprintf(err, errlen, "send failed: %s", strerror(errno));
     return -1;
   }
-  if ((r = nbdc_opt_structured(fd, err, errlen)) == -1)
+  if (c->tls && nbdc_opt_starttls(c, err, errlen) == -1)
+    return -1;
+  if ((r = nbdc_opt_structured(c, err, errlen)) == -1)
     return -1;
   info->structured = r;
-  if (r && nbdc_opt_meta(fd, name, info, err, errlen) == -1)
+  if (r && nbdc_opt_meta(c, name, info, err, errlen) == -1)
     return -1;
-  if ((r = nbdc_opt_go(fd, name, info, err, errlen)) == -1)
+  if ((r = nbdc_opt_go(c, name, info, err, errlen)) == -1)
     return -1;
   if (r == 0) {
     /* No GO: the meta context was for a name EXPORT_NAME still picks, but
      * without GO no block size came. */
-    if (nbdc_opt_export_name(fd, name, hflags & NBD_FLAG_NO_ZEROES, info,
+    if (nbdc_opt_export_name(c, name, hflags & NBD_FLAG_NO_ZEROES, info,
                              err, errlen) == -1)
       return -1;
   }
@@ -528,7 +593,7 @@ nbdc_kill(struct nbdc *c, const char *why)
     nbd_error("nbd: upstream connection lost: %s", why);
   c->dead = 1;
   pthread_mutex_unlock(&c->lock);
-  shutdown(c->fd, SHUT_RDWR);
+  shutdown(c->w.fd, SHUT_RDWR);
 }
 
 /* ---- the reader ------------------------------------------------------- */
@@ -853,8 +918,22 @@ nbdc_reader(void *arg)
 
 /* ---- the connection --------------------------------------------------- */
 
+/* Ends the TLS session, if any: close_notify when the stream is still
+ * good (an orderly close), then the session is freed. */
+static void
+nbdc_end_tls(struct nbdc *c, int notify)
+{
+  if (c->w.io == NULL)
+    return;
+  if (notify)
+    c->w.io->close_notify(&c->w);
+  c->w.io->free(&c->w);
+  c->w.io = NULL;
+}
+
 struct nbdc *
-nbdc_open(int fd, const char *name, char *err, size_t errlen)
+nbdc_open(int fd, const char *name, const struct nbdc_tls *tls, char *err,
+          size_t errlen)
 {
   struct timeval tv = { NBDC_HANDSHAKE_TIMEOUT, 0 }, none = { 0, 0 };
   struct nbdc *c = calloc(1, sizeof *c);
@@ -866,16 +945,20 @@ nbdc_open(int fd, const char *name, char *err, size_t errlen)
     close(fd);
     return NULL;
   }
-  c->fd = fd;
+  c->w.fd = fd;
+  c->w.peer = "nbd upstream";
+  c->tls = tls && tls->client ? tls : NULL;
   /* A server that stops talking in the handshake must not hold the
    * client's connection for ever. */
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  if (nbdc_handshake(fd, name, &c->info, err, errlen) == -1) {
+  if (nbdc_handshake(c, name, &c->info, err, errlen) == -1) {
+    nbdc_end_tls(c, 0);
     close(fd);
     free(c);
     return NULL;
   }
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+  c->w.rcvtimeo = c->w.sndtimeo = 0;
   pthread_mutex_init(&c->wlock, NULL);
   pthread_mutex_init(&c->lock, NULL);
   pthread_cond_init(&c->rcond, NULL);
@@ -890,6 +973,7 @@ nbdc_open(int fd, const char *name, char *err, size_t errlen)
     pthread_cond_destroy(&c->rcond);
     pthread_mutex_destroy(&c->wlock);
     pthread_mutex_destroy(&c->lock);
+    nbdc_end_tls(c, 0);
     close(fd);
     free(c);
     return NULL;
@@ -914,10 +998,11 @@ nbdc_close(struct nbdc *c)
   wire_put16(h + 6, NBD_CMD_DISC);
   pthread_mutex_lock(&c->wlock);
   if (!nbdc_dead(c))
-    (void)nbdc_write_full(c->fd, h, sizeof h);
+    (void)nbdc_write_full(c, h, sizeof h);
   pthread_mutex_unlock(&c->wlock);
-  shutdown(c->fd, SHUT_RDWR);
-  close(c->fd);
+  nbdc_end_tls(c, !nbdc_dead(c));
+  shutdown(c->w.fd, SHUT_RDWR);
+  close(c->w.fd);
   pthread_cond_destroy(&c->rcond);
   pthread_mutex_destroy(&c->wlock);
   pthread_mutex_destroy(&c->lock);
@@ -983,7 +1068,7 @@ nbdc_request(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
   iov[1].iov_base = (void *)wbuf;
   iov[1].iov_len = count;
   pthread_mutex_lock(&c->wlock);
-  r = nbdc_writev_full(c->fd, iov, wbuf ? 2 : 1);
+  r = nbdc_writev_full(c, iov, wbuf ? 2 : 1);
   pthread_mutex_unlock(&c->wlock);
   /* A half-sent request leaves the stream unusable; the reader then fails
    * every request, this one too. */

@@ -11,8 +11,10 @@
  * against its request; a reply that breaks the protocol, or a dead
  * socket, fails every request in flight (and every later one) with EIO.
  *
- * It does not connect sockets or run commands (nbd.c does, and hands the
- * fd over), speak TLS, or reconnect.
+ * TLS: NBD_OPT_STARTTLS first, then every byte goes through the session
+ * of tls.c (the server's own TLS code, client side).  It does not connect
+ * sockets or run commands (nbd.c does, and hands the fd over), or
+ * reconnect.
  */
 #ifndef NBDSTACK_NBD_CLIENT_H
 #define NBDSTACK_NBD_CLIENT_H
@@ -34,10 +36,22 @@ struct nbdc_info {
   uint32_t min_block, pref_block, max_block;
 };
 
+/* TLS to the upstream (nbdkit's nbd plugin tls=on|require): the
+ * credentials (tls.h), whether a server without TLS is refused, and the
+ * host name its certificate must carry (NULL: not checked, as libnbd on a
+ * Unix socket). */
+struct tls_client;
+struct nbdc_tls {
+  struct tls_client *client;
+  int require;
+  const char *hostname;
+};
+
 /* Handshake on fd (which the client then owns, also on failure) for
- * export name; on success starts the reader thread.  NULL on failure,
- * with a one-line reason in err. */
-struct nbdc *nbdc_open(int fd, const char *name, char *err, size_t errlen);
+ * export name, first with STARTTLS when tls is given; on success starts
+ * the reader thread.  NULL on failure, with a one-line reason in err. */
+struct nbdc *nbdc_open(int fd, const char *name, const struct nbdc_tls *tls,
+                       char *err, size_t errlen);
 /* Sends NBD_CMD_DISC unless dead, stops the reader, closes the fd.  No
  * request may be in flight. */
 void nbdc_close(struct nbdc *c);

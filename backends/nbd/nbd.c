@@ -19,13 +19,17 @@
  * upstream that the client did not cause (no probing, no flush at close).
  * The wire client is client.c.
  *
- * Not here (yet): TLS, vsock, socket-fd=, reconnecting a dead shared
- * connection.
+ * TLS to the upstream with nbdkit's keys (tls=, tls-certificates=,
+ * tls-psk=, tls-username=, tls-verify=) or an nbds:// URI, through the
+ * server's own TLS code (tls.c, client side).
+ *
+ * Not here (yet): vsock, socket-fd=.
  */
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +41,7 @@
 #include "layer.h"
 #include "protocol.h"
 #include "client.h"
+#include "tls.h"
 
 struct nbd_conf {
   char *uri;
@@ -49,7 +54,13 @@ struct nbd_conf {
   struct nbd_strlist arg;
   int shared;
   uint64_t retry;
+  int tls;
+  char *tls_certificates, *tls_psk, *tls_username;
+  int tls_verify;
 };
+
+static const char *const nbd_tls_modes[] = { "off", "on", "require", NULL };
+enum { NBD_TLS_MODE_OFF, NBD_TLS_MODE_ON, NBD_TLS_MODE_REQUIRE };
 
 static const struct nbd_param nbd_params[] = {
   { "uri", NBD_PARAM_STRING, offsetof(struct nbd_conf, uri), NULL,
@@ -73,6 +84,22 @@ static const struct nbd_param nbd_params[] = {
     "one upstream connection shared by all clients", NULL, 0 },
   { "retry", NBD_PARAM_UINT, offsetof(struct nbd_conf, retry), "0",
     "retry connecting for up to N seconds", NULL, 0 },
+  { "tls", NBD_PARAM_ENUM, offsetof(struct nbd_conf, tls), NULL,
+    "TLS to the upstream: off, on (plaintext if it has none) or require; "
+    "default off, on when another tls key is given, require for nbds://",
+    nbd_tls_modes, 0 },
+  { "tls-certificates", NBD_PARAM_PATH,
+    offsetof(struct nbd_conf, tls_certificates), NULL,
+    "X.509: DIR with ca-cert.pem (and client-cert.pem, client-key.pem for "
+    "a server that checks clients)", NULL, 0 },
+  { "tls-psk", NBD_PARAM_PATH, offsetof(struct nbd_conf, tls_psk), NULL,
+    "PSK: psktool's username:hexkey file", NULL, 0 },
+  { "tls-username", NBD_PARAM_STRING,
+    offsetof(struct nbd_conf, tls_username), NULL,
+    "PSK identity (default: the user nbdstack runs as)", NULL, 0 },
+  { "tls-verify", NBD_PARAM_BOOL, offsetof(struct nbd_conf, tls_verify),
+    "true", "check the upstream's certificate against ca-cert.pem and its "
+    "host name (false: no check, open to a man in the middle)", NULL, 0 },
   NBD_PARAM_END
 };
 
@@ -84,17 +111,39 @@ struct nbd_state {
   char *host, *port;            /* tcp */
   char *export;
   char **argv;                  /* command: its name, args, NULL */
-  /* shared=true */
+  /* TLS (tls.c's client side); tls.client NULL = off.  From the keys, or
+   * from an nbds:// URI (require; its tls-certificates=, tls-psk-file=
+   * and user@ as libnbd reads them). */
+  struct nbdc_tls tls;
+  int uri_tls;                  /* the URI's scheme was nbds */
+  char *uri_certificates, *uri_psk, *uri_username;
+  char *username;
+  /* shared=true: the connection (and its command's pid), the client
+   * contexts open on it, the requests using it now; a connection found
+   * dead is replaced by a new one (nbd_get) and retired: closed when the
+   * last request still using it returns. */
   pthread_mutex_t lock;
   struct nbdc *conn;
   pid_t pid;
   unsigned refs;
+  unsigned users;
+  struct nbdc_info first;       /* what the first connection said */
+  char *shared_export;
+  struct nbd_retired *retired;
+};
+
+struct nbd_retired {
+  struct nbdc *conn;
+  pid_t pid;
+  unsigned users;
+  struct nbd_retired *next;
 };
 
 /* Per client connection. */
 struct nbd_handle {
-  struct nbdc *conn;
+  struct nbdc *conn;            /* shared=true: the one it opened with */
   pid_t pid;                    /* command= child, 0 = none */
+  struct nbdc_info info;        /* the capabilities it opened with */
 };
 
 /* ---- uri -------------------------------------------------------------- */
@@ -135,17 +184,29 @@ nbd_decode(const char *s, size_t len)
 }
 
 /* nbd://host[:port][/export] and nbd+unix:///[export]?socket=PATH (the
- * NBD URI spec, doc/uri.md); nbds and the vsock schemes need TLS or vsock,
- * which are not here. */
+ * NBD URI spec, doc/uri.md), and the same with nbds (TLS required; user@,
+ * tls-certificates= and tls-psk-file= as libnbd reads them); the vsock
+ * schemes are not here. */
 static int
 nbd_parse_uri(struct nbd_state *st, const char *uri, char *err, size_t errlen)
 {
-  const char *p, *path, *q, *end;
+  const char *p, *path, *q, *end, *at;
 
-  if (strncmp(uri, "nbd://", 6) == 0) {
+  if (strncmp(uri, "nbds", 4) == 0) {
+    st->uri_tls = 1;
+    uri++;                      /* "nbds://" is "nbd://" one on */
+  }
+  if (strncmp(uri, "nbd://", 6) == 0 || (st->uri_tls &&
+                                         strncmp(uri, "bds://", 6) == 0)) {
     st->mode = NBD_MODE_TCP;
     p = uri + 6;
+    /* user@ names the PSK identity (libnbd's tls-username). */
     path = p + strcspn(p, "/?#");
+    if ((at = memchr(p, '@', (size_t)(path - p))) != NULL) {
+      if ((st->uri_username = nbd_decode(p, (size_t)(at - p))) == NULL)
+        goto bad;
+      p = at + 1;
+    }
     if (*p == '[') {            /* [IPv6]:port */
       const char *rb = memchr(p, ']', (size_t)(path - p));
       if (rb == NULL)
@@ -161,14 +222,20 @@ nbd_parse_uri(struct nbd_state *st, const char *uri, char *err, size_t errlen)
     }
     if (st->host == NULL || st->host[0] == '\0')
       goto bad;
-  } else if (strncmp(uri, "nbd+unix://", 11) == 0) {
+  } else if (strncmp(uri, "nbd+unix://", 11) == 0 ||
+             (st->uri_tls && strncmp(uri, "bds+unix://", 11) == 0)) {
     st->mode = NBD_MODE_UNIX;
     path = uri + 11;
+    if ((at = strchr(path, '@')) != NULL && at < path + strcspn(path, "/?#")) {
+      if ((st->uri_username = nbd_decode(path, (size_t)(at - path))) == NULL)
+        goto bad;
+      path = at + 1;
+    }
     if (*path != '/' && *path != '?' && *path != '\0')
       goto bad;                 /* no host part for a Unix socket */
   } else {
-    snprintf(err, errlen, "uri '%s': only nbd:// and nbd+unix:// are "
-             "supported (TLS is not yet)", uri);
+    snprintf(err, errlen, "uri '%s': only nbd://, nbds://, nbd+unix:// and "
+             "nbds+unix:// are supported", st->uri_tls ? uri - 1 : uri);
     return -1;
   }
   end = path + strcspn(path, "?#");
@@ -182,6 +249,14 @@ nbd_parse_uri(struct nbd_state *st, const char *uri, char *err, size_t errlen)
       free(st->path);
       if ((st->path = nbd_decode(q + 7, n - 7)) == NULL)
         goto bad;
+    } else if (strncmp(q, "tls-certificates=", 17) == 0) {
+      free(st->uri_certificates);
+      if ((st->uri_certificates = nbd_decode(q + 17, n - 17)) == NULL)
+        goto bad;
+    } else if (strncmp(q, "tls-psk-file=", 13) == 0) {
+      free(st->uri_psk);
+      if ((st->uri_psk = nbd_decode(q + 13, n - 13)) == NULL)
+        goto bad;
     }
     q += n;
     if (*q == '&')
@@ -193,7 +268,8 @@ nbd_parse_uri(struct nbd_state *st, const char *uri, char *err, size_t errlen)
   }
   return 0;
 bad:
-  snprintf(err, errlen, "uri '%s' is not a valid NBD URI", uri);
+  snprintf(err, errlen, "uri '%s' is not a valid NBD URI",
+           st->uri_tls ? uri - 1 : uri);
   return -1;
 }
 
@@ -324,7 +400,7 @@ nbd_connect(const struct nbd_layer *layer, const char *export, pid_t *pid)
     nbd_error("nbd: cannot connect to upstream: %s", strerror(-fd));
     return NULL;
   }
-  if ((c = nbdc_open(fd, export, err, sizeof err)) == NULL) {
+  if ((c = nbdc_open(fd, export, &st->tls, err, sizeof err)) == NULL) {
     nbd_error("nbd: upstream handshake failed: %s", err);
     nbd_reap(*pid);
     *pid = 0;
@@ -349,8 +425,14 @@ nbd_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
     export = info->export_name;
   if (conf->shared) {
     pthread_mutex_lock(&st->lock);
-    if (st->refs == 0)
+    if (st->refs == 0) {
       st->conn = nbd_connect(self->layer, export, &st->pid);
+      if (st->conn) {
+        st->first = *nbdc_info(st->conn);
+        free(st->shared_export);
+        st->shared_export = strdup(export);
+      }
+    }
     if (st->conn)
       st->refs++;
     h->conn = st->conn;
@@ -361,6 +443,7 @@ nbd_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
     free(h);
     return -EIO;
   }
+  h->info = conf->shared ? st->first : *nbdc_info(h->conn);
   self->handle = h;
   return 0;
 }
@@ -377,6 +460,7 @@ nbd_close(struct nbd_ctx *self, struct nbd_ctx *next)
   if (conf->shared) {
     pthread_mutex_lock(&st->lock);
     if (--st->refs == 0) {
+      /* No request runs: every context on it is closed. */
       nbdc_close(st->conn);
       nbd_reap(st->pid);
       st->conn = NULL;
@@ -393,16 +477,125 @@ nbd_close(struct nbd_ctx *self, struct nbd_ctx *next)
 
 /* ---- datapath --------------------------------------------------------- */
 
-static struct nbdc *
-nbd_conn(const struct nbd_ctx *self)
+/* shared=true, under st->lock: the shared connection is dead; replace
+ * it by a new one (retrying for retry= seconds, as at open) while
+ * clients remain.  The new upstream must say what the first said (size,
+ * flags, block sizes): the clients cached those.  The dead one is
+ * retired, closed by the last request still using it. */
+static void
+nbd_reconnect(const struct nbd_layer *layer, struct nbd_state *st)
 {
-  return ((struct nbd_handle *)self->handle)->conn;
+  struct nbd_retired *r = calloc(1, sizeof *r);
+  const struct nbdc_info *i;
+  struct nbdc *c;
+  pid_t pid;
+
+  if (r == NULL)
+    return;
+  nbd_info("nbd: the shared upstream connection died: reconnecting "
+           "(%u client%s)", st->refs, st->refs == 1 ? "" : "s");
+  c = nbd_connect(layer, st->shared_export ? st->shared_export : st->export,
+                  &pid);
+  if (c == NULL) {
+    free(r);
+    return;                     /* the next request tries again */
+  }
+  i = nbdc_info(c);
+  if (i->size != st->first.size || i->tflags != st->first.tflags ||
+      i->structured != st->first.structured ||
+      i->base_allocation != st->first.base_allocation ||
+      i->min_block != st->first.min_block ||
+      i->max_block != st->first.max_block) {
+    nbd_error("nbd: the reconnected upstream differs (size %llu, flags "
+              "0x%x; was %llu, 0x%x): not used",
+              (unsigned long long)i->size, i->tflags,
+              (unsigned long long)st->first.size, st->first.tflags);
+    nbdc_close(c);
+    nbd_reap(pid);
+    free(r);
+    return;
+  }
+  r->conn = st->conn;
+  r->pid = st->pid;
+  r->users = st->users;
+  r->next = st->retired;
+  st->retired = r;
+  st->conn = c;
+  st->pid = pid;
+  st->users = 0;
+  nbd_info("nbd: reconnected to the shared upstream");
+}
+
+/* The upstream connection for one request, or NULL (dead, and no new
+ * one could be made): a handle's own, or the shared one, counted in
+ * use until nbd_put. */
+static struct nbdc *
+nbd_get(const struct nbd_ctx *self)
+{
+  const struct nbd_conf *conf = self->layer->conf;
+  struct nbd_state *st = self->layer->state;
+  struct nbdc *c;
+
+  if (!conf->shared)
+    return ((struct nbd_handle *)self->handle)->conn;
+  pthread_mutex_lock(&st->lock);
+  if (nbdc_dead(st->conn))
+    nbd_reconnect(self->layer, st);
+  c = st->conn;
+  st->users++;
+  pthread_mutex_unlock(&st->lock);
+  return c;
+}
+
+static void
+nbd_put(const struct nbd_ctx *self, struct nbdc *c)
+{
+  const struct nbd_conf *conf = self->layer->conf;
+  struct nbd_state *st = self->layer->state;
+  struct nbd_retired **pp, *r = NULL;
+
+  if (!conf->shared)
+    return;
+  pthread_mutex_lock(&st->lock);
+  if (c == st->conn)
+    st->users--;
+  else
+    for (pp = &st->retired; *pp; pp = &(*pp)->next)
+      if ((*pp)->conn == c) {
+        if (--(*pp)->users == 0) {
+          r = *pp;
+          *pp = r->next;
+        }
+        break;
+      }
+  pthread_mutex_unlock(&st->lock);
+  if (r) {
+    nbdc_close(r->conn);
+    nbd_reap(r->pid);
+    free(r);
+  }
+}
+
+/* One request on the upstream connection nbd_get gives (a dead one
+ * answers -EIO). */
+#define NBD_RETURN_REQUEST(self, call)                                       \
+  do {                                                                \
+    struct nbdc *c_ = nbd_get(self);                                  \
+    int r_ = (call);                                                  \
+    nbd_put(self, c_);                                                \
+    return r_;                                                        \
+  } while (0)
+
+static const struct nbdc_info *
+nbd_info_of(const struct nbd_ctx *self)
+{
+  return &((struct nbd_handle *)self->handle)->info;
 }
 
 static uint16_t
 nbd_tflags(const struct nbd_ctx *self)
 {
-  return nbdc_info(nbd_conn(self))->tflags;
+  return nbd_info_of(self)->tflags;
 }
 
 /* FUA only to an upstream that negotiated it. */
@@ -416,32 +609,32 @@ static int
 nbd_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
           uint32_t count, uint64_t offset, uint32_t flags)
 {
-  const struct nbdc_info *i = nbdc_info(nbd_conn(self));
+  const struct nbdc_info *i = nbd_info_of(self);
   uint32_t f = i->structured && (i->tflags & NBD_FLAG_SEND_DF)
                ? flags & NBD_CMD_FLAG_DF : 0;
 
-  return nbdc_pread(nbd_conn(self), buf, count, offset, f);
+  NBD_RETURN_REQUEST(self, nbdc_pread(c_, buf, count, offset, f));
 }
 
 static int
 nbd_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
            uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return nbdc_pwrite(nbd_conn(self), buf, count, offset,
-                     nbd_fua(self, flags));
+  NBD_RETURN_REQUEST(self, nbdc_pwrite(c_, buf, count, offset,
+                     nbd_fua(self, flags)));
 }
 
 static int
 nbd_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 {
-  return nbdc_flush(nbd_conn(self), 0);
+  NBD_RETURN_REQUEST(self, nbdc_flush(c_, 0));
 }
 
 static int
 nbd_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
          uint64_t offset, uint32_t flags)
 {
-  return nbdc_trim(nbd_conn(self), count, offset, nbd_fua(self, flags));
+  NBD_RETURN_REQUEST(self, nbdc_trim(c_, count, offset, nbd_fua(self, flags)));
 }
 
 static int
@@ -455,37 +648,40 @@ nbd_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
       return -ENOTSUP;
     f |= NBD_CMD_FLAG_FAST_ZERO;
   }
-  return nbdc_zero(nbd_conn(self), count, offset, f);
+  NBD_RETURN_REQUEST(self, nbdc_zero(c_, count, offset, f));
 }
 
 static int
 nbd_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
-  return nbdc_extents(nbd_conn(self), count, offset,
-                      flags & NBD_CMD_FLAG_REQ_ONE, extents);
+  NBD_RETURN_REQUEST(self, nbdc_extents(c_, count, offset,
+                      flags & NBD_CMD_FLAG_REQ_ONE, extents));
 }
 
 static int
 nbd_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
 {
-  return nbdc_cache(nbd_conn(self), count, offset, 0);
+  NBD_RETURN_REQUEST(self, nbdc_cache(c_, count, offset, 0));
 }
 
 /* ---- capabilities: the upstream's ------------------------------------- */
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define nbd_reopen nbd_reopen_close_open
+
 static int64_t
 nbd_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
-  return (int64_t)nbdc_info(nbd_conn(self))->size;
+  return (int64_t)nbd_info_of(self)->size;
 }
 
 static int
 nbd_block_size(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t *minimum,
                uint32_t *preferred, uint32_t *maximum)
 {
-  const struct nbdc_info *i = nbdc_info(nbd_conn(self));
+  const struct nbdc_info *i = nbd_info_of(self);
 
   if (i->has_block_size) {
     *minimum = i->min_block;
@@ -536,7 +732,7 @@ nbd_can_cache(struct nbd_ctx *self, struct nbd_ctx *next)
 static int
 nbd_can_extents(struct nbd_ctx *self, struct nbd_ctx *next)
 {
-  return nbdc_info(nbd_conn(self))->base_allocation;
+  return nbd_info_of(self)->base_allocation;
 }
 
 /* ---- setup ------------------------------------------------------------ */
@@ -610,10 +806,92 @@ nbd_setup_state(struct nbd_state *st, const struct nbd_layer *layer,
   return 0;
 }
 
+/* The user nbdstack runs as: libnbd's default PSK identity. */
+static char *
+nbd_login_name(void)
+{
+  struct passwd *pw = getpwuid(geteuid());
+  const char *u = pw ? pw->pw_name : getenv("USER");
+
+  return strdup(u ? u : "nbd");
+}
+
+/* tls= and its keys, or an nbds:// URI's: the client credentials, loaded
+ * and checked here so a bad key stops the server, not the first client. */
+static int
+nbd_setup_tls(struct nbd_state *st, const struct nbd_layer *layer, char *err,
+              size_t errlen)
+{
+  const struct nbd_conf *c = layer->conf;
+  struct tls_client_opts o;
+  char why[512];
+  int mode, other = c->tls_certificates || c->tls_psk || c->tls_username ||
+                    nbd_layer_param_set(layer, "tls-verify");
+
+  if (nbd_layer_param_set(layer, "tls"))
+    mode = c->tls;
+  else
+    mode = st->uri_tls ? NBD_TLS_MODE_REQUIRE
+           : other || st->uri_certificates || st->uri_psk ? NBD_TLS_MODE_ON
+           : NBD_TLS_MODE_OFF;
+  if (st->uri_tls && mode != NBD_TLS_MODE_REQUIRE) {
+    snprintf(err, errlen, "an nbds:// uri requires TLS: tls=%s contradicts "
+             "it", nbd_tls_modes[mode]);
+    return -1;
+  }
+  if (mode == NBD_TLS_MODE_OFF)
+    return 0;
+  memset(&o, 0, sizeof o);
+  o.certificates = c->tls_certificates ? c->tls_certificates
+                                       : st->uri_certificates;
+  o.psk = c->tls_psk ? c->tls_psk : st->uri_psk;
+  o.verify = c->tls_verify;
+  if (o.certificates == NULL && o.psk == NULL) {
+    snprintf(err, errlen, "tls=%s needs tls-certificates= or tls-psk=",
+             nbd_tls_modes[mode]);
+    return -1;
+  }
+  if (o.certificates && o.psk) {
+    snprintf(err, errlen, "give tls-certificates= or tls-psk=, not both");
+    return -1;
+  }
+  st->username = c->tls_username ? strdup(c->tls_username)
+                 : st->uri_username ? strdup(st->uri_username)
+                 : nbd_login_name();
+  if (st->username == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  o.username = st->username;
+  if ((st->tls.client = tls_client_new(&o, why, sizeof why)) == NULL) {
+    snprintf(err, errlen, "%s", why);
+    return -1;
+  }
+  st->tls.require = mode == NBD_TLS_MODE_REQUIRE;
+  /* The name the server's certificate must carry: the host connected
+   * to (a Unix socket or a command has none, as in libnbd). */
+  st->tls.hostname = st->mode == NBD_MODE_TCP ? st->host : NULL;
+  return 0;
+}
+
 static void
 nbd_free_state(struct nbd_state *st)
 {
   size_t i;
+
+  tls_client_free(st->tls.client);
+  free(st->shared_export);
+  while (st->retired) {         /* none left in use: no context is open */
+    struct nbd_retired *r = st->retired;
+    st->retired = r->next;
+    nbdc_close(r->conn);
+    nbd_reap(r->pid);
+    free(r);
+  }
+  free(st->uri_certificates);
+  free(st->uri_psk);
+  free(st->uri_username);
+  free(st->username);
 
   free(st->path);
   free(st->host);
@@ -649,6 +927,10 @@ nbd_setup(struct nbd_layer *layer, char *err, size_t errlen)
     nbd_free_state(st);
     return -1;
   }
+  if (nbd_setup_tls(st, layer, err, errlen) == -1) {
+    nbd_free_state(st);
+    return -1;
+  }
   layer->state = st;
   return 0;
 }
@@ -662,6 +944,7 @@ nbd_cleanup(struct nbd_layer *layer)
 }
 
 UNSUPPORTED(nbd, list_exports)
+UNSUPPORTED(nbd, preconnect)
 
 NBD_REGISTER_BACKEND(nbd, NBD_PARALLEL,
   /* Every request waits for the network, but a local upstream answers

@@ -371,6 +371,9 @@ partitioning_cache(struct nbd_ctx *self, struct nbd_ctx *next,
 
 /* ---- capabilities ---------------------------------------------------- */
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define partitioning_reopen nbd_reopen_close_open
+
 static int64_t
 partitioning_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -413,6 +416,7 @@ partitioning_is_rotational(struct nbd_ctx *self, struct nbd_ctx *next)
 
 UNSUPPORTED(partitioning, block_size)   /* any alignment works */
 UNSUPPORTED(partitioning, list_exports) /* one disk, whatever the name */
+UNSUPPORTED(partitioning, preconnect)
 
 /* ---- lifecycle ------------------------------------------------------- */
 

@@ -618,6 +618,7 @@ cache_can_multi_conn(struct nbd_ctx *self, struct nbd_ctx *next)
   return next_can_multi_conn(next);
 }
 
+PASSTHROUGH(cache, reopen)
 PASSTHROUGH(cache, get_size)
 PASSTHROUGH(cache, can_write)
 PASSTHROUGH(cache, can_trim)
@@ -625,6 +626,7 @@ PASSTHROUGH(cache, can_fast_zero)
 PASSTHROUGH(cache, can_extents)
 PASSTHROUGH(cache, is_rotational)
 PASSTHROUGH(cache, list_exports)
+PASSTHROUGH(cache, preconnect)
 
 NBD_REGISTER_FILTER(cache, NBD_PARALLEL, NBD_RARELY_BLOCKS,
   .description = "cache blocks of the layer below in a temporary file",

@@ -533,6 +533,7 @@ cow_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 
 /* ---- capabilities ---------------------------------------------------------- */
 
+PASSTHROUGH(cow, reopen)
 static int64_t
 cow_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -582,6 +583,7 @@ cow_can_cache(struct nbd_ctx *self, struct nbd_ctx *next)
 
 PASSTHROUGH(cow, is_rotational)
 PASSTHROUGH(cow, list_exports)
+PASSTHROUGH(cow, preconnect)
 
 NBD_REGISTER_FILTER(cow, NBD_PARALLEL, NBD_RARELY_BLOCKS,
   .description = "copy-on-write overlay: writes never reach the layer below",

@@ -173,6 +173,9 @@ partition_prepare(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   return partition_block_size(self, next, &minimum, &preferred, &maximum);
 }
 
+/* reopen: close and open this layer too (layer.h "Reopening"). */
+#define partition_reopen nbd_reopen_close_open
+
 /* prepare (partition_find) checked start + len <= the size below (an
  * int64_t). */
 static int64_t
@@ -186,6 +189,7 @@ partition_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 NBD_WINDOW_SHIFTED(partition)
 NBD_WINDOW_PASSTHROUGH(partition)
 PASSTHROUGH(partition, list_exports)
+PASSTHROUGH(partition, preconnect)
 
 NBD_REGISTER_FILTER(partition, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "serve one partition (MBR or GPT) of the layer below",

@@ -17,6 +17,7 @@ UNSUPPORTED(passbe, flush)
 UNSUPPORTED(passbe, zero)
 UNSUPPORTED(passbe, extents)
 UNSUPPORTED(passbe, cache)
+UNSUPPORTED(passbe, reopen)
 UNSUPPORTED(passbe, get_size)
 UNSUPPORTED(passbe, block_size)
 UNSUPPORTED(passbe, can_write)
@@ -30,6 +31,7 @@ UNSUPPORTED(passbe, can_extents)
 UNSUPPORTED(passbe, can_multi_conn)
 UNSUPPORTED(passbe, is_rotational)
 UNSUPPORTED(passbe, list_exports)
+UNSUPPORTED(passbe, preconnect)
 
 NBD_REGISTER_BACKEND(passbe, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "test: a backend with PASSTHROUGH",

@@ -17,6 +17,7 @@ PASSTHROUGH(missing, trim)
 PASSTHROUGH(missing, zero)
 PASSTHROUGH(missing, extents)
 PASSTHROUGH(missing, cache)
+PASSTHROUGH(missing, reopen)
 PASSTHROUGH(missing, get_size)
 PASSTHROUGH(missing, block_size)
 PASSTHROUGH(missing, can_write)
@@ -30,6 +31,7 @@ PASSTHROUGH(missing, can_extents)
 PASSTHROUGH(missing, can_multi_conn)
 PASSTHROUGH(missing, is_rotational)
 PASSTHROUGH(missing, list_exports)
+PASSTHROUGH(missing, preconnect)
 
 NBD_REGISTER_FILTER(missing, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "test: a filter with trim left out",

@@ -32,6 +32,7 @@ PASSTHROUGH(wrongalias, flush)
 PASSTHROUGH(wrongalias, zero)
 PASSTHROUGH(wrongalias, extents)
 PASSTHROUGH(wrongalias, cache)
+PASSTHROUGH(wrongalias, reopen)
 PASSTHROUGH(wrongalias, get_size)
 PASSTHROUGH(wrongalias, block_size)
 PASSTHROUGH(wrongalias, can_write)
@@ -45,6 +46,7 @@ PASSTHROUGH(wrongalias, can_extents)
 PASSTHROUGH(wrongalias, can_multi_conn)
 PASSTHROUGH(wrongalias, is_rotational)
 PASSTHROUGH(wrongalias, list_exports)
+PASSTHROUGH(wrongalias, preconnect)
 
 NBD_REGISTER_FILTER(wrongalias, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "test: trim is an alias for a function of another shape",

@@ -26,6 +26,7 @@ PASSTHROUGH(wrongtype, flush)
 PASSTHROUGH(wrongtype, zero)
 PASSTHROUGH(wrongtype, extents)
 PASSTHROUGH(wrongtype, cache)
+PASSTHROUGH(wrongtype, reopen)
 PASSTHROUGH(wrongtype, get_size)
 PASSTHROUGH(wrongtype, block_size)
 PASSTHROUGH(wrongtype, can_write)
@@ -39,6 +40,7 @@ PASSTHROUGH(wrongtype, can_extents)
 PASSTHROUGH(wrongtype, can_multi_conn)
 PASSTHROUGH(wrongtype, is_rotational)
 PASSTHROUGH(wrongtype, list_exports)
+PASSTHROUGH(wrongtype, preconnect)
 
 NBD_REGISTER_FILTER(wrongtype, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "test: a filter whose trim has the wrong type",

@@ -298,6 +298,26 @@ def partition_seeds():
     return s
 
 
+def http_seeds():
+    """Requests to the metrics endpoint (fuzz_http): a scrape as curl and
+    Prometheus send it, and near-misses."""
+    s = {}
+    s["curl"] = (b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n"
+                 b"User-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n")
+    s["prometheus"] = (b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9100\r\n"
+                       b"Accept: application/openmetrics-text;version=1.0.0,"
+                       b"text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n"
+                       b"Accept-Encoding: gzip\r\nX-Prometheus-Scrape-Timeout-Seconds: 10\r\n\r\n")
+    s["http10_lf"] = b"GET /metrics?x=1 HTTP/1.0\n\n"
+    s["post"] = b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    s["other_path"] = b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n"
+    s["body"] = b"GET /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    s["no_host"] = b"GET /metrics HTTP/1.1\r\n\r\n"
+    s["partial"] = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+    s["long"] = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 8200
+    return s
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit("usage: gen_seeds.py OUTDIR SRCDIR")
@@ -308,6 +328,7 @@ def main():
         "config": config_seeds(srcdir),
         "params": params_seeds(),
         "partition": partition_seeds(),
+        "http": http_seeds(),
     }
     for harness, seeds in sets.items():
         d = os.path.join(out, harness)

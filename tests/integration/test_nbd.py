@@ -453,7 +453,7 @@ def t_tcp_uri():
 def t_bad_config():
     for args, msg in ((["nbd"], "exactly one"),
                       (["nbd", "socket=/x", "hostname=h"], "exactly one"),
-                      (["nbd", "uri=nbds://h/x"], "TLS"),
+                      (["nbd", "uri=nbds://h/x"], "tls-certificates= or tls-psk="),
                       (["nbd", "uri=nbd+unix:///x"], "socket="),
                       (["nbd", "socket=/x", "port=1"], "port="),
                       (["nbd", "socket=/x", "arg=-s", "arg=x"], "arg="),

@@ -22,6 +22,7 @@ PASSTHROUGH(passall, trim)
 PASSTHROUGH(passall, zero)
 PASSTHROUGH(passall, extents)
 PASSTHROUGH(passall, cache)
+PASSTHROUGH(passall, reopen)
 PASSTHROUGH(passall, get_size)
 PASSTHROUGH(passall, block_size)
 PASSTHROUGH(passall, can_write)
@@ -35,6 +36,7 @@ PASSTHROUGH(passall, can_extents)
 PASSTHROUGH(passall, can_multi_conn)
 PASSTHROUGH(passall, is_rotational)
 PASSTHROUGH(passall, list_exports)
+PASSTHROUGH(passall, preconnect)
 
 NBD_REGISTER_FILTER(passall,
   NBD_PARALLEL,                       /* thread model: adds no shared state */

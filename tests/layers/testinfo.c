@@ -57,6 +57,7 @@ PASSTHROUGH(testinfo, trim)
 PASSTHROUGH(testinfo, zero)
 PASSTHROUGH(testinfo, extents)
 PASSTHROUGH(testinfo, cache)
+PASSTHROUGH(testinfo, reopen)
 PASSTHROUGH(testinfo, get_size)
 PASSTHROUGH(testinfo, block_size)
 PASSTHROUGH(testinfo, can_write)
@@ -70,6 +71,7 @@ PASSTHROUGH(testinfo, can_extents)
 PASSTHROUGH(testinfo, can_multi_conn)
 PASSTHROUGH(testinfo, is_rotational)
 PASSTHROUGH(testinfo, list_exports)
+PASSTHROUGH(testinfo, preconnect)
 
 NBD_REGISTER_FILTER(testinfo, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "test only: the first 4 KiB read as the connection's info",

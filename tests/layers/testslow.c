@@ -57,6 +57,7 @@ PASSTHROUGH(testslow, pread)
 PASSTHROUGH(testslow, flush)
 PASSTHROUGH(testslow, extents)
 PASSTHROUGH(testslow, cache)
+PASSTHROUGH(testslow, reopen)
 PASSTHROUGH(testslow, get_size)
 PASSTHROUGH(testslow, block_size)
 PASSTHROUGH(testslow, can_write)
@@ -70,6 +71,7 @@ PASSTHROUGH(testslow, can_extents)
 PASSTHROUGH(testslow, can_multi_conn)
 PASSTHROUGH(testslow, is_rotational)
 PASSTHROUGH(testslow, list_exports)
+PASSTHROUGH(testslow, preconnect)
 
 NBD_REGISTER_FILTER(testslow, NBD_PARALLEL, NBD_MAY_BLOCK,
   .description = "test only: sleep wdelay before each write (a slow disk)",

@@ -1,0 +1,128 @@
+#!/usr/bin/python3
+"""The exportname filter through real clients, over file dir=: nbdinfo
+--list shows the same names as nbdkit's exportname filter for the keep,
+empty and explicit modes (skipped without nbdkit), and the expected ones
+here; error fails the listing; exportdesc fixed and script set the
+descriptions; exportname-strict refuses other names while a listed one
+opens; bad values are refused with FILE:LINE."""
+
+import json
+import os
+import subprocess
+import sys
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nbdtest as T                       # noqa: E402
+from nbdtest import Checker, Server, check, check_eq  # noqa: E402
+import opsfilters as O                    # noqa: E402
+
+try:
+    import nbd                            # noqa: F401
+except ImportError:
+    T.skip("python3-libnbd (the nbd module) is not installed")
+
+T.require_layers("exportname", "file")
+T.start_watchdog(120)
+C = Checker("test_exportname")
+servers = []
+DIR = os.path.join(T.TMPDIR, "dir")
+os.mkdir(DIR)
+for n, size in (("file1", 4096), ("file2", 8192), ("file3", 512)):
+    with open(os.path.join(DIR, n), "wb") as f:
+        f.truncate(size)
+
+
+def listing(uri):
+    """(names, descriptions) of nbdinfo --list --json, or None when it
+    fails."""
+    r = subprocess.run(["nbdinfo", "--list", "--json", uri],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        return None
+    ex = json.loads(r.stdout)["exports"]
+    return (sorted(e["export-name"] for e in ex),
+            {e["export-name"]: e.get("description") for e in ex})
+
+
+MODES = [
+    ([], ["file1", "file2", "file3"]),
+    (["exportname-list=empty"], []),
+    (["exportname-list=explicit", "exportname=file3", "exportname=file1"],
+     ["file1", "file3"]),
+]
+
+
+def list_modes():
+    for i, (keys, want) in enumerate(MODES):
+        srv = Server(["--filter", "exportname", "file", "dir=" + DIR] + keys,
+                     name="list")
+        servers.append(srv)
+        got = listing(srv.uri)
+        check(got is not None, "%s: listing failed" % keys)
+        if got:
+            check_eq(got[0], want, "%s: names" % keys)
+        if O.have_nbdkit_filter("exportname"):
+            with O.nbdkit(["--filter=exportname", "file", "dir=" + DIR] +
+                          keys, "en%d" % i) as k:
+                theirs = listing(k)
+                check(theirs is not None and got is not None and
+                      theirs[0] == got[0], "%s: nbdkit lists %s, we %s"
+                      % (keys, theirs and theirs[0], got and got[0]))
+        srv.stop()
+    srv = Server(["--filter", "exportname", "file", "dir=" + DIR,
+                  "exportname-list=error"], name="err")
+    servers.append(srv)
+    check(listing(srv.uri) is None, "exportname-list=error: listing worked")
+    srv.stop()
+
+
+def descriptions():
+    srv = Server(["--filter", "exportname", "file", "dir=" + DIR,
+                  "exportdesc=fixed:a disk"], name="fixed")
+    servers.append(srv)
+    got = listing(srv.uri)
+    check(got is not None and got[1].get("file2") == "a disk",
+          "fixed description: %s" % (got,))
+    srv.stop()
+    srv = Server(["--filter", "exportname", "file", "dir=" + DIR,
+                  "exportdesc=script:wc -c < %s/$name" % DIR], name="script")
+    servers.append(srv)
+    got = listing(srv.uri)
+    check(got is not None and got[1].get("file2", "").strip() == "8192",
+          "script description: %s" % (got,))
+    srv.stop()
+
+
+def strict():
+    srv = Server(["--filter", "exportname", "file", "dir=" + DIR,
+                  "exportname-strict=true", "exportname=file1"],
+                 name="strict")
+    servers.append(srv)
+    h = O.connect(srv.uri_for("file1"))
+    check_eq(h.get_size(), 4096, "file1 opens")
+    h.shutdown()
+    import nbd
+    h = nbd.NBD()
+    try:
+        h.connect_uri(srv.uri_for("file2"))
+        check(False, "file2 opened under exportname-strict")
+    except nbd.Error:
+        pass
+    srv.stop()
+
+
+def bad_values_refused():
+    O.config_refused("exportname exportdesc=fancy", "exportdesc")
+    O.config_refused("exportname exportname-list=all", "exportname-list")
+    O.config_refused("exportname exportname-strict=true",
+                     "exportname-strict")
+    O.config_refused("exportname default-export=file1", "unknown key")
+    O.config_accepted("exportname exportname=a exportname-list=explicit")
+
+
+C.run("nbdinfo --list per mode, as nbdkit", list_modes)
+C.run("exportdesc fixed: and script:", descriptions)
+C.run("exportname-strict refuses other names", strict)
+C.run("bad values are refused with FILE:LINE", bad_values_refused)
+C.finish(servers)

@@ -1,0 +1,237 @@
+#!/usr/bin/python3
+"""The log filter through libnbd: one client session (writes with and
+without FUA, read, flush, trim, zero with its flags, cache, block status,
+and failed requests through the error filter) gives the same lines as
+nbdkit's log filter for the same session, timestamps and connection
+numbers aside; logappend= keeps or truncates the file; requests in flight
+on two connections at once each get exactly one call and one result line,
+whole; --check-config leaves the file alone."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nbdtest as T                       # noqa: E402
+from nbdtest import Checker, Server, check, check_eq  # noqa: E402
+
+try:
+    import nbd
+except ImportError:
+    T.skip("python3-libnbd (the nbd module) is not installed")
+
+T.require_layers("log", "error", "memory", "null")
+T.start_watchdog()
+C = Checker("test_log")
+servers = []
+
+
+def norm(text):
+    """Lines of connection events and requests, without timestamps and
+    with connection=N as connection=C."""
+    out = []
+    for line in text.splitlines():
+        line = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6} ", "", line)
+        if not line.startswith("connection="):
+            continue
+        out.append(re.sub(r"^connection=\d+ ", "connection=C ", line))
+    return out
+
+
+def wait_for(path, want, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path) as f:
+                t = f.read()
+            if want in t:
+                return t
+        time.sleep(0.05)
+    with open(path) as f:
+        return f.read()
+
+
+def clip_extents(lines):
+    """nbdkit logs the extents its plugin returned, which may run past the
+    request; ours are clipped to the request (src/layer.h, nbd_extents):
+    clip nbdkit's the same way before comparing."""
+    calls, out = {}, []
+    for line in lines:
+        m = re.search(r" Extents id=(\d+) offset=0x([0-9a-f]+) count=0x([0-9a-f]+)", line)
+        if m:
+            calls[m.group(1)] = (int(m.group(2), 16), int(m.group(3), 16))
+        m = re.search(r"\.\.\.Extents id=(\d+) extents=\((.*)\) ", line)
+        if m and m.group(1) in calls:
+            start, count = calls[m.group(1)]
+            end = start + count
+            parts = re.findall(r'0x([0-9a-f]+) 0x([0-9a-f]+) ("[^"]*")', m.group(2))
+            kept = []
+            for o, n, t in parts:
+                o, n = int(o, 16), int(n, 16)
+                lo, hi = max(o, start), min(o + n, end)
+                if lo < hi:
+                    kept.append("0x%x 0x%x %s" % (lo, hi - lo, t))
+            line = line[:m.start(2)] + " ".join(kept) + line[m.end(2):]
+        out.append(line)
+    return out
+
+
+def same_as_nbdkit():
+    if not shutil.which("nbdkit"):
+        T.log("  (skipped: nbdkit not installed)")
+        return
+    ours_log = os.path.join(T.TMPDIR, "ours.nbdlog")
+    theirs_log = os.path.join(T.TMPDIR, "theirs.nbdlog")
+    errfile = os.path.join(T.TMPDIR, "err")
+    keys = ["error-pread=ENOSPC", "error-pread-rate=100%",
+            "error-pread-file=" + errfile]
+    # null: a backend with the same map in both servers.
+    srv = Server(["--filter", "log", "--filter", "error", "null",
+                  "size=1M", "logfile=" + ours_log] + keys, name="logours")
+    servers.append(srv)
+    ksock = os.path.join(T.TMPDIR, "nbdkit.sock")
+    k = subprocess.Popen(["nbdkit", "-f", "-U", ksock, "--filter=log",
+                          "--filter=error", "null", "1M",
+                          "logfile=" + theirs_log, "error-pread=ENOSPC",
+                          "error-pread-rate=1",
+                          "error-pread-file=" + errfile],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(ksock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for sock in (srv.sock, ksock):
+            if os.path.exists(errfile):
+                os.unlink(errfile)
+            # The error file appears before the two last reads.
+            h = nbd.NBD()
+            h.add_meta_context("base:allocation")
+            h.connect_unix(sock)
+            h.pwrite(b"x" * 512, 0)
+            h.pwrite(b"y" * 512, 512, nbd.CMD_FLAG_FUA)
+            h.pread(512, 0)
+            h.flush()
+            h.trim(4096, 8192)
+            h.zero(4096, 0, nbd.CMD_FLAG_FUA)
+            h.zero(4096, 65536, nbd.CMD_FLAG_NO_HOLE | nbd.CMD_FLAG_FAST_ZERO)
+            h.cache(4096, 0)
+            h.block_status(65536, 0, lambda *a: 0)
+            h.block_status(65536, 0, lambda *a: 0, nbd.CMD_FLAG_REQ_ONE)
+            open(errfile, "w").close()
+            for off in (131072, 0):
+                try:
+                    h.pread(512, off)
+                    raise T.CheckFailed("a read did not fail")
+                except nbd.Error:
+                    pass
+            os.unlink(errfile)
+            h.pwrite(b"z" * 512, 1024)
+            h.shutdown()
+        theirs = norm(wait_for(theirs_log, "Disconnect"))
+        ours = norm(wait_for(ours_log, "Disconnect"))
+    finally:
+        k.terminate()
+        k.wait(10)
+        srv.stop()
+    # Our server flushes at disconnect what a client wrote (the engine's
+    # flush at close, which nbdkit does not do): it shows as one more Flush.
+    if (len(ours) >= 3 and ours[-3].startswith("connection=C Flush id=") and
+            "Flush" not in theirs[-3]):
+        del ours[-3:-1]
+    theirs = clip_extents(theirs)
+    ours = [re.sub(r"transactions=\d+", "transactions=N", x) for x in ours]
+    theirs = [re.sub(r"transactions=\d+", "transactions=N", x) for x in theirs]
+    check(len(theirs) > 20, "nbdkit's log is too short: %r" % theirs)
+    for i, (o, t) in enumerate(zip(ours, theirs)):
+        check_eq(o, t, "line %d" % (i + 1))
+    check_eq(len(ours), len(theirs), "number of lines")
+
+
+def append_and_truncate():
+    path = os.path.join(T.TMPDIR, "app.nbdlog")
+    with open(path, "w") as f:
+        f.write("old line\n")
+    for append in ("yes", "no"):
+        srv = Server(["--filter", "log", "memory", "size=1M",
+                      "logfile=" + path, "logappend=" + append],
+                     name="app" + append)
+        servers.append(srv)
+        h = nbd.NBD()
+        h.connect_unix(srv.sock)
+        h.pread(512, 0)
+        h.shutdown()
+        text = wait_for(path, "Disconnect")
+        check_eq(srv.stop(), 0, "exit status")
+        check_eq("old line" in text, append == "yes",
+                 "logappend=%s keeps the old line" % append)
+        check("Read id=1 offset=0x0 count=0x200 ..." in text,
+              "logappend=%s: the read is logged: %r" % (append, text))
+
+
+def concurrent_lines():
+    path = os.path.join(T.TMPDIR, "conc.nbdlog")
+    srv = Server(["--filter", "log", "memory", "size=4M",
+                  "logfile=" + path], name="conc")
+    servers.append(srv)
+    hs = []
+    for _ in range(2):
+        h = nbd.NBD()
+        h.connect_unix(srv.sock)
+        hs.append(h)
+    n = 200
+    for i in range(n):
+        for h in hs:
+            h.aio_pread(nbd.Buffer(4096), (i % 1000) * 4096)
+    for h in hs:
+        while h.aio_in_flight() > 0:
+            h.poll(-1)
+        h.shutdown()
+    deadline = time.monotonic() + 10
+    while True:
+        text = wait_for(path, "Disconnect transactions=%d" % n)
+        if text.count("Disconnect") >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    srv.stop()
+    lines = text.splitlines()
+    pat = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6} "
+                     r"(connection=(\d+) )?(\.\.\.)?\w+ ")
+    conns = {}
+    for line in lines:
+        m = pat.match(line)
+        check(m is not None, "a broken line: %r" % line)
+        m2 = re.search(r"(\.\.\.)?Read id=(\d+)", line)
+        if m2:
+            key = (m.group(2), m2.group(2))
+            conns.setdefault(key, []).append(bool(m2.group(1)))
+    check_eq(len(conns), 2 * n, "requests logged")
+    for key, v in conns.items():
+        check_eq(sorted(v), [False, True], "lines of request %r" % (key,))
+
+
+def check_config_leaves_file():
+    path = os.path.join(T.TMPDIR, "cc.nbdlog")
+    with open(path, "w") as f:
+        f.write("keep\n")
+    conf = os.path.join(T.TMPDIR, "cc.conf")
+    with open(conf, "w") as f:
+        f.write("[server]\nlisten = unix:%s\n[export \"\"]\n"
+                "filter = log logfile=%s\nbackend = memory size=1M\n"
+                % (os.path.join(T.TMPDIR, "cc.sock"), path))
+    r = subprocess.run([T.NBDSTACK, "--check-config", conf],
+                       capture_output=True, text=True, timeout=20)
+    check_eq(r.returncode, 0, "--check-config status (%s)" % r.stderr)
+    with open(path) as f:
+        check_eq(f.read(), "keep\n", "file after --check-config")
+
+
+C.run("same lines as nbdkit's log filter for one session", same_as_nbdkit)
+C.run("logappend=yes keeps, no truncates", append_and_truncate)
+C.run("two connections in flight: one call and one result line each",
+      concurrent_lines)
+C.run("--check-config does not touch the log file", check_config_leaves_file)
+C.finish(servers)
