@@ -214,6 +214,7 @@ PASSTHROUGH(cacheextents, can_extents)
 PASSTHROUGH(cacheextents, can_multi_conn)
 PASSTHROUGH(cacheextents, is_rotational)
 PASSTHROUGH(cacheextents, list_exports)
+PASSTHROUGH(cacheextents, preconnect)
 
 NBD_REGISTER_FILTER(cacheextents, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "keep the last block-status answer of the layer below "

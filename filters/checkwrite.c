@@ -158,6 +158,7 @@ PASSTHROUGH(checkwrite, can_cache)
 PASSTHROUGH(checkwrite, can_extents)
 PASSTHROUGH(checkwrite, is_rotational)
 PASSTHROUGH(checkwrite, list_exports)
+PASSTHROUGH(checkwrite, preconnect)
 
 NBD_REGISTER_FILTER(checkwrite, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "writes become checks against the data below (EIO when "

@@ -258,6 +258,7 @@ PASSTHROUGH(exportname, can_extents)
 PASSTHROUGH(exportname, can_multi_conn)
 PASSTHROUGH(exportname, is_rotational)
 
+PASSTHROUGH(exportname, preconnect)
 NBD_REGISTER_FILTER(exportname, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "change the list of exports clients see and the names "
                  "they may open",

@@ -539,6 +539,7 @@ logf_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
                    next_pwrite_from(next, src, count, offset, flags));
 }
 
+PASSTHROUGH(logf, reopen)
 PASSTHROUGH(logf, get_size)
 PASSTHROUGH(logf, block_size)
 PASSTHROUGH(logf, can_write)

@@ -271,6 +271,7 @@ PASSTHROUGH(protect, can_extents)
 PASSTHROUGH(protect, can_multi_conn)
 PASSTHROUGH(protect, is_rotational)
 PASSTHROUGH(protect, list_exports)
+PASSTHROUGH(protect, preconnect)
 
 NBD_REGISTER_FILTER(protect, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "write-protect byte ranges: changes to them fail with EPERM",

@@ -251,6 +251,7 @@ PASSTHROUGH(readahead, can_extents)
 PASSTHROUGH(readahead, can_multi_conn)
 PASSTHROUGH(readahead, is_rotational)
 PASSTHROUGH(readahead, list_exports)
+PASSTHROUGH(readahead, preconnect)
 
 NBD_REGISTER_FILTER(readahead, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "prefetch ahead of sequential reads (cache requests below)",

@@ -245,6 +245,7 @@ PASSTHROUGH(retry, can_extents)
 PASSTHROUGH(retry, can_multi_conn)
 PASSTHROUGH(retry, is_rotational)
 PASSTHROUGH(retry, list_exports)
+PASSTHROUGH(retry, preconnect)
 
 NBD_REGISTER_FILTER(retry, NBD_PARALLEL, NBD_MAY_BLOCK,
   .description = "reopen the layers below and retry failed requests",

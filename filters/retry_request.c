@@ -147,6 +147,7 @@ PASSTHROUGH(retry_request, can_extents)
 PASSTHROUGH(retry_request, can_multi_conn)
 PASSTHROUGH(retry_request, is_rotational)
 PASSTHROUGH(retry_request, list_exports)
+PASSTHROUGH(retry_request, preconnect)
 
 NBD_REGISTER_FILTER_AS(retry_request, "retry-request",
   NBD_PARALLEL, NBD_MAY_BLOCK,

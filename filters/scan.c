@@ -254,6 +254,7 @@ PASSTHROUGH(scan, can_extents)
 PASSTHROUGH(scan, can_multi_conn)
 PASSTHROUGH(scan, is_rotational)
 PASSTHROUGH(scan, list_exports)
+PASSTHROUGH(scan, preconnect)
 
 NBD_REGISTER_FILTER(scan, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "prefetch the whole disk in the background (cache "

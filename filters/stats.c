@@ -456,6 +456,7 @@ stats_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return r;
 }
 
+PASSTHROUGH(stats, reopen)
 PASSTHROUGH(stats, get_size)
 PASSTHROUGH(stats, block_size)
 PASSTHROUGH(stats, can_write)

@@ -279,6 +279,7 @@ PASSTHROUGH(swab, can_cache)
 PASSTHROUGH(swab, can_multi_conn)
 PASSTHROUGH(swab, is_rotational)
 PASSTHROUGH(swab, list_exports)
+PASSTHROUGH(swab, preconnect)
 
 NBD_REGISTER_FILTER(swab, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "swap the bytes of each 16-, 32- or 64-bit word",

@@ -183,6 +183,18 @@ tls_fallback_list_exports(struct nbd_ctx *self, struct nbd_ctx *next,
   return next_list_exports(next, exports);
 }
 
+/* A plaintext connection never reaches below, so there is nothing to
+ * reopen for it. */
+static int
+tls_fallback_reopen(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
+{
+  if (tls_fallback_is_plain(self))
+    return 0;
+  return next_reopen(next, readonly);
+}
+
+PASSTHROUGH(tls_fallback, preconnect)
+
 static int64_t
 tls_fallback_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 {
