@@ -278,6 +278,8 @@ split_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                     &a);
 }
 
+UNSUPPORTED(split, depth)
+
 static int
 split_cache_piece(struct split_file *f, uint64_t foff, uint64_t len,
                   uint64_t done, void *arg)

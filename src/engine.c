@@ -719,6 +719,24 @@ next_extents(struct nbd_ctx *c, uint64_t count, uint64_t offset,
   return c->layer->ops->extents(c, c->next, count, offset, flags, extents);
 }
 
+/* qemu:allocation-depth.  Every layer answers (no capability): a backend
+ * by UNSUPPORTED's NBD_DEPTH_ONE, made an extent here. */
+int
+next_depth(struct nbd_ctx *c, uint64_t count, uint64_t offset,
+           uint32_t flags, struct nbd_extents *extents)
+{
+  int r;
+
+  if ((r = engine_check_range(c, count, offset, EINVAL)) < 0)
+    return r;
+  if (count == 0)
+    return 0;
+  r = c->layer->ops->depth(c, c->next, count, offset, flags, extents);
+  if (r == NBD_DEPTH_ONE)
+    r = nbd_extents_add(extents, offset, count, 1);
+  return r;
+}
+
 int
 next_cache(struct nbd_ctx *c, uint64_t count, uint64_t offset, uint32_t flags)
 {

@@ -57,6 +57,10 @@
 #define NBD_EXTENT_HOLE    (1u << 0)
 #define NBD_EXTENT_ZERO    (1u << 1)
 
+/* What a depth method (src/methods.def) may return instead of adding
+ * extents: depth 1 over the whole range asked. */
+#define NBD_DEPTH_ONE      1
+
 /* ---- typed parameters ------------------------------------------------- */
 
 /* Storage per type (the field at .offset in the layer's conf struct):
@@ -281,6 +285,10 @@ int nbd_extents_add(struct nbd_extents *e, uint64_t offset, uint64_t length,
 int nbd_extents_shifted(struct nbd_ctx *next, uint64_t count, uint64_t offset,
                         uint64_t shift, uint32_t flags,
                         struct nbd_extents *extents);
+/* The same for the depth map (next_depth); the depths are unchanged. */
+int nbd_depth_shifted(struct nbd_ctx *next, uint64_t count, uint64_t offset,
+                      uint64_t shift, uint32_t flags,
+                      struct nbd_extents *extents);
 
 /* ---- before the handshake (preconnect) ---------------------------------
  *

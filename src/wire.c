@@ -156,14 +156,22 @@ static unsigned
 wire_count_requests(const struct nbd_wire *w)
 {
   const unsigned char *p = (const unsigned char *)w->rbuf + w->rpos;
-  size_t left = w->rlen - w->rpos, need;
+  size_t left = w->rlen - w->rpos;
+  uint64_t need;
   unsigned n = 0;
 
   while (left >= NBD_REQUEST_SIZE) {
     n++;
-    need = NBD_REQUEST_SIZE;
-    if (wire_get16(p + 6) == NBD_CMD_WRITE)
-      need += wire_get32(p + 24);
+    if (wire_get32(p) == NBD_EXTENDED_REQUEST_MAGIC) {
+      need = NBD_EXTENDED_REQUEST_SIZE;
+      if (left >= need && (wire_get16(p + 6) == NBD_CMD_WRITE ||
+                           (wire_get16(p + 4) & NBD_CMD_FLAG_PAYLOAD_LEN)))
+        need += wire_get64(p + 24) < left ? wire_get64(p + 24) : left;
+    } else {
+      need = NBD_REQUEST_SIZE;
+      if (wire_get16(p + 6) == NBD_CMD_WRITE)
+        need += wire_get32(p + 24);
+    }
     if (left < need)
       break;
     p += need;

@@ -659,6 +659,8 @@ nbd_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                       flags & NBD_CMD_FLAG_REQ_ONE, extents));
 }
 
+UNSUPPORTED(nbd, depth)
+
 static int
 nbd_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)

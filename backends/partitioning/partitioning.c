@@ -349,6 +349,8 @@ partitioning_extents(struct nbd_ctx *self, struct nbd_ctx *next,
                            partitioning_extents_piece, &a);
 }
 
+UNSUPPORTED(partitioning, depth)
+
 static int
 partitioning_cache_piece(struct partitioning_state *st,
                          const struct partitioning_region *r, uint64_t roff,
