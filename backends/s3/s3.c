@@ -1324,6 +1324,9 @@ s3_cleanup(struct nbd_layer *layer)
 UNSUPPORTED(s3, list_exports)
 UNSUPPORTED(s3, depth)
 UNSUPPORTED(s3, preconnect)
+/* reopen: close and open this layer too (layer.h "Reopening"): a fresh
+ * connection pool, object map and lease. */
+#define s3_reopen nbd_reopen_close_open
 UNSUPPORTED(s3, cache)
 UNSUPPORTED(s3, block_size)
 UNSUPPORTED(s3, can_cache)
