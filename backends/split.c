@@ -69,67 +69,25 @@ struct split_state {
 
 /* ---- pieces ---------------------------------------------------------- */
 
-/* Called for each piece of a request: file f, offset within it, length,
- * and how many bytes of the request came before.  0 or -errno. */
-typedef int (*split_piece_fn)(struct split_file *f, uint64_t foff,
-                              uint64_t len, uint64_t done, void *arg);
-
-/* The first file that holds offset (< st->size): files of size 0 hold
- * nothing and are passed over. */
-static size_t
-split_find(const struct split_state *st, uint64_t offset)
-{
-  size_t lo = 0, hi = st->n;
-
-  while (hi - lo > 1) {
-    size_t mid = lo + (hi - lo) / 2;
-    if (st->f[mid].start <= offset)
-      lo = mid;
-    else
-      hi = mid;
-  }
-  while (offset - st->f[lo].start >= st->f[lo].size)
-    lo++;                       /* empty files share a start */
-  return lo;
-}
-
-/* Cuts [offset, offset+count) at file boundaries; -EINVAL past the end
- * (the engine checks too: this one guards the arithmetic). */
+/* Cuts [offset, offset+count) at file boundaries (nbd_pieces_each); fn
+ * gets st as its ctx and the file's index. */
 static int
 split_each(struct split_state *st, uint64_t count, uint64_t offset,
-           split_piece_fn fn, void *arg)
+           nbd_piece_fn fn, void *arg)
 {
-  uint64_t done = 0;
-  size_t i;
-  int r;
+  const struct nbd_pieces p = NBD_PIECES(st->f, st->n, struct split_file,
+                                         start, size, st->size);
 
-  if (offset > st->size || count > st->size - offset)
-    return -EINVAL;
-  if (count == 0)
-    return 0;
-  i = split_find(st, offset);
-  while (done < count) {
-    struct split_file *f = &st->f[i++];
-    uint64_t foff = offset + done - f->start;
-    uint64_t len = f->size - foff;
-
-    if (f->size == 0)
-      continue;
-    if (len > count - done)
-      len = count - done;
-    if ((r = fn(f, foff, len, done, arg)) < 0)
-      return r;
-    done += len;
-  }
-  return 0;
+  return nbd_pieces_each(&p, count, offset, fn, st, arg);
 }
 
 /* ---- datapath -------------------------------------------------------- */
 
 static int
-split_read_piece(struct split_file *f, uint64_t foff, uint64_t len,
+split_read_piece(void *ctx, size_t i, uint64_t foff, uint64_t len,
                  uint64_t done, void *arg)
 {
+  struct split_file *f = &((struct split_state *)ctx)->f[i];
   return nbd_pread_full(f->fd, (char *)arg + done, len, foff);
 }
 
@@ -142,9 +100,10 @@ split_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
 }
 
 static int
-split_write_piece(struct split_file *f, uint64_t foff, uint64_t len,
+split_write_piece(void *ctx, size_t i, uint64_t foff, uint64_t len,
                   uint64_t done, void *arg)
 {
+  struct split_file *f = &((struct split_state *)ctx)->f[i];
   return nbd_pwrite_full(f->fd, (const char *)arg + done, len, foff);
 }
 
@@ -169,9 +128,10 @@ split_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 }
 
 static int
-split_trim_piece(struct split_file *f, uint64_t foff, uint64_t len,
+split_trim_piece(void *ctx, size_t i, uint64_t foff, uint64_t len,
                  uint64_t done, void *arg)
 {
+  struct split_file *f = &((struct split_state *)ctx)->f[i];
   int r = nbd_fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                           foff, len, &f->no_punch);
   return r == -EOPNOTSUPP ? 0 : r;     /* trim is advisory */
@@ -189,9 +149,10 @@ split_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
  * -EOPNOTSUPP and the engine writes zeros over the whole request (pieces
  * zeroed already are harmlessly zeroed again). */
 static int
-split_zero_piece(struct split_file *f, uint64_t foff, uint64_t len,
+split_zero_piece(void *ctx, size_t i, uint64_t foff, uint64_t len,
                  uint64_t done, void *arg)
 {
+  struct split_file *f = &((struct split_state *)ctx)->f[i];
   const uint32_t flags = *(const uint32_t *)arg;
   const int keep = FALLOC_FL_KEEP_SIZE;
   int r;
@@ -221,9 +182,10 @@ struct split_ext_arg {
 };
 
 static int
-split_extents_piece(struct split_file *f, uint64_t foff, uint64_t len,
+split_extents_piece(void *ctx, size_t i, uint64_t foff, uint64_t len,
                     uint64_t done, void *arg)
 {
+  struct split_file *f = &((struct split_state *)ctx)->f[i];
   struct split_ext_arg *a = arg;
   const uint32_t hole = NBD_EXTENT_HOLE | NBD_EXTENT_ZERO;
   uint64_t end = foff + len, stop;
@@ -281,9 +243,10 @@ split_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 UNSUPPORTED(split, depth)
 
 static int
-split_cache_piece(struct split_file *f, uint64_t foff, uint64_t len,
+split_cache_piece(void *ctx, size_t i, uint64_t foff, uint64_t len,
                   uint64_t done, void *arg)
 {
+  struct split_file *f = &((struct split_state *)ctx)->f[i];
   /* Returns the error number itself, not -1 and errno. */
   return -posix_fadvise(f->fd, (off_t)foff, (off_t)len,
                         POSIX_FADV_WILLNEED);

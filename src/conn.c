@@ -90,6 +90,7 @@ conn_preconnect(struct nbd_conn *c)
     return 0;
   conn_describe(c, who, sizeof who);
   nbd_info("refused before the handshake: %s (no export lets it in)", who);
+  metrics_refused(METRICS_REFUSED_IP);
   return -1;
 }
 

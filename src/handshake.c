@@ -162,6 +162,7 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
   if (conn_refused(c, e)) {
     nbd_info("%s: export \"%s\" refused this client before the handshake",
              c->peer, e->name);
+    metrics_refused(METRICS_REFUSED_IP);
     return -3;
   }
   asked = strdup(name);
@@ -199,11 +200,14 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
   c->top = engine_open(e, c->readonly || c->cfg->readonly, &c->info, err,
                        sizeof err);
   if (c->top == NULL) {
-    int refused = errno == EBUSY || errno == EPERM || errno == EACCES;
+    int busy = errno == EBUSY;
+    int refused = busy || errno == EPERM || errno == EACCES;
     nbd_error("%s: export \"%s\": %s", c->peer, e->name, err);
     snprintf(why, whylen, "export \"%.64s\" cannot be opened: %s", e->name,
              err);
     handshake_release(c);
+    if (busy)
+      metrics_refused(METRICS_REFUSED_LIMIT);
     return refused ? -4 : -1;
   }
   c->tflags = handshake_tflags(c, c->top);

@@ -210,6 +210,10 @@ struct nbd_ctx {
    * limits, so a request that breaks a hint reaches the layer that gave
    * it, which must then take any size and alignment. */
   int block_advisory;
+  /* A copy of the connection's info with another export_name, for the
+   * contexts below a layer whose export_name hook renamed it (owned by
+   * the first context below; NULL = none). */
+  struct nbd_conn_info *renamed;
   /* reopen closed this context and could not open it again: the engine
    * calls neither finalize nor close on it, and nothing else may be
    * called on it but next_reopen (see "Reopening" below). */
@@ -351,6 +355,11 @@ int nbd_reopen_close_open(struct nbd_ctx *self, struct nbd_ctx *next,
  * dynamic export, every name its stack lists (with the layer's
  * description, else the export's), never the dynamic export's own name.
  * Plain exports are unchanged. */
+/* A layer may also serve the layers below it under another name than the
+ * client asked for: its optional export_name hook (src/methods.def) is
+ * asked top down before the stack opens, and a different answer gives the
+ * contexts below a copy of the connection info with that export_name
+ * (exportname's default-export). */
 struct nbd_export_name {
   char *name;
   char *description;          /* NULL = the export's description */
@@ -524,6 +533,30 @@ int nbd_checking(void);
 
 /* True when every byte of buf[0..len) is zero. */
 int nbd_is_zero(const void *buf, size_t len);
+
+/* A disk made of pieces laid end to end (split: files, partitioning:
+ * table, padding and files).  v[0..n) are structs of `stride` bytes, each
+ * with a uint64_t start (its place in the disk, ascending, the first at
+ * 0) and a uint64_t length at the given offsets (NBD_PIECES fills them
+ * in); a piece of length 0 holds nothing.  size is where the last ends. */
+struct nbd_pieces {
+  const void *v;
+  size_t n, stride, start_at, len_at;
+  uint64_t size;
+};
+#define NBD_PIECES(v, n, type, start, len, size) \
+  { (v), (n), sizeof(type), offsetof(type, start), offsetof(type, len), \
+    (size) }
+/* Called for each piece a request touches, in order: piece i, the offset
+ * within it, the length there, and how many bytes of the request came
+ * before.  0 or -errno. */
+typedef int (*nbd_piece_fn)(void *ctx, size_t i, uint64_t poff,
+                            uint64_t len, uint64_t done, void *arg);
+/* Cuts [offset, offset+count) at the pieces' boundaries and calls fn for
+ * each part; the first error stops it and is returned.  -EINVAL past
+ * size (the engine checks too: this one guards the arithmetic). */
+int nbd_pieces_each(const struct nbd_pieces *p, uint64_t count,
+                    uint64_t offset, nbd_piece_fn fn, void *ctx, void *arg);
 
 /* pread/pwrite of all count bytes at offset, retried on EINTR and short
  * transfers; 0, or -errno (-EIO at end of file).  Writes go in pieces of

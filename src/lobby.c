@@ -118,6 +118,7 @@ lobby_expire(uint64_t now)
   while (i < lobby_n)
     if (lobby_v[i]->w.deadline && now >= lobby_v[i]->w.deadline) {
       nbd_info("%s: handshake timed out", lobby_v[i]->peer);
+      metrics_handshake_timeout();
       lobby_drop(i, "silent past the handshake timeout");
     } else
       i++;

@@ -101,6 +101,7 @@ static struct metrics_export *metrics_exports;   /* atomic head */
 static int metrics_on;
 static uint64_t metrics_refusals[METRICS_NREFUSALS];
 static uint64_t metrics_hs_ok, metrics_hs_aborted, metrics_hs_failed;
+static uint64_t metrics_hs_timeout;
 static uint64_t metrics_started;        /* seconds since the epoch */
 static __thread int metrics_abort_seen;
 
@@ -207,6 +208,12 @@ void
 metrics_handshake_aborted(void)
 {
   metrics_abort_seen = 1;
+}
+
+void
+metrics_handshake_timeout(void)
+{
+  ADD(&metrics_hs_timeout, 1);
 }
 
 void
@@ -413,7 +420,7 @@ static void
 metrics_render_server(struct metrics_buf *b)
 {
   static const char *const reasons[METRICS_NREFUSALS] = {
-    "max-connections", "max-handshakes", "export-limit",
+    "max-connections", "max-handshakes", "export-limit", "limit", "ip",
   };
   size_t i;
 
@@ -429,12 +436,14 @@ metrics_render_server(struct metrics_buf *b)
                  metrics_started);
   metrics_family(b, "nbdstack_handshakes_total", "counter",
                  "Handshakes ended: ok (transmission began), aborted (the "
-                 "client sent NBD_OPT_ABORT, as after a list), failed.");
+                 "client sent NBD_OPT_ABORT, as after a list), failed, "
+                 "timeout (silent past handshake-timeout).");
   metrics_printf(b, "nbdstack_handshakes_total{result=\"ok\"} %" PRIu64
                  "\nnbdstack_handshakes_total{result=\"aborted\"} %" PRIu64
                  "\nnbdstack_handshakes_total{result=\"failed\"} %" PRIu64
+                 "\nnbdstack_handshakes_total{result=\"timeout\"} %" PRIu64
                  "\n", GET(&metrics_hs_ok), GET(&metrics_hs_aborted),
-                 GET(&metrics_hs_failed));
+                 GET(&metrics_hs_failed), GET(&metrics_hs_timeout));
   metrics_family(b, "nbdstack_connections_refused_total", "counter",
                  "Clients turned away, by the limit that did it.");
   for (i = 0; i < METRICS_NREFUSALS; i++)

@@ -16,6 +16,10 @@ enum metrics_refusal {
   METRICS_REFUSED_MAX_CONNECTIONS,      /* server.c: max-connections */
   METRICS_REFUSED_MAX_HANDSHAKES,       /* lobby.c: closed for a newer one */
   METRICS_REFUSED_EXPORT_LIMIT,         /* handshake.c: the export's limit */
+  METRICS_REFUSED_LIMIT,                /* handshake.c: a layer's open said
+                                         * EBUSY (the limit filter) */
+  METRICS_REFUSED_IP,                   /* conn.c, handshake.c: a layer's
+                                         * preconnect (the ip filter) */
   METRICS_NREFUSALS
 };
 
@@ -28,6 +32,8 @@ void metrics_handshake(struct nbd_conn *c, int r);
 /* The client sent NBD_OPT_ABORT: the handshake that ends next on this
  * thread ended by the client's choice, not as a failure. */
 void metrics_handshake_aborted(void);
+/* lobby.c closed a client still silent at its handshake deadline. */
+void metrics_handshake_timeout(void);
 /* c closes: its export's open connections go down. */
 void metrics_conn_close(struct nbd_conn *c);
 void metrics_refused(enum metrics_refusal why);

@@ -35,6 +35,67 @@ nbd_is_zero(const void *buf, size_t len)
   return 1;
 }
 
+static uint64_t
+pieces_field(const struct nbd_pieces *p, size_t i, size_t at)
+{
+  uint64_t x;
+
+  memcpy(&x, (const char *)p->v + i * p->stride + at, sizeof x);
+  return x;
+}
+
+/* The first piece that holds offset (< p->size): pieces of length 0 hold
+ * nothing and are passed over (they share a start with the next). */
+static size_t
+pieces_find(const struct nbd_pieces *p, uint64_t offset)
+{
+  size_t lo = 0, hi = p->n;
+
+  while (hi - lo > 1) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (pieces_field(p, mid, p->start_at) <= offset)
+      lo = mid;
+    else
+      hi = mid;
+  }
+  while (offset - pieces_field(p, lo, p->start_at) >=
+         pieces_field(p, lo, p->len_at))
+    lo++;
+  return lo;
+}
+
+int
+nbd_pieces_each(const struct nbd_pieces *p, uint64_t count, uint64_t offset,
+                nbd_piece_fn fn, void *ctx, void *arg)
+{
+  uint64_t done = 0;
+  size_t i;
+  int r;
+
+  if (offset > p->size || count > p->size - offset)
+    return -EINVAL;
+  if (count == 0)
+    return 0;
+  i = pieces_find(p, offset);
+  while (done < count) {
+    uint64_t plen = pieces_field(p, i, p->len_at);
+    uint64_t poff = offset + done - pieces_field(p, i, p->start_at);
+    uint64_t len = plen - poff;
+
+    if (plen == 0) {
+      i++;
+      continue;
+    }
+    if (len > count - done)
+      len = count - done;
+    if ((r = fn(ctx, i, poff, len, done, arg)) < 0)
+      return r;
+    done += len;
+    i++;
+  }
+  return 0;
+}
+
 int
 nbd_pread_full(int fd, void *buf, size_t count, uint64_t offset)
 {

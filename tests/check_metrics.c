@@ -257,11 +257,20 @@ START_TEST(test_handshakes_and_refusals)
   metrics_handshake(&c, -1);
   metrics_handshake(&c, -1);
   metrics_refused(METRICS_REFUSED_EXPORT_LIMIT);
+  metrics_refused(METRICS_REFUSED_LIMIT);
+  metrics_refused(METRICS_REFUSED_IP);
+  metrics_refused(METRICS_REFUSED_IP);
+  metrics_handshake_timeout();
   text = render();
   ck_assert_has(text, "nbdstack_handshakes_total{result=\"aborted\"} 1\n");
   ck_assert_has(text, "nbdstack_handshakes_total{result=\"failed\"} 1\n");
   ck_assert_has(text, "nbdstack_connections_refused_total{"
                 "reason=\"export-limit\"} 1\n");
+  ck_assert_has(text, "nbdstack_connections_refused_total{"
+                "reason=\"limit\"} 1\n");
+  ck_assert_has(text, "nbdstack_connections_refused_total{"
+                "reason=\"ip\"} 2\n");
+  ck_assert_has(text, "nbdstack_handshakes_total{result=\"timeout\"} 1\n");
   ck_assert_has(text, "# TYPE nbdstack_request_duration_seconds histogram\n");
   ck_assert_has(text, "nbdstack_build_info{version=\"");
   free(text);

@@ -1,5 +1,6 @@
 /* Unit tests for src/util.c. */
 #include <check.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,6 +122,109 @@ START_TEST(test_bufpool_keeps_at_most_4_mib)
 }
 END_TEST
 
+/* ---- nbd_pieces_each ---- */
+
+struct piece {
+  int tag;
+  uint64_t start, len;
+};
+
+/* Lengths 0, 10, 0, 5, 20, 0: empty pieces first, between and last. */
+static const struct piece pieces[] = {
+  { 1, 0, 0 }, { 2, 0, 10 }, { 3, 10, 0 }, { 4, 10, 5 }, { 5, 15, 20 },
+  { 6, 35, 0 },
+};
+#define PIECES_SIZE 35
+
+struct calls {
+  int n, fail_at;
+  size_t i[16];
+  uint64_t poff[16], len[16], done[16];
+};
+
+static int
+record(void *ctx, size_t i, uint64_t poff, uint64_t len, uint64_t done,
+       void *arg)
+{
+  struct calls *c = arg;
+
+  ck_assert_ptr_eq(ctx, pieces);
+  ck_assert_int_lt(c->n, 16);
+  c->i[c->n] = i;
+  c->poff[c->n] = poff;
+  c->len[c->n] = len;
+  c->done[c->n] = done;
+  return ++c->n == c->fail_at ? -EIO : 0;
+}
+
+/* The piece that holds byte b, the slow way. */
+static size_t
+holder(uint64_t b)
+{
+  size_t i;
+
+  for (i = 0; i < sizeof pieces / sizeof pieces[0]; i++)
+    if (b >= pieces[i].start && b - pieces[i].start < pieces[i].len)
+      return i;
+  ck_abort_msg("no piece holds %llu", (unsigned long long)b);
+  return 0;
+}
+
+START_TEST(test_pieces_each_every_range)
+{
+  const struct nbd_pieces p = NBD_PIECES(pieces, 6, struct piece, start, len,
+                                         PIECES_SIZE);
+  uint64_t off, count, b;
+  int k;
+
+  for (off = 0; off <= PIECES_SIZE; off++)
+    for (count = 0; off + count <= PIECES_SIZE; count++) {
+      struct calls c = { 0, 0, { 0 }, { 0 }, { 0 }, { 0 } };
+      uint64_t done = 0;
+
+      ck_assert_int_eq(nbd_pieces_each(&p, count, off, record,
+                                       (void *)pieces, &c), 0);
+      /* Every byte once, in order, each in the piece that holds it, and
+       * no call for an empty piece or of length 0. */
+      for (k = 0; k < c.n; k++) {
+        ck_assert_uint_eq(c.done[k], done);
+        ck_assert_uint_gt(c.len[k], 0);
+        ck_assert_uint_le(c.poff[k] + c.len[k], pieces[c.i[k]].len);
+        for (b = 0; b < c.len[k]; b++)
+          ck_assert_uint_eq(holder(off + done + b), c.i[k]);
+        ck_assert_uint_eq(pieces[c.i[k]].start + c.poff[k], off + done);
+        done += c.len[k];
+      }
+      ck_assert_uint_eq(done, count);
+    }
+}
+END_TEST
+
+START_TEST(test_pieces_each_bounds_and_errors)
+{
+  const struct nbd_pieces p = NBD_PIECES(pieces, 6, struct piece, start, len,
+                                         PIECES_SIZE);
+  struct calls c = { 0, 0, { 0 }, { 0 }, { 0 }, { 0 } };
+
+  ck_assert_int_eq(nbd_pieces_each(&p, 1, PIECES_SIZE, record,
+                                   (void *)pieces, &c), -EINVAL);
+  ck_assert_int_eq(nbd_pieces_each(&p, 0, PIECES_SIZE + 1, record,
+                                   (void *)pieces, &c), -EINVAL);
+  ck_assert_int_eq(nbd_pieces_each(&p, UINT64_MAX, 1, record,
+                                   (void *)pieces, &c), -EINVAL);
+  ck_assert_int_eq(nbd_pieces_each(&p, 2, UINT64_MAX, record,
+                                   (void *)pieces, &c), -EINVAL);
+  ck_assert_int_eq(c.n, 0);
+  /* The first error stops the walk and is the answer. */
+  c.fail_at = 2;
+  ck_assert_int_eq(nbd_pieces_each(&p, PIECES_SIZE, 0, record,
+                                   (void *)pieces, &c), -EIO);
+  ck_assert_int_eq(c.n, 2);
+  ck_assert_uint_eq(c.i[0], 1);
+  ck_assert_uint_eq(c.i[1], 3);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -136,6 +240,10 @@ main(void)
   tcase_add_test(tc, test_pwrite_full_writes_more_than_one_chunk);
   tcase_add_test(tc, test_bufpool_reuses_buffers_up_to_its_limit);
   tcase_add_test(tc, test_bufpool_keeps_at_most_4_mib);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("pieces");
+  tcase_add_test(tc, test_pieces_each_every_range);
+  tcase_add_test(tc, test_pieces_each_bounds_and_errors);
   suite_add_tcase(s, tc);
   sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -187,9 +187,13 @@ file_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
 static int
 file_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 {
-  const struct file_state *st = self->handle;
+  struct file_state *st = self->handle;
 
-  return fdatasync(st->fd) == -1 ? -errno : 0;
+  if (fdatasync(st->fd) == -1)
+    return -errno;
+  if (st->evict)                /* clean now: cheap to drop */
+    file_io_evict_all(st);
+  return 0;
 }
 
 /* BLKDISCARD works on whole logical sectors; a partial sector at either
@@ -585,6 +589,8 @@ file_close(struct nbd_ctx *self, struct nbd_ctx *next)
 
   if (fl->one == NULL)
     file_state_free(self->handle);
+  else if (fl->one->evict)      /* shared: drop this client's last writes */
+    file_io_evict_all(fl->one);
   self->handle = NULL;
 }
 

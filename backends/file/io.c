@@ -6,7 +6,8 @@
  * that is not aligned goes through an aligned bounce buffer.
  * cache=none (nbdkit's key): a read drops its range from the page cache
  * at once; a write starts its writeback at once and is dropped
- * FILE_EVICT_WINDOW writes later, or at close (file_io_evict_all).
+ * FILE_EVICT_WINDOW writes later, or at the next flush or close
+ * (file_io_evict_all).
  *
  * It does not open, size or close files, and knows nothing of the other
  * methods (file.c).  Eviction is advice: its failures are never the
@@ -59,15 +60,27 @@ io_evict_write(struct file_state *st, uint64_t offset, uint64_t count)
     io_drop(st, old_off, old_count);
 }
 
-/* At close: drop whatever is still in the window. */
+/* At flush and close: drop whatever is still in the window.  Without it
+ * the last FILE_EVICT_WINDOW writes of a file= export (one state shared
+ * by every connection) stayed in the page cache until the server
+ * stopped.  The window is emptied under the lock and dropped outside it,
+ * as io_evict_write does. */
 void
 file_io_evict_all(struct file_state *st)
 {
-  unsigned i;
+  struct { uint64_t offset, count; } w[FILE_EVICT_WINDOW];
+  unsigned i, n;
 
-  for (i = 0; i < st->nwin; i++)
-    io_drop(st, st->win[i].offset, st->win[i].count);
+  pthread_mutex_lock(&st->lock);
+  n = st->nwin;
+  for (i = 0; i < n; i++) {
+    w[i].offset = st->win[i].offset;
+    w[i].count = st->win[i].count;
+  }
   st->nwin = st->headwin = 0;
+  pthread_mutex_unlock(&st->lock);
+  for (i = 0; i < n; i++)
+    io_drop(st, w[i].offset, w[i].count);
 }
 
 /* ---- direct=true ----------------------------------------------------- */

@@ -42,7 +42,8 @@ int file_io_read(const struct file_state *st, void *buf, uint32_t count,
                  uint64_t offset);
 int file_io_write(struct file_state *st, const void *buf, uint32_t count,
                   uint64_t offset);
-/* cache=none, at close: drops whatever is still in the window. */
+/* cache=none, at flush and at close: drops whatever is still in the
+ * window (any thread: the window is taken under the lock). */
 void file_io_evict_all(struct file_state *st);
 
 #endif

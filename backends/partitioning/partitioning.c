@@ -87,63 +87,27 @@ static const struct nbd_param partitioning_params[] = {
 
 /* ---- pieces ---------------------------------------------------------- */
 
-typedef int (*partitioning_piece_fn)(struct partitioning_state *st,
-                                     const struct partitioning_region *r,
-                                     uint64_t roff, uint64_t len,
-                                     uint64_t done, void *arg);
-
-/* The region holding offset (< st->size). */
-static size_t
-partitioning_find(const struct partitioning_state *st, uint64_t offset)
-{
-  size_t lo = 0, hi = st->nr;
-
-  while (hi - lo > 1) {
-    size_t mid = lo + (hi - lo) / 2;
-    if (st->r[mid].start <= offset)
-      lo = mid;
-    else
-      hi = mid;
-  }
-  return lo;
-}
-
-/* Cuts [offset, offset+count) at region boundaries; -EINVAL past the end
- * (the engine checks too: this one guards the arithmetic). */
+/* Cuts [offset, offset+count) at region boundaries (nbd_pieces_each); fn
+ * gets st as its ctx and the region's index. */
 static int
 partitioning_each(struct partitioning_state *st, uint64_t count,
-                  uint64_t offset, partitioning_piece_fn fn, void *arg)
+                  uint64_t offset, nbd_piece_fn fn, void *arg)
 {
-  uint64_t done = 0;
-  size_t i;
-  int r;
+  const struct nbd_pieces p = NBD_PIECES(st->r, st->nr,
+                                         struct partitioning_region, start,
+                                         len, st->size);
 
-  if (offset > st->size || count > st->size - offset)
-    return -EINVAL;
-  if (count == 0)
-    return 0;
-  i = partitioning_find(st, offset);
-  while (done < count) {
-    const struct partitioning_region *reg = &st->r[i++];
-    uint64_t roff = offset + done - reg->start;
-    uint64_t len = reg->len - roff;
-
-    if (len > count - done)
-      len = count - done;
-    if ((r = fn(st, reg, roff, len, done, arg)) < 0)
-      return r;
-    done += len;
-  }
-  return 0;
+  return nbd_pieces_each(&p, count, offset, fn, st, arg);
 }
 
 /* ---- datapath -------------------------------------------------------- */
 
 static int
-partitioning_read_piece(struct partitioning_state *st,
-                        const struct partitioning_region *r, uint64_t roff,
-                        uint64_t len, uint64_t done, void *arg)
+partitioning_read_piece(void *ctx, size_t i, uint64_t roff, uint64_t len,
+                        uint64_t done, void *arg)
 {
+  struct partitioning_state *st = ctx;
+  const struct partitioning_region *r = &st->r[i];
   char *buf = (char *)arg + done;
 
   switch (r->kind) {
@@ -165,10 +129,11 @@ partitioning_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
 /* A table may be written with what it holds and padding with zeros;
  * anything else would change the disk's layout: EIO, as nbdkit. */
 static int
-partitioning_write_piece(struct partitioning_state *st,
-                         const struct partitioning_region *r, uint64_t roff,
-                         uint64_t len, uint64_t done, void *arg)
+partitioning_write_piece(void *ctx, size_t i, uint64_t roff, uint64_t len,
+                         uint64_t done, void *arg)
 {
+  struct partitioning_state *st = ctx;
+  const struct partitioning_region *r = &st->r[i];
   const char *buf = (const char *)arg + done;
 
   switch (r->kind) {
@@ -214,10 +179,11 @@ partitioning_flush(struct nbd_ctx *self, struct nbd_ctx *next,
 }
 
 static int
-partitioning_trim_piece(struct partitioning_state *st,
-                        const struct partitioning_region *r, uint64_t roff,
-                        uint64_t len, uint64_t done, void *arg)
+partitioning_trim_piece(void *ctx, size_t i, uint64_t roff, uint64_t len,
+                        uint64_t done, void *arg)
 {
+  struct partitioning_state *st = ctx;
+  const struct partitioning_region *r = &st->r[i];
   struct partitioning_file *f = &st->f[r->file];
   int e;
 
@@ -240,10 +206,11 @@ partitioning_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
  * the same rules as any write).  Zeroing a table that is not zero there
  * would change it: EIO. */
 static int
-partitioning_zero_piece(struct partitioning_state *st,
-                        const struct partitioning_region *r, uint64_t roff,
-                        uint64_t len, uint64_t done, void *arg)
+partitioning_zero_piece(void *ctx, size_t i, uint64_t roff, uint64_t len,
+                        uint64_t done, void *arg)
 {
+  struct partitioning_state *st = ctx;
+  const struct partitioning_region *r = &st->r[i];
   const uint32_t flags = *(const uint32_t *)arg;
   struct partitioning_file *f = &st->f[r->file];
   const int keep = FALLOC_FL_KEEP_SIZE;
@@ -320,11 +287,11 @@ partitioning_file_extents(struct partitioning_file *f, uint64_t base,
 }
 
 static int
-partitioning_extents_piece(struct partitioning_state *st,
-                           const struct partitioning_region *r,
-                           uint64_t roff, uint64_t len, uint64_t done,
-                           void *arg)
+partitioning_extents_piece(void *ctx, size_t i, uint64_t roff,
+                           uint64_t len, uint64_t done, void *arg)
 {
+  struct partitioning_state *st = ctx;
+  const struct partitioning_region *r = &st->r[i];
   struct partitioning_ext_arg *a = arg;
 
   if (a->stop)
@@ -352,10 +319,11 @@ partitioning_extents(struct nbd_ctx *self, struct nbd_ctx *next,
 UNSUPPORTED(partitioning, depth)
 
 static int
-partitioning_cache_piece(struct partitioning_state *st,
-                         const struct partitioning_region *r, uint64_t roff,
-                         uint64_t len, uint64_t done, void *arg)
+partitioning_cache_piece(void *ctx, size_t i, uint64_t roff, uint64_t len,
+                         uint64_t done, void *arg)
 {
+  struct partitioning_state *st = ctx;
+  const struct partitioning_region *r = &st->r[i];
   if (r->kind != REG_FILE)
     return 0;
   /* Returns the error number itself, not -1 and errno. */

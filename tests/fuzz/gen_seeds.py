@@ -359,6 +359,25 @@ def partition_seeds():
     return s
 
 
+def s3_seeds():
+    """Answers of an S3 store: heads, chunked bodies, LIST and error XML."""
+    s = {}
+    s["head_206"] = (b"HTTP/1.1 206 Partial Content\r\nContent-Length: 4\r\n"
+                     b"ETag: \"0123abcd\"\r\nConnection: keep-alive\r\n\r\nabcd")
+    s["head_chunked"] = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"1a;x=y\r\n" + b"a" * 26 + b"\r\n0\r\n\r\n")
+    s["head_10"] = b"HTTP/1.0 404 Not Found\r\n\r\n"
+    s["chunk"] = b"7fffffff\r\n"
+    s["list"] = (b"<?xml version=\"1.0\"?><ListBucketResult><IsTruncated>true"
+                 b"</IsTruncated><Contents><Key>disk/0000000000000001</Key>"
+                 b"</Contents><Contents><Key>a&amp;b&#x41;&#8364;</Key></Contents>"
+                 b"<NextContinuationToken>t0k</NextContinuationToken>"
+                 b"</ListBucketResult>")
+    s["error"] = (b"<Error><Code>AccessDenied</Code><Message>no</Message>"
+                  b"</Error>")
+    return s
+
+
 def http_seeds():
     """Requests to the metrics endpoint (fuzz_http): a scrape as curl and
     Prometheus send it, and near-misses."""
@@ -389,6 +408,7 @@ def main():
         "config": config_seeds(srcdir),
         "params": params_seeds(),
         "partition": partition_seeds(),
+        "s3": s3_seeds(),
         "http": http_seeds(),
     }
     for harness, seeds in sets.items():

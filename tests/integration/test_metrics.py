@@ -9,8 +9,11 @@
 - Every scrape passes `promtool check metrics` (when prometheus is
   installed) and this file's own parser of the text format, which also
   checks the histograms (cumulative buckets, +Inf = _count).
-- Handshakes (ok, aborted by a listing client, failed on junk), refused
-  connections (an export's max-connections), open connections.
+- Handshakes (ok, aborted by a listing client, failed on junk, timeout
+  of a silent client in the lobby), refused connections (an export's
+  max-connections, the limit filter, the ip filter at NBD_OPT_GO and
+  before the greeting), open connections: each exactly as often as the
+  test caused it.
 - Hostile HTTP: junk, binary, oversized, a body, no Host, other methods
   and paths, a slowloris: each gets its 4xx or a close, and NBD clients
   are served meanwhile (also while the slowloris holds the endpoint).
@@ -367,6 +370,110 @@ def t_handshakes():
              "one refusal at the export's limit")
 
 
+# A second server for the refusals of layers and the lobby's timeout.
+NSOCK2 = os.path.join(T.TMPDIR, "nbd2.sock")
+MSOCK2 = os.path.join(T.TMPDIR, "metrics2.sock")
+CFG2 = os.path.join(T.TMPDIR, "metrics2.ini")
+with open(CFG2, "w") as f:
+    f.write("""[server]
+listen = unix:%s
+metrics = unix:%s
+handshake-timeout = 3s
+
+[export open]
+backend = memory size=1M
+
+[export lim]
+filter = limit limit=1
+backend = memory size=1M
+
+[export deny]
+filter = ip deny=uid:%d
+backend = memory size=1M
+""" % (NSOCK2, MSOCK2, os.getuid()))
+srv2 = Server(config=CFG2, sock=NSOCK2, name="metrics2")
+
+
+def refusals(s, **more):
+    out = {r: get(s, "nbdstack_connections_refused_total", reason=r)
+           for r in ("max-connections", "max-handshakes", "export-limit",
+                     "limit", "ip")}
+    out.update(more)
+    return out
+
+
+def hs(s):
+    return {r: get(s, "nbdstack_handshakes_total", result=r)
+            for r in ("ok", "aborted", "failed", "timeout")}
+
+
+def delta(a, b):
+    return {k: b[k] - a[k] for k in a}
+
+
+def t_layer_refusals():
+    s0 = scrape(MSOCK2)
+    h1 = nbd.NBD()
+    h1.connect_uri("nbd+unix:///lim?socket=" + NSOCK2)
+    raw = T.Raw(NSOCK2)
+    raw.handshake()
+    for i in range(2):       # the limit filter: NBD_REP_ERR_POLICY, twice
+        final, _ = raw.info_or_go(T.OPT_GO, b"lim")
+        check_eq(T.rep_name(final), T.rep_name(T.REP_ERR_POLICY), "GO over limit=1")
+    final, _ = raw.info_or_go(T.OPT_GO, b"deny")   # the ip filter, at GO
+    check_eq(T.rep_name(final), T.rep_name(T.REP_ERR_POLICY), "GO denied by ip")
+    raw.go(b"open")                                 # still served elsewhere
+    raw.disc()
+    raw.close()
+    h1.shutdown()
+    s1 = scrape(MSOCK2)
+    check_eq(delta(refusals(s0), refusals(s1)),
+             {"max-connections": 0, "max-handshakes": 0, "export-limit": 0,
+              "limit": 2, "ip": 1}, "refusals at GO by the limit and ip filters")
+
+    # A client no export lets in: closed before the greeting, one refusal,
+    # and no handshake.
+    deny_all = Server(["--metrics", "unix:" + os.path.join(T.TMPDIR, "m3.sock"),
+                       "--filter", "ip", "memory", "size=1M",
+                       "deny=uid:%d" % os.getuid()], name="denyall")
+    try:
+        m3 = os.path.join(T.TMPDIR, "m3.sock")
+        # Server() made sure of the socket with a connection: refused too.
+        wait_for(lambda: get(scrape(m3), "nbdstack_connections_refused_total",
+                             reason="ip") == 1, "the start-up probe refused")
+        a = scrape(m3)
+        for i in range(3):
+            raw = T.Raw(deny_all.sock)
+            check(raw.wait_closed(), "refused client closed")
+            check_eq(raw.drained, b"", "no greeting for a refused client")
+            raw.close()
+        b = scrape(m3)
+        check_eq(delta(refusals(a), refusals(b)),
+                 {"max-connections": 0, "max-handshakes": 0, "export-limit": 0,
+                  "limit": 0, "ip": 3}, "refusals before the greeting")
+        check_eq(delta(hs(a), hs(b)), {"ok": 0, "aborted": 0, "failed": 0,
+                                       "timeout": 0},
+                 "no handshake for a client refused before the greeting")
+    finally:
+        deny_all.stop()
+
+
+def t_lobby_timeout():
+    s0 = scrape(MSOCK2)
+    silent = [T.Raw(NSOCK2) for i in range(2)]
+    for raw in silent:
+        raw.greeting()
+    for raw in silent:
+        check(raw.wait_closed(timeout=60), "silent client closed at handshake-timeout")
+        raw.close()
+    s1 = scrape(MSOCK2)
+    check_eq(delta(hs(s0), hs(s1)), {"ok": 0, "aborted": 0, "failed": 0, "timeout": 2},
+             "two lobby timeouts, counted as such and nothing else")
+    check_eq(delta(refusals(s0), refusals(s1)),
+             {"max-connections": 0, "max-handshakes": 0, "export-limit": 0,
+              "limit": 0, "ip": 0}, "a timeout is no refusal")
+
+
 def http(data, timeout=30, sock=MSOCK, half_close=False):
     """Sends data; returns what came back before the close ("" if none)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -553,8 +660,10 @@ C.run("every configured export shown from the start", t_empty)
 C.run("scrapes during I/O agree exactly with the clients", t_exact_during_io)
 C.run("errors by errno", t_errors)
 C.run("handshakes and refusals", t_handshakes)
+C.run("refusals by the limit and ip filters", t_layer_refusals)
+C.run("lobby timeouts", t_lobby_timeout)
 C.run("hostile HTTP: 4xx or close, NBD served", t_hostile)
 C.run("SIGHUP: exports added and removed, counters kept", t_reload)
 C.run("tcp endpoint from the command line", t_tcp_and_cmdline)
 C.run("bad metrics addresses", t_bad_addresses)
-C.finish([srv])
+C.finish([srv, srv2])
