@@ -156,9 +156,6 @@ cacheextents_extents(struct nbd_ctx *self, struct nbd_ctx *next,
   return r;
 }
 
-/* Only the base:allocation answer is kept; the depth map goes below. */
-PASSTHROUGH(cacheextents, depth)
-
 /* A change drops the answer before (queries from now on ask below) and
  * after (a query that asked below while the change ran is not kept). */
 #define CACHEEXTENTS_CHANGE(call)                                           \

@@ -223,16 +223,6 @@ retry_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 }
 
 static int
-retry_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
-            uint64_t offset, uint32_t flags, struct nbd_extents *extents)
-{
-  size_t n0 = extents->n;
-
-  RETRY("block status", 0, extents->n = n0,
-        next_depth(next, count, offset, flags, extents));
-}
-
-static int
 retry_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)
 {

@@ -127,17 +127,6 @@ retry_request_extents(struct nbd_ctx *self, struct nbd_ctx *next,
 }
 
 static int
-retry_request_depth(struct nbd_ctx *self, struct nbd_ctx *next,
-                    uint64_t count, uint64_t offset, uint32_t flags,
-                    struct nbd_extents *extents)
-{
-  size_t n0 = extents->n;
-
-  RETRY_REQUEST("block status", extents->n = n0,
-                next_depth(next, count, offset, flags, extents));
-}
-
-static int
 retry_request_cache(struct nbd_ctx *self, struct nbd_ctx *next,
                     uint64_t count, uint64_t offset, uint32_t flags)
 {

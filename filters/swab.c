@@ -263,9 +263,6 @@ swab_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return -EOPNOTSUPP;
 }
 
-/* Swapping bytes within words moves no data between layers. */
-PASSTHROUGH(swab, depth)
-
 /* Block sizes are the layer below's: its minimum is a power of two, so
  * either every request is whole words already, or rounding out to words
  * keeps its alignment. */

@@ -165,16 +165,6 @@ tls_fallback_extents(struct nbd_ctx *self, struct nbd_ctx *next,
 }
 
 static int
-tls_fallback_depth(struct nbd_ctx *self, struct nbd_ctx *next,
-                   uint64_t count, uint64_t offset, uint32_t flags,
-                   struct nbd_extents *extents)
-{
-  if (TLS_FALLBACK_PLAIN(self))
-    return -EPERM;
-  return next_depth(next, count, offset, flags, extents);
-}
-
-static int
 tls_fallback_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                    uint64_t offset, uint32_t flags)
 {
