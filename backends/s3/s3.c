@@ -1322,6 +1322,10 @@ s3_cleanup(struct nbd_layer *layer)
 }
 
 UNSUPPORTED(s3, list_exports)
+/* reopen: close and open this layer too (layer.h "Reopening"): the
+ * connection's lease, if it was the last writer, is released and taken
+ * again. */
+#define s3_reopen nbd_reopen_close_open
 UNSUPPORTED(s3, depth)
 UNSUPPORTED(s3, preconnect)
 UNSUPPORTED(s3, cache)
