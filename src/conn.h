@@ -106,6 +106,11 @@ struct nbd_conn {
               struct sched_timing *);
 
   struct nbd_conn *prev, *next; /* server's list of live connections */
+  /* Parked (park.c): its list, under its lock; when the idle timeout
+   * shuts the socket (0 = never); added to its epoll set once. */
+  struct nbd_conn *park_prev, *park_next;
+  uint64_t park_deadline;
+  int park_registered;
 };
 
 /* conn.c */

@@ -949,8 +949,11 @@ UNSUPPORTED(nbd, list_exports)
 UNSUPPORTED(nbd, preconnect)
 
 NBD_REGISTER_BACKEND(nbd, NBD_PARALLEL,
-  /* Every request waits for the network. */
-  NBD_MAY_BLOCK,
+  /* Every request waits for the network, but a local upstream answers
+   * in microseconds: inline on the reader, a lone request (queue depth
+   * 1) costs no handoff to a worker, and the scheduler moves a
+   * connection whose requests wait while more queue up to workers. */
+  NBD_RARELY_BLOCKS,
   .description = "proxy to an upstream NBD server",
   .params = nbd_params,
   .conf_size = sizeof(struct nbd_conf),

@@ -1328,6 +1328,9 @@ UNSUPPORTED(s3, list_exports)
 #define s3_reopen nbd_reopen_close_open
 UNSUPPORTED(s3, depth)
 UNSUPPORTED(s3, preconnect)
+/* reopen: close and open this layer too (layer.h "Reopening"): a fresh
+ * connection pool, object map and lease. */
+#define s3_reopen nbd_reopen_close_open
 UNSUPPORTED(s3, cache)
 UNSUPPORTED(s3, block_size)
 UNSUPPORTED(s3, can_cache)
