@@ -1324,8 +1324,10 @@ s3_cleanup(struct nbd_layer *layer)
 UNSUPPORTED(s3, list_exports)
 UNSUPPORTED(s3, depth)
 UNSUPPORTED(s3, preconnect)
-/* reopen: close and open this layer too (layer.h "Reopening"): a fresh
- * connection pool, object map and lease. */
+/* reopen: close and open this layer too (layer.h "Reopening"): the
+ * lease is released and taken again when this was the export's last
+ * writer, and the object map is listed again unless another writer of
+ * this server keeps it; the HTTP pool and the map belong to the export. */
 #define s3_reopen nbd_reopen_close_open
 UNSUPPORTED(s3, cache)
 UNSUPPORTED(s3, block_size)

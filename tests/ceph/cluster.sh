@@ -8,8 +8,9 @@
 #   cluster.sh stop DIR               stops the daemons by their pids
 #   cluster.sh stop-rgw DIR / start-rgw DIR   the gateway alone
 #
-# The monitor's port is fixed (one cluster per host: the tests hold the
-# CTest resource lock "ceph").  On failure it prints the logs and exits 1.
+# The monitor listens on $CEPH_MON_PORT (default 46789; the tests pick a
+# free one, and hold the CTest resource lock "ceph" besides).  On failure
+# it prints the logs and exits 1.
 set -euo pipefail
 
 cmd=${1:?usage: cluster.sh start|stop|stop-rgw|start-rgw DIR [PORT]}

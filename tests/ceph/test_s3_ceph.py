@@ -25,7 +25,31 @@ import nbd  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLUSTER = os.path.join(HERE, "cluster.sh")
 CDIR = os.path.join(TMPDIR, "ceph")
-PORT = int(os.environ.get("CEPH_RGW_PORT", "47480"))
+def free_ports(n):
+    """A port p with p .. p+n-1 free on 127.0.0.1 (for the monitor, or the
+    gateway's http and https), so clusters of other runs on this host do
+    not collide with this one."""
+    import socket
+    for _ in range(200):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        if p + n > 65535:
+            continue
+        try:
+            for i in range(n):
+                t = socket.socket()
+                t.bind(("127.0.0.1", p + i))
+                t.close()
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no free ports")
+
+
+PORT = int(os.environ.get("CEPH_RGW_PORT", "0")) or free_ports(2)
+os.environ.setdefault("CEPH_MON_PORT", str(free_ports(1)))
 ENDPOINT = "http://127.0.0.1:%d" % PORT
 ACCESS = "nbdstacktestaccess"
 SECRET = "nbdstacktestsecret0123456789abcdefghijkl"
