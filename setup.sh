@@ -17,9 +17,15 @@ build_pkgs=(cmake make gcc musl-tools pkg-config dpkg-dev)
 # libmbedtls-dev: the glibc test build's TLS library (the static binary's
 # is built from Debian's mbedtls source package, fetch_mbedtls below);
 # gnutls-bin: certtool and gnutls-cli for the TLS tests; curl and
-# prometheus (promtool check metrics) for the metrics endpoint's test.
+# prometheus (promtool check metrics) for the metrics endpoint's test;
+# python3-botocore (SigV4 reference signatures), python3-boto3 and
+# nbdkit-plugin-python (nbdkit's S3 plugin) and the ceph packages: the s3
+# backend's tests against a single-node Ceph cluster (tests/ceph/,
+# ./setup.sh ci runs them).
 test_pkgs=(check libnbd-bin python3-libnbd nbdkit qemu-utils binutils file fdisk fio groff-base
-           libmbedtls-dev gnutls-bin openssl curl prometheus)
+           libmbedtls-dev gnutls-bin openssl curl prometheus
+           python3-botocore python3-boto3 nbdkit-plugin-python
+           ceph-mon ceph-osd radosgw ceph-common)
 # ci: fuzzers (clang 14 + its sanitizer runtimes), valgrind, static analysis
 ci_pkgs=(clang libclang-rt-14-dev valgrind cppcheck clang-tidy)
 
@@ -117,6 +123,7 @@ case "$mode" in
     ci_step "tsan concurrency tests" ctest --preset tsan -j2
     ci_step "fuzz build" ci_build fuzz
     ci_step "fuzzers, ${FUZZ_SECONDS:-30} s each" ctest --preset fuzz -j2
+    ci_step "s3 backend on a Ceph cluster" env NBD_REQUIRE_STATIC=1 ctest --preset ceph
     if [ ${#failed[@]} -ne 0 ]; then
       printf 'setup: ci: FAILED: %s\n' "${failed[@]}" >&2
       exit 1

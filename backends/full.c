@@ -92,6 +92,8 @@ full_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                          NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
 }
 
+UNSUPPORTED(full, depth)
+
 #define full_can_write nbd_cap_yes
 #define full_can_trim nbd_cap_yes
 #define full_can_fast_zero nbd_cap_yes

@@ -81,6 +81,8 @@ null_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                          NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
 }
 
+UNSUPPORTED(null, depth)
+
 #define null_can_write nbd_cap_yes
 #define null_can_flush nbd_cap_yes
 #define null_can_trim nbd_cap_yes

@@ -145,6 +145,7 @@ random_can_cache(struct nbd_ctx *self, struct nbd_ctx *next)
 
 UNSUPPORTED(random, flush)
 UNSUPPORTED(random, extents)
+UNSUPPORTED(random, depth)
 UNSUPPORTED(random, block_size)
 UNSUPPORTED(random, list_exports)
 UNSUPPORTED(random, preconnect)

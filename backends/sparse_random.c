@@ -382,6 +382,8 @@ sparse_random_extents(struct nbd_ctx *self, struct nbd_ctx *next,
   return 0;
 }
 
+UNSUPPORTED(sparse_random, depth)
+
 #define sparse_random_can_write nbd_cap_yes
 #define sparse_random_can_flush nbd_cap_yes
 #define sparse_random_can_trim nbd_cap_yes

@@ -240,6 +240,8 @@ split_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                     &a);
 }
 
+UNSUPPORTED(split, depth)
+
 static int
 split_cache_piece(void *ctx, size_t i, uint64_t foff, uint64_t len,
                   uint64_t done, void *arg)

@@ -16,6 +16,14 @@
 
 cmake_policy(SET CMP0007 NEW)
 cmake_policy(SET CMP0057 NEW)
+# A '[' makes CMake keep the rest of the file as one list element, which
+# silently drops every method after it: refuse it, comments included.
+file(READ "${IN}" _raw)
+string(FIND "${_raw}" "[" _bracket)
+if(NOT _bracket EQUAL -1)
+  message(FATAL_ERROR "${IN}: no '[' anywhere in this file (CMake lists "
+                      "treat it as a bracket and drop the lines after it)")
+endif()
 file(STRINGS "${IN}" lines)
 set(typedefs "")
 set(fields "")

@@ -43,6 +43,14 @@ endfunction()
 
 nbd_select_layers(FILTERS filters "${NBD_FILTERS}" filter_sources filter_names)
 nbd_select_layers(BACKENDS backends "${NBD_BACKENDS}" backend_sources backend_names)
+# s3 signs with mbedTLS's SHA-256 and HMAC: not without TLS (-DNBD_TLS=OFF).
+if(DEFINED NBD_TLS AND NOT NBD_TLS AND "s3" IN_LIST backend_names)
+  if(NOT NBD_BACKENDS STREQUAL "all")
+    message(FATAL_ERROR "NBD_BACKENDS: s3 needs TLS (mbedTLS); drop -DNBD_TLS=OFF")
+  endif()
+  list(REMOVE_ITEM backend_names s3)
+  list(FILTER backend_sources EXCLUDE REGEX "/backends/s3/")
+endif()
 # Test builds also get the test-only layers of tests/layers/ (a slow disk
 # for shutdown tests); the shipped binary (NBD_BUILD_TESTS=OFF) never does.
 option(NBD_TEST_LAYERS "Compile in the test-only layers of tests/layers/" ${NBD_BUILD_TESTS})

@@ -438,7 +438,21 @@ blocksize_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   blocksize_round_out(h, count, offset, &start, &end);
   if (end - start > h->maxlen)
     end = start + h->maxlen;
-  return next_extents(next, (uint32_t)(end - start), start, flags, extents);
+  return next_extents(next, end - start, start, flags, extents);
+}
+
+/* The same for the depth map. */
+static int
+blocksize_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+                uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  const struct blocksize_h *h = self->handle;
+  uint64_t start, end;
+
+  blocksize_round_out(h, count, offset, &start, &end);
+  if (end - start > h->maxlen)
+    end = start + h->maxlen;
+  return next_depth(next, end - start, start, flags, extents);
 }
 
 /* Whether the layer below can write, trim, zero, flush... is unchanged;

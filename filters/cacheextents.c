@@ -200,6 +200,7 @@ cacheextents_reopen(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
 
 PASSTHROUGH(cacheextents, pread)
 PASSTHROUGH(cacheextents, flush)
+PASSTHROUGH(cacheextents, depth)
 PASSTHROUGH(cacheextents, cache)
 PASSTHROUGH(cacheextents, get_size)
 PASSTHROUGH(cacheextents, block_size)

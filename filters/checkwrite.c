@@ -150,6 +150,7 @@ checkwrite_can_fua(struct nbd_ctx *self, struct nbd_ctx *next)
 
 PASSTHROUGH(checkwrite, pread)
 PASSTHROUGH(checkwrite, extents)
+PASSTHROUGH(checkwrite, depth)
 PASSTHROUGH(checkwrite, cache)
 PASSTHROUGH(checkwrite, reopen)
 PASSTHROUGH(checkwrite, get_size)

@@ -148,6 +148,18 @@ delay_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return next_extents(next, count, offset, flags, extents);
 }
 
+/* Block status of the other context: the same delay. */
+static int
+delay_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+            uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  int r;
+
+  if ((r = delay_wait(delay_conf(self)->extents)) < 0)
+    return r;
+  return next_depth(next, count, offset, flags, extents);
+}
+
 static int
 delay_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)

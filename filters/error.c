@@ -282,6 +282,19 @@ ERROR_METHOD(extents, EXTENTS, ERROR_P(uint64_t count, uint64_t offset,
                                        uint32_t flags,
                                        struct nbd_extents *extents),
              ERROR_P(count, offset, flags, extents))
+/* qemu:allocation-depth is block status too: error-extents decides. */
+static int
+error_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+            uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  const struct error_rule *r =
+    &((const struct error_conf *)self->layer->conf)->rule[ERROR_EXTENTS];
+  int e;
+
+  if (r->mode != ERROR_NEVER && (e = error_check_rule(self, r, ERROR_EXTENTS)))
+    return e;
+  return next_depth(next, count, offset, flags, extents);
+}
 ERROR_METHOD(cache, CACHE, ERROR_P(uint64_t count, uint64_t offset,
                                    uint32_t flags),
              ERROR_P(count, offset, flags))

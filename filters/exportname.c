@@ -1,14 +1,18 @@
 /* nbdstack filter exportname: shape the list of exports a client sees
- * (NBD_OPT_LIST) and which names it may open (nbdkit's exportname filter:
- * exportname=, exportname-list=, exportname-strict=, exportdesc=).
+ * (NBD_OPT_LIST) and which names it may open (nbdkit's exportname filter,
+ * same keys).
  *
+ *   default-export=NAME  a client asking for "" gets NAME: the layers
+ *     below open with NAME (the export_name hook, src/methods.def).
  *   exportname-list=keep (default)  what the layers below list (file dir=
  *     lists its files; a one-disk stack lists its config name);
  *   error        NBD_OPT_LIST fails (NBD_REP_ERR_POLICY);
  *   empty        an empty list;
- *   defaultonly  only the config export's own name;
+ *   defaultonly  only the default export's name: default-export, else the
+ *                config export's own name;
  *   explicit     only the exportname= names, in their order.
- *   exportname-strict=true  opening a name not given by exportname= fails.
+ *   exportname-strict=true  opening a name not given by exportname= fails
+ *     (the name after default-export).
  *   exportdesc=keep | none | fixed:STRING | script:SCRIPT  the description
  *     of each listed name: the one below, none, STRING, or what
  *     `sh -c SCRIPT` prints with $name set (first 4 KiB, one line).
@@ -16,11 +20,6 @@
  * A list this filter shapes is the stack's list (layer.h, "export
  * names"): a name it lists is routed to this export by the handshake,
  * and the stack opens with the asked name, as for file dir=.
- *
- * Not done: nbdkit's default-export=NAME (serve NAME when "" is asked)
- * needs the layers below to open with a name other than the one the
- * client asked, which the layer API does not offer yet; the key is not
- * accepted, so a command line that uses it fails at startup.
  */
 #include <fcntl.h>
 #include <spawn.h>
@@ -41,6 +40,7 @@ enum { ED_KEEP, ED_NONE, ED_FIXED, ED_SCRIPT };
 
 struct exportname_conf {
   struct nbd_strlist names;
+  char *default_export;
   int list;
   int strict;
   char *desc;
@@ -53,6 +53,10 @@ static const struct nbd_param exportname_params[] = {
     offsetof(struct exportname_conf, names), NULL,
     "an export name to list (repeatable; for exportname-list=explicit "
     "and exportname-strict)", NULL, 0 },
+  { "default-export", NBD_PARAM_STRING,
+    offsetof(struct exportname_conf, default_export), NULL,
+    "the export name the layers below open when a client asks for \"\"",
+    NULL, 0 },
   { "exportname-list", NBD_PARAM_ENUM,
     offsetof(struct exportname_conf, list), "keep",
     "what NBD_OPT_LIST shows: keep, error, empty, defaultonly, explicit",
@@ -194,7 +198,8 @@ exportname_list_exports(struct nbd_ctx *self, struct nbd_ctx *next,
       r = exportname_add(c, exports, c->names.v[i], NULL);
     return r < 0 ? r : 1;
   case EN_DEFAULTONLY:
-    r = exportname_add(c, exports, self->layer->export_name, NULL);
+    r = exportname_add(c, exports, c->default_export && *c->default_export ?
+                       c->default_export : self->layer->export_name, NULL);
     return r < 0 ? r : 1;
   default:
     break;
@@ -216,6 +221,19 @@ exportname_list_exports(struct nbd_ctx *self, struct nbd_ctx *next,
   return r < 0 ? r : 1;
 }
 
+/* "" is served as default-export (empty or unset: as ""). */
+static const char *
+exportname_export_name(struct nbd_ctx *self, struct nbd_ctx *next,
+                       const char *name)
+{
+  const struct exportname_conf *c = self->layer->conf;
+
+  (void)next;
+  if (name[0] == '\0' && c->default_export && c->default_export[0])
+    return c->default_export;
+  return name;
+}
+
 static int
 exportname_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
 {
@@ -223,6 +241,8 @@ exportname_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   const struct nbd_conn_info *info = nbd_conn_info(self);
   const char *name = info && info->export_name ? info->export_name : "";
   size_t i;
+
+  name = exportname_export_name(self, next, name);
 
   (void)next;
   (void)readonly;
@@ -243,6 +263,7 @@ PASSTHROUGH(exportname, flush)
 PASSTHROUGH(exportname, trim)
 PASSTHROUGH(exportname, zero)
 PASSTHROUGH(exportname, extents)
+PASSTHROUGH(exportname, depth)
 PASSTHROUGH(exportname, cache)
 PASSTHROUGH(exportname, reopen)
 PASSTHROUGH(exportname, get_size)
@@ -257,13 +278,14 @@ PASSTHROUGH(exportname, can_cache)
 PASSTHROUGH(exportname, can_extents)
 PASSTHROUGH(exportname, can_multi_conn)
 PASSTHROUGH(exportname, is_rotational)
-
 PASSTHROUGH(exportname, preconnect)
+
 NBD_REGISTER_FILTER(exportname, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "change the list of exports clients see and the names "
                  "they may open",
   .params = exportname_params,
   .conf_size = sizeof(struct exportname_conf),
   .setup = exportname_setup,
+  .export_name = exportname_export_name,
   .open = exportname_open,
 );

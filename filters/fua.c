@@ -173,6 +173,7 @@ fua_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 /* Reads, extents and cache carry no FUA; data and offsets are unchanged. */
 PASSTHROUGH(fua, pread)
 PASSTHROUGH(fua, extents)
+PASSTHROUGH(fua, depth)
 PASSTHROUGH(fua, cache)
 
 /* reopen: close and open this layer too (layer.h "Reopening"). */

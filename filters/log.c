@@ -527,6 +527,9 @@ logf_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return r;
 }
 
+/* qemu:allocation-depth has no nbdkit counterpart to log as: through. */
+PASSTHROUGH(logf, depth)
+
 static int
 logf_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
                 struct nbd_source *src, uint32_t count, uint64_t offset,

@@ -460,6 +460,7 @@ multi_conn_can_multi_conn(struct nbd_ctx *self, struct nbd_ctx *next)
 /* Block status moves nothing and marks nothing (nbdkit's does not). */
 PASSTHROUGH(multi_conn, extents)
 PASSTHROUGH(multi_conn, reopen)
+PASSTHROUGH(multi_conn, depth)
 PASSTHROUGH(multi_conn, get_size)
 PASSTHROUGH(multi_conn, block_size)
 PASSTHROUGH(multi_conn, can_write)

@@ -32,6 +32,10 @@ noextents_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return -EOPNOTSUPP;
 }
 
+/* Only base:allocation is hidden, as nbdkit's noextents does; the depth
+ * map is another context. */
+PASSTHROUGH(noextents, depth)
+
 static int
 noextents_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
                       struct nbd_source *src, uint32_t count, uint64_t offset,

@@ -131,6 +131,7 @@ PASSTHROUGH(nozero, pwrite)
 PASSTHROUGH(nozero, flush)
 PASSTHROUGH(nozero, trim)
 PASSTHROUGH(nozero, extents)
+PASSTHROUGH(nozero, depth)
 PASSTHROUGH(nozero, cache)
 
 /* reopen: close and open this layer too (layer.h "Reopening"). */

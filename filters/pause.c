@@ -215,6 +215,20 @@ pause_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 }
 
 static int
+pause_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+            uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  struct pause_state *st = PAUSE_STATE(self);
+  int r;
+
+  if ((r = pause_enter(st)) < 0)
+    return r;
+  r = next_depth(next, count, offset, flags, extents);
+  pause_leave(st);
+  return r;
+}
+
+static int
 pause_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)
 {

@@ -256,6 +256,7 @@ protect_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 PASSTHROUGH(protect, pread)
 PASSTHROUGH(protect, flush)
 PASSTHROUGH(protect, extents)
+PASSTHROUGH(protect, depth)
 PASSTHROUGH(protect, cache)
 PASSTHROUGH(protect, reopen)
 PASSTHROUGH(protect, get_size)

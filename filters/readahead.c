@@ -233,6 +233,7 @@ readahead_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 
 PASSTHROUGH(readahead, flush)
 PASSTHROUGH(readahead, extents)
+PASSTHROUGH(readahead, depth)
 PASSTHROUGH(readahead, cache)
 
 /* reopen: the thread stops with close and starts again with prepare. */

@@ -232,6 +232,7 @@ retry_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 /* A retry filter above this one reopening: this one's state (the mode,
  * the size the client was told) stays; below is reopened. */
 PASSTHROUGH(retry, reopen)
+PASSTHROUGH(retry, depth)
 PASSTHROUGH(retry, get_size)
 PASSTHROUGH(retry, block_size)
 PASSTHROUGH(retry, can_write)

@@ -134,6 +134,7 @@ retry_request_cache(struct nbd_ctx *self, struct nbd_ctx *next,
 }
 
 PASSTHROUGH(retry_request, reopen)
+PASSTHROUGH(retry_request, depth)
 PASSTHROUGH(retry_request, get_size)
 PASSTHROUGH(retry_request, block_size)
 PASSTHROUGH(retry_request, can_write)

@@ -236,6 +236,7 @@ PASSTHROUGH(scan, flush)
 PASSTHROUGH(scan, trim)
 PASSTHROUGH(scan, zero)
 PASSTHROUGH(scan, extents)
+PASSTHROUGH(scan, depth)
 PASSTHROUGH(scan, cache)
 
 /* reopen: the thread stops with close and starts again with prepare. */

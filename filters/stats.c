@@ -445,6 +445,9 @@ stats_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return r;
 }
 
+/* qemu:allocation-depth has no nbdkit counterpart to count as: through. */
+PASSTHROUGH(stats, depth)
+
 static int
 stats_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags)

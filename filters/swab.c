@@ -281,6 +281,7 @@ PASSTHROUGH(swab, is_rotational)
 PASSTHROUGH(swab, list_exports)
 PASSTHROUGH(swab, preconnect)
 
+PASSTHROUGH(swab, depth)
 NBD_REGISTER_FILTER(swab, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .description = "swap the bytes of each 16-, 32- or 64-bit word",
   .params = swab_params,

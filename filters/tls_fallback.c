@@ -183,6 +183,16 @@ tls_fallback_list_exports(struct nbd_ctx *self, struct nbd_ctx *next,
   return next_list_exports(next, exports);
 }
 
+/* A plaintext connection's message disk is this layer's own: depth 1. */
+static int
+tls_fallback_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+                   uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  if (tls_fallback_is_plain(self))
+    return NBD_DEPTH_ONE;
+  return next_depth(next, count, offset, flags, extents);
+}
+
 /* A plaintext connection never reaches below, so there is nothing to
  * reopen for it. */
 static int

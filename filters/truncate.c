@@ -249,6 +249,29 @@ truncate_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                          NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
 }
 
+/* The part below at the depth the layer below says; the extension at
+ * depth 1: this export holds its zeros, as a raw file holds its holes
+ * (a client reads them without going to any backing image). */
+static int
+truncate_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+               uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  uint64_t n = truncate_below(self, count, offset);
+  const struct nbd_extent *last;
+  int r;
+
+  if (n > 0) {
+    if ((r = next_depth(next, n, offset, flags, extents)) < 0)
+      return r;
+    if (n == count || extents->n == 0)
+      return 0;
+    last = &extents->v[extents->n - 1];
+    if (last->offset + last->length < offset + n)
+      return 0;
+  }
+  return nbd_extents_add(extents, offset + n, count - n, 1);
+}
+
 /* The extension is always known to be a hole, so extents are offered
  * even when the layer below has none (the engine then reports its part
  * as data). */

@@ -32,7 +32,11 @@ struct nbd_request {
   uint16_t flags, type;
   uint64_t cookie;
   uint64_t offset;
-  uint32_t count;
+  uint64_t count;               /* effect length (a write's: its payload) */
+  uint64_t payload;             /* bytes that follow the header */
+  int ext;                      /* the header was extended (32 bytes) */
+  unsigned meta;                /* block status: contexts to answer, a
+                                   bit per protocol.c's proto_meta */
   char *buf;                    /* payload of a write, data of a read */
   size_t bufcap;
   int pull;                     /* a write whose payload is still in the
@@ -67,8 +71,11 @@ struct nbd_conn {
   struct nbd_ctx *top;
   int readonly;
   int no_zeroes;
-  int structured;
-  int meta_base_allocation;     /* base:allocation selected */
+  int fixed;                    /* the client speaks fixed newstyle */
+  int structured;               /* structured replies (or extended) */
+  int extended;                 /* extended headers (implies structured) */
+  unsigned meta;                /* selected contexts, a bit per
+                                   protocol.c's proto_meta; id = bit + 1 */
   char *meta_export;            /* export the meta context was set for */
   char *asked_name;             /* export name the client asked for */
   uint16_t tflags;
@@ -99,6 +106,11 @@ struct nbd_conn {
               struct sched_timing *);
 
   struct nbd_conn *prev, *next; /* server's list of live connections */
+  /* Parked (park.c): its list, under its lock; when the idle timeout
+   * shuts the socket (0 = never); added to its epoll set once. */
+  struct nbd_conn *park_prev, *park_next;
+  uint64_t park_deadline;
+  int park_registered;
 };
 
 /* conn.c */

@@ -287,6 +287,36 @@ nbd_conn_info(const struct nbd_ctx *ctx)
   return ctx->info;
 }
 
+/* Asks each layer, top down, under which export name the layers below it
+ * open (the export_name hook); a new name gives them a copy of the
+ * connection's info.  0, or -1 when out of memory. */
+static int
+engine_rename(struct nbd_ctx *const *ctxs, size_t n)
+{
+  size_t i, j;
+
+  for (i = 0; i + 1 < n; i++) {
+    const struct nbd_layer_ops *o = ctxs[i]->layer->ops;
+    const struct nbd_conn_info *cur = ctxs[i]->info;
+    const char *name;
+
+    if (o->export_name == NULL || cur == NULL)
+      continue;
+    name = o->export_name(ctxs[i], ctxs[i]->next,
+                          cur->export_name ? cur->export_name : "");
+    if (name == NULL ||
+        (cur->export_name && strcmp(name, cur->export_name) == 0))
+      continue;
+    if ((ctxs[i + 1]->renamed = malloc(sizeof *cur)) == NULL)
+      return -1;
+    *ctxs[i + 1]->renamed = *cur;
+    ctxs[i + 1]->renamed->export_name = name;
+    for (j = i + 1; j < n; j++)
+      ctxs[j]->info = ctxs[i + 1]->renamed;
+  }
+  return 0;
+}
+
 /* The layer above ctxs[i] that retries opens most often (layer.h,
  * open_retries), or NULL. */
 static const struct nbd_layer *
@@ -327,6 +357,10 @@ engine_open(struct nbd_export *exp, int readonly,
   }
   for (i = 0; i + 1 < n; i++)
     ctxs[i]->next = ctxs[i + 1];
+  if (engine_rename(ctxs, n) == -1) {
+    snprintf(err, errlen, "out of memory");
+    goto fail;
+  }
 
   /* open: inner (backend) to outer. */
   for (i = n; i-- > 0;) {
@@ -367,8 +401,10 @@ fail:
   for (i = n - (size_t)opened; i < n; i++)
     if (ctxs[i]->layer->ops->close)
       ctxs[i]->layer->ops->close(ctxs[i], ctxs[i]->next);
-  for (i = 0; i < n; i++)
+  for (i = 0; i < n; i++) {
+    free(ctxs[i]->renamed);
     free(ctxs[i]);
+  }
   errno = fail_errno;
   return NULL;
 }
@@ -398,6 +434,7 @@ engine_close(struct nbd_ctx *top)
     next = c->next;
     if (c->layer->ops->close && !c->closed)
       c->layer->ops->close(c, c->next);
+    free(c->renamed);
     free(c);
   }
   return ret;
@@ -717,6 +754,24 @@ next_extents(struct nbd_ctx *c, uint64_t count, uint64_t offset,
   if (!c->can_extents)
     return nbd_extents_add(extents, offset, count, 0);
   return c->layer->ops->extents(c, c->next, count, offset, flags, extents);
+}
+
+/* qemu:allocation-depth.  Every layer answers (no capability): a backend
+ * by UNSUPPORTED's NBD_DEPTH_ONE, made an extent here. */
+int
+next_depth(struct nbd_ctx *c, uint64_t count, uint64_t offset,
+           uint32_t flags, struct nbd_extents *extents)
+{
+  int r;
+
+  if ((r = engine_check_range(c, count, offset, EINVAL)) < 0)
+    return r;
+  if (count == 0)
+    return 0;
+  r = c->layer->ops->depth(c, c->next, count, offset, flags, extents);
+  if (r == NBD_DEPTH_ONE)
+    r = nbd_extents_add(extents, offset, count, 1);
+  return r;
 }
 
 int

@@ -2,7 +2,8 @@
  *
  * Extents arrive in increasing order; this file clips them to the request,
  * merges neighbours of equal type and refuses gaps; nbd_extents_shifted
- * serves filters that show a window of the layer below.  It does not know the
+ * and nbd_depth_shifted serve filters that show a window of the layer
+ * below.  It does not know the
  * wire format (transmission.c encodes).
  */
 #include <stdlib.h>
@@ -75,9 +76,13 @@ nbd_extents_add(struct nbd_extents *e, uint64_t offset, uint64_t length,
   return 0;
 }
 
-int
-nbd_extents_shifted(struct nbd_ctx *next, uint64_t count, uint64_t offset,
-                    uint64_t shift, uint32_t flags, struct nbd_extents *extents)
+/* The map of next's method m (extents or depth) over the window,
+ * shifted back. */
+static int
+extents_shifted(int (*m)(struct nbd_ctx *, uint64_t, uint64_t, uint32_t,
+                         struct nbd_extents *),
+                struct nbd_ctx *next, uint64_t count, uint64_t offset,
+                uint64_t shift, uint32_t flags, struct nbd_extents *extents)
 {
   struct nbd_extents *below;
   size_t i;
@@ -86,10 +91,26 @@ nbd_extents_shifted(struct nbd_ctx *next, uint64_t count, uint64_t offset,
   below = nbd_extents_new(offset + shift, offset + shift + count);
   if (below == NULL)
     return -ENOMEM;
-  r = next_extents(next, count, offset + shift, flags, below);
+  r = m(next, count, offset + shift, flags, below);
   for (i = 0; r == 0 && i < below->n; i++)
     r = nbd_extents_add(extents, below->v[i].offset - shift,
                         below->v[i].length, below->v[i].type);
   nbd_extents_free(below);
   return r;
+}
+
+int
+nbd_extents_shifted(struct nbd_ctx *next, uint64_t count, uint64_t offset,
+                    uint64_t shift, uint32_t flags, struct nbd_extents *extents)
+{
+  return extents_shifted(next_extents, next, count, offset, shift, flags,
+                         extents);
+}
+
+int
+nbd_depth_shifted(struct nbd_ctx *next, uint64_t count, uint64_t offset,
+                  uint64_t shift, uint32_t flags, struct nbd_extents *extents)
+{
+  return extents_shifted(next_depth, next, count, offset, shift, flags,
+                         extents);
 }

@@ -7,11 +7,16 @@
  *
  * Options: EXPORT_NAME, ABORT, LIST, STARTTLS (when `tls` is on or
  * require; the session itself is wire.c's and tls.c's), INFO, GO,
- * STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT
- * (base:allocation only).  When every export requires TLS, every option
- * but STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD before TLS; when only
- * some do, INFO, GO and the meta context options naming one get it,
- * EXPORT_NAME drops, and LIST leaves it out.  Unknown options get NBD_REP_ERR_UNSUP and the
+ * STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT (the
+ * contexts of protocol.c's table), EXTENDED_HEADERS.  Extended headers
+ * (fixed newstyle only) imply structured replies; STRUCTURED_REPLY after
+ * them is NBD_REP_ERR_EXT_HEADER_REQD, a second EXTENDED_HEADERS
+ * NBD_REP_ERR_INVALID, and EXPORT_NAME after them drops the connection
+ * (the client MUST NOT send it, and it has no error reply), as in qemu.
+ * When every export requires TLS, every option but STARTTLS and ABORT
+ * gets NBD_REP_ERR_TLS_REQD before TLS; when only some do, INFO, GO and
+ * the meta context options naming one get it, EXPORT_NAME drops, and
+ * LIST leaves it out.  Unknown options get NBD_REP_ERR_UNSUP and the
  * session goes on; malformed lengths NBD_REP_ERR_INVALID with the stream
  * kept in sync.  Unknown client flags, a bad option magic or an oversized
  * option drop the connection.  Oldstyle negotiation is not offered.
@@ -132,6 +137,10 @@ handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
   }
   if (c->structured)
     f |= NBD_FLAG_SEND_DF;
+  /* proto.md: only with extended headers, and only worth saying when a
+   * context was selected. */
+  if (c->extended && c->meta)
+    f |= NBD_FLAG_BLOCK_STAT_PAYLOAD;
   if (t->can_multi_conn)
     f |= NBD_FLAG_CAN_MULTI_CONN;
   if (t->can_cache != NBD_CACHE_NONE)
@@ -187,7 +196,7 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
    * EXPORT_NAME alike). */
   if (c->meta_export &&
       strcmp(c->meta_export, dynamic ? name : e->name) != 0)
-    c->meta_base_allocation = 0;
+    c->meta = 0;
   c->top = engine_open(e, c->readonly || c->cfg->readonly, &c->info, err,
                        sizeof err);
   if (c->top == NULL) {
@@ -401,24 +410,37 @@ handshake_list(struct nbd_conn *c, uint32_t len, unsigned *max)
   return handshake_reply(c, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
 }
 
-/* True when the query selects base:allocation: "base:" (the whole
- * namespace) or "base:allocation". */
-static int
-handshake_query_base_alloc(const unsigned char *q, uint32_t qlen)
+/* The contexts (a bit each, protocol.c's proto_meta_names) a query
+ * selects: its own name, or every context of a namespace given alone
+ * ("base:", "qemu:"). */
+static unsigned
+handshake_query(const unsigned char *q, uint32_t qlen)
 {
-  return (qlen == 5 && memcmp(q, "base:", 5) == 0) ||
-         (qlen == 15 && memcmp(q, "base:allocation", 15) == 0);
+  unsigned i, set = 0;
+  const char *name;
+  size_t n;
+
+  for (i = 0; i < NBD_META_COUNT; i++) {
+    name = proto_meta_names[i];
+    n = strlen(name);
+    if ((qlen == n && memcmp(q, name, n) == 0) ||
+        (qlen > 0 && qlen < n && q[qlen - 1] == ':' &&
+         memchr(q, ':', qlen) == q + qlen - 1 && memcmp(q, name, qlen) == 0))
+      set |= 1u << i;
+  }
+  return set;
 }
 
 static int
 handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
                uint32_t len)
 {
-  static const char ctxname[] = "base:allocation";
-  unsigned char rep[4 + sizeof ctxname];
+  unsigned char rep[4 + NBD_MAX_STRING];
   uint32_t namelen, nq, qlen, pos, i;
   char name[NBD_MAX_STRING + 1];
-  int found = 0, dynamic;
+  unsigned found = 0, ctx;
+  size_t n;
+  int dynamic;
   struct nbd_export *e;
 
   if (!c->structured)
@@ -437,8 +459,7 @@ handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
     if (len - pos < 4 || (qlen = wire_get32(d + pos)) > len - pos - 4)
       return handshake_error(c, opt, NBD_REP_ERR_INVALID,
                              "query length exceeds option length");
-    if (handshake_query_base_alloc(d + pos + 4, qlen))
-      found = 1;
+    found |= handshake_query(d + pos + 4, qlen);
     pos += 4 + qlen;
   }
   if (pos != len)
@@ -452,18 +473,20 @@ handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
                            "this export requires TLS: send "
                            "NBD_OPT_STARTTLS first");
   if (nq == 0 && opt == NBD_OPT_LIST_META_CONTEXT)
-    found = 1;                  /* empty list query: every context */
+    found = (1u << NBD_META_COUNT) - 1;   /* empty list query: all */
   if (opt == NBD_OPT_SET_META_CONTEXT) {
-    c->meta_base_allocation = found;
+    c->meta = found;
     free(c->meta_export);
     c->meta_export = strdup(name);
   }
-  if (found) {
-    wire_put32(rep, opt == NBD_OPT_SET_META_CONTEXT ?
-               NBD_META_BASE_ALLOCATION_ID : 0);
-    memcpy(rep + 4, ctxname, sizeof ctxname - 1);
-    if (handshake_reply(c, opt, NBD_REP_META_CONTEXT, rep,
-                        4 + sizeof ctxname - 1) == -1)
+  /* Each context once, in id order; LIST gives no ids (0). */
+  for (ctx = 0; ctx < NBD_META_COUNT; ctx++) {
+    if (!(found & (1u << ctx)))
+      continue;
+    n = strlen(proto_meta_names[ctx]);
+    wire_put32(rep, opt == NBD_OPT_SET_META_CONTEXT ? ctx + 1 : 0);
+    memcpy(rep + 4, proto_meta_names[ctx], n);
+    if (handshake_reply(c, opt, NBD_REP_META_CONTEXT, rep, 4 + n) == -1)
       return -1;
   }
   return handshake_reply(c, opt, NBD_REP_ACK, NULL, 0);
@@ -490,7 +513,8 @@ handshake_starttls(struct nbd_conn *c, uint32_t len)
     return -1;
   c->info.tls = 1;              /* layers ask (nbd_conn_info) */
   c->structured = 0;
-  c->meta_base_allocation = 0;
+  c->extended = 0;
+  c->meta = 0;
   free(c->meta_export);
   c->meta_export = NULL;
   return 0;
@@ -517,6 +541,11 @@ handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
   }
   switch (opt) {
   case NBD_OPT_EXPORT_NAME:
+    if (c->extended) {
+      nbd_info("%s: NBD_OPT_EXPORT_NAME after extended headers, dropping",
+               c->peer);
+      return -1;
+    }
     if (len > NBD_MAX_STRING)
       return -1;
     memcpy(name, d, len);
@@ -537,7 +566,22 @@ handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
     if (len != 0)
       return handshake_error(c, opt, NBD_REP_ERR_INVALID,
                              "NBD_OPT_STRUCTURED_REPLY takes no data");
+    if (c->extended)
+      return handshake_error(c, opt, NBD_REP_ERR_EXT_HEADER_REQD,
+                             "extended headers already negotiated");
     c->structured = 1;
+    return handshake_reply(c, opt, NBD_REP_ACK, NULL, 0);
+  case NBD_OPT_EXTENDED_HEADERS:
+    if (!c->fixed)
+      return handshake_error(c, opt, NBD_REP_ERR_UNSUP,
+                             "extended headers need fixed newstyle");
+    if (len != 0)
+      return handshake_error(c, opt, NBD_REP_ERR_INVALID,
+                             "NBD_OPT_EXTENDED_HEADERS takes no data");
+    if (c->extended)
+      return handshake_error(c, opt, NBD_REP_ERR_INVALID,
+                             "extended headers already negotiated");
+    c->extended = c->structured = 1;
     return handshake_reply(c, opt, NBD_REP_ACK, NULL, 0);
   case NBD_OPT_LIST_META_CONTEXT:
   case NBD_OPT_SET_META_CONTEXT:
@@ -618,6 +662,7 @@ handshake_run(struct nbd_conn *c)
     return -1;
   }
   c->no_zeroes = !!(cflags & NBD_FLAG_C_NO_ZEROES);
+  c->fixed = !!(cflags & NBD_FLAG_C_FIXED_NEWSTYLE);
 
   for (n = 0; n < max && !server_stopping; n++) {
     if (wire_read(&c->w, buf, 16) == -1)

@@ -57,6 +57,10 @@
 #define NBD_EXTENT_HOLE    (1u << 0)
 #define NBD_EXTENT_ZERO    (1u << 1)
 
+/* What a depth method (src/methods.def) may return instead of adding
+ * extents: depth 1 over the whole range asked. */
+#define NBD_DEPTH_ONE      1
+
 /* ---- typed parameters ------------------------------------------------- */
 
 /* Storage per type (the field at .offset in the layer's conf struct):
@@ -206,6 +210,10 @@ struct nbd_ctx {
    * limits, so a request that breaks a hint reaches the layer that gave
    * it, which must then take any size and alignment. */
   int block_advisory;
+  /* A copy of the connection's info with another export_name, for the
+   * contexts below a layer whose export_name hook renamed it (owned by
+   * the first context below; NULL = none). */
+  struct nbd_conn_info *renamed;
   /* reopen closed this context and could not open it again: the engine
    * calls neither finalize nor close on it, and nothing else may be
    * called on it but next_reopen (see "Reopening" below). */
@@ -281,6 +289,10 @@ int nbd_extents_add(struct nbd_extents *e, uint64_t offset, uint64_t length,
 int nbd_extents_shifted(struct nbd_ctx *next, uint64_t count, uint64_t offset,
                         uint64_t shift, uint32_t flags,
                         struct nbd_extents *extents);
+/* The same for the depth map (next_depth); the depths are unchanged. */
+int nbd_depth_shifted(struct nbd_ctx *next, uint64_t count, uint64_t offset,
+                      uint64_t shift, uint32_t flags,
+                      struct nbd_extents *extents);
 
 /* ---- before the handshake (preconnect) ---------------------------------
  *
@@ -343,6 +355,11 @@ int nbd_reopen_close_open(struct nbd_ctx *self, struct nbd_ctx *next,
  * dynamic export, every name its stack lists (with the layer's
  * description, else the export's), never the dynamic export's own name.
  * Plain exports are unchanged. */
+/* A layer may also serve the layers below it under another name than the
+ * client asked for: its optional export_name hook (src/methods.def) is
+ * asked top down before the stack opens, and a different answer gives the
+ * contexts below a copy of the connection info with that export_name
+ * (exportname's default-export). */
 struct nbd_export_name {
   char *name;
   char *description;          /* NULL = the export's description */

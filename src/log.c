@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -36,7 +37,9 @@ int nbd_verbose;
 #define LOG_SYSLOG_DEFAULT "/dev/log"
 #define LOG_FACILITY_DAEMON (3 << 3)
 
-static int log_mode = LOG_STDERR;
+/* Atomic: a layer's thread started at setup (exitwhen's poll) may log
+ * while the main thread opens the log. */
+static atomic_int log_mode = LOG_STDERR;
 static int log_fd = -1;                 /* syslog: connected datagram socket */
 static struct sockaddr_un log_addr;
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -1,11 +1,15 @@
 /* nbdstack: NBD wire constants, named as in the NBD protocol
  * (doc/proto.md of NetworkBlockDevice/nbd), the big-endian helpers, and
  * the protocol encoding of the transmission phase (protocol.c).  Only
- * what nbdstack speaks is here: fixed newstyle negotiation, simple and
- * structured replies, base:allocation. */
+ * what nbdstack speaks is here: fixed newstyle negotiation, simple,
+ * structured and extended replies, compact and extended requests, and
+ * the meta contexts of protocol.c's table.  Constants of the extended
+ * headers extension (merged into proto.md in 2023) are as in the spec
+ * patches and in qemu's include/block/nbd.h of that series. */
 #ifndef NBDSTACK_PROTOCOL_H
 #define NBDSTACK_PROTOCOL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* Handshake (proto.md "Newstyle negotiation"). */
@@ -27,6 +31,7 @@
 #define NBD_OPT_STRUCTURED_REPLY  8
 #define NBD_OPT_LIST_META_CONTEXT 9
 #define NBD_OPT_SET_META_CONTEXT  10
+#define NBD_OPT_EXTENDED_HEADERS  11
 
 #define NBD_REP_ACK               1
 #define NBD_REP_SERVER            2
@@ -42,6 +47,7 @@
 #define NBD_REP_ERR_SHUTDOWN      NBD_REP_ERR(7)
 #define NBD_REP_ERR_BLOCK_SIZE_REQD NBD_REP_ERR(8)
 #define NBD_REP_ERR_TOO_BIG       NBD_REP_ERR(9)
+#define NBD_REP_ERR_EXT_HEADER_REQD NBD_REP_ERR(10)
 
 #define NBD_INFO_EXPORT           0
 #define NBD_INFO_NAME             1
@@ -60,12 +66,16 @@
 #define NBD_FLAG_CAN_MULTI_CONN   (1u << 8)
 #define NBD_FLAG_SEND_CACHE       (1u << 10)
 #define NBD_FLAG_SEND_FAST_ZERO   (1u << 11)
+#define NBD_FLAG_BLOCK_STAT_PAYLOAD (1u << 12)
 
 /* Transmission (proto.md "Transmission"). */
 #define NBD_REQUEST_MAGIC         UINT32_C(0x25609513)
 #define NBD_REQUEST_SIZE          28    /* bytes of a request header */
+#define NBD_EXTENDED_REQUEST_MAGIC UINT32_C(0x21e41c71)
+#define NBD_EXTENDED_REQUEST_SIZE 32
 #define NBD_SIMPLE_REPLY_MAGIC    UINT32_C(0x67446698)
 #define NBD_STRUCTURED_REPLY_MAGIC UINT32_C(0x668e33ef)
+#define NBD_EXTENDED_REPLY_MAGIC  UINT32_C(0x6e8a278c)
 
 #define NBD_CMD_READ              0
 #define NBD_CMD_WRITE             1
@@ -76,13 +86,18 @@
 #define NBD_CMD_WRITE_ZEROES      6
 #define NBD_CMD_BLOCK_STATUS      7
 
-/* Command flags are NBD_CMD_FLAG_FUA ... NBD_CMD_FLAG_FAST_ZERO in layer.h. */
+/* Command flags are NBD_CMD_FLAG_FUA ... NBD_CMD_FLAG_FAST_ZERO in
+ * layer.h; this one never reaches a layer: with extended headers, the
+ * length is that of a payload (a write's data, block status's list of
+ * context ids). */
+#define NBD_CMD_FLAG_PAYLOAD_LEN  (1u << 5)
 
 #define NBD_REPLY_FLAG_DONE       (1u << 0)
 #define NBD_REPLY_TYPE_NONE       0
 #define NBD_REPLY_TYPE_OFFSET_DATA 1
 #define NBD_REPLY_TYPE_OFFSET_HOLE 2
 #define NBD_REPLY_TYPE_BLOCK_STATUS 5
+#define NBD_REPLY_TYPE_BLOCK_STATUS_EXT 6
 #define NBD_REPLY_TYPE_ERROR      32769
 
 /* Error values (proto.md "Error values"). */
@@ -100,7 +115,13 @@
 #define NBD_MAX_PAYLOAD           (32u << 20)     /* advertised maximum */
 #define NBD_MAX_OPTION_LEN        (64u << 10)
 #define NBD_MAX_OPTIONS           256
-#define NBD_META_BASE_ALLOCATION_ID 1
+
+/* Meta contexts (proto.md "Metadata querying"): context i has the id
+ * i + 1 in every session, and a bit (1 << i) in a set of them. */
+#define NBD_META_BASE_ALLOCATION  0
+#define NBD_META_ALLOCATION_DEPTH 1     /* qemu:allocation-depth */
+#define NBD_META_COUNT            2
+extern const char *const proto_meta_names[NBD_META_COUNT];
 
 /* ---- big-endian helpers --------------------------------------------------- */
 
@@ -143,8 +164,17 @@ struct nbd_extents;
 
 /* Maps -errno (or errno) to an NBD error value: the one table. */
 uint32_t proto_nbd_error(int err);
-/* Fills r from a request header; -1 when its magic is wrong. */
-int proto_parse_request(const unsigned char *h, struct nbd_request *r);
+/* The size of the request header whose first 4 bytes are at h: compact
+ * (NBD_REQUEST_SIZE) or extended (NBD_EXTENDED_REQUEST_SIZE) by its
+ * magic; 0 when the magic is neither. */
+size_t proto_request_size(const unsigned char *h);
+/* Fills r from a whole header of proto_request_size(h) bytes, with
+ * r->payload the bytes that follow it. */
+void proto_parse_request(const unsigned char *h, struct nbd_request *r);
+/* BLOCK_STATUS's payload (len bytes at p): sets r->count and r->meta;
+ * 0 or -EINVAL. */
+int proto_status_payload(const struct nbd_conn *c, struct nbd_request *r,
+                         const unsigned char *p, uint64_t len);
 /* Checks a request against what was negotiated; 0 or -errno. */
 int proto_validate(const struct nbd_conn *c, const struct nbd_request *r);
 /* Replies, one write each; 0, or -1 when the connection is dead. */
@@ -154,8 +184,10 @@ int proto_reply_error(struct nbd_conn *c, const struct nbd_request *r,
 /* The data of a read in r->buf: structured, aligned zero runs go as
  * holes unless DF (when the I/O policy scans this one). */
 int proto_reply_read(struct nbd_conn *c, const struct nbd_request *r);
-/* base:allocation extents of a BLOCK_STATUS request. */
+/* The reply to a BLOCK_STATUS request: a status chunk for each of nctx
+ * contexts, ids[i] with the extents e[i]. */
 int proto_reply_extents(struct nbd_conn *c, const struct nbd_request *r,
-                        const struct nbd_extents *e);
+                        size_t nctx, const uint32_t *ids,
+                        struct nbd_extents *const *e);
 
 #endif

@@ -14,7 +14,8 @@ struct sched_timing {
   uint64_t t0;                  /* in: when the request started */
   long nvcsw;                   /* in: voluntary switches before, or -1 */
   uint64_t took;                /* out: ns in the stack */
-  int slept;                    /* out: nvcsw given and over 1 ms asleep */
+  int slept;                    /* out: nvcsw given, over 20 us, and it
+                                   slept meanwhile */
 };
 
 /* Runs a request and sends its reply; -1 if the connection is dead.
@@ -30,6 +31,7 @@ struct nbd_sched {
   sched_exec_fn *exec;
   struct sched_timing tm;
   unsigned window, slow, probe; /* see sched_adapt() */
+  unsigned heavy, waits;
 };
 
 /* Chooses where c's requests run; 0, or -1 when out of memory. */

@@ -32,6 +32,7 @@
 #include "conn.h"
 #include "lobby.h"
 #include "metrics.h"
+#include "park.h"
 #include "process.h"
 #include "reload.h"
 #include "server.h"
@@ -122,16 +123,62 @@ server_handshake_done(struct nbd_conn *c)
   pthread_mutex_unlock(&server_lock);
 }
 
+/* After the request loop returned: an idle connection goes to park.c
+ * and its thread ends (1); one that cannot stays on its thread (0, its
+ * request loop goes on); -1 = the connection ended.  The idle timeout
+ * then runs in park.c, for what is left of it. */
+static int
+server_park(struct nbd_conn *c)
+{
+  uint64_t idle = c->cfg->idle_timeout, left;
+
+  if (!c->w.parked)
+    return -1;
+  left = idle > c->w.park_ns ? idle - c->w.park_ns : 0;
+  if (park_add(c, left) == 0)
+    return 1;
+  c->w.parked = 0;
+  c->w.park_ns = 0;             /* stay: this thread serves it to the end */
+  return 0;
+}
+
+static void server_conn_end(struct nbd_conn *c);
+
+/* A connection's thread: the handshake and requests, or only requests
+ * for one back from park.c (c->w.parked); then it parks, or ends. */
 static void *
 server_conn_thread(void *arg)
 {
   struct nbd_conn *c = arg;
+  int go;
+
+  if (c->w.parked) {
+    c->w.parked = 0;
+    go = 1;
+  } else if ((go = conn_handshake(c) == 0)) {
+    server_handshake_done(c);
+    /* Parking: not with an idle timeout shorter than the wait before
+     * it, which ends the connection first. */
+    if (c->cfg->idle_timeout == 0 || c->cfg->idle_timeout > PARK_AFTER_NS)
+      c->w.park_ns = PARK_AFTER_NS;
+  }
+  while (go) {
+    conn_transmit(c);
+    go = server_park(c);
+    if (go == 1)
+      return NULL;              /* c is park.c's now */
+    go = go == 0;
+  }
+  server_conn_end(c);
+  return NULL;
+}
+
+/* The end of a connection: flush and close its stack, and let it go. */
+static void
+server_conn_end(struct nbd_conn *c)
+{
   int evicted;
 
-  if (conn_handshake(c) == 0) {
-    server_handshake_done(c);
-    conn_transmit(c);
-  }
   conn_finish(c);
   server_handshake_done(c);
   pthread_mutex_lock(&server_lock);
@@ -156,7 +203,6 @@ server_conn_thread(void *arg)
   pthread_mutex_unlock(&server_lock);
   if (server_exit_requested || server_exit_idle)
     stop_poke();                /* the main loop counts who is left */
-  return NULL;
 }
 
 /* A client that spoke needs a connection thread.  At max-connections the
@@ -226,12 +272,12 @@ server_source(struct nbd_conn *c, const struct sockaddr_storage *ss,
   }
 }
 
+static void server_spawn(struct nbd_conn *c);
+
 /* Starts the thread of a client that left the lobby, or refuses it. */
 static void
 server_start_conn(const struct nbd_config *cfg, struct nbd_conn *c)
 {
-  pthread_attr_t attr;
-  pthread_t tid;
   int r;
 
   pthread_mutex_lock(&server_lock);
@@ -253,6 +299,17 @@ server_start_conn(const struct nbd_config *cfg, struct nbd_conn *c)
     conn_free(c);
     return;
   }
+  server_spawn(c);
+}
+
+/* Gives c a thread: a client that spoke, or a parked connection with
+ * input (park.c's wake-up, on its thread). */
+static void
+server_spawn(struct nbd_conn *c)
+{
+  pthread_attr_t attr;
+  pthread_t tid;
+
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, SERVER_CONN_STACK);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -263,6 +320,25 @@ server_start_conn(const struct nbd_config *cfg, struct nbd_conn *c)
     server_conn_thread(c);
   }
   pthread_attr_destroy(&attr);
+}
+
+/* park.c's wake-up for a parked connection whose socket became
+ * readable.  At exit, server_drain's shutdown wakes every parked
+ * connection at once: one that only shows the end of its input and
+ * wrote nothing has nothing left to run or flush and ends here, on
+ * park.c's thread, rather than each starting a thread to end (10,000
+ * thread starts take seconds on a small host). */
+static void
+server_wake(struct nbd_conn *c)
+{
+  char b;
+
+  if (server_stopping && !__atomic_load_n(&c->wrote, __ATOMIC_RELAXED) &&
+      recv(c->w.fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+    c->w.parked = 0;
+    server_conn_end(c);
+  } else
+    server_spawn(c);
 }
 
 /* No connection thread is left. */
@@ -355,14 +431,19 @@ server_drain(void)
   struct timespec now, tick;
   struct nbd_conn *c;
   time_t grace_end, abort_end = 0;
-  int how = SHUT_RD, r = 0;
+  int how = SHUT_RD, shut = -1, r = 0;
 
   clock_gettime(CLOCK_REALTIME, &now);
   grace_end = now.tv_sec + SERVER_GRACE_SECONDS;
   pthread_mutex_lock(&server_lock);
   for (;;) {
-    for (c = server_conns; c; c = c->next)
-      shutdown(c->w.fd, how);
+    /* Once for each way: no new connection joins the list now, and
+     * with 10,000 of them a pass on every wake-up (each thread that
+     * ends wakes this one) would cost millions of calls. */
+    if (shut != how)
+      for (c = server_conns; c; c = c->next)
+        shutdown(c->w.fd, how);
+    shut = how;
     if (server_nconns == 0)
       break;
     /* Wake up now and then: a second signal only sets a flag. */
@@ -592,6 +673,7 @@ server_single(const struct nbd_config *cfg, int *drained)
   server_single_wait();
   stop_wake();
   *drained = server_drain() == 0;
+  park_stop();
   if (cfg->pidfile)
     unlink(cfg->pidfile);
   process_cleanup_done();
@@ -634,6 +716,8 @@ server_run(const struct nbd_config *cfg, int *drained)
   stop_set_wake_fd(server_sigpipe[1]);
   if (nbd_modes.exit_with_parent)
     server_exit_with_parent();
+  if (park_start(server_wake) == -1)
+    return -1;
   if (metrics_start_server(cfg) == -1)
     return -1;
   if (nbd_modes.single) {
@@ -745,6 +829,7 @@ server_run(const struct nbd_config *cfg, int *drained)
   notify_systemd("STOPPING=1");
   sockets_close();
   *drained = server_drain() == 0;
+  park_stop();
   metrics_stop_server();        /* it served during the drain */
   if (cfg->pidfile)
     unlink(cfg->pidfile);

@@ -7,6 +7,7 @@
  * connection.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 
 #include "conn.h"
@@ -14,24 +15,55 @@
 #include "protocol.h"
 #include "scheduler.h"
 
+/* The extents of one meta context over the request. */
+static int
+tx_context_extents(struct nbd_conn *c, unsigned ctx,
+                   const struct nbd_request *r, struct nbd_extents *e)
+{
+  switch (ctx) {
+  case NBD_META_BASE_ALLOCATION:
+    return next_extents(c->top, r->count, r->offset,
+                        r->flags & ~NBD_CMD_FLAG_PAYLOAD_LEN, e);
+  case NBD_META_ALLOCATION_DEPTH:
+    return next_depth(c->top, r->count, r->offset,
+                      r->flags & ~NBD_CMD_FLAG_PAYLOAD_LEN, e);
+  default:
+    return -EINVAL;
+  }
+}
+
+/* A status chunk for each context the request wants (every selected
+ * one, or those of its payload), in id order. */
 static int
 tx_block_status(struct nbd_conn *c, struct nbd_request *r)
 {
-  struct nbd_extents *e = nbd_extents_new(r->offset, r->offset + r->count);
+  struct nbd_extents *e[NBD_META_COUNT];
+  uint32_t ids[NBD_META_COUNT];
   uint64_t t0 = metrics_start(c);
-  int err;
+  size_t n = 0, i;
+  unsigned ctx;
+  int err = 0;
 
-  if (e == NULL) {
-    metrics_request(c, r, -ENOMEM, t0);
-    return proto_reply_error(c, r, -ENOMEM);
+  for (ctx = 0; ctx < NBD_META_COUNT && err == 0; ctx++) {
+    if (!(r->meta & (1u << ctx)))
+      continue;
+    e[n] = nbd_extents_new(r->offset, r->offset + r->count);
+    if (e[n] == NULL) {
+      err = -ENOMEM;
+      break;
+    }
+    ids[n] = ctx + 1;
+    err = tx_context_extents(c, ctx, r, e[n++]);
+    if (err == 0 && e[n - 1]->n == 0)
+      err = -EIO;               /* a layer reported nothing: its bug */
   }
-  err = next_extents(c->top, r->count, r->offset, r->flags, e);
-  if (err == 0 && e->n == 0)
-    err = -EIO;                 /* a layer reported nothing: its bug */
+  if (err == 0 && n == 0)
+    err = -EINVAL;
   metrics_request(c, r, err, t0);
   err = err < 0 ? proto_reply_error(c, r, err)
-                : proto_reply_extents(c, r, e);
-  nbd_extents_free(e);
+                : proto_reply_extents(c, r, n, ids, e);
+  for (i = 0; i < n; i++)
+    nbd_extents_free(e[i]);
   return err;
 }
 
@@ -55,7 +87,7 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
            struct sched_timing *tm)
 {
   struct nbd_ctx *t = c->top;
-  uint32_t fl = r->flags;
+  uint32_t fl = r->flags & ~NBD_CMD_FLAG_PAYLOAD_LEN;  /* the wire's only */
   int err = 0, locked = 0, ret;
   uint64_t t0 = metrics_start(c);
 
@@ -65,21 +97,23 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
   }
   switch (r->type) {
   case NBD_CMD_READ:
-    err = sched_reserve(c, r, r->count);
+    err = sched_reserve(c, r, (size_t)r->count);
     if (err == 0)
-      err = next_pread(t, r->buf, r->count, r->offset, fl & ~NBD_CMD_FLAG_FUA);
+      err = next_pread(t, r->buf, (uint32_t)r->count, r->offset,
+                       fl & ~NBD_CMD_FLAG_FUA);
     break;
   case NBD_CMD_WRITE:
     __atomic_store_n(&c->wrote, 1, __ATOMIC_RELAXED);
     if (r->pull) {
       struct tx_source src = { { tx_source_readv, r->count, 0 }, c };
-      err = next_pwrite_from(t, &src.src, r->count, r->offset, fl);
+      err = next_pwrite_from(t, &src.src, (uint32_t)r->count, r->offset,
+                             fl);
       if (src.src.failed) {
         ret = -1;               /* the client went away mid-payload */
         goto out;
       }
     } else
-      err = next_pwrite(t, r->buf, r->count, r->offset, fl);
+      err = next_pwrite(t, r->buf, (uint32_t)r->count, r->offset, fl);
     break;
   case NBD_CMD_FLUSH:
     err = next_flush(t, 0);
@@ -116,36 +150,78 @@ out:
 
 /* ---- the request loop ----------------------------------------------------- */
 
+/* A payload that is not a write's (block status's list of contexts,
+ * or one of a command that takes none): read, and checked when it is
+ * block status's.  The stream stays in sync either way. */
+static int
+tx_read_other_payload(struct nbd_conn *c, struct nbd_request *r, int *verr)
+{
+  unsigned char p[8 + 4 * NBD_META_COUNT];   /* each context at most once */
+
+  if (r->type != NBD_CMD_BLOCK_STATUS || !r->ext ||
+      !(c->tflags & NBD_FLAG_BLOCK_STAT_PAYLOAD) || r->payload > sizeof p) {
+    *verr = -EINVAL;
+    return wire_skip(&c->w, (size_t)r->payload);
+  }
+  if (wire_read(&c->w, p, (size_t)r->payload) == -1)
+    return -1;
+  *verr = proto_status_payload(c, r, p, r->payload);
+  return 0;
+}
+
 /* Reads one request header and its payload.  Returns 0, 1 on DISC, -1 to
- * close (EOF, violation).  *verr is the validation result. */
+ * close (EOF, violation).  *verr is the validation result.  A header of
+ * the style not negotiated is read whole (its magic tells its size) and
+ * answered EINVAL, its payload skipped, so the stream stays in sync. */
 static int
 tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
                 int pull)
 {
-  unsigned char h[NBD_REQUEST_SIZE];
+  unsigned char h[NBD_EXTENDED_REQUEST_SIZE];
+  size_t size;
   int rc;
 
   c->w.at_request = wire_buffered(&c->w) == 0;
-  rc = wire_read(&c->w, h, sizeof h);
+  rc = wire_read(&c->w, h, NBD_REQUEST_SIZE);
   c->w.at_request = 0;
   if (rc == -1)
     return -1;
-  if (proto_parse_request(h, r) == -1) {
+  if ((size = proto_request_size(h)) == 0) {
     nbd_info("%s: bad request magic 0x%08x, closing", c->peer,
              wire_get32(h));
     return -1;
   }
+  if (size > NBD_REQUEST_SIZE &&
+      wire_read(&c->w, h + NBD_REQUEST_SIZE, size - NBD_REQUEST_SIZE) == -1)
+    return -1;
+  proto_parse_request(h, r);
   if (r->type == NBD_CMD_DISC)
     return 1;
-  *verr = proto_validate(c, r);
   r->pull = 0;
+  /* proto.md: a payload over the maximum is a reason to disconnect; up
+   * to twice ours is still read and refused, so that a client a little
+   * off gets an error, not a dead connection. */
+  if (r->payload > c->max_payload && r->payload > 2 * NBD_MAX_PAYLOAD) {
+    nbd_info("%s: request of a %" PRIu64 "-byte payload exceeds the "
+             "maximum, closing", c->peer, r->payload);
+    return -1;
+  }
+  *verr = 0;
+  if (r->payload && r->type != NBD_CMD_WRITE) {
+    if (tx_read_other_payload(c, r, verr) == -1)
+      return -1;
+    r->payload = 0;
+  } else if (r->type == NBD_CMD_BLOCK_STATUS)
+    r->meta = c->meta;
+  if (*verr == 0)
+    *verr = proto_validate(c, r);
   /* A read's buffer is taken here, on the reader: when the budget is
    * spent it is the reader that waits, and the socket that stops. */
   if (r->type == NBD_CMD_READ && *verr == 0) {
-    *verr = sched_reserve(c, r, r->count);
+    *verr = sched_reserve(c, r, (size_t)r->count);
     return *verr == -ESHUTDOWN ? -1 : 0;
   }
-  if (r->type != NBD_CMD_WRITE)
+  if (r->payload == 0)
     return 0;
   if (pull && *verr == 0) {
     r->pull = 1;                /* tx_execute reads it */
@@ -153,16 +229,12 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
   }
   /* The payload follows whatever we think of the request; one over the
    * maximum was refused by proto_validate. */
-  if (r->count > c->max_payload && r->count > 2 * NBD_MAX_PAYLOAD) {
-    nbd_info("%s: write of %u bytes exceeds the maximum, closing", c->peer,
-             r->count);
-    return -1;
-  }
-  if (*verr == 0 && (*verr = sched_reserve(c, r, r->count)) == -ESHUTDOWN)
+  if (*verr == 0 &&
+      (*verr = sched_reserve(c, r, (size_t)r->payload)) == -ESHUTDOWN)
     return -1;
   if (*verr != 0)               /* refused: the payload is not needed */
-    return wire_skip(&c->w, r->count);
-  return wire_read(&c->w, r->buf, r->count);
+    return wire_skip(&c->w, (size_t)r->payload);
+  return wire_read(&c->w, r->buf, (size_t)r->payload);
 }
 
 void

@@ -139,6 +139,18 @@ int nbd_window_fit_blocks(const struct nbd_window *w, uint32_t minimum,
                                extents);                                    \
   }
 
+/* The depth map of the layer below, shifted back: a window changes no
+ * depth. */
+#define NBD_WINDOW_SHIFT_depth(layer)                                       \
+  static int                                                                \
+  layer##_depth(struct nbd_ctx *self, struct nbd_ctx *next,                 \
+                uint64_t count, uint64_t offset, uint32_t flags,            \
+                struct nbd_extents *extents)                                \
+  {                                                                         \
+    return nbd_depth_shifted(next, count, offset,                           \
+                             layer##_window(self)->start, flags, extents);  \
+  }
+
 /* Every method that takes a range. */
 #define NBD_WINDOW_SHIFTED(layer)                                           \
   NBD_WINDOW_SHIFT(layer, pread)                                            \
@@ -147,7 +159,8 @@ int nbd_window_fit_blocks(const struct nbd_window *w, uint32_t minimum,
   NBD_WINDOW_SHIFT(layer, trim)                                             \
   NBD_WINDOW_SHIFT(layer, zero)                                             \
   NBD_WINDOW_SHIFT(layer, cache)                                            \
-  NBD_WINDOW_SHIFT(layer, extents)
+  NBD_WINDOW_SHIFT(layer, extents)                                          \
+  NBD_WINDOW_SHIFT(layer, depth)
 
 /* Flush has no range, and a window changes no capability but size and
  * block size. */

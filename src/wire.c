@@ -8,6 +8,7 @@
  * is protocol.c's and handshake.c's.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -155,14 +156,22 @@ static unsigned
 wire_count_requests(const struct nbd_wire *w)
 {
   const unsigned char *p = (const unsigned char *)w->rbuf + w->rpos;
-  size_t left = w->rlen - w->rpos, need;
+  size_t left = w->rlen - w->rpos;
+  uint64_t need;
   unsigned n = 0;
 
   while (left >= NBD_REQUEST_SIZE) {
     n++;
-    need = NBD_REQUEST_SIZE;
-    if (wire_get16(p + 6) == NBD_CMD_WRITE)
-      need += wire_get32(p + 24);
+    if (wire_get32(p) == NBD_EXTENDED_REQUEST_MAGIC) {
+      need = NBD_EXTENDED_REQUEST_SIZE;
+      if (left >= need && (wire_get16(p + 6) == NBD_CMD_WRITE ||
+                           (wire_get16(p + 4) & NBD_CMD_FLAG_PAYLOAD_LEN)))
+        need += wire_get64(p + 24) < left ? wire_get64(p + 24) : left;
+    } else {
+      need = NBD_REQUEST_SIZE;
+      if (wire_get16(p + 6) == NBD_CMD_WRITE)
+        need += wire_get32(p + 24);
+    }
     if (left < need)
       break;
     p += need;
@@ -217,6 +226,35 @@ wire_coalesce(struct nbd_wire *w)
   return (ssize_t)got;
 }
 
+/* An idle connection, about to sleep for its next request with none in
+ * flight: waits park_ns for it, and when none came, gives the input
+ * buffer back and says so (parked; the caller's thread goes, and
+ * park.c's event loop holds the socket).  Only plain sockets: a TLS
+ * session may hold input the socket no longer shows.  Returns 1 when
+ * parked, 0 to read as usual. */
+static int
+wire_park(struct nbd_wire *w)
+{
+  struct pollfd p;
+  int r;
+
+  if (w->park_ns == 0 || !w->at_request || w->io != &wire_plain ||
+      w->deadline || atomic_load(&w->busy) > 0)
+    return 0;
+  p.fd = w->fd;
+  p.events = POLLIN;
+  do
+    r = poll(&p, 1, (int)(w->park_ns / 1000000));
+  while (r == -1 && errno == EINTR);
+  if (r != 0)
+    return 0;                   /* input, end of file or error: read it */
+  free(w->rbuf);
+  w->rbuf = NULL;
+  w->rcap = w->rpos = w->rlen = 0;
+  w->parked = 1;
+  return 1;
+}
+
 /* Fills the input buffer with whatever is available (at least 1 byte). */
 static int
 wire_fill(struct nbd_wire *w)
@@ -248,6 +286,10 @@ wire_fill(struct nbd_wire *w)
   if (r == -1 && w->obuf && w->deadline == 0 && w->pol.poll_ns &&
       (r = wire_spin(w)) == -1 && errno != EAGAIN)
     return -1;
+  if (r == -1 && wire_park(w)) {
+    errno = EAGAIN;
+    return -1;
+  }
   if (r == -1)                  /* nothing came while gathering or polling */
     do {
       if (wire_before_read(w) == -1)

@@ -41,6 +41,12 @@ struct nbd_wire {
   char *rbuf;
   size_t rpos, rlen, rcap;
   int at_request;               /* the reader waits for a new request */
+  /* Parking (park.c): with park_ns set, a reader that waits that long
+   * for a new request with none in flight gives up instead (wire_read
+   * fails with parked set and rbuf freed), so that its thread can go
+   * and the idle socket wait in park.c's event loop.  0 = never. */
+  uint64_t park_ns;
+  int parked;
   /* Requests in flight (set by the scheduler): the idle timeout closes a
    * connection only when there are none. */
   atomic_uint busy;

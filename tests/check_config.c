@@ -118,6 +118,7 @@ test_cleanup(struct nbd_layer *layer)
 #define TEST_PASS_ALL(l)                                                    \
   PASSTHROUGH(l, pread) PASSTHROUGH(l, pwrite) PASSTHROUGH(l, flush)        \
   PASSTHROUGH(l, trim) PASSTHROUGH(l, zero) PASSTHROUGH(l, extents)         \
+  PASSTHROUGH(l, depth)                                                     \
   PASSTHROUGH(l, cache) PASSTHROUGH(l, reopen) PASSTHROUGH(l, get_size) PASSTHROUGH(l, block_size) \
   PASSTHROUGH(l, can_write) PASSTHROUGH(l, can_flush)                       \
   PASSTHROUGH(l, can_trim) PASSTHROUGH(l, can_zero)                         \
@@ -130,6 +131,7 @@ test_cleanup(struct nbd_layer *layer)
 #define TEST_UNSUP_ALL(l)                                                   \
   UNSUPPORTED(l, pread) UNSUPPORTED(l, pwrite) UNSUPPORTED(l, flush)        \
   UNSUPPORTED(l, trim) UNSUPPORTED(l, zero) UNSUPPORTED(l, extents)         \
+  UNSUPPORTED(l, depth)                                                     \
   UNSUPPORTED(l, cache) UNSUPPORTED(l, reopen) UNSUPPORTED(l, get_size) UNSUPPORTED(l, block_size) \
   UNSUPPORTED(l, can_write) UNSUPPORTED(l, can_flush)                       \
   UNSUPPORTED(l, can_trim) UNSUPPORTED(l, can_zero)                         \

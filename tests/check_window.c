@@ -205,6 +205,19 @@ START_TEST(test_forwarders_shift_every_ranged_method)
   ck_assert_uint_eq(ext->v[1].length, 4096);
   ck_assert_uint_eq(ext->v[1].type, NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
   nbd_extents_free(ext);
+
+  /* So does the depth map, its depths unchanged. */
+  window_s.rec->depth = 3;
+  testlib_log_clear();
+  ext = nbd_extents_new(0, 8192);
+  ck_assert_ptr_nonnull(ext);
+  ck_assert_int_eq(win_depth(&self, next, 8192, 0, 0, ext), 0);
+  ck_assert_str_eq(testlib_log(), "depth 1048576+8192 flags=0");
+  ck_assert_uint_eq(ext->n, 1);
+  ck_assert_uint_eq(ext->v[0].offset, 0);
+  ck_assert_uint_eq(ext->v[0].length, 8192);
+  ck_assert_uint_eq(ext->v[0].type, 3);
+  nbd_extents_free(ext);
 }
 END_TEST
 

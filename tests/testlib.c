@@ -168,7 +168,8 @@ testlib_rec_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
 
   if (r)
     return r;
-  memcpy(buf, rec->ram + offset, n);
+  if (n)                        /* ram may be NULL: no memcpy of 0 */
+    memcpy(buf, rec->ram + offset, n);
   memset((char *)buf + n, 0, count - n);
   return 0;
 }
@@ -186,7 +187,8 @@ testlib_rec_pwrite(struct nbd_ctx *self, struct nbd_ctx *next,
 
   if (r)
     return r;
-  memcpy(rec->ram + offset, buf, n);
+  if (n)
+    memcpy(rec->ram + offset, buf, n);
   return 0;
 }
 
@@ -225,7 +227,8 @@ testlib_rec_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 
   if (r)
     return r;
-  memset(rec->ram + offset, 0, n);
+  if (n)
+    memset(rec->ram + offset, 0, n);
   return 0;
 }
 
@@ -261,6 +264,22 @@ testlib_rec_extents(struct nbd_ctx *self, struct nbd_ctx *next,
 
 /* reopen: close and open this layer too (layer.h "Reopening"). */
 #define testlib_rec_reopen nbd_reopen_close_open
+
+/* Depth rec->depth everywhere (a recorder standing for a backing chain),
+ * or, when it is 0, a backend's answer: NBD_DEPTH_ONE. */
+static int
+testlib_rec_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+                  uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  struct testlib_recorder *rec =
+    testlib_rec_request(self, "depth", count, offset, flags);
+  int r = testlib_rec_enter(self, NBD_METHOD_DEPTH);
+
+  if (r)
+    return r;
+  return rec->depth ? nbd_extents_add(extents, offset, count, rec->depth)
+                    : NBD_DEPTH_ONE;
+}
 
 static int64_t
 testlib_rec_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
@@ -467,6 +486,7 @@ PASSTHROUGH(testlib_tracer, flush)
 PASSTHROUGH(testlib_tracer, trim)
 PASSTHROUGH(testlib_tracer, zero)
 PASSTHROUGH(testlib_tracer, extents)
+PASSTHROUGH(testlib_tracer, depth)
 PASSTHROUGH(testlib_tracer, cache)
 
 /* reopen: close and open this layer too (layer.h "Reopening"). */

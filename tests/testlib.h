@@ -48,6 +48,8 @@ struct testlib_recorder {
    * one data extent over the whole disk. */
   struct nbd_extent *map;
   size_t nmap;
+  /* What depth reports everywhere; 0 = a backend's answer, depth 1. */
+  uint32_t depth;
 };
 
 /* rec->calls[m], read atomically: for tests whose filter calls the

@@ -114,6 +114,8 @@ data_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return r;
 }
 
+UNSUPPORTED(data, depth)
+
 /* Nothing to persist or prefetch. */
 static int
 data_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)

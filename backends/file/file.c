@@ -328,6 +328,8 @@ file_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return 0;
 }
 
+UNSUPPORTED(file, depth)
+
 static int
 file_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
            uint64_t offset, uint32_t flags)

@@ -102,6 +102,8 @@ memory_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return 0;
 }
 
+UNSUPPORTED(memory, depth)
+
 /* Nothing to persist or prefetch: flush, FUA and cache are no-ops. */
 static int
 memory_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)

@@ -659,6 +659,8 @@ nbd_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                       flags & NBD_CMD_FLAG_REQ_ONE, extents));
 }
 
+UNSUPPORTED(nbd, depth)
+
 static int
 nbd_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
@@ -947,8 +949,11 @@ UNSUPPORTED(nbd, list_exports)
 UNSUPPORTED(nbd, preconnect)
 
 NBD_REGISTER_BACKEND(nbd, NBD_PARALLEL,
-  /* Every request waits for the network. */
-  NBD_MAY_BLOCK,
+  /* Every request waits for the network, but a local upstream answers
+   * in microseconds: inline on the reader, a lone request (queue depth
+   * 1) costs no handoff to a worker, and the scheduler moves a
+   * connection whose requests wait while more queue up to workers. */
+  NBD_RARELY_BLOCKS,
   .description = "proxy to an upstream NBD server",
   .params = nbd_params,
   .conf_size = sizeof(struct nbd_conf),

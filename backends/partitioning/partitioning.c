@@ -316,6 +316,8 @@ partitioning_extents(struct nbd_ctx *self, struct nbd_ctx *next,
                            partitioning_extents_piece, &a);
 }
 
+UNSUPPORTED(partitioning, depth)
+
 static int
 partitioning_cache_piece(void *ctx, size_t i, uint64_t roff, uint64_t len,
                          uint64_t done, void *arg)

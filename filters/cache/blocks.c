@@ -444,11 +444,11 @@ cache_blocks_ndirty(struct cache_blocks *bl)
   return n;
 }
 
-/* below's extents cut at block boundaries, a dirty block as data (type 0),
+/* below's extents cut at block boundaries, a dirty block as dirty_type,
  * under one lock. */
 int
 cache_blocks_extents(struct cache_blocks *bl, const struct nbd_extents *below,
-                     struct nbd_extents *extents)
+                     struct nbd_extents *extents, uint32_t dirty_type)
 {
   uint64_t pos, end, bend;
   uint32_t type;
@@ -464,7 +464,7 @@ cache_blocks_extents(struct cache_blocks *bl, const struct nbd_extents *below,
         bend = end;
       type = below->v[i].type;
       if (blocks_state_of(bl, pos >> bl->bits) == CACHE_DIRTY)
-        type = 0;
+        type = dirty_type;
       r = nbd_extents_add(extents, pos, bend - pos, type);
     }
   }

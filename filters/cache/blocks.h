@@ -101,10 +101,11 @@ int cache_blocks_below_pwrite(struct nbd_ctx *next, const void *buf,
 /* How many blocks are dirty. */
 uint64_t cache_blocks_ndirty(struct cache_blocks *bl);
 /* The extents of below added to extents, cut at block boundaries, with
- * dirty blocks as data.  0 or -errno. */
+ * dirty blocks of type dirty_type (0, data, for base:allocation; 1 for
+ * the depth map).  0 or -errno. */
 int cache_blocks_extents(struct cache_blocks *bl,
                          const struct nbd_extents *below,
-                         struct nbd_extents *extents);
+                         struct nbd_extents *extents, uint32_t dirty_type);
 /* Writes every dirty block below (waiting for busy ones); failed ones
  * stay dirty.  0 or the first -errno. */
 int cache_blocks_write_back_all(struct cache_blocks *bl,

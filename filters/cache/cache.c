@@ -550,7 +550,28 @@ cache_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
     return -ENOMEM;
   r = next_extents(next, count, offset, flags, below);
   if (r == 0)
-    r = cache_blocks_extents(st->blocks, below, extents);
+    r = cache_blocks_extents(st->blocks, below, extents, 0);
+  nbd_extents_free(below);
+  return r;
+}
+
+/* The depth of the layer below, but a dirty block is at depth 1: this
+ * layer alone holds its data until it is written back. */
+static int
+cache_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+            uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  struct cache_state *st = self->layer->state;
+  struct nbd_extents *below;
+  int r;
+
+  if (cache_blocks_ndirty(st->blocks) == 0)
+    return next_depth(next, count, offset, flags, extents);
+  if ((below = nbd_extents_new(offset, offset + count)) == NULL)
+    return -ENOMEM;
+  r = next_depth(next, count, offset, flags, below);
+  if (r == 0)
+    r = cache_blocks_extents(st->blocks, below, extents, 1);
   nbd_extents_free(below);
   return r;
 }

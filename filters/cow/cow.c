@@ -466,12 +466,15 @@ cow_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return r;
 }
 
-/* Extents of [offset, offset + n), all below, from the layer below, added
- * to extents; *covered gets how much of it they cover. */
+/* The map of [offset, offset + n), all below, from the layer below's
+ * method m (extents, or depth with deeper set: each depth one more, as
+ * this overlay sits on top, 0 staying 0), added to extents; *covered gets
+ * how much of it they cover. */
 static int
-cow_below_extents(struct nbd_ctx *next, uint64_t offset, uint64_t n,
-                  uint32_t flags, struct nbd_extents *extents,
-                  uint64_t *covered)
+cow_below_map(int (*m)(struct nbd_ctx *, uint64_t, uint64_t, uint32_t,
+                       struct nbd_extents *),
+              int deeper, struct nbd_ctx *next, uint64_t offset, uint64_t n,
+              uint32_t flags, struct nbd_extents *extents, uint64_t *covered)
 {
   uint64_t start = offset, len = n, end = offset + n, a, b;
   struct nbd_extents *e;
@@ -482,15 +485,18 @@ cow_below_extents(struct nbd_ctx *next, uint64_t offset, uint64_t n,
   cow_round_below(next, &start, &len);
   if ((e = nbd_extents_new(start, start + len)) == NULL)
     return -ENOMEM;
-  r = next_extents(next, len, start, flags, e);
+  r = m(next, len, start, flags, e);
   for (i = 0; r == 0 && i < e->n; i++) {
+    uint32_t type = e->v[i].type;
     a = e->v[i].offset < offset ? offset : e->v[i].offset;
     b = e->v[i].offset + e->v[i].length;
     if (b > end)
       b = end;
     if (b <= a)
       continue;
-    r = nbd_extents_add(extents, a, b - a, e->v[i].type);
+    if (deeper && type)
+      type++;
+    r = nbd_extents_add(extents, a, b - a, type);
     *covered = b - offset;
   }
   nbd_extents_free(e);
@@ -518,7 +524,37 @@ cow_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                           NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
       break;
     default:
-      r = cow_below_extents(next, offset, n, flags, extents, &covered);
+      r = cow_below_map(next_extents, 0, next, offset, n, flags, extents,
+                        &covered);
+      if (r == 0 && covered < n)
+        return 0;
+    }
+    if (r < 0)
+      return r;
+    if (flags & NBD_CMD_FLAG_REQ_ONE)
+      return 0;
+    offset += n;
+  }
+  return 0;
+}
+
+/* qemu:allocation-depth: 1 for blocks in the overlay (written, zeroed or
+ * trimmed: the overlay answers for them), 1 + the depth below for the
+ * rest, as qemu-nbd says of a qcow2 overlay over its backing file. */
+static int
+cow_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+          uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  struct cow_state *st = cow_st(self);
+  uint64_t end = offset + count, covered, n;
+  int r;
+
+  while (offset < end) {
+    if (cow_run(st, offset, end, &n) != COW_BLOCK_BELOW)
+      r = nbd_extents_add(extents, offset, n, 1);
+    else {
+      r = cow_below_map(next_depth, 1, next, offset, n, flags, extents,
+                        &covered);
       if (r == 0 && covered < n)
         return 0;
     }

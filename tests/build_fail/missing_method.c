@@ -16,6 +16,7 @@ PASSTHROUGH(missing, trim)
 #endif
 PASSTHROUGH(missing, zero)
 PASSTHROUGH(missing, extents)
+PASSTHROUGH(missing, depth)
 PASSTHROUGH(missing, cache)
 PASSTHROUGH(missing, reopen)
 PASSTHROUGH(missing, get_size)

@@ -19,15 +19,18 @@ import sys
 
 IHAVEOPT = 0x49484156454F5054
 REQUEST_MAGIC = 0x25609513
+EXTENDED_REQUEST_MAGIC = 0x21E41C71
 
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS = 1, 2, 3, 5
 OPT_INFO, OPT_GO, OPT_STRUCTURED_REPLY = 6, 7, 8
 OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT = 9, 10
+OPT_EXTENDED_HEADERS = 11
 INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
 
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH = 0, 1, 2, 3
 CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES, CMD_BLOCK_STATUS = 4, 5, 6, 7
 F_FUA, F_NO_HOLE, F_DF, F_REQ_ONE, F_FAST_ZERO = 1, 2, 4, 8, 16
+F_PAYLOAD_LEN = 32
 
 CFLAGS = struct.pack(">I", 3)           # FIXED_NEWSTYLE | NO_ZEROES
 
@@ -65,7 +68,48 @@ def req(cmd, offset=0, count=0, flags=0, payload=None):
     return r
 
 
+def xreq(cmd, offset=0, count=0, flags=0, payload=None):
+    """An extended request (32-byte header, 64-bit length); a write's
+    payload follows with PAYLOAD_LEN, as does an explicit payload."""
+    _cookie[0] += 1
+    if cmd == CMD_WRITE and payload is None:
+        payload = bytes((i * 7 + 1) & 0xFF for i in range(count))
+        flags |= F_PAYLOAD_LEN
+    if payload is not None:
+        count = len(payload)
+    r = struct.pack(">IHHQQQ", EXTENDED_REQUEST_MAGIC, flags, cmd, _cookie[0],
+                    offset, count)
+    return r + (payload or b"")
+
+
 DISC = req(CMD_DISC)
+XDISC = xreq(CMD_DISC)
+
+# The same with extended headers, plus what only they have: 64-bit
+# lengths, block status's payload form, and the wrong header style.
+XREQUESTS = {
+    "read": xreq(CMD_READ, 0, 4096),
+    "read_df": xreq(CMD_READ, 8192, 8192, F_DF),
+    "write": xreq(CMD_WRITE, 4096, 4096) + xreq(CMD_READ, 0, 12288),
+    "write_fua": xreq(CMD_WRITE, 100, 5000, F_FUA),
+    "flush": xreq(CMD_FLUSH),
+    "trim": xreq(CMD_TRIM, 0, 4096),
+    "cache": xreq(CMD_CACHE, 0, 65536),
+    "zero": xreq(CMD_WRITE_ZEROES, 0, 65536, F_NO_HOLE),
+    "zero_fast": xreq(CMD_WRITE_ZEROES, 4096, 4096, F_FAST_ZERO | F_FUA),
+    "block_status": xreq(CMD_WRITE, 8192, 4096) +
+                    xreq(CMD_BLOCK_STATUS, 0, 65536),
+    "block_status_one": xreq(CMD_BLOCK_STATUS, 0, 65536, F_REQ_ONE),
+    "block_status_payload": xreq(CMD_BLOCK_STATUS, 0, 0, F_PAYLOAD_LEN,
+                                 struct.pack(">QI", 1 << 20, 1)),
+    "block_status_bad_ids": xreq(CMD_BLOCK_STATUS, 0, 0, F_PAYLOAD_LEN,
+                                 struct.pack(">QII", 4096, 1, 1)),
+    "zero_64bit": xreq(CMD_WRITE_ZEROES, 0, 1 << 33),
+    "trim_wrap": xreq(CMD_TRIM, 1 << 63, 1 << 63),
+    "write_no_flag": xreq(CMD_WRITE, 0, 0, 0, b"x" * 512),
+    "payload_on_trim": xreq(CMD_TRIM, 0, 0, F_PAYLOAD_LEN, b"\0" * 16),
+    "compact_after": req(CMD_READ, 0, 4096) + req(CMD_WRITE, 0, 512),
+}
 
 # One of each command on the 1 MiB export (or its 512 KiB window).
 REQUESTS = {
@@ -120,6 +164,13 @@ def handshake_seeds():
     s["bad_lengths"] = CFLAGS + opt(OPT_INFO, b"\x00\x00\x00\x09ab") + \
         opt(OPT_STRUCTURED_REPLY, b"x") + opt(OPT_LIST, b"y") + \
         meta(OPT_LIST_META_CONTEXT, "", []) + opt(OPT_ABORT)
+    s["extended_go"] = CFLAGS + opt(OPT_EXTENDED_HEADERS) + \
+        meta(OPT_SET_META_CONTEXT, "", ["base:"]) + info_go(OPT_GO, "") + \
+        XREQUESTS["block_status_payload"] + XREQUESTS["write"] + XDISC
+    s["extended_rules"] = CFLAGS + opt(OPT_EXTENDED_HEADERS, b"x") + \
+        opt(OPT_STRUCTURED_REPLY) + opt(OPT_EXTENDED_HEADERS) + \
+        opt(OPT_EXTENDED_HEADERS) + opt(OPT_STRUCTURED_REPLY) + \
+        opt(OPT_EXPORT_NAME)
     s["bad_magic"] = CFLAGS + b"IHAVEOPX" + b"\x00" * 8
     s["unknown_flags"] = struct.pack(">I", 0x80000003)
     return s
@@ -139,6 +190,16 @@ def transmission_seeds():
     s["m0_no_disc"] = b"\x00" + REQUESTS["write"]
     s["m0_bad_magic"] = b"\x00" + REQUESTS["read"] + b"\x00" * 28
     s["m0_truncated_write"] = b"\x00" + req(CMD_WRITE, 0, 4096)[:100]
+    # bit 4: extended headers (with bit 2: without structured replies
+    # first); and extended headers where they were not negotiated.
+    for cname, r in XREQUESTS.items():
+        s["m16_" + cname] = b"\x10" + r + XDISC
+    xall = b"".join(XREQUESTS.values())
+    for mode in (17, 18, 20, 24):
+        s["m%d_all" % mode] = bytes([mode]) + xall + XDISC
+    s["m0_extended_before"] = b"\x00" + XREQUESTS["read"] + \
+        XREQUESTS["write"] + REQUESTS["read"] + DISC
+    s["m16_truncated_header"] = b"\x10" + xreq(CMD_READ, 0, 4096)[:30]
     return s
 
 
@@ -298,6 +359,25 @@ def partition_seeds():
     return s
 
 
+def s3_seeds():
+    """Answers of an S3 store: heads, chunked bodies, LIST and error XML."""
+    s = {}
+    s["head_206"] = (b"HTTP/1.1 206 Partial Content\r\nContent-Length: 4\r\n"
+                     b"ETag: \"0123abcd\"\r\nConnection: keep-alive\r\n\r\nabcd")
+    s["head_chunked"] = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"1a;x=y\r\n" + b"a" * 26 + b"\r\n0\r\n\r\n")
+    s["head_10"] = b"HTTP/1.0 404 Not Found\r\n\r\n"
+    s["chunk"] = b"7fffffff\r\n"
+    s["list"] = (b"<?xml version=\"1.0\"?><ListBucketResult><IsTruncated>true"
+                 b"</IsTruncated><Contents><Key>disk/0000000000000001</Key>"
+                 b"</Contents><Contents><Key>a&amp;b&#x41;&#8364;</Key></Contents>"
+                 b"<NextContinuationToken>t0k</NextContinuationToken>"
+                 b"</ListBucketResult>")
+    s["error"] = (b"<Error><Code>AccessDenied</Code><Message>no</Message>"
+                  b"</Error>")
+    return s
+
+
 def http_seeds():
     """Requests to the metrics endpoint (fuzz_http): a scrape as curl and
     Prometheus send it, and near-misses."""
@@ -328,6 +408,7 @@ def main():
         "config": config_seeds(srcdir),
         "params": params_seeds(),
         "partition": partition_seeds(),
+        "s3": s3_seeds(),
         "http": http_seeds(),
     }
     for harness, seeds in sets.items():

@@ -4,7 +4,7 @@
 empty and explicit modes (skipped without nbdkit), and the expected ones
 here; error fails the listing; exportdesc fixed and script set the
 descriptions; exportname-strict refuses other names while a listed one
-opens; bad values are refused with FILE:LINE."""
+opens; default-export serves "" as file2, as nbdkit; bad values are refused with FILE:LINE."""
 
 import json
 import os
@@ -112,17 +112,38 @@ def strict():
     srv.stop()
 
 
+def default_export():
+    keys = ["default-export=file2"]
+    srv = Server(["--filter", "exportname", "file", "dir=" + DIR] + keys,
+                 name="default")
+    servers.append(srv)
+    h = O.connect(srv.uri)
+    check_eq(h.get_size(), 8192, '"" opens file2')
+    h.shutdown()
+    h = O.connect(srv.uri_for("file3"))
+    check_eq(h.get_size(), 512, "file3 is still file3")
+    h.shutdown()
+    if O.have_nbdkit_filter("exportname"):
+        with O.nbdkit(["--filter=exportname", "file", "dir=" + DIR] + keys,
+                      "endef") as k:
+            hk = O.connect(k)
+            check_eq(hk.get_size(), 8192, 'nbdkit: "" opens file2')
+            hk.shutdown()
+    srv.stop()
+
+
 def bad_values_refused():
     O.config_refused("exportname exportdesc=fancy", "exportdesc")
     O.config_refused("exportname exportname-list=all", "exportname-list")
     O.config_refused("exportname exportname-strict=true",
                      "exportname-strict")
-    O.config_refused("exportname default-export=file1", "unknown key")
+    O.config_refused("exportname default-export", "default-export")
     O.config_accepted("exportname exportname=a exportname-list=explicit")
 
 
 C.run("nbdinfo --list per mode, as nbdkit", list_modes)
 C.run("exportdesc fixed: and script:", descriptions)
 C.run("exportname-strict refuses other names", strict)
+C.run("default-export serves \"\" as another name", default_export)
 C.run("bad values are refused with FILE:LINE", bad_values_refused)
 C.finish(servers)

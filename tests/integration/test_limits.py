@@ -172,12 +172,21 @@ def server_limit():
     # Greeted in the lobby (no slot yet); refused once it speaks.
     check_eq(len(s.recv(18)), 18, "greeting to the sixth client")
     s.sendall(struct.pack(">I", 3))
-    t = closed_within(s, 3)
+    t = closed_within(s, 15)        # generous: a loaded host is slow
     check(t is not None, "sixth client was not refused")
     for h in held:
         h.close()
-    time.sleep(0.3)
-    good_client_fast(sock)
+    # The server notices the closes in its own time (a parked connection
+    # first gets a thread back): retry until a slot is free.
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            good_client_fast(sock)
+            break
+        except (Closed, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 C.run("per-export max-connections refuses GO with ERR_POLICY", export_limit_raw)

@@ -55,20 +55,33 @@ def within(measured, want, what):
           "%s: %.0f bytes/s, not within 10 %% of %.0f" % (what, measured, want))
 
 
+def too_slow(measured, want):
+    """Only a loaded machine makes a transfer slower than the limit (the
+    filter never makes it faster): such a run is tried again, up to three
+    times; faster than the limit fails at once."""
+    return measured < 0.90 * want
+
+
 def rate_8m():
-    # A server per direction: a bucket left idle fills up to burstiness
-    # (2 s at the rate, nbdkit's default) and would rightly let the next
-    # transfer burst.
+    # A server per direction and per attempt: a bucket left idle fills up
+    # to burstiness (2 s at the rate, nbdkit's default) and would rightly
+    # let the next transfer burst.
     for write in (False, True):
-        srv = Server(["--filter", "rate", "memory", "size=8M", "rate=8M"],
-                     name="r8%s" % ("w" if write else "r"))
-        servers.append(srv)
-        h = nbd.NBD()
-        h.connect_unix(srv.sock)
-        within(transfer(h, 3 * MiB, write), MiB,
-               "%s at rate=8M" % ("writes" if write else "reads"))
-        h.shutdown()
-        srv.stop()
+        what = "%s at rate=8M" % ("writes" if write else "reads")
+        for attempt in range(3):
+            srv = Server(["--filter", "rate", "memory", "size=8M", "rate=8M"],
+                         name="r8%s%d" % ("w" if write else "r", attempt))
+            servers.append(srv)
+            h = nbd.NBD()
+            h.connect_unix(srv.sock)
+            measured = transfer(h, 3 * MiB, write)
+            h.shutdown()
+            srv.stop()
+            if not too_slow(measured, MiB) or attempt == 2:
+                break
+            T.log("  %s: %.0f B/s, slower than the limit allows: the machine "
+                  "is loaded, again" % (what, measured))
+        within(measured, MiB, what)
 
 
 def rate_file_changes():

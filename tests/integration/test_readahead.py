@@ -74,8 +74,11 @@ def prefetch_upstream():
         h = O.connect(srv.uri)
         for off in range(0, 32 * CHUNK, CHUNK):
             h.pread(CHUNK, off)
+        # The thread prefetches beside the reads: wait (bounded) until it
+        # has asked past the last read, as it must while connected.
         deadline = time.monotonic() + 30
-        while not cache_offsets(logfile) and time.monotonic() < deadline:
+        while (max([o + c for o, c in cache_offsets(logfile)] + [0]) <=
+               32 * CHUNK and time.monotonic() < deadline):
             time.sleep(0.05)
         h.shutdown()
         srv.stop()

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 
@@ -116,6 +117,8 @@ psk_req = Server(["--tls=require", "--tls-psk=" + PSK, "memory",
 x509_req = Server(["--tls=require", "--tls-certificates=" + srvdir,
                    "--tls-verify-peer", "memory", "size=%d" % SIZE],
                   name="x509verify")
+x509_req_any = Server(["--tls=require", "--tls-certificates=" + srvdir,
+                       "memory", "size=%d" % SIZE], name="x509req")
 C = Checker("test_tls")
 
 
@@ -273,6 +276,47 @@ def t_raw_x509():
     c.close()
 
 
+OPT_EXTENDED_HEADERS = 11
+REP_ERR_EXT_HEADER_REQD = REP_ERR_BIT + 10
+
+
+def t_extended_headers():
+    """NBD_OPT_EXTENDED_HEADERS under tls=require: TLS_REQD before
+    STARTTLS, accepted after it; under tls=on, one negotiated in the clear
+    is forgotten by STARTTLS (proto.md: a client MUST renegotiate)."""
+    c = T.Raw(x509_req_any.sock)
+    c.handshake()
+    r = c.option(OPT_EXTENDED_HEADERS)
+    check_eq(rep_name(r[-1][0]), rep_name(REP_ERR_TLS_REQD),
+             "EXTENDED_HEADERS before STARTTLS under tls=require")
+    r = c.option(OPT_STARTTLS)
+    check_eq(rep_name(r[-1][0]), rep_name(REP_ACK), "STARTTLS reply")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(os.path.join(cadir, "ca-cert.pem"))
+    c.s = ctx.wrap_socket(c.s, server_hostname="localhost")
+    r = c.option(OPT_EXTENDED_HEADERS)
+    check_eq(rep_name(r[-1][0]), rep_name(REP_ACK),
+             "EXTENDED_HEADERS after STARTTLS")
+    c.go()
+    c.send(struct.pack(">IHHQQQ", 0x21E41C71, 0, T.CMD_FLUSH, 7, 0, 0))
+    magic, flags, rtype, ck, off, length = struct.unpack(">IHHQQQ",
+                                                         c.recv_exact(32))
+    check_eq((hex(magic), flags, rtype, ck, length),
+             (hex(0x6E8A278C), 1, 0, 7, 0), "extended reply to a flush over TLS")
+    c.close()
+    c = T.Raw(x509_on.sock)
+    c.handshake()
+    r = c.option(OPT_EXTENDED_HEADERS)
+    check_eq(rep_name(r[-1][0]), rep_name(REP_ACK), "EXTENDED_HEADERS in clear")
+    r = c.option(OPT_STARTTLS)
+    check_eq(rep_name(r[-1][0]), rep_name(REP_ACK), "STARTTLS reply")
+    c.s = ctx.wrap_socket(c.s, server_hostname="localhost")
+    c.structured_reply()        # EXT_HEADER_REQD if it had been kept
+    c.go()
+    check(c.read(0, 4096)[0] == 0, "compact structured read after STARTTLS")
+    c.close()
+
+
 def t_garbage_after_starttls():
     c = T.Raw(x509_on.sock)
     c.handshake()
@@ -400,9 +444,10 @@ C.run("PSK: wrong key and unknown identity refused, server unharmed", t_psk_wron
 C.run("require: LIST/GO get TLS_REQD, ABORT works, TLS client beside", t_require_refuses_plain)
 C.run("raw client in Python ssl: AEAD suite, second STARTTLS invalid, I/O", t_raw_x509)
 C.run("garbage after STARTTLS: dropped, others served", t_garbage_after_starttls)
+C.run("extended headers: only after STARTTLS, forgotten by it", t_extended_headers)
 C.run("--tls-verify-peer: client certificate demanded", t_verify_peer)
 C.run("qemu-img convert in and out with tls-creds-x509", t_qemu_img)
 C.run("bad keys and settings stop the server at startup", t_bad_keys)
 C.run("--check-config loads and checks the TLS credentials", t_check_config)
 C.run("--print-uri and $uri say nbds+unix:// when TLS is required", t_print_uri)
-C.finish([x509_on, psk_req, x509_req])
+C.finish([x509_on, psk_req, x509_req, x509_req_any])

@@ -56,6 +56,7 @@ testslow_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 PASSTHROUGH(testslow, pread)
 PASSTHROUGH(testslow, flush)
 PASSTHROUGH(testslow, extents)
+PASSTHROUGH(testslow, depth)
 PASSTHROUGH(testslow, cache)
 PASSTHROUGH(testslow, reopen)
 PASSTHROUGH(testslow, get_size)
