@@ -10,7 +10,7 @@
 typedef struct mbedtls_gcm_context {
     mbedtls_aes_context aes;        /* key schedule (AES-NI's layout too) */
     unsigned char h[16];            /* H = E(K, 0), as GHASH takes it */
-    unsigned char hpow[4][16];      /* H^1..H^4 byte-reflected (fast path) */
+    unsigned char hpow[8][16];      /* H^1..H^8 byte-reflected (fast path) */
     unsigned char j0[16];           /* E(K, J0): masks the tag */
     unsigned char ctr[16];          /* the next counter block */
     unsigned char x[16];            /* the GHASH accumulator */
