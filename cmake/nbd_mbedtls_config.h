@@ -2,7 +2,7 @@
  * from source (cmake/mbedtls.cmake, the static musl binary).  What
  * src/tls.c needs and no more: a TLS 1.2 server and client, AEAD suites
  * only (AES-GCM, ChaCha20-Poly1305) with ECDHE (X.509: RSA or ECDSA
- * keys) or PSK (plain or ECDHE) key exchange, X.509 certificates in PEM.
+ * keys) or PSK (plain, DHE or ECDHE) key exchange, X.509 certificates in PEM.
  * No renegotiation, no CBC, no TLS 1.0/1.1, no compression.  The glibc
  * builds use Debian's full configuration instead; src/tls.c must build
  * with both. */
@@ -82,6 +82,8 @@
 #define MBEDTLS_KEY_EXCHANGE_ECDHE_ECDSA_ENABLED
 #define MBEDTLS_KEY_EXCHANGE_PSK_ENABLED
 #define MBEDTLS_KEY_EXCHANGE_ECDHE_PSK_ENABLED
+#define MBEDTLS_KEY_EXCHANGE_DHE_PSK_ENABLED   /* PSK with AES-GCM and forward secrecy */
+#define MBEDTLS_DHM_C
 #define MBEDTLS_REMOVE_ARC4_CIPHERSUITES
 #define MBEDTLS_REMOVE_3DES_CIPHERSUITES
 

@@ -218,6 +218,13 @@ def t_psk_data():
     r = run(["nbdinfo", "--size", psk_uri(psk_req, "bob")])
     check(r.returncode == 0 and r.stdout.strip() == str(SIZE),
           "nbdinfo with PSK: %s" % r.stderr.strip())
+    # libnbd's PSK priority (NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK) offers
+    # DHE-PSK with AES-GCM: forward secrecy and our AES-GCM, preferred
+    # over ECDHE-PSK's ChaCha20-Poly1305 (portable C in mbedTLS 2.28).
+    log = psk_req.log_text()
+    check("TLS-DHE-PSK-WITH-AES-256-GCM-SHA384" in log,
+          "PSK suite: want DHE-PSK AES-256-GCM; the log says %r" %
+          [l for l in log.splitlines() if "tls: TLS" in l][-1:])
 
 
 def t_psk_wrong():
