@@ -109,6 +109,7 @@ gcm_ghash8(__m128i x, const __m128i *c, const __m128i *hp)
     int i;
 
     gcm_mul256(_mm_xor_si128(x, c[0]), hp[7], &lo, &hi);
+#pragma GCC unroll 8
     for (i = 1; i < 8; i++) {
         gcm_mul256(c[i], hp[7 - i], &l, &h);
         lo = _mm_xor_si128(lo, l);
@@ -171,6 +172,35 @@ gcm_powers_fast(mbedtls_gcm_context *ctx)
     }
 }
 
+/* Eight counter blocks from ctx's counter c encrypted into ks, c
+ * advanced: the loops over the eight are unrolled so that ks stays in
+ * registers and the eight AES rounds pipeline. */
+GCM_FAST static inline __m128i
+gcm_keystream8(const __m128i *rk, int nr, __m128i c, __m128i *ks)
+{
+    const __m128i one = _mm_set_epi32(0, 0, 0, 1);
+    __m128i k = _mm_loadu_si128(rk);
+    int r, i;
+
+#pragma GCC unroll 8
+    for (i = 0; i < 8; i++) {
+        /* inc32: the low 32 bits (of the reflected block) wrap alone. */
+        ks[i] = _mm_xor_si128(gcm_bswap(c), k);
+        c = _mm_blend_epi16(c, _mm_add_epi32(c, one), 0x03);
+    }
+    for (r = 1; r < nr; r++) {
+        k = _mm_loadu_si128(rk + r);
+#pragma GCC unroll 8
+        for (i = 0; i < 8; i++)
+            ks[i] = _mm_aesenc_si128(ks[i], k);
+    }
+    k = _mm_loadu_si128(rk + nr);
+#pragma GCC unroll 8
+    for (i = 0; i < 8; i++)
+        ks[i] = _mm_aesenclast_si128(ks[i], k);
+    return c;
+}
+
 /* Whole blocks: 8 at a time (keystream interleaved, GHASH of the eight
  * with one reduction), then the rest one by one. */
 GCM_FAST static void
@@ -179,33 +209,41 @@ gcm_crypt_fast(mbedtls_gcm_context *ctx, size_t nblocks,
 {
     __m128i ks[8], c[8], hp[8];
     __m128i x = gcm_bswap(_mm_loadu_si128((const __m128i *) ctx->x));
+    const __m128i *rk = (const __m128i *) ctx->aes.rk;
     int enc = ctx->mode == MBEDTLS_GCM_ENCRYPT;
     unsigned i, n;
 
     for (i = 0; i < 8; i++)
         hp[i] = _mm_loadu_si128((const __m128i *) ctx->hpow[i]);
-    while (nblocks > 0) {
-        n = nblocks < 8 ? (unsigned) nblocks : 8;
+    if (nblocks >= 8) {
+        __m128i ctr = gcm_bswap(_mm_loadu_si128((const __m128i *) ctx->ctr));
+        for (; nblocks >= 8; nblocks -= 8, in += 128, out += 128) {
+            __m128i k8[8];      /* its address never escapes: registers */
+            ctr = gcm_keystream8(rk, ctx->aes.nr, ctr, k8);
+#pragma GCC unroll 8
+            for (i = 0; i < 8; i++) {
+                __m128i b = _mm_loadu_si128((const __m128i *) (in + 16 * i));
+                __m128i o = _mm_xor_si128(b, k8[i]);
+                _mm_storeu_si128((__m128i *) (out + 16 * i), o);
+                /* GHASH over the ciphertext: the output when encrypting. */
+                c[i] = gcm_bswap(enc ? o : b);
+            }
+            x = gcm_ghash8(x, c, hp);
+        }
+        _mm_storeu_si128((__m128i *) ctx->ctr, gcm_bswap(ctr));
+    }
+    if (nblocks > 0) {
+        n = (unsigned) nblocks;
         gcm_keystream_fast(ctx, ks, n);
         for (i = 0; i < n; i++) {
             __m128i b = _mm_loadu_si128((const __m128i *) (in + 16 * i));
             __m128i o = _mm_xor_si128(b, ks[i]);
             _mm_storeu_si128((__m128i *) (out + 16 * i), o);
-            /* GHASH over the ciphertext: the output when encrypting. */
-            c[i] = gcm_bswap(enc ? o : b);
+            x = gcm_gfmul(_mm_xor_si128(x, gcm_bswap(enc ? o : b)), hp[0]);
         }
-        if (n == 8)
-            x = gcm_ghash8(x, c, hp);
-        else
-            for (i = 0; i < n; i++)
-                x = gcm_gfmul(_mm_xor_si128(x, c[i]), hp[0]);
-        in += 16 * n;
-        out += 16 * n;
-        nblocks -= n;
     }
     _mm_storeu_si128((__m128i *) ctx->x, gcm_bswap(x));
-    /* No keystream left on the stack (mbedtls_platform_zeroize is not
-     * inlined into this target-specific function). */
+    /* No keystream of the last blocks left on the stack. */
     mbedtls_platform_zeroize(ks, sizeof ks);
 }
 
