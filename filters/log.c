@@ -10,9 +10,12 @@
  * the server's own log lines use); id= counts the requests of the
  * connection from 1.  Actions: Preconnect, ListExports, Connect, Read,
  * Write, Flush, Trim, Zero, Extents, Cache, Disconnect; strings are
- * shell-quoted as nbdkit does.  Differences from nbdkit: no Ready or
- * Fork line (no such step here), Preconnect has no readonly= (not known
- * before the export is chosen), and logscript= is not offered.
+ * shell-quoted as nbdkit does.  Ready thread_model=N is written when the
+ * filter is set up (at start and on each reload), with the model of the
+ * log filter and the layers below it (nbdkit: the whole server's; layers
+ * above the log filter are not set up yet).  Preconnect's readonly= is 1
+ * when the server (-r) or the export is read-only.  Differences from
+ * nbdkit: no Fork line (no such step here), and logscript= is not offered.
  *
  * (C names logf_: log_ is src/log.h's.)  Writing does not serialise the datapath on the file: each connection
  * collects its lines in its own buffer (under the connection's own lock)
@@ -62,6 +65,8 @@ struct logf_handle {
   uint64_t conn;
 };
 
+static void logf_ready(const struct nbd_layer *layer);
+
 static int
 logf_setup(struct nbd_layer *layer, char *err, size_t errlen)
 {
@@ -84,6 +89,7 @@ logf_setup(struct nbd_layer *layer, char *err, size_t errlen)
     layer->state = NULL;
     return -1;
   }
+  logf_ready(layer);
   return 0;
 }
 
@@ -268,6 +274,25 @@ logf_buffer(struct nbd_ctx *self, const struct logf_line *l, int enter,
   pthread_mutex_unlock(&h->lock);
 }
 
+/* nbdkit's Ready line: the thread model of this layer and those below
+ * (set up before it, bottom up), the numbers of nbdkit's
+ * NBDKIT_THREAD_MODEL_*. */
+static void
+logf_ready(const struct nbd_layer *layer)
+{
+  const struct logf_state *st = layer->state;
+  enum nbd_thread_model m = NBD_PARALLEL;
+  const struct nbd_layer *l;
+  struct logf_line line;
+
+  for (l = layer; l; l = l->below)
+    if (l->thread_model < m)
+      m = l->thread_model;
+  logf_start(&line, 0);
+  logf_add(&line, "Ready thread_model=%d\n", (int)m);
+  logf_write(st->fd, line.s, line.n);
+}
+
 /* ---- connection events ------------------------------------------------ */
 
 static int
@@ -279,7 +304,8 @@ logf_preconnect(struct nbd_ctx *self, struct nbd_ctx *next)
   int r;
 
   logf_start(&l, 0);
-  logf_add(&l, "Preconnect id=%" PRIu64 " ...\n", id);
+  logf_add(&l, "Preconnect id=%" PRIu64 " readonly=%d ...\n", id,
+           (self->info && self->info->readonly) || self->export_readonly);
   logf_direct(self, &l);
   r = next_preconnect(next);
   logf_start(&l, 0);
