@@ -53,7 +53,9 @@ static const struct nbd_param logf_params[] = {
 
 struct logf_state {
   int fd;                       /* -1 under --check-config */
-  _Atomic uint64_t ids;         /* Preconnect and ListExports ids */
+  _Atomic uint64_t preconnects; /* Preconnect ids */
+  _Atomic uint64_t lists;       /* ListExports ids (a count of their own,
+                                 * as nbdkit's) */
 };
 
 struct logf_handle {
@@ -299,7 +301,7 @@ static int
 logf_preconnect(struct nbd_ctx *self, struct nbd_ctx *next)
 {
   struct logf_state *st = self->layer->state;
-  uint64_t id = atomic_fetch_add(&st->ids, 1) + 1;
+  uint64_t id = atomic_fetch_add(&st->preconnects, 1) + 1;
   struct logf_line l;
   int r;
 
@@ -321,14 +323,14 @@ logf_list_exports(struct nbd_ctx *self, struct nbd_ctx *next,
 {
   struct logf_state *st = self->layer->state;
   const struct nbd_conn_info *i = nbd_conn_info(self);
-  uint64_t id = atomic_fetch_add(&st->ids, 1) + 1;
+  uint64_t id = atomic_fetch_add(&st->lists, 1) + 1;
   struct logf_line l;
   size_t k;
   int r;
 
   logf_start(&l, 0);
-  logf_add(&l, "ListExports id=%" PRIu64 " tls=%d ...\n", id,
-          i ? i->tls : 0);
+  logf_add(&l, "ListExports id=%" PRIu64 " readonly=%d tls=%d ...\n", id,
+           (i && i->readonly) || self->export_readonly, i ? i->tls : 0);
   logf_direct(self, &l);
   r = next_list_exports(next, exports);
   logf_start(&l, 0);

@@ -152,12 +152,12 @@ START_TEST(test_preconnect_and_list)
   ck_assert_msg(strstr(tl_read(),
                        "Preconnect id=1 readonly=0 ...\n"
                        "...Preconnect id=1 return=0\n"
-                       "ListExports id=2 tls=0 ...\n"
-                       "...ListExports id=2 exports=(test) return=0\n"
+                       "ListExports id=1 readonly=0 tls=0 ...\n"
+                       "...ListExports id=1 exports=(test) return=0\n"
+                       "Preconnect id=2 readonly=1 ...\n"
+                       "...Preconnect id=2 return=0\n"
                        "Preconnect id=3 readonly=1 ...\n"
-                       "...Preconnect id=3 return=0\n"
-                       "Preconnect id=4 readonly=1 ...\n"
-                       "...Preconnect id=4 return=0\n"),
+                       "...Preconnect id=3 return=0\n"),
                 "%s", tl_read());
 }
 END_TEST

@@ -164,8 +164,9 @@ def server_lines(text):
 
 
 def ready_and_preconnect():
-    """Ready thread_model= and Preconnect readonly= as nbdkit writes them,
-    with and without -r, and with noparallel below the log filter."""
+    """Ready thread_model=, Preconnect and ListExports readonly= as nbdkit
+    writes them, with and without -r, and with noparallel below the log
+    filter."""
     if not shutil.which("nbdkit"):
         T.log("  (skipped: nbdkit not installed)")
         return
@@ -197,19 +198,25 @@ def ready_and_preconnect():
                 h.connect_unix(sock)
                 h.pread(512, 0)
                 h.shutdown()
+                h = nbd.NBD()
+                h.set_opt_mode(True)
+                h.connect_unix(sock)
+                h.opt_list(lambda *a: 0)
+                h.opt_abort()
             theirs = server_lines(wait_for(theirs_log, "Disconnect"))
             ours = server_lines(wait_for(ours_log, "Disconnect"))
         finally:
             k.terminate()
             k.wait(10)
             srv.stop()
-        check(len(theirs) == 3 and theirs[0].startswith("Ready "),
+        check(len(theirs) == 7 and theirs[0].startswith("Ready ") and
+              theirs[-2].startswith("ListExports "),
               "nbdkit's lines: %r" % theirs)
         # Server's readiness probe is a connection of its own: compare the
-        # Ready line and the last Preconnect, ids aside.
-        check(len(ours) >= 3, "our lines: %r" % ours)
-        ours, theirs = ([re.sub(r"id=\d+", "id=N", x) for x in v[:1] + v[-2:]]
-                        for v in (ours, theirs))
+        # Ready line, the last Preconnect (its id aside) and ListExports.
+        check(len(ours) >= 7, "our lines: %r" % ours)
+        ours, theirs = ([re.sub(r"Preconnect id=\d+", "Preconnect id=N", x)
+                         for x in v[:1] + v[-4:]] for v in (ours, theirs))
         check_eq(ours, theirs, "case %r %r" % (opts, below))
 
 
