@@ -11,6 +11,8 @@ For about 20 seconds, on one server with a metrics endpoint:
   delay and resume (a TLS session stays on its thread: wire_park parks
   plain sockets only, as mbedTLS may hold input the socket no longer
   shows);
+- clients send a request header in two pieces with a pause past the park
+  delay between them;
 - clients leave mid-request: a half-sent header, a half-sent write
   payload, a read whose reply is still pending;
 - SIGHUP reloads keep coming.
@@ -260,6 +262,33 @@ def tls_client(k):
     h.shutdown()
 
 
+def slow_sender(k):
+    """Sends a request in two pieces with a pause past the park delay
+    between them: in the header, and (extended) between the first 28
+    bytes and the rest; the request must be answered, the data right."""
+    c = connect_go(NSOCK, name=b"d", timeout=60)
+    base = (6 + k) * 256 * BS
+    r = 0
+    while not stop.is_set():
+        r += 1
+        off = base + (r % 256) * BS
+        d = struct.pack(">II", k + 200, r) * (BS // 8)
+        ck = c.next_cookie()
+        hdr = struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, ck, off, BS)
+        cut = 1 + r % 27
+        c.send(hdr[:cut])
+        time.sleep(PARK)
+        c.send(hdr[cut:] + d)
+        check_eq(c.recv_structured(ck)[0], 0, "write sent in two pieces")
+        with lock:
+            acked["d"][off] = d
+        did("d", "write")
+        check_eq(c.read(off, BS), (0, d), "read back a write sent in pieces")
+        did("d", "read")
+    c.disc()
+    c.close()
+
+
 def leaver(k):
     """Leaves in the middle of a request, in three ways, over and over."""
     n = 0
@@ -304,6 +333,7 @@ def mix():
     threads = [worker(parker, k) for k in range(6)]
     threads += [worker(extended, k) for k in range(2)]
     threads += [worker(tls_client, k) for k in range(2)]
+    threads += [worker(slow_sender, k) for k in range(2)]
     threads += [worker(leaver, k) for k in range(2)]
     threads.append(worker(reloader))
     t0 = time.monotonic()
