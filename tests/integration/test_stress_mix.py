@@ -15,10 +15,12 @@ For about 20 seconds, on one server with a metrics endpoint:
   delay between them;
 - clients leave mid-request: a half-sent header, a half-sent write
   payload, a read whose reply is still pending;
-- SIGHUP reloads keep coming.
+- SIGHUP reloads keep coming, every other one removing an export whose
+  clients stay connected (and park), the next adding it back.
 Then a scrape: each export's request counters equal what its clients
 completed (the leaving clients have an export of their own, unchecked).
-Finally SIGTERM: exit 0, and every acknowledged write is in the files.
+Finally SIGTERM with the plain clients parked: exit 0, each sees its
+socket closed, and every acknowledged write is in the files.
 No timing is asserted.
 """
 
@@ -145,14 +147,26 @@ backend = memory size=%d
 [export z]
 backend = memory size=16M
 """ % (NSOCK, MSOCK, PSK, DISK, TDISK, 8 * GiB)
-with open(CFG, "w") as f:
-    f.write(CONFIG)
+EXTRA = """
+[export e]
+backend = memory size=16M
+"""
+
+
+def write_cfg(extra):
+    with open(CFG + ".tmp", "w") as f:
+        f.write(CONFIG + (EXTRA if extra else ""))
+    os.rename(CFG + ".tmp", CFG)
+
+
+write_cfg(True)
 srv = Server(sock=NSOCK, config=CFG, name="stress")
 
 lock = threading.Lock()
 done = {e: {} for e in ("d", "t", "x")}      # export -> method -> requests
 acked = {"d": {}, "t": {}}                   # export -> offset -> data
 errors = []
+kept = []                                    # clients left connected
 stop = threading.Event()
 
 
@@ -196,8 +210,8 @@ def parker(k):
             err, data = c.recv_structured(ck, off, BS)[:2]
             check_eq((err, data == d), (0, True), "read back after parking")
         did("d", "read", len(blocks))
-    c.disc()
-    c.close()
+    with lock:
+        kept.append(c)                 # parked when SIGTERM comes
 
 
 def extended(k):
@@ -311,9 +325,30 @@ def leaver(k):
 
 
 def reloader():
+    """SIGHUPs; every other one removes export e, the next adds it back."""
+    n = 0
     while not stop.is_set():
         time.sleep(1.7)
+        n += 1
+        write_cfg(n % 2 == 0)
         srv.proc.send_signal(signal.SIGHUP)
+    write_cfg(True)
+
+
+def removed(k):
+    """On export e, which reloads remove and add back: parks, resumes and
+    finds its data, whether e is in the configuration or not."""
+    c = connect_go(NSOCK, name=b"e", timeout=60)
+    r = 0
+    while not stop.is_set():
+        time.sleep(PARK)
+        r += 1
+        off = k * 64 * BS + (r % 64) * BS
+        d = struct.pack(">II", k + 300, r) * (BS // 8)
+        check_eq(c.write(off, d), 0, "write on a removed export")
+        check_eq(c.read(off, BS), (0, d), "read on a removed export")
+    c.disc()
+    c.close()
 
 
 def scrape():
@@ -335,6 +370,7 @@ def mix():
     threads += [worker(tls_client, k) for k in range(2)]
     threads += [worker(slow_sender, k) for k in range(2)]
     threads += [worker(leaver, k) for k in range(2)]
+    threads += [worker(removed, k) for k in range(2)]
     threads.append(worker(reloader))
     t0 = time.monotonic()
     while time.monotonic() - t0 < RUN and not stop.is_set():
@@ -358,9 +394,18 @@ def counters():
 
 
 def sigterm():
+    """With the plain clients connected, parked after their last writes."""
+    check_eq(len(kept), 6, "clients kept connected")
+    time.sleep(PARK)
     srv.proc.send_signal(signal.SIGTERM)
     rc = srv.proc.wait(120)
     check_eq(rc, 0, "exit status after SIGTERM")
+    for c in kept:
+        c.s.settimeout(30)
+        try:
+            check_eq(c.s.recv(1), b"", "a parked client sees the close")
+        except OSError:
+            pass
     for export, path in (("d", DISK), ("t", TDISK)):
         with open(path, "rb") as f:
             for off, d in sorted(acked[export].items()):
