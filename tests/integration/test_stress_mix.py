@@ -14,11 +14,12 @@ For about 20 seconds, on one server with a metrics endpoint:
 - clients send a request header in two pieces with a pause past the park
   delay between them;
 - clients leave mid-request: a half-sent header, a half-sent write
-  payload, a read whose reply is still pending;
+  payload, a read whose reply is still pending, and over TLS a read and
+  a write in flight;
 - SIGHUP reloads keep coming, every other one removing an export whose
   clients stay connected (and park), the next adding it back.
 Then a scrape: each export's request counters equal what its clients
-completed (the leaving clients have an export of their own, unchecked).
+completed (the leaving clients have exports of their own, unchecked).
 Finally SIGTERM with the plain clients parked: exit 0, each sees its
 socket closed, and every acknowledged write is in the files.
 No timing is asserted.
@@ -146,6 +147,10 @@ backend = memory size=%d
 
 [export z]
 backend = memory size=16M
+
+[export tz]
+tls = require
+backend = memory size=64M
 """ % (NSOCK, MSOCK, PSK, DISK, TDISK, 8 * GiB)
 EXTRA = """
 [export e]
@@ -325,6 +330,25 @@ def leaver(k):
         time.sleep(0.05)
 
 
+def tls_leaver(k):
+    """A TLS client that leaves with a read and a write in flight,
+    sometimes after idling past the park delay."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        h = nbd.NBD()
+        h.set_tls(nbd.TLS_REQUIRE)
+        h.set_uri_allow_local_file(True)
+        h.connect_uri("nbds+unix://alice@/tz?socket=%s&tls-psk-file=%s"
+                      % (NSOCK, PSK))
+        if n % 3 == 0:
+            time.sleep(PARK)
+        h.aio_pread(nbd.Buffer(1 << 20), 32 << 20)
+        h.aio_pwrite(b"l" * 65536, 48 << 20)
+        del h                          # nbd_close: the socket just closes
+        time.sleep(0.1)
+
+
 def reloader():
     """SIGHUPs; every other one removes export e, the next adds it back."""
     n = 0
@@ -372,6 +396,7 @@ def mix():
     threads += [worker(slow_sender, k) for k in range(2)]
     threads += [worker(leaver, k) for k in range(2)]
     threads += [worker(removed, k) for k in range(2)]
+    threads.append(worker(tls_leaver, 0))
     threads.append(worker(reloader))
     t0 = time.monotonic()
     while time.monotonic() - t0 < RUN and not stop.is_set():
