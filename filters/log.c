@@ -10,9 +10,12 @@
  * the server's own log lines use); id= counts the requests of the
  * connection from 1.  Actions: Preconnect, ListExports, Connect, Read,
  * Write, Flush, Trim, Zero, Extents, Cache, Disconnect; strings are
- * shell-quoted as nbdkit does.  Differences from nbdkit: no Ready or
- * Fork line (no such step here), Preconnect has no readonly= (not known
- * before the export is chosen), and logscript= is not offered.
+ * shell-quoted as nbdkit does.  Ready thread_model=N is written when the
+ * filter is set up (at start and on each reload), with the model of the
+ * log filter and the layers below it (nbdkit: the whole server's; layers
+ * above the log filter are not set up yet).  Preconnect's readonly= is 1
+ * when the server (-r) or the export is read-only.  Differences from
+ * nbdkit: no Fork line (no such step here), and logscript= is not offered.
  *
  * (C names logf_: log_ is src/log.h's.)  Writing does not serialise the datapath on the file: each connection
  * collects its lines in its own buffer (under the connection's own lock)
@@ -50,7 +53,9 @@ static const struct nbd_param logf_params[] = {
 
 struct logf_state {
   int fd;                       /* -1 under --check-config */
-  _Atomic uint64_t ids;         /* Preconnect and ListExports ids */
+  _Atomic uint64_t preconnects; /* Preconnect ids */
+  _Atomic uint64_t lists;       /* ListExports ids (a count of their own,
+                                 * as nbdkit's) */
 };
 
 struct logf_handle {
@@ -61,6 +66,8 @@ struct logf_handle {
   _Atomic uint64_t ids;         /* request ids of the connection */
   uint64_t conn;
 };
+
+static void logf_ready(const struct nbd_layer *layer);
 
 static int
 logf_setup(struct nbd_layer *layer, char *err, size_t errlen)
@@ -84,6 +91,7 @@ logf_setup(struct nbd_layer *layer, char *err, size_t errlen)
     layer->state = NULL;
     return -1;
   }
+  logf_ready(layer);
   return 0;
 }
 
@@ -268,18 +276,38 @@ logf_buffer(struct nbd_ctx *self, const struct logf_line *l, int enter,
   pthread_mutex_unlock(&h->lock);
 }
 
+/* nbdkit's Ready line: the thread model of this layer and those below
+ * (set up before it, bottom up), the numbers of nbdkit's
+ * NBDKIT_THREAD_MODEL_*. */
+static void
+logf_ready(const struct nbd_layer *layer)
+{
+  const struct logf_state *st = layer->state;
+  enum nbd_thread_model m = NBD_PARALLEL;
+  const struct nbd_layer *l;
+  struct logf_line line;
+
+  for (l = layer; l; l = l->below)
+    if (l->thread_model < m)
+      m = l->thread_model;
+  logf_start(&line, 0);
+  logf_add(&line, "Ready thread_model=%d\n", (int)m);
+  logf_write(st->fd, line.s, line.n);
+}
+
 /* ---- connection events ------------------------------------------------ */
 
 static int
 logf_preconnect(struct nbd_ctx *self, struct nbd_ctx *next)
 {
   struct logf_state *st = self->layer->state;
-  uint64_t id = atomic_fetch_add(&st->ids, 1) + 1;
+  uint64_t id = atomic_fetch_add(&st->preconnects, 1) + 1;
   struct logf_line l;
   int r;
 
   logf_start(&l, 0);
-  logf_add(&l, "Preconnect id=%" PRIu64 " ...\n", id);
+  logf_add(&l, "Preconnect id=%" PRIu64 " readonly=%d ...\n", id,
+           (self->info && self->info->readonly) || self->export_readonly);
   logf_direct(self, &l);
   r = next_preconnect(next);
   logf_start(&l, 0);
@@ -295,14 +323,14 @@ logf_list_exports(struct nbd_ctx *self, struct nbd_ctx *next,
 {
   struct logf_state *st = self->layer->state;
   const struct nbd_conn_info *i = nbd_conn_info(self);
-  uint64_t id = atomic_fetch_add(&st->ids, 1) + 1;
+  uint64_t id = atomic_fetch_add(&st->lists, 1) + 1;
   struct logf_line l;
   size_t k;
   int r;
 
   logf_start(&l, 0);
-  logf_add(&l, "ListExports id=%" PRIu64 " tls=%d ...\n", id,
-          i ? i->tls : 0);
+  logf_add(&l, "ListExports id=%" PRIu64 " readonly=%d tls=%d ...\n", id,
+           (i && i->readonly) || self->export_readonly, i ? i->tls : 0);
   logf_direct(self, &l);
   r = next_list_exports(next, exports);
   logf_start(&l, 0);

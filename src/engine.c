@@ -353,6 +353,7 @@ engine_open(struct nbd_export *exp, int readonly,
     }
     ctxs[n]->layer = l;
     ctxs[n]->info = info;
+    ctxs[n]->export_readonly = exp->readonly;
     n++;
   }
   for (i = 0; i + 1 < n; i++)
@@ -898,6 +899,7 @@ engine_unopened(struct nbd_export *exp, const struct nbd_conn_info *info)
   for (l = exp->top, i = 0; l; l = l->below, i++) {
     ctxs[i].layer = l;
     ctxs[i].info = info;
+    ctxs[i].export_readonly = exp->readonly;
     ctxs[i].next = i + 1 < n ? &ctxs[i + 1] : NULL;
   }
   return ctxs;

@@ -218,6 +218,9 @@ struct nbd_ctx {
    * calls neither finalize nor close on it, and nothing else may be
    * called on it but next_reopen (see "Reopening" below). */
   int closed;
+  /* The export is read-only whatever the client asks (its own `readonly`
+   * setting); set in opened and unopened contexts alike. */
+  int export_readonly;
 };
 
 /* Called from a layer's block_size method: the sizes it answers are hints
@@ -251,6 +254,8 @@ struct nbd_conn_info {
   gid_t gid;
   const char *export_name;    /* the name the client asked for */
   int tls;                    /* the connection is encrypted */
+  int readonly;               /* the server is read-only (-r, [server]
+                               * readonly), as nbdkit's -r */
 };
 
 /* The connection of ctx; NULL for a stack opened outside a connection

@@ -252,6 +252,7 @@ server_source(struct nbd_conn *c, const struct sockaddr_storage *ss,
 
   c->info.id = ++server_next_id;        /* the accept loop's thread only */
   c->info.family = ss->ss_family;
+  c->info.readonly = c->cfg->readonly;
   if (ss->ss_family == AF_INET || ss->ss_family == AF_INET6) {
     setsockopt(c->w.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     getnameinfo((const struct sockaddr *)ss, sslen, addr, sizeof addr, NULL,

@@ -90,6 +90,7 @@ START_TEST(test_session_lines)
   static unsigned char buf[4096];
   struct nbd_extents *e;
   const char *want =
+    "Ready thread_model=3\n"
     "connection=42 Connect export=\"disk 1\" tls=0 size=0x100000 "
     "minsize=0x0 prefsize=0x0 maxsize=0x0 write=1 flush=1 rotational=0 "
     "trim=1 zero=2 fua=2 extents=1 cache=2 fast_zero=1\n"
@@ -142,10 +143,21 @@ START_TEST(test_preconnect_and_list)
   ck_assert_int_eq(engine_preconnect(tl_s.exp, &tl_info), 0);
   ck_assert_int_eq(engine_list_exports(tl_s.exp, &tl_info, &ex), 0);
   nbd_exports_clear(&ex);
+  tl_info.readonly = 1;         /* the server's -r */
+  ck_assert_int_eq(engine_preconnect(tl_s.exp, &tl_info), 0);
+  tl_info.readonly = 0;
+  tl_s.exp->readonly = 1;       /* the export's own readonly */
+  ck_assert_int_eq(engine_preconnect(tl_s.exp, &tl_info), 0);
+  tl_s.exp->readonly = 0;
   ck_assert_msg(strstr(tl_read(),
-                       "Preconnect id=1 ...\n...Preconnect id=1 return=0\n"
-                       "ListExports id=2 tls=0 ...\n"
-                       "...ListExports id=2 exports=(test) return=0\n"),
+                       "Preconnect id=1 readonly=0 ...\n"
+                       "...Preconnect id=1 return=0\n"
+                       "ListExports id=1 readonly=0 tls=0 ...\n"
+                       "...ListExports id=1 exports=(test) return=0\n"
+                       "Preconnect id=2 readonly=1 ...\n"
+                       "...Preconnect id=2 return=0\n"
+                       "Preconnect id=3 readonly=1 ...\n"
+                       "...Preconnect id=3 return=0\n"),
                 "%s", tl_read());
 }
 END_TEST
@@ -159,12 +171,14 @@ START_TEST(test_append)
   fclose(f);
   tl_open("logappend=yes");
   tl_close();
-  ck_assert_msg(strncmp(tl_read(), "old\nconnection=42 Connect", 25) == 0,
+  ck_assert_msg(strncmp(tl_read(), "old\nReady thread_model=3\n"
+                        "connection=42 Connect", 46) == 0,
                 "%s", tl_read());
   testlib_stack_free(&tl_s);
   tl_open("logappend=no");
   tl_close();
-  ck_assert_msg(strncmp(tl_read(), "connection=42 Connect", 21) == 0,
+  ck_assert_msg(strncmp(tl_read(), "Ready thread_model=3\n"
+                        "connection=42 Connect", 42) == 0,
                 "%s", tl_read());
 }
 END_TEST

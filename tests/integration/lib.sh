@@ -71,7 +71,7 @@ require_layer() {
     have=$("$NBDSTACK" --list 2>/dev/null | awk '/^  [^ ]/ { print $1 }') ||
         die "$NBDSTACK --list failed"
     for n in "$@"; do
-        printf '%s\n' "$have" | grep -qx -- "$n" ||
+        grep -qx -- "$n" <<<"$have" ||
             skip "the $n layer is not compiled into $NBDSTACK"
     done
 }

@@ -151,6 +151,75 @@ def same_as_nbdkit():
     check_eq(len(ours), len(theirs), "number of lines")
 
 
+def server_lines(text):
+    """The lines that are not a connection's, without timestamps; nbdkit's
+    Fork line (no such step in our server) left out."""
+    out = []
+    for line in text.splitlines():
+        line = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6} ", "", line)
+        if line.startswith("connection=") or line == "Fork":
+            continue
+        out.append(line)
+    return out
+
+
+def ready_and_preconnect():
+    """Ready thread_model=, Preconnect and ListExports readonly= as nbdkit
+    writes them, with and without -r, and with noparallel below the log
+    filter."""
+    if not shutil.which("nbdkit"):
+        T.log("  (skipped: nbdkit not installed)")
+        return
+    cases = [([], []), (["-r"], []),
+             ([], ["noparallel", "serialize=connections"]),
+             (["-r"], ["noparallel", "serialize=requests"])]
+    for i, (opts, below) in enumerate(cases):
+        filt = ["--filter", below[0]] if below else []
+        ours_log = os.path.join(T.TMPDIR, "rp%d.ours" % i)
+        theirs_log = os.path.join(T.TMPDIR, "rp%d.theirs" % i)
+        srv = Server(opts + ["--filter", "log"] + filt +
+                     ["null", "size=1M", "logfile=" + ours_log] + below[1:],
+                     name="rp%d" % i)
+        servers.append(srv)
+        ksock = os.path.join(T.TMPDIR, "rpk%d.sock" % i)
+        k = subprocess.Popen(["nbdkit", "-f", "-U", ksock] + opts +
+                             ["--filter=log"] +
+                             (["--filter=" + below[0]] if below else []) +
+                             ["null", "1M", "logfile=" + theirs_log] +
+                             below[1:],
+                             stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while not os.path.exists(ksock) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for sock in (srv.sock, ksock):
+                h = nbd.NBD()
+                h.connect_unix(sock)
+                h.pread(512, 0)
+                h.shutdown()
+                h = nbd.NBD()
+                h.set_opt_mode(True)
+                h.connect_unix(sock)
+                h.opt_list(lambda *a: 0)
+                h.opt_abort()
+            theirs = server_lines(wait_for(theirs_log, "Disconnect"))
+            ours = server_lines(wait_for(ours_log, "Disconnect"))
+        finally:
+            k.terminate()
+            k.wait(10)
+            srv.stop()
+        check(len(theirs) == 7 and theirs[0].startswith("Ready ") and
+              theirs[-2].startswith("ListExports "),
+              "nbdkit's lines: %r" % theirs)
+        # Server's readiness probe is a connection of its own: compare the
+        # Ready line, the last Preconnect (its id aside) and ListExports.
+        check(len(ours) >= 7, "our lines: %r" % ours)
+        ours, theirs = ([re.sub(r"Preconnect id=\d+", "Preconnect id=N", x)
+                         for x in v[:1] + v[-4:]] for v in (ours, theirs))
+        check_eq(ours, theirs, "case %r %r" % (opts, below))
+
+
 def append_and_truncate():
     path = os.path.join(T.TMPDIR, "app.nbdlog")
     with open(path, "w") as f:
@@ -230,6 +299,7 @@ def check_config_leaves_file():
 
 
 C.run("same lines as nbdkit's log filter for one session", same_as_nbdkit)
+C.run("Ready and Preconnect lines as nbdkit's", ready_and_preconnect)
 C.run("logappend=yes keeps, no truncates", append_and_truncate)
 C.run("two connections in flight: one call and one result line each",
       concurrent_lines)
