@@ -1,7 +1,8 @@
 /* nbdstack backend nbd: a small NBD client (client.c).
  *
  * One struct nbdc is one upstream connection in the transmission phase:
- * fixed newstyle handshake with NBD_OPT_STRUCTURED_REPLY,
+ * fixed newstyle handshake with NBD_OPT_EXTENDED_HEADERS (else
+ * NBD_OPT_STRUCTURED_REPLY),
  * NBD_OPT_SET_META_CONTEXT base:allocation and NBD_OPT_GO asking for
  * NBD_INFO_BLOCK_SIZE (NBD_OPT_EXPORT_NAME when the server has no GO).
  * Many requests may be in flight: senders share the socket under a write
@@ -30,6 +31,8 @@ struct nbdc_info {
   uint64_t size;
   uint16_t tflags;            /* NBD_FLAG_HAS_FLAGS, READ_ONLY, ... */
   int structured;             /* structured replies negotiated */
+  int extended;               /* extended headers negotiated (implies
+                                 structured) */
   int base_allocation;        /* base:allocation negotiated */
   uint32_t meta_id;           /* its context id */
   int has_block_size;         /* NBD_INFO_BLOCK_SIZE came and was valid */
@@ -67,13 +70,14 @@ int nbdc_pread(struct nbdc *c, void *buf, uint32_t count, uint64_t offset,
 int nbdc_pwrite(struct nbdc *c, const void *buf, uint32_t count,
                 uint64_t offset, uint32_t flags);
 int nbdc_flush(struct nbdc *c, uint32_t flags);
-/* Any length: trim, zero and cache go as requests of at most 4 GiB (an
- * upstream without extended headers takes no more), each with flags. */
+/* Any length: one request with extended headers; without them, requests
+ * of at most 4 GiB (all such an upstream takes), each with flags. */
 int nbdc_trim(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags);
 int nbdc_zero(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags);
 int nbdc_cache(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags);
 /* base:allocation extents of [offset, offset+count), added to extents;
- * over 4 GiB they may cover only the first 4 GiB. */
+ * over 4 GiB without extended headers they may cover only the first
+ * 4 GiB. */
 int nbdc_extents(struct nbdc *c, uint64_t count, uint64_t offset,
                  uint32_t flags, struct nbd_extents *extents);
 
