@@ -55,6 +55,10 @@ opt_reply(int fd, uint32_t opt, uint32_t rep, const void *data, uint32_t len)
 /* Whether the fake server ACKs NBD_OPT_EXTENDED_HEADERS (nbdstack's
  * server does; nbdkit 1.32 and qemu 7.2 answer NBD_REP_ERR_UNSUP). */
 static int fake_extended;
+/* Whether it selects qemu:allocation-depth too (as DEPTH_ID), as
+ * qemu-nbd -A and nbdstack do. */
+static int fake_depth;
+#define DEPTH_ID 9
 
 /* The server side of the handshake: structured replies (or extended
  * headers with fake_extended), base:allocation as META_ID, GO with size
@@ -87,6 +91,11 @@ fake_handshake(void *arg)
       wire_put32(buf, META_ID);
       memcpy(buf + 4, "base:allocation", 15);
       opt_reply(fd, opt, NBD_REP_META_CONTEXT, buf, 19);
+      if (fake_depth) {
+        wire_put32(buf, DEPTH_ID);
+        memcpy(buf + 4, "qemu:allocation-depth", 21);
+        opt_reply(fd, opt, NBD_REP_META_CONTEXT, buf, 25);
+      }
       opt_reply(fd, opt, NBD_REP_ACK, NULL, 0);
     } else if (opt == NBD_OPT_GO) {
       wire_put16(buf, NBD_INFO_EXPORT);
@@ -141,6 +150,7 @@ struct call {
   uint32_t flags;
   uint64_t offset;
   struct nbd_extents *e;
+  int depth;                    /* block status: nbdc_depth */
   int r;
   pthread_t t;
 };
@@ -152,6 +162,8 @@ call_run(void *arg)
 
   if (k->cmd == NBD_CMD_READ)
     k->r = nbdc_pread(k->c, k->buf, k->count, k->offset, 0);
+  else if (k->cmd == NBD_CMD_BLOCK_STATUS && k->depth)
+    k->r = nbdc_depth(k->c, k->count, k->offset, 0, k->e);
   else if (k->cmd == NBD_CMD_BLOCK_STATUS)
     k->r = nbdc_extents(k->c, k->count, k->offset, 0, k->e);
   else if (k->cmd == NBD_CMD_WRITE_ZEROES)
@@ -657,6 +669,72 @@ START_TEST(test_ext_read_write)
 }
 END_TEST
 
+/* Both contexts: a reply has a chunk for each; nbdc_depth keeps the
+ * depth's (its types the depths), nbdc_extents base:allocation's; two
+ * chunks for one context kill.  Without the context, depth is
+ * NBD_DEPTH_ONE and nothing is sent. */
+START_TEST(test_depth_context)
+{
+  int which;
+
+  for (which = 0; which < 3; which++) {
+    struct fix f;
+    struct call k = { .cmd = NBD_CMD_BLOCK_STATUS, .count = 8192,
+                      .depth = which != 1 };
+    unsigned char b[4 + 8], d[4 + 16];
+    uint64_t ck;
+
+    k.e = nbd_extents_new(0, 8192);
+    fake_depth = 1;
+    fix_open(&f);
+    fake_depth = 0;
+    ck_assert_int_eq(nbdc_info(f.c)->allocation_depth, 1);
+    ck_assert_uint_eq(nbdc_info(f.c)->depth_id, DEPTH_ID);
+    ck = call_start(&f, &k);
+    wire_put32(b, META_ID);
+    wire_put32(b + 4, 8192);
+    wire_put32(b + 8, NBD_EXTENT_HOLE);
+    wire_put32(d, DEPTH_ID);
+    wire_put32(d + 4, 4096);
+    wire_put32(d + 8, 1);
+    wire_put32(d + 12, 4096);
+    wire_put32(d + 16, 2);
+    chunk(f.srv, 0, NBD_REPLY_TYPE_BLOCK_STATUS, ck, d, sizeof d);
+    if (which == 2)
+      chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, ck, d,
+            sizeof d);
+    else
+      chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, ck, b,
+            sizeof b);
+    if (which == 2)
+      ck_assert_int_eq(call_end(&k), -EIO);
+    else {
+      ck_assert_int_eq(call_end(&k), 0);
+      if (which == 0) {
+        ck_assert_uint_eq(k.e->n, 2);
+        ck_assert_uint_eq(k.e->v[0].type, 1);
+        ck_assert_uint_eq(k.e->v[1].type, 2);
+      } else {
+        ck_assert_uint_eq(k.e->n, 1);
+        ck_assert_uint_eq(k.e->v[0].type, NBD_EXTENT_HOLE);
+      }
+    }
+    nbd_extents_free(k.e);
+    fix_close(&f);
+  }
+  {
+    struct fix f;
+    struct nbd_extents *e = nbd_extents_new(0, 8192);
+
+    fix_open(&f);
+    ck_assert_int_eq(nbdc_info(f.c)->allocation_depth, 0);
+    ck_assert_int_eq(nbdc_depth(f.c, 8192, 0, 0, e), NBD_DEPTH_ONE);
+    nbd_extents_free(e);
+    fix_close(&f);
+  }
+}
+END_TEST
+
 START_TEST(test_unknown_cookie_kills)
 {
   struct fix f;
@@ -711,6 +789,7 @@ main(void)
   tcase_add_test(tc, test_ext_zero_one_request);
   tcase_add_test(tc, test_ext_block_status);
   tcase_add_test(tc, test_ext_read_write);
+  tcase_add_test(tc, test_depth_context);
   tcase_add_test(tc, test_block_status_over_4g);
   tcase_add_test(tc, test_unknown_cookie_kills);
   tcase_add_test(tc, test_upstream_gone);

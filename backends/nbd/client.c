@@ -36,8 +36,13 @@
  * with EIO.  An upstream that goes away while nothing is in flight is
  * found at the next request.
  *
- * Not here: connecting, reconnecting, meta contexts other than
- * base:allocation.
+ * Meta contexts: base:allocation and, when the upstream offers it (qemu-nbd
+ * -A, nbdstack), qemu:allocation-depth, both asked in one
+ * SET_META_CONTEXT.  A block status reply then has a chunk for each; the
+ * request keeps the one it asked for (nbdc_extents or nbdc_depth) and
+ * checks the other's id only.
+ *
+ * Not here: connecting, reconnecting, other meta contexts.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -54,6 +59,7 @@
 #include "wire.h"
 
 #define NBDC_META_NAME "base:allocation"
+#define NBDC_DEPTH_NAME "qemu:allocation-depth"
 /* A block status reply of more extents than this is refused: no server
  * describes a request in 512-byte pieces (a compact request is at most
  * 4 GiB; ours answers at most 2^20 extents, as qemu does). */
@@ -73,7 +79,9 @@ struct nbdc_req {
   uint64_t covered;             /* read: bytes of data and holes received */
   uint64_t contig;              /* read: bytes received in order from offset */
   int unordered;                /* read: a chunk came out of order */
-  int got_status;               /* block status: the context's chunk came */
+  uint32_t want;                /* block status: the context id kept */
+  unsigned got_status;          /* block status: bit 0 base:allocation's
+                                   chunk came, bit 1 the depth's */
   int err;                      /* first error, -errno */
   int done;
   pthread_cond_t cond;
@@ -331,13 +339,15 @@ nbdc_opt_extended(struct nbdc *c, char *err, size_t errlen)
   return rep == NBD_REP_ACK;
 }
 
-/* NBD_OPT_SET_META_CONTEXT base:allocation; fills info; 0 or -1. */
+/* NBD_OPT_SET_META_CONTEXT base:allocation and qemu:allocation-depth;
+ * fills info with those the upstream selected; 0 or -1. */
 static int
 nbdc_opt_meta(struct nbdc *c, const char *name, struct nbdc_info *info, char *err,
               size_t errlen)
 {
   size_t nlen = strlen(name), qlen = strlen(NBDC_META_NAME);
-  size_t dlen = 4 + nlen + 4 + 4 + qlen;
+  size_t dqlen = strlen(NBDC_DEPTH_NAME);
+  size_t dlen = 4 + nlen + 4 + 4 + qlen + 4 + dqlen;
   unsigned char *d = malloc(dlen), buf[256];
   uint32_t rep, len;
   int r;
@@ -348,9 +358,11 @@ nbdc_opt_meta(struct nbdc *c, const char *name, struct nbdc_info *info, char *er
   }
   wire_put32(d, (uint32_t)nlen);
   memcpy(d + 4, name, nlen);    /* NOLINT(bugprone-not-null-terminated-result): a length-prefixed NBD string */
-  wire_put32(d + 4 + nlen, 1);
+  wire_put32(d + 4 + nlen, 2);
   wire_put32(d + 8 + nlen, (uint32_t)qlen);
   memcpy(d + 12 + nlen, NBDC_META_NAME, qlen);  /* NOLINT(bugprone-not-null-terminated-result): length-prefixed */
+  wire_put32(d + 12 + nlen + qlen, (uint32_t)dqlen);
+  memcpy(d + 16 + nlen + qlen, NBDC_DEPTH_NAME, dqlen);  /* NOLINT(bugprone-not-null-terminated-result): length-prefixed */
   r = nbdc_opt_send(c, NBD_OPT_SET_META_CONTEXT, d, (uint32_t)dlen);
   free(d);
   if (r == -1) {
@@ -366,6 +378,10 @@ nbdc_opt_meta(struct nbdc *c, const char *name, struct nbdc_info *info, char *er
     if (len == 4 + qlen && memcmp(buf + 4, NBDC_META_NAME, qlen) == 0) {
       info->base_allocation = 1;
       info->meta_id = wire_get32(buf);
+    } else if (len == 4 + dqlen &&
+               memcmp(buf + 4, NBDC_DEPTH_NAME, dqlen) == 0) {
+      info->allocation_depth = 1;
+      info->depth_id = wire_get32(buf);
     }
   }
 }
@@ -712,9 +728,11 @@ nbdc_chunk_status(struct nbdc *c, struct nbdc_req *req, uint16_t type,
   uint64_t off = req->offset, end = req->offset + req->count, elen;
   int ext = type == NBD_REPLY_TYPE_BLOCK_STATUS_EXT;
   size_t hl = ext ? 8 : 4, esz = ext ? 16 : 8, i, n;
+  uint32_t id, mask;
+  unsigned bit;
   int r = 0;
 
-  if (req->cmd != NBD_CMD_BLOCK_STATUS || req->got_status) {
+  if (req->cmd != NBD_CMD_BLOCK_STATUS) {
     *why = "unexpected block status chunk";
     return -1;
   }
@@ -739,17 +757,33 @@ nbdc_chunk_status(struct nbdc *c, struct nbdc_req *req, uint16_t type,
     return -1;
   }
   n = (size_t)((len - hl) / esz);
-  if (wire_get32(p) != c->info.meta_id) {
+  id = wire_get32(p);
+  if (c->info.base_allocation && id == c->info.meta_id)
+    bit = 1;
+  else if (c->info.allocation_depth && id == c->info.depth_id)
+    bit = 2;
+  else {
     free(p);
     *why = "block status for a context not negotiated";
     return -1;
   }
+  if (req->got_status & bit) {
+    free(p);
+    *why = "two block status chunks for one context";
+    return -1;
+  }
+  req->got_status |= bit;
+  if (id != req->want) {        /* the other context's: checked, dropped */
+    free(p);
+    return 0;
+  }
+  /* base:allocation's flags are HOLE and ZERO; a depth is the number. */
+  mask = bit == 1 ? NBD_EXTENT_HOLE | NBD_EXTENT_ZERO : UINT32_MAX;
   if (ext && wire_get32(p + 4) != n) {
     free(p);
     *why = "BLOCK_STATUS_EXT descriptor count does not match its length";
     return -1;
   }
-  req->got_status = 1;
   for (i = 0; i < n && off < end && r == 0; i++) {
     const unsigned char *d = p + hl + esz * i;
     uint32_t flags = ext ? (uint32_t)wire_get64(d + 8) : wire_get32(d + 4);
@@ -761,8 +795,7 @@ nbdc_chunk_status(struct nbdc *c, struct nbdc_req *req, uint16_t type,
     }
     if (elen > end - off)
       elen = end - off;         /* the last one may run past the request */
-    r = nbd_extents_add(req->extents, off, elen,
-                        flags & (NBD_EXTENT_HOLE | NBD_EXTENT_ZERO));
+    r = nbd_extents_add(req->extents, off, elen, flags & mask);
     off += elen;                /* off < end <= 2^64 */
   }
   free(p);
@@ -852,7 +885,9 @@ nbdc_structured(struct nbdc *c, int ext, const char **why)
     *why = "read reply does not cover the request";
     return -1;
   }
-  if (req->err == 0 && req->cmd == NBD_CMD_BLOCK_STATUS && !req->got_status) {
+  if (req->err == 0 && req->cmd == NBD_CMD_BLOCK_STATUS &&
+      !(req->got_status & (req->want == c->info.meta_id &&
+                           c->info.base_allocation ? 1u : 2u))) {
     *why = "block status reply without extents";
     return -1;
   }
@@ -1099,9 +1134,9 @@ nbdc_dead(struct nbdc *c)
  * (64-bit length; a write says NBD_CMD_FLAG_PAYLOAD_LEN, as the spec
  * wants and libnbd does). */
 static int
-nbdc_request(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
-             uint64_t count, const void *wbuf, void *rbuf,
-             struct nbd_extents *extents)
+nbdc_request_ctx(struct nbdc *c, uint16_t cmd, uint32_t flags,
+                 uint64_t offset, uint64_t count, const void *wbuf,
+                 void *rbuf, struct nbd_extents *extents, uint32_t want)
 {
   unsigned char h[NBD_EXTENDED_REQUEST_SIZE];
   struct iovec iov[2];
@@ -1118,6 +1153,7 @@ nbdc_request(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
   req.count = count;
   req.buf = rbuf;
   req.extents = extents;
+  req.want = want;
   pthread_cond_init(&req.cond, NULL);
   pthread_mutex_lock(&c->lock);
   if (c->dead) {
@@ -1178,26 +1214,31 @@ nbdc_request(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
   return req.err;
 }
 
+static int
+nbdc_request(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
+             uint64_t count, const void *wbuf, void *rbuf)
+{
+  return nbdc_request_ctx(c, cmd, flags, offset, count, wbuf, rbuf, NULL, 0);
+}
+
 int
 nbdc_pread(struct nbdc *c, void *buf, uint32_t count, uint64_t offset,
            uint32_t flags)
 {
-  return nbdc_request(c, NBD_CMD_READ, flags, offset, count, NULL, buf,
-                      NULL);
+  return nbdc_request(c, NBD_CMD_READ, flags, offset, count, NULL, buf);
 }
 
 int
 nbdc_pwrite(struct nbdc *c, const void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
-  return nbdc_request(c, NBD_CMD_WRITE, flags, offset, count, buf, NULL,
-                      NULL);
+  return nbdc_request(c, NBD_CMD_WRITE, flags, offset, count, buf, NULL);
 }
 
 int
 nbdc_flush(struct nbdc *c, uint32_t flags)
 {
-  return nbdc_request(c, NBD_CMD_FLUSH, flags, 0, 0, NULL, NULL, NULL);
+  return nbdc_request(c, NBD_CMD_FLUSH, flags, 0, 0, NULL, NULL);
 }
 
 /* The largest length one compact request header carries (32 bits),
@@ -1230,7 +1271,7 @@ nbdc_ranged(struct nbdc *c, uint16_t cmd, uint64_t count, uint64_t offset,
     return -EINVAL;
   do {
     n = count < max ? count : max;
-    r = nbdc_request(c, cmd, flags, offset, n, NULL, NULL, NULL);
+    r = nbdc_request(c, cmd, flags, offset, n, NULL, NULL);
     offset += n;
     count -= n;
   } while (r == 0 && count > 0);
@@ -1268,17 +1309,34 @@ nbdc_cache(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags)
  * does): a block status reply may always describe less than the request
  * (the client asks again from where it stops), and nbdkit 1.32 drops the
  * connection when asked 4 GiB - 1 over a hole of 4 GiB or more. */
-int
-nbdc_extents(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags,
-             struct nbd_extents *extents)
+/* Block status of the context want (an id info says was negotiated). */
+static int
+nbdc_status(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags,
+            struct nbd_extents *extents, uint32_t want)
 {
   uint64_t max = nbdc_max_length(c);
 
   if (!c->info.extended)
     max = UINT64_C(1) << 31;    /* a multiple of any minimum block size */
+  return nbdc_request_ctx(c, NBD_CMD_BLOCK_STATUS, flags, offset,
+                          count < max ? count : max, NULL, NULL, extents,
+                          want);
+}
 
+int
+nbdc_extents(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags,
+             struct nbd_extents *extents)
+{
   if (!c->info.base_allocation)
     return -EOPNOTSUPP;
-  return nbdc_request(c, NBD_CMD_BLOCK_STATUS, flags, offset,
-                      count < max ? count : max, NULL, NULL, extents);
+  return nbdc_status(c, count, offset, flags, extents, c->info.meta_id);
+}
+
+int
+nbdc_depth(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags,
+           struct nbd_extents *extents)
+{
+  if (!c->info.allocation_depth)
+    return NBD_DEPTH_ONE;
+  return nbdc_status(c, count, offset, flags, extents, c->info.depth_id);
 }

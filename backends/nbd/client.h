@@ -2,7 +2,8 @@
  *
  * One struct nbdc is one upstream connection in the transmission phase:
  * fixed newstyle handshake with NBD_OPT_EXTENDED_HEADERS (else
- * NBD_OPT_STRUCTURED_REPLY),
+ * NBD_OPT_STRUCTURED_REPLY), NBD_OPT_SET_META_CONTEXT base:allocation
+ * and qemu:allocation-depth,
  * NBD_OPT_SET_META_CONTEXT base:allocation and NBD_OPT_GO asking for
  * NBD_INFO_BLOCK_SIZE (NBD_OPT_EXPORT_NAME when the server has no GO).
  * Many requests may be in flight: senders share the socket under a write
@@ -35,6 +36,8 @@ struct nbdc_info {
                                  structured) */
   int base_allocation;        /* base:allocation negotiated */
   uint32_t meta_id;           /* its context id */
+  int allocation_depth;       /* qemu:allocation-depth negotiated */
+  uint32_t depth_id;          /* its context id */
   int has_block_size;         /* NBD_INFO_BLOCK_SIZE came and was valid */
   uint32_t min_block, pref_block, max_block;
 };
@@ -80,6 +83,12 @@ int nbdc_cache(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags);
  * 4 GiB. */
 int nbdc_extents(struct nbdc *c, uint64_t count, uint64_t offset,
                  uint32_t flags, struct nbd_extents *extents);
+
+/* qemu:allocation-depth of [offset, offset+count) (extent types are the
+ * depths), as nbdc_extents; NBD_DEPTH_ONE when the upstream did not
+ * offer the context (every byte is the upstream's own: depth 1). */
+int nbdc_depth(struct nbdc *c, uint64_t count, uint64_t offset,
+               uint32_t flags, struct nbd_extents *extents);
 
 /* The NBD error value of a reply as -errno (unknown values are -EIO). */
 int nbdc_errno(uint32_t nbd_error);
