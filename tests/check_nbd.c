@@ -565,13 +565,15 @@ START_TEST(test_ext_zero_one_request)
 END_TEST
 
 /* Block status of 5 GiB in one request, answered with BLOCK_STATUS_EXT
- * and a 64-bit extent; a compact BLOCK_STATUS, a simple reply or a
- * descriptor count that does not match kill the connection. */
+ * and a 64-bit extent (descriptor count given, or 0: not given); a
+ * compact BLOCK_STATUS is fine too (the spec: a client MUST be prepared
+ * for both); a simple reply or a descriptor count that does not match
+ * kill the connection. */
 START_TEST(test_ext_block_status)
 {
   int bad;
 
-  for (bad = 0; bad < 4; bad++) {
+  for (bad = 0; bad < 5; bad++) {
     struct fix f;
     struct call k = { .cmd = NBD_CMD_BLOCK_STATUS, .count = 5 * GIB };
     unsigned char p[8 + 32], s[16];
@@ -583,7 +585,7 @@ START_TEST(test_ext_block_status)
     ck_assert_int_eq(pthread_create(&k.t, NULL, call_run, &k), 0);
     ck = ext_request(&f, NBD_CMD_BLOCK_STATUS, 0, 0, 5 * GIB);
     wire_put32(p, META_ID);
-    wire_put32(p + 4, bad == 2 ? 3 : 2);
+    wire_put32(p + 4, bad == 2 ? 3 : bad == 4 ? 0 : 2);
     wire_put64(p + 8, 4 * GIB + 4096);
     wire_put64(p + 16, NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
     wire_put64(p + 24, 4 * GIB);       /* runs past the request: clipped */
@@ -593,15 +595,25 @@ START_TEST(test_ext_block_status)
       wire_put32(s + 4, 0);
       wire_put64(s + 8, ck);
       wr(f.srv, s, sizeof s);
-    } else if (bad == 3)
-      chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, ck, p,
-            12);
+    } else if (bad == 3) {
+      unsigned char cp[12];
+
+      wire_put32(cp, META_ID);
+      wire_put32(cp + 4, 4096);
+      wire_put32(cp + 8, NBD_EXTENT_HOLE);
+      ext_chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, ck,
+                0, cp, sizeof cp);  /* compact type, extended header */
+    }
     else
       ext_chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS_EXT,
                 ck, 0, p, sizeof p);
-    if (bad) {
+    if (bad == 1 || bad == 2) {
       ck_assert_int_eq(call_end(&k), -EIO);
       ck_assert_int_eq(nbdc_dead(f.c), 1);
+    } else if (bad == 3) {
+      ck_assert_int_eq(call_end(&k), 0);
+      ck_assert_int_eq(nbdc_dead(f.c), 0);
+      ck_assert_uint_eq(k.e->v[0].length, 4096);
     } else {
       ck_assert_int_eq(call_end(&k), 0);
       ck_assert_uint_eq(k.e->n, 2);

@@ -736,9 +736,10 @@ nbdc_chunk_status(struct nbdc *c, struct nbdc_req *req, uint16_t type,
     *why = "unexpected block status chunk";
     return -1;
   }
-  if (ext != c->info.extended) {
-    *why = ext ? "BLOCK_STATUS_EXT without extended headers"
-               : "BLOCK_STATUS with extended headers";
+  /* With extended headers the server may use either type (the spec:
+   * the client MUST be prepared for both); without, only the compact. */
+  if (ext && !c->info.extended) {
+    *why = "BLOCK_STATUS_EXT without extended headers";
     return -1;
   }
   if (len < hl + esz || (len - hl) % esz ||
@@ -779,7 +780,8 @@ nbdc_chunk_status(struct nbdc *c, struct nbdc_req *req, uint16_t type,
   }
   /* base:allocation's flags are HOLE and ZERO; a depth is the number. */
   mask = bit == 1 ? NBD_EXTENT_HOLE | NBD_EXTENT_ZERO : UINT32_MAX;
-  if (ext && wire_get32(p + 4) != n) {
+  /* The descriptor count is 0 (not given) or the number that follow. */
+  if (ext && wire_get32(p + 4) != 0 && wire_get32(p + 4) != n) {
     free(p);
     *why = "BLOCK_STATUS_EXT descriptor count does not match its length";
     return -1;
