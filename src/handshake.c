@@ -12,8 +12,8 @@
  * (fixed newstyle only) imply structured replies; STRUCTURED_REPLY after
  * them is NBD_REP_ERR_EXT_HEADER_REQD, a second STRUCTURED_REPLY
  * without them ACK (the spec is silent on it; nbdkit ACKs), a second
- * EXTENDED_HEADERS
- * NBD_REP_ERR_INVALID, and EXPORT_NAME after them drops the connection
+ * EXTENDED_HEADERS NBD_REP_ERR_INVALID, and EXPORT_NAME after them drops
+ * the connection
  * (the client MUST NOT send it, and it has no error reply), as in qemu.
  * When every export requires TLS, every option but STARTTLS and ABORT
  * gets NBD_REP_ERR_TLS_REQD before TLS; when only some do, INFO, GO and
