@@ -10,8 +10,10 @@
  * STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT (the
  * contexts of protocol.c's table), EXTENDED_HEADERS.  Extended headers
  * (fixed newstyle only) imply structured replies; STRUCTURED_REPLY after
- * them is NBD_REP_ERR_EXT_HEADER_REQD, a second EXTENDED_HEADERS
- * NBD_REP_ERR_INVALID, and EXPORT_NAME after them drops the connection
+ * them is NBD_REP_ERR_EXT_HEADER_REQD, a second STRUCTURED_REPLY
+ * without them ACK (the spec is silent on it; nbdkit ACKs), a second
+ * EXTENDED_HEADERS NBD_REP_ERR_INVALID, and EXPORT_NAME after them drops
+ * the connection
  * (the client MUST NOT send it, and it has no error reply), as in qemu.
  * When every export requires TLS, every option but STARTTLS and ABORT
  * gets NBD_REP_ERR_TLS_REQD before TLS; when only some do, INFO, GO and
@@ -569,6 +571,12 @@ handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
     if (c->extended)
       return handshake_error(c, opt, NBD_REP_ERR_EXT_HEADER_REQD,
                              "extended headers already negotiated");
+    /* A repeat (structured replies already on) is ACKed again: the spec
+     * (proto.md with the extended-headers changes) lists only ACK,
+     * EXT_HEADER_REQD and UNSUP for this option and is silent on a
+     * repeat.  nbdkit 1.32 ACKs it too; qemu 7.2 answers
+     * NBD_REP_ERR_INVALID; libnbd reads either as "already negotiated".
+     * test_structured_repeat.py. */
     c->structured = 1;
     return handshake_reply(c, opt, NBD_REP_ACK, NULL, 0);
   case NBD_OPT_EXTENDED_HEADERS:

@@ -362,6 +362,9 @@ wire_readv(struct nbd_wire *w, struct iovec *iov, int n)
     }
     if (avail > 0) {
       size_t k = avail < iov->iov_len ? avail : iov->iov_len;
+      /* Part of a request is taken: the rest is not a new request, and
+       * the reader must not park (the part would be lost with it). */
+      w->at_request = 0;
       memcpy(iov->iov_base, w->rbuf + w->rpos, k);
       w->rpos += k;
       n = wire_iov_advance(&iov, n, k);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "layer.h"
@@ -51,8 +52,17 @@ opt_reply(int fd, uint32_t opt, uint32_t rep, const void *data, uint32_t len)
     wr(fd, data, len);
 }
 
-/* The server side of the handshake: structured replies, base:allocation
- * as META_ID, GO with size SIZE and block sizes 512/4096/1M. */
+/* Whether the fake server ACKs NBD_OPT_EXTENDED_HEADERS (nbdstack's
+ * server does; nbdkit 1.32 and qemu 7.2 answer NBD_REP_ERR_UNSUP). */
+static int fake_extended;
+/* Whether it selects qemu:allocation-depth too (as DEPTH_ID), as
+ * qemu-nbd -A and nbdstack do. */
+static int fake_depth;
+#define DEPTH_ID 9
+
+/* The server side of the handshake: structured replies (or extended
+ * headers with fake_extended), base:allocation as META_ID, GO with size
+ * SIZE and block sizes 512/4096/1M. */
 static void *
 fake_handshake(void *arg)
 {
@@ -73,11 +83,19 @@ fake_handshake(void *arg)
     rd(fd, d, len);
     free(d);
     if (opt == NBD_OPT_STRUCTURED_REPLY)
+      opt_reply(fd, opt, fake_extended ? NBD_REP_ERR_EXT_HEADER_REQD
+                                       : NBD_REP_ACK, NULL, 0);
+    else if (opt == NBD_OPT_EXTENDED_HEADERS && fake_extended)
       opt_reply(fd, opt, NBD_REP_ACK, NULL, 0);
     else if (opt == NBD_OPT_SET_META_CONTEXT) {
       wire_put32(buf, META_ID);
       memcpy(buf + 4, "base:allocation", 15);
       opt_reply(fd, opt, NBD_REP_META_CONTEXT, buf, 19);
+      if (fake_depth) {
+        wire_put32(buf, DEPTH_ID);
+        memcpy(buf + 4, "qemu:allocation-depth", 21);
+        opt_reply(fd, opt, NBD_REP_META_CONTEXT, buf, 25);
+      }
       opt_reply(fd, opt, NBD_REP_ACK, NULL, 0);
     } else if (opt == NBD_OPT_GO) {
       wire_put16(buf, NBD_INFO_EXPORT);
@@ -132,6 +150,7 @@ struct call {
   uint32_t flags;
   uint64_t offset;
   struct nbd_extents *e;
+  int depth;                    /* block status: nbdc_depth */
   int r;
   pthread_t t;
 };
@@ -143,6 +162,8 @@ call_run(void *arg)
 
   if (k->cmd == NBD_CMD_READ)
     k->r = nbdc_pread(k->c, k->buf, k->count, k->offset, 0);
+  else if (k->cmd == NBD_CMD_BLOCK_STATUS && k->depth)
+    k->r = nbdc_depth(k->c, k->count, k->offset, 0, k->e);
   else if (k->cmd == NBD_CMD_BLOCK_STATUS)
     k->r = nbdc_extents(k->c, k->count, k->offset, 0, k->e);
   else if (k->cmd == NBD_CMD_WRITE_ZEROES)
@@ -205,16 +226,19 @@ static void
 chunk(int fd, uint16_t flags, uint16_t type, uint64_t cookie,
       const void *payload, uint32_t len)
 {
-  unsigned char h[20];
+  unsigned char *h = malloc(20 + (size_t)len);
 
+  /* One write: a client that refuses the header shuts the socket down,
+   * and a second write would then fail. */
   wire_put32(h, NBD_STRUCTURED_REPLY_MAGIC);
   wire_put16(h + 4, flags);
   wire_put16(h + 6, type);
   wire_put64(h + 8, cookie);
   wire_put32(h + 16, len);
-  wr(fd, h, sizeof h);
   if (len)
-    wr(fd, payload, len);
+    memcpy(h + 20, payload, len);
+  wr(fd, h, 20 + (size_t)len);
+  free(h);
 }
 
 static void
@@ -375,8 +399,7 @@ END_TEST
 
 START_TEST(test_zero_over_4g_split)
 {
-  static const int cmds[] = { NBD_CMD_WRITE_ZEROES, NBD_CMD_TRIM,
-                              NBD_CMD_CACHE };
+  static const int cmds[] = { NBD_CMD_WRITE_ZEROES, NBD_CMD_TRIM };
   size_t i;
 
   for (i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
@@ -396,6 +419,28 @@ START_TEST(test_zero_over_4g_split)
     ck_assert_int_eq(call_end(&k), 0);
     fix_close(&f);
   }
+}
+END_TEST
+
+/* CACHE may not exceed the maximum block size (1 MiB here): pieces. */
+START_TEST(test_cache_split_at_max_block)
+{
+  struct fix f;
+  struct call k = { .cmd = NBD_CMD_CACHE, .count = (5u << 19) + 512,
+                    .offset = 512 };
+  uint64_t ck;
+
+  fix_open(&f);
+  k.c = f.c;
+  ck_assert_int_eq(pthread_create(&k.t, NULL, call_run, &k), 0);
+  ck = call_request(&f, &k, 0, 512, 1u << 20);
+  simple_reply(f.srv, ck, 0);
+  ck = call_request(&f, &k, 0, 512 + (1u << 20), 1u << 20);
+  simple_reply(f.srv, ck, 0);
+  ck = call_request(&f, &k, 0, 512 + (2u << 20), (1u << 19) + 512);
+  simple_reply(f.srv, ck, 0);
+  ck_assert_int_eq(call_end(&k), 0);
+  fix_close(&f);
 }
 END_TEST
 
@@ -433,7 +478,7 @@ START_TEST(test_block_status_over_4g)
   fix_open(&f);
   k.c = f.c;
   ck_assert_int_eq(pthread_create(&k.t, NULL, call_run, &k), 0);
-  ck = call_request(&f, &k, 0, 0, PIECE);
+  ck = call_request(&f, &k, 0, 0, 1u << 31);   /* at most 2 GiB asked */
   wire_put32(p, META_ID);
   wire_put32(p + 4, PIECE);
   wire_put32(p + 8, NBD_EXTENT_HOLE);
@@ -441,9 +486,264 @@ START_TEST(test_block_status_over_4g)
         sizeof p);
   ck_assert_int_eq(call_end(&k), 0);
   ck_assert_uint_eq(k.e->n, 1);
-  ck_assert_uint_eq(k.e->v[0].length, PIECE);
+  ck_assert_uint_eq(k.e->v[0].length, 1u << 31);  /* clipped */
   nbd_extents_free(k.e);
   fix_close(&f);
+}
+END_TEST
+
+/* ---- extended headers ---- */
+
+static void
+ext_chunk(int fd, uint16_t flags, uint16_t type, uint64_t cookie,
+          uint64_t offset, const void *payload, uint64_t len)
+{
+  unsigned char *h = malloc(32 + (size_t)len);
+
+  wire_put32(h, NBD_EXTENDED_REPLY_MAGIC);  /* one write, as chunk() */
+  wire_put16(h + 4, flags);
+  wire_put16(h + 6, type);
+  wire_put64(h + 8, cookie);
+  wire_put64(h + 16, offset);
+  wire_put64(h + 24, len);
+  if (len)
+    memcpy(h + 32, payload, (size_t)len);
+  wr(fd, h, 32 + (size_t)len);
+  free(h);
+}
+
+/* One extended request; checks it, returns the cookie. */
+static uint64_t
+ext_request(struct fix *f, uint16_t cmd, uint16_t flags, uint64_t offset,
+            uint64_t count)
+{
+  unsigned char h[NBD_EXTENDED_REQUEST_SIZE];
+
+  rd(f->srv, h, sizeof h);
+  ck_assert_uint_eq(wire_get32(h), NBD_EXTENDED_REQUEST_MAGIC);
+  ck_assert_uint_eq(wire_get16(h + 4), flags);
+  ck_assert_uint_eq(wire_get16(h + 6), cmd);
+  ck_assert_uint_eq(wire_get64(h + 16), offset);
+  ck_assert_uint_eq(wire_get64(h + 24), count);
+  return wire_get64(h + 8);
+}
+
+static void
+ext_open(struct fix *f)
+{
+  fake_extended = 1;
+  fix_open(f);
+  fake_extended = 0;
+  ck_assert_int_eq(nbdc_info(f->c)->extended, 1);
+  ck_assert_int_eq(nbdc_info(f->c)->structured, 1);
+}
+
+/* Zero and trim of 6 GiB: one request each, 64-bit length. */
+START_TEST(test_ext_zero_one_request)
+{
+  static const int cmds[] = { NBD_CMD_WRITE_ZEROES, NBD_CMD_TRIM };
+  size_t i;
+
+  for (i = 0; i < 2; i++) {
+    struct fix f;
+    struct call k = { .cmd = cmds[i], .count = 6 * GIB + 512,
+                      .offset = 512, .flags = NBD_CMD_FLAG_FUA };
+    uint64_t ck;
+
+    ext_open(&f);
+    k.c = f.c;
+    ck_assert_int_eq(pthread_create(&k.t, NULL, call_run, &k), 0);
+    ck = ext_request(&f, (uint16_t)cmds[i], NBD_CMD_FLAG_FUA, 512,
+                     6 * GIB + 512);
+    ext_chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, ck, 512,
+              NULL, 0);
+    ck_assert_int_eq(call_end(&k), 0);
+    ck_assert_int_eq(nbdc_dead(f.c), 0);
+    fix_close(&f);
+  }
+}
+END_TEST
+
+/* Block status of 5 GiB in one request, answered with BLOCK_STATUS_EXT
+ * and a 64-bit extent (descriptor count given, or 0: not given); a
+ * compact BLOCK_STATUS is fine too (the spec: a client MUST be prepared
+ * for both); a simple reply or a descriptor count that does not match
+ * kill the connection. */
+START_TEST(test_ext_block_status)
+{
+  int bad;
+
+  for (bad = 0; bad < 5; bad++) {
+    struct fix f;
+    struct call k = { .cmd = NBD_CMD_BLOCK_STATUS, .count = 5 * GIB };
+    unsigned char p[8 + 32], s[16];
+    uint64_t ck;
+
+    k.e = nbd_extents_new(0, 5 * GIB);
+    ext_open(&f);
+    k.c = f.c;
+    ck_assert_int_eq(pthread_create(&k.t, NULL, call_run, &k), 0);
+    ck = ext_request(&f, NBD_CMD_BLOCK_STATUS, 0, 0, 5 * GIB);
+    wire_put32(p, META_ID);
+    wire_put32(p + 4, bad == 2 ? 3 : bad == 4 ? 0 : 2);
+    wire_put64(p + 8, 4 * GIB + 4096);
+    wire_put64(p + 16, NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
+    wire_put64(p + 24, 4 * GIB);       /* runs past the request: clipped */
+    wire_put64(p + 32, 0);
+    if (bad == 1) {
+      wire_put32(s, NBD_SIMPLE_REPLY_MAGIC);
+      wire_put32(s + 4, 0);
+      wire_put64(s + 8, ck);
+      wr(f.srv, s, sizeof s);
+    } else if (bad == 3) {
+      unsigned char cp[12];
+
+      wire_put32(cp, META_ID);
+      wire_put32(cp + 4, 4096);
+      wire_put32(cp + 8, NBD_EXTENT_HOLE);
+      ext_chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, ck,
+                0, cp, sizeof cp);  /* compact type, extended header */
+    }
+    else
+      ext_chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS_EXT,
+                ck, 0, p, sizeof p);
+    if (bad == 1 || bad == 2) {
+      ck_assert_int_eq(call_end(&k), -EIO);
+      ck_assert_int_eq(nbdc_dead(f.c), 1);
+    } else if (bad == 3) {
+      ck_assert_int_eq(call_end(&k), 0);
+      ck_assert_int_eq(nbdc_dead(f.c), 0);
+      ck_assert_uint_eq(k.e->v[0].length, 4096);
+    } else {
+      ck_assert_int_eq(call_end(&k), 0);
+      ck_assert_uint_eq(k.e->n, 2);
+      ck_assert_uint_eq(k.e->v[0].length, 4 * GIB + 4096);
+      ck_assert_uint_eq(k.e->v[0].type, NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
+      ck_assert_uint_eq(k.e->v[1].length, GIB - 4096);
+    }
+    nbd_extents_free(k.e);
+    fix_close(&f);
+  }
+}
+END_TEST
+
+/* A read: extended data and hole chunks; a write says PAYLOAD_LEN. */
+START_TEST(test_ext_read_write)
+{
+  struct fix f;
+  struct call k = { .cmd = NBD_CMD_READ, .count = 2048, .offset = 4096 };
+  unsigned char p[8 + 1024], hole[12];
+  char *buf = malloc(2048), wbuf[512];
+  uint64_t ck;
+
+  memset(buf, 'x', 2048);
+  k.buf = buf;
+  ext_open(&f);
+  k.c = f.c;
+  ck_assert_int_eq(pthread_create(&k.t, NULL, call_run, &k), 0);
+  ck = ext_request(&f, NBD_CMD_READ, 0, 4096, 2048);
+  wire_put64(hole, 4096);
+  wire_put32(hole + 8, 1024);
+  ext_chunk(f.srv, 0, NBD_REPLY_TYPE_OFFSET_HOLE, ck, 4096, hole, 12);
+  wire_put64(p, 4096 + 1024);
+  memset(p + 8, 'a', 1024);
+  ext_chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, ck, 4096,
+            p, sizeof p);
+  ck_assert_int_eq(call_end(&k), 0);
+  ck_assert_int_eq(buf[0], 0);
+  ck_assert_int_eq(buf[1024], 'a');
+  ck_assert_int_eq(buf[2047], 'a');
+  free(buf);
+  /* The write, from the test thread: the fake server answers after. */
+  memset(wbuf, 'w', sizeof wbuf);
+  {
+    unsigned char h[NBD_EXTENDED_REQUEST_SIZE + 512];
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+      rd(f.srv, h, sizeof h);
+      if (wire_get32(h) != NBD_EXTENDED_REQUEST_MAGIC ||
+          wire_get16(h + 4) != NBD_CMD_FLAG_PAYLOAD_LEN ||
+          wire_get64(h + 24) != 512 || h[32] != 'w')
+        _exit(1);
+      ext_chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE,
+                wire_get64(h + 8), 0, NULL, 0);
+      _exit(0);
+    }
+    ck_assert_int_eq(nbdc_pwrite(f.c, wbuf, 512, 0, 0), 0);
+    {
+      int st;
+      ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+      ck_assert_int_eq(WIFEXITED(st) && WEXITSTATUS(st) == 0, 1);
+    }
+  }
+  fix_close(&f);
+}
+END_TEST
+
+/* Both contexts: a reply has a chunk for each; nbdc_depth keeps the
+ * depth's (its types the depths), nbdc_extents base:allocation's; two
+ * chunks for one context kill.  Without the context, depth is
+ * NBD_DEPTH_ONE and nothing is sent. */
+START_TEST(test_depth_context)
+{
+  int which;
+
+  for (which = 0; which < 3; which++) {
+    struct fix f;
+    struct call k = { .cmd = NBD_CMD_BLOCK_STATUS, .count = 8192,
+                      .depth = which != 1 };
+    unsigned char b[4 + 8], d[4 + 16];
+    uint64_t ck;
+
+    k.e = nbd_extents_new(0, 8192);
+    fake_depth = 1;
+    fix_open(&f);
+    fake_depth = 0;
+    ck_assert_int_eq(nbdc_info(f.c)->allocation_depth, 1);
+    ck_assert_uint_eq(nbdc_info(f.c)->depth_id, DEPTH_ID);
+    ck = call_start(&f, &k);
+    wire_put32(b, META_ID);
+    wire_put32(b + 4, 8192);
+    wire_put32(b + 8, NBD_EXTENT_HOLE);
+    wire_put32(d, DEPTH_ID);
+    wire_put32(d + 4, 4096);
+    wire_put32(d + 8, 1);
+    wire_put32(d + 12, 4096);
+    wire_put32(d + 16, 2);
+    chunk(f.srv, 0, NBD_REPLY_TYPE_BLOCK_STATUS, ck, d, sizeof d);
+    if (which == 2)
+      chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, ck, d,
+            sizeof d);
+    else
+      chunk(f.srv, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, ck, b,
+            sizeof b);
+    if (which == 2)
+      ck_assert_int_eq(call_end(&k), -EIO);
+    else {
+      ck_assert_int_eq(call_end(&k), 0);
+      if (which == 0) {
+        ck_assert_uint_eq(k.e->n, 2);
+        ck_assert_uint_eq(k.e->v[0].type, 1);
+        ck_assert_uint_eq(k.e->v[1].type, 2);
+      } else {
+        ck_assert_uint_eq(k.e->n, 1);
+        ck_assert_uint_eq(k.e->v[0].type, NBD_EXTENT_HOLE);
+      }
+    }
+    nbd_extents_free(k.e);
+    fix_close(&f);
+  }
+  {
+    struct fix f;
+    struct nbd_extents *e = nbd_extents_new(0, 8192);
+
+    fix_open(&f);
+    ck_assert_int_eq(nbdc_info(f.c)->allocation_depth, 0);
+    ck_assert_int_eq(nbdc_depth(f.c, 8192, 0, 0, e), NBD_DEPTH_ONE);
+    nbd_extents_free(e);
+    fix_close(&f);
+  }
 }
 END_TEST
 
@@ -496,7 +796,12 @@ main(void)
   tcase_add_test(tc, test_error_chunk);
   tcase_add_test(tc, test_block_status);
   tcase_add_test(tc, test_zero_over_4g_split);
+  tcase_add_test(tc, test_cache_split_at_max_block);
   tcase_add_test(tc, test_zero_over_4g_error_stops);
+  tcase_add_test(tc, test_ext_zero_one_request);
+  tcase_add_test(tc, test_ext_block_status);
+  tcase_add_test(tc, test_ext_read_write);
+  tcase_add_test(tc, test_depth_context);
   tcase_add_test(tc, test_block_status_over_4g);
   tcase_add_test(tc, test_unknown_cookie_kills);
   tcase_add_test(tc, test_upstream_gone);

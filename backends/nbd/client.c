@@ -1,8 +1,14 @@
 /* nbdstack backend nbd: the NBD client of one upstream connection.
  *
  * Handshake (proto.md "Newstyle negotiation"): fixed newstyle only; asks
- * for structured replies, then base:allocation, then NBD_OPT_GO with
- * NBD_INFO_BLOCK_SIZE; a server without GO gets NBD_OPT_EXPORT_NAME.
+ * for extended headers (NBD_OPT_EXTENDED_HEADERS, which imply structured
+ * replies) and, refused, for structured replies, then base:allocation,
+ * then NBD_OPT_GO with NBD_INFO_BLOCK_SIZE; a server without GO gets
+ * NBD_OPT_EXPORT_NAME.  With extended headers every request has a 64-bit
+ * length (trim, zero, cache and block status of any length go as one
+ * request) and every reply is an extended chunk (32-byte header, block
+ * status as BLOCK_STATUS_EXT); without them trim, zero and cache over
+ * 4 GiB are split and block status asks for at most 4 GiB.
  *
  * Transmission (proto.md "Transmission"): a request is put in the table
  * of requests in flight before it is sent (its reply may come before the
@@ -30,8 +36,13 @@
  * with EIO.  An upstream that goes away while nothing is in flight is
  * found at the next request.
  *
- * Not here: connecting, TLS, reconnecting, extended headers (64-bit
- * lengths), meta contexts other than base:allocation.
+ * Meta contexts: base:allocation and, when the upstream offers it (qemu-nbd
+ * -A, nbdstack), qemu:allocation-depth, both asked in one
+ * SET_META_CONTEXT.  A block status reply then has a chunk for each; the
+ * request keeps the one it asked for (nbdc_extents or nbdc_depth) and
+ * checks the other's id only.
+ *
+ * Not here: connecting, reconnecting, other meta contexts.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -48,8 +59,10 @@
 #include "wire.h"
 
 #define NBDC_META_NAME "base:allocation"
-/* A block status reply of more extents than this is refused: the request
- * is at most 4 GiB, and no server describes it in 512-byte pieces. */
+#define NBDC_DEPTH_NAME "qemu:allocation-depth"
+/* A block status reply of more extents than this is refused: no server
+ * describes a request in 512-byte pieces (a compact request is at most
+ * 4 GiB; ours answers at most 2^20 extents, as qemu does). */
 #define NBDC_MAX_EXTENTS (1u << 20)
 #define NBDC_HANDSHAKE_TIMEOUT 30   /* seconds per read during the handshake */
 /* Reply read buffer: a 4 KiB read's reply, or a few dozen short replies,
@@ -60,13 +73,15 @@ struct nbdc_req {
   uint64_t cookie;
   uint16_t cmd;
   uint64_t offset;
-  uint32_t count;
+  uint64_t count;               /* at most the payload limit for reads */
   void *buf;                    /* NBD_CMD_READ */
   struct nbd_extents *extents;  /* NBD_CMD_BLOCK_STATUS */
   uint64_t covered;             /* read: bytes of data and holes received */
   uint64_t contig;              /* read: bytes received in order from offset */
   int unordered;                /* read: a chunk came out of order */
-  int got_status;               /* block status: the context's chunk came */
+  uint32_t want;                /* block status: the context id kept */
+  unsigned got_status;          /* block status: bit 0 base:allocation's
+                                   chunk came, bit 1 the depth's */
   int err;                      /* first error, -errno */
   int done;
   pthread_cond_t cond;
@@ -306,13 +321,33 @@ nbdc_opt_structured(struct nbdc *c, char *err, size_t errlen)
   return rep == NBD_REP_ACK;
 }
 
-/* NBD_OPT_SET_META_CONTEXT base:allocation; fills info; 0 or -1. */
+/* NBD_OPT_EXTENDED_HEADERS (extension-ext-header): 1 acked, 0 refused
+ * (an upstream without them says NBD_REP_ERR_UNSUP), -1 failed. */
+static int
+nbdc_opt_extended(struct nbdc *c, char *err, size_t errlen)
+{
+  unsigned char buf[256];
+  uint32_t rep, len;
+
+  if (nbdc_opt_send(c, NBD_OPT_EXTENDED_HEADERS, NULL, 0) == -1) {
+    snprintf(err, errlen, "send failed: %s", strerror(errno));
+    return -1;
+  }
+  if (nbdc_opt_reply(c, NBD_OPT_EXTENDED_HEADERS, &rep, buf, sizeof buf,
+                     &len, err, errlen) == -1)
+    return -1;
+  return rep == NBD_REP_ACK;
+}
+
+/* NBD_OPT_SET_META_CONTEXT base:allocation and qemu:allocation-depth;
+ * fills info with those the upstream selected; 0 or -1. */
 static int
 nbdc_opt_meta(struct nbdc *c, const char *name, struct nbdc_info *info, char *err,
               size_t errlen)
 {
   size_t nlen = strlen(name), qlen = strlen(NBDC_META_NAME);
-  size_t dlen = 4 + nlen + 4 + 4 + qlen;
+  size_t dqlen = strlen(NBDC_DEPTH_NAME);
+  size_t dlen = 4 + nlen + 4 + 4 + qlen + 4 + dqlen;
   unsigned char *d = malloc(dlen), buf[256];
   uint32_t rep, len;
   int r;
@@ -323,9 +358,11 @@ nbdc_opt_meta(struct nbdc *c, const char *name, struct nbdc_info *info, char *er
   }
   wire_put32(d, (uint32_t)nlen);
   memcpy(d + 4, name, nlen);    /* NOLINT(bugprone-not-null-terminated-result): a length-prefixed NBD string */
-  wire_put32(d + 4 + nlen, 1);
+  wire_put32(d + 4 + nlen, 2);
   wire_put32(d + 8 + nlen, (uint32_t)qlen);
   memcpy(d + 12 + nlen, NBDC_META_NAME, qlen);  /* NOLINT(bugprone-not-null-terminated-result): length-prefixed */
+  wire_put32(d + 12 + nlen + qlen, (uint32_t)dqlen);
+  memcpy(d + 16 + nlen + qlen, NBDC_DEPTH_NAME, dqlen);  /* NOLINT(bugprone-not-null-terminated-result): length-prefixed */
   r = nbdc_opt_send(c, NBD_OPT_SET_META_CONTEXT, d, (uint32_t)dlen);
   free(d);
   if (r == -1) {
@@ -341,6 +378,10 @@ nbdc_opt_meta(struct nbdc *c, const char *name, struct nbdc_info *info, char *er
     if (len == 4 + qlen && memcmp(buf + 4, NBDC_META_NAME, qlen) == 0) {
       info->base_allocation = 1;
       info->meta_id = wire_get32(buf);
+    } else if (len == 4 + dqlen &&
+               memcmp(buf + 4, NBDC_DEPTH_NAME, dqlen) == 0) {
+      info->allocation_depth = 1;
+      info->depth_id = wire_get32(buf);
     }
   }
 }
@@ -531,7 +572,10 @@ nbdc_handshake(struct nbdc *c, const char *name, struct nbdc_info *info, char *e
   }
   if (c->tls && nbdc_opt_starttls(c, err, errlen) == -1)
     return -1;
-  if ((r = nbdc_opt_structured(c, err, errlen)) == -1)
+  if ((r = nbdc_opt_extended(c, err, errlen)) == -1)
+    return -1;
+  info->extended = info->structured = r;
+  if (!r && (r = nbdc_opt_structured(c, err, errlen)) == -1)
     return -1;
   info->structured = r;
   if (r && nbdc_opt_meta(c, name, info, err, errlen) == -1)
@@ -633,7 +677,7 @@ nbdc_read_piece(struct nbdc_req *req, uint64_t off, uint64_t len)
  * types").  0, or -1 for a protocol error (message in *why). */
 static int
 nbdc_chunk_read(struct nbdc *c, struct nbdc_req *req, uint16_t type,
-                uint32_t len, const char **why)
+                uint64_t len, const char **why)
 {
   unsigned char h[12];
   uint64_t off, n;
@@ -650,7 +694,7 @@ nbdc_chunk_read(struct nbdc *c, struct nbdc_req *req, uint16_t type,
     off = wire_get64(h);
     n = wire_get32(h + 8);
   } else {
-    if (len < 8 || nbdc_recv(c, h, 8) == -1) {
+    if (len < 8 || len - 8 > req->count || nbdc_recv(c, h, 8) == -1) {
       *why = len < 8 ? "data chunk of bad length" : "connection closed";
       return -1;
     }
@@ -662,9 +706,9 @@ nbdc_chunk_read(struct nbdc *c, struct nbdc_req *req, uint16_t type,
     return -1;
   }
   if (type == NBD_REPLY_TYPE_OFFSET_HOLE)
-    memset((char *)req->buf + (off - req->offset), 0, n);
+    memset((char *)req->buf + (off - req->offset), 0, (size_t)n);
   else if (nbdc_recv(c, (char *)req->buf + (off - req->offset),
-                          n) == -1) {
+                          (size_t)n) == -1) {
     *why = "connection closed";
     return -1;
   }
@@ -672,53 +716,89 @@ nbdc_chunk_read(struct nbdc *c, struct nbdc_req *req, uint16_t type,
   return 0;
 }
 
-/* BLOCK_STATUS: the context id, then (length, flags) pairs from the
- * request's offset; the last may run past the request (clipped). */
+/* BLOCK_STATUS: the context id, then (32-bit length, flags) pairs from
+ * the request's offset; BLOCK_STATUS_EXT (extended headers): the context
+ * id, the descriptor count, then (64-bit length, 64-bit flags) pairs.
+ * The last may run past the request (clipped). */
 static int
-nbdc_chunk_status(struct nbdc *c, struct nbdc_req *req, uint32_t len,
-                  const char **why)
+nbdc_chunk_status(struct nbdc *c, struct nbdc_req *req, uint16_t type,
+                  uint64_t len, const char **why)
 {
   unsigned char *p;
-  uint64_t off = req->offset, end = req->offset + req->count;
-  uint32_t i, n, elen;
+  uint64_t off = req->offset, end = req->offset + req->count, elen;
+  int ext = type == NBD_REPLY_TYPE_BLOCK_STATUS_EXT;
+  size_t hl = ext ? 8 : 4, esz = ext ? 16 : 8, i, n;
+  uint32_t id, mask;
+  unsigned bit;
   int r = 0;
 
-  if (req->cmd != NBD_CMD_BLOCK_STATUS || req->got_status) {
+  if (req->cmd != NBD_CMD_BLOCK_STATUS) {
     *why = "unexpected block status chunk";
     return -1;
   }
-  if (len < 12 || (len - 4) % 8 || (len - 4) / 8 > NBDC_MAX_EXTENTS) {
+  /* With extended headers the server may use either type (the spec:
+   * the client MUST be prepared for both); without, only the compact. */
+  if (ext && !c->info.extended) {
+    *why = "BLOCK_STATUS_EXT without extended headers";
+    return -1;
+  }
+  if (len < hl + esz || (len - hl) % esz ||
+      (len - hl) / esz > NBDC_MAX_EXTENTS) {
     *why = "block status chunk of bad length";
     return -1;
   }
-  if ((p = malloc(len)) == NULL) {
+  if ((p = malloc((size_t)len)) == NULL) {
     req->err = req->err ? req->err : -ENOMEM;
     return nbdc_discard(c, len) == -1 ? (*why = "connection closed", -1)
                                        : 0;
   }
-  if (nbdc_recv(c, p, len) == -1) {
+  if (nbdc_recv(c, p, (size_t)len) == -1) {
     free(p);
     *why = "connection closed";
     return -1;
   }
-  if (wire_get32(p) != c->info.meta_id) {
+  n = (size_t)((len - hl) / esz);
+  id = wire_get32(p);
+  if (c->info.base_allocation && id == c->info.meta_id)
+    bit = 1;
+  else if (c->info.allocation_depth && id == c->info.depth_id)
+    bit = 2;
+  else {
     free(p);
     *why = "block status for a context not negotiated";
     return -1;
   }
-  req->got_status = 1;
-  n = (len - 4) / 8;
+  if (req->got_status & bit) {
+    free(p);
+    *why = "two block status chunks for one context";
+    return -1;
+  }
+  req->got_status |= bit;
+  if (id != req->want) {        /* the other context's: checked, dropped */
+    free(p);
+    return 0;
+  }
+  /* base:allocation's flags are HOLE and ZERO; a depth is the number. */
+  mask = bit == 1 ? NBD_EXTENT_HOLE | NBD_EXTENT_ZERO : UINT32_MAX;
+  /* The descriptor count is 0 (not given) or the number that follow. */
+  if (ext && wire_get32(p + 4) != 0 && wire_get32(p + 4) != n) {
+    free(p);
+    *why = "BLOCK_STATUS_EXT descriptor count does not match its length";
+    return -1;
+  }
   for (i = 0; i < n && off < end && r == 0; i++) {
-    elen = wire_get32(p + 4 + 8 * i);
+    const unsigned char *d = p + hl + esz * i;
+    uint32_t flags = ext ? (uint32_t)wire_get64(d + 8) : wire_get32(d + 4);
+    elen = ext ? wire_get64(d) : wire_get32(d);
     if (elen == 0) {
       free(p);
       *why = "block status extent of length 0";
       return -1;
     }
-    r = nbd_extents_add(req->extents, off, elen,
-                        wire_get32(p + 8 + 8 * i) &
-                          (NBD_EXTENT_HOLE | NBD_EXTENT_ZERO));
-    off += elen;                /* off < end <= 2^63, elen < 2^32 */
+    if (elen > end - off)
+      elen = end - off;         /* the last one may run past the request */
+    r = nbd_extents_add(req->extents, off, elen, flags & mask);
+    off += elen;                /* off < end <= 2^64 */
   }
   free(p);
   if (r < 0 && req->err == 0)
@@ -729,7 +809,7 @@ nbdc_chunk_status(struct nbdc *c, struct nbdc_req *req, uint32_t len,
 /* ERROR or ERROR_OFFSET (any type with bit 15 set): error, message
  * length, message (and an offset, not needed). */
 static int
-nbdc_chunk_error(struct nbdc *c, struct nbdc_req *req, uint32_t len,
+nbdc_chunk_error(struct nbdc *c, struct nbdc_req *req, uint64_t len,
                  const char **why)
 {
   unsigned char h[6];
@@ -752,25 +832,38 @@ nbdc_chunk_error(struct nbdc *c, struct nbdc_req *req, uint32_t len,
   return 0;
 }
 
-/* One structured reply chunk; 0 or -1 (protocol error). */
+/* One structured reply chunk (after its magic): a compact one (16 more
+ * bytes of header, 32-bit length) or, with extended headers, an extended
+ * one (28 more: flags, type, cookie, offset, 64-bit length).  0 or -1
+ * (protocol error). */
 static int
-nbdc_structured(struct nbdc *c, const char **why)
+nbdc_structured(struct nbdc *c, int ext, const char **why)
 {
-  unsigned char h[16];
+  unsigned char h[28];
   struct nbdc_req *req;
   uint16_t flags, type;
-  uint32_t len;
+  uint64_t len;
   int r;
 
-  if (nbdc_recv(c, h, sizeof h) == -1) {
+  if (ext != c->info.extended) {
+    *why = ext ? "extended reply without extended headers"
+               : "structured reply with extended headers";
+    return -1;
+  }
+  if (nbdc_recv(c, h, ext ? 28 : 16) == -1) {
     *why = "connection closed";
     return -1;
   }
   flags = wire_get16(h);
   type = wire_get16(h + 2);
-  len = wire_get32(h + 12);
+  len = ext ? wire_get64(h + 20) : wire_get32(h + 12);
   if (!c->info.structured || (req = nbdc_lookup(c, wire_get64(h + 4))) == NULL) {
     *why = "structured reply with an unknown cookie";
+    return -1;
+  }
+  if (len > NBD_MAX_PAYLOAD + 8 &&
+      len > (uint64_t)NBDC_MAX_EXTENTS * 16 + 8) {
+    *why = "reply chunk too long";
     return -1;
   }
   if (type == NBD_REPLY_TYPE_NONE)
@@ -779,8 +872,9 @@ nbdc_structured(struct nbdc *c, const char **why)
   else if (type == NBD_REPLY_TYPE_OFFSET_DATA ||
            type == NBD_REPLY_TYPE_OFFSET_HOLE)
     r = nbdc_chunk_read(c, req, type, len, why);
-  else if (type == NBD_REPLY_TYPE_BLOCK_STATUS)
-    r = nbdc_chunk_status(c, req, len, why);
+  else if (type == NBD_REPLY_TYPE_BLOCK_STATUS ||
+           type == NBD_REPLY_TYPE_BLOCK_STATUS_EXT)
+    r = nbdc_chunk_status(c, req, type, len, why);
   else if (type & 0x8000)
     r = nbdc_chunk_error(c, req, len, why);
   else
@@ -793,7 +887,9 @@ nbdc_structured(struct nbdc *c, const char **why)
     *why = "read reply does not cover the request";
     return -1;
   }
-  if (req->err == 0 && req->cmd == NBD_CMD_BLOCK_STATUS && !req->got_status) {
+  if (req->err == 0 && req->cmd == NBD_CMD_BLOCK_STATUS &&
+      !(req->got_status & (req->want == c->info.meta_id &&
+                           c->info.base_allocation ? 1u : 2u))) {
     *why = "block status reply without extents";
     return -1;
   }
@@ -820,6 +916,10 @@ nbdc_simple(struct nbdc *c, const char **why)
     *why = "simple reply with an unknown cookie";
     return -1;
   }
+  if (c->info.extended) {
+    *why = "simple reply with extended headers";
+    return -1;
+  }
   if (req->cmd == NBD_CMD_BLOCK_STATUS && e == 0) {
     *why = "simple reply to block status";
     return -1;
@@ -829,7 +929,7 @@ nbdc_simple(struct nbdc *c, const char **why)
       *why = "simple reply after read chunks";
       return -1;
     }
-    if (nbdc_recv(c, req->buf, req->count) == -1) {
+    if (nbdc_recv(c, req->buf, (size_t)req->count) == -1) {
       *why = "connection closed";
       return -1;
     }
@@ -854,7 +954,9 @@ nbdc_reply(struct nbdc *c, const char **why)
   if (wire_get32(m) == NBD_SIMPLE_REPLY_MAGIC)
     return nbdc_simple(c, why);
   if (wire_get32(m) == NBD_STRUCTURED_REPLY_MAGIC)
-    return nbdc_structured(c, why);
+    return nbdc_structured(c, 0, why);
+  if (wire_get32(m) == NBD_EXTENDED_REPLY_MAGIC)
+    return nbdc_structured(c, 1, why);
   *why = "bad reply magic";
   return -1;
 }
@@ -984,7 +1086,8 @@ nbdc_open(int fd, const char *name, const struct nbdc_tls *tls, char *err,
 void
 nbdc_close(struct nbdc *c)
 {
-  unsigned char h[NBD_REQUEST_SIZE];
+  unsigned char h[NBD_EXTENDED_REQUEST_SIZE];
+  size_t hl;
 
   if (c == NULL)
     return;
@@ -994,11 +1097,13 @@ nbdc_close(struct nbdc *c)
   pthread_mutex_unlock(&c->lock);
   pthread_join(c->reader, NULL);
   memset(h, 0, sizeof h);
-  wire_put32(h, NBD_REQUEST_MAGIC);
+  wire_put32(h, c->info.extended ? NBD_EXTENDED_REQUEST_MAGIC
+                                 : NBD_REQUEST_MAGIC);
   wire_put16(h + 6, NBD_CMD_DISC);
+  hl = c->info.extended ? NBD_EXTENDED_REQUEST_SIZE : NBD_REQUEST_SIZE;
   pthread_mutex_lock(&c->wlock);
   if (!nbdc_dead(c))
-    (void)nbdc_write_full(c, h, sizeof h);
+    (void)nbdc_write_full(c, h, hl);
   pthread_mutex_unlock(&c->wlock);
   nbdc_end_tls(c, !nbdc_dead(c));
   shutdown(c->w.fd, SHUT_RDWR);
@@ -1026,25 +1131,31 @@ nbdc_dead(struct nbdc *c)
   return d;
 }
 
-/* One request and its reply (proto.md "Request message"). */
+/* One request and its reply (proto.md "Request message"): a compact
+ * header (32-bit length) or, with extended headers, an extended one
+ * (64-bit length; a write says NBD_CMD_FLAG_PAYLOAD_LEN, as the spec
+ * wants and libnbd does). */
 static int
-nbdc_request(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
-             uint32_t count, const void *wbuf, void *rbuf,
-             struct nbd_extents *extents)
+nbdc_request_ctx(struct nbdc *c, uint16_t cmd, uint32_t flags,
+                 uint64_t offset, uint64_t count, const void *wbuf,
+                 void *rbuf, struct nbd_extents *extents, uint32_t want)
 {
-  unsigned char h[NBD_REQUEST_SIZE];
+  unsigned char h[NBD_EXTENDED_REQUEST_SIZE];
   struct iovec iov[2];
   struct nbdc_req req;
   int r;
 
   if (count != 0 && offset > UINT64_MAX - count)
     return -EINVAL;
+  if (!c->info.extended && count > UINT32_MAX)
+    return -EINVAL;             /* nbdc_ranged splits before this */
   memset(&req, 0, sizeof req);
   req.cmd = cmd;
   req.offset = offset;
   req.count = count;
   req.buf = rbuf;
   req.extents = extents;
+  req.want = want;
   pthread_cond_init(&req.cond, NULL);
   pthread_mutex_lock(&c->lock);
   if (c->dead) {
@@ -1057,16 +1168,23 @@ nbdc_request(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
   c->reqs = &req;
   pthread_mutex_unlock(&c->lock);
 
-  wire_put32(h, NBD_REQUEST_MAGIC);
+  wire_put32(h, c->info.extended ? NBD_EXTENDED_REQUEST_MAGIC
+                                 : NBD_REQUEST_MAGIC);
+  if (c->info.extended && wbuf)
+    flags |= NBD_CMD_FLAG_PAYLOAD_LEN;
   wire_put16(h + 4, (uint16_t)flags);
   wire_put16(h + 6, cmd);
   wire_put64(h + 8, req.cookie);
   wire_put64(h + 16, offset);
-  wire_put32(h + 24, count);
+  if (c->info.extended)
+    wire_put64(h + 24, count);
+  else
+    wire_put32(h + 24, (uint32_t)count);
   iov[0].iov_base = h;
-  iov[0].iov_len = sizeof h;
+  iov[0].iov_len = c->info.extended ? NBD_EXTENDED_REQUEST_SIZE
+                                    : NBD_REQUEST_SIZE;
   iov[1].iov_base = (void *)wbuf;
-  iov[1].iov_len = count;
+  iov[1].iov_len = wbuf ? (size_t)count : 0;
   pthread_mutex_lock(&c->wlock);
   r = nbdc_writev_full(c, iov, wbuf ? 2 : 1);
   pthread_mutex_unlock(&c->wlock);
@@ -1098,56 +1216,64 @@ nbdc_request(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
   return req.err;
 }
 
+static int
+nbdc_request(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
+             uint64_t count, const void *wbuf, void *rbuf)
+{
+  return nbdc_request_ctx(c, cmd, flags, offset, count, wbuf, rbuf, NULL, 0);
+}
+
 int
 nbdc_pread(struct nbdc *c, void *buf, uint32_t count, uint64_t offset,
            uint32_t flags)
 {
-  return nbdc_request(c, NBD_CMD_READ, flags, offset, count, NULL, buf,
-                      NULL);
+  return nbdc_request(c, NBD_CMD_READ, flags, offset, count, NULL, buf);
 }
 
 int
 nbdc_pwrite(struct nbdc *c, const void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
-  return nbdc_request(c, NBD_CMD_WRITE, flags, offset, count, buf, NULL,
-                      NULL);
+  return nbdc_request(c, NBD_CMD_WRITE, flags, offset, count, buf, NULL);
 }
 
 int
 nbdc_flush(struct nbdc *c, uint32_t flags)
 {
-  return nbdc_request(c, NBD_CMD_FLUSH, flags, 0, 0, NULL, NULL, NULL);
+  return nbdc_request(c, NBD_CMD_FLUSH, flags, 0, 0, NULL, NULL);
 }
 
 /* The largest length one compact request header carries (32 bits),
  * rounded down to a multiple of the upstream's minimum block size, so
  * every piece of a longer request stays aligned to it.  An upstream
- * without extended headers takes no more per request. */
-static uint32_t
+ * without extended headers takes no more per request; with them, one
+ * request carries any length. */
+static uint64_t
 nbdc_max_length(const struct nbdc *c)
 {
   uint32_t min = c->info.has_block_size && c->info.min_block > 1
                  ? c->info.min_block : 1;
 
+  if (c->info.extended)
+    return UINT64_MAX;          /* any length in one request */
   return UINT32_MAX - UINT32_MAX % min;
 }
 
 /* TRIM, WRITE_ZEROES and CACHE of any 64-bit length, as requests of at
- * most nbdc_max_length each.  Every piece carries the flags: with FUA
- * each must be durable before the whole is answered. */
+ * most max each.  Every piece carries the flags: with FUA each must be
+ * durable before the whole is answered. */
 static int
 nbdc_ranged(struct nbdc *c, uint16_t cmd, uint64_t count, uint64_t offset,
-            uint32_t flags)
+            uint32_t flags, uint64_t max)
 {
-  uint32_t max = nbdc_max_length(c), n;
+  uint64_t n;
   int r = 0;
 
   if (count != 0 && offset > UINT64_MAX - count)
     return -EINVAL;
   do {
-    n = count < max ? (uint32_t)count : max;
-    r = nbdc_request(c, cmd, flags, offset, n, NULL, NULL, NULL);
+    n = count < max ? count : max;
+    r = nbdc_request(c, cmd, flags, offset, n, NULL, NULL);
     offset += n;
     count -= n;
   } while (r == 0 && count > 0);
@@ -1157,33 +1283,62 @@ nbdc_ranged(struct nbdc *c, uint16_t cmd, uint64_t count, uint64_t offset,
 int
 nbdc_trim(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags)
 {
-  return nbdc_ranged(c, NBD_CMD_TRIM, count, offset, flags);
+  return nbdc_ranged(c, NBD_CMD_TRIM, count, offset, flags,
+                     nbdc_max_length(c));
 }
 
 int
 nbdc_zero(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags)
 {
-  return nbdc_ranged(c, NBD_CMD_WRITE_ZEROES, count, offset, flags);
+  return nbdc_ranged(c, NBD_CMD_WRITE_ZEROES, count, offset, flags,
+                     nbdc_max_length(c));
 }
 
 int
 nbdc_cache(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags)
 {
-  return nbdc_ranged(c, NBD_CMD_CACHE, count, offset, flags);
+  uint64_t max = nbdc_max_length(c);
+
+  /* The spec lets only TRIM, WRITE_ZEROES and BLOCK_STATUS exceed the
+   * maximum block size; qemu-nbd refuses a CACHE over it (32 MiB) with
+   * EINVAL. */
+  if (c->info.has_block_size && c->info.max_block < max)
+    max = c->info.max_block;
+  return nbdc_ranged(c, NBD_CMD_CACHE, count, offset, flags, max);
 }
 
-/* Over nbdc_max_length, only the first piece is asked: a block status
- * reply may always describe less than the request (the client asks
- * again from where it stops). */
+/* Without extended headers, at most 2 GiB is asked (as qemu's client
+ * does): a block status reply may always describe less than the request
+ * (the client asks again from where it stops), and nbdkit 1.32 drops the
+ * connection when asked 4 GiB - 1 over a hole of 4 GiB or more. */
+/* Block status of the context want (an id info says was negotiated). */
+static int
+nbdc_status(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags,
+            struct nbd_extents *extents, uint32_t want)
+{
+  uint64_t max = nbdc_max_length(c);
+
+  if (!c->info.extended)
+    max = UINT64_C(1) << 31;    /* a multiple of any minimum block size */
+  return nbdc_request_ctx(c, NBD_CMD_BLOCK_STATUS, flags, offset,
+                          count < max ? count : max, NULL, NULL, extents,
+                          want);
+}
+
 int
 nbdc_extents(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags,
              struct nbd_extents *extents)
 {
-  uint32_t max = nbdc_max_length(c);
-
   if (!c->info.base_allocation)
     return -EOPNOTSUPP;
-  return nbdc_request(c, NBD_CMD_BLOCK_STATUS, flags, offset,
-                      count < max ? (uint32_t)count : max, NULL, NULL,
-                      extents);
+  return nbdc_status(c, count, offset, flags, extents, c->info.meta_id);
+}
+
+int
+nbdc_depth(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags,
+           struct nbd_extents *extents)
+{
+  if (!c->info.allocation_depth)
+    return NBD_DEPTH_ONE;
+  return nbdc_status(c, count, offset, flags, extents, c->info.depth_id);
 }

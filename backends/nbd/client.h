@@ -1,7 +1,9 @@
 /* nbdstack backend nbd: a small NBD client (client.c).
  *
  * One struct nbdc is one upstream connection in the transmission phase:
- * fixed newstyle handshake with NBD_OPT_STRUCTURED_REPLY,
+ * fixed newstyle handshake with NBD_OPT_EXTENDED_HEADERS (else
+ * NBD_OPT_STRUCTURED_REPLY), NBD_OPT_SET_META_CONTEXT base:allocation
+ * and qemu:allocation-depth,
  * NBD_OPT_SET_META_CONTEXT base:allocation and NBD_OPT_GO asking for
  * NBD_INFO_BLOCK_SIZE (NBD_OPT_EXPORT_NAME when the server has no GO).
  * Many requests may be in flight: senders share the socket under a write
@@ -30,8 +32,12 @@ struct nbdc_info {
   uint64_t size;
   uint16_t tflags;            /* NBD_FLAG_HAS_FLAGS, READ_ONLY, ... */
   int structured;             /* structured replies negotiated */
+  int extended;               /* extended headers negotiated (implies
+                                 structured) */
   int base_allocation;        /* base:allocation negotiated */
   uint32_t meta_id;           /* its context id */
+  int allocation_depth;       /* qemu:allocation-depth negotiated */
+  uint32_t depth_id;          /* its context id */
   int has_block_size;         /* NBD_INFO_BLOCK_SIZE came and was valid */
   uint32_t min_block, pref_block, max_block;
 };
@@ -67,15 +73,22 @@ int nbdc_pread(struct nbdc *c, void *buf, uint32_t count, uint64_t offset,
 int nbdc_pwrite(struct nbdc *c, const void *buf, uint32_t count,
                 uint64_t offset, uint32_t flags);
 int nbdc_flush(struct nbdc *c, uint32_t flags);
-/* Any length: trim, zero and cache go as requests of at most 4 GiB (an
- * upstream without extended headers takes no more), each with flags. */
+/* Any length: one request with extended headers; without them, requests
+ * of at most 4 GiB (all such an upstream takes), each with flags. */
 int nbdc_trim(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags);
 int nbdc_zero(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags);
 int nbdc_cache(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags);
 /* base:allocation extents of [offset, offset+count), added to extents;
- * over 4 GiB they may cover only the first 4 GiB. */
+ * over 4 GiB without extended headers they may cover only the first
+ * 4 GiB. */
 int nbdc_extents(struct nbdc *c, uint64_t count, uint64_t offset,
                  uint32_t flags, struct nbd_extents *extents);
+
+/* qemu:allocation-depth of [offset, offset+count) (extent types are the
+ * depths), as nbdc_extents; NBD_DEPTH_ONE when the upstream did not
+ * offer the context (every byte is the upstream's own: depth 1). */
+int nbdc_depth(struct nbdc *c, uint64_t count, uint64_t offset,
+               uint32_t flags, struct nbd_extents *extents);
 
 /* The NBD error value of a reply as -errno (unknown values are -EIO). */
 int nbdc_errno(uint32_t nbd_error);

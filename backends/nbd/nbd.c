@@ -14,7 +14,8 @@
  * seconds, once a second.
  *
  * Every capability is the upstream's: its transmission flags, its size
- * and block sizes, base:allocation when negotiated.  Flags the upstream
+ * and block sizes, base:allocation when negotiated, qemu:allocation-depth
+ * when offered (else depth 1, as any backend).  Flags the upstream
  * did not negotiate are dropped from requests, and nothing is sent
  * upstream that the client did not cause (no probing, no flush at close).
  * The wire client is client.c.
@@ -504,6 +505,8 @@ nbd_reconnect(const struct nbd_layer *layer, struct nbd_state *st)
   if (i->size != st->first.size || i->tflags != st->first.tflags ||
       i->structured != st->first.structured ||
       i->base_allocation != st->first.base_allocation ||
+      i->allocation_depth != st->first.allocation_depth ||
+      i->extended != st->first.extended ||
       i->min_block != st->first.min_block ||
       i->max_block != st->first.max_block) {
     nbd_error("nbd: the reconnected upstream differs (size %llu, flags "
@@ -659,7 +662,15 @@ nbd_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                       flags & NBD_CMD_FLAG_REQ_ONE, extents));
 }
 
-UNSUPPORTED(nbd, depth)
+/* The upstream's qemu:allocation-depth when it offers it (qemu-nbd -A,
+ * nbdstack); else depth 1 everywhere, as for any backend. */
+static int
+nbd_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+          uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  NBD_RETURN_REQUEST(self, nbdc_depth(c_, count, offset,
+                     flags & NBD_CMD_FLAG_REQ_ONE, extents));
+}
 
 static int
 nbd_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,

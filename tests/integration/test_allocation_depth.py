@@ -12,7 +12,9 @@ the expected ones (1 in the overlay, 2 below it).  Then by hand: both
 contexts selected in one session with their own ids, one BLOCK_STATUS
 answered for both, LIST_META_CONTEXT queries "base:", "qemu:" and ""
 (every context), and the file backend alone at depth 1 everywhere, holes
-included, as qemu-nbd says of a raw file.
+included, as qemu-nbd says of a raw file.  The nbd backend forwards its
+upstream's depth map: over qemu-nbd -A and over nbdstack's cow the same
+map as the upstream's, over qemu-nbd without -A depth 1.
 """
 
 import json
@@ -31,7 +33,7 @@ import nbdtest as T    # noqa: E402
 for tool in ("qemu-nbd", "qemu-img", "qemu-io", "nbdinfo"):
     if not shutil.which(tool):
         T.skip("%s is not installed" % tool)
-T.require_layers("cow", "file")
+T.require_layers("cow", "file", "nbd")
 T.start_watchdog(int(os.environ.get("TEST_DEADLINE", "180")))
 
 D = T.TMPDIR
@@ -223,6 +225,50 @@ def t_list_queries():
     q.close()
 
 
+def t_nbd_proxy():
+    # nbdstack nbd over qemu-nbd -A: the upstream's map, both contexts.
+    px = Server(["nbd", "socket=" + QSOCK], name="proxy-qemu")
+    try:
+        check_eq(nbdinfo_map(px.sock, "qemu:allocation-depth"),
+                 nbdinfo_map(QSOCK, "qemu:allocation-depth"),
+                 "nbd over qemu-nbd -A: depth map vs qemu-nbd directly")
+        check_eq(nbdinfo_map(px.sock), nbdinfo_map(QSOCK),
+                 "nbd over qemu-nbd -A: base:allocation vs qemu-nbd")
+        rows = json.loads(nbdinfo_map(px.sock, "qemu:allocation-depth"))
+        check_eq(sorted(set(e["type"] for e in rows)), [1, 2],
+                 "depths through the proxy")
+    finally:
+        px.stop()
+    # Over nbdstack's cow (extended headers upstream): cow's map.
+    px = Server(["nbd", "socket=" + srv.sock], name="proxy-cow")
+    try:
+        check_eq(nbdinfo_map(px.sock, "qemu:allocation-depth"),
+                 nbdinfo_map(srv.sock, "qemu:allocation-depth"),
+                 "nbd over nbdstack cow: depth map")
+    finally:
+        px.stop()
+    # Over qemu-nbd without -A: no such context upstream, depth 1.
+    sock = os.path.join(D, "qnoa.sock")
+    q = subprocess.Popen(["qemu-nbd", "-t", "-r", "-f", "qcow2", "-k",
+                          sock, OVERLAY], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    px = None
+    try:
+        for _ in range(200):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        px = Server(["nbd", "socket=" + sock], name="proxy-noa")
+        rows = json.loads(nbdinfo_map(px.sock, "qemu:allocation-depth"))
+        check_eq([(e["offset"], e["length"], e["type"]) for e in rows],
+                 [(0, SIZE, 1)], "nbd over qemu-nbd without -A: depth 1")
+    finally:
+        if px:
+            px.stop()
+        q.terminate()
+        q.wait(10)
+
+
 try:
     C.run("nbdinfo --map=qemu:allocation-depth: same as qemu-nbd, 1 and 2",
           t_depth_map)
@@ -235,6 +281,8 @@ try:
           t_two_contexts_one_session)
     C.run("LIST_META_CONTEXT queries base:, qemu:, all; SET depth alone",
           t_list_queries)
+    C.run("nbd backend forwards the upstream's depth (qemu-nbd -A, cow)",
+          t_nbd_proxy)
 finally:
     qemu.terminate()
     qemu.wait(10)
