@@ -253,12 +253,14 @@ testlib_rec_extents(struct nbd_ctx *self, struct nbd_ctx *next,
   if (r)
     return r;
   if (rec->nmap == 0)
-    return nbd_extents_add(extents, 0, (uint64_t)rec->caps.size, 0);
+    r = nbd_extents_add(extents, 0, (uint64_t)rec->caps.size, 0);
   for (i = 0; r == 0 && i < rec->nmap; i++)
     if (rec->map[i].offset < offset + count &&
         rec->map[i].offset + rec->map[i].length > offset)
       r = nbd_extents_add(extents, rec->map[i].offset, rec->map[i].length,
                           rec->map[i].type);
+  if (r == 0 && rec->after_extents)
+    rec->after_extents(rec, rec->after_extents_arg);
   return r;
 }
 

@@ -50,6 +50,10 @@ struct testlib_recorder {
   size_t nmap;
   /* What depth reports everywhere; 0 = a backend's answer, depth 1. */
   uint32_t depth;
+  /* Called (when set) after extents reported its map, before it returns:
+   * what a layer above may see change while its call below runs. */
+  void (*after_extents)(struct testlib_recorder *rec, void *arg);
+  void *after_extents_arg;
 };
 
 /* rec->calls[m], read atomically: for tests whose filter calls the

@@ -60,6 +60,7 @@ struct cache_blocks {
   uint64_t nblocks;
   unsigned char *map;
   uint64_t ncached, ndirty;
+  uint64_t cleaned;             /* dirty blocks that stopped being dirty */
   unsigned users;               /* prepared connections */
   uint64_t *ring;               /* clock ring (max size only) */
   size_t ring_cap, ring_head, ring_len;
@@ -265,6 +266,8 @@ blocks_set(struct cache_blocks *bl, uint64_t b, unsigned state)
 
   bl->ncached += (state != CACHE_NONE) - (old != CACHE_NONE);
   bl->ndirty += (state == CACHE_DIRTY) - (old == CACHE_DIRTY);
+  if (old == CACHE_DIRTY && state != CACHE_DIRTY)
+    bl->cleaned++;
   bl->map[b] = (unsigned char)((bl->map[b] & ~CACHE_STATE) | state);
   if (old == CACHE_NONE)
     bl->map[b] &= (unsigned char)~CACHE_REF;
@@ -434,12 +437,14 @@ cache_blocks_discard(struct cache_blocks *bl, uint64_t count, uint64_t offset,
 }
 
 uint64_t
-cache_blocks_ndirty(struct cache_blocks *bl)
+cache_blocks_ndirty(struct cache_blocks *bl, uint64_t *cleaned)
 {
   uint64_t n;
 
   pthread_mutex_lock(&bl->lock);
   n = bl->ndirty;
+  if (cleaned)
+    *cleaned = bl->cleaned;
   pthread_mutex_unlock(&bl->lock);
   return n;
 }
@@ -448,7 +453,8 @@ cache_blocks_ndirty(struct cache_blocks *bl)
  * under one lock. */
 int
 cache_blocks_extents(struct cache_blocks *bl, const struct nbd_extents *below,
-                     struct nbd_extents *extents, uint32_t dirty_type)
+                     struct nbd_extents *extents, uint32_t dirty_type,
+                     uint64_t cleaned)
 {
   uint64_t pos, end, bend;
   uint32_t type;
@@ -456,6 +462,10 @@ cache_blocks_extents(struct cache_blocks *bl, const struct nbd_extents *below,
   int r = 0;
 
   pthread_mutex_lock(&bl->lock);
+  if (bl->cleaned != cleaned) {
+    pthread_mutex_unlock(&bl->lock);
+    return 1;
+  }
   for (i = 0; r == 0 && i < below->n; i++) {
     end = below->v[i].offset + below->v[i].length;
     for (pos = below->v[i].offset; r == 0 && pos < end; pos = bend) {

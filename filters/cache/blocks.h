@@ -98,14 +98,20 @@ int cache_blocks_below_pwrite(struct nbd_ctx *next, const void *buf,
 
 /* ---- the whole cache ---- */
 
-/* How many blocks are dirty. */
-uint64_t cache_blocks_ndirty(struct cache_blocks *bl);
+/* How many blocks are dirty; with cleaned non-NULL, also how many times
+ * so far a dirty block stopped being dirty (written back, reclaimed,
+ * dropped), under the same lock. */
+uint64_t cache_blocks_ndirty(struct cache_blocks *bl, uint64_t *cleaned);
 /* The extents of below added to extents, cut at block boundaries, with
  * dirty blocks of type dirty_type (0, data, for base:allocation; 1 for
- * the depth map).  0 or -errno. */
+ * the depth map).  below was asked after cache_blocks_ndirty returned
+ * cleaned: when a dirty block was cleaned since, below may be older than
+ * the data written back meanwhile (a hole where the client wrote), and
+ * nothing is added: 1.  Else 0 or -errno. */
 int cache_blocks_extents(struct cache_blocks *bl,
                          const struct nbd_extents *below,
-                         struct nbd_extents *extents, uint32_t dirty_type);
+                         struct nbd_extents *extents, uint32_t dirty_type,
+                         uint64_t cleaned);
 /* Writes every dirty block below (waiting for busy ones); failed ones
  * stay dirty.  0 or the first -errno. */
 int cache_blocks_write_back_all(struct cache_blocks *bl,

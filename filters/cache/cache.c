@@ -184,7 +184,7 @@ cache_cleanup(struct nbd_layer *layer)
    * blocks left now were never written below: a failed or cut-short
    * flush at close, already reported; say how much in one line. */
   if (st->blocks && st->mode != CACHE_UNSAFE &&
-      (n = cache_blocks_ndirty(st->blocks)) > 0)
+      (n = cache_blocks_ndirty(st->blocks, NULL)) > 0)
     nbd_error("export '%s': filter cache: %" PRIu64 " bytes written by "
               "clients never reached the layer below", layer->export_name,
               n * st->bs);
@@ -531,6 +531,46 @@ cache_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 
 /* ---- extents -------------------------------------------------------------------- */
 
+#define CACHE_MAP_TRIES 3
+
+/* The map of below's method m (extents or depth) with dirty blocks as
+ * dirty_type.  Below's map is only right for the blocks still dirty when
+ * this layer looks at them afterwards if no dirty block went below in
+ * between: a write-back (another connection's flush, a flush at close,
+ * reclaim) running meanwhile turns blocks clean whose data below's map
+ * did not show yet, and they would go out as holes: nbdcopy then skips
+ * them and copies zeros.  So the map is asked again when that happened,
+ * and after CACHE_MAP_TRIES the whole range is reported as dirty_type
+ * (data: always true, only less sparse). */
+static int
+cache_map(struct nbd_ctx *self, struct nbd_ctx *next,
+          int (*m)(struct nbd_ctx *, uint64_t, uint64_t, uint32_t,
+                   struct nbd_extents *),
+          uint64_t count, uint64_t offset, uint32_t flags,
+          struct nbd_extents *extents, uint32_t dirty_type)
+{
+  struct cache_state *st = self->layer->state;
+  struct nbd_extents *below;
+  uint64_t cleaned;
+  unsigned tries;
+  int r;
+
+  for (tries = 0; tries < CACHE_MAP_TRIES; tries++) {
+    if (cache_blocks_ndirty(st->blocks, &cleaned) == 0)
+      return m(next, count, offset, flags, extents);
+    if ((below = nbd_extents_new(offset, offset + count)) == NULL)
+      return -ENOMEM;
+    r = m(next, count, offset, flags, below);
+    if (r == 0)
+      r = cache_blocks_extents(st->blocks, below, extents, dirty_type,
+                               cleaned);
+    nbd_extents_free(below);
+    if (r <= 0)
+      return r;
+  }
+  return nbd_extents_add(extents, offset, count, dirty_type);
+}
+
 /* The layer below's map, but a dirty block is data: below, it may still
  * be a hole or read as zeros, while the client reads what it wrote.
  * (nbdkit's cache filter passes the map through unchanged, so a client
@@ -540,19 +580,8 @@ static int
 cache_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
               uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
-  struct cache_state *st = self->layer->state;
-  struct nbd_extents *below;
-  int r;
-
-  if (cache_blocks_ndirty(st->blocks) == 0)
-    return next_extents(next, count, offset, flags, extents);
-  if ((below = nbd_extents_new(offset, offset + count)) == NULL)
-    return -ENOMEM;
-  r = next_extents(next, count, offset, flags, below);
-  if (r == 0)
-    r = cache_blocks_extents(st->blocks, below, extents, 0);
-  nbd_extents_free(below);
-  return r;
+  return cache_map(self, next, next_extents, count, offset, flags, extents,
+                   0);
 }
 
 /* The depth of the layer below, but a dirty block is at depth 1: this
@@ -561,19 +590,8 @@ static int
 cache_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
             uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
-  struct cache_state *st = self->layer->state;
-  struct nbd_extents *below;
-  int r;
-
-  if (cache_blocks_ndirty(st->blocks) == 0)
-    return next_depth(next, count, offset, flags, extents);
-  if ((below = nbd_extents_new(offset, offset + count)) == NULL)
-    return -ENOMEM;
-  r = next_depth(next, count, offset, flags, below);
-  if (r == 0)
-    r = cache_blocks_extents(st->blocks, below, extents, 1);
-  nbd_extents_free(below);
-  return r;
+  return cache_map(self, next, next_depth, count, offset, flags, extents,
+                   1);
 }
 
 /* ---- capabilities ----------------------------------------------------------------- */
