@@ -91,25 +91,11 @@ readahead_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   return 0;
 }
 
-/* Why prefetching cannot work below, or NULL. */
-static const char *
-readahead_unable(const struct nbd_ctx *self, struct nbd_ctx *next)
-{
-  const struct nbd_layer *l;
-
-  if (next_can_cache(next) == NBD_CACHE_NONE)
-    return "the layer below cannot cache (put the cache filter below)";
-  for (l = self->layer->below; l; l = l->below)
-    if (l->thread_model != NBD_PARALLEL)
-      return "a layer below does not take requests in parallel";
-  return NULL;
-}
-
 static int
 readahead_prepare(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
 {
   struct readahead_h *h = self->handle;
-  const char *why = readahead_unable(self, next);
+  const char *why = nbd_prefetch_unable(self, next);
   int64_t size = next_get_size(next);
   int r;
 

@@ -145,27 +145,13 @@ scan_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   return 0;
 }
 
-/* Why a scan cannot work below, or NULL. */
-static const char *
-scan_unable(const struct nbd_ctx *self, struct nbd_ctx *next)
-{
-  const struct nbd_layer *l;
-
-  if (next_can_cache(next) == NBD_CACHE_NONE)
-    return "the layer below cannot cache (put the cache filter below)";
-  for (l = self->layer->below; l; l = l->below)
-    if (l->thread_model != NBD_PARALLEL)
-      return "a layer below does not take requests in parallel";
-  return NULL;
-}
-
 static int
 scan_prepare(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
 {
   const struct scan_conf *c = self->layer->conf;
   struct scan_state *st = self->layer->state;
   struct scan_h *h = self->handle;
-  const char *why = scan_unable(self, next);
+  const char *why = nbd_prefetch_unable(self, next);
   int64_t size = next_get_size(next);
   int r = 0;
 

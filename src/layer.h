@@ -560,6 +560,12 @@ typedef int (*nbd_piece_fn)(void *ctx, size_t i, uint64_t poff,
 /* Cuts [offset, offset+count) at the pieces' boundaries and calls fn for
  * each part; the first error stops it and is returned.  -EINVAL past
  * size (the engine checks too: this one guards the arithmetic). */
+/* Why a filter that prefetches below from its own thread (readahead,
+ * scan) cannot: the layer below cannot cache, or a layer below does not
+ * take requests in parallel; NULL when it can. */
+const char *nbd_prefetch_unable(const struct nbd_ctx *self,
+                                struct nbd_ctx *next);
+
 int nbd_pieces_each(const struct nbd_pieces *p, uint64_t count,
                     uint64_t offset, nbd_piece_fn fn, void *ctx, void *arg);
 

@@ -64,6 +64,21 @@ pieces_find(const struct nbd_pieces *p, uint64_t offset)
   return lo;
 }
 
+/* Why prefetching (cache requests from a filter's own thread, as readahead
+ * and scan send) cannot work below self, or NULL. */
+const char *
+nbd_prefetch_unable(const struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  const struct nbd_layer *l;
+
+  if (next_can_cache(next) == NBD_CACHE_NONE)
+    return "the layer below cannot cache (put the cache filter below)";
+  for (l = self->layer->below; l; l = l->below)
+    if (l->thread_model != NBD_PARALLEL)
+      return "a layer below does not take requests in parallel";
+  return NULL;
+}
+
 int
 nbd_pieces_each(const struct nbd_pieces *p, uint64_t count, uint64_t offset,
                 nbd_piece_fn fn, void *ctx, void *arg)
