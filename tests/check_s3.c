@@ -221,6 +221,34 @@ START_TEST(test_xml)
 }
 END_TEST
 
+START_TEST(test_block_key)
+{
+  uint64_t b = 77;
+
+  ck_assert_int_eq(s3_block_key("d/0000000000000000", "d/", &b), 1);
+  ck_assert_uint_eq(b, 0);
+  ck_assert_int_eq(s3_block_key("d/00000000000000ff", "d/", &b), 1);
+  ck_assert_uint_eq(b, 255);
+  ck_assert_int_eq(s3_block_key("d/ffffffffffffffff", "d/", &b), 1);
+  ck_assert_uint_eq(b, UINT64_MAX);
+  b = 77;
+  /* Not blocks: the lease, foreign names, what strtoull would take. */
+  ck_assert_int_eq(s3_block_key("d/lease", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/000000000000000A", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/0x00000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/+000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/-000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/ 000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/00000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/0000000000000001/x", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("e/0000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d0000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("dd/0000000000000001", "d/", &b), 0);
+  ck_assert_uint_eq(b, 77);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -235,6 +263,7 @@ main(void)
   tcase_add_test(tc, test_parse_head_too_long);
   tcase_add_test(tc, test_chunk_line);
   tcase_add_test(tc, test_xml);
+  tcase_add_test(tc, test_block_key);
   suite_add_tcase(s, tc);
   sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

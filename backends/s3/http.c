@@ -264,6 +264,27 @@ s3_xml_next(const char *xml, size_t len, size_t *pos, const char *tag,
   return 1;
 }
 
+int
+s3_block_key(const char *key, const char *prefix, uint64_t *blk)
+{
+  size_t plen = strlen(prefix), i;
+  uint64_t n = 0;
+
+  if (strncmp(key, prefix, plen) != 0 || strlen(key + plen) != 16)
+    return 0;
+  for (i = plen; i < plen + 16; i++) {
+    char ch = key[i];
+    if (ch >= '0' && ch <= '9')
+      n = n << 4 | (uint64_t)(ch - '0');
+    else if (ch >= 'a' && ch <= 'f')
+      n = n << 4 | (uint64_t)(ch - 'a' + 10);
+    else
+      return 0;
+  }
+  *blk = n;
+  return 1;
+}
+
 /* ---- connections -------------------------------------------------------- */
 
 struct s3_conn {

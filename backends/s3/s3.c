@@ -134,7 +134,11 @@ struct s3_state {
   char lease_etag[S3_HTTP_ETAG_MAX];
   char owner[160];
   pthread_t renewer;
-  int renewer_running, renewer_stop;
+  int renewer_running;
+  /* A renewer runs while renewer_epoch is the one it was started with:
+   * a close that stops it and an open that starts the next one may both
+   * happen before it wakes, and then it must still stop. */
+  uint64_t renewer_epoch;
 };
 
 struct s3_handle {
@@ -388,7 +392,6 @@ s3_list(struct s3_state *st)
   char key[1100];
   uint8_t *map = calloc(st->nobj ? st->nobj : 1, 1);
   uint64_t gen;
-  size_t plen;
   int r = 0, more = 1;
 
   if (map == NULL)
@@ -397,7 +400,6 @@ s3_list(struct s3_state *st)
   gen = st->map_gen;
   pthread_mutex_unlock(&st->map_lock);
   snprintf(prefix, sizeof prefix, "%s/", st->key);
-  plen = strlen(prefix);
   if (s3_uri_encode(prefix, 0, enc_p, sizeof enc_p) < 0) {
     free(map);
     return -ENAMETOOLONG;
@@ -426,7 +428,6 @@ s3_list(struct s3_state *st)
     }
     for (;;) {
       int k = s3_xml_next(rs.body, rs.body_len, &pos, "Key", key, sizeof key);
-      char *end;
       uint64_t blk;
       if (k == 0)
         break;
@@ -435,10 +436,9 @@ s3_list(struct s3_state *st)
         r = -EIO;
         break;
       }
-      if (strncmp(key, prefix, plen) != 0 || strlen(key + plen) != 16)
-        continue;
-      blk = strtoull(key + plen, &end, 16);
-      if (*end == '\0' && blk < st->nobj)
+      /* Only block objects; the lease and foreign objects under the
+       * prefix are no data (s3_block_key). */
+      if (s3_block_key(key, prefix, &blk) && blk < st->nobj)
         map[blk] = 1;
     }
     pos = 0;
@@ -627,20 +627,26 @@ held:
   return 0;
 }
 
+struct s3_renewer_arg {
+  struct nbd_layer *layer;
+  uint64_t epoch;
+};
+
 static void *
 s3_renewer(void *arg)
 {
-  struct nbd_layer *layer = arg;
-  struct s3_state *st = layer->state;
-  const struct s3_conf *conf = layer->conf;
+  struct s3_renewer_arg a = *(struct s3_renewer_arg *)arg;
+  struct s3_state *st = a.layer->state;
+  const struct s3_conf *conf = a.layer->conf;
   uint64_t period = conf->lease_time / 3;
 
+  free(arg);
   pthread_mutex_lock(&st->lease_op);
-  while (!st->renewer_stop) {
+  while (st->renewer_epoch == a.epoch) {
     struct timespec ts;
     uint64_t start;
     char cond[200];
-    int r;
+    int r = 0;
 
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += (time_t)(period / 1000000000u);
@@ -649,8 +655,9 @@ s3_renewer(void *arg)
       ts.tv_sec++;
       ts.tv_nsec -= 1000000000;
     }
-    pthread_cond_timedwait(&st->lease_cond, &st->lease_op, &ts);
-    if (st->renewer_stop)
+    while (st->renewer_epoch == a.epoch && r != ETIMEDOUT)
+      r = pthread_cond_timedwait(&st->lease_cond, &st->lease_op, &ts);
+    if (st->renewer_epoch != a.epoch)
       break;
     start = s3_mono_ns();
     snprintf(cond, sizeof cond, "If-Match: %s\r\n", st->lease_etag);
@@ -740,10 +747,15 @@ s3_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
     if (st->writers == 0) {
       r = s3_lease_acquire(st, conf->lease_time, 0);
       if (r == 0) {
-        st->renewer_stop = 0;
-        if (pthread_create(&st->renewer, NULL, s3_renewer, layer) != 0)
+        struct s3_renewer_arg *a = malloc(sizeof *a);
+        if (a) {
+          a->layer = layer;
+          a->epoch = ++st->renewer_epoch;
+        }
+        if (a == NULL || pthread_create(&st->renewer, NULL, s3_renewer, a)) {
+          free(a);
           r = -EAGAIN;
-        else
+        } else
           st->renewer_running = 1;
       }
       if (r < 0) {
@@ -801,7 +813,7 @@ s3_close(struct nbd_ctx *self, struct nbd_ctx *next)
     pthread_mutex_lock(&st->lease_op);
     if (--st->writers == 0) {
       if (st->renewer_running) {
-        st->renewer_stop = 1;
+        st->renewer_epoch++;
         pthread_cond_broadcast(&st->lease_cond);
         t = st->renewer;
         st->renewer_running = 0;
@@ -867,8 +879,11 @@ s3_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
   return 0;
 }
 
-/* Writes [off, off+n) of object blk from src, or zeros when src is NULL
- * (a whole object of zeros is a DELETE), under the object's lock. */
+/* Writes [off, off+n) of object blk from src, or zeros when src is NULL,
+ * under the object's lock.  Zeros never store an object of zeros: a
+ * whole object of zeros is a DELETE (none when the object is known
+ * absent), and so is a partial zero that leaves the object all zero, so
+ * zeroed space is a hole again and takes no room in the store. */
 static int
 s3_write_obj(struct s3_state *st, uint64_t blk, const void *src, uint64_t n,
              uint64_t off)
@@ -880,6 +895,10 @@ s3_write_obj(struct s3_state *st, uint64_t blk, const void *src, uint64_t n,
 
   s3_obj_name(st, blk, name, sizeof name);
   pthread_mutex_lock(lock);
+  if (src == NULL && s3_known_absent(st, blk)) {
+    pthread_mutex_unlock(lock);
+    return 0;                   /* reads as zeros already */
+  }
   if (n == st->objsz) {
     if (src == NULL) {
       if ((r = s3_delete(st, name)) == 0)
@@ -890,10 +909,6 @@ s3_write_obj(struct s3_state *st, uint64_t blk, const void *src, uint64_t n,
     return r;
   }
   /* Partial: read, merge, put. */
-  if (src == NULL && s3_known_absent(st, blk)) {
-    pthread_mutex_unlock(lock);
-    return 0;
-  }
   if ((tmp = nbd_bufpool_get(&st->bufs, (size_t)st->objsz)) == NULL) {
     pthread_mutex_unlock(lock);
     return -ENOMEM;
@@ -908,7 +923,10 @@ s3_write_obj(struct s3_state *st, uint64_t blk, const void *src, uint64_t n,
       memcpy(tmp + off, src, (size_t)n);
     else
       memset(tmp + off, 0, (size_t)n);
-    if ((r = s3_put(st, name, tmp, st->objsz)) == 0)
+    if (src == NULL && nbd_is_zero(tmp, (size_t)st->objsz)) {
+      if ((r = s3_delete(st, name)) == 0)
+        s3_map_set(st, blk, 0);
+    } else if ((r = s3_put(st, name, tmp, st->objsz)) == 0)
       s3_map_set(st, blk, 1);
   }
   nbd_bufpool_put(&st->bufs, tmp, (size_t)st->objsz);
@@ -916,6 +934,13 @@ s3_write_obj(struct s3_state *st, uint64_t blk, const void *src, uint64_t n,
   return r;
 }
 
+/* Writes (buf), zeroes (buf NULL) or trims (trim) a range, object by
+ * object.  Trim is a hint (NBD: the client may assume nothing of trimmed
+ * contents until it writes them): a whole object is deleted, the part of
+ * an object a trim covers is left as it is, so a read after a partial
+ * trim returns the old data, the same on every read, and costs no GET and
+ * PUT for space S3 would not give back anyway (an object is stored whole).
+ * nbdkit's S3 plugin trims the same way. */
 static int
 s3_write_range(struct nbd_ctx *self, const void *buf, uint64_t count,
                uint64_t offset, int trim)
@@ -930,7 +955,6 @@ s3_write_range(struct nbd_ctx *self, const void *buf, uint64_t count,
     uint64_t blk = offset / st->objsz, off = offset % st->objsz;
     uint64_t n = st->objsz - off < count ? st->objsz - off : count;
 
-    /* A partial trim leaves the data: trim is only a hint. */
     if (!(trim && n < st->objsz) &&
         (r = s3_write_obj(st, blk, p, n, off)) < 0)
       return r;
@@ -968,7 +992,11 @@ s3_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 {
   struct s3_state *st = self->layer->state;
 
-  /* Fast only when every object is whole (a DELETE each). */
+  /* Always zeroes, whatever the flags: NBD_CMD_FLAG_NO_HOLE only asks to
+   * keep space allocated, and S3 stores zeros no cheaper than a hole.
+   * (nbdkit's S3 plugin turns a zero that may trim into its trim, which
+   * skips partial objects: their old data stays, read back after the
+   * zero.)  Fast only when every object is whole (a DELETE each). */
   if ((flags & NBD_CMD_FLAG_FAST_ZERO) &&
       (offset % st->objsz || count % st->objsz))
     return -ENOTSUP;
