@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "layer.h"
+#include "awsconf.h"
 #include "http.h"
 #include "sigv4.h"
 
@@ -72,15 +73,18 @@ static const struct nbd_param s3_params[] = {
   { "object-size", NBD_PARAM_SIZE, offsetof(struct s3_conf, object_size),
     NULL, "size of each object, 4K to 64M (with size=)", NULL, 0 },
   { "access-key", NBD_PARAM_STRING, offsetof(struct s3_conf, access_key),
-    NULL, "access key id, or +FILE (default $AWS_ACCESS_KEY_ID)", NULL, 0 },
+    NULL, "access key id, or +FILE (default: $AWS_ACCESS_KEY_ID, then "
+    "~/.aws/credentials and ~/.aws/config, as botocore)", NULL, 0 },
   { "secret-key", NBD_PARAM_STRING, offsetof(struct s3_conf, secret_key),
-    NULL, "secret access key, or +FILE (default $AWS_SECRET_ACCESS_KEY)",
+    NULL, "secret access key, or +FILE (default as access-key)",
     NULL, 0 },
   { "session-token", NBD_PARAM_STRING,
     offsetof(struct s3_conf, session_token), NULL,
-    "session token, or +FILE (default $AWS_SESSION_TOKEN)", NULL, 0 },
+    "session token, or +FILE (default: with the keys it came with)",
+    NULL, 0 },
   { "region", NBD_PARAM_STRING, offsetof(struct s3_conf, region),
-    "us-east-1", "region the requests are signed for", NULL, 0 },
+    NULL, "region the requests are signed for (default: "
+    "$AWS_DEFAULT_REGION, the profile's region, us-east-1)", NULL, 0 },
   { "addressing", NBD_PARAM_ENUM, offsetof(struct s3_conf, addressing),
     "auto", "path (/BUCKET/KEY: Ceph, MinIO), virtual (BUCKET.HOST), or "
     "auto: path with endpoint-url, else virtual", s3_addressing, 0 },
@@ -103,7 +107,7 @@ struct s3_state {
   char *host_header;          /* Host: as signed */
   char *path_prefix;          /* "/BUCKET" (path style) or "" */
   char *access, *secret, *token;
-  const char *region;
+  char *region;
   const char *key;
   uint64_t retries;
   atomic_int eperm_logged;
@@ -1077,41 +1081,6 @@ s3_can_zero(struct nbd_ctx *self, struct nbd_ctx *next)
 
 /* ---- setup ------------------------------------------------------------ */
 
-/* A credential: the value, +FILE (its first line), or the environment. */
-static int
-s3_credential(const char *val, const char *env, char **out, char *err,
-              size_t errlen, const char *what)
-{
-  if (val == NULL) {
-    const char *e = getenv(env);
-    *out = e && e[0] ? strdup(e) : NULL;
-    return 0;
-  }
-  if (val[0] == '+') {
-    FILE *f = fopen(val + 1, "r");
-    char line[4096];
-    if (f == NULL) {
-      snprintf(err, errlen, "%s=%s: %s", what, val, strerror(errno));
-      return -1;
-    }
-    if (fgets(line, sizeof line, f) == NULL)
-      line[0] = '\0';
-    fclose(f);
-    line[strcspn(line, "\r\n")] = '\0';
-    if (line[0] == '\0') {
-      snprintf(err, errlen, "%s=%s: the file is empty", what, val);
-      return -1;
-    }
-    *out = strdup(line);
-  } else
-    *out = strdup(val);
-  if (*out == NULL) {
-    snprintf(err, errlen, "out of memory");
-    return -1;
-  }
-  return 0;
-}
-
 static void
 s3_free_state(struct s3_state *st)
 {
@@ -1125,6 +1094,7 @@ s3_free_state(struct s3_state *st)
   free(st->access);
   free(st->secret);
   free(st->token);
+  free(st->region);
   free(st->map);
   for (i = 0; i < S3_LOCKS; i++)
     pthread_mutex_destroy(&st->obj_lock[i]);
@@ -1136,6 +1106,30 @@ s3_free_state(struct s3_state *st)
   free(st);
 }
 
+/* Whether a bucket name can be the first label of a host name (virtual
+ * addressing): 0 yes, -1 no.  Dots make more labels, which a wildcard
+ * certificate (*.s3.REGION.amazonaws.com) does not match: only without
+ * TLS. */
+static int
+s3_bucket_hostable(const char *b, int tls)
+{
+  size_t n = strlen(b), i;
+
+  if (n < 3 || n > 63 || b[0] == '-' || b[0] == '.' || b[n - 1] == '-' ||
+      b[n - 1] == '.')
+    return -1;
+  for (i = 0; i < n; i++) {
+    char ch = b[i];
+    if (ch == '.' && (tls || b[i + 1] == '.' || b[i + 1] == '-' ||
+                      (i > 0 && b[i - 1] == '-')))
+      return -1;
+    if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+          ch == '-' || ch == '.'))
+      return -1;
+  }
+  return 0;
+}
+
 static int
 s3_setup_endpoint(struct s3_state *st, const struct s3_conf *c,
                   char *err, size_t errlen)
@@ -1143,12 +1137,13 @@ s3_setup_endpoint(struct s3_state *st, const struct s3_conf *c,
   char url[1024], host[512], port[16], hosthdr[740], conn_host[700];
   struct s3_pool_conf pc;
   const char *p, *slash, *colon;
-  int tls, virt;
+  int tls, virt, hostable;
 
   if (c->endpoint_url)
     snprintf(url, sizeof url, "%s", c->endpoint_url);
-  else
-    snprintf(url, sizeof url, "https://s3.%s.amazonaws.com", c->region);
+  else                          /* AWS; its China partition has .cn */
+    snprintf(url, sizeof url, "https://s3.%s.amazonaws.com%s", st->region,
+             strncmp(st->region, "cn-", 3) == 0 ? ".cn" : "");
   if (strncmp(url, "http://", 7) == 0) {
     tls = 0;
     p = url + 7;
@@ -1186,8 +1181,26 @@ s3_setup_endpoint(struct s3_state *st, const struct s3_conf *c,
     port[slash - colon - 1] = '\0';
   } else
     strcpy(port, tls ? "443" : "80");
+  /* auto: virtual for AWS when the bucket can be a host name label, as
+   * botocore does (path style for the rest, which AWS still serves). */
+  hostable = s3_bucket_hostable(c->bucket, tls);
   virt = c->addressing == S3_ADDR_VIRTUAL ||
-         (c->addressing == S3_ADDR_AUTO && c->endpoint_url == NULL);
+         (c->addressing == S3_ADDR_AUTO && c->endpoint_url == NULL &&
+          hostable == 0);
+  if (virt && hostable < 0) {
+    snprintf(err, errlen, "addressing=virtual: bucket '%s' cannot be part "
+             "of a host name (lowercase letters, digits, '-' and, without "
+             "https, '.'; 3 to 63 characters): use addressing=path",
+             c->bucket);
+    return -1;
+  }
+  if (virt && (host[0] == '[' || strspn(host, "0123456789.") ==
+               strlen(host))) {
+    snprintf(err, errlen, "addressing=virtual needs a host name in "
+             "endpoint-url, not the address '%s' (the bucket becomes part "
+             "of the name: BUCKET.HOST)", host);
+    return -1;
+  }
   snprintf(conn_host, sizeof conn_host, "%s%s%s", virt ? c->bucket : "",
            virt ? "." : "", host);
   if (colon)
@@ -1252,7 +1265,6 @@ s3_setup(struct nbd_layer *layer, char *err, size_t errlen)
   pthread_mutex_init(&st->lease_op, NULL);
   pthread_mutex_init(&st->state_lock, NULL);
   pthread_cond_init(&st->lease_cond, NULL);
-  st->region = c->region;
   st->key = c->key;
   st->retries = c->retries;
 
@@ -1303,17 +1315,18 @@ s3_setup(struct nbd_layer *layer, char *err, size_t errlen)
     snprintf(err, errlen, "lease-time must be at least 3s");
     goto fail;
   }
-  if (s3_credential(c->access_key, "AWS_ACCESS_KEY_ID", &st->access, err,
-                    errlen, "access-key") == -1 ||
-      s3_credential(c->secret_key, "AWS_SECRET_ACCESS_KEY", &st->secret, err,
-                    errlen, "secret-key") == -1 ||
-      s3_credential(c->session_token, "AWS_SESSION_TOKEN", &st->token, err,
-                    errlen, "session-token") == -1)
-    goto fail;
-  if (st->access == NULL || st->secret == NULL) {
-    snprintf(err, errlen, "no credentials: give access-key= and secret-key= "
-             "(or +FILE), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
-    goto fail;
+  {
+    struct s3_aws_creds cr;
+    if (s3_aws_resolve(c->access_key, c->secret_key, c->session_token,
+                       c->region, &cr, err, errlen) < 0) {
+      s3_aws_creds_free(&cr);
+      goto fail;
+    }
+    st->access = cr.access;
+    st->secret = cr.secret;
+    st->token = cr.token;
+    st->region = cr.region;
+    nbd_debug("s3: credentials from %s, region %s", cr.source, st->region);
   }
   if (strlen(st->access) > 128 || strlen(st->secret) > 256 ||
       (st->token && strlen(st->token) > 2048)) {
