@@ -1107,26 +1107,20 @@ s3_free_state(struct s3_state *st)
 }
 
 /* Whether a bucket name can be the first label of a host name (virtual
- * addressing): 0 yes, -1 no.  Dots make more labels, which a wildcard
- * certificate (*.s3.REGION.amazonaws.com) does not match: only without
- * TLS. */
+ * addressing): 0 yes, -1 no.  Not with dots, as botocore decides: they
+ * make more labels, which AWS's wildcard certificate
+ * (*.s3.REGION.amazonaws.com) does not match. */
 static int
-s3_bucket_hostable(const char *b, int tls)
+s3_bucket_hostable(const char *b)
 {
   size_t n = strlen(b), i;
 
-  if (n < 3 || n > 63 || b[0] == '-' || b[0] == '.' || b[n - 1] == '-' ||
-      b[n - 1] == '.')
+  if (n < 3 || n > 63 || b[0] == '-' || b[n - 1] == '-')
     return -1;
-  for (i = 0; i < n; i++) {
-    char ch = b[i];
-    if (ch == '.' && (tls || b[i + 1] == '.' || b[i + 1] == '-' ||
-                      (i > 0 && b[i - 1] == '-')))
+  for (i = 0; i < n; i++)
+    if (!((b[i] >= 'a' && b[i] <= 'z') || (b[i] >= '0' && b[i] <= '9') ||
+          b[i] == '-'))
       return -1;
-    if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-          ch == '-' || ch == '.'))
-      return -1;
-  }
   return 0;
 }
 
@@ -1183,14 +1177,14 @@ s3_setup_endpoint(struct s3_state *st, const struct s3_conf *c,
     strcpy(port, tls ? "443" : "80");
   /* auto: virtual for AWS when the bucket can be a host name label, as
    * botocore does (path style for the rest, which AWS still serves). */
-  hostable = s3_bucket_hostable(c->bucket, tls);
+  hostable = s3_bucket_hostable(c->bucket);
   virt = c->addressing == S3_ADDR_VIRTUAL ||
          (c->addressing == S3_ADDR_AUTO && c->endpoint_url == NULL &&
           hostable == 0);
   if (virt && hostable < 0) {
     snprintf(err, errlen, "addressing=virtual: bucket '%s' cannot be part "
-             "of a host name (lowercase letters, digits, '-' and, without "
-             "https, '.'; 3 to 63 characters): use addressing=path",
+             "of a host name (3 to 63 lowercase letters, digits and '-'): "
+             "use addressing=path",
              c->bucket);
     return -1;
   }
