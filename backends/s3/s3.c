@@ -53,10 +53,13 @@ struct s3_conf {
   int tls_verify;
   char *tls_ca;
   uint64_t lease_time;
+  int payload_signing;
 };
 
 static const char *const s3_addressing[] = { "auto", "path", "virtual", NULL };
 enum { S3_ADDR_AUTO, S3_ADDR_PATH, S3_ADDR_VIRTUAL };
+static const char *const s3_signing[] = { "auto", "true", "false", NULL };
+enum { S3_SIGN_AUTO, S3_SIGN_ALWAYS, S3_SIGN_NEVER };
 
 static const struct nbd_param s3_params[] = {
   { "endpoint-url", NBD_PARAM_STRING, offsetof(struct s3_conf, endpoint_url),
@@ -98,12 +101,18 @@ static const struct nbd_param s3_params[] = {
     "CA certificates (PEM) to verify the store with", NULL, 0 },
   { "lease-time", NBD_PARAM_DURATION, offsetof(struct s3_conf, lease_time),
     "60s", "how long a writer's lease lasts without renewal", NULL, 0 },
+  { "payload-signing", NBD_PARAM_ENUM,
+    offsetof(struct s3_conf, payload_signing), "auto",
+    "sign the SHA-256 of each body: auto (over http, not https, as "
+    "botocore), true, or false (UNSIGNED-PAYLOAD: no hashing, for a "
+    "trusted network)", s3_signing, 0 },
   NBD_PARAM_END
 };
 
 struct s3_state {
   struct s3_pool *pool;
   int tls;
+  int sign_payload;
   char *host_header;          /* Host: as signed */
   char *path_prefix;          /* "/BUCKET" (path style) or "" */
   char *access, *secret, *token;
@@ -255,8 +264,8 @@ s3_request(struct s3_state *st, const char *method, const char *key,
                query);
   if (n < 0 || (size_t)n >= sizeof target)
     return -ENAMETOOLONG;
-  if (st->tls)
-    strcpy(hash, "UNSIGNED-PAYLOAD");   /* TLS protects the payload */
+  if (!st->sign_payload)
+    strcpy(hash, "UNSIGNED-PAYLOAD");   /* TLS protects it, or not wanted */
   else if (s3_sha256_hex(body ? body : "", len, hash) == -1)
     return -EIO;
 
@@ -1202,6 +1211,8 @@ s3_setup_endpoint(struct s3_state *st, const struct s3_conf *c,
   else
     snprintf(hosthdr, sizeof hosthdr, "%s", conn_host);
   st->tls = tls;
+  st->sign_payload = c->payload_signing == S3_SIGN_ALWAYS ||
+                     (c->payload_signing == S3_SIGN_AUTO && !tls);
   st->host_header = strdup(hosthdr);
   if (virt)
     st->path_prefix = strdup("");

@@ -45,13 +45,19 @@ bad_signatures = []
 
 
 def botocore_authorization(method, host, path, body, date, ak, secret, token,
-                           region):
-    """The Authorization header botocore computes for this request."""
+                           region, unsigned=False):
+    """The Authorization header botocore computes for this request (with
+    an unsigned payload as botocore sends it over https)."""
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
+    from botocore.config import Config
     from botocore.credentials import Credentials
-    req = AWSRequest(method=method, url="http://%s%s" % (host, path),
-                     data=body, headers={"Host": host})
+    req = AWSRequest(method=method, url="%s://%s%s" % (
+        "https" if unsigned else "http", host, path), data=body,
+        headers={"Host": host})
+    if unsigned:
+        req.context["client_config"] = Config(
+            s3={"payload_signing_enabled": False})
     req.context["timestamp"] = date
     auth = S3SigV4Auth(Credentials(ak, secret, token), "s3", region)
     auth._modify_request_before_signing(req)
@@ -75,9 +81,10 @@ def verify(method, path, headers, body):
         seen.append((headers.get("host"), path, ak, region, token))
     if ak not in SECRETS:
         return "unknown access key %r" % ak
-    want = botocore_authorization(method, headers.get("host"), path, body,
-                                  headers.get("x-amz-date", ""), ak,
-                                  SECRETS[ak], token, region)
+    want = botocore_authorization(
+        method, headers.get("host"), path, body, headers.get("x-amz-date", ""),
+        ak, SECRETS[ak], token, region,
+        headers.get("x-amz-content-sha256") == "UNSIGNED-PAYLOAD")
     return None if want == auth else "ours %s, botocore %s" % (auth, want)
 
 
@@ -98,6 +105,8 @@ def answer(method, path, headers, body=b""):
         x = b"<Error><Code>SignatureDoesNotMatch</Code></Error>"
         return (b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\n\r\n"
                 % len(x) + x), False
+    if path.startswith("/mb/"):
+        return store_answer(method, path, headers, body), False
     if method == "HEAD":
         return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % SIZE, False
     rng = headers.get("range", "bytes=0-%d" % (SIZE - 1))[6:].split("-")
@@ -165,9 +174,13 @@ listener.listen(64)
 port = listener.getsockname()[1]
 
 
+accepted = [0]
+
+
 def accept_loop():
     while True:
         c, _ = listener.accept()
+        accepted[0] += 1
         threading.Thread(target=serve_conn, args=(c,), daemon=True).start()
 
 
@@ -433,6 +446,98 @@ def aws_chain():
             os.unlink(os.path.join(aws, fname))
 
 
+# ---- bucket "mb": a small in-memory store, counting what is asked -----------
+
+store = {}            # key -> bytes
+store_ops = []        # (method, kind): kind "lease", "list" or "block"
+
+
+def store_answer(method, path, headers, body):
+    from urllib.parse import unquote
+    p, _, query = path.partition("?")
+    key = unquote(p[len("/mb/"):])
+    kind = "list" if "list-type=2" in query else (
+        "lease" if key.endswith("/lease") else "block")
+    with lock:
+        store_ops.append((method, kind))
+    empty = b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n"
+    if kind == "list":
+        prefix = unquote(re.search(r"prefix=([^&]*)", query).group(1))
+        x = b"<ListBucketResult><IsTruncated>false</IsTruncated>"
+        for k in sorted(store):
+            if k.startswith(prefix):
+                x += b"<Contents><Key>%s</Key></Contents>" % k.encode()
+        x += b"</ListBucketResult>"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(x) + x
+    if method == "PUT":
+        if headers.get("if-none-match") == "*" and key in store:
+            return empty % 412
+        store[key] = body
+        return (b"HTTP/1.1 200 OK\r\nETag: \"e%d\"\r\nContent-Length: 0\r\n\r\n"
+                % len(store_ops))
+    if method == "DELETE":
+        store.pop(key, None)
+        return empty % 204
+    if key not in store:
+        return empty % 404
+    data = store[key]
+    a, b = (int(x) for x in headers["range"][6:].split("-"))
+    piece = data[a:b + 1]
+    return (b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\n\r\n"
+            % len(piece) + piece)
+
+
+def no_avoidable_requests():
+    """Whole-object writes are one PUT each, with no GET or HEAD; zero and
+    trim of objects known absent send nothing; a zero that empties an
+    object deletes it; keep-alive: no more TCP connections than
+    connections=; payload-signing=false sends UNSIGNED-PAYLOAD, signed as
+    botocore signs it."""
+    K = 65536
+    for signing in ("auto", "false"):
+        store.clear()
+        del store_ops[:]
+        before = accepted[0]
+        srv = Server(["s3", "endpoint-url=http://127.0.0.1:%d" % port,
+                      "bucket=mb", "key=d", "size=%d" % (64 * K),
+                      "object-size=%d" % K, "access-key=AK", "secret-key=SK",
+                      "connections=3", "payload-signing=" + signing],
+                     name="count-" + signing)
+        h = nbd.NBD()
+        h.connect_uri(srv.uri)
+        opened = list(store_ops)
+        check_eq(sorted(opened), [("GET", "list"), ("PUT", "lease")],
+                 "open: the lease and one LIST")
+
+        def ops(f, *a):
+            del store_ops[:]
+            f(*a)
+            return sorted(store_ops)
+
+        check_eq(ops(h.pwrite, os.urandom(16 * K), 0),
+                 [("PUT", "block")] * 16, "1 MiB write: 16 PUTs, nothing else")
+        check_eq(ops(h.zero, 16 * K, 32 * K), [],
+                 "zero of absent objects: nothing sent")
+        check_eq(ops(h.trim, 16 * K, 32 * K), [],
+                 "trim of absent objects: nothing sent")
+        check_eq(ops(h.pwrite, b"x" * 100, 20 * K + 5), [("PUT", "block")],
+                 "partial write to an absent object: no GET")
+        check_eq(ops(h.pwrite, b"y" * 100, 3 * K + 5),
+                 [("GET", "block"), ("PUT", "block")],
+                 "partial write to an object: GET and PUT")
+        check_eq(ops(h.zero, 2 * K, 4 * K), [("DELETE", "block")] * 2,
+                 "zero of two whole objects: two DELETEs")
+        check_eq(ops(h.zero, K - 100, 20 * K + 5), [("DELETE", "block"),
+                                                    ("GET", "block")],
+                 "zero leaving an object all zero: GET and DELETE")
+        check(bytes(h.pread(64 * K, 0)) == bytes(h.pread(64 * K, 0)), "reads")
+        h.shutdown()
+        srv.stop()
+        check(accepted[0] - before <= 3, "%d TCP connections for %d requests "
+              "(connections=3)" % (accepted[0] - before, len(store_ops)))
+    check_eq(bad_signatures, [], "signatures differing from botocore's")
+
+
 c = Checker("s3 http")
 c.run("+FILE and environment credentials", credentials)
 c.run("bad configurations refused at startup", refused)
@@ -452,4 +557,6 @@ c.run("path and virtual-host style: Host, path, signature as botocore's",
       addressing)
 c.run("credentials and region: keys, environment, ~/.aws as botocore",
       aws_chain)
+c.run("no avoidable requests; keep-alive; payload-signing",
+      no_avoidable_requests)
 c.finish()
