@@ -325,7 +325,7 @@ s3_aws_resolve(const char *access_key, const char *secret_key,
 {
   struct s3_aws_profile cred, conf;
   char cred_path[1024], conf_path[1024];
-  const char *profile = s3_aws_env("AWS_DEFAULT_PROFILE"), *pvar;
+  const char *profile = s3_aws_env("AWS_DEFAULT_PROFILE"), *pvar, *ea;
   int r;
 
   memset(c, 0, sizeof *c);
@@ -361,8 +361,8 @@ s3_aws_resolve(const char *access_key, const char *secret_key,
 
   /* 1. The keys (a key not given from its environment variable). */
   if (access_key || secret_key) {
-    const char *ea = s3_aws_env("AWS_ACCESS_KEY_ID");
     const char *es = s3_aws_env("AWS_SECRET_ACCESS_KEY");
+    ea = s3_aws_env("AWS_ACCESS_KEY_ID");
     if ((access_key == NULL && ea == NULL) ||
         (secret_key == NULL && es == NULL)) {
       snprintf(err, errlen, "%s= is given but not %s= (nor %s)",
@@ -401,17 +401,17 @@ s3_aws_resolve(const char *access_key, const char *secret_key,
   }
 
   /* 2. The environment. */
-  if (s3_aws_env("AWS_ACCESS_KEY_ID")) {
+  if ((ea = s3_aws_env("AWS_ACCESS_KEY_ID")) != NULL) {
+    const char *es = s3_aws_env("AWS_SECRET_ACCESS_KEY");
     const char *t = getenv("AWS_SECURITY_TOKEN") ? getenv("AWS_SECURITY_TOKEN")
                                                  : getenv("AWS_SESSION_TOKEN");
-    if (s3_aws_env("AWS_SECRET_ACCESS_KEY") == NULL) {
+    if (es == NULL) {
       snprintf(err, errlen, "AWS_ACCESS_KEY_ID is set but not "
                "AWS_SECRET_ACCESS_KEY");
       return -1;
     }
     snprintf(c->source, sizeof c->source, "the environment");
-    return s3_aws_set(c, getenv("AWS_ACCESS_KEY_ID"),
-                      getenv("AWS_SECRET_ACCESS_KEY"), t, err, errlen);
+    return s3_aws_set(c, ea, es, t, err, errlen);
   }
 
   /* Sources botocore tries before the files' keys, which we lack. */
