@@ -90,7 +90,8 @@ static const struct nbd_param s3_params[] = {
     "$AWS_DEFAULT_REGION, the profile's region, us-east-1)", NULL, 0 },
   { "addressing", NBD_PARAM_ENUM, offsetof(struct s3_conf, addressing),
     "auto", "path (/BUCKET/KEY: Ceph, MinIO), virtual (BUCKET.HOST), or "
-    "auto: path with endpoint-url, else virtual", s3_addressing, 0 },
+    "auto: path with endpoint-url, else (AWS) virtual when the bucket can "
+    "be a host name label", s3_addressing, 0 },
   { "connections", NBD_PARAM_UINT, offsetof(struct s3_conf, connections),
     "16", "HTTP keep-alive connections to the store", NULL, 0 },
   { "retries", NBD_PARAM_UINT, offsetof(struct s3_conf, retries), "3",
