@@ -30,7 +30,8 @@
  * directory and standard descriptors (nothing else: every other is
  * close-on-exec), with default signal handling and no signal blocked.
  * Unlike nbdkit, which never reaps them, a thread of the filter waits
- * for each script, so none stays a zombie.
+ * for each script, so none stays a zombie; at cleanup it waits 5 s at
+ * most for those still running, then leaves them (as nbdkit does).
  *
  * (C names logf_: log_ is src/log.h's.)  Writing does not serialise the
  * datapath on the file: each connection collects its lines in its own
@@ -94,6 +95,7 @@ struct logf_state {
   struct logf_pid *pids, **tail;
   int quit, reaper;
   pthread_t thread;
+  atomic_int spawn_failed;
 };
 
 struct logf_handle {
@@ -111,14 +113,34 @@ static void logf_ready(const struct nbd_layer *layer);
 
 /* ---- the script's children -------------------------------------------- */
 
+/* How long cleanup (exit, or a reload dropping the filter) waits for
+ * scripts still running, whose output belongs to the log; one that
+ * hangs is then left running (as nbdkit leaves every script), not
+ * killed, and the server goes on exiting. */
+#define LOG_SCRIPT_GRACE_NS 5000000000ull
+
+static uint64_t
+logf_now(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* Waits for each script in the order they started; a script still
- * running holds back the reaping of later ones, never a request. */
+ * running holds back the reaping of later ones, never a request.  It
+ * polls (WNOHANG, 1 ms growing to 50 ms while the script runs), so that
+ * cleanup can stop it: once quit is set it waits at most
+ * LOG_SCRIPT_GRACE_NS in all, and not at all on a second SIGTERM. */
 static void *
 logf_reaper(void *arg)
 {
   struct logf_state *st = arg;
   struct logf_pid *p;
-  int status;
+  uint64_t deadline = 0, nap;
+  int status, quit;
+  pid_t r;
 
   pthread_mutex_lock(&st->lock);
   for (;;) {
@@ -126,18 +148,41 @@ logf_reaper(void *arg)
       pthread_cond_wait(&st->cond, &st->lock);
     if ((p = st->pids) == NULL)
       break;
-    if ((st->pids = p->next) == NULL)
-      st->tail = &st->pids;
     pthread_mutex_unlock(&st->lock);
-    while (waitpid(p->pid, &status, 0) == -1 && errno == EINTR)
-      ;
-    if (WIFEXITED(status) && WEXITSTATUS(status) != 0)
+    status = 0;
+    nap = 1000000;
+    for (;;) {
+      r = waitpid(p->pid, &status, WNOHANG);
+      if (r != 0 && !(r == -1 && errno == EINTR))
+        break;
+      pthread_mutex_lock(&st->lock);
+      quit = st->quit;
+      pthread_mutex_unlock(&st->lock);
+      if (quit && deadline == 0)
+        deadline = logf_now() + LOG_SCRIPT_GRACE_NS;
+      if (quit && (logf_now() >= deadline || nbd_server_aborting())) {
+        nbd_warn("log: logscript still running (pid %ld): not waited for",
+                 (long)p->pid);
+        r = 0;
+        break;
+      }
+      {
+        /* Not nbd_sleep: a stopping server would not sleep. */
+        struct timespec tick = { 0, (long)nap };
+        nanosleep(&tick, NULL);
+      }
+      if (nap < 50000000)
+        nap *= 2;
+    }
+    if (r > 0 && WIFEXITED(status) && WEXITSTATUS(status) != 0)
       nbd_debug("log: logscript exited with status %d",
                 WEXITSTATUS(status));
-    else if (WIFSIGNALED(status))
+    else if (r > 0 && WIFSIGNALED(status))
       nbd_debug("log: logscript killed by signal %d", WTERMSIG(status));
-    free(p);
     pthread_mutex_lock(&st->lock);
+    if ((st->pids = p->next) == NULL)
+      st->tail = &st->pids;
+    free(p);
   }
   pthread_mutex_unlock(&st->lock);
   return NULL;
@@ -176,7 +221,10 @@ logf_spawn(struct logf_state *st, const char *text)
   r = posix_spawn(&p->pid, "/bin/bash", NULL, &attr, argv, environ);
   posix_spawnattr_destroy(&attr);
   if (r != 0) {
-    nbd_error("log: logscript: /bin/bash: %s", strerror(r));
+    /* Once, not per request (nbdkit says nothing). */
+    if (!atomic_exchange(&st->spawn_failed, 1))
+      nbd_error("log: logscript: cannot run /bin/bash: %s (said once)",
+                strerror(r));
     free(p);
     return;
   }

@@ -497,7 +497,23 @@ C.run("logscript: the same variables as nbdkit's", logscript_same_as_nbdkit)
 C.run("logscript is not waited for, leaves no zombie", logscript_not_waited)
 C.run("logscript with --run: a script's exit does not stop the server",
       logscript_with_run)
+def hanging_script():
+    """A script that never ends does not hold the exit for ever: it is
+    waited for a while, then left running (as nbdkit leaves them)."""
+    srv = Server(["--filter", "log", "memory", "size=1M",
+                  "logscript=[ $act = Ready ] && exec sleep 1000 "
+                  ">/dev/null 2>&1; true"], name="hang")
+    servers.append(srv)
+    check_eq(srv.stop(timeout=30), 0, "exit status")
+    m = re.search(r"logscript still running \(pid (\d+)\): not waited for",
+                  srv.log_text())
+    check(m is not None, "the script left is logged: %r" % srv.log_text())
+    if m:
+        os.kill(int(m.group(1)), 15)
+
+
 C.run("logfile and logscript together", file_and_script)
+C.run("a script that hangs does not hold the exit", hanging_script)
 C.run("same lines as nbdkit's log filter for one session", same_as_nbdkit)
 C.run("Ready and Preconnect lines as nbdkit's", ready_and_preconnect)
 C.run("logappend=yes keeps, no truncates", append_and_truncate)
