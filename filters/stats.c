@@ -317,7 +317,7 @@ stats_print_hist(FILE *fp, const struct stats_hist *hist, int m,
 {
   uint64_t req[ST_BITS], total = 0, bytes = 0, printed = 0, pbytes = 0;
   uint64_t to_print;
-  int order[ST_BITS], n = 0, i, j, b;
+  int order[ST_BITS] = { 0 }, n = 0, i, j, b;
   char sz[64];
 
   for (b = 0; b < ST_BITS; b++) {
