@@ -92,13 +92,20 @@ struct tls_psks {
   size_t n;
 };
 
-struct tls_server {
+/* What a server and a client both hold (tls_conf_setup): the random
+ * generator, the mbedTLS configuration and the credentials it points
+ * to (the CA; our own certificate and key, when we have one). */
+struct tls_conf {
   mbedtls_entropy_context entropy;
   mbedtls_ctr_drbg_context drbg;
   pthread_mutex_t rng_lock;
   mbedtls_ssl_config conf;
   mbedtls_x509_crt ca, cert;
   mbedtls_pk_context key;
+};
+
+struct tls_server {
+  struct tls_conf k;
   pthread_rwlock_t psk_lock;    /* psks: read by handshakes, swapped by SIGHUP */
   struct tls_psks *psks;
   char *psk_path;
@@ -177,13 +184,154 @@ tls_strerror(int r, char *buf, size_t len)
 static int
 tls_rng(void *arg, unsigned char *out, size_t len)
 {
-  struct tls_server *s = arg;
+  struct tls_conf *k = arg;
   int r;
 
-  pthread_mutex_lock(&s->rng_lock);
-  r = mbedtls_ctr_drbg_random(&s->drbg, out, len);
-  pthread_mutex_unlock(&s->rng_lock);
+  pthread_mutex_lock(&k->rng_lock);
+  r = mbedtls_ctr_drbg_random(&k->drbg, out, len);
+  pthread_mutex_unlock(&k->rng_lock);
   return r;
+}
+
+static void
+tls_conf_release(struct tls_conf *k)
+{
+  mbedtls_ssl_config_free(&k->conf);
+  mbedtls_x509_crt_free(&k->cert);
+  mbedtls_x509_crt_free(&k->ca);
+  mbedtls_pk_free(&k->key);
+  mbedtls_ctr_drbg_free(&k->drbg);
+  mbedtls_entropy_free(&k->entropy);
+  pthread_mutex_destroy(&k->rng_lock);
+}
+
+/* The configuration every session of one side starts from, server or
+ * client (role: MBEDTLS_SSL_IS_SERVER or _CLIENT): its own random
+ * generator, TLS 1.2 at least, our AEAD suites and curves, no
+ * renegotiation.  Credentials are added by the caller.  0, or -1 with
+ * the reason in err; tls_conf_release either way. */
+static int
+tls_conf_setup(struct tls_conf *k, int role, char *err, size_t errlen)
+{
+  const char *pers = role == MBEDTLS_SSL_IS_SERVER ? "nbdstack tls server" :
+                     "nbdstack tls client";
+  char e[128];
+  int r;
+
+  pthread_mutex_init(&k->rng_lock, NULL);
+  mbedtls_entropy_init(&k->entropy);
+  mbedtls_ctr_drbg_init(&k->drbg);
+  mbedtls_ssl_config_init(&k->conf);
+  mbedtls_x509_crt_init(&k->ca);
+  mbedtls_x509_crt_init(&k->cert);
+  mbedtls_pk_init(&k->key);
+  if ((r = mbedtls_ctr_drbg_seed(&k->drbg, mbedtls_entropy_func, &k->entropy,
+                                 (const unsigned char *)pers,
+                                 strlen(pers))) != 0 ||
+      (r = mbedtls_ssl_config_defaults(&k->conf, role,
+                                       MBEDTLS_SSL_TRANSPORT_STREAM,
+                                       MBEDTLS_SSL_PRESET_DEFAULT)) != 0) {
+    snprintf(err, errlen, "tls: %s", tls_strerror(r, e, sizeof e));
+    return -1;
+  }
+  mbedtls_ssl_conf_rng(&k->conf, tls_rng, k);
+  mbedtls_ssl_conf_min_version(&k->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                               MBEDTLS_SSL_MINOR_VERSION_3);
+  mbedtls_ssl_conf_ciphersuites(&k->conf, tls_suites);
+  mbedtls_ssl_conf_curves(&k->conf, tls_curves);
+#ifdef MBEDTLS_SSL_RENEGOTIATION
+  mbedtls_ssl_conf_renegotiation(&k->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+#endif
+  return 0;
+}
+
+/* A certificate that is not valid now is refused, not used. */
+static int
+tls_check_dates(const mbedtls_x509_crt *crt, const char *path, char *err,
+                size_t errlen)
+{
+  if (mbedtls_x509_time_is_past(&crt->valid_to)) {
+    snprintf(err, errlen, "tls-certificates: %s: expired %04d-%02d-%02d",
+             path, crt->valid_to.year, crt->valid_to.mon, crt->valid_to.day);
+    return -1;
+  }
+  if (mbedtls_x509_time_is_future(&crt->valid_from)) {
+    snprintf(err, errlen, "tls-certificates: %s: not valid before "
+             "%04d-%02d-%02d", path, crt->valid_from.year,
+             crt->valid_from.mon, crt->valid_from.day);
+    return -1;
+  }
+  return 0;
+}
+
+/* A certificate file (or chain) into crt: readable and valid now. */
+static int
+tls_load_crt(mbedtls_x509_crt *crt, const char *path, char *err,
+             size_t errlen)
+{
+  char e[128];
+  int r;
+
+  if ((r = mbedtls_x509_crt_parse_file(crt, path)) != 0) {
+    snprintf(err, errlen, "tls-certificates: %s: %s", path,
+             tls_strerror(r, e, sizeof e));
+    return -1;
+  }
+  return tls_check_dates(crt, path, err, errlen);
+}
+
+/* Our own certificate and key, DIR/WHO-cert.pem and DIR/WHO-key.pem
+ * (who: "server" or "client", nbdkit's, qemu's and libnbd's layout):
+ * readable, valid now, the key the certificate's.  0 or -1 (err). */
+static int
+tls_conf_own_cert(struct tls_conf *k, const char *dir, const char *who,
+                  char *err, size_t errlen)
+{
+  char path[4096], e[128];
+  int r;
+
+  snprintf(path, sizeof path, "%s/%s-cert.pem", dir, who);
+  if (tls_load_crt(&k->cert, path, err, errlen) == -1)
+    return -1;
+  snprintf(path, sizeof path, "%s/%s-key.pem", dir, who);
+  if ((r = mbedtls_pk_parse_keyfile(&k->key, path, NULL)) != 0) {
+    snprintf(err, errlen, "tls-certificates: %s: %s", path,
+             tls_strerror(r, e, sizeof e));
+    return -1;
+  }
+  if ((r = mbedtls_pk_check_pair(&k->cert.pk, &k->key)) != 0) {
+    snprintf(err, errlen, "tls-certificates: %s does not belong to "
+             "%s-cert.pem: %s", path, who, tls_strerror(r, e, sizeof e));
+    return -1;
+  }
+  if ((r = mbedtls_ssl_conf_own_cert(&k->conf, &k->cert, &k->key)) != 0) {
+    snprintf(err, errlen, "tls-certificates: %s",
+             tls_strerror(r, e, sizeof e));
+    return -1;
+  }
+  return 0;
+}
+
+/* DIR/ca-cert.pem, to check the peer's certificate with.  needed_by
+ * names the setting that requires it (its absence is then an error);
+ * NULL: optional.  0 loaded, 1 absent and optional, -1 (err). */
+static int
+tls_conf_ca(struct tls_conf *k, const char *dir, const char *needed_by,
+            char *err, size_t errlen)
+{
+  char path[4096];
+
+  snprintf(path, sizeof path, "%s/ca-cert.pem", dir);
+  if (needed_by == NULL && access(path, F_OK) != 0)
+    return 1;
+  if (tls_load_crt(&k->ca, path, err, errlen) == -1) {
+    if (needed_by)
+      snprintf(err + strlen(err), errlen - strlen(err), " (needed by %s)",
+               needed_by);
+    return -1;
+  }
+  mbedtls_ssl_conf_ca_chain(&k->conf, &k->ca, NULL);
+  return 0;
 }
 
 static int
@@ -341,78 +489,31 @@ tls_psk_cb(void *arg, mbedtls_ssl_context *ssl, const unsigned char *id,
   return r;
 }
 
-/* A certificate that is not valid now is refused, not served. */
-static int
-tls_check_dates(const mbedtls_x509_crt *crt, const char *path)
-{
-  if (mbedtls_x509_time_is_past(&crt->valid_to)) {
-    nbd_error("tls-certificates: %s: expired %04d-%02d-%02d", path,
-              crt->valid_to.year, crt->valid_to.mon, crt->valid_to.day);
-    return 1;
-  }
-  if (mbedtls_x509_time_is_future(&crt->valid_from)) {
-    nbd_error("tls-certificates: %s: not valid before %04d-%02d-%02d", path,
-              crt->valid_from.year, crt->valid_from.mon, crt->valid_from.day);
-    return 1;
-  }
-  return 0;
-}
-
+/* The server's certificates: server-cert.pem and server-key.pem, and
+ * ca-cert.pem for client certificates (tls-verify-peer).  Errors
+ * logged, one line each; their count. */
 static int
 tls_load_x509(struct tls_server *s, const struct nbd_config *cfg)
 {
-  char path[4096], e[128];
-  const char *dir = cfg->tls_certificates;
-  int r, errors = 0;
+  char err[4400];
 
-  snprintf(path, sizeof path, "%s/server-cert.pem", dir);
-  if ((r = mbedtls_x509_crt_parse_file(&s->cert, path)) != 0) {
-    nbd_error("tls-certificates: %s: %s", path, tls_strerror(r, e, sizeof e));
+  if (tls_conf_own_cert(&s->k, cfg->tls_certificates, "server", err,
+                        sizeof err) == -1 ||
+      tls_conf_ca(&s->k, cfg->tls_certificates, cfg->tls_verify_peer ?
+                  "tls-verify-peer" : NULL, err, sizeof err) == -1) {
+    nbd_error("%s", err);
     return 1;
   }
-  errors += tls_check_dates(&s->cert, path);
-  snprintf(path, sizeof path, "%s/server-key.pem", dir);
-  if ((r = mbedtls_pk_parse_keyfile(&s->key, path, NULL)) != 0) {
-    nbd_error("tls-certificates: %s: %s", path, tls_strerror(r, e, sizeof e));
-    return errors + 1;
-  }
-  if ((r = mbedtls_pk_check_pair(&s->cert.pk, &s->key)) != 0) {
-    nbd_error("tls-certificates: %s does not belong to server-cert.pem: %s",
-              path, tls_strerror(r, e, sizeof e));
-    return errors + 1;
-  }
-  if ((r = mbedtls_ssl_conf_own_cert(&s->conf, &s->cert, &s->key)) != 0) {
-    nbd_error("tls-certificates: %s", tls_strerror(r, e, sizeof e));
-    return errors + 1;
-  }
-  /* The CA: needed to check client certificates (tls-verify-peer). */
-  snprintf(path, sizeof path, "%s/ca-cert.pem", dir);
-  r = mbedtls_x509_crt_parse_file(&s->ca, path);
-  if (r != 0 && cfg->tls_verify_peer) {
-    nbd_error("tls-certificates: %s (needed by tls-verify-peer): %s", path,
-              tls_strerror(r, e, sizeof e));
-    return errors + 1;
-  }
-  if (r == 0) {
-    errors += tls_check_dates(&s->ca, path);
-    mbedtls_ssl_conf_ca_chain(&s->conf, &s->ca, NULL);
-  }
-  mbedtls_ssl_conf_authmode(&s->conf, cfg->tls_verify_peer ?
+  mbedtls_ssl_conf_authmode(&s->k.conf, cfg->tls_verify_peer ?
                             MBEDTLS_SSL_VERIFY_REQUIRED :
                             MBEDTLS_SSL_VERIFY_NONE);
-  return errors;
+  return 0;
 }
 
 static void
 tls_server_release(struct tls_server *s)
 {
-  mbedtls_ssl_config_free(&s->conf);
-  mbedtls_x509_crt_free(&s->cert);
-  mbedtls_x509_crt_free(&s->ca);
-  mbedtls_pk_free(&s->key);
-  mbedtls_ctr_drbg_free(&s->drbg);
-  mbedtls_entropy_free(&s->entropy);
-  pthread_mutex_destroy(&s->rng_lock);
+  tls_conf_release(&s->k);
   pthread_rwlock_destroy(&s->psk_lock);
   tls_psks_free(s->psks);
   free(s->psk_path);
@@ -422,7 +523,6 @@ tls_server_release(struct tls_server *s)
 int
 tls_server_init(const struct nbd_config *cfg)
 {
-  static const char pers[] = "nbdstack tls";
   struct tls_server *s;
   char e[128];
   int r, errors = 0;
@@ -438,43 +538,23 @@ tls_server_init(const struct nbd_config *cfg)
   }
   if ((s = calloc(1, sizeof *s)) == NULL)
     return 1;
-  pthread_mutex_init(&s->rng_lock, NULL);
   pthread_rwlock_init(&s->psk_lock, NULL);
   s->verify_peer = cfg->tls_verify_peer;
-  mbedtls_entropy_init(&s->entropy);
-  mbedtls_ctr_drbg_init(&s->drbg);
-  mbedtls_ssl_config_init(&s->conf);
-  mbedtls_x509_crt_init(&s->cert);
-  mbedtls_x509_crt_init(&s->ca);
-  mbedtls_pk_init(&s->key);
-  if ((r = mbedtls_ctr_drbg_seed(&s->drbg, mbedtls_entropy_func, &s->entropy,
-                                 (const unsigned char *)pers,
-                                 sizeof pers - 1)) != 0 ||
-      (r = mbedtls_ssl_config_defaults(&s->conf, MBEDTLS_SSL_IS_SERVER,
-                                       MBEDTLS_SSL_TRANSPORT_STREAM,
-                                       MBEDTLS_SSL_PRESET_DEFAULT)) != 0) {
-    nbd_error("tls: %s", tls_strerror(r, e, sizeof e));
+  if (tls_conf_setup(&s->k, MBEDTLS_SSL_IS_SERVER, e, sizeof e) == -1) {
+    nbd_error("%s", e);
     tls_server_release(s);
     return 1;
   }
-  mbedtls_ssl_conf_rng(&s->conf, tls_rng, s);
-  mbedtls_ssl_conf_min_version(&s->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
-                               MBEDTLS_SSL_MINOR_VERSION_3);
-  mbedtls_ssl_conf_ciphersuites(&s->conf, tls_suites);
-  mbedtls_ssl_conf_curves(&s->conf, tls_curves);
-#ifdef MBEDTLS_SSL_RENEGOTIATION
-  mbedtls_ssl_conf_renegotiation(&s->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
-#endif
   if (cfg->tls_certificates)
     errors += tls_load_x509(s, cfg);
   if (cfg->tls_psk) {
     errors += tls_load_psk(&s->psks, cfg->tls_psk);
     if ((s->psk_path = strdup(cfg->tls_psk)) == NULL)
       errors++;
-    mbedtls_ssl_conf_psk_cb(&s->conf, tls_psk_cb, s);
+    mbedtls_ssl_conf_psk_cb(&s->k.conf, tls_psk_cb, s);
     /* DHE-PSK's group: RFC 7919 ffdhe2048, a named group (no
      * parameters of our own to get wrong). */
-    if ((r = mbedtls_ssl_conf_dh_param_bin(&s->conf, tls_ffdhe2048_p,
+    if ((r = mbedtls_ssl_conf_dh_param_bin(&s->k.conf, tls_ffdhe2048_p,
                                            sizeof tls_ffdhe2048_p,
                                            tls_ffdhe2048_g,
                                            sizeof tls_ffdhe2048_g)) != 0) {
@@ -728,35 +808,92 @@ static const struct wire_io tls_io = {
   tls_recvv, tls_sendv, tls_close_notify, tls_free
 };
 
-/* The handshake, under the wire's deadline (the handshake timeout). */
-static int
-tls_handshake(struct nbd_wire *w, struct tls_session *t)
+/* Why a handshake failed, into err: for a certificate that did not
+ * verify, what was wrong with it. */
+static void
+tls_handshake_error(const struct tls_session *t, int r, char *err,
+                    size_t errlen)
 {
-  uint64_t now;
+  uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
+  char why[160];
+
+  if (r == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED && flags != 0 &&
+      flags != (uint32_t)-1) {
+    mbedtls_x509_crt_verify_info(why, sizeof why, "", flags);
+    why[strcspn(why, "\n")] = '\0';
+    snprintf(err, errlen, "the %s's certificate: %s",
+             t->ssl.conf->endpoint == MBEDTLS_SSL_IS_CLIENT ? "server" :
+             "client", why);
+  } else
+    tls_strerror(r, err, errlen);
+}
+
+/* A session on w->fd with conf, and its handshake: each wait for the
+ * socket ends by the deadline (CLOCK_MONOTONIC ns; the server's
+ * handshake timeout) or after wait_ns (0 = no limit; the client's
+ * receive timeout).  The session, or NULL with the reason in err (*rc:
+ * mbedTLS's error, 0 for a timeout or a socket error). */
+static struct tls_session *
+tls_session_start(struct nbd_wire *w, const mbedtls_ssl_config *conf,
+                  const char *hostname, uint64_t deadline, uint64_t wait_ns,
+                  int *rc, char *err, size_t errlen)
+{
+  struct tls_session *t;
+  uint64_t now, ns;
   char e[128];
   int r;
 
-  for (;;) {
-    r = mbedtls_ssl_handshake(&t->ssl);
-    if (r == 0)
-      return 0;
+  *rc = 0;
+  if ((t = calloc(1, sizeof *t)) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  t->fd = w->fd;
+  pthread_mutex_init(&t->lock, NULL);
+  mbedtls_ssl_init(&t->ssl);
+  if ((r = mbedtls_ssl_setup(&t->ssl, conf)) != 0 ||
+      (hostname && (r = mbedtls_ssl_set_hostname(&t->ssl, hostname)) != 0)) {
+    snprintf(err, errlen, "tls: %s", tls_strerror(r, e, sizeof e));
+    goto fail;
+  }
+  mbedtls_ssl_set_bio(&t->ssl, t, tls_bio_send, tls_bio_recv, NULL);
+  /* The session is not shared yet: no lock around the handshake. */
+  while ((r = mbedtls_ssl_handshake(&t->ssl)) != 0) {
     if (r != MBEDTLS_ERR_SSL_WANT_READ && r != MBEDTLS_ERR_SSL_WANT_WRITE) {
-      nbd_info("%s: tls handshake failed: %s", w->peer,
-               tls_strerror(r, e, sizeof e));
-      return -1;
+      *rc = r;
+      tls_handshake_error(t, r, err, errlen);
+      goto fail;
     }
-    now = nbd_now_ns();
-    if (w->deadline && now >= w->deadline) {
-      nbd_info("%s: handshake timed out (tls)", w->peer);
-      return -1;
+    ns = wait_ns;
+    if (deadline) {
+      now = nbd_now_ns();
+      if (now >= deadline) {
+        snprintf(err, errlen, "timed out");
+        goto fail;
+      }
+      ns = deadline - now;
     }
     if (tls_wait(t->fd, r == MBEDTLS_ERR_SSL_WANT_READ ? POLLIN : POLLOUT,
-                 w->deadline ? w->deadline - now : 0) == -1 &&
-        errno != EAGAIN) {
-      nbd_info("%s: tls handshake: %s", w->peer, strerror(errno));
-      return -1;
+                 ns) == -1 && (errno != EAGAIN || !deadline)) {
+      snprintf(err, errlen, "%s", errno == EAGAIN ? "timed out" :
+               strerror(errno));
+      goto fail;
     }
   }
+  return t;
+fail:
+  mbedtls_ssl_free(&t->ssl);
+  pthread_mutex_destroy(&t->lock);
+  free(t);
+  return NULL;
+}
+
+/* w's bytes go through t from now on. */
+static void
+tls_session_attach(struct nbd_wire *w, struct tls_session *t)
+{
+  w->session = t;
+  w->io = &tls_io;
 }
 
 /* The client certificate's subject CN, into out ("" when none). */
@@ -801,32 +938,25 @@ int
 tls_server_start(struct nbd_wire *w)
 {
   struct tls_session *t;
-  char e[128];
-  int r;
+  char err[256];
+  int rc;
 
   if (tls_srv == NULL)
     return -1;
-  if ((t = calloc(1, sizeof *t)) == NULL)
+  t = tls_session_start(w, &tls_srv->k.conf, NULL, w->deadline, 0, &rc, err,
+                        sizeof err);
+  if (t == NULL) {
+    if (rc == 0 && strcmp(err, "timed out") == 0)
+      nbd_info("%s: handshake timed out (tls)", w->peer);
+    else if (rc)
+      nbd_info("%s: tls handshake failed: %s", w->peer, err);
+    else
+      nbd_info("%s: tls handshake: %s", w->peer, err);
     return -1;
-  t->fd = w->fd;
-  pthread_mutex_init(&t->lock, NULL);
-  mbedtls_ssl_init(&t->ssl);
-  if ((r = mbedtls_ssl_setup(&t->ssl, &tls_srv->conf)) != 0) {
-    nbd_error("%s: tls: %s", w->peer, tls_strerror(r, e, sizeof e));
-    goto fail;
   }
-  mbedtls_ssl_set_bio(&t->ssl, t, tls_bio_send, tls_bio_recv, NULL);
-  if (tls_handshake(w, t) == -1)
-    goto fail;
   tls_log_session(w, t);
-  w->session = t;
-  w->io = &tls_io;
+  tls_session_attach(w, t);
   return 0;
-fail:
-  mbedtls_ssl_free(&t->ssl);
-  pthread_mutex_destroy(&t->lock);
-  free(t);
-  return -1;
 }
 
 /* ---- the client side (the nbd backend's upstream) ---------------------- */
@@ -835,12 +965,7 @@ fail:
  * server with, and an optional client certificate: libnbd's layout,
  * ca-cert.pem, client-cert.pem, client-key.pem) or one PSK. */
 struct tls_client {
-  mbedtls_entropy_context entropy;
-  mbedtls_ctr_drbg_context drbg;
-  pthread_mutex_t rng_lock;
-  mbedtls_ssl_config conf;
-  mbedtls_x509_crt ca, cert;
-  mbedtls_pk_context key;
+  struct tls_conf k;
   int verify;
 };
 
@@ -854,30 +979,12 @@ static const int tls_client_psk_suites[] = {
   0
 };
 
-static int
-tls_client_rng(void *arg, unsigned char *out, size_t len)
-{
-  struct tls_client *c = arg;
-  int r;
-
-  pthread_mutex_lock(&c->rng_lock);
-  r = mbedtls_ctr_drbg_random(&c->drbg, out, len);
-  pthread_mutex_unlock(&c->rng_lock);
-  return r;
-}
-
 void
 tls_client_free(struct tls_client *c)
 {
   if (c == NULL)
     return;
-  mbedtls_ssl_config_free(&c->conf);
-  mbedtls_x509_crt_free(&c->cert);
-  mbedtls_x509_crt_free(&c->ca);
-  mbedtls_pk_free(&c->key);
-  mbedtls_ctr_drbg_free(&c->drbg);
-  mbedtls_entropy_free(&c->entropy);
-  pthread_mutex_destroy(&c->rng_lock);
+  tls_conf_release(&c->k);
   free(c);
 }
 
@@ -885,36 +992,17 @@ static int
 tls_client_x509(struct tls_client *c, const char *dir, char *err,
                 size_t errlen)
 {
-  char path[4096], e[128];
-  int r;
+  char path[4096];
 
-  snprintf(path, sizeof path, "%s/ca-cert.pem", dir);
-  r = mbedtls_x509_crt_parse_file(&c->ca, path);
-  if (r != 0 && c->verify) {
-    snprintf(err, errlen, "tls-certificates: %s (needed by tls-verify=true): "
-             "%s", path, tls_strerror(r, e, sizeof e));
+  if (tls_conf_ca(&c->k, dir, c->verify ? "tls-verify=true" : NULL, err,
+                  errlen) == -1)
     return -1;
-  }
-  if (r == 0)
-    mbedtls_ssl_conf_ca_chain(&c->conf, &c->ca, NULL);
   /* A client certificate is optional: for servers with
    * --tls-verify-peer. */
   snprintf(path, sizeof path, "%s/client-cert.pem", dir);
-  if (access(path, F_OK) == 0) {
-    if ((r = mbedtls_x509_crt_parse_file(&c->cert, path)) != 0) {
-      snprintf(err, errlen, "tls-certificates: %s: %s", path,
-               tls_strerror(r, e, sizeof e));
-      return -1;
-    }
-    snprintf(path, sizeof path, "%s/client-key.pem", dir);
-    if ((r = mbedtls_pk_parse_keyfile(&c->key, path, NULL)) != 0 ||
-        (r = mbedtls_pk_check_pair(&c->cert.pk, &c->key)) != 0 ||
-        (r = mbedtls_ssl_conf_own_cert(&c->conf, &c->cert, &c->key)) != 0) {
-      snprintf(err, errlen, "tls-certificates: %s: %s", path,
-               tls_strerror(r, e, sizeof e));
-      return -1;
-    }
-  }
+  if (access(path, F_OK) == 0 &&
+      tls_conf_own_cert(&c->k, dir, "client", err, errlen) == -1)
+    return -1;
   return 0;
 }
 
@@ -934,7 +1022,7 @@ tls_client_psk(struct tls_client *c, const char *path, const char *username,
   }
   for (i = 0; i < psks->n; i++)
     if (strcmp(psks->v[i].identity, username) == 0) {
-      r = mbedtls_ssl_conf_psk(&c->conf, psks->v[i].key, psks->v[i].keylen,
+      r = mbedtls_ssl_conf_psk(&c->k.conf, psks->v[i].key, psks->v[i].keylen,
                                (const unsigned char *)username,
                                strlen(username));
       if (r != 0)
@@ -946,49 +1034,25 @@ tls_client_psk(struct tls_client *c, const char *path, const char *username,
              "tls-username=)", path, username);
   tls_psks_free(psks);
   if (r == 0)
-    mbedtls_ssl_conf_ciphersuites(&c->conf, tls_client_psk_suites);
+    mbedtls_ssl_conf_ciphersuites(&c->k.conf, tls_client_psk_suites);
   return r == 0 ? 0 : -1;
 }
 
 struct tls_client *
 tls_client_new(const struct tls_client_opts *o, char *err, size_t errlen)
 {
-  static const char pers[] = "nbdstack tls client";
   struct tls_client *c = calloc(1, sizeof *c);
-  char e[128];
-  int r;
 
   if (c == NULL) {
     snprintf(err, errlen, "out of memory");
     return NULL;
   }
   c->verify = o->verify;
-  pthread_mutex_init(&c->rng_lock, NULL);
-  mbedtls_entropy_init(&c->entropy);
-  mbedtls_ctr_drbg_init(&c->drbg);
-  mbedtls_ssl_config_init(&c->conf);
-  mbedtls_x509_crt_init(&c->ca);
-  mbedtls_x509_crt_init(&c->cert);
-  mbedtls_pk_init(&c->key);
-  if ((r = mbedtls_ctr_drbg_seed(&c->drbg, mbedtls_entropy_func, &c->entropy,
-                                 (const unsigned char *)pers,
-                                 sizeof pers - 1)) != 0 ||
-      (r = mbedtls_ssl_config_defaults(&c->conf, MBEDTLS_SSL_IS_CLIENT,
-                                       MBEDTLS_SSL_TRANSPORT_STREAM,
-                                       MBEDTLS_SSL_PRESET_DEFAULT)) != 0) {
-    snprintf(err, errlen, "tls: %s", tls_strerror(r, e, sizeof e));
+  if (tls_conf_setup(&c->k, MBEDTLS_SSL_IS_CLIENT, err, errlen) == -1) {
     tls_client_free(c);
     return NULL;
   }
-  mbedtls_ssl_conf_rng(&c->conf, tls_client_rng, c);
-  mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
-                               MBEDTLS_SSL_MINOR_VERSION_3);
-  mbedtls_ssl_conf_ciphersuites(&c->conf, tls_suites);
-  mbedtls_ssl_conf_curves(&c->conf, tls_curves);
-#ifdef MBEDTLS_SSL_RENEGOTIATION
-  mbedtls_ssl_conf_renegotiation(&c->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
-#endif
-  mbedtls_ssl_conf_authmode(&c->conf, o->verify && o->certificates ?
+  mbedtls_ssl_conf_authmode(&c->k.conf, o->verify && o->certificates ?
                             MBEDTLS_SSL_VERIFY_REQUIRED :
                             MBEDTLS_SSL_VERIFY_NONE);
   if ((o->certificates && tls_client_x509(c, o->certificates, err,
@@ -1005,58 +1069,19 @@ tls_client_start(struct tls_client *c, struct nbd_wire *w,
                  const char *hostname, char *err, size_t errlen)
 {
   struct tls_session *t;
-  char e[128];
-  uint32_t flags;
-  int r;
+  char why[256];
+  int rc;
 
-  if ((t = calloc(1, sizeof *t)) == NULL) {
-    snprintf(err, errlen, "out of memory");
+  t = tls_session_start(w, &c->k.conf, c->verify ? hostname : NULL, 0,
+                        w->rcvtimeo, &rc, why, sizeof why);
+  if (t == NULL) {
+    snprintf(err, errlen, "TLS handshake: %s", why);
     return -1;
-  }
-  t->fd = w->fd;
-  pthread_mutex_init(&t->lock, NULL);
-  mbedtls_ssl_init(&t->ssl);
-  if ((r = mbedtls_ssl_setup(&t->ssl, &c->conf)) != 0 ||
-      (hostname && c->verify &&
-       (r = mbedtls_ssl_set_hostname(&t->ssl, hostname)) != 0)) {
-    snprintf(err, errlen, "tls: %s", tls_strerror(r, e, sizeof e));
-    goto fail;
-  }
-  mbedtls_ssl_set_bio(&t->ssl, t, tls_bio_send, tls_bio_recv, NULL);
-  for (;;) {
-    r = mbedtls_ssl_handshake(&t->ssl);
-    if (r == 0)
-      break;
-    if (r != MBEDTLS_ERR_SSL_WANT_READ && r != MBEDTLS_ERR_SSL_WANT_WRITE) {
-      flags = mbedtls_ssl_get_verify_result(&t->ssl);
-      if (r == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED && flags != 0) {
-        char why[256];
-        mbedtls_x509_crt_verify_info(why, sizeof why, "", flags);
-        why[strcspn(why, "\n")] = '\0';
-        snprintf(err, errlen, "TLS handshake: the server's certificate: %s",
-                 why);
-      } else
-        snprintf(err, errlen, "TLS handshake: %s",
-                 tls_strerror(r, e, sizeof e));
-      goto fail;
-    }
-    if (tls_wait(t->fd, r == MBEDTLS_ERR_SSL_WANT_READ ? POLLIN : POLLOUT,
-                 w->rcvtimeo) == -1) {
-      snprintf(err, errlen, "TLS handshake: %s", errno == EAGAIN ?
-               "timed out" : strerror(errno));
-      goto fail;
-    }
   }
   snprintf(err, errlen, "%s, %s", mbedtls_ssl_get_version(&t->ssl),
            mbedtls_ssl_get_ciphersuite(&t->ssl));
-  w->session = t;
-  w->io = &tls_io;
+  tls_session_attach(w, t);
   return 0;
-fail:
-  mbedtls_ssl_free(&t->ssl);
-  pthread_mutex_destroy(&t->lock);
-  free(t);
-  return -1;
 }
 
 #endif
