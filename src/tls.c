@@ -77,7 +77,8 @@ tls_client_start(struct tls_client *c, struct nbd_wire *w,
 
 #define TLS_MAX_PSK_KEY 64      /* bytes; psktool makes 32 */
 #define TLS_RECORD 16384        /* plaintext bytes per record */
-#define TLS_DIRECT_MIN 4096     /* a first iovec this large is not copied */
+#define TLS_DIRECT_MIN 4096     /* an iovec this large is not copied */
+#define TLS_CORK 256            /* a record this short waits for the next */
 
 struct tls_psk {
   char *identity;
@@ -117,8 +118,16 @@ struct tls_session {
   pthread_mutex_t lock;         /* every call into ssl */
   int fd;
   _Atomic int dead;             /* a fatal error: no more I/O (any thread) */
-  unsigned char wbuf[TLS_RECORD];
-  size_t wlen;                  /* bytes gathered in wbuf */
+  /* Under the wire's wlock (tls_sendv): small pieces gathered into one
+   * record; allocated when first needed, given back when the connection
+   * parks (tls_park). */
+  unsigned char *wbuf;
+  /* A short record (a reply header) sealed while more of the same reply
+   * follows waits in corkbuf and leaves with the next record, in one
+   * sendmsg (tls_bio_send).  Under lock. */
+  int cork;
+  unsigned char corkbuf[TLS_CORK];
+  size_t corklen;
   char who[80];                 /* the PSK identity the client used, for the log */
 };
 
@@ -612,18 +621,45 @@ tls_server_free(void)
 
 /* ---- the session under wire.c ----------------------------------------- */
 
-/* The BIO: never blocks; waiting is tls_wait's, outside the lock. */
+/* The BIO: never blocks; waiting is tls_wait's, outside the lock.  A
+ * record sealed with cork set stays in corkbuf when it fits; the next
+ * send takes it along in front of its own record. */
 static int
 tls_bio_send(void *arg, const unsigned char *buf, size_t len)
 {
   struct tls_session *t = arg;
-  ssize_t r = send(t->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+  struct iovec iov[2];
+  struct msghdr msg;
+  ssize_t r;
+  int n = 0;
 
-  if (r >= 0)
-    return (int)r;
-  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+  if (t->cork && t->corklen + len <= sizeof t->corkbuf) {
+    memcpy(t->corkbuf + t->corklen, buf, len);
+    t->corklen += len;
+    return (int)len;
+  }
+  if (t->corklen) {
+    iov[n].iov_base = t->corkbuf;
+    iov[n++].iov_len = t->corklen;
+  }
+  iov[n].iov_base = (void *)buf;
+  iov[n++].iov_len = len;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = n;
+  r = sendmsg(t->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (r == -1)
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ?
+           MBEDTLS_ERR_SSL_WANT_WRITE : MBEDTLS_ERR_NET_SEND_FAILED;
+  if ((size_t)r < t->corklen) {
+    memmove(t->corkbuf, t->corkbuf + r, t->corklen - (size_t)r);
+    t->corklen -= (size_t)r;
     return MBEDTLS_ERR_SSL_WANT_WRITE;
-  return MBEDTLS_ERR_NET_SEND_FAILED;
+  }
+  r -= (ssize_t)t->corklen;
+  t->corklen = 0;
+  /* 0 would tell mbedTLS the record went: it has not, come back. */
+  return r > 0 ? (int)r : MBEDTLS_ERR_SSL_WANT_WRITE;
 }
 
 static int
@@ -730,32 +766,62 @@ tls_recvv(struct nbd_wire *w, struct iovec *iov, int n, int flags)
   return total;
 }
 
-/* Encrypts what fits one record from the front of iov; returns the bytes
- * taken, as sendmsg would.  A large first iovec (read data) goes to
- * mbedTLS as it is, which copies it into the record once; small pieces
- * (headers, batched replies) are gathered in wbuf first.  A WANT_WRITE
- * wants the same call again, which the loop makes while waiting. */
+/* Gathers into wbuf the plaintext of the next record: the small pieces
+ * at the front of iov (a reply header, batched replies), and of the
+ * large one after them only what makes the rest of it a whole number
+ * of full records, which then go from the caller's buffer uncopied (a
+ * 256 KiB read: one header record, corked, and sixteen full ones, not
+ * a last record of 20 bytes).  Returns the bytes gathered. */
+static size_t
+tls_gather(unsigned char *wbuf, const struct iovec *iov, int n)
+{
+  size_t wlen = 0, k;
+  int i;
+
+  for (i = 0; i < n && wlen < TLS_RECORD; i++) {
+    k = iov[i].iov_len;
+    if (k >= TLS_DIRECT_MIN && wlen > 0) {
+      k %= TLS_RECORD;
+      if (wlen + k > TLS_RECORD)
+        k = TLS_RECORD - wlen;  /* fill this record: one copy */
+      memcpy(wbuf + wlen, iov[i].iov_base, k);
+      return wlen + k;
+    }
+    if (k > TLS_RECORD - wlen)
+      k = TLS_RECORD - wlen;
+    memcpy(wbuf + wlen, iov[i].iov_base, k);
+    wlen += k;
+  }
+  return wlen;
+}
+
+/* Seals one record from the front of iov; returns the bytes taken, as
+ * sendmsg would.  A large first iovec (read data) goes to mbedTLS as it
+ * is (which encrypts it into its record buffer: cmake/mbedtls-*.patch;
+ * unpatched, it copies it there first); small pieces are gathered in
+ * wbuf (tls_gather).  A short record with more of the iovecs to follow
+ * is corked (tls_bio_send).  A WANT_WRITE wants the same call again,
+ * which the loop makes while waiting. */
 static ssize_t
 tls_sendv(struct nbd_wire *w, struct iovec *iov, int n)
 {
   struct tls_session *t = w->session;
   const unsigned char *buf;
-  size_t len;
+  size_t len, total = 0;
   int i, r;
 
+  for (i = 0; i < n; i++)
+    total += iov[i].iov_len;
   if (n > 0 && iov[0].iov_len >= TLS_DIRECT_MIN) {
     buf = iov[0].iov_base;
-    len = iov[0].iov_len;
+    len = iov[0].iov_len < TLS_RECORD ? iov[0].iov_len : TLS_RECORD;
   } else {
-    for (t->wlen = 0, i = 0; i < n && t->wlen < sizeof t->wbuf; i++) {
-      size_t k = iov[i].iov_len;
-      if (k > sizeof t->wbuf - t->wlen)
-        k = sizeof t->wbuf - t->wlen;
-      memcpy(t->wbuf + t->wlen, iov[i].iov_base, k);
-      t->wlen += k;
+    if (t->wbuf == NULL && (t->wbuf = malloc(TLS_RECORD)) == NULL) {
+      errno = ENOMEM;
+      return -1;
     }
     buf = t->wbuf;
-    len = t->wlen;
+    len = tls_gather(t->wbuf, iov, n);
   }
   for (;;) {
     if (t->dead) {
@@ -763,7 +829,9 @@ tls_sendv(struct nbd_wire *w, struct iovec *iov, int n)
       return -1;
     }
     pthread_mutex_lock(&t->lock);
+    t->cork = len < total && len < TLS_CORK / 2;
     r = mbedtls_ssl_write(&t->ssl, buf, len);
+    t->cork = 0;
     pthread_mutex_unlock(&t->lock);
     if (r > 0)
       return r;       /* r bytes from the front of iov; the caller passes the rest */
@@ -775,6 +843,32 @@ tls_sendv(struct nbd_wire *w, struct iovec *iov, int n)
       return -1;
     }
   }
+}
+
+/* wire_park asks: may this connection wait in park.c?  Not while
+ * mbedTLS holds input: decrypted bytes not read yet
+ * (mbedtls_ssl_get_bytes_avail) or a record begun in its input buffer
+ * (mbedtls_ssl_check_pending), which the socket no longer shows.
+ * Its context stays (the session's keys and sequence numbers); what
+ * goes is wbuf.  drop is called under wlock. */
+static int
+tls_park(struct nbd_wire *w, int drop)
+{
+  struct tls_session *t = w->session;
+  int held;
+
+  pthread_mutex_lock(&t->lock);
+  held = t->dead || mbedtls_ssl_get_bytes_avail(&t->ssl) > 0 ||
+         mbedtls_ssl_check_pending(&t->ssl) || t->ssl.out_left > 0 ||
+         t->corklen > 0;
+  pthread_mutex_unlock(&t->lock);
+  if (held)
+    return -1;
+  if (drop) {
+    free(t->wbuf);
+    t->wbuf = NULL;
+  }
+  return 0;
 }
 
 /* close_notify, once, without waiting for a client that does not read. */
@@ -800,12 +894,13 @@ tls_free(struct nbd_wire *w)
     return;
   mbedtls_ssl_free(&t->ssl);
   pthread_mutex_destroy(&t->lock);
+  free(t->wbuf);
   free(t);
   w->session = NULL;
 }
 
 static const struct wire_io tls_io = {
-  tls_recvv, tls_sendv, tls_close_notify, tls_free
+  tls_recvv, tls_sendv, tls_close_notify, tls_free, tls_park
 };
 
 /* Why a handshake failed, into err: for a certificate that did not
