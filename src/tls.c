@@ -72,6 +72,7 @@ tls_client_start(struct tls_client *c, struct nbd_wire *w,
 #include <mbedtls/oid.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/ssl_internal.h>   /* the record buffers' lengths (tls_park) */
 #include <mbedtls/version.h>
 #include <mbedtls/x509_crt.h>
 
@@ -79,6 +80,7 @@ tls_client_start(struct tls_client *c, struct nbd_wire *w,
 #define TLS_RECORD 16384        /* plaintext bytes per record */
 #define TLS_DIRECT_MIN 4096     /* an iovec this large is not copied */
 #define TLS_CORK 256            /* a record this short waits for the next */
+#define TLS_KEEP 32             /* bytes of a record buffer kept when parked */
 
 struct tls_psk {
   char *identity;
@@ -128,6 +130,12 @@ struct tls_session {
   int cork;
   unsigned char corkbuf[TLS_CORK];
   size_t corklen;
+  /* Parked (tls_park): mbedTLS's record buffers given back; what they
+   * held that matters (sequence numbers, where records start) is here.
+   * Under lock. */
+  int released;
+  unsigned char in_head[TLS_KEEP], out_head[TLS_KEEP];
+  ptrdiff_t in_off[6], out_off[6];
   char who[80];                 /* the PSK identity the client used, for the log */
 };
 
@@ -693,6 +701,115 @@ tls_wait(int fd, short ev, uint64_t ns)
   return r == 1 ? 0 : -1;
 }
 
+/* ---- a parked session's record buffers -------------------------------- */
+
+/* mbedTLS keeps an input and an output record buffer per session, 16.7
+ * KiB each, for its whole life; 2.28 has no call to give them back
+ * (MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH shrinks them only to a negotiated
+ * max_fragment_length, which libnbd and qemu do not ask for).  Parked,
+ * a session has nothing pending either way (tls_park checks), so the
+ * buffers hold only the record sequence numbers (the 8 bytes in front
+ * of each record header) and the record pointers into them: those are
+ * kept here, the buffers freed, and made again by the next call into
+ * the session (tls_take_buffers).  The fields are public in 2.28, the
+ * lengths are ssl_internal.h's, and the allocator is mbedTLS's default
+ * (calloc/free), as in mbedtls_ssl_setup and mbedtls_ssl_free. */
+
+/* The record pointers into each buffer. */
+static int
+tls_buffer_ptrs(mbedtls_ssl_context *ssl, unsigned char **in[6],
+                unsigned char **out[6])
+{
+  int n = 0;
+
+  in[n] = &ssl->in_ctr, out[n++] = &ssl->out_ctr;
+  in[n] = &ssl->in_hdr, out[n++] = &ssl->out_hdr;
+  in[n] = &ssl->in_len, out[n++] = &ssl->out_len;
+  in[n] = &ssl->in_iv, out[n++] = &ssl->out_iv;
+  in[n] = &ssl->in_msg, out[n++] = &ssl->out_msg;
+#ifdef MBEDTLS_SSL_DTLS_CONNECTION_ID
+  in[n] = &ssl->in_cid, out[n++] = &ssl->out_cid;
+#endif
+  return n;
+}
+
+static size_t
+tls_in_len(const mbedtls_ssl_context *ssl)
+{
+#ifdef MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH
+  return ssl->in_buf_len;
+#else
+  (void)ssl;
+  return MBEDTLS_SSL_IN_BUFFER_LEN;
+#endif
+}
+
+static size_t
+tls_out_len(const mbedtls_ssl_context *ssl)
+{
+#ifdef MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH
+  return ssl->out_buf_len;
+#else
+  (void)ssl;
+  return MBEDTLS_SSL_OUT_BUFFER_LEN;
+#endif
+}
+
+/* Parking, with nothing pending: frees the record buffers.  Under lock. */
+static void
+tls_release_buffers(struct tls_session *t)
+{
+  mbedtls_ssl_context *ssl = &t->ssl;
+  unsigned char **in[6], **out[6];
+  int i, n = tls_buffer_ptrs(ssl, in, out);
+
+  if (t->released || ssl->in_buf == NULL || ssl->out_buf == NULL)
+    return;
+  for (i = 0; i < n; i++) {
+    t->in_off[i] = *in[i] - ssl->in_buf;
+    t->out_off[i] = *out[i] - ssl->out_buf;
+  }
+  memcpy(t->in_head, ssl->in_buf, TLS_KEEP);
+  memcpy(t->out_head, ssl->out_buf, TLS_KEEP);
+  mbedtls_platform_zeroize(ssl->in_buf, tls_in_len(ssl));
+  mbedtls_platform_zeroize(ssl->out_buf, tls_out_len(ssl));
+  free(ssl->in_buf);
+  free(ssl->out_buf);
+  ssl->in_buf = ssl->out_buf = NULL;
+  t->released = 1;
+}
+
+/* Before any call into a session that was parked: its buffers again.
+ * 0, or -1 (out of memory).  Under lock. */
+static int
+tls_take_buffers(struct tls_session *t)
+{
+  mbedtls_ssl_context *ssl = &t->ssl;
+  unsigned char **in[6], **out[6], *ib, *ob;
+  int i, n;
+
+  if (!t->released)
+    return 0;
+  ib = calloc(1, tls_in_len(ssl));
+  ob = calloc(1, tls_out_len(ssl));
+  if (ib == NULL || ob == NULL) {
+    free(ib);
+    free(ob);
+    return -1;
+  }
+  memcpy(ib, t->in_head, TLS_KEEP);
+  memcpy(ob, t->out_head, TLS_KEEP);
+  ssl->in_buf = ib;
+  ssl->out_buf = ob;
+  n = tls_buffer_ptrs(ssl, in, out);
+  for (i = 0; i < n; i++) {
+    *in[i] = ib + t->in_off[i];
+    *out[i] = ob + t->out_off[i];
+  }
+  t->released = 0;
+  return 0;
+}
+
 /* After an mbedTLS error: the connection is over. */
 static ssize_t
 tls_fail(struct nbd_wire *w, struct tls_session *t, const char *what, int r)
@@ -720,7 +837,8 @@ tls_read_some(struct nbd_wire *w, struct tls_session *t, void *buf,
       return -1;
     }
     pthread_mutex_lock(&t->lock);
-    r = mbedtls_ssl_read(&t->ssl, buf, len);
+    r = tls_take_buffers(t) == -1 ? MBEDTLS_ERR_SSL_ALLOC_FAILED :
+        mbedtls_ssl_read(&t->ssl, buf, len);
     pthread_mutex_unlock(&t->lock);
     if (r > 0)
       return r;
@@ -830,7 +948,8 @@ tls_sendv(struct nbd_wire *w, struct iovec *iov, int n)
     }
     pthread_mutex_lock(&t->lock);
     t->cork = len < total && len < TLS_CORK / 2;
-    r = mbedtls_ssl_write(&t->ssl, buf, len);
+    r = tls_take_buffers(t) == -1 ? MBEDTLS_ERR_SSL_ALLOC_FAILED :
+        mbedtls_ssl_write(&t->ssl, buf, len);
     t->cork = 0;
     pthread_mutex_unlock(&t->lock);
     if (r > 0)
@@ -850,7 +969,8 @@ tls_sendv(struct nbd_wire *w, struct iovec *iov, int n)
  * (mbedtls_ssl_get_bytes_avail) or a record begun in its input buffer
  * (mbedtls_ssl_check_pending), which the socket no longer shows.
  * Its context stays (the session's keys and sequence numbers); what
- * goes is wbuf.  drop is called under wlock. */
+ * goes is wbuf and mbedTLS's record buffers (tls_release_buffers).
+ * drop is called under wlock. */
 static int
 tls_park(struct nbd_wire *w, int drop)
 {
@@ -861,6 +981,8 @@ tls_park(struct nbd_wire *w, int drop)
   held = t->dead || mbedtls_ssl_get_bytes_avail(&t->ssl) > 0 ||
          mbedtls_ssl_check_pending(&t->ssl) || t->ssl.out_left > 0 ||
          t->corklen > 0;
+  if (!held && drop)
+    tls_release_buffers(t);
   pthread_mutex_unlock(&t->lock);
   if (held)
     return -1;
@@ -880,7 +1002,8 @@ tls_close_notify(struct nbd_wire *w)
   if (t->dead)
     return;
   pthread_mutex_lock(&t->lock);
-  (void)mbedtls_ssl_close_notify(&t->ssl);
+  if (tls_take_buffers(t) == 0)
+    (void)mbedtls_ssl_close_notify(&t->ssl);
   pthread_mutex_unlock(&t->lock);
   t->dead = 1;
 }
