@@ -720,15 +720,21 @@ static int
 tls_buffer_ptrs(mbedtls_ssl_context *ssl, unsigned char **in[6],
                 unsigned char **out[6])
 {
-  int n = 0;
+  int n = 5;
 
-  in[n] = &ssl->in_ctr, out[n++] = &ssl->out_ctr;
-  in[n] = &ssl->in_hdr, out[n++] = &ssl->out_hdr;
-  in[n] = &ssl->in_len, out[n++] = &ssl->out_len;
-  in[n] = &ssl->in_iv, out[n++] = &ssl->out_iv;
-  in[n] = &ssl->in_msg, out[n++] = &ssl->out_msg;
+  in[0] = &ssl->in_ctr;
+  out[0] = &ssl->out_ctr;
+  in[1] = &ssl->in_hdr;
+  out[1] = &ssl->out_hdr;
+  in[2] = &ssl->in_len;
+  out[2] = &ssl->out_len;
+  in[3] = &ssl->in_iv;
+  out[3] = &ssl->out_iv;
+  in[4] = &ssl->in_msg;
+  out[4] = &ssl->out_msg;
 #ifdef MBEDTLS_SSL_DTLS_CONNECTION_ID
-  in[n] = &ssl->in_cid, out[n++] = &ssl->out_cid;
+  in[n] = &ssl->in_cid;
+  out[n++] = &ssl->out_cid;
 #endif
   return n;
 }
