@@ -40,10 +40,7 @@ from nbdtest import (Checker, Server, check, check_eq, log, rep_name,  # noqa: E
                      OPT_STARTTLS, REP_ACK, CMD_READ, CMD_WRITE)
 
 L.skip_unless_tls()
-try:
-    import nbd
-except ImportError:
-    T.skip("python3-libnbd (module nbd) not available to %s" % sys.executable)
+nbd = L.libnbd()
 T.require_layers("memory")
 T.start_watchdog()
 C = Checker("test_tls_hostile")

@@ -7,6 +7,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import threading
 
 import nbdtest as T
@@ -23,6 +24,15 @@ def skip_unless_tls():
         T.skip("%s was built without TLS" % T.NBDSTACK)
     if not shutil.which("certtool"):
         T.skip("certtool (gnutls-bin) is not installed")
+
+
+def libnbd():
+    """python3-libnbd's module nbd, or a skip."""
+    try:
+        import nbd
+    except ImportError:
+        T.skip("python3-libnbd (module nbd) not available to %s" % sys.executable)
+    return nbd
 
 
 def certtool(*args):
