@@ -10,7 +10,7 @@ engine cannot pass them):
 For each: MiB/s and server CPU (utime+stime of the server's process
 tree) per GiB moved.  Also: the version and suite a GnuTLS client
 (gnutls-cli, libnbd's library) negotiates with each server, and with
---perf a perf profile of each server during copy-out.
+--perf a perf profile of each server during an X.509 copy-out.
 
 Imported by bench/run; standard library only (plus /usr/bin/python3's
 nbd module through nbdsh)."""
@@ -235,31 +235,22 @@ def workload(kind, srv, uri, src, size, runtime, workdir):
 
 
 def profile(argv, sock, uri, src, workdir, name):
-    """The server run under perf record (which follows every thread it
-    starts) during one copy-out; the top symbols by self time."""
+    """The server's profile during one X.509 copy-out alone: the disk is
+    filled first, then perf records the whole machine while nbdcopy reads
+    it out, and the report keeps the server's threads (by command name),
+    in percent of the server's samples."""
     if not shutil.which("perf"):
         return ["(perf not installed)"]
     data = os.path.join(workdir, name + ".perf")
-    srv = Server(["perf", "record", "-q", "-F", "999", "-o", data, "--"] + argv, sock,
-                 os.path.join(workdir, name + "-perf.log"))
+    srv = Server(argv, sock, os.path.join(workdir, name + "-perf.log"))
     try:
         run(["nbdcopy", "--flush", src, uri])
-        run(["nbdcopy", uri, "null:"])
+        run(["perf", "record", "-q", "-a", "-F", "999", "-o", data, "--",
+             "nbdcopy", uri, "null:"])
     finally:
-        # SIGTERM to the server alone: perf then writes its data and exits.
-        kids = []
-        for t in os.listdir("/proc/%d/task" % srv.p.pid):
-            with open("/proc/%d/task/%s/children" % (srv.p.pid, t)) as f:
-                kids += [int(x) for x in f.read().split()]
-        for k in kids:
-            os.kill(k, signal.SIGTERM)
-        try:
-            srv.p.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
         srv.stop()
-    r = run(["perf", "report", "-i", data, "--no-children", "--sort", "dso,sym",
-             "--stdio"])
+    r = run(["perf", "report", "-i", data, "--comms", os.path.basename(argv[0])[:15],
+             "--percentage", "relative", "--no-children", "--sort", "dso,sym", "--stdio"])
     rows = [ln.rstrip() for ln in r.stdout.splitlines()
             if ln.strip() and not ln.startswith("#") and "%" in ln]
     return rows[:14] or ["(perf report empty: %s)" % r.stderr.strip()[-200:]]
@@ -357,6 +348,6 @@ def render(args, res, suites, profiles, kinds, modes, order, size):
     for (mode, side), s in sorted(suites.items()):
         out.append("- %s, %s: %s" % (side, mode, s))
     for side, rows in profiles.items():
-        out += ["", "perf profile of %s during an X.509 copy-in and copy-out (top symbols, self time):" % side,
+        out += ["", "perf profile of %s during an X.509 copy-out (top symbols, self time, %% of the server's samples):" % side,
                 "", "```"] + rows + ["```"]
     return "\n".join(out) + "\n"

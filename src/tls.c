@@ -72,12 +72,15 @@ tls_client_start(struct tls_client *c, struct nbd_wire *w,
 #include <mbedtls/oid.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/ssl_internal.h>   /* the record buffers' lengths (tls_park) */
 #include <mbedtls/version.h>
 #include <mbedtls/x509_crt.h>
 
 #define TLS_MAX_PSK_KEY 64      /* bytes; psktool makes 32 */
 #define TLS_RECORD 16384        /* plaintext bytes per record */
-#define TLS_DIRECT_MIN 4096     /* a first iovec this large is not copied */
+#define TLS_DIRECT_MIN 4096     /* an iovec this large is not copied */
+#define TLS_CORK 256            /* a record this short waits for the next */
+#define TLS_KEEP 32             /* bytes of a record buffer kept when parked */
 
 struct tls_psk {
   char *identity;
@@ -92,13 +95,20 @@ struct tls_psks {
   size_t n;
 };
 
-struct tls_server {
+/* What a server and a client both hold (tls_conf_setup): the random
+ * generator, the mbedTLS configuration and the credentials it points
+ * to (the CA; our own certificate and key, when we have one). */
+struct tls_conf {
   mbedtls_entropy_context entropy;
   mbedtls_ctr_drbg_context drbg;
   pthread_mutex_t rng_lock;
   mbedtls_ssl_config conf;
   mbedtls_x509_crt ca, cert;
   mbedtls_pk_context key;
+};
+
+struct tls_server {
+  struct tls_conf k;
   pthread_rwlock_t psk_lock;    /* psks: read by handshakes, swapped by SIGHUP */
   struct tls_psks *psks;
   char *psk_path;
@@ -110,8 +120,22 @@ struct tls_session {
   pthread_mutex_t lock;         /* every call into ssl */
   int fd;
   _Atomic int dead;             /* a fatal error: no more I/O (any thread) */
-  unsigned char wbuf[TLS_RECORD];
-  size_t wlen;                  /* bytes gathered in wbuf */
+  /* Under the wire's wlock (tls_sendv): small pieces gathered into one
+   * record; allocated when first needed, given back when the connection
+   * parks (tls_park). */
+  unsigned char *wbuf;
+  /* A short record (a reply header) sealed while more of the same reply
+   * follows waits in corkbuf and leaves with the next record, in one
+   * sendmsg (tls_bio_send).  Under lock. */
+  int cork;
+  unsigned char corkbuf[TLS_CORK];
+  size_t corklen;
+  /* Parked (tls_park): mbedTLS's record buffers given back; what they
+   * held that matters (sequence numbers, where records start) is here.
+   * Under lock. */
+  int released;
+  unsigned char in_head[TLS_KEEP], out_head[TLS_KEEP];
+  ptrdiff_t in_off[6], out_off[6];
   char who[80];                 /* the PSK identity the client used, for the log */
 };
 
@@ -177,13 +201,154 @@ tls_strerror(int r, char *buf, size_t len)
 static int
 tls_rng(void *arg, unsigned char *out, size_t len)
 {
-  struct tls_server *s = arg;
+  struct tls_conf *k = arg;
   int r;
 
-  pthread_mutex_lock(&s->rng_lock);
-  r = mbedtls_ctr_drbg_random(&s->drbg, out, len);
-  pthread_mutex_unlock(&s->rng_lock);
+  pthread_mutex_lock(&k->rng_lock);
+  r = mbedtls_ctr_drbg_random(&k->drbg, out, len);
+  pthread_mutex_unlock(&k->rng_lock);
   return r;
+}
+
+static void
+tls_conf_release(struct tls_conf *k)
+{
+  mbedtls_ssl_config_free(&k->conf);
+  mbedtls_x509_crt_free(&k->cert);
+  mbedtls_x509_crt_free(&k->ca);
+  mbedtls_pk_free(&k->key);
+  mbedtls_ctr_drbg_free(&k->drbg);
+  mbedtls_entropy_free(&k->entropy);
+  pthread_mutex_destroy(&k->rng_lock);
+}
+
+/* The configuration every session of one side starts from, server or
+ * client (role: MBEDTLS_SSL_IS_SERVER or _CLIENT): its own random
+ * generator, TLS 1.2 at least, our AEAD suites and curves, no
+ * renegotiation.  Credentials are added by the caller.  0, or -1 with
+ * the reason in err; tls_conf_release either way. */
+static int
+tls_conf_setup(struct tls_conf *k, int role, char *err, size_t errlen)
+{
+  const char *pers = role == MBEDTLS_SSL_IS_SERVER ? "nbdstack tls server" :
+                     "nbdstack tls client";
+  char e[128];
+  int r;
+
+  pthread_mutex_init(&k->rng_lock, NULL);
+  mbedtls_entropy_init(&k->entropy);
+  mbedtls_ctr_drbg_init(&k->drbg);
+  mbedtls_ssl_config_init(&k->conf);
+  mbedtls_x509_crt_init(&k->ca);
+  mbedtls_x509_crt_init(&k->cert);
+  mbedtls_pk_init(&k->key);
+  if ((r = mbedtls_ctr_drbg_seed(&k->drbg, mbedtls_entropy_func, &k->entropy,
+                                 (const unsigned char *)pers,
+                                 strlen(pers))) != 0 ||
+      (r = mbedtls_ssl_config_defaults(&k->conf, role,
+                                       MBEDTLS_SSL_TRANSPORT_STREAM,
+                                       MBEDTLS_SSL_PRESET_DEFAULT)) != 0) {
+    snprintf(err, errlen, "tls: %s", tls_strerror(r, e, sizeof e));
+    return -1;
+  }
+  mbedtls_ssl_conf_rng(&k->conf, tls_rng, k);
+  mbedtls_ssl_conf_min_version(&k->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
+                               MBEDTLS_SSL_MINOR_VERSION_3);
+  mbedtls_ssl_conf_ciphersuites(&k->conf, tls_suites);
+  mbedtls_ssl_conf_curves(&k->conf, tls_curves);
+#ifdef MBEDTLS_SSL_RENEGOTIATION
+  mbedtls_ssl_conf_renegotiation(&k->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+#endif
+  return 0;
+}
+
+/* A certificate that is not valid now is refused, not used. */
+static int
+tls_check_dates(const mbedtls_x509_crt *crt, const char *path, char *err,
+                size_t errlen)
+{
+  if (mbedtls_x509_time_is_past(&crt->valid_to)) {
+    snprintf(err, errlen, "tls-certificates: %s: expired %04d-%02d-%02d",
+             path, crt->valid_to.year, crt->valid_to.mon, crt->valid_to.day);
+    return -1;
+  }
+  if (mbedtls_x509_time_is_future(&crt->valid_from)) {
+    snprintf(err, errlen, "tls-certificates: %s: not valid before "
+             "%04d-%02d-%02d", path, crt->valid_from.year,
+             crt->valid_from.mon, crt->valid_from.day);
+    return -1;
+  }
+  return 0;
+}
+
+/* A certificate file (or chain) into crt: readable and valid now. */
+static int
+tls_load_crt(mbedtls_x509_crt *crt, const char *path, char *err,
+             size_t errlen)
+{
+  char e[128];
+  int r;
+
+  if ((r = mbedtls_x509_crt_parse_file(crt, path)) != 0) {
+    snprintf(err, errlen, "tls-certificates: %s: %s", path,
+             tls_strerror(r, e, sizeof e));
+    return -1;
+  }
+  return tls_check_dates(crt, path, err, errlen);
+}
+
+/* Our own certificate and key, DIR/WHO-cert.pem and DIR/WHO-key.pem
+ * (who: "server" or "client", nbdkit's, qemu's and libnbd's layout):
+ * readable, valid now, the key the certificate's.  0 or -1 (err). */
+static int
+tls_conf_own_cert(struct tls_conf *k, const char *dir, const char *who,
+                  char *err, size_t errlen)
+{
+  char path[4096], e[128];
+  int r;
+
+  snprintf(path, sizeof path, "%s/%s-cert.pem", dir, who);
+  if (tls_load_crt(&k->cert, path, err, errlen) == -1)
+    return -1;
+  snprintf(path, sizeof path, "%s/%s-key.pem", dir, who);
+  if ((r = mbedtls_pk_parse_keyfile(&k->key, path, NULL)) != 0) {
+    snprintf(err, errlen, "tls-certificates: %s: %s", path,
+             tls_strerror(r, e, sizeof e));
+    return -1;
+  }
+  if ((r = mbedtls_pk_check_pair(&k->cert.pk, &k->key)) != 0) {
+    snprintf(err, errlen, "tls-certificates: %s does not belong to "
+             "%s-cert.pem: %s", path, who, tls_strerror(r, e, sizeof e));
+    return -1;
+  }
+  if ((r = mbedtls_ssl_conf_own_cert(&k->conf, &k->cert, &k->key)) != 0) {
+    snprintf(err, errlen, "tls-certificates: %s",
+             tls_strerror(r, e, sizeof e));
+    return -1;
+  }
+  return 0;
+}
+
+/* DIR/ca-cert.pem, to check the peer's certificate with.  needed_by
+ * names the setting that requires it (its absence is then an error);
+ * NULL: optional.  0 loaded, 1 absent and optional, -1 (err). */
+static int
+tls_conf_ca(struct tls_conf *k, const char *dir, const char *needed_by,
+            char *err, size_t errlen)
+{
+  char path[4096];
+
+  snprintf(path, sizeof path, "%s/ca-cert.pem", dir);
+  if (needed_by == NULL && access(path, F_OK) != 0)
+    return 1;
+  if (tls_load_crt(&k->ca, path, err, errlen) == -1) {
+    if (needed_by)
+      snprintf(err + strlen(err), errlen - strlen(err), " (needed by %s)",
+               needed_by);
+    return -1;
+  }
+  mbedtls_ssl_conf_ca_chain(&k->conf, &k->ca, NULL);
+  return 0;
 }
 
 static int
@@ -341,78 +506,31 @@ tls_psk_cb(void *arg, mbedtls_ssl_context *ssl, const unsigned char *id,
   return r;
 }
 
-/* A certificate that is not valid now is refused, not served. */
-static int
-tls_check_dates(const mbedtls_x509_crt *crt, const char *path)
-{
-  if (mbedtls_x509_time_is_past(&crt->valid_to)) {
-    nbd_error("tls-certificates: %s: expired %04d-%02d-%02d", path,
-              crt->valid_to.year, crt->valid_to.mon, crt->valid_to.day);
-    return 1;
-  }
-  if (mbedtls_x509_time_is_future(&crt->valid_from)) {
-    nbd_error("tls-certificates: %s: not valid before %04d-%02d-%02d", path,
-              crt->valid_from.year, crt->valid_from.mon, crt->valid_from.day);
-    return 1;
-  }
-  return 0;
-}
-
+/* The server's certificates: server-cert.pem and server-key.pem, and
+ * ca-cert.pem for client certificates (tls-verify-peer).  Errors
+ * logged, one line each; their count. */
 static int
 tls_load_x509(struct tls_server *s, const struct nbd_config *cfg)
 {
-  char path[4096], e[128];
-  const char *dir = cfg->tls_certificates;
-  int r, errors = 0;
+  char err[4400];
 
-  snprintf(path, sizeof path, "%s/server-cert.pem", dir);
-  if ((r = mbedtls_x509_crt_parse_file(&s->cert, path)) != 0) {
-    nbd_error("tls-certificates: %s: %s", path, tls_strerror(r, e, sizeof e));
+  if (tls_conf_own_cert(&s->k, cfg->tls_certificates, "server", err,
+                        sizeof err) == -1 ||
+      tls_conf_ca(&s->k, cfg->tls_certificates, cfg->tls_verify_peer ?
+                  "tls-verify-peer" : NULL, err, sizeof err) == -1) {
+    nbd_error("%s", err);
     return 1;
   }
-  errors += tls_check_dates(&s->cert, path);
-  snprintf(path, sizeof path, "%s/server-key.pem", dir);
-  if ((r = mbedtls_pk_parse_keyfile(&s->key, path, NULL)) != 0) {
-    nbd_error("tls-certificates: %s: %s", path, tls_strerror(r, e, sizeof e));
-    return errors + 1;
-  }
-  if ((r = mbedtls_pk_check_pair(&s->cert.pk, &s->key)) != 0) {
-    nbd_error("tls-certificates: %s does not belong to server-cert.pem: %s",
-              path, tls_strerror(r, e, sizeof e));
-    return errors + 1;
-  }
-  if ((r = mbedtls_ssl_conf_own_cert(&s->conf, &s->cert, &s->key)) != 0) {
-    nbd_error("tls-certificates: %s", tls_strerror(r, e, sizeof e));
-    return errors + 1;
-  }
-  /* The CA: needed to check client certificates (tls-verify-peer). */
-  snprintf(path, sizeof path, "%s/ca-cert.pem", dir);
-  r = mbedtls_x509_crt_parse_file(&s->ca, path);
-  if (r != 0 && cfg->tls_verify_peer) {
-    nbd_error("tls-certificates: %s (needed by tls-verify-peer): %s", path,
-              tls_strerror(r, e, sizeof e));
-    return errors + 1;
-  }
-  if (r == 0) {
-    errors += tls_check_dates(&s->ca, path);
-    mbedtls_ssl_conf_ca_chain(&s->conf, &s->ca, NULL);
-  }
-  mbedtls_ssl_conf_authmode(&s->conf, cfg->tls_verify_peer ?
+  mbedtls_ssl_conf_authmode(&s->k.conf, cfg->tls_verify_peer ?
                             MBEDTLS_SSL_VERIFY_REQUIRED :
                             MBEDTLS_SSL_VERIFY_NONE);
-  return errors;
+  return 0;
 }
 
 static void
 tls_server_release(struct tls_server *s)
 {
-  mbedtls_ssl_config_free(&s->conf);
-  mbedtls_x509_crt_free(&s->cert);
-  mbedtls_x509_crt_free(&s->ca);
-  mbedtls_pk_free(&s->key);
-  mbedtls_ctr_drbg_free(&s->drbg);
-  mbedtls_entropy_free(&s->entropy);
-  pthread_mutex_destroy(&s->rng_lock);
+  tls_conf_release(&s->k);
   pthread_rwlock_destroy(&s->psk_lock);
   tls_psks_free(s->psks);
   free(s->psk_path);
@@ -422,7 +540,6 @@ tls_server_release(struct tls_server *s)
 int
 tls_server_init(const struct nbd_config *cfg)
 {
-  static const char pers[] = "nbdstack tls";
   struct tls_server *s;
   char e[128];
   int r, errors = 0;
@@ -438,43 +555,23 @@ tls_server_init(const struct nbd_config *cfg)
   }
   if ((s = calloc(1, sizeof *s)) == NULL)
     return 1;
-  pthread_mutex_init(&s->rng_lock, NULL);
   pthread_rwlock_init(&s->psk_lock, NULL);
   s->verify_peer = cfg->tls_verify_peer;
-  mbedtls_entropy_init(&s->entropy);
-  mbedtls_ctr_drbg_init(&s->drbg);
-  mbedtls_ssl_config_init(&s->conf);
-  mbedtls_x509_crt_init(&s->cert);
-  mbedtls_x509_crt_init(&s->ca);
-  mbedtls_pk_init(&s->key);
-  if ((r = mbedtls_ctr_drbg_seed(&s->drbg, mbedtls_entropy_func, &s->entropy,
-                                 (const unsigned char *)pers,
-                                 sizeof pers - 1)) != 0 ||
-      (r = mbedtls_ssl_config_defaults(&s->conf, MBEDTLS_SSL_IS_SERVER,
-                                       MBEDTLS_SSL_TRANSPORT_STREAM,
-                                       MBEDTLS_SSL_PRESET_DEFAULT)) != 0) {
-    nbd_error("tls: %s", tls_strerror(r, e, sizeof e));
+  if (tls_conf_setup(&s->k, MBEDTLS_SSL_IS_SERVER, e, sizeof e) == -1) {
+    nbd_error("%s", e);
     tls_server_release(s);
     return 1;
   }
-  mbedtls_ssl_conf_rng(&s->conf, tls_rng, s);
-  mbedtls_ssl_conf_min_version(&s->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
-                               MBEDTLS_SSL_MINOR_VERSION_3);
-  mbedtls_ssl_conf_ciphersuites(&s->conf, tls_suites);
-  mbedtls_ssl_conf_curves(&s->conf, tls_curves);
-#ifdef MBEDTLS_SSL_RENEGOTIATION
-  mbedtls_ssl_conf_renegotiation(&s->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
-#endif
   if (cfg->tls_certificates)
     errors += tls_load_x509(s, cfg);
   if (cfg->tls_psk) {
     errors += tls_load_psk(&s->psks, cfg->tls_psk);
     if ((s->psk_path = strdup(cfg->tls_psk)) == NULL)
       errors++;
-    mbedtls_ssl_conf_psk_cb(&s->conf, tls_psk_cb, s);
+    mbedtls_ssl_conf_psk_cb(&s->k.conf, tls_psk_cb, s);
     /* DHE-PSK's group: RFC 7919 ffdhe2048, a named group (no
      * parameters of our own to get wrong). */
-    if ((r = mbedtls_ssl_conf_dh_param_bin(&s->conf, tls_ffdhe2048_p,
+    if ((r = mbedtls_ssl_conf_dh_param_bin(&s->k.conf, tls_ffdhe2048_p,
                                            sizeof tls_ffdhe2048_p,
                                            tls_ffdhe2048_g,
                                            sizeof tls_ffdhe2048_g)) != 0) {
@@ -532,18 +629,45 @@ tls_server_free(void)
 
 /* ---- the session under wire.c ----------------------------------------- */
 
-/* The BIO: never blocks; waiting is tls_wait's, outside the lock. */
+/* The BIO: never blocks; waiting is tls_wait's, outside the lock.  A
+ * record sealed with cork set stays in corkbuf when it fits; the next
+ * send takes it along in front of its own record. */
 static int
 tls_bio_send(void *arg, const unsigned char *buf, size_t len)
 {
   struct tls_session *t = arg;
-  ssize_t r = send(t->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+  struct iovec iov[2];
+  struct msghdr msg;
+  ssize_t r;
+  int n = 0;
 
-  if (r >= 0)
-    return (int)r;
-  if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+  if (t->cork && t->corklen + len <= sizeof t->corkbuf) {
+    memcpy(t->corkbuf + t->corklen, buf, len);
+    t->corklen += len;
+    return (int)len;
+  }
+  if (t->corklen) {
+    iov[n].iov_base = t->corkbuf;
+    iov[n++].iov_len = t->corklen;
+  }
+  iov[n].iov_base = (void *)buf;
+  iov[n++].iov_len = len;
+  memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = n;
+  r = sendmsg(t->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  if (r == -1)
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ?
+           MBEDTLS_ERR_SSL_WANT_WRITE : MBEDTLS_ERR_NET_SEND_FAILED;
+  if ((size_t)r < t->corklen) {
+    memmove(t->corkbuf, t->corkbuf + r, t->corklen - (size_t)r);
+    t->corklen -= (size_t)r;
     return MBEDTLS_ERR_SSL_WANT_WRITE;
-  return MBEDTLS_ERR_NET_SEND_FAILED;
+  }
+  r -= (ssize_t)t->corklen;
+  t->corklen = 0;
+  /* 0 would tell mbedTLS the record went: it has not, come back. */
+  return r > 0 ? (int)r : MBEDTLS_ERR_SSL_WANT_WRITE;
 }
 
 static int
@@ -577,6 +701,121 @@ tls_wait(int fd, short ev, uint64_t ns)
   return r == 1 ? 0 : -1;
 }
 
+/* ---- a parked session's record buffers -------------------------------- */
+
+/* mbedTLS keeps an input and an output record buffer per session, 16.7
+ * KiB each, for its whole life; 2.28 has no call to give them back
+ * (MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH shrinks them only to a negotiated
+ * max_fragment_length, which libnbd and qemu do not ask for).  Parked,
+ * a session has nothing pending either way (tls_park checks), so the
+ * buffers hold only the record sequence numbers (the 8 bytes in front
+ * of each record header) and the record pointers into them: those are
+ * kept here, the buffers freed, and made again by the next call into
+ * the session (tls_take_buffers).  The fields are public in 2.28, the
+ * lengths are ssl_internal.h's, and the allocator is mbedTLS's default
+ * (calloc/free), as in mbedtls_ssl_setup and mbedtls_ssl_free. */
+
+/* The record pointers into each buffer. */
+static int
+tls_buffer_ptrs(mbedtls_ssl_context *ssl, unsigned char **in[6],
+                unsigned char **out[6])
+{
+  int n = 5;
+
+  in[0] = &ssl->in_ctr;
+  out[0] = &ssl->out_ctr;
+  in[1] = &ssl->in_hdr;
+  out[1] = &ssl->out_hdr;
+  in[2] = &ssl->in_len;
+  out[2] = &ssl->out_len;
+  in[3] = &ssl->in_iv;
+  out[3] = &ssl->out_iv;
+  in[4] = &ssl->in_msg;
+  out[4] = &ssl->out_msg;
+#ifdef MBEDTLS_SSL_DTLS_CONNECTION_ID
+  in[n] = &ssl->in_cid;
+  out[n++] = &ssl->out_cid;
+#endif
+  return n;
+}
+
+static size_t
+tls_in_len(const mbedtls_ssl_context *ssl)
+{
+#ifdef MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH
+  return ssl->in_buf_len;
+#else
+  (void)ssl;
+  return MBEDTLS_SSL_IN_BUFFER_LEN;
+#endif
+}
+
+static size_t
+tls_out_len(const mbedtls_ssl_context *ssl)
+{
+#ifdef MBEDTLS_SSL_VARIABLE_BUFFER_LENGTH
+  return ssl->out_buf_len;
+#else
+  (void)ssl;
+  return MBEDTLS_SSL_OUT_BUFFER_LEN;
+#endif
+}
+
+/* Parking, with nothing pending: frees the record buffers.  Under lock. */
+static void
+tls_release_buffers(struct tls_session *t)
+{
+  mbedtls_ssl_context *ssl = &t->ssl;
+  unsigned char **in[6], **out[6];
+  int i, n = tls_buffer_ptrs(ssl, in, out);
+
+  if (t->released || ssl->in_buf == NULL || ssl->out_buf == NULL)
+    return;
+  for (i = 0; i < n; i++) {
+    t->in_off[i] = *in[i] - ssl->in_buf;
+    t->out_off[i] = *out[i] - ssl->out_buf;
+  }
+  memcpy(t->in_head, ssl->in_buf, TLS_KEEP);
+  memcpy(t->out_head, ssl->out_buf, TLS_KEEP);
+  mbedtls_platform_zeroize(ssl->in_buf, tls_in_len(ssl));
+  mbedtls_platform_zeroize(ssl->out_buf, tls_out_len(ssl));
+  free(ssl->in_buf);
+  free(ssl->out_buf);
+  ssl->in_buf = ssl->out_buf = NULL;
+  t->released = 1;
+}
+
+/* Before any call into a session that was parked: its buffers again.
+ * 0, or -1 (out of memory).  Under lock. */
+static int
+tls_take_buffers(struct tls_session *t)
+{
+  mbedtls_ssl_context *ssl = &t->ssl;
+  unsigned char **in[6], **out[6], *ib, *ob;
+  int i, n;
+
+  if (!t->released)
+    return 0;
+  ib = calloc(1, tls_in_len(ssl));
+  ob = calloc(1, tls_out_len(ssl));
+  if (ib == NULL || ob == NULL) {
+    free(ib);
+    free(ob);
+    return -1;
+  }
+  memcpy(ib, t->in_head, TLS_KEEP);
+  memcpy(ob, t->out_head, TLS_KEEP);
+  ssl->in_buf = ib;
+  ssl->out_buf = ob;
+  n = tls_buffer_ptrs(ssl, in, out);
+  for (i = 0; i < n; i++) {
+    *in[i] = ib + t->in_off[i];
+    *out[i] = ob + t->out_off[i];
+  }
+  t->released = 0;
+  return 0;
+}
+
 /* After an mbedTLS error: the connection is over. */
 static ssize_t
 tls_fail(struct nbd_wire *w, struct tls_session *t, const char *what, int r)
@@ -604,7 +843,8 @@ tls_read_some(struct nbd_wire *w, struct tls_session *t, void *buf,
       return -1;
     }
     pthread_mutex_lock(&t->lock);
-    r = mbedtls_ssl_read(&t->ssl, buf, len);
+    r = tls_take_buffers(t) == -1 ? MBEDTLS_ERR_SSL_ALLOC_FAILED :
+        mbedtls_ssl_read(&t->ssl, buf, len);
     pthread_mutex_unlock(&t->lock);
     if (r > 0)
       return r;
@@ -650,32 +890,62 @@ tls_recvv(struct nbd_wire *w, struct iovec *iov, int n, int flags)
   return total;
 }
 
-/* Encrypts what fits one record from the front of iov; returns the bytes
- * taken, as sendmsg would.  A large first iovec (read data) goes to
- * mbedTLS as it is, which copies it into the record once; small pieces
- * (headers, batched replies) are gathered in wbuf first.  A WANT_WRITE
- * wants the same call again, which the loop makes while waiting. */
+/* Gathers into wbuf the plaintext of the next record: the small pieces
+ * at the front of iov (a reply header, batched replies), and of the
+ * large one after them only what makes the rest of it a whole number
+ * of full records, which then go from the caller's buffer uncopied (a
+ * 256 KiB read: one header record, corked, and sixteen full ones, not
+ * a last record of 20 bytes).  Returns the bytes gathered. */
+static size_t
+tls_gather(unsigned char *wbuf, const struct iovec *iov, int n)
+{
+  size_t wlen = 0, k;
+  int i;
+
+  for (i = 0; i < n && wlen < TLS_RECORD; i++) {
+    k = iov[i].iov_len;
+    if (k >= TLS_DIRECT_MIN && wlen > 0) {
+      k %= TLS_RECORD;
+      if (wlen + k > TLS_RECORD)
+        k = TLS_RECORD - wlen;  /* fill this record: one copy */
+      memcpy(wbuf + wlen, iov[i].iov_base, k);
+      return wlen + k;
+    }
+    if (k > TLS_RECORD - wlen)
+      k = TLS_RECORD - wlen;
+    memcpy(wbuf + wlen, iov[i].iov_base, k);
+    wlen += k;
+  }
+  return wlen;
+}
+
+/* Seals one record from the front of iov; returns the bytes taken, as
+ * sendmsg would.  A large first iovec (read data) goes to mbedTLS as it
+ * is (which encrypts it into its record buffer: cmake/mbedtls-*.patch;
+ * unpatched, it copies it there first); small pieces are gathered in
+ * wbuf (tls_gather).  A short record with more of the iovecs to follow
+ * is corked (tls_bio_send).  A WANT_WRITE wants the same call again,
+ * which the loop makes while waiting. */
 static ssize_t
 tls_sendv(struct nbd_wire *w, struct iovec *iov, int n)
 {
   struct tls_session *t = w->session;
   const unsigned char *buf;
-  size_t len;
+  size_t len, total = 0;
   int i, r;
 
+  for (i = 0; i < n; i++)
+    total += iov[i].iov_len;
   if (n > 0 && iov[0].iov_len >= TLS_DIRECT_MIN) {
     buf = iov[0].iov_base;
-    len = iov[0].iov_len;
+    len = iov[0].iov_len < TLS_RECORD ? iov[0].iov_len : TLS_RECORD;
   } else {
-    for (t->wlen = 0, i = 0; i < n && t->wlen < sizeof t->wbuf; i++) {
-      size_t k = iov[i].iov_len;
-      if (k > sizeof t->wbuf - t->wlen)
-        k = sizeof t->wbuf - t->wlen;
-      memcpy(t->wbuf + t->wlen, iov[i].iov_base, k);
-      t->wlen += k;
+    if (t->wbuf == NULL && (t->wbuf = malloc(TLS_RECORD)) == NULL) {
+      errno = ENOMEM;
+      return -1;
     }
     buf = t->wbuf;
-    len = t->wlen;
+    len = tls_gather(t->wbuf, iov, n);
   }
   for (;;) {
     if (t->dead) {
@@ -683,7 +953,10 @@ tls_sendv(struct nbd_wire *w, struct iovec *iov, int n)
       return -1;
     }
     pthread_mutex_lock(&t->lock);
-    r = mbedtls_ssl_write(&t->ssl, buf, len);
+    t->cork = len < total && len < TLS_CORK / 2;
+    r = tls_take_buffers(t) == -1 ? MBEDTLS_ERR_SSL_ALLOC_FAILED :
+        mbedtls_ssl_write(&t->ssl, buf, len);
+    t->cork = 0;
     pthread_mutex_unlock(&t->lock);
     if (r > 0)
       return r;       /* r bytes from the front of iov; the caller passes the rest */
@@ -697,6 +970,35 @@ tls_sendv(struct nbd_wire *w, struct iovec *iov, int n)
   }
 }
 
+/* wire_park asks: may this connection wait in park.c?  Not while
+ * mbedTLS holds input: decrypted bytes not read yet
+ * (mbedtls_ssl_get_bytes_avail) or a record begun in its input buffer
+ * (mbedtls_ssl_check_pending), which the socket no longer shows.
+ * Its context stays (the session's keys and sequence numbers); what
+ * goes is wbuf and mbedTLS's record buffers (tls_release_buffers).
+ * drop is called under wlock. */
+static int
+tls_park(struct nbd_wire *w, int drop)
+{
+  struct tls_session *t = w->session;
+  int held;
+
+  pthread_mutex_lock(&t->lock);
+  held = t->dead || mbedtls_ssl_get_bytes_avail(&t->ssl) > 0 ||
+         mbedtls_ssl_check_pending(&t->ssl) || t->ssl.out_left > 0 ||
+         t->corklen > 0;
+  if (!held && drop)
+    tls_release_buffers(t);
+  pthread_mutex_unlock(&t->lock);
+  if (held)
+    return -1;
+  if (drop) {
+    free(t->wbuf);
+    t->wbuf = NULL;
+  }
+  return 0;
+}
+
 /* close_notify, once, without waiting for a client that does not read. */
 static void
 tls_close_notify(struct nbd_wire *w)
@@ -706,7 +1008,8 @@ tls_close_notify(struct nbd_wire *w)
   if (t->dead)
     return;
   pthread_mutex_lock(&t->lock);
-  (void)mbedtls_ssl_close_notify(&t->ssl);
+  if (tls_take_buffers(t) == 0)
+    (void)mbedtls_ssl_close_notify(&t->ssl);
   pthread_mutex_unlock(&t->lock);
   t->dead = 1;
 }
@@ -720,43 +1023,101 @@ tls_free(struct nbd_wire *w)
     return;
   mbedtls_ssl_free(&t->ssl);
   pthread_mutex_destroy(&t->lock);
+  free(t->wbuf);
   free(t);
   w->session = NULL;
 }
 
 static const struct wire_io tls_io = {
-  tls_recvv, tls_sendv, tls_close_notify, tls_free
+  tls_recvv, tls_sendv, tls_close_notify, tls_free, tls_park
 };
 
-/* The handshake, under the wire's deadline (the handshake timeout). */
-static int
-tls_handshake(struct nbd_wire *w, struct tls_session *t)
+/* Why a handshake failed, into err: for a certificate that did not
+ * verify, what was wrong with it. */
+static void
+tls_handshake_error(const struct tls_session *t, int r, char *err,
+                    size_t errlen)
 {
-  uint64_t now;
+  uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
+  char why[160];
+
+  if (r == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED && flags != 0 &&
+      flags != (uint32_t)-1) {
+    mbedtls_x509_crt_verify_info(why, sizeof why, "", flags);
+    why[strcspn(why, "\n")] = '\0';
+    snprintf(err, errlen, "the %s's certificate: %s",
+             t->ssl.conf->endpoint == MBEDTLS_SSL_IS_CLIENT ? "server" :
+             "client", why);
+  } else
+    tls_strerror(r, err, errlen);
+}
+
+/* A session on w->fd with conf, and its handshake: each wait for the
+ * socket ends by the deadline (CLOCK_MONOTONIC ns; the server's
+ * handshake timeout) or after wait_ns (0 = no limit; the client's
+ * receive timeout).  The session, or NULL with the reason in err (*rc:
+ * mbedTLS's error, 0 for a timeout or a socket error). */
+static struct tls_session *
+tls_session_start(struct nbd_wire *w, const mbedtls_ssl_config *conf,
+                  const char *hostname, uint64_t deadline, uint64_t wait_ns,
+                  int *rc, char *err, size_t errlen)
+{
+  struct tls_session *t;
+  uint64_t now, ns;
   char e[128];
   int r;
 
-  for (;;) {
-    r = mbedtls_ssl_handshake(&t->ssl);
-    if (r == 0)
-      return 0;
+  *rc = 0;
+  if ((t = calloc(1, sizeof *t)) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  t->fd = w->fd;
+  pthread_mutex_init(&t->lock, NULL);
+  mbedtls_ssl_init(&t->ssl);
+  if ((r = mbedtls_ssl_setup(&t->ssl, conf)) != 0 ||
+      (hostname && (r = mbedtls_ssl_set_hostname(&t->ssl, hostname)) != 0)) {
+    snprintf(err, errlen, "tls: %s", tls_strerror(r, e, sizeof e));
+    goto fail;
+  }
+  mbedtls_ssl_set_bio(&t->ssl, t, tls_bio_send, tls_bio_recv, NULL);
+  /* The session is not shared yet: no lock around the handshake. */
+  while ((r = mbedtls_ssl_handshake(&t->ssl)) != 0) {
     if (r != MBEDTLS_ERR_SSL_WANT_READ && r != MBEDTLS_ERR_SSL_WANT_WRITE) {
-      nbd_info("%s: tls handshake failed: %s", w->peer,
-               tls_strerror(r, e, sizeof e));
-      return -1;
+      *rc = r;
+      tls_handshake_error(t, r, err, errlen);
+      goto fail;
     }
-    now = nbd_now_ns();
-    if (w->deadline && now >= w->deadline) {
-      nbd_info("%s: handshake timed out (tls)", w->peer);
-      return -1;
+    ns = wait_ns;
+    if (deadline) {
+      now = nbd_now_ns();
+      if (now >= deadline) {
+        snprintf(err, errlen, "timed out");
+        goto fail;
+      }
+      ns = deadline - now;
     }
     if (tls_wait(t->fd, r == MBEDTLS_ERR_SSL_WANT_READ ? POLLIN : POLLOUT,
-                 w->deadline ? w->deadline - now : 0) == -1 &&
-        errno != EAGAIN) {
-      nbd_info("%s: tls handshake: %s", w->peer, strerror(errno));
-      return -1;
+                 ns) == -1 && (errno != EAGAIN || !deadline)) {
+      snprintf(err, errlen, "%s", errno == EAGAIN ? "timed out" :
+               strerror(errno));
+      goto fail;
     }
   }
+  return t;
+fail:
+  mbedtls_ssl_free(&t->ssl);
+  pthread_mutex_destroy(&t->lock);
+  free(t);
+  return NULL;
+}
+
+/* w's bytes go through t from now on. */
+static void
+tls_session_attach(struct nbd_wire *w, struct tls_session *t)
+{
+  w->session = t;
+  w->io = &tls_io;
 }
 
 /* The client certificate's subject CN, into out ("" when none). */
@@ -801,32 +1162,25 @@ int
 tls_server_start(struct nbd_wire *w)
 {
   struct tls_session *t;
-  char e[128];
-  int r;
+  char err[256];
+  int rc;
 
   if (tls_srv == NULL)
     return -1;
-  if ((t = calloc(1, sizeof *t)) == NULL)
+  t = tls_session_start(w, &tls_srv->k.conf, NULL, w->deadline, 0, &rc, err,
+                        sizeof err);
+  if (t == NULL) {
+    if (rc == 0 && strcmp(err, "timed out") == 0)
+      nbd_info("%s: handshake timed out (tls)", w->peer);
+    else if (rc)
+      nbd_info("%s: tls handshake failed: %s", w->peer, err);
+    else
+      nbd_info("%s: tls handshake: %s", w->peer, err);
     return -1;
-  t->fd = w->fd;
-  pthread_mutex_init(&t->lock, NULL);
-  mbedtls_ssl_init(&t->ssl);
-  if ((r = mbedtls_ssl_setup(&t->ssl, &tls_srv->conf)) != 0) {
-    nbd_error("%s: tls: %s", w->peer, tls_strerror(r, e, sizeof e));
-    goto fail;
   }
-  mbedtls_ssl_set_bio(&t->ssl, t, tls_bio_send, tls_bio_recv, NULL);
-  if (tls_handshake(w, t) == -1)
-    goto fail;
   tls_log_session(w, t);
-  w->session = t;
-  w->io = &tls_io;
+  tls_session_attach(w, t);
   return 0;
-fail:
-  mbedtls_ssl_free(&t->ssl);
-  pthread_mutex_destroy(&t->lock);
-  free(t);
-  return -1;
 }
 
 /* ---- the client side (the nbd backend's upstream) ---------------------- */
@@ -835,12 +1189,7 @@ fail:
  * server with, and an optional client certificate: libnbd's layout,
  * ca-cert.pem, client-cert.pem, client-key.pem) or one PSK. */
 struct tls_client {
-  mbedtls_entropy_context entropy;
-  mbedtls_ctr_drbg_context drbg;
-  pthread_mutex_t rng_lock;
-  mbedtls_ssl_config conf;
-  mbedtls_x509_crt ca, cert;
-  mbedtls_pk_context key;
+  struct tls_conf k;
   int verify;
 };
 
@@ -854,30 +1203,12 @@ static const int tls_client_psk_suites[] = {
   0
 };
 
-static int
-tls_client_rng(void *arg, unsigned char *out, size_t len)
-{
-  struct tls_client *c = arg;
-  int r;
-
-  pthread_mutex_lock(&c->rng_lock);
-  r = mbedtls_ctr_drbg_random(&c->drbg, out, len);
-  pthread_mutex_unlock(&c->rng_lock);
-  return r;
-}
-
 void
 tls_client_free(struct tls_client *c)
 {
   if (c == NULL)
     return;
-  mbedtls_ssl_config_free(&c->conf);
-  mbedtls_x509_crt_free(&c->cert);
-  mbedtls_x509_crt_free(&c->ca);
-  mbedtls_pk_free(&c->key);
-  mbedtls_ctr_drbg_free(&c->drbg);
-  mbedtls_entropy_free(&c->entropy);
-  pthread_mutex_destroy(&c->rng_lock);
+  tls_conf_release(&c->k);
   free(c);
 }
 
@@ -885,36 +1216,17 @@ static int
 tls_client_x509(struct tls_client *c, const char *dir, char *err,
                 size_t errlen)
 {
-  char path[4096], e[128];
-  int r;
+  char path[4096];
 
-  snprintf(path, sizeof path, "%s/ca-cert.pem", dir);
-  r = mbedtls_x509_crt_parse_file(&c->ca, path);
-  if (r != 0 && c->verify) {
-    snprintf(err, errlen, "tls-certificates: %s (needed by tls-verify=true): "
-             "%s", path, tls_strerror(r, e, sizeof e));
+  if (tls_conf_ca(&c->k, dir, c->verify ? "tls-verify=true" : NULL, err,
+                  errlen) == -1)
     return -1;
-  }
-  if (r == 0)
-    mbedtls_ssl_conf_ca_chain(&c->conf, &c->ca, NULL);
   /* A client certificate is optional: for servers with
    * --tls-verify-peer. */
   snprintf(path, sizeof path, "%s/client-cert.pem", dir);
-  if (access(path, F_OK) == 0) {
-    if ((r = mbedtls_x509_crt_parse_file(&c->cert, path)) != 0) {
-      snprintf(err, errlen, "tls-certificates: %s: %s", path,
-               tls_strerror(r, e, sizeof e));
-      return -1;
-    }
-    snprintf(path, sizeof path, "%s/client-key.pem", dir);
-    if ((r = mbedtls_pk_parse_keyfile(&c->key, path, NULL)) != 0 ||
-        (r = mbedtls_pk_check_pair(&c->cert.pk, &c->key)) != 0 ||
-        (r = mbedtls_ssl_conf_own_cert(&c->conf, &c->cert, &c->key)) != 0) {
-      snprintf(err, errlen, "tls-certificates: %s: %s", path,
-               tls_strerror(r, e, sizeof e));
-      return -1;
-    }
-  }
+  if (access(path, F_OK) == 0 &&
+      tls_conf_own_cert(&c->k, dir, "client", err, errlen) == -1)
+    return -1;
   return 0;
 }
 
@@ -934,7 +1246,7 @@ tls_client_psk(struct tls_client *c, const char *path, const char *username,
   }
   for (i = 0; i < psks->n; i++)
     if (strcmp(psks->v[i].identity, username) == 0) {
-      r = mbedtls_ssl_conf_psk(&c->conf, psks->v[i].key, psks->v[i].keylen,
+      r = mbedtls_ssl_conf_psk(&c->k.conf, psks->v[i].key, psks->v[i].keylen,
                                (const unsigned char *)username,
                                strlen(username));
       if (r != 0)
@@ -946,49 +1258,25 @@ tls_client_psk(struct tls_client *c, const char *path, const char *username,
              "tls-username=)", path, username);
   tls_psks_free(psks);
   if (r == 0)
-    mbedtls_ssl_conf_ciphersuites(&c->conf, tls_client_psk_suites);
+    mbedtls_ssl_conf_ciphersuites(&c->k.conf, tls_client_psk_suites);
   return r == 0 ? 0 : -1;
 }
 
 struct tls_client *
 tls_client_new(const struct tls_client_opts *o, char *err, size_t errlen)
 {
-  static const char pers[] = "nbdstack tls client";
   struct tls_client *c = calloc(1, sizeof *c);
-  char e[128];
-  int r;
 
   if (c == NULL) {
     snprintf(err, errlen, "out of memory");
     return NULL;
   }
   c->verify = o->verify;
-  pthread_mutex_init(&c->rng_lock, NULL);
-  mbedtls_entropy_init(&c->entropy);
-  mbedtls_ctr_drbg_init(&c->drbg);
-  mbedtls_ssl_config_init(&c->conf);
-  mbedtls_x509_crt_init(&c->ca);
-  mbedtls_x509_crt_init(&c->cert);
-  mbedtls_pk_init(&c->key);
-  if ((r = mbedtls_ctr_drbg_seed(&c->drbg, mbedtls_entropy_func, &c->entropy,
-                                 (const unsigned char *)pers,
-                                 sizeof pers - 1)) != 0 ||
-      (r = mbedtls_ssl_config_defaults(&c->conf, MBEDTLS_SSL_IS_CLIENT,
-                                       MBEDTLS_SSL_TRANSPORT_STREAM,
-                                       MBEDTLS_SSL_PRESET_DEFAULT)) != 0) {
-    snprintf(err, errlen, "tls: %s", tls_strerror(r, e, sizeof e));
+  if (tls_conf_setup(&c->k, MBEDTLS_SSL_IS_CLIENT, err, errlen) == -1) {
     tls_client_free(c);
     return NULL;
   }
-  mbedtls_ssl_conf_rng(&c->conf, tls_client_rng, c);
-  mbedtls_ssl_conf_min_version(&c->conf, MBEDTLS_SSL_MAJOR_VERSION_3,
-                               MBEDTLS_SSL_MINOR_VERSION_3);
-  mbedtls_ssl_conf_ciphersuites(&c->conf, tls_suites);
-  mbedtls_ssl_conf_curves(&c->conf, tls_curves);
-#ifdef MBEDTLS_SSL_RENEGOTIATION
-  mbedtls_ssl_conf_renegotiation(&c->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
-#endif
-  mbedtls_ssl_conf_authmode(&c->conf, o->verify && o->certificates ?
+  mbedtls_ssl_conf_authmode(&c->k.conf, o->verify && o->certificates ?
                             MBEDTLS_SSL_VERIFY_REQUIRED :
                             MBEDTLS_SSL_VERIFY_NONE);
   if ((o->certificates && tls_client_x509(c, o->certificates, err,
@@ -1005,58 +1293,19 @@ tls_client_start(struct tls_client *c, struct nbd_wire *w,
                  const char *hostname, char *err, size_t errlen)
 {
   struct tls_session *t;
-  char e[128];
-  uint32_t flags;
-  int r;
+  char why[256];
+  int rc;
 
-  if ((t = calloc(1, sizeof *t)) == NULL) {
-    snprintf(err, errlen, "out of memory");
+  t = tls_session_start(w, &c->k.conf, c->verify ? hostname : NULL, 0,
+                        w->rcvtimeo, &rc, why, sizeof why);
+  if (t == NULL) {
+    snprintf(err, errlen, "TLS handshake: %s", why);
     return -1;
-  }
-  t->fd = w->fd;
-  pthread_mutex_init(&t->lock, NULL);
-  mbedtls_ssl_init(&t->ssl);
-  if ((r = mbedtls_ssl_setup(&t->ssl, &c->conf)) != 0 ||
-      (hostname && c->verify &&
-       (r = mbedtls_ssl_set_hostname(&t->ssl, hostname)) != 0)) {
-    snprintf(err, errlen, "tls: %s", tls_strerror(r, e, sizeof e));
-    goto fail;
-  }
-  mbedtls_ssl_set_bio(&t->ssl, t, tls_bio_send, tls_bio_recv, NULL);
-  for (;;) {
-    r = mbedtls_ssl_handshake(&t->ssl);
-    if (r == 0)
-      break;
-    if (r != MBEDTLS_ERR_SSL_WANT_READ && r != MBEDTLS_ERR_SSL_WANT_WRITE) {
-      flags = mbedtls_ssl_get_verify_result(&t->ssl);
-      if (r == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED && flags != 0) {
-        char why[256];
-        mbedtls_x509_crt_verify_info(why, sizeof why, "", flags);
-        why[strcspn(why, "\n")] = '\0';
-        snprintf(err, errlen, "TLS handshake: the server's certificate: %s",
-                 why);
-      } else
-        snprintf(err, errlen, "TLS handshake: %s",
-                 tls_strerror(r, e, sizeof e));
-      goto fail;
-    }
-    if (tls_wait(t->fd, r == MBEDTLS_ERR_SSL_WANT_READ ? POLLIN : POLLOUT,
-                 w->rcvtimeo) == -1) {
-      snprintf(err, errlen, "TLS handshake: %s", errno == EAGAIN ?
-               "timed out" : strerror(errno));
-      goto fail;
-    }
   }
   snprintf(err, errlen, "%s, %s", mbedtls_ssl_get_version(&t->ssl),
            mbedtls_ssl_get_ciphersuite(&t->ssl));
-  w->session = t;
-  w->io = &tls_io;
+  tls_session_attach(w, t);
   return 0;
-fail:
-  mbedtls_ssl_free(&t->ssl);
-  pthread_mutex_destroy(&t->lock);
-  free(t);
-  return -1;
 }
 
 #endif

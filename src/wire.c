@@ -105,7 +105,7 @@ wire_plain_sendv(struct nbd_wire *w, struct iovec *iov, int n)
 }
 
 static const struct wire_io wire_plain = {
-  wire_plain_recvv, wire_plain_sendv, NULL, NULL
+  wire_plain_recvv, wire_plain_sendv, NULL, NULL, NULL
 };
 
 /* Receives into the free end of the input buffer. */
@@ -229,17 +229,19 @@ wire_coalesce(struct nbd_wire *w)
 /* An idle connection, about to sleep for its next request with none in
  * flight: waits park_ns for it, and when none came, gives the input
  * buffer back and says so (parked; the caller's thread goes, and
- * park.c's event loop holds the socket).  Only plain sockets: a TLS
- * session may hold input the socket no longer shows.  Returns 1 when
- * parked, 0 to read as usual. */
+ * park.c's event loop holds the socket).  A TLS session may hold input
+ * the socket no longer shows (a decrypted record not yet read, part of
+ * the next): then the reader reads on instead (io->park).  Returns 1
+ * when parked, 0 to read as usual. */
 static int
 wire_park(struct nbd_wire *w)
 {
   struct pollfd p;
   int r;
 
-  if (w->park_ns == 0 || !w->at_request || w->io != &wire_plain ||
-      w->deadline || atomic_load(&w->busy) > 0)
+  if (w->park_ns == 0 || !w->at_request || w->deadline ||
+      atomic_load(&w->busy) > 0 ||
+      (w->io->park && w->io->park(w, 0) == -1))
     return 0;
   p.fd = w->fd;
   p.events = POLLIN;
@@ -248,6 +250,13 @@ wire_park(struct nbd_wire *w)
   while (r == -1 && errno == EINTR);
   if (r != 0)
     return 0;                   /* input, end of file or error: read it */
+  if (w->io->park) {
+    pthread_mutex_lock(&w->wlock);
+    r = w->io->park(w, 1);
+    pthread_mutex_unlock(&w->wlock);
+    if (r == -1)
+      return 0;
+  }
   free(w->rbuf);
   w->rbuf = NULL;
   w->rcap = w->rpos = w->rlen = 0;

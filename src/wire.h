@@ -21,12 +21,17 @@ struct nbd_wire;
  * MSG_WAITALL; the socket's receive timeout is rcvtimeo; -1 with errno
  * EAGAIN when it passed), sendv sendmsg's (some bytes, or -1; called
  * under wlock).  close_notify ends the stream in order (TLS); free
- * releases the session. */
+ * releases the session.  park, before an idle reader parks (wire_park):
+ * -1 when the session holds input that the socket no longer shows (the
+ * reader must read it, not wait for the socket), else 0; with drop set
+ * (called under wlock), it also gives back the memory an idle session
+ * can do without.  NULL: nothing held (the plain socket). */
 struct wire_io {
   ssize_t (*recvv)(struct nbd_wire *w, struct iovec *iov, int n, int flags);
   ssize_t (*sendv)(struct nbd_wire *w, struct iovec *iov, int n);
   void (*close_notify)(struct nbd_wire *w);
   void (*free)(struct nbd_wire *w);
+  int (*park)(struct nbd_wire *w, int drop);
 };
 
 struct nbd_wire {

@@ -14,11 +14,8 @@
 
 import os
 import shutil
-import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
 
 sys.dont_write_bytecode = True
@@ -58,63 +55,6 @@ verify = Server(["--tls=require", "--tls-certificates=" + pki.srv,
                  "--tls-verify-peer", "memory", "size=%d" % SIZE], name="verify")
 
 
-class Relay:
-    """127.0.0.1:port -> the server's Unix socket, after doing the NBD
-    greeting and NBD_OPT_STARTTLS on the client's behalf."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.ls = socket.socket()
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(1)
-        self.port = self.ls.getsockname()[1]
-        self.error = None
-        self.t = threading.Thread(target=self.serve, daemon=True)
-        self.t.start()
-
-    def serve(self):
-        try:
-            c, _ = self.ls.accept()
-            u = socket.socket(socket.AF_UNIX)
-            u.connect(self.sock)
-            g = b""
-            while len(g) < 18:
-                g += u.recv(18 - len(g))
-            u.sendall(struct.pack(">I", 3))                   # FIXED_NEWSTYLE|NO_ZEROES
-            u.sendall(struct.pack(">QII", T.IHAVEOPT, T.OPT_STARTTLS, 0))
-            r = b""
-            while len(r) < 20:
-                r += u.recv(20 - len(r))
-            if struct.unpack(">QIII", r)[2] != T.REP_ACK:
-                self.error = "STARTTLS not acknowledged"
-                return
-            self.pump(c, u)
-        except OSError as e:
-            self.error = str(e)
-
-    @staticmethod
-    def pump(a, b):
-        def one(src, dst):
-            try:
-                while True:
-                    d = src.recv(65536)
-                    if not d:
-                        break
-                    dst.sendall(d)
-            except OSError:
-                pass
-            try:
-                dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-        t = threading.Thread(target=one, args=(b, a), daemon=True)
-        t.start()
-        one(a, b)
-        t.join(10)
-        a.close()
-        b.close()
-
-
 def raw(argv, what):
     r = L.run(argv, input="", timeout=30)
     out = r.stdout + r.stderr
@@ -129,7 +69,7 @@ def check_suite(out, what):
 
 
 def gnutls_cli(server, *args):
-    relay = Relay(server.sock)
+    relay = L.Relay(server.sock)
     out = raw(["gnutls-cli", "-p", str(relay.port), "127.0.0.1"] + list(args),
               "gnutls-cli " + " ".join(args))
     check(relay.error is None, "relay: %s" % relay.error)
@@ -152,7 +92,7 @@ def t_gnutls_psk():
 
 
 def openssl(server, *args):
-    relay = Relay(server.sock)
+    relay = L.Relay(server.sock)
     out = raw(["openssl", "s_client", "-connect", "127.0.0.1:%d" % relay.port,
                "-brief"] + list(args), "openssl s_client " + " ".join(args))
     check(relay.error is None, "relay: %s" % relay.error)

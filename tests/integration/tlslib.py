@@ -4,7 +4,11 @@ Import after nbdtest (it uses nbdtest.TMPDIR)."""
 
 import os
 import shutil
+import socket
+import struct
 import subprocess
+import sys
+import threading
 
 import nbdtest as T
 
@@ -20,6 +24,15 @@ def skip_unless_tls():
         T.skip("%s was built without TLS" % T.NBDSTACK)
     if not shutil.which("certtool"):
         T.skip("certtool (gnutls-bin) is not installed")
+
+
+def libnbd():
+    """python3-libnbd's module nbd, or a skip."""
+    try:
+        import nbd
+    except ImportError:
+        T.skip("python3-libnbd (module nbd) not available to %s" % sys.executable)
+    return nbd
 
 
 def certtool(*args):
@@ -106,3 +119,60 @@ def x509_uri(sock, certdir, export=""):
 def psk_uri(sock, pskfile, user="alice", export=""):
     return "nbds+unix://%s@/%s?socket=%s&tls-psk-file=%s" % (user, export, sock,
                                                               pskfile)
+
+
+class Relay:
+    """127.0.0.1:port -> the server's Unix socket, after doing the NBD
+    greeting and NBD_OPT_STARTTLS on the client's behalf."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(1)
+        self.port = self.ls.getsockname()[1]
+        self.error = None
+        self.t = threading.Thread(target=self.serve, daemon=True)
+        self.t.start()
+
+    def serve(self):
+        try:
+            c, _ = self.ls.accept()
+            u = socket.socket(socket.AF_UNIX)
+            u.connect(self.sock)
+            g = b""
+            while len(g) < 18:
+                g += u.recv(18 - len(g))
+            u.sendall(struct.pack(">I", 3))                   # FIXED_NEWSTYLE|NO_ZEROES
+            u.sendall(struct.pack(">QII", T.IHAVEOPT, T.OPT_STARTTLS, 0))
+            r = b""
+            while len(r) < 20:
+                r += u.recv(20 - len(r))
+            if struct.unpack(">QIII", r)[2] != T.REP_ACK:
+                self.error = "STARTTLS not acknowledged"
+                return
+            self.pump(c, u)
+        except OSError as e:
+            self.error = str(e)
+
+    @staticmethod
+    def pump(a, b):
+        def one(src, dst):
+            try:
+                while True:
+                    d = src.recv(65536)
+                    if not d:
+                        break
+                    dst.sendall(d)
+            except OSError:
+                pass
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        t = threading.Thread(target=one, args=(b, a), daemon=True)
+        t.start()
+        one(a, b)
+        t.join(10)
+        a.close()
+        b.close()
