@@ -262,7 +262,14 @@ logf_setup(struct nbd_layer *layer, char *err, size_t errlen)
     }
   }
   if (c->logscript) {
-    if (pthread_create(&st->thread, NULL, logf_reaper, st) != 0) {
+    sigset_t all, old;
+    int r;
+    /* The reaper takes no signal: they are the main thread's. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    r = pthread_create(&st->thread, NULL, logf_reaper, st);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (r != 0) {
       snprintf(err, errlen, "logscript: cannot start a thread");
       goto fail;
     }

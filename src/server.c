@@ -84,7 +84,8 @@ server_on_signal(int sig)
     return;
   }
   if (sig == SIGCHLD) {
-    server_child_pending = 1;
+    /* Atomic: the handler may run on any thread (a layer's). */
+    __atomic_store_n(&server_child_pending, 1, __ATOMIC_RELAXED);
     if (write(server_sigpipe[1], &c, 1) == -1) {
       /* The pipe is full: a wake-up is already pending. */
     }
@@ -821,9 +822,8 @@ server_run(const struct nbd_config *cfg, int *drained)
       server_status_dirty = 0;
       pthread_mutex_unlock(&server_lock);
     }
-    if (server_child_pending) {
+    if (__atomic_exchange_n(&server_child_pending, 0, __ATOMIC_RELAXED)) {
       siginfo_t si;
-      server_child_pending = 0;
       /* Only the --run command's exit stops the server; WNOWAIT leaves
        * its status to captive_status. */
       memset(&si, 0, sizeof si);
