@@ -8,7 +8,12 @@
  * credentials, SO_PEERCRED).  The rules, as nbdkit's: a client matching
  * allow is let in; else one matching deny is refused; else it is let in.
  * The order of the keys does not matter.  An IPv4 client on a dual-stack
- * socket (::ffff:a.b.c.d) is matched as the IPv4 address.  nbdkit's
+ * socket (::ffff:a.b.c.d) is an IPv4 client: it matches anyipv4 and
+ * IPv4 rules, not anyipv6 nor ::/0 (nbdkit matches it as IPv6, so its
+ * deny=anyipv4 lets IPv4 clients of a dual-stack socket in); a rule
+ * inside ::ffff:0:0/96 is the IPv4 rule it maps (::ffff:10.0.0.0/104 is
+ * 10.0.0.0/8).  A link-local client's %scope is not part of its
+ * address.  nbdkit's
  * vsock-cid:, vsock-port:, anyvsock, dn: and security: are refused at
  * startup: this server listens on no vsock and has no such checks.
  *
@@ -58,6 +63,10 @@ struct ip_list {
 struct ip_state {
   struct ip_list allow, deny;
 };
+
+/* The first 12 bytes of an IPv4-mapped IPv6 address (::ffff:a.b.c.d). */
+static const unsigned char ip_mapped[12] =
+  { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
 
 /* One item of a list; 0 or -1 with err filled. */
 static int
@@ -114,6 +123,14 @@ ip_parse_one(const char *key, const char *s, struct ip_rule *r, char *err,
       return -1;
     }
     r->bits = (unsigned)bits;
+  }
+  /* An IPv4-mapped rule is an IPv4 rule: mapped clients are IPv4. */
+  if (r->kind == IP_NET6 && r->bits >= 96 &&
+      memcmp(r->addr, ip_mapped, sizeof ip_mapped) == 0) {
+    memmove(r->addr, r->addr + 12, 4);
+    memset(r->addr + 4, 0, 12);
+    r->kind = IP_NET4;
+    r->bits -= 96;
   }
   return 0;
 bad:
@@ -202,13 +219,15 @@ ip_prefix_match(const unsigned char *a, const unsigned char *b,
 static int
 ip_client_addr(const struct nbd_conn_info *i, unsigned char *a)
 {
-  static const unsigned char mapped[12] =
-    { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+  char addr[sizeof i->addr];
 
   if (i->family == AF_INET && inet_pton(AF_INET, i->addr, a) == 1)
     return AF_INET;
-  if (i->family == AF_INET6 && inet_pton(AF_INET6, i->addr, a) == 1) {
-    if (memcmp(a, mapped, 12) == 0) {
+  /* getnameinfo writes a link-local peer as fe80::1%eth0. */
+  snprintf(addr, sizeof addr, "%s", i->addr);
+  addr[strcspn(addr, "%")] = '\0';
+  if (i->family == AF_INET6 && inet_pton(AF_INET6, addr, a) == 1) {
+    if (memcmp(a, ip_mapped, 12) == 0) {
       memmove(a, a + 12, 4);
       return AF_INET;
     }

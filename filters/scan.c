@@ -4,10 +4,13 @@
  *
  * While a client is connected, one thread per export walks the disk from
  * the scan position in scan-size steps, sending each step below as a
- * cache request.  The thread belongs to the connection that started it
- * and uses that connection's contexts; when that connection closes, the
- * thread stops (joined before close returns) and the next connection to
- * open starts it again.  A stopping server stops it too.
+ * cache request.  The thread runs on one connection's contexts; when that
+ * connection closes, the thread stops (joined before close returns) and
+ * starts again at the same position on another connection still open,
+ * so the scan goes on while any client is connected (nbdkit: each
+ * connection runs a scan of its own, which stops with it; the others'
+ * go on, all of them prefetching the same blocks).  A stopping server
+ * stops it too.
  *
  *   scan-ahead (default true): a read beyond the scan position moves the
  *     position to the end of that read: prefetch stays ahead of reads.
@@ -51,14 +54,16 @@ struct scan_state {
   uint64_t pos;                 /* next byte to prefetch */
   unsigned conns;               /* connections open */
   int running;                  /* a connection's thread is scanning */
+  struct scan_h *live;          /* connections that may scan, newest first */
 };
 
 /* Per connection. */
 struct scan_h {
   struct nbd_ctx *self, *next;
   pthread_t thread;
-  int owner;                    /* this connection runs the thread */
-  int counted;                  /* counted in conns */
+  int owner;                    /* this connection runs the thread (lock) */
+  int counted;                  /* counted in conns, in live */
+  struct scan_h *prev, *nextc;  /* in live */
   int stop;                     /* atomic: ask the thread to stop */
   uint64_t size;
 };
@@ -131,6 +136,18 @@ scan_thread(void *arg)
   return NULL;
 }
 
+/* Starts the thread on h's contexts (st->lock held); 0 or an errno. */
+static int
+scan_start(struct scan_state *st, struct scan_h *h)
+{
+  int r;
+
+  h->stop = 0;
+  r = pthread_create(&h->thread, NULL, scan_thread, h);
+  h->owner = st->running = r == 0;
+  return r;
+}
+
 static int
 scan_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
 {
@@ -170,10 +187,12 @@ scan_prepare(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   if (st->conns++ == 0 && !c->clock)
     st->pos = 0;
   h->counted = 1;
-  if (!st->running) {
-    r = pthread_create(&h->thread, NULL, scan_thread, h);
-    h->owner = st->running = r == 0;
-  }
+  h->nextc = st->live;
+  if (st->live)
+    st->live->prev = h;
+  st->live = h;
+  if (!st->running)
+    r = scan_start(st, h);
   pthread_mutex_unlock(&st->lock);
   return -r;
 }
@@ -184,19 +203,36 @@ scan_close(struct nbd_ctx *self, struct nbd_ctx *next)
   struct scan_state *st = self->layer->state;
   struct scan_h *h = self->handle;
 
+  int owner;
+
   (void)next;
   if (h == NULL)
     return;
-  if (h->owner) {
+  /* Out of live first: no one hands the scan to this connection now. */
+  pthread_mutex_lock(&st->lock);
+  if (h->counted) {
+    if (h->prev)
+      h->prev->nextc = h->nextc;
+    else
+      st->live = h->nextc;
+    if (h->nextc)
+      h->nextc->prev = h->prev;
+    st->conns--;
+  }
+  owner = h->owner;
+  pthread_mutex_unlock(&st->lock);
+  if (owner) {
     __atomic_store_n(&h->stop, 1, __ATOMIC_RELEASE);
     pthread_join(h->thread, NULL);
-  }
-  pthread_mutex_lock(&st->lock);
-  if (h->owner)
+    /* The scan goes on from where it is, on a connection still open. */
+    pthread_mutex_lock(&st->lock);
     st->running = 0;
-  if (h->counted)
-    st->conns--;
-  pthread_mutex_unlock(&st->lock);
+    if (st->live && !nbd_server_stopping() &&
+        scan_start(st, st->live) != 0)
+      nbd_warn("export '%s': filter scan: cannot start a thread: the scan "
+               "stops", self->layer->export_name);
+    pthread_mutex_unlock(&st->lock);
+  }
   free(h);
   self->handle = NULL;
 }

@@ -202,14 +202,17 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
   c->top = engine_open(e, c->readonly || c->cfg->readonly, &c->info, err,
                        sizeof err);
   if (c->top == NULL) {
-    int busy = errno == EBUSY;
-    int refused = busy || errno == EPERM || errno == EACCES;
+    int en = errno;
+    int busy = en == EBUSY;
+    int refused = busy || en == EPERM || en == EACCES;
     nbd_error("%s: export \"%s\": %s", c->peer, e->name, err);
     snprintf(why, whylen, "export \"%.64s\" cannot be opened: %s", e->name,
              err);
     handshake_release(c);
-    if (busy)
-      metrics_refused(METRICS_REFUSED_LIMIT);
+    metrics_refused(busy ? METRICS_REFUSED_LIMIT
+                    : refused ? METRICS_REFUSED_POLICY
+                    : en == ENOENT ? METRICS_REFUSED_UNKNOWN_EXPORT
+                    : METRICS_REFUSED_OPEN_FAILED);
     return refused ? -4 : -1;
   }
   c->tflags = handshake_tflags(c, c->top);
@@ -232,11 +235,13 @@ handshake_export_name(struct nbd_conn *c, const char *name)
 
   if (e == NULL) {
     nbd_info("%s: unknown export \"%s\" requested", c->peer, name);
+    metrics_refused(METRICS_REFUSED_UNKNOWN_EXPORT);
     return -1;
   }
   if (handshake_tls_refused(c, e)) {
     nbd_info("%s: NBD_OPT_EXPORT_NAME of \"%.64s\" without TLS, dropping "
              "(the export requires TLS)", c->peer, name);
+    metrics_refused(METRICS_REFUSED_TLS);
     return -1;
   }
   if (handshake_open(c, e, name, dynamic, why, sizeof why) < 0)
@@ -318,12 +323,16 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
     want_desc |= req == NBD_INFO_DESCRIPTION;
   }
   e = handshake_find_export(c, name, &dynamic);
-  if (e == NULL)
+  if (e == NULL) {
+    metrics_refused(METRICS_REFUSED_UNKNOWN_EXPORT);
     return handshake_error(c, opt, NBD_REP_ERR_UNKNOWN, "unknown export");
-  if (handshake_tls_refused(c, e))
+  }
+  if (handshake_tls_refused(c, e)) {
+    metrics_refused(METRICS_REFUSED_TLS);
     return handshake_error(c, opt, NBD_REP_ERR_TLS_REQD,
                            "this export requires TLS: send "
                            "NBD_OPT_STARTTLS first");
+  }
   /* As nbdkit: a stack that cannot be opened is NBD_REP_ERR_UNKNOWN, with
    * the reason for a human (qemu prints it). */
   switch (handshake_open(c, e, name, dynamic, why, sizeof why)) {
@@ -534,6 +543,10 @@ handshake_option(struct nbd_conn *c, uint32_t opt, unsigned char *d,
    * ABORT; EXPORT_NAME has no error reply, so it drops. */
   if (config_tls_forced(c->cfg) && !wire_is_tls(&c->w) &&
       opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT) {
+    /* Counted where a client asks for an export, as elsewhere. */
+    if (opt == NBD_OPT_EXPORT_NAME || opt == NBD_OPT_GO ||
+        opt == NBD_OPT_INFO)
+      metrics_refused(METRICS_REFUSED_TLS);
     if (opt == NBD_OPT_EXPORT_NAME) {
       nbd_info("%s: NBD_OPT_EXPORT_NAME without TLS, dropping", c->peer);
       return -1;

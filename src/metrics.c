@@ -421,6 +421,7 @@ metrics_render_server(struct metrics_buf *b)
 {
   static const char *const reasons[METRICS_NREFUSALS] = {
     "max-connections", "max-handshakes", "export-limit", "limit", "ip",
+    "tls", "policy", "unknown-export", "open-failed",
   };
   size_t i;
 
@@ -445,7 +446,9 @@ metrics_render_server(struct metrics_buf *b)
                  "\n", GET(&metrics_hs_ok), GET(&metrics_hs_aborted),
                  GET(&metrics_hs_failed), GET(&metrics_hs_timeout));
   metrics_family(b, "nbdstack_connections_refused_total", "counter",
-                 "Clients turned away, by the limit that did it.");
+                 "Clients turned away, by reason: a limit, the ip "
+                 "filter, TLS required, a layer's policy, an unknown "
+                 "export, a failed open.");
   for (i = 0; i < METRICS_NREFUSALS; i++)
     metrics_printf(b, "nbdstack_connections_refused_total{reason=\"%s\"} %"
                    PRIu64 "\n", reasons[i], GET(&metrics_refusals[i]));

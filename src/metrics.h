@@ -20,6 +20,15 @@ enum metrics_refusal {
                                          * EBUSY (the limit filter) */
   METRICS_REFUSED_IP,                   /* conn.c, handshake.c: a layer's
                                          * preconnect (the ip filter) */
+  METRICS_REFUSED_TLS,                  /* handshake.c: TLS required, the
+                                         * client has none */
+  METRICS_REFUSED_POLICY,               /* handshake.c: a layer's open said
+                                         * EPERM or EACCES */
+  METRICS_REFUSED_UNKNOWN_EXPORT,       /* handshake.c: no such export, or
+                                         * a layer's open said ENOENT
+                                         * (exportname-strict) */
+  METRICS_REFUSED_OPEN_FAILED,          /* handshake.c: a layer's open
+                                         * failed otherwise (EIO, ...) */
   METRICS_NREFUSALS
 };
 

@@ -56,6 +56,9 @@ static unsigned server_nevicted;        /* closed for room, not gone yet */
 static volatile sig_atomic_t server_nsignals;
 static volatile sig_atomic_t server_reload_pending;
 static volatile sig_atomic_t server_usr1_pending;
+/* A child exited: the --run command, or one a layer started (log's
+ * logscript, exitwhen's script), which must not stop the server. */
+static volatile sig_atomic_t server_child_pending;
 static const struct nbd_config *server_cfg;     /* for server_status */
 /* The connection count changed since the last STATUS= (server_lock). */
 static int server_status_dirty;
@@ -80,8 +83,16 @@ server_on_signal(int sig)
     errno = saved;
     return;
   }
+  if (sig == SIGCHLD) {
+    server_child_pending = 1;
+    if (write(server_sigpipe[1], &c, 1) == -1) {
+      /* The pipe is full: a wake-up is already pending. */
+    }
+    errno = saved;
+    return;
+  }
   /* A second SIGTERM/SIGINT cuts the final flushes short (stop.h). */
-  if (sig != SIGCHLD && ++server_nsignals >= 2)
+  if (++server_nsignals >= 2)
     server_aborting = 1;
   server_stopping = 1;
   if (write(server_sigpipe[1], &c, 1) == -1) {
@@ -809,6 +820,17 @@ server_run(const struct nbd_config *cfg, int *drained)
       }
       server_status_dirty = 0;
       pthread_mutex_unlock(&server_lock);
+    }
+    if (server_child_pending) {
+      siginfo_t si;
+      server_child_pending = 0;
+      /* Only the --run command's exit stops the server; WNOWAIT leaves
+       * its status to captive_status. */
+      memset(&si, 0, sizeof si);
+      if (child != -1 &&
+          waitid(P_PID, (id_t)child, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+          si.si_pid == child)
+        server_stopping = 1;
     }
     if (pfd[nl - 1].revents & POLLIN) {
       server_on_wakeup();

@@ -117,6 +117,27 @@ START_TEST(test_ipv6_and_mapped)
   ck_assert_int_eq(ip_decide("ip deny=anyipv4", &mapped), -EPERM);
   ck_assert_int_eq(ip_decide("ip allow=::1 deny=all", &lo), 0);
   ck_assert_int_eq(ip_decide("ip allow=::2 deny=all", &lo), -EPERM);
+  /* A mapped client is IPv4: not anyipv6 nor ::/0, but a rule inside
+   * ::ffff:0:0/96 is the IPv4 rule it maps. */
+  ck_assert_int_eq(ip_decide("ip deny=anyipv6", &mapped), 0);
+  ck_assert_int_eq(ip_decide("ip deny=::/0", &mapped), 0);
+  ck_assert_int_eq(ip_decide("ip deny=::ffff:0:0/96", &mapped), -EPERM);
+  ck_assert_int_eq(ip_decide("ip deny=::ffff:10.0.0.0/104", &mapped),
+                   -EPERM);
+  ck_assert_int_eq(ip_decide("ip deny=::ffff:10.0.0.2", &mapped), 0);
+  ck_assert_int_eq(ip_decide("ip allow=::ffff:10.0.0.1 deny=all", &mapped),
+                   0);
+  ck_assert_int_eq(ip_decide("ip deny=::ffff:0:0/96", &v6), 0);
+}
+END_TEST
+
+START_TEST(test_link_local_scope)
+{
+  struct nbd_conn_info ll = ip_tcp(AF_INET6, "fe80::1%eth0");
+
+  ck_assert_int_eq(ip_decide("ip deny=fe80::/10", &ll), -EPERM);
+  ck_assert_int_eq(ip_decide("ip allow=fe80::1 deny=all", &ll), 0);
+  ck_assert_int_eq(ip_decide("ip deny=anyipv6", &ll), -EPERM);
 }
 END_TEST
 
@@ -193,6 +214,7 @@ ip_suite(void)
   tcase_add_test(tc, test_allow_then_deny);
   tcase_add_test(tc, test_cidr_edges);
   tcase_add_test(tc, test_ipv6_and_mapped);
+  tcase_add_test(tc, test_link_local_scope);
   tcase_add_test(tc, test_unix_credentials);
   tcase_add_test(tc, test_refusal_logged);
   tcase_add_test(tc, test_requests_pass_through);

@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "../backends/s3/awsconf.h"
 #include "../backends/s3/http.h"
 #include "../backends/s3/sigv4.h"
 
@@ -221,6 +223,270 @@ START_TEST(test_xml)
 }
 END_TEST
 
+START_TEST(test_block_key)
+{
+  uint64_t b = 77;
+
+  ck_assert_int_eq(s3_block_key("d/0000000000000000", "d/", &b), 1);
+  ck_assert_uint_eq(b, 0);
+  ck_assert_int_eq(s3_block_key("d/00000000000000ff", "d/", &b), 1);
+  ck_assert_uint_eq(b, 255);
+  ck_assert_int_eq(s3_block_key("d/ffffffffffffffff", "d/", &b), 1);
+  ck_assert_uint_eq(b, UINT64_MAX);
+  b = 77;
+  /* Not blocks: the lease, foreign names, what strtoull would take. */
+  ck_assert_int_eq(s3_block_key("d/lease", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/000000000000000A", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/0x00000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/+000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/-000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/ 000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/00000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d/0000000000000001/x", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("e/0000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("d0000000000000001", "d/", &b), 0);
+  ck_assert_int_eq(s3_block_key("dd/0000000000000001", "d/", &b), 0);
+  ck_assert_uint_eq(b, 77);
+}
+END_TEST
+
+START_TEST(test_aws_parse_credentials_file)
+{
+  static const char text[] =
+    "# comment\n"
+    "[other]\n"
+    "aws_access_key_id = OTHER\n"
+    "aws_secret_access_key = othersecret\n"
+    "\n"
+    "[default]\n"
+    "  ; indented comment\n"
+    "AWS_Access_Key_ID=AK # not a comment\n"
+    "aws_secret_access_key: S:K=x\n"
+    "aws_session_token = tok\n"
+    "  continued line = ignored\n"
+    "aws_security_token = sec\n"
+    "region = eu-west-1\r\n"
+    "s3 =\n"
+    "    addressing_style = path\n"
+    "[profile default]\n"
+    "aws_access_key_id = NOT_IN_A_CREDENTIALS_FILE\n";
+  struct s3_aws_profile p;
+  char err[200];
+
+  ck_assert_int_eq(s3_aws_profile_parse(text, "default", 0, &p, err,
+                                        sizeof err), 0);
+  ck_assert_int_eq(p.found, 1);
+  ck_assert_str_eq(p.access, "AK # not a comment");
+  ck_assert_str_eq(p.secret, "S:K=x");
+  ck_assert_str_eq(p.token, "sec");     /* aws_security_token wins */
+  ck_assert_str_eq(p.region, "eu-west-1");
+  ck_assert_int_eq(s3_aws_profile_parse(text, "other", 0, &p, err,
+                                        sizeof err), 0);
+  ck_assert_str_eq(p.access, "OTHER");
+  ck_assert_str_eq(p.token, "");
+  ck_assert_int_eq(s3_aws_profile_parse(text, "nope", 0, &p, err,
+                                        sizeof err), 0);
+  ck_assert_int_eq(p.found, 0);
+}
+END_TEST
+
+START_TEST(test_aws_parse_config_file)
+{
+  static const char text[] =
+    "[default]\n"
+    "region = us-west-2\n"
+    "[profile dev]\n"
+    "aws_access_key_id = DEV\n"
+    "[dev]\n"
+    "aws_access_key_id = NOT_A_PROFILE_IN_A_CONFIG_FILE\n"
+    "[profile \"with space\"]\n"
+    "region = ap-south-1\n"
+    "[profilex odd]\n"
+    "region = botocore-quirk\n"
+    "[profile role]\n"
+    "role_arn = arn:aws:iam::1:role/x\n"
+    "source_profile = dev\n"
+    "[profile proc]\n"
+    "credential_process = /bin/true\n";
+  struct s3_aws_profile p;
+  char err[200];
+
+  ck_assert_int_eq(s3_aws_profile_parse(text, "default", 1, &p, err,
+                                        sizeof err), 0);
+  ck_assert_str_eq(p.region, "us-west-2");
+  ck_assert_int_eq(s3_aws_profile_parse(text, "dev", 1, &p, err,
+                                        sizeof err), 0);
+  ck_assert_str_eq(p.access, "DEV");
+  ck_assert_int_eq(s3_aws_profile_parse(text, "with space", 1, &p, err,
+                                        sizeof err), 0);
+  ck_assert_str_eq(p.region, "ap-south-1");
+  ck_assert_int_eq(s3_aws_profile_parse(text, "odd", 1, &p, err,
+                                        sizeof err), 0);
+  ck_assert_str_eq(p.region, "botocore-quirk");
+  ck_assert_int_eq(s3_aws_profile_parse(text, "role", 1, &p, err,
+                                        sizeof err), 0);
+  ck_assert_str_eq(p.assume, "role_arn");
+  ck_assert_int_eq(s3_aws_profile_parse(text, "proc", 1, &p, err,
+                                        sizeof err), 0);
+  ck_assert_int_eq(p.process, 1);
+  ck_assert_str_eq(p.assume, "");
+}
+END_TEST
+
+START_TEST(test_aws_parse_errors)
+{
+  struct s3_aws_profile p;
+  char err[200], *big;
+
+  ck_assert_int_eq(s3_aws_profile_parse("key = v\n[default]\n", "default",
+                                        0, &p, err, sizeof err), -1);
+  ck_assert_str_eq(err, "1: a key before any [section]");
+  ck_assert_int_eq(s3_aws_profile_parse("[default]\nregion\n", "default", 0,
+                                        &p, err, sizeof err), -1);
+  ck_assert_str_eq(err, "2: neither [section] nor key = value");
+  ck_assert_int_eq(s3_aws_profile_parse("[default]\n = v\n", "default", 0,
+                                        &p, err, sizeof err), -1);
+  big = malloc(S3_AWS_VALUE_MAX + 100);
+  ck_assert_ptr_nonnull(big);
+  strcpy(big, "[default]\nregion = ");
+  memset(big + strlen(big), 'x', S3_AWS_VALUE_MAX);
+  big[19 + S3_AWS_VALUE_MAX] = '\0';
+  ck_assert_int_eq(s3_aws_profile_parse(big, "default", 0, &p, err,
+                                        sizeof err), -1);
+  ck_assert_str_eq(err, "2: the value of region is too long");
+  free(big);
+}
+END_TEST
+
+static char aws_home[64];
+
+static void
+aws_write(const char *name, const char *text)
+{
+  char path[128];
+  FILE *f;
+
+  snprintf(path, sizeof path, "%s/.aws/%s", aws_home, name);
+  ck_assert_ptr_nonnull(f = fopen(path, "w"));
+  fputs(text, f);
+  fclose(f);
+}
+
+static void
+aws_env_clear(void)
+{
+  static const char *const vars[] = {
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+    "AWS_DEFAULT_REGION", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
+    "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", NULL };
+  int i;
+
+  for (i = 0; vars[i]; i++)
+    unsetenv(vars[i]);
+}
+
+/* Resolves, and checks the access key, token ("" none) and region. */
+static void
+aws_expect(const char *ak, const char *sk, const char *want_ak,
+           const char *want_token, const char *want_region)
+{
+  struct s3_aws_creds c;
+  char err[600];
+
+  ck_assert_msg(s3_aws_resolve(ak, sk, NULL, NULL, &c, err, sizeof err) == 0,
+                "%s", err);
+  ck_assert_str_eq(c.access, want_ak);
+  ck_assert_str_eq(c.token ? c.token : "", want_token);
+  ck_assert_str_eq(c.region, want_region);
+  s3_aws_creds_free(&c);
+}
+
+static void
+aws_refused(const char *ak, const char *sk, const char *words)
+{
+  struct s3_aws_creds c;
+  char err[600];
+
+  ck_assert_int_eq(s3_aws_resolve(ak, sk, NULL, NULL, &c, err, sizeof err),
+                   -1);
+  s3_aws_creds_free(&c);
+  ck_assert_msg(strstr(err, words) != NULL, "'%s' lacks '%s'", err, words);
+}
+
+START_TEST(test_aws_resolve_order)
+{
+  char dir[80];
+
+  strcpy(aws_home, "/tmp/check_s3_home.XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(aws_home));
+  snprintf(dir, sizeof dir, "%s/.aws", aws_home);
+  ck_assert_int_eq(mkdir(dir, 0700), 0);
+  aws_env_clear();
+  setenv("HOME", aws_home, 1);
+  aws_refused(NULL, NULL, "no credentials");
+  aws_write("config", "[default]\nregion = eu-north-1\n"
+            "aws_access_key_id = CONF\naws_secret_access_key = s\n"
+            "[profile p]\nregion = ap-east-1\n"
+            "aws_access_key_id = CONFP\naws_secret_access_key = s\n"
+            "[profile role]\nrole_arn = arn:x\n"
+            "[profile proc]\ncredential_process = /bin/false\n");
+  aws_expect(NULL, NULL, "CONF", "", "eu-north-1");
+  aws_write("credentials", "[default]\naws_access_key_id = CRED\n"
+            "aws_secret_access_key = s\naws_session_token = t\n"
+            "[p]\naws_access_key_id = CREDP\naws_secret_access_key = s\n"
+            "region = sa-east-1\n"
+            "[half]\naws_access_key_id = H\n"
+            "[proc]\naws_access_key_id = PROCKEYS\n"
+            "aws_secret_access_key = s\n");
+  aws_expect(NULL, NULL, "CRED", "t", "eu-north-1");
+  setenv("AWS_PROFILE", "p", 1);
+  aws_expect(NULL, NULL, "CREDP", "", "sa-east-1");   /* credentials' region */
+  setenv("AWS_DEFAULT_PROFILE", "default", 1);       /* botocore: it wins */
+  aws_expect(NULL, NULL, "CRED", "t", "eu-north-1");
+  unsetenv("AWS_DEFAULT_PROFILE");
+  setenv("AWS_DEFAULT_REGION", "us-west-1", 1);
+  aws_expect(NULL, NULL, "CREDP", "", "us-west-1");
+  setenv("AWS_ACCESS_KEY_ID", "ENV", 1);
+  setenv("AWS_SECRET_ACCESS_KEY", "s", 1);
+  setenv("AWS_SESSION_TOKEN", "envtok", 1);
+  aws_expect(NULL, NULL, "ENV", "envtok", "us-west-1");
+  aws_expect("KEY", "s", "KEY", "", "us-west-1");     /* no env token */
+  aws_expect(NULL, "s", "ENV", "envtok", "us-west-1");/* key from env */
+  unsetenv("AWS_SECRET_ACCESS_KEY");
+  aws_refused(NULL, NULL, "AWS_ACCESS_KEY_ID is set but not "
+              "AWS_SECRET_ACCESS_KEY");
+  aws_refused("KEY", NULL, "access-key= is given but not secret-key=");
+  unsetenv("AWS_ACCESS_KEY_ID");
+  unsetenv("AWS_SESSION_TOKEN");
+  setenv("AWS_PROFILE", "missing", 1);
+  aws_refused(NULL, NULL, "profile 'missing' (from AWS_PROFILE) is in "
+              "neither");
+  aws_refused("KEY", "s", "profile 'missing'");        /* as boto3 */
+  setenv("AWS_PROFILE", "half", 1);
+  aws_refused(NULL, NULL, "profile half has aws_access_key_id but no "
+              "aws_secret_access_key");
+  setenv("AWS_PROFILE", "role", 1);
+  aws_refused(NULL, NULL, "role_arn, which nbdstack does not support");
+  aws_expect("KEY", "s", "KEY", "", "us-west-1");      /* keys come first */
+  setenv("AWS_PROFILE", "proc", 1);                   /* after the file */
+  aws_expect(NULL, NULL, "PROCKEYS", "", "us-west-1");
+  aws_write("credentials", "[other]\n");
+  aws_refused(NULL, NULL, "credential_process, which nbdstack does not");
+  /* Files named by the environment, and the bad line of one. */
+  aws_write("elsewhere", "[proc]\naws_access_key_id = ELSE\n"
+            "aws_secret_access_key = s\n");
+  snprintf(dir, sizeof dir, "%s/.aws/elsewhere", aws_home);
+  setenv("AWS_SHARED_CREDENTIALS_FILE", dir, 1);
+  aws_expect(NULL, NULL, "ELSE", "", "us-west-1");
+  aws_write("elsewhere", "[proc]\njunk\n");
+  aws_refused(NULL, NULL, "/.aws/elsewhere:2: neither [section] nor "
+              "key = value");
+  aws_env_clear();
+}
+END_TEST
+
 int
 main(void)
 {
@@ -235,6 +501,11 @@ main(void)
   tcase_add_test(tc, test_parse_head_too_long);
   tcase_add_test(tc, test_chunk_line);
   tcase_add_test(tc, test_xml);
+  tcase_add_test(tc, test_block_key);
+  tcase_add_test(tc, test_aws_parse_credentials_file);
+  tcase_add_test(tc, test_aws_parse_config_file);
+  tcase_add_test(tc, test_aws_parse_errors);
+  tcase_add_test(tc, test_aws_resolve_order);
   suite_add_tcase(s, tc);
   sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -4,7 +4,10 @@
  * errors and latency (percentiles never above the maximum); a report on
  * SIGUSR1 (stop_run_sigusr1) comes while connections are open;
  * statsappend=yes appends; methods never called are left out;
- * statsfile= is required; requests pass through unchanged.
+ * statsfile= is required; requests pass through unchanged; the size
+ * and alignment breakdown (statsthreshold=) groups by size bits and
+ * trailing zero bits of the offset, cut at the percentile, with failed
+ * requests, none for flush, none at 0; a threshold over 100 is refused.
  */
 #include <check.h>
 #include <errno.h>
@@ -175,9 +178,64 @@ START_TEST(test_bad_keys)
                                         sizeof err));
   ck_assert_msg(strstr(err, "statsfile"), "err: %s", err);
   ck_assert_ptr_null(testlib_filter_new("stats", "statsfile=/tmp/x "
-                                        "statsthreshold=95", err,
+                                        "statsthreshold=101", err,
                                         sizeof err));
-  ck_assert_msg(strstr(err, "unknown key 'statsthreshold'"), "err: %s", err);
+  ck_assert_msg(strstr(err, "statsthreshold=101: must be between 0 and 100"),
+                "err: %s", err);
+}
+END_TEST
+
+START_TEST(test_breakdown)
+{
+  static const struct { uint32_t count; uint64_t offset; } rd[] = {
+    { 4096, 4096 }, { 4096, 8192 }, { 4096, 0 }, { 4096, 1 << 16 },
+    { 512, 512 }, { 600, 1536 }, { 1, 7 },
+  };
+  const char *want =
+    "  Request size and alignment breakdown:\n"
+    "    12 bits: 57.1% (4 reqs, 16.00 KiB total)\n"
+    "         12 bit aligned: 100.0% (4)\n"
+    "         13 bit aligned:  75.0% (3)\n"
+    "         16 bit aligned:  50.0% (2)\n"
+    "     9 bits: 28.6% (2 reqs, 1.09 KiB total)\n"
+    "          9 bit aligned: 100.0% (2)\n"
+    "    other sizes: 14.3% (1 reqs, 1 bytes total)\n"
+    "\n";
+  char *t, *p;
+  size_t i;
+
+  st_stack("");
+  for (i = 0; i < sizeof rd / sizeof rd[0]; i++) {
+    if (i == 6)
+      st_s.rec->fail[NBD_METHOD_PREAD] = -EIO;  /* counts all the same */
+    next_pread(st_s.top, st_buf, rd[i].count, rd[i].offset, 0);
+  }
+  ck_assert_int_eq(next_flush(st_s.top, 0), 0);
+  testlib_stack_free(&st_s);
+  t = st_read();
+  p = strstr(t, "  Request size");
+  ck_assert_msg(p && strncmp(p, want, strlen(want)) == 0, "%s", t);
+  ck_assert_msg(strstr(p + 10, "Request size") == NULL,
+                "flush has no breakdown: %s", t);
+
+  /* 50: groups until half the requests, alignments until half. */
+  st_stack("statsthreshold=50");
+  for (i = 0; i < sizeof rd / sizeof rd[0]; i++)
+    next_pread(st_s.top, st_buf, rd[i].count, rd[i].offset, 0);
+  testlib_stack_free(&st_s);
+  t = st_read();
+  ck_assert_msg(strstr(t, "    12 bits: 57.1% (4 reqs, 16.00 KiB total)\n"
+                       "         12 bit aligned: 100.0% (4)\n"
+                       "         13 bit aligned:  75.0% (3)\n"
+                       "         16 bit aligned:  50.0% (2)\n"
+                       "    other sizes: 42.9% (3 reqs, 1.09 KiB total)\n"),
+                "%s", t);
+
+  st_stack("statsthreshold=0");
+  ck_assert_int_eq(next_pread(st_s.top, st_buf, 512, 0, 0), 0);
+  testlib_stack_free(&st_s);
+  t = st_read();
+  ck_assert_msg(strstr(t, "Request size") == NULL, "%s", t);
 }
 END_TEST
 
@@ -193,6 +251,7 @@ st_suite(void)
   tcase_add_test(tc, test_append);
   tcase_add_test(tc, test_requests_pass_through);
   tcase_add_test(tc, test_bad_keys);
+  tcase_add_test(tc, test_breakdown);
   suite_add_tcase(s, tc);
   return s;
 }

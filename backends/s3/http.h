@@ -39,6 +39,14 @@ int s3_http_parse_chunk_line(const char *buf, size_t len, uint64_t *size);
 int s3_xml_next(const char *xml, size_t len, size_t *pos, const char *tag,
                 char *out, size_t outlen);
 
+/* Whether a listed key is prefix followed by exactly 16 lowercase hex
+ * digits, the name of a block object (nbdkit's "%016x"); 1 with *blk its
+ * number, else 0.  Anything else under the prefix is not a block: the
+ * lease, a foreign object, and the forms strtoull would take (blanks, a
+ * sign, "0x", upper case: S3 names are case-sensitive, so
+ * "KEY/000000000000000A" is not block 10). */
+int s3_block_key(const char *key, const char *prefix, uint64_t *blk);
+
 /* ---- the client --------------------------------------------------------- */
 
 struct s3_pool;

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "layer.h"
+#include "awsconf.h"
 #include "http.h"
 #include "sigv4.h"
 
@@ -52,10 +53,13 @@ struct s3_conf {
   int tls_verify;
   char *tls_ca;
   uint64_t lease_time;
+  int payload_signing;
 };
 
 static const char *const s3_addressing[] = { "auto", "path", "virtual", NULL };
 enum { S3_ADDR_AUTO, S3_ADDR_PATH, S3_ADDR_VIRTUAL };
+static const char *const s3_signing[] = { "auto", "true", "false", NULL };
+enum { S3_SIGN_AUTO, S3_SIGN_ALWAYS, S3_SIGN_NEVER };
 
 static const struct nbd_param s3_params[] = {
   { "endpoint-url", NBD_PARAM_STRING, offsetof(struct s3_conf, endpoint_url),
@@ -72,18 +76,22 @@ static const struct nbd_param s3_params[] = {
   { "object-size", NBD_PARAM_SIZE, offsetof(struct s3_conf, object_size),
     NULL, "size of each object, 4K to 64M (with size=)", NULL, 0 },
   { "access-key", NBD_PARAM_STRING, offsetof(struct s3_conf, access_key),
-    NULL, "access key id, or +FILE (default $AWS_ACCESS_KEY_ID)", NULL, 0 },
+    NULL, "access key id, or +FILE (default: $AWS_ACCESS_KEY_ID, then "
+    "~/.aws/credentials and ~/.aws/config, as botocore)", NULL, 0 },
   { "secret-key", NBD_PARAM_STRING, offsetof(struct s3_conf, secret_key),
-    NULL, "secret access key, or +FILE (default $AWS_SECRET_ACCESS_KEY)",
+    NULL, "secret access key, or +FILE (default as access-key)",
     NULL, 0 },
   { "session-token", NBD_PARAM_STRING,
     offsetof(struct s3_conf, session_token), NULL,
-    "session token, or +FILE (default $AWS_SESSION_TOKEN)", NULL, 0 },
+    "session token, or +FILE (default: with the keys it came with)",
+    NULL, 0 },
   { "region", NBD_PARAM_STRING, offsetof(struct s3_conf, region),
-    "us-east-1", "region the requests are signed for", NULL, 0 },
+    NULL, "region the requests are signed for (default: "
+    "$AWS_DEFAULT_REGION, the profile's region, us-east-1)", NULL, 0 },
   { "addressing", NBD_PARAM_ENUM, offsetof(struct s3_conf, addressing),
     "auto", "path (/BUCKET/KEY: Ceph, MinIO), virtual (BUCKET.HOST), or "
-    "auto: path with endpoint-url, else virtual", s3_addressing, 0 },
+    "auto: path with endpoint-url, else (AWS) virtual when the bucket can "
+    "be a host name label", s3_addressing, 0 },
   { "connections", NBD_PARAM_UINT, offsetof(struct s3_conf, connections),
     "16", "HTTP keep-alive connections to the store", NULL, 0 },
   { "retries", NBD_PARAM_UINT, offsetof(struct s3_conf, retries), "3",
@@ -94,16 +102,22 @@ static const struct nbd_param s3_params[] = {
     "CA certificates (PEM) to verify the store with", NULL, 0 },
   { "lease-time", NBD_PARAM_DURATION, offsetof(struct s3_conf, lease_time),
     "60s", "how long a writer's lease lasts without renewal", NULL, 0 },
+  { "payload-signing", NBD_PARAM_ENUM,
+    offsetof(struct s3_conf, payload_signing), "auto",
+    "sign the SHA-256 of each body: auto (over http, not https, as "
+    "botocore), true, or false (UNSIGNED-PAYLOAD: no hashing, for a "
+    "trusted network)", s3_signing, 0 },
   NBD_PARAM_END
 };
 
 struct s3_state {
   struct s3_pool *pool;
   int tls;
+  int sign_payload;
   char *host_header;          /* Host: as signed */
   char *path_prefix;          /* "/BUCKET" (path style) or "" */
   char *access, *secret, *token;
-  const char *region;
+  char *region;
   const char *key;
   uint64_t retries;
   atomic_int eperm_logged;
@@ -134,7 +148,11 @@ struct s3_state {
   char lease_etag[S3_HTTP_ETAG_MAX];
   char owner[160];
   pthread_t renewer;
-  int renewer_running, renewer_stop;
+  int renewer_running;
+  /* A renewer runs while renewer_epoch is the one it was started with:
+   * a close that stops it and an open that starts the next one may both
+   * happen before it wakes, and then it must still stop. */
+  uint64_t renewer_epoch;
 };
 
 struct s3_handle {
@@ -247,8 +265,8 @@ s3_request(struct s3_state *st, const char *method, const char *key,
                query);
   if (n < 0 || (size_t)n >= sizeof target)
     return -ENAMETOOLONG;
-  if (st->tls)
-    strcpy(hash, "UNSIGNED-PAYLOAD");   /* TLS protects the payload */
+  if (!st->sign_payload)
+    strcpy(hash, "UNSIGNED-PAYLOAD");   /* TLS protects it, or not wanted */
   else if (s3_sha256_hex(body ? body : "", len, hash) == -1)
     return -EIO;
 
@@ -388,7 +406,6 @@ s3_list(struct s3_state *st)
   char key[1100];
   uint8_t *map = calloc(st->nobj ? st->nobj : 1, 1);
   uint64_t gen;
-  size_t plen;
   int r = 0, more = 1;
 
   if (map == NULL)
@@ -397,7 +414,6 @@ s3_list(struct s3_state *st)
   gen = st->map_gen;
   pthread_mutex_unlock(&st->map_lock);
   snprintf(prefix, sizeof prefix, "%s/", st->key);
-  plen = strlen(prefix);
   if (s3_uri_encode(prefix, 0, enc_p, sizeof enc_p) < 0) {
     free(map);
     return -ENAMETOOLONG;
@@ -426,7 +442,6 @@ s3_list(struct s3_state *st)
     }
     for (;;) {
       int k = s3_xml_next(rs.body, rs.body_len, &pos, "Key", key, sizeof key);
-      char *end;
       uint64_t blk;
       if (k == 0)
         break;
@@ -435,10 +450,9 @@ s3_list(struct s3_state *st)
         r = -EIO;
         break;
       }
-      if (strncmp(key, prefix, plen) != 0 || strlen(key + plen) != 16)
-        continue;
-      blk = strtoull(key + plen, &end, 16);
-      if (*end == '\0' && blk < st->nobj)
+      /* Only block objects; the lease and foreign objects under the
+       * prefix are no data (s3_block_key). */
+      if (s3_block_key(key, prefix, &blk) && blk < st->nobj)
         map[blk] = 1;
     }
     pos = 0;
@@ -627,20 +641,26 @@ held:
   return 0;
 }
 
+struct s3_renewer_arg {
+  struct nbd_layer *layer;
+  uint64_t epoch;
+};
+
 static void *
 s3_renewer(void *arg)
 {
-  struct nbd_layer *layer = arg;
-  struct s3_state *st = layer->state;
-  const struct s3_conf *conf = layer->conf;
+  struct s3_renewer_arg a = *(struct s3_renewer_arg *)arg;
+  struct s3_state *st = a.layer->state;
+  const struct s3_conf *conf = a.layer->conf;
   uint64_t period = conf->lease_time / 3;
 
+  free(arg);
   pthread_mutex_lock(&st->lease_op);
-  while (!st->renewer_stop) {
+  while (st->renewer_epoch == a.epoch) {
     struct timespec ts;
     uint64_t start;
     char cond[200];
-    int r;
+    int r = 0;
 
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_sec += (time_t)(period / 1000000000u);
@@ -649,8 +669,9 @@ s3_renewer(void *arg)
       ts.tv_sec++;
       ts.tv_nsec -= 1000000000;
     }
-    pthread_cond_timedwait(&st->lease_cond, &st->lease_op, &ts);
-    if (st->renewer_stop)
+    while (st->renewer_epoch == a.epoch && r != ETIMEDOUT)
+      r = pthread_cond_timedwait(&st->lease_cond, &st->lease_op, &ts);
+    if (st->renewer_epoch != a.epoch)
       break;
     start = s3_mono_ns();
     snprintf(cond, sizeof cond, "If-Match: %s\r\n", st->lease_etag);
@@ -740,10 +761,15 @@ s3_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
     if (st->writers == 0) {
       r = s3_lease_acquire(st, conf->lease_time, 0);
       if (r == 0) {
-        st->renewer_stop = 0;
-        if (pthread_create(&st->renewer, NULL, s3_renewer, layer) != 0)
+        struct s3_renewer_arg *a = malloc(sizeof *a);
+        if (a) {
+          a->layer = layer;
+          a->epoch = ++st->renewer_epoch;
+        }
+        if (a == NULL || pthread_create(&st->renewer, NULL, s3_renewer, a)) {
+          free(a);
           r = -EAGAIN;
-        else
+        } else
           st->renewer_running = 1;
       }
       if (r < 0) {
@@ -801,7 +827,7 @@ s3_close(struct nbd_ctx *self, struct nbd_ctx *next)
     pthread_mutex_lock(&st->lease_op);
     if (--st->writers == 0) {
       if (st->renewer_running) {
-        st->renewer_stop = 1;
+        st->renewer_epoch++;
         pthread_cond_broadcast(&st->lease_cond);
         t = st->renewer;
         st->renewer_running = 0;
@@ -867,8 +893,11 @@ s3_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
   return 0;
 }
 
-/* Writes [off, off+n) of object blk from src, or zeros when src is NULL
- * (a whole object of zeros is a DELETE), under the object's lock. */
+/* Writes [off, off+n) of object blk from src, or zeros when src is NULL,
+ * under the object's lock.  Zeros never store an object of zeros: a
+ * whole object of zeros is a DELETE (none when the object is known
+ * absent), and so is a partial zero that leaves the object all zero, so
+ * zeroed space is a hole again and takes no room in the store. */
 static int
 s3_write_obj(struct s3_state *st, uint64_t blk, const void *src, uint64_t n,
              uint64_t off)
@@ -880,6 +909,10 @@ s3_write_obj(struct s3_state *st, uint64_t blk, const void *src, uint64_t n,
 
   s3_obj_name(st, blk, name, sizeof name);
   pthread_mutex_lock(lock);
+  if (src == NULL && s3_known_absent(st, blk)) {
+    pthread_mutex_unlock(lock);
+    return 0;                   /* reads as zeros already */
+  }
   if (n == st->objsz) {
     if (src == NULL) {
       if ((r = s3_delete(st, name)) == 0)
@@ -890,10 +923,6 @@ s3_write_obj(struct s3_state *st, uint64_t blk, const void *src, uint64_t n,
     return r;
   }
   /* Partial: read, merge, put. */
-  if (src == NULL && s3_known_absent(st, blk)) {
-    pthread_mutex_unlock(lock);
-    return 0;
-  }
   if ((tmp = nbd_bufpool_get(&st->bufs, (size_t)st->objsz)) == NULL) {
     pthread_mutex_unlock(lock);
     return -ENOMEM;
@@ -908,7 +937,10 @@ s3_write_obj(struct s3_state *st, uint64_t blk, const void *src, uint64_t n,
       memcpy(tmp + off, src, (size_t)n);
     else
       memset(tmp + off, 0, (size_t)n);
-    if ((r = s3_put(st, name, tmp, st->objsz)) == 0)
+    if (src == NULL && nbd_is_zero(tmp, (size_t)st->objsz)) {
+      if ((r = s3_delete(st, name)) == 0)
+        s3_map_set(st, blk, 0);
+    } else if ((r = s3_put(st, name, tmp, st->objsz)) == 0)
       s3_map_set(st, blk, 1);
   }
   nbd_bufpool_put(&st->bufs, tmp, (size_t)st->objsz);
@@ -916,6 +948,13 @@ s3_write_obj(struct s3_state *st, uint64_t blk, const void *src, uint64_t n,
   return r;
 }
 
+/* Writes (buf), zeroes (buf NULL) or trims (trim) a range, object by
+ * object.  Trim is a hint (NBD: the client may assume nothing of trimmed
+ * contents until it writes them): a whole object is deleted, the part of
+ * an object a trim covers is left as it is, so a read after a partial
+ * trim returns the old data, the same on every read, and costs no GET and
+ * PUT for space S3 would not give back anyway (an object is stored whole).
+ * nbdkit's S3 plugin trims the same way. */
 static int
 s3_write_range(struct nbd_ctx *self, const void *buf, uint64_t count,
                uint64_t offset, int trim)
@@ -930,7 +969,6 @@ s3_write_range(struct nbd_ctx *self, const void *buf, uint64_t count,
     uint64_t blk = offset / st->objsz, off = offset % st->objsz;
     uint64_t n = st->objsz - off < count ? st->objsz - off : count;
 
-    /* A partial trim leaves the data: trim is only a hint. */
     if (!(trim && n < st->objsz) &&
         (r = s3_write_obj(st, blk, p, n, off)) < 0)
       return r;
@@ -968,7 +1006,11 @@ s3_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 {
   struct s3_state *st = self->layer->state;
 
-  /* Fast only when every object is whole (a DELETE each). */
+  /* Always zeroes, whatever the flags: NBD_CMD_FLAG_NO_HOLE only asks to
+   * keep space allocated, and S3 stores zeros no cheaper than a hole.
+   * (nbdkit's S3 plugin turns a zero that may trim into its trim, which
+   * skips partial objects: their old data stays, read back after the
+   * zero.)  Fast only when every object is whole (a DELETE each). */
   if ((flags & NBD_CMD_FLAG_FAST_ZERO) &&
       (offset % st->objsz || count % st->objsz))
     return -ENOTSUP;
@@ -1049,41 +1091,6 @@ s3_can_zero(struct nbd_ctx *self, struct nbd_ctx *next)
 
 /* ---- setup ------------------------------------------------------------ */
 
-/* A credential: the value, +FILE (its first line), or the environment. */
-static int
-s3_credential(const char *val, const char *env, char **out, char *err,
-              size_t errlen, const char *what)
-{
-  if (val == NULL) {
-    const char *e = getenv(env);
-    *out = e && e[0] ? strdup(e) : NULL;
-    return 0;
-  }
-  if (val[0] == '+') {
-    FILE *f = fopen(val + 1, "r");
-    char line[4096];
-    if (f == NULL) {
-      snprintf(err, errlen, "%s=%s: %s", what, val, strerror(errno));
-      return -1;
-    }
-    if (fgets(line, sizeof line, f) == NULL)
-      line[0] = '\0';
-    fclose(f);
-    line[strcspn(line, "\r\n")] = '\0';
-    if (line[0] == '\0') {
-      snprintf(err, errlen, "%s=%s: the file is empty", what, val);
-      return -1;
-    }
-    *out = strdup(line);
-  } else
-    *out = strdup(val);
-  if (*out == NULL) {
-    snprintf(err, errlen, "out of memory");
-    return -1;
-  }
-  return 0;
-}
-
 static void
 s3_free_state(struct s3_state *st)
 {
@@ -1097,6 +1104,7 @@ s3_free_state(struct s3_state *st)
   free(st->access);
   free(st->secret);
   free(st->token);
+  free(st->region);
   free(st->map);
   for (i = 0; i < S3_LOCKS; i++)
     pthread_mutex_destroy(&st->obj_lock[i]);
@@ -1108,6 +1116,24 @@ s3_free_state(struct s3_state *st)
   free(st);
 }
 
+/* Whether a bucket name can be the first label of a host name (virtual
+ * addressing): 0 yes, -1 no.  Not with dots, as botocore decides: they
+ * make more labels, which AWS's wildcard certificate
+ * (*.s3.REGION.amazonaws.com) does not match. */
+static int
+s3_bucket_hostable(const char *b)
+{
+  size_t n = strlen(b), i;
+
+  if (n < 3 || n > 63 || b[0] == '-' || b[n - 1] == '-')
+    return -1;
+  for (i = 0; i < n; i++)
+    if (!((b[i] >= 'a' && b[i] <= 'z') || (b[i] >= '0' && b[i] <= '9') ||
+          b[i] == '-'))
+      return -1;
+  return 0;
+}
+
 static int
 s3_setup_endpoint(struct s3_state *st, const struct s3_conf *c,
                   char *err, size_t errlen)
@@ -1115,12 +1141,13 @@ s3_setup_endpoint(struct s3_state *st, const struct s3_conf *c,
   char url[1024], host[512], port[16], hosthdr[740], conn_host[700];
   struct s3_pool_conf pc;
   const char *p, *slash, *colon;
-  int tls, virt;
+  int tls, virt, hostable;
 
   if (c->endpoint_url)
     snprintf(url, sizeof url, "%s", c->endpoint_url);
-  else
-    snprintf(url, sizeof url, "https://s3.%s.amazonaws.com", c->region);
+  else                          /* AWS; its China partition has .cn */
+    snprintf(url, sizeof url, "https://s3.%s.amazonaws.com%s", st->region,
+             strncmp(st->region, "cn-", 3) == 0 ? ".cn" : "");
   if (strncmp(url, "http://", 7) == 0) {
     tls = 0;
     p = url + 7;
@@ -1158,8 +1185,26 @@ s3_setup_endpoint(struct s3_state *st, const struct s3_conf *c,
     port[slash - colon - 1] = '\0';
   } else
     strcpy(port, tls ? "443" : "80");
+  /* auto: virtual for AWS when the bucket can be a host name label, as
+   * botocore does (path style for the rest, which AWS still serves). */
+  hostable = s3_bucket_hostable(c->bucket);
   virt = c->addressing == S3_ADDR_VIRTUAL ||
-         (c->addressing == S3_ADDR_AUTO && c->endpoint_url == NULL);
+         (c->addressing == S3_ADDR_AUTO && c->endpoint_url == NULL &&
+          hostable == 0);
+  if (virt && hostable < 0) {
+    snprintf(err, errlen, "addressing=virtual: bucket '%s' cannot be part "
+             "of a host name (3 to 63 lowercase letters, digits and '-'): "
+             "use addressing=path",
+             c->bucket);
+    return -1;
+  }
+  if (virt && (host[0] == '[' || strspn(host, "0123456789.") ==
+               strlen(host))) {
+    snprintf(err, errlen, "addressing=virtual needs a host name in "
+             "endpoint-url, not the address '%s' (the bucket becomes part "
+             "of the name: BUCKET.HOST)", host);
+    return -1;
+  }
   snprintf(conn_host, sizeof conn_host, "%s%s%s", virt ? c->bucket : "",
            virt ? "." : "", host);
   if (colon)
@@ -1167,6 +1212,8 @@ s3_setup_endpoint(struct s3_state *st, const struct s3_conf *c,
   else
     snprintf(hosthdr, sizeof hosthdr, "%s", conn_host);
   st->tls = tls;
+  st->sign_payload = c->payload_signing == S3_SIGN_ALWAYS ||
+                     (c->payload_signing == S3_SIGN_AUTO && !tls);
   st->host_header = strdup(hosthdr);
   if (virt)
     st->path_prefix = strdup("");
@@ -1224,7 +1271,6 @@ s3_setup(struct nbd_layer *layer, char *err, size_t errlen)
   pthread_mutex_init(&st->lease_op, NULL);
   pthread_mutex_init(&st->state_lock, NULL);
   pthread_cond_init(&st->lease_cond, NULL);
-  st->region = c->region;
   st->key = c->key;
   st->retries = c->retries;
 
@@ -1275,17 +1321,18 @@ s3_setup(struct nbd_layer *layer, char *err, size_t errlen)
     snprintf(err, errlen, "lease-time must be at least 3s");
     goto fail;
   }
-  if (s3_credential(c->access_key, "AWS_ACCESS_KEY_ID", &st->access, err,
-                    errlen, "access-key") == -1 ||
-      s3_credential(c->secret_key, "AWS_SECRET_ACCESS_KEY", &st->secret, err,
-                    errlen, "secret-key") == -1 ||
-      s3_credential(c->session_token, "AWS_SESSION_TOKEN", &st->token, err,
-                    errlen, "session-token") == -1)
-    goto fail;
-  if (st->access == NULL || st->secret == NULL) {
-    snprintf(err, errlen, "no credentials: give access-key= and secret-key= "
-             "(or +FILE), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
-    goto fail;
+  {
+    struct s3_aws_creds cr;
+    if (s3_aws_resolve(c->access_key, c->secret_key, c->session_token,
+                       c->region, &cr, err, errlen) < 0) {
+      s3_aws_creds_free(&cr);
+      goto fail;
+    }
+    st->access = cr.access;
+    st->secret = cr.secret;
+    st->token = cr.token;
+    st->region = cr.region;
+    nbd_debug("s3: credentials from %s, region %s", cr.source, st->region);
   }
   if (strlen(st->access) > 128 || strlen(st->secret) > 256 ||
       (st->token && strlen(st->token) > 2048)) {

@@ -375,6 +375,14 @@ def s3_seeds():
                  b"</ListBucketResult>")
     s["error"] = (b"<Error><Code>AccessDenied</Code><Message>no</Message>"
                   b"</Error>")
+    s["block_key"] = b"d/00000000000000ff"
+    s["aws_credentials"] = (b"# c\n[default]\naws_access_key_id = AK\n"
+                            b"aws_secret_access_key: SK\naws_session_token=t\n"
+                            b"  continued\n[p]\nregion = eu-west-1\n")
+    s["aws_config"] = (b"[profile p]\nregion = us-west-2\ns3 =\n"
+                       b"    addressing_style = path\n"
+                       b"[profile \"with space\"]\nrole_arn = arn:x\n"
+                       b"credential_process = /bin/true\n")
     return s
 
 

@@ -5,7 +5,13 @@ and failed requests through the error filter) gives the same lines as
 nbdkit's log filter for the same session, timestamps and connection
 numbers aside; logappend= keeps or truncates the file; requests in flight
 on two connections at once each get exactly one call and one result line,
-whole; --check-config leaves the file alone."""
+whole; --check-config leaves the file alone.  logscript=: for one
+client session the script gets, event by event, the same shell
+variables as under nbdkit's log filter (the extents a bash array), in
+the server's working directory; it is not waited for (a read returns
+while the script of its call still runs); a failing script changes no
+result; no script is left a zombie; with --run, a script's exit does not
+stop the server; logfile= and logscript= together both log."""
 
 import os
 import re
@@ -28,6 +34,21 @@ T.require_layers("log", "error", "memory", "null")
 T.start_watchdog()
 C = Checker("test_log")
 servers = []
+
+
+def wait_listening(path, timeout=10):
+    """Until a server listens on the Unix socket path (the file appears
+    before nbdkit listens on it), without connecting: a probe would be
+    one more client in nbdkit's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open("/proc/net/unix") as f:
+            for line in f:
+                v = line.split()
+                # Flags 00010000: __SO_ACCEPTCON, a listening socket.
+                if len(v) >= 8 and v[7] == path and v[3] == "00010000":
+                    return
+        time.sleep(0.05)
 
 
 def norm(text):
@@ -101,9 +122,7 @@ def same_as_nbdkit():
                           "error-pread-file=" + errfile],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(ksock) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_listening(ksock)
         for sock in (srv.sock, ksock):
             if os.path.exists(errfile):
                 os.unlink(errfile)
@@ -190,9 +209,7 @@ def ready_and_preconnect():
                              stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 10
-            while not os.path.exists(ksock) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_listening(ksock)
             for sock in (srv.sock, ksock):
                 h = nbd.NBD()
                 h.connect_unix(sock)
@@ -297,7 +314,206 @@ def check_config_leaves_file():
     with open(path) as f:
         check_eq(f.read(), "keep\n", "file after --check-config")
 
+DUMP = r"""t=$(for v in act type id connection offset count fua trim fast req_one \
+  return error readonly tls export size minsize prefsize maxsize write flush \
+  rotational zero extents cache fast_zero transactions thread_model exports; do
+  if declare -p $v >/dev/null 2>&1; then declare -p $v; fi
+done; echo "pwd=$PWD"; echo "posix=$(set -o | grep -c 'posix.*on')")
+printf '%s\n' "$t" > "$OUT/$act.$type.${id:-0}.$$"
+"""
 
+
+def script_events(d):
+    """{event: variables} of the files the dump script wrote in d."""
+    out = {}
+    for name in os.listdir(d):
+        key = name.rsplit(".", 1)[0]
+        with open(os.path.join(d, name)) as f:
+            out.setdefault(key, []).append(f.read())
+    return out
+
+
+def wait_children(pid, zombies=False, timeout=20):
+    """The server's child processes (zombies=True: those still running,
+    nbdkit never reaps its scripts), once none is left (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        kids = []
+        for t in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, t)) as f:
+                kids += f.read().split()
+        if zombies:
+            running = []
+            for c in kids:
+                try:
+                    with open("/proc/%s/stat" % c) as f:
+                        if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                            running.append(c)
+                except FileNotFoundError:
+                    pass
+            kids = running
+        if not kids or time.monotonic() > deadline:
+            return kids
+        time.sleep(0.05)
+
+
+def logscript_same_as_nbdkit():
+    if not shutil.which("nbdkit"):
+        T.log("  (skipped: nbdkit not installed)")
+        return
+    dump = os.path.join(T.TMPDIR, "dump.sh")
+    with open(dump, "w") as f:
+        f.write(DUMP)
+    dirs = {}
+    for who in ("ours", "theirs"):
+        d = os.path.join(T.TMPDIR, "ev-" + who)
+        os.mkdir(d)
+        dirs[who] = d
+    env = dict(os.environ, OUT=dirs["ours"])
+    srv = Server(["--filter", "log", "memory", "size=1M",
+                  "logscript=. " + dump], name="lsours", env=env)
+    servers.append(srv)
+    ksock = os.path.join(T.TMPDIR, "lsk.sock")
+    k = subprocess.Popen(["nbdkit", "-f", "-U", ksock, "--filter=log",
+                          "memory", "1M", "logscript=. " + dump],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=dict(os.environ, OUT=dirs["theirs"]))
+    try:
+        wait_listening(ksock)
+        for sock in (srv.sock, ksock):
+            h = nbd.NBD()
+            h.add_meta_context("base:allocation")
+            h.connect_unix(sock)
+            h.pwrite(b"x" * 512, 0)
+            h.pread(512, 0)
+            h.zero(4096, 65536, nbd.CMD_FLAG_FUA)
+            h.zero(4096, 8192, nbd.CMD_FLAG_NO_HOLE)
+            h.block_status(1 << 20, 0, lambda *a: 0)
+            h.trim(4096, 8192)
+            h.flush()
+            h.cache(512, 0)
+            try:
+                h.pread(512, 1 << 20)       # beyond the end: the engine's
+            except nbd.Error:
+                pass
+            h.shutdown()
+        check_eq(wait_children(srv.proc.pid), [], "our children")
+        check_eq(wait_children(k.pid, zombies=True), [],
+                 "nbdkit's children still running")
+    finally:
+        k.terminate()
+        k.wait(10)
+        srv.stop()
+    ours = script_events(dirs["ours"])
+    theirs = script_events(dirs["theirs"])
+    # Our Server()'s readiness probe is a client too: one more Preconnect.
+    # Preconnect ids (and connection numbers) aside, the sets must match.
+    def norm(ev):
+        out = {}
+        for key, v in ev.items():
+            if key.startswith("Preconnect."):
+                key = key.rsplit(".", 1)[0] + ".N"
+                v = [re.sub(r'id="\d+"', 'id="N"', x) for x in v]
+            v = [re.sub(r'connection="\d+"', 'connection="C"', x) for x in v]
+            out.setdefault(key, set()).update(v)
+        return out
+    ours, theirs = norm(ours), norm(theirs)
+    # Our server flushes at close what the client wrote (one more Flush,
+    # one more transaction): docs/filters/log.md.
+    extra = sorted(set(ours) - set(theirs))
+    check_eq(extra, ["Flush.ENTER.9", "Flush.LEAVE.9"], "events only ours")
+    for key in extra:
+        del ours[key]
+    ours = {k: {x.replace('transactions="9"', 'transactions="8"') for x in v}
+            for k, v in ours.items()}
+    check_eq(sorted(ours), sorted(theirs), "events")
+    for key in sorted(theirs):
+        check_eq(sorted(ours[key]), sorted(theirs[key]),
+                 "variables of %s" % key)
+    check(any("declare -a extents=(" in x for k, v in theirs.items()
+              if k.startswith("Extents.LEAVE") for x in v),
+          "the extents array compared")
+    check(all("posix=1" in x for v in ours.values() for x in v),
+          "bash in POSIX mode (run as sh)")
+
+
+def logscript_not_waited():
+    go = os.path.join(T.TMPDIR, "go")
+    out = os.path.join(T.TMPDIR, "nw.out")
+    script = ('if [ "$act" = Read ] && [ "$type" = ENTER ]; then '
+              'while [ ! -e %s ]; do sleep 0.02; done; fi; '
+              'echo "$act $type" >> %s; exit 7' % (go, out))
+    srv = Server(["--filter", "log", "memory", "size=1M",
+                  "logscript=" + script], name="nw")
+    servers.append(srv)
+    h = nbd.NBD()
+    h.connect_unix(srv.sock)
+    h.pwrite(b"y" * 512, 0)
+    check_eq(h.pread(512, 0), b"y" * 512, "the read, its script blocked")
+    with open(out) if os.path.exists(out) else open(os.devnull) as f:
+        check("Read ENTER" not in f.read(), "the Read script still waits")
+    open(go, "w").close()
+    h.shutdown()
+    check_eq(wait_children(srv.proc.pid), [], "children left")
+    with open(out) as f:
+        text = f.read()
+    check("Read ENTER" in text and "Write LEAVE" in text,
+          "every script ran: %r" % text)
+    check_eq(srv.stop(), 0, "exit status")
+
+
+def logscript_with_run():
+    out = os.path.join(T.TMPDIR, "run.out")
+    r = subprocess.run(
+        [T.NBDSTACK, "-U", "-", "--filter", "log", "memory", "size=1M",
+         "logscript=echo $act >> " + out, "--run",
+         "sleep 0.5; /usr/bin/python3 -c 'import nbd, sys; h = nbd.NBD(); "
+         "h.connect_uri(sys.argv[1]); h.pread(512, 0); h.shutdown()' "
+         "\"$uri\" && exit 5"],
+        capture_output=True, text=True, timeout=60)
+    check_eq(r.returncode, 5, "the --run command's status (%s)" % r.stderr)
+    with open(out) as f:
+        check("Read" in f.read(), "the read was logged")
+
+
+def file_and_script():
+    path = os.path.join(T.TMPDIR, "both.nbdlog")
+    out = os.path.join(T.TMPDIR, "both.out")
+    srv = Server(["--filter", "log", "memory", "size=1M", "logfile=" + path,
+                  "logscript=echo $act $type $id >> " + out], name="both")
+    servers.append(srv)
+    h = nbd.NBD()
+    h.connect_unix(srv.sock)
+    h.pread(512, 0)
+    h.shutdown()
+    text = wait_for(path, "Disconnect")
+    check_eq(srv.stop(), 0, "exit status")
+    check("Read id=1 offset=0x0 count=0x200 ..." in text, "file: %r" % text)
+    with open(out) as f:
+        check("Read ENTER 1\n" in f.read(), "script")
+
+
+C.run("logscript: the same variables as nbdkit's", logscript_same_as_nbdkit)
+C.run("logscript is not waited for, leaves no zombie", logscript_not_waited)
+C.run("logscript with --run: a script's exit does not stop the server",
+      logscript_with_run)
+def hanging_script():
+    """A script that never ends does not hold the exit for ever: it is
+    waited for a while, then left running (as nbdkit leaves them)."""
+    srv = Server(["--filter", "log", "memory", "size=1M",
+                  "logscript=[ $act = Ready ] && exec sleep 1000 "
+                  ">/dev/null 2>&1; true"], name="hang")
+    servers.append(srv)
+    check_eq(srv.stop(timeout=30), 0, "exit status")
+    m = re.search(r"logscript still running \(pid (\d+)\): not waited for",
+                  srv.log_text())
+    check(m is not None, "the script left is logged: %r" % srv.log_text())
+    if m:
+        os.kill(int(m.group(1)), 15)
+
+
+C.run("logfile and logscript together", file_and_script)
+C.run("a script that hangs does not hold the exit", hanging_script)
 C.run("same lines as nbdkit's log filter for one session", same_as_nbdkit)
 C.run("Ready and Preconnect lines as nbdkit's", ready_and_preconnect)
 C.run("logappend=yes keeps, no truncates", append_and_truncate)

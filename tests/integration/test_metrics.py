@@ -12,8 +12,13 @@
 - Handshakes (ok, aborted by a listing client, failed on junk, timeout
   of a silent client in the lobby), refused connections (an export's
   max-connections, the limit filter, the ip filter at NBD_OPT_GO and
-  before the greeting), open connections: each exactly as often as the
-  test caused it.
+  before the greeting; TLS required at GO, INFO and EXPORT_NAME; a
+  layer's open saying EPERM, EACCES, EBUSY, ENOENT (exportname-strict)
+  or EIO; an unknown export name), open connections: each exactly as
+  often as the test caused it.
+- Requests the server refuses before any layer (bad flags, past the end,
+  no meta context, a write to a read-only export, zero length) count in
+  the errors by errno of their method exactly as the client saw them.
 - Hostile HTTP: junk, binary, oversized, a body, no Host, other methods
   and paths, a slowloris: each gets its 4xx or a close, and NBD clients
   are served meanwhile (also while the slowloris holds the endpoint).
@@ -394,10 +399,13 @@ backend = memory size=1M
 srv2 = Server(config=CFG2, sock=NSOCK2, name="metrics2")
 
 
+REASONS = ("max-connections", "max-handshakes", "export-limit", "limit", "ip",
+           "tls", "policy", "unknown-export", "open-failed")
+
+
 def refusals(s, **more):
     out = {r: get(s, "nbdstack_connections_refused_total", reason=r)
-           for r in ("max-connections", "max-handshakes", "export-limit",
-                     "limit", "ip")}
+           for r in REASONS}
     out.update(more)
     return out
 
@@ -428,8 +436,8 @@ def t_layer_refusals():
     h1.shutdown()
     s1 = scrape(MSOCK2)
     check_eq(delta(refusals(s0), refusals(s1)),
-             {"max-connections": 0, "max-handshakes": 0, "export-limit": 0,
-              "limit": 2, "ip": 1}, "refusals at GO by the limit and ip filters")
+             dict(dict.fromkeys(REASONS, 0), limit=2, ip=1),
+             "refusals at GO by the limit and ip filters")
 
     # A client no export lets in: closed before the greeting, one refusal,
     # and no handshake.
@@ -449,8 +457,8 @@ def t_layer_refusals():
             raw.close()
         b = scrape(m3)
         check_eq(delta(refusals(a), refusals(b)),
-                 {"max-connections": 0, "max-handshakes": 0, "export-limit": 0,
-                  "limit": 0, "ip": 3}, "refusals before the greeting")
+                 dict(dict.fromkeys(REASONS, 0), ip=3),
+                 "refusals before the greeting")
         check_eq(delta(hs(a), hs(b)), {"ok": 0, "aborted": 0, "failed": 0,
                                        "timeout": 0},
                  "no handshake for a client refused before the greeting")
@@ -469,9 +477,8 @@ def t_lobby_timeout():
     s1 = scrape(MSOCK2)
     check_eq(delta(hs(s0), hs(s1)), {"ok": 0, "aborted": 0, "failed": 0, "timeout": 2},
              "two lobby timeouts, counted as such and nothing else")
-    check_eq(delta(refusals(s0), refusals(s1)),
-             {"max-connections": 0, "max-handshakes": 0, "export-limit": 0,
-              "limit": 0, "ip": 0}, "a timeout is no refusal")
+    check_eq(delta(refusals(s0), refusals(s1)), dict.fromkeys(REASONS, 0),
+             "a timeout is no refusal")
 
 
 def http(data, timeout=30, sock=MSOCK, half_close=False):
@@ -656,14 +663,175 @@ def t_bad_addresses():
     check(os.path.isfile(taken), "the file in the way is left alone")
 
 
+# A third server (with the test-only layers when built) for refusals by
+# TLS, layers' opens and unknown names.
+NSOCK3 = os.path.join(T.TMPDIR, "nbd3.sock")
+MSOCK3 = os.path.join(T.TMPDIR, "metrics3.sock")
+CFG3 = os.path.join(T.TMPDIR, "metrics3.ini")
+PSK3 = os.path.join(T.TMPDIR, "metrics3.psk")
+ERRNOS = {1: "EPERM", 5: "EIO", 12: "ENOMEM", 22: "EINVAL", 28: "ENOSPC",
+          75: "EOVERFLOW", 95: "ENOTSUP", 108: "ESHUTDOWN"}
+
+
+def t_open_refusals():
+    testbin = T.NBDSTACK_TESTBIN
+    have_refuse = False
+    if testbin and os.access(testbin, os.X_OK):
+        out = subprocess.run([testbin, "--list"], capture_output=True,
+                             text=True).stdout
+        have_refuse = any(l.split()[:1] == ["testrefuse"]
+                          for l in out.splitlines())
+    tls = "not compiled in" not in subprocess.run(
+        [testbin if have_refuse else T.NBDSTACK, "--version"],
+        capture_output=True, text=True).stdout
+    with open(PSK3, "w") as f:
+        f.write("alice:%s\n" % ("ab" * 32))
+    text = "[server]\nlisten = unix:%s\nmetrics = unix:%s\n" % (NSOCK3, MSOCK3)
+    if tls:
+        text += "tls-psk = %s\n" % PSK3
+    text += ("[export open]\nbackend = memory size=1M\n"
+             "[export strict]\nfilter = exportname exportname=a "
+             "exportname-strict=true\nbackend = memory size=1M\n")
+    if tls:
+        text += "[export secret]\ntls = require\nbackend = memory size=1M\n"
+    if have_refuse:
+        for name, e in (("perm", "EPERM"), ("acc", "EACCES"), ("busy", "EBUSY"),
+                        ("gone", "ENOENT"), ("eio", "EIO")):
+            text += ("[export %s]\nfilter = testrefuse refuse=%s\n"
+                     "backend = memory size=1M\n" % (name, e))
+    else:
+        T.log("  (no test-only layers: the EPERM/EACCES/EBUSY/EIO opens are "
+              "not tried)")
+    with open(CFG3, "w") as f:
+        f.write(text)
+    srv3 = Server(config=CFG3, sock=NSOCK3, name="metrics3",
+                  binary=testbin if have_refuse else None)
+    servers_extra.append(srv3)
+    s0 = scrape(MSOCK3)
+    want = dict.fromkeys(REASONS, 0)
+    raw = T.Raw(NSOCK3)
+    raw.handshake()
+
+    def go(name, rep, reason):
+        final, _ = raw.info_or_go(T.OPT_GO, name)
+        check_eq(T.rep_name(final), rep, "GO %r" % name)
+        if reason:
+            want[reason] += 1
+    go(b"nosuch", "ERR_UNKNOWN", "unknown-export")
+    go(b"strict", "ERR_UNKNOWN", "unknown-export")    # open said ENOENT
+    if tls:
+        go(b"secret", "ERR_TLS_REQD", "tls")
+        final, _ = raw.info_or_go(T.OPT_INFO, b"secret")
+        check_eq(T.rep_name(final), "ERR_TLS_REQD", "INFO secret")
+        want["tls"] += 1
+    if have_refuse:
+        go(b"perm", "ERR_POLICY", "policy")
+        go(b"acc", "ERR_POLICY", "policy")
+        go(b"busy", "ERR_POLICY", "limit")
+        go(b"gone", "ERR_UNKNOWN", "unknown-export")
+        go(b"eio", "ERR_UNKNOWN", "open-failed")
+    raw.go(b"open")
+    raw.disc()
+    raw.close()
+    # NBD_OPT_EXPORT_NAME has no error reply: the server closes.
+    names = [b"nosuch"] + ([b"secret"] if tls else [])
+    for name in names:
+        raw = T.Raw(NSOCK3)
+        raw.handshake()
+        raw.send_opt(T.OPT_EXPORT_NAME, name)
+        check(raw.wait_closed(), "EXPORT_NAME %r closed" % name)
+        raw.close()
+    want["unknown-export"] += 1
+    if tls:
+        want["tls"] += 1
+
+    def counted():
+        return (hs(scrape(MSOCK3))["failed"] - hs(s0)["failed"]) == len(names)
+    wait_for(counted, "the closed EXPORT_NAME handshakes counted")
+    s1 = scrape(MSOCK3)
+    check_eq(delta(refusals(s0), refusals(s1)), want, "refusals by reason")
+    check_eq(delta(hs(s0), hs(s1)), {"ok": 1, "aborted": 0,
+                                     "failed": len(names), "timeout": 0},
+             "handshakes")
+    srv3.stop()
+
+
+servers_extra = []
+
+
+def t_refused_requests():
+    """Requests refused before any layer, as the client saw them."""
+    s0 = scrape()
+    seen = {}                               # (export, method, errno) -> n
+    reqs = {}                               # (export, method) -> n
+
+    def note(export, method, err):
+        reqs[(export, method)] = reqs.get((export, method), 0) + 1
+        if err:
+            key = (export, method, ERRNOS.get(err, "EIO"))
+            seen[key] = seen.get(key, 0) + 1
+    for export in ("a", "ro"):
+        raw = T.connect_go(NSOCK, export.encode(), structured=True, meta=False)
+        size = 64 << 20 if export == "a" else 1 << 20
+        cases = [
+            ("read", T.CMD_READ, 0, 512, 1 << 9),           # unknown flag
+            ("read", T.CMD_READ, size, 512, 0),              # past the end
+            ("read", T.CMD_READ, size - 256, 512, 0),        # across the end
+            ("write", T.CMD_WRITE, size, 512, 0),            # past the end
+            ("write", T.CMD_WRITE, 0, 512, T.CMD_FLAG_REQ_ONE),
+            ("trim", T.CMD_TRIM, size - 512, 4096, 0),
+            ("zero", T.CMD_WRITE_ZEROES, 0, 4096, T.CMD_FLAG_DF),
+            ("extents", T.CMD_BLOCK_STATUS, 0, 4096, 0),     # no meta context
+            ("cache", T.CMD_CACHE, size, 4096, 0),
+            ("flush", T.CMD_FLUSH, 0, 0, T.CMD_FLAG_FUA | (1 << 10)),
+            ("write", T.CMD_WRITE, 0, 512, 0),               # ro: EPERM
+            ("trim", T.CMD_TRIM, 0, 512, 0),                 # ro: EPERM
+        ]
+        for method, cmd, off, n, flags in cases:
+            data = b"\x01" * n if cmd == T.CMD_WRITE else b""
+            if cmd == T.CMD_READ:
+                err, _ = raw.read(off, n, flags)
+            else:
+                err = raw.cmd(cmd, off, n, flags, data)
+            if export == "a" and (method, off) in (("write", 0), ("trim", 0)):
+                check(err == 0 or flags, "a: %s at 0 without bad flags" % method)
+            note(export, method, err)
+        check(any(v for k, v in seen.items() if k[0] == export),
+              "%s: some requests were refused" % export)
+        raw.disc()
+        raw.close()
+    check(("ro", "write", "EPERM") in seen, "ro: a write refused with EPERM")
+    check(("a", "read", "EINVAL") in seen, "a: a read refused with EINVAL")
+
+    def settled():
+        s = scrape()
+        return all(get(s, "nbdstack_requests_total", export=e, method=m)
+                   - get(s0, "nbdstack_requests_total", export=e, method=m) == n
+                   for (e, m), n in reqs.items())
+    wait_for(settled, "every request counted")
+    s1 = scrape()
+    for export in ("a", "ro"):
+        for m in METHODS:
+            for name in ERRNOS.values():
+                d = (get(s1, "nbdstack_request_errors_total", export=export,
+                         method=m, errno=name)
+                     - get(s0, "nbdstack_request_errors_total", export=export,
+                           method=m, errno=name))
+                check_eq(d, seen.get((export, m, name), 0),
+                         "%s: %s errors %s" % (export, m, name))
+
+
 C.run("every configured export shown from the start", t_empty)
 C.run("scrapes during I/O agree exactly with the clients", t_exact_during_io)
 C.run("errors by errno", t_errors)
 C.run("handshakes and refusals", t_handshakes)
 C.run("refusals by the limit and ip filters", t_layer_refusals)
+C.run("refusals by TLS, layers' opens and unknown names", t_open_refusals)
+C.run("requests refused before any layer count by errno",
+      t_refused_requests)
 C.run("lobby timeouts", t_lobby_timeout)
 C.run("hostile HTTP: 4xx or close, NBD served", t_hostile)
 C.run("SIGHUP: exports added and removed, counters kept", t_reload)
 C.run("tcp endpoint from the command line", t_tcp_and_cmdline)
 C.run("bad metrics addresses", t_bad_addresses)
-C.finish([srv, srv2])
+C.finish([srv, srv2] + servers_extra)

@@ -4,7 +4,10 @@ disk is prefetched upstream in scan-size cache requests, in order (over
 the nbd backend to nbdkit's memory plugin with nbdkit's log filter;
 skipped without nbdkit); with scan-forever the server still stops
 promptly on SIGTERM, with a client connected; bad keys are refused with
-FILE:LINE."""
+FILE:LINE.  When the connection that started the scan closes while
+another is connected, the scan goes on, from where it was, through the
+other (nbdkit: that connection's own scan goes on), scan-forever too;
+with two clients connected the blocks are prefetched once."""
 
 import os
 import re
@@ -18,11 +21,11 @@ from nbdtest import Checker, Server, check, check_eq  # noqa: E402
 import opsfilters as O                    # noqa: E402
 
 try:
-    import nbd                            # noqa: F401
+    import nbd
 except ImportError:
     T.skip("python3-libnbd (the nbd module) is not installed")
 
-T.require_layers("scan", "memory", "nbd")
+T.require_layers("scan", "memory", "nbd", "log", "delay")
 T.start_watchdog(120)
 C = Checker("test_scan")
 servers = []
@@ -83,7 +86,72 @@ def bad_keys_refused():
                       "scan-forever=true")
 
 
+def conn_caches(logfile):
+    """[(connection, offset)] of the cache calls our log filter saw."""
+    try:
+        text = open(logfile).read()
+    except FileNotFoundError:
+        return []
+    return [(int(c), int(o, 16)) for c, o in
+            re.findall(r"connection=(\d+) Cache id=\d+ offset=(0x[0-9a-f]+)",
+                       text)]
+
+
+def wait_until(fn, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.05)
+    return fn()
+
+
+def starter_leaves(forever):
+    log = os.path.join(T.TMPDIR, "leave%d.log" % forever)
+    size = 8 << 20
+    srv = Server(["--filter", "scan", "--filter", "log", "--filter", "delay",
+                  "memory", "size=%d" % size, "scan-size=256K",
+                  "delay-cache=20ms", "logfile=" + log,
+                  "scan-forever=%s" % ("true" if forever else "false")],
+                 name="leave%d" % forever)
+    servers.append(srv)
+    a = nbd.NBD()
+    a.connect_unix(srv.sock)
+    check(wait_until(lambda: conn_caches(log)), "the first client scans")
+    b = nbd.NBD()
+    b.connect_unix(srv.sock)
+    time.sleep(0.2)
+    a.shutdown()
+    del a
+    text = wait_until(lambda: "Disconnect" in open(log).read() and
+                      open(log).read())
+    first = conn_caches(log)[0][0]
+    before = [o for c, o in conn_caches(log) if c == first]
+    later = wait_until(lambda: [o for c, o in conn_caches(log)
+                                if c != first])
+    check(later, "the scan goes on through the second client")
+    check_eq(later[0], before[-1] + (256 << 10),
+             "it goes on where it was (%r)" % text[-300:])
+    if forever:
+        wrapped = wait_until(lambda: [o for c, o in conn_caches(log)
+                                      if c != first and o == 0])
+        check(wrapped, "scan-forever starts again at 0 on the second")
+    else:
+        done = wait_until(lambda: [o for c, o in conn_caches(log)
+                                   if o == size - (256 << 10)])
+        check(done, "the whole disk is prefetched")
+        offs = [o for _, o in conn_caches(log)]
+        check_eq(len(offs), len(set(offs)), "each block prefetched once")
+    b.shutdown()
+    check_eq(srv.stop(), 0, "exit status")
+
+
 C.run("the whole disk is prefetched in scan-size steps", scans_whole_disk)
+C.run("the starter leaves: the scan goes on through another client",
+      starter_leaves, False)
+C.run("the starter leaves: scan-forever goes on through another client",
+      starter_leaves, True)
 C.run("scan-forever stops on SIGTERM", forever_stops_on_sigterm)
 C.run("bad keys are refused with FILE:LINE", bad_keys_refused)
 C.finish(servers)
