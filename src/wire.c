@@ -26,6 +26,7 @@
 #define WIRE_OBUF_SMALL (8u << 10)    /* replies up to this size are batched */
 #define WIRE_MAX_IOV   160
 #define WIRE_SNDBUF    (4 << 20)
+#define WIRE_SNDBUF_TLS (1 << 20)
 
 void
 wire_set_timeout(struct nbd_wire *w, uint64_t ns, int send_too)
@@ -571,13 +572,15 @@ wire_destroy(struct nbd_wire *w)
  * read reply, so the reader slept and woke about five times per reply;
  * with room for a few whole replies it does not.  The kernel caps the
  * value (net.core.wmem_max).  TCP sockets keep the kernel's autotuning,
- * which a fixed size would switch off. */
+ * which a fixed size would switch off.  TLS records leave 16 KiB at a
+ * time without blocking (tls.c): there 1 MiB served reads with 9% less
+ * CPU per GiB than 4 MiB and as fast (bench/results, tls-nocopy). */
 void
 wire_size_sndbuf(struct nbd_wire *w)
 {
   struct sockaddr_storage ss = { 0 };
   socklen_t len = sizeof ss;
-  int v = WIRE_SNDBUF;
+  int v = wire_is_tls(w) ? WIRE_SNDBUF_TLS : WIRE_SNDBUF;
 
   if (getsockname(w->fd, (struct sockaddr *)&ss, &len) == 0 &&
       ss.ss_family == AF_UNIX)
