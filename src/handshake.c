@@ -413,10 +413,13 @@ handshake_list(struct nbd_conn *c, uint32_t len, unsigned *max)
 }
 
 /* The contexts (a bit each, protocol.c's proto_meta_names) a query
- * selects: its own name, or every context of a namespace given alone
- * ("base:", "qemu:"). */
+ * selects: its own name, or, for a LIST only, every context of a
+ * namespace given alone ("base:", "qemu:").  proto.md "The base:
+ * metadata namespace": the server MUST ignore "base:" in
+ * NBD_OPT_SET_META_CONTEXT; an empty leaf name SHOULD NOT select
+ * anything there for any namespace. */
 static unsigned
-handshake_query(const unsigned char *q, uint32_t qlen)
+handshake_query(const unsigned char *q, uint32_t qlen, int wildcard)
 {
   unsigned i, set = 0;
   const char *name;
@@ -426,7 +429,7 @@ handshake_query(const unsigned char *q, uint32_t qlen)
     name = proto_meta_names[i];
     n = strlen(name);
     if ((qlen == n && memcmp(q, name, n) == 0) ||
-        (qlen > 0 && qlen < n && q[qlen - 1] == ':' &&
+        (wildcard && qlen > 0 && qlen < n && q[qlen - 1] == ':' &&
          memchr(q, ':', qlen) == q + qlen - 1 && memcmp(q, name, qlen) == 0))
       set |= 1u << i;
   }
@@ -461,7 +464,8 @@ handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
     if (len - pos < 4 || (qlen = wire_get32(d + pos)) > len - pos - 4)
       return handshake_error(c, opt, NBD_REP_ERR_INVALID,
                              "query length exceeds option length");
-    found |= handshake_query(d + pos + 4, qlen);
+    found |= handshake_query(d + pos + 4, qlen,
+                             opt == NBD_OPT_LIST_META_CONTEXT);
     pos += 4 + qlen;
   }
   if (pos != len)
