@@ -100,6 +100,14 @@ static const char *const manpage_options[][3] = {
     "status (nbdkit's captive mode)." },
   { "\\-f, \\-\\-foreground", NULL,
     "Accepted for nbdkit habits; nbdstack never forks." },
+  { "\\-n, \\-\\-newstyle", NULL,
+    "Accepted for nbdkit habits: fixed newstyle is the only handshake." },
+  { "\\-D, \\-\\-debug", "FLAG=N",
+    "Accepted for nbdkit habits with a warning: nbdstack has no debug "
+    "flags.  nbdkit's \\-o (\\-\\-oldstyle), \\-\\-no\\-sr, "
+    "\\-\\-no\\-mc, \\-\\-mask\\-handshake, \\-\\-vsock, "
+    "\\-\\-swap, \\-\\-selinux\\-label and \\-\\-dump\\-plugin "
+    "are refused by name." },
   { "\\-v, \\-\\-verbose", NULL, "Debug messages." },
   { "\\-\\-list", NULL,
     "List the filters and backends compiled in and their keys, then exit "
