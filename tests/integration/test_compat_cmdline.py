@@ -55,6 +55,8 @@ SAME = [
     (["-n", "null", "1M"], "size=1048576 nbd=1048576 name="),
     (["--newstyle", "null", "1M"], "size=1048576 nbd=1048576 name="),
     (["-D", "foo.bar=1", "null", "1M"], "size=1048576 nbd=1048576 name="),
+    (["--log=null", "null", "1M"], "size=1048576 nbd=1048576 name="),
+    (["--log=stderr", "null", "1M"], "size=1048576 nbd=1048576 name="),
     (["memory", "size=8E"], None),
     (["memory", "size=1x"], None),
     (["memory", "size=-1"], None),
@@ -77,6 +79,8 @@ def same(args, want):
         check(rc != 0 and "nbdstack:" in err, "%s: rc %d, stderr %r" % (args, rc, err))
     else:
         check_eq((rc, out), (0, want), "%s" % args)
+    if args[:1] == ["--log=null"]:
+        check_eq(err, "", "stderr with --log=null")
     if args[:1] == ["-D"]:
         check("debug flag -D foo.bar=1 was not used" in err, "-D warning: %r" % err)
     if NBDKIT:
