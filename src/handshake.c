@@ -656,6 +656,31 @@ handshake_greet(struct nbd_conn *c)
   return 0;
 }
 
+/* An option longer than we keep (NBD_MAX_OPTION_LEN) but not absurd:
+ * its data is read and dropped, and it fails with NBD_REP_ERR_TOO_BIG
+ * ("the request is too large to process", proto.md), so the client
+ * stays in sync instead of being hung up on (nbdkit takes options of
+ * many megabytes).  EXPORT_NAME has no error reply; a longer option is
+ * not worth the read.  Returns 0 when answered, -1 to drop the client. */
+#define HANDSHAKE_MAX_SKIP (8u << 20)
+
+static int
+handshake_skip_option(struct nbd_conn *c, uint32_t opt, uint32_t len)
+{
+  unsigned char scratch[4096];
+  uint32_t n;
+
+  if (opt == NBD_OPT_EXPORT_NAME || len > HANDSHAKE_MAX_SKIP)
+    return -1;
+  for (; len > 0; len -= n) {
+    n = len < sizeof scratch ? len : (uint32_t)sizeof scratch;
+    if (wire_read(&c->w, scratch, n) == -1)
+      return -1;
+  }
+  return handshake_error(c, opt, NBD_REP_ERR_TOO_BIG,
+                         "option data too long (at most 64 KiB)");
+}
+
 int
 handshake_run(struct nbd_conn *c)
 {
@@ -686,6 +711,8 @@ handshake_run(struct nbd_conn *c)
     opt = wire_get32(buf + 8);
     len = wire_get32(buf + 12);
     if (len > NBD_MAX_OPTION_LEN) {
+      if (handshake_skip_option(c, opt, len) == 0)
+        continue;
       nbd_info("%s: option %u of %u bytes is too long, dropping", c->peer,
                opt, len);
       break;
