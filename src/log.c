@@ -175,21 +175,50 @@ log_syslog(int sev, const char *level, const char *line)
   pthread_mutex_unlock(&log_lock);
 }
 
+/* The whole line, newline included, in one write(2): an unbuffered
+ * stderr would otherwise write it in pieces (musl: 80 bytes at a time,
+ * then the newline), and the output of other processes on the same
+ * stream (a --run command's, a shell's) could land inside it. */
+static void
+log_write_line(const char *text, size_t len)
+{
+  ssize_t n;
+
+  while (len > 0) {
+    n = write(STDERR_FILENO, text, len);
+    if (n == -1 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return;
+    text += n;
+    len -= (size_t)n;
+  }
+}
+
 static void
 log_vprint(int sev, const char *level, const char *fmt, va_list ap)
 {
-  char line[1024];
+  char line[1024], out[1100];
+  int n;
 
-  vsnprintf(line, sizeof line, fmt, ap);
-  /* One fprintf per line keeps lines from different threads whole. */
   if (log_mode == LOG_NULL)
     return;
-  if (log_mode == LOG_SYSLOG)
+  vsnprintf(line, sizeof line, fmt, ap);
+  if (log_mode == LOG_SYSLOG) {
     log_syslog(sev, level, line);
-  else if (log_mode == LOG_JOURNAL)
-    fprintf(stderr, "<%d>%s%s\n", sev, level, line);
+    return;
+  }
+  if (log_mode == LOG_JOURNAL)
+    n = snprintf(out, sizeof out, "<%d>%s%s\n", sev, level, line);
   else
-    fprintf(stderr, "nbdstack: %s%s\n", level, line);
+    n = snprintf(out, sizeof out, "nbdstack: %s%s\n", level, line);
+  if (n < 0)
+    return;
+  if ((size_t)n >= sizeof out) {
+    n = sizeof out - 1;
+    out[n - 1] = '\n';
+  }
+  log_write_line(out, (size_t)n);
 }
 
 /* Severities of syslog(3): LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG. */
