@@ -43,6 +43,10 @@ FILE_FZ = {"can_fast_zero": True}
 # compared with nbdkit except the listed ones.  "map" is nbdinfo --map.
 CASES = [
     ("memory size=1M", {}),
+    ("memory size=1M allocator=sparse", {}),
+    ("memory size=1M allocator=malloc", {}),
+    ("--filter=cow memory size=1M allocator=malloc",
+     {"can_zero": True, "can_fast_zero": True}),
     ("null size=1M", {}),
     ("zero", {}),
     ("full size=1M", {}),
