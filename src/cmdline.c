@@ -15,6 +15,7 @@
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -22,6 +23,7 @@
 #include "stack.h"
 #include "registry.h"
 #include "stop.h"
+
 #include "cmdline.h"
 #include "modes.h"
 #include "tls.h"
@@ -94,6 +96,8 @@ static const struct option cmdline_fixed[] = {
    * nbdkit plugins, which we have none of (nbdkit warns about a flag
    * nothing uses, and so do we). */
   { "newstyle", no_argument, NULL, CMDLINE_OPT_NEWSTYLE },
+  { "ipv4-only", no_argument, NULL, '4' },
+  { "ipv6-only", no_argument, NULL, '6' },
   { "debug", required_argument, NULL, CMDLINE_OPT_DEBUG },
   /* nbdkit's, refused by name rather than as unknown (docs/config.md). */
   { "oldstyle", no_argument, NULL, CMDLINE_OPT_NBDKIT_ONLY },
@@ -125,7 +129,7 @@ cmdline_options(void)
   size_t n = CMDLINE_NFIXED, k;
 
   memcpy(cmdline_long, cmdline_fixed, sizeof cmdline_fixed);
-  strcpy(cmdline_short, ":c:D:e:fhi:nop:sU:vV");
+  strcpy(cmdline_short, ":46c:D:e:fhi:nop:sU:vV");
   for (st = nbd_settings; st->key && n < CMDLINE_MAXOPTS; st++) {
     int arg = (st->flags & SETTING_FLAG) ? no_argument : required_argument;
     if (st->option == NULL)
@@ -175,6 +179,8 @@ cmdline_usage(FILE *fp)
     "      --print-uri         print the URI of each listener once serving\n"
     "  -f, --foreground        accepted for nbdkit habits; always foreground\n"
     "  -n, --newstyle          accepted for nbdkit habits (the only handshake)\n"
+    "  -4, --ipv4-only         TCP: listen on IPv4 addresses only\n"
+    "  -6, --ipv6-only         TCP: listen on IPv6 addresses only\n"
     "  -D, --debug FLAG=N      accepted for nbdkit habits, with a warning\n"
     "  -v, --verbose           debug messages\n"
     "      --list              list filters, backends and their keys\n"
@@ -319,6 +325,8 @@ cmdline_option(int c, int longidx, int argc, char **argv,
     return cmdline_mode(c);
   case CMDLINE_OPT_MAN: return cmdline_man(optarg);
   case 'n': case CMDLINE_OPT_NEWSTYLE: return 0;
+  case '4': nbd_modes.family = AF_INET; return 0;
+  case '6': nbd_modes.family = AF_INET6; return 0;
   case 'D': case CMDLINE_OPT_DEBUG:
     fprintf(stderr, "nbdstack: warning: debug flag -D %s was not used "
             "(nbdstack has no debug flags; -v gives debug messages)\n", optarg);

@@ -98,8 +98,26 @@ def refused_by_name(args):
           "%s: stderr %r" % (args, err))
 
 
+def family_only():
+    """-4 / -6 (nbdkit's --ipv4-only, --ipv6-only): the TCP listeners of
+    one family; without them both."""
+    import socket as S
+    import re
+    for opt, want in (("-4", {"0.0.0.0"}), ("-6", {"::"}), (None, {"0.0.0.0", "::"})):
+        port = str(20000 + os.getpid() % 20000 + len(want) * 7 + (opt == "-6"))
+        args = ([opt] if opt else []) + ["-p", port, "null", "1M"]
+        r = subprocess.run([T.NBDSTACK] + args + ["--run", "true"],
+                           capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL)
+        if "Address already in use" in r.stderr:
+            continue                      # a busy port proves nothing
+        got = set(re.findall(r"listening on \[?([0-9a-f.:]+?)\]?:%s" % port, r.stderr))
+        check_eq((r.returncode, got), (0, want), "%s listeners" % (opt or "default"))
+
+
 for args, want in SAME:
     C.run("as nbdkit: %s" % " ".join(args), same, args, want)
+C.run("-4 and -6 bind one family", family_only)
 for args in NBDKIT_ONLY:
     C.run("refused by name: %s" % args[0], refused_by_name, args)
 C.finish()
