@@ -455,7 +455,7 @@ data_flatten(struct data_parser *p, struct data_value *v, uint64_t *count,
 static int
 data_slice(struct data_parser *p, struct data_value *v, size_t at)
 {
-  uint64_t n, m;
+  uint64_t n = 0, m = 0;
   unsigned char *buf;
 
   p->pos++;
