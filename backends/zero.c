@@ -27,6 +27,20 @@ zero_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
   return 0;
 }
 
+/* Nothing to bring in; advertised as nbdkit's zero plugin does. */
+static int
+zero_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+           uint64_t offset, uint32_t flags)
+{
+  return 0;
+}
+
+static int
+zero_can_cache(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return NBD_CACHE_NATIVE;
+}
+
 static int
 zero_can_multi_conn(struct nbd_ctx *self, struct nbd_ctx *next)
 {
@@ -39,7 +53,6 @@ UNSUPPORTED(zero, trim)
 UNSUPPORTED(zero, zero)
 UNSUPPORTED(zero, extents)
 UNSUPPORTED(zero, depth)
-UNSUPPORTED(zero, cache)
 UNSUPPORTED(zero, block_size)
 UNSUPPORTED(zero, can_write)
 UNSUPPORTED(zero, can_flush)
@@ -47,7 +60,6 @@ UNSUPPORTED(zero, can_trim)
 UNSUPPORTED(zero, can_zero)
 UNSUPPORTED(zero, can_fast_zero)
 UNSUPPORTED(zero, can_fua)
-UNSUPPORTED(zero, can_cache)
 UNSUPPORTED(zero, can_extents)
 UNSUPPORTED(zero, is_rotational)
 UNSUPPORTED(zero, list_exports)

@@ -107,8 +107,9 @@ static const struct nbd_param error_params[] = {
   NBD_PARAM_END
 };
 
-/* "5%", "0.05", "1", "100%", ".5": digits with an optional fraction and
- * an optional '%'; no sign, exponent or locale (strtod has all three).
+/* "5%", "0.05", "1", "100%", ".5", "1e-3": digits with an optional
+ * fraction, exponent (nbdkit takes "1e-3") and '%'; no sign, hex, "nan"
+ * or locale (strtod has them all).
  * 0 and the result in [0, 1] in *rate, or -1. */
 static int
 error_parse_rate(const char *s, double *rate)
@@ -124,6 +125,20 @@ error_parse_rate(const char *s, double *rate)
       v += (*s - '0') * scale;
   if (digits == 0)
     return -1;
+  if (*s == 'e' || *s == 'E') {   /* 1e-3: nbdkit reads rates with strtod */
+    int neg = 0, e = 0;
+
+    s++;
+    if (*s == '-' || *s == '+')
+      neg = *s++ == '-';
+    if (*s < '0' || *s > '9')
+      return -1;
+    for (; *s >= '0' && *s <= '9'; s++)
+      if (e < 1000)
+        e = e * 10 + (*s - '0');
+    for (; e > 0; e--)
+      v = neg ? v / 10 : (v < 1e6 ? v * 10 : v);
+  }
   if (*s == '%') {
     v /= 100;
     s++;

@@ -6,7 +6,8 @@
  * of its own (started in setup, stopped in cleanup).  The protocol is
  * nbdkit's: the client sends single bytes; 'p' pauses, and 'P' comes back
  * once every request that entered before it has finished; 'r' resumes
- * and 'R' comes back; anything else is answered with 'X'.  Requests that
+ * and 'R' comes back; blanks, tabs and newlines are skipped, as in
+ * nbdkit; anything else is answered with 'X'.  Requests that
  * enter while paused wait; when the server stops they fail with
  * ESHUTDOWN instead, so a paused server still exits on SIGTERM.
  *
@@ -312,6 +313,8 @@ pause_serve(struct pause_state *st, int fd)
       nbd_info("filter pause: resumed");
       reply = 'R';
       break;
+    case ' ': case '\t': case '\n':
+      continue;                 /* nbdkit's: `echo p | socat ...` works */
     default:
       reply = 'X';
       break;

@@ -15,6 +15,7 @@
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -22,6 +23,7 @@
 #include "stack.h"
 #include "registry.h"
 #include "stop.h"
+
 #include "cmdline.h"
 #include "modes.h"
 #include "tls.h"
@@ -41,6 +43,9 @@ enum {
   CMDLINE_OPT_EXIT_WITH_PARENT,
   CMDLINE_OPT_PRINT_URI,
   CMDLINE_OPT_MAN,
+  CMDLINE_OPT_NEWSTYLE,
+  CMDLINE_OPT_DEBUG,
+  CMDLINE_OPT_NBDKIT_ONLY,      /* nbdkit has it, nbdstack refuses it */
   CMDLINE_OPT_SETTING = 1000,   /* + index in nbd_settings */
 };
 
@@ -87,6 +92,24 @@ static const struct option cmdline_fixed[] = {
   { "unix", required_argument, NULL, 'U' },
   { "verbose", no_argument, NULL, 'v' },
   { "version", no_argument, NULL, 'V' },
+  /* nbdkit's: --newstyle is its default and ours; -D sets debug flags of
+   * nbdkit plugins, which we have none of (nbdkit warns about a flag
+   * nothing uses, and so do we). */
+  { "newstyle", no_argument, NULL, CMDLINE_OPT_NEWSTYLE },
+  { "ipv4-only", no_argument, NULL, '4' },
+  { "ipv6-only", no_argument, NULL, '6' },
+  { "debug", required_argument, NULL, CMDLINE_OPT_DEBUG },
+  /* nbdkit's, refused by name rather than as unknown (docs/config.md). */
+  { "oldstyle", no_argument, NULL, CMDLINE_OPT_NBDKIT_ONLY },
+  { "dump-config", no_argument, NULL, CMDLINE_OPT_NBDKIT_ONLY },
+  { "dump-plugin", no_argument, NULL, CMDLINE_OPT_NBDKIT_ONLY },
+  { "no-sr", no_argument, NULL, CMDLINE_OPT_NBDKIT_ONLY },
+  { "no-meta-contexts", no_argument, NULL, CMDLINE_OPT_NBDKIT_ONLY },
+  { "no-mc", no_argument, NULL, CMDLINE_OPT_NBDKIT_ONLY },
+  { "mask-handshake", required_argument, NULL, CMDLINE_OPT_NBDKIT_ONLY },
+  { "selinux-label", required_argument, NULL, CMDLINE_OPT_NBDKIT_ONLY },
+  { "swap", no_argument, NULL, CMDLINE_OPT_NBDKIT_ONLY },
+  { "vsock", no_argument, NULL, CMDLINE_OPT_NBDKIT_ONLY },
 };
 
 #define CMDLINE_NFIXED (sizeof cmdline_fixed / sizeof cmdline_fixed[0])
@@ -106,7 +129,7 @@ cmdline_options(void)
   size_t n = CMDLINE_NFIXED, k;
 
   memcpy(cmdline_long, cmdline_fixed, sizeof cmdline_fixed);
-  strcpy(cmdline_short, ":c:e:fhi:p:sU:vV");
+  strcpy(cmdline_short, ":46c:D:e:fhi:nop:sU:vV");
   for (st = nbd_settings; st->key && n < CMDLINE_MAXOPTS; st++) {
     int arg = (st->flags & SETTING_FLAG) ? no_argument : required_argument;
     if (st->option == NULL)
@@ -155,6 +178,10 @@ cmdline_usage(FILE *fp)
     "      --exit-with-parent  exit when the parent process exits\n"
     "      --print-uri         print the URI of each listener once serving\n"
     "  -f, --foreground        accepted for nbdkit habits; always foreground\n"
+    "  -n, --newstyle          accepted for nbdkit habits (the only handshake)\n"
+    "  -4, --ipv4-only         TCP: listen on IPv4 addresses only\n"
+    "  -6, --ipv6-only         TCP: listen on IPv6 addresses only\n"
+    "  -D, --debug FLAG=N      accepted for nbdkit habits, with a warning\n"
     "  -v, --verbose           debug messages\n"
     "      --list              list filters, backends and their keys\n"
     "      --settings-table    print the server settings as a Markdown table\n"
@@ -191,6 +218,16 @@ cmdline_bad_option(int argc, char **argv, int c)
             optopt);
   else
     fprintf(stderr, "nbdstack: unknown option '-%c' (see --help)\n", optopt);
+}
+
+/* An option of nbdkit's that nbdstack does not have: said so, by name. */
+static void
+cmdline_nbdkit_only(int longidx)
+{
+  fprintf(stderr, "nbdstack: nbdkit's option %s%s is not supported by "
+          "nbdstack (see docs/config.md, \"The command line\")\n",
+          longidx >= 0 ? "--" : "-o (--oldstyle)",
+          longidx >= 0 ? cmdline_long[longidx].name : "");
 }
 
 /* A setting from the command line: kept, with the name it was given
@@ -287,6 +324,16 @@ cmdline_option(int c, int longidx, int argc, char **argv,
   case 's': case CMDLINE_OPT_EXIT_WITH_PARENT: case CMDLINE_OPT_PRINT_URI:
     return cmdline_mode(c);
   case CMDLINE_OPT_MAN: return cmdline_man(optarg);
+  case 'n': case CMDLINE_OPT_NEWSTYLE: return 0;
+  case '4': nbd_modes.family = AF_INET; return 0;
+  case '6': nbd_modes.family = AF_INET6; return 0;
+  case 'D': case CMDLINE_OPT_DEBUG:
+    fprintf(stderr, "nbdstack: warning: debug flag -D %s was not used "
+            "(nbdstack has no debug flags; -v gives debug messages)\n", optarg);
+    return 0;
+  case 'o': case CMDLINE_OPT_NBDKIT_ONLY:
+    cmdline_nbdkit_only(c == 'o' ? -1 : longidx);
+    return -1;
   default: cmdline_bad_option(argc, argv, c); return -1;
   }
 }

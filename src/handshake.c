@@ -422,10 +422,13 @@ handshake_list(struct nbd_conn *c, uint32_t len, unsigned *max)
 }
 
 /* The contexts (a bit each, protocol.c's proto_meta_names) a query
- * selects: its own name, or every context of a namespace given alone
- * ("base:", "qemu:"). */
+ * selects: its own name, or, for a LIST only, every context of a
+ * namespace given alone ("base:", "qemu:").  proto.md "The base:
+ * metadata namespace": the server MUST ignore "base:" in
+ * NBD_OPT_SET_META_CONTEXT; an empty leaf name SHOULD NOT select
+ * anything there for any namespace. */
 static unsigned
-handshake_query(const unsigned char *q, uint32_t qlen)
+handshake_query(const unsigned char *q, uint32_t qlen, int wildcard)
 {
   unsigned i, set = 0;
   const char *name;
@@ -435,7 +438,7 @@ handshake_query(const unsigned char *q, uint32_t qlen)
     name = proto_meta_names[i];
     n = strlen(name);
     if ((qlen == n && memcmp(q, name, n) == 0) ||
-        (qlen > 0 && qlen < n && q[qlen - 1] == ':' &&
+        (wildcard && qlen > 0 && qlen < n && q[qlen - 1] == ':' &&
          memchr(q, ':', qlen) == q + qlen - 1 && memcmp(q, name, qlen) == 0))
       set |= 1u << i;
   }
@@ -470,7 +473,8 @@ handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
     if (len - pos < 4 || (qlen = wire_get32(d + pos)) > len - pos - 4)
       return handshake_error(c, opt, NBD_REP_ERR_INVALID,
                              "query length exceeds option length");
-    found |= handshake_query(d + pos + 4, qlen);
+    found |= handshake_query(d + pos + 4, qlen,
+                             opt == NBD_OPT_LIST_META_CONTEXT);
     pos += 4 + qlen;
   }
   if (pos != len)
@@ -665,6 +669,31 @@ handshake_greet(struct nbd_conn *c)
   return 0;
 }
 
+/* An option longer than we keep (NBD_MAX_OPTION_LEN) but not absurd:
+ * its data is read and dropped, and it fails with NBD_REP_ERR_TOO_BIG
+ * ("the request is too large to process", proto.md), so the client
+ * stays in sync instead of being hung up on (nbdkit takes options of
+ * many megabytes).  EXPORT_NAME has no error reply; a longer option is
+ * not worth the read.  Returns 0 when answered, -1 to drop the client. */
+#define HANDSHAKE_MAX_SKIP (8u << 20)
+
+static int
+handshake_skip_option(struct nbd_conn *c, uint32_t opt, uint32_t len)
+{
+  unsigned char scratch[4096];
+  uint32_t n;
+
+  if (opt == NBD_OPT_EXPORT_NAME || len > HANDSHAKE_MAX_SKIP)
+    return -1;
+  for (; len > 0; len -= n) {
+    n = len < sizeof scratch ? len : (uint32_t)sizeof scratch;
+    if (wire_read(&c->w, scratch, n) == -1)
+      return -1;
+  }
+  return handshake_error(c, opt, NBD_REP_ERR_TOO_BIG,
+                         "option data too long (at most 64 KiB)");
+}
+
 int
 handshake_run(struct nbd_conn *c)
 {
@@ -695,6 +724,8 @@ handshake_run(struct nbd_conn *c)
     opt = wire_get32(buf + 8);
     len = wire_get32(buf + 12);
     if (len > NBD_MAX_OPTION_LEN) {
+      if (handshake_skip_option(c, opt, len) == 0)
+        continue;
       nbd_info("%s: option %u of %u bytes is too long, dropping", c->peer,
                opt, len);
       break;

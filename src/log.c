@@ -34,6 +34,7 @@ int nbd_verbose;
 #define LOG_STDERR  0
 #define LOG_JOURNAL 1
 #define LOG_SYSLOG  2
+#define LOG_NULL    3                   /* nbdkit's --log=null */
 #define LOG_SYSLOG_DEFAULT "/dev/log"
 #define LOG_FACILITY_DAEMON (3 << 3)
 
@@ -95,14 +96,14 @@ static int
 log_parse(const char *spec, const char **path, char *err, size_t errlen)
 {
   *path = NULL;
-  if (spec == NULL || strcmp(spec, "stderr") == 0)
+  if (spec == NULL || strcmp(spec, "stderr") == 0 || strcmp(spec, "null") == 0)
     return 0;
   *path = LOG_SYSLOG_DEFAULT;
   if (strncmp(spec, "syslog:", 7) == 0)
     *path = spec + 7;
   else if (strcmp(spec, "syslog") != 0) {
-    snprintf(err, errlen, "invalid value '%.64s' (expected stderr, syslog "
-             "or syslog:/PATH)", spec);
+    snprintf(err, errlen, "invalid value '%.64s' (expected stderr, syslog, "
+             "syslog:/PATH or null)", spec);
     return -1;
   }
   if ((*path)[0] != '/' || strlen(*path) >= sizeof log_addr.sun_path) {
@@ -131,6 +132,8 @@ log_open(const char *spec, char *err, size_t errlen)
   log_mode = log_stderr_is_journal() ? LOG_JOURNAL : LOG_STDERR;
   if (log_parse(spec, &path, err, errlen) == -1)
     return -1;
+  if (spec != NULL && strcmp(spec, "null") == 0)
+    log_mode = LOG_NULL;
   if (path == NULL)
     return 0;
   memset(&log_addr, 0, sizeof log_addr);
@@ -172,19 +175,50 @@ log_syslog(int sev, const char *level, const char *line)
   pthread_mutex_unlock(&log_lock);
 }
 
+/* The whole line, newline included, in one write(2): an unbuffered
+ * stderr would otherwise write it in pieces (musl: 80 bytes at a time,
+ * then the newline), and the output of other processes on the same
+ * stream (a --run command's, a shell's) could land inside it. */
+static void
+log_write_line(const char *text, size_t len)
+{
+  ssize_t n;
+
+  while (len > 0) {
+    n = write(STDERR_FILENO, text, len);
+    if (n == -1 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      return;
+    text += n;
+    len -= (size_t)n;
+  }
+}
+
 static void
 log_vprint(int sev, const char *level, const char *fmt, va_list ap)
 {
-  char line[1024];
+  char line[1024], out[1100];
+  int n;
 
+  if (log_mode == LOG_NULL)
+    return;
   vsnprintf(line, sizeof line, fmt, ap);
-  /* One fprintf per line keeps lines from different threads whole. */
-  if (log_mode == LOG_SYSLOG)
+  if (log_mode == LOG_SYSLOG) {
     log_syslog(sev, level, line);
-  else if (log_mode == LOG_JOURNAL)
-    fprintf(stderr, "<%d>%s%s\n", sev, level, line);
+    return;
+  }
+  if (log_mode == LOG_JOURNAL)
+    n = snprintf(out, sizeof out, "<%d>%s%s\n", sev, level, line);
   else
-    fprintf(stderr, "nbdstack: %s%s\n", level, line);
+    n = snprintf(out, sizeof out, "nbdstack: %s%s\n", level, line);
+  if (n < 0)
+    return;
+  if ((size_t)n >= sizeof out) {
+    n = sizeof out - 1;
+    out[n - 1] = '\n';
+  }
+  log_write_line(out, (size_t)n);
 }
 
 /* Severities of syslog(3): LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG. */

@@ -100,6 +100,18 @@ static const char *const manpage_options[][3] = {
     "status (nbdkit's captive mode)." },
   { "\\-f, \\-\\-foreground", NULL,
     "Accepted for nbdkit habits; nbdstack never forks." },
+  { "\\-n, \\-\\-newstyle", NULL,
+    "Accepted for nbdkit habits: fixed newstyle is the only handshake." },
+  { "\\-4, \\-\\-ipv4\\-only", NULL,
+    "TCP: listen on IPv4 addresses only (nbdkit's option)." },
+  { "\\-6, \\-\\-ipv6\\-only", NULL,
+    "TCP: listen on IPv6 addresses only (nbdkit's option)." },
+  { "\\-D, \\-\\-debug", "FLAG=N",
+    "Accepted for nbdkit habits with a warning: nbdstack has no debug "
+    "flags.  nbdkit's \\-o (\\-\\-oldstyle), \\-\\-no\\-sr, "
+    "\\-\\-no\\-mc, \\-\\-mask\\-handshake, \\-\\-vsock, "
+    "\\-\\-swap, \\-\\-selinux\\-label and \\-\\-dump\\-plugin "
+    "are refused by name." },
   { "\\-v, \\-\\-verbose", NULL, "Debug messages." },
   { "\\-\\-list", NULL,
     "List the filters and backends compiled in and their keys, then exit "

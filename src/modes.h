@@ -18,6 +18,9 @@ struct nbd_modes {
   pid_t parent;
   /* --print-uri: each listener's URI on stdout once serving. */
   int print_uri;
+  /* -4 / -6 (nbdkit's --ipv4-only, --ipv6-only): TCP listen addresses of
+   * this family only (AF_INET, AF_INET6; 0 = both). */
+  int family;
 };
 
 extern struct nbd_modes nbd_modes;

@@ -68,7 +68,8 @@ params_fraction(const char *s, double *frac)
   return s;
 }
 
-/* 512, 4k, 4K, 4KiB, 1M, 2G, 1T, 1P, 1E; also 1.5G.  Binary units. */
+/* 512, 4k, 4K, 4KiB, 1M, 2G, 1T, 1P, 1E; also 1.5G.  Binary units;
+ * 2048s is 2048 sectors of 512 bytes, as nbdkit_parse_size reads it. */
 int
 params_parse_size(const char *s, uint64_t *out)
 {
@@ -88,7 +89,10 @@ params_parse_size(const char *s, uint64_t *out)
   rest = end;
   if (*rest == '.' && (rest = params_fraction(rest + 1, &frac)) == NULL)
     return -1;
-  if (*rest != '\0') {
+  if ((*rest == 's' || *rest == 'S') && rest[1] == '\0') {
+    shift = 9;
+    rest++;
+  } else if (*rest != '\0') {
     u = strchr(units, tolower((unsigned char)*rest));
     if (u == NULL)
       return -1;

@@ -64,8 +64,8 @@ const struct nbd_setting nbd_settings[] = {
     "never; see Tuning)" },
   { "log", "log", 0, SETTING_LOG, OFF(log), 0, 0, 0, "WHERE",
     "stderr", "where log lines go: `stderr` (the journal's priority "
-    "prefixes when stderr is the journal), `syslog` (/dev/log) or "
-    "`syslog:/PATH` (see Logging)" },
+    "prefixes when stderr is the journal), `syslog` (/dev/log), "
+    "`syslog:/PATH` or `null` (nothing, as nbdkit's; see Logging)" },
   { "tls", "tls", 0, SETTING_TLS, OFF(tls), 0, 0, 0, "off|on|require",
     "off", "TLS (STARTTLS): `on` offers it, `require` refuses every option "
     "but STARTTLS and ABORT before it (see TLS)" },

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "layer.h"
+#include "modes.h"
 #include "sockets.h"
 
 /* musl's SOMAXCONN is 128: a burst of connects beyond it fails at once
@@ -137,7 +138,7 @@ sockets_listen_tcp_host(const char *host, const char *port, int quiet)
   int r, fd, one = 1, bound = 0;
 
   memset(&hints, 0, sizeof hints);
-  hints.ai_family = AF_UNSPEC;
+  hints.ai_family = nbd_modes.family ? nbd_modes.family : AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE;
   r = getaddrinfo(host, port, &hints, &res);
@@ -209,7 +210,10 @@ sockets_listen_tcp(const struct nbd_listen *ln)
 
   /* "localhost" means both loopbacks, whatever /etc/hosts lists; a host
    * without IPv6 just gets 127.0.0.1. */
-  if (host && strcmp(host, "localhost") == 0) {
+  if (host && strcmp(host, "localhost") == 0 && nbd_modes.family)
+    n = sockets_listen_tcp_host(nbd_modes.family == AF_INET ? "127.0.0.1"
+                                : "::1", port, 0);
+  else if (host && strcmp(host, "localhost") == 0) {
     n = sockets_listen_tcp_host("127.0.0.1", port, 0);
     if (n > 0 && sockets_listen_tcp_host("::1", port, 1) < 0) {
       if (errno != EADDRNOTAVAIL && errno != EAFNOSUPPORT) {

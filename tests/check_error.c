@@ -127,6 +127,8 @@ START_TEST(test_rate_10_percent_is_plausible)
 {
   error_assert_tenth("error error-rate=10%");
   error_assert_tenth("error error-pread-rate=0.1");
+  error_assert_tenth("error error-rate=1e-1");     /* nbdkit's strtod */
+  error_assert_tenth("error error-rate=1E+1%");
 }
 END_TEST
 
@@ -300,7 +302,10 @@ START_TEST(test_bad_values_refused)
                        "error-pread-rate: invalid value 'abc'");
   error_assert_refused("error error-flush-rate=1.01", "error-flush-rate");
   error_assert_refused("error error-rate=5%%", "error-rate");
-  error_assert_refused("error error-rate=1e-2", "error-rate");
+  error_assert_refused("error error-rate=1e", "error-rate");
+  error_assert_refused("error error-rate=1e1", "error-rate");  /* 10 > 1 */
+  error_assert_refused("error error-rate=0x1", "error-rate");
+  error_assert_refused("error error-rate=nan", "error-rate");
   error_assert_refused("error error-rate=", "error-rate");
   error_assert_refused("error error=EAGAIN", "EPERM");
   error_assert_refused("error error-cache=EFOO", "error-cache");

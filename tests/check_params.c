@@ -113,6 +113,10 @@ START_TEST(test_sizes)
   ck_assert_uint_eq(size_ok("15E"), 15ull << 60);
   ck_assert_uint_eq(size_ok("15.5E"), 31ull << 59);
   ck_assert_uint_eq(size_ok("18446744073709551615"), UINT64_MAX);
+  /* nbdkit_parse_size's sectors of 512 bytes */
+  ck_assert_uint_eq(size_ok("1s"), 512);
+  ck_assert_uint_eq(size_ok("2048S"), 1 << 20);
+  ck_assert_uint_eq(size_ok("1.5s"), 768);
 }
 END_TEST
 
@@ -122,6 +126,7 @@ START_TEST(test_bad_sizes)
     "", "16E", "17E", "16.0E", "18446744073709551616", "-1", "-0", "+1",
     " 1", "1 ", "12x", "1.5", "1.", ".5k", "1.G", "1.5e3G", "1e3", "0x10",
     "1kk", "1kib2", "1Bib", "k", "1,5G", "inf", "nan", "1M\n",
+    "1sb", "1sib", "s", "36028797018963968s",
   };
   size_t i;
 

@@ -36,7 +36,7 @@ static const char *const data_allocators[] = { "sparse", NULL };
 static const struct nbd_param data_params[] = {
   { "data", NBD_PARAM_STRING, offsetof(struct data_conf, data), NULL,
     "disk contents in nbdkit's data format: bytes, @OFFSET, @+N, @-N, @^N, "
-    "*N, ( ... ), \"string\", <FILE, le16:/be16:/le32:/be32:/le64:/be64:, "
+    "*N, [N:M], ( ... ), \"string\", <FILE, le16:/be16:/le32:/be32:/le64:/be64:, "
     "# comments (docs/backends/data.md)", NULL, 0 },
   { "raw", NBD_PARAM_STRING, offsetof(struct data_conf, raw), NULL,
     "disk contents as the literal bytes of the value", NULL, 0 },

@@ -3,12 +3,14 @@
  *
  * A recursive-descent parser that evaluates as it reads: each expression
  * becomes a value (bytes, or for a large group a store of its own), which
- * is written at the current offset as many times as its "*N" says.  A
+ * is written at the current offset as many times as its "*N" says, cut
+ * by any "[N:M]" slices (postfix, left to right, with the repeats).  A
  * group "( ... )" is evaluated in its own store with offsets relative to
  * its start; its length is the highest offset reached inside it, and it is
  * copied whole, zeros included, as nbdkit does.  It does not do variables,
- * names, slices or scripts: those are refused with their offset.
+ * names or scripts: those are refused with their offset.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -59,7 +61,7 @@ data_is_end(char c)
 {
   return c == '\0' || c == ' ' || c == '\t' || c == '\n' || c == '\r' ||
          c == '\f' || c == '\v' || c == '(' || c == ')' || c == '*' ||
-         c == '#';
+         c == '#' || c == '[';
 }
 
 static size_t
@@ -93,7 +95,8 @@ data_skip_space(struct data_parser *p)
       while (p->text[p->pos] && p->text[p->pos] != '\n')
         p->pos++;
     }
-    else if (c && data_is_end(c) && c != '(' && c != ')' && c != '*')
+    else if (c && data_is_end(c) && c != '(' && c != ')' && c != '*' &&
+             c != '[')
       p->pos++;
     else
       return;
@@ -173,8 +176,15 @@ data_word(struct data_parser *p, struct data_value *v)
   return 0;
 }
 
-/* "..." with C's simple escapes; numeric ones (\x41, \101) are refused,
- * as nbdkit 1.32 does. */
+/* "..." with nbdkit 1.32's escapes: C's simple ones, \xNN (exactly two
+ * hex digits), and any other character stands for itself (\e is 'e');
+ * octal and unicode (\101, \0, \u00e9) are refused, as nbdkit does. */
+static int
+data_hexval(char c)
+{
+  return isdigit((unsigned char)c) ? c - '0' : tolower((unsigned char)c) - 'a' + 10;
+}
+
 static int
 data_string(struct data_parser *p, struct data_value *v)
 {
@@ -200,11 +210,23 @@ data_string(struct data_parser *p, struct data_value *v)
       case 'r':  c = '\r'; break;
       case 't':  c = '\t'; break;
       case 'v':  c = '\v'; break;
+      case 'x':
+        if (!isxdigit((unsigned char)s[i + 1]) ||
+            !isxdigit((unsigned char)s[i + 2]))
+          return data_fail(p, i - 1, "\\xNN must be followed by exactly two "
+                           "hexadecimal characters");
+        c = (char)(data_hexval(s[i + 1]) * 16 + data_hexval(s[i + 2]));
+        i += 2;
+        break;
       case '\0':
         return data_fail(p, start, "unterminated string");
       default:
-        return data_fail(p, i - 1, "unsupported escape '\\%c' in a string",
-                         s[i]);
+        if (isdigit((unsigned char)s[i]) || s[i] == 'u' || s[i] == 'U')
+          return data_fail(p, i - 1, "unsupported escape '\\%c' in a string "
+                           "(numeric and unicode escapes are not implemented, "
+                           "as in nbdkit)", s[i]);
+        c = s[i];               /* \e is e, \? is ?: nbdkit's */
+        break;
       }
     }
     v->buf[n++] = (unsigned char)c;
@@ -379,20 +401,111 @@ data_offset(struct data_parser *p, uint64_t *cur)
   return 0;
 }
 
-/* Any "*N" after an expression: the product of their counts. */
+/* One bound of a slice: digits (decimal, 0x hex, 0 octal) up to stop, or
+ * nothing (the default). */
 static int
-data_repeat(struct data_parser *p, uint64_t *count)
+data_slice_bound(struct data_parser *p, char stop, uint64_t dflt,
+                 uint64_t *out, size_t at)
+{
+  const char *s = p->text + p->pos;
+  char *end;
+
+  if (*s == stop) {
+    *out = dflt;
+  }
+  else {
+    if (!isdigit((unsigned char)*s))
+      return data_fail(p, at, "[N:M] must be numbers: '%.*s'",
+                       (int)data_token_len(s), s);
+    errno = 0;
+    *out = strtoull(s, &end, 0);
+    if (errno || *end != stop)
+      return data_fail(p, at, "[N:M] must be numbers");
+    s = end;
+  }
+  p->pos = (size_t)(s - p->text) + 1;
+  return 0;
+}
+
+/* v * count as bytes (count becomes 1), for a slice that follows "*N". */
+static int
+data_flatten(struct data_parser *p, struct data_value *v, uint64_t *count,
+             size_t at)
+{
+  uint64_t k;
+  unsigned char *buf;
+
+  if (*count == 1)
+    return 0;
+  if (v->store || (v->len && *count > DATA_FLAT_MAX / v->len))
+    return data_fail(p, at, "a slice of a repeat over 1 MiB is not supported");
+  if ((buf = malloc(v->len * *count + 1)) == NULL)
+    return data_fail(p, at, "out of memory");
+  for (k = 0; k < *count && v->len; k++)
+    memcpy(buf + k * v->len, v->buf, v->len);
+  free(v->buf);
+  v->buf = buf;
+  v->len *= *count;
+  *count = 1;
+  return 0;
+}
+
+/* [N:M]: bytes N to M-1 of v (nbdkit >= 1.24); N defaults to 0, M to the
+ * end; N <= M <= the length, else refused as nbdkit does. */
+static int
+data_slice(struct data_parser *p, struct data_value *v, size_t at)
+{
+  uint64_t n = 0, m = 0;
+  unsigned char *buf;
+
+  p->pos++;
+  if (data_slice_bound(p, ':', 0, &n, at) == -1 ||
+      data_slice_bound(p, ']', v->len, &m, at) == -1)
+    return -1;
+  if (n > m || m > v->len)
+    return data_fail(p, at, "[%llu:%llu] does not describe a valid slice of "
+                     "%llu bytes", (unsigned long long)n,
+                     (unsigned long long)m, (unsigned long long)v->len);
+  if (m - n > DATA_FLAT_MAX && v->store)
+    return data_fail(p, at, "a slice over 1 MiB of a group is not supported");
+  if ((buf = malloc(m - n + 1)) == NULL)
+    return data_fail(p, at, "out of memory");
+  if (v->store) {
+    data_store_read(v->store, buf, m - n, n);
+    data_store_free(v->store);
+    v->store = NULL;
+  }
+  else if (m > n) {
+    memcpy(buf, v->buf + n, m - n);
+  }
+  free(v->buf);
+  v->buf = buf;
+  v->len = m - n;
+  return 0;
+}
+
+/* Any "*N" and "[N:M]" after an expression, left to right: the product
+ * of the counts, and v sliced. */
+static int
+data_repeat(struct data_parser *p, struct data_value *v, uint64_t *count)
 {
   for (;;) {
     size_t save = p->pos, at;
     uint64_t n = 0;
 
     data_skip_space(p);
-    if (p->text[p->pos] != '*') {
+    at = p->pos;
+    if (p->text[at] == '[') {
+      if (data_flatten(p, v, count, at) == -1 ||
+          data_slice(p, v, at) == -1)
+        return -1;
+      continue;
+    }
+    if (p->text[at] != '*') {
       p->pos = save;
       return 0;
     }
-    at = p->pos++;
+    p->pos++;
     data_skip_space(p);
     if (data_number(p, &n) == -1)
       return -1;
@@ -462,6 +575,9 @@ data_list(struct data_parser *p, struct data_store *s, uint64_t *high,
     case '*':
       return data_fail(p, at, "'*' must follow a byte, word, string, file "
                        "or group");
+    case '[':
+      return data_fail(p, at, "'[N:M]' must follow a byte, word, string, "
+                       "file or group");
     case '@':
       if (data_offset(p, &cur) == -1)
         return -1;
@@ -470,7 +586,7 @@ data_list(struct data_parser *p, struct data_store *s, uint64_t *high,
       count = 1;
       r = data_expr(p, &v);
       if (r == 0)
-        r = data_repeat(p, &count);
+        r = data_repeat(p, &v, &count);
       if (r == 0 && count && v.len > (DATA_OFF_MAX - cur) / count)
         r = data_fail(p, at, "data past 2^63-1");
       if (r == 0 && data_emit(s, &v, count, cur) < 0)

@@ -21,16 +21,22 @@ struct memory_conf {
   int allocator;
 };
 
-/* nbdkit's memory plugin has other allocators (malloc, zstd); this one is
- * its default, so command lines that name it work unchanged. */
-static const char *const memory_allocators[] = { "sparse", NULL };
+/* nbdkit's memory plugin allocators: sparse (its default and ours) and
+ * malloc, which nbdkit keeps in one flat array and so reports as all data.
+ * Here malloc is the same page store with nbdkit's answer to block status
+ * (can_extents no: the engine says "all data"), so a client sees what it
+ * sees from nbdkit.  zstd (compressed pages) is not implemented. */
+#define MEMORY_SPARSE 0
+#define MEMORY_MALLOC 1
+static const char *const memory_allocators[] = { "sparse", "malloc", NULL };
 
 static const struct nbd_param memory_params[] = {
   { "size", NBD_PARAM_SIZE, offsetof(struct memory_conf, size), NULL,
     "virtual size in bytes (up to 2^63-1); storage is allocated on write",
     NULL, 1 },
   { "allocator", NBD_PARAM_ENUM, offsetof(struct memory_conf, allocator),
-    "sparse", "storage layout; only sparse (32 KiB pages on first write)",
+    "sparse", "sparse: 32 KiB pages on first write, holes reported; malloc: "
+    "the same, reported as all data (as nbdkit's malloc allocator)",
     memory_allocators, 0 },
   NBD_PARAM_END
 };
@@ -132,7 +138,12 @@ memory_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 #define memory_can_flush nbd_cap_yes
 #define memory_can_trim nbd_cap_yes
 #define memory_can_fast_zero nbd_cap_yes
-#define memory_can_extents nbd_cap_yes
+static int
+memory_can_extents(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  const struct memory_conf *conf = self->layer->conf;
+  return conf->allocator == MEMORY_SPARSE;
+}
 #define memory_can_multi_conn nbd_cap_yes  /* one store for all connections */
 
 static int

@@ -190,8 +190,8 @@ def syslog(how):
 def bad_values():
     sock = os.path.join(T.TMPDIR, "bad.sock")
     cases = [
-        ("bogus", "log: invalid value 'bogus' (expected stderr, syslog or "
-                  "syslog:/PATH)"),
+        ("bogus", "log: invalid value 'bogus' (expected stderr, syslog, "
+                  "syslog:/PATH or null)"),
         ("syslog:relative/sock", "log: invalid syslog socket 'relative/sock'"),
         ("syslog:" + os.path.join(T.TMPDIR, "nobody.sock"),
          "log: cannot connect to the syslog socket %s: No such file or "

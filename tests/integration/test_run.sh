@@ -54,7 +54,7 @@ check_eq "memory allocator=sparse" 1048576 "$out"
 out=$(t "$NBDSTACK" -U - memory 1M allocator=zstd --run true 2>&1)
 rc=$?
 check "allocator=zstd refused (exit $rc): $out" \
-    grep -q "allocator: invalid value 'zstd' (one of: sparse)" <<<"$out"
+    grep -q "allocator: invalid value 'zstd' (one of: sparse malloc)" <<<"$out"
 
 # --- TCP: $port and an nbd:// URI ------------------------------------------
 port=$((20000 + RANDOM % 20000))
