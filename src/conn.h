@@ -41,6 +41,8 @@ struct nbd_request {
   size_t bufcap;
   int pull;                     /* a write whose payload is still in the
                                    socket, for the stack's pwrite_from */
+  const char *data;             /* a write's payload in the wire's input
+                                   buffer (run inline), or NULL */
   struct nbd_request *next;     /* queue / free list */
 };
 

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "conn.h"
 #include "metrics.h"
@@ -79,6 +80,38 @@ tx_source_readv(struct nbd_source *src, struct iovec *iov, int n)
   return wire_readv(&((struct tx_source *)src)->c->w, iov, n);
 }
 
+/* A small read, while replies are batched: read straight into the
+ * batch, after the room of the reply's header.  Returns 1 when that
+ * cannot be (tx_execute goes the usual way), else what tx_execute
+ * returns. */
+static int
+tx_read_in_place(struct nbd_conn *c, struct nbd_request *r, uint32_t fl,
+                 struct sched_timing *tm, uint64_t t0)
+{
+  size_t hl = proto_read_header_size(c), len;
+  unsigned char *p = (unsigned char *)wire_reserve(&c->w, hl + r->count);
+  int err;
+
+  if (p == NULL)
+    return 1;
+  err = next_pread(c->top, p + hl, (uint32_t)r->count, r->offset,
+                   fl & ~NBD_CMD_FLAG_FUA);
+  sched_timing_stop(tm);
+  metrics_request(c, r, err, t0);
+  len = err < 0 ? 0 : proto_reply_read_at(c, r, p);
+  wire_commit(&c->w, len);
+  if (err < 0)
+    return proto_reply_error(c, r, err);
+  if (len > 0)
+    return 0;
+  /* Holes and data: several chunks, from a copy (wire_commit left the
+   * data where it was; only this thread adds to the batch). */
+  if ((err = sched_reserve(c, r, (size_t)r->count)) < 0)
+    return proto_reply_error(c, r, err);
+  memcpy(r->buf, p + hl, (size_t)r->count);
+  return proto_reply_read(c, r);
+}
+
 /* Runs a validated request and sends its reply; -1 if the reply could not
  * be written (the connection is then dead).  tm (or NULL) times the
  * stack. */
@@ -97,6 +130,8 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
   }
   switch (r->type) {
   case NBD_CMD_READ:
+    if ((ret = tx_read_in_place(c, r, fl, tm, t0)) != 1)
+      goto out;
     err = sched_reserve(c, r, (size_t)r->count);
     if (err == 0)
       err = next_pread(t, r->buf, (uint32_t)r->count, r->offset,
@@ -104,7 +139,10 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
     break;
   case NBD_CMD_WRITE:
     __atomic_store_n(&c->wrote, 1, __ATOMIC_RELAXED);
-    if (r->pull) {
+    if (r->data) {              /* the payload in the wire's buffer */
+      err = next_pwrite(t, r->data, (uint32_t)r->count, r->offset, fl);
+      r->data = NULL;
+    } else if (r->pull) {
       struct tx_source src = { { tx_source_readv, r->count, 0 }, c };
       err = next_pwrite_from(t, &src.src, (uint32_t)r->count, r->offset,
                              fl);
@@ -175,7 +213,7 @@ tx_read_other_payload(struct nbd_conn *c, struct nbd_request *r, int *verr)
  * answered EINVAL, its payload skipped, so the stream stays in sync. */
 static int
 tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
-                int pull)
+                const struct nbd_sched *s)
 {
   unsigned char h[NBD_EXTENDED_REQUEST_SIZE];
   size_t size;
@@ -198,6 +236,7 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
   if (r->type == NBD_CMD_DISC)
     return 1;
   r->pull = 0;
+  r->data = NULL;
   /* proto.md: a payload over the maximum is a reason to disconnect; up
    * to twice ours is still read and refused, so that a client a little
    * off gets an error, not a dead connection. */
@@ -218,12 +257,21 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
   /* A read's buffer is taken here, on the reader: when the budget is
    * spent it is the reader that waits, and the socket that stops. */
   if (r->type == NBD_CMD_READ && *verr == 0) {
+    if (s->inl &&
+        wire_can_reserve(&c->w, proto_read_header_size(c) + r->count))
+      return 0;                 /* read into the batch (tx_read_in_place) */
     *verr = sched_reserve(c, r, (size_t)r->count);
     return *verr == -ESHUTDOWN ? -1 : 0;
   }
   if (r->payload == 0)
     return 0;
-  if (pull && *verr == 0) {
+  /* Run inline, a write whose payload came with its header (pipelined
+   * small writes) is written from the wire's buffer, which nothing
+   * reads into before the request is done. */
+  if (s->inl && *verr == 0 &&
+      (r->data = wire_take(&c->w, (size_t)r->payload)) != NULL)
+    return 0;
+  if (s->pull && *verr == 0) {
     r->pull = 1;                /* tx_execute reads it */
     return 0;
   }
@@ -252,7 +300,7 @@ transmission_run(struct nbd_conn *c)
     r = sched_get(c);
     if (r == NULL)
       break;
-    rr = tx_read_request(c, r, &verr, s.pull);
+    rr = tx_read_request(c, r, &verr, &s);
     if (rr != 0 || verr != 0) {
       if (rr == 0)
         metrics_request(c, r, verr, 0);

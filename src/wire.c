@@ -409,6 +409,19 @@ wire_read(struct nbd_wire *w, void *buf, size_t len)
   return wire_readv(w, &iov, 1);
 }
 
+const void *
+wire_take(struct nbd_wire *w, size_t len)
+{
+  const char *p = w->rbuf + w->rpos;
+
+  if (w->rlen - w->rpos < len)
+    return NULL;
+  if (len > 0)
+    w->at_request = 0;          /* as in wire_readv */
+  w->rpos += len;
+  return p;
+}
+
 int
 wire_skip(struct nbd_wire *w, size_t len)
 {
@@ -513,6 +526,36 @@ wire_writev(struct nbd_wire *w, struct iovec *iov, int n)
     ret = wire_send_locked(w, iov, n);
   pthread_mutex_unlock(&w->wlock);
   return ret;
+}
+
+int
+wire_can_reserve(const struct nbd_wire *w, size_t len)
+{
+  return w->obuf != NULL && len <= WIRE_OBUF_SMALL;
+}
+
+/* Replies of pipelined 4 KiB reads are the bulk of what is batched: built
+ * in place, their data is copied once (from the layer into the batch)
+ * instead of twice (into the request's buffer, then into the batch). */
+char *
+wire_reserve(struct nbd_wire *w, size_t len)
+{
+  if (!wire_can_reserve(w, len))
+    return NULL;
+  pthread_mutex_lock(&w->wlock);
+  if (w->write_failed ||
+      (w->olen + len > WIRE_OBUF_SIZE && wire_flush_locked(w) == -1)) {
+    pthread_mutex_unlock(&w->wlock);
+    return NULL;
+  }
+  return w->obuf + w->olen;
+}
+
+void
+wire_commit(struct nbd_wire *w, size_t len)
+{
+  w->olen += len;
+  pthread_mutex_unlock(&w->wlock);
 }
 
 int

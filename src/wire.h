@@ -67,6 +67,10 @@ void wire_destroy(struct nbd_wire *w);
 int wire_read(struct nbd_wire *w, void *buf, size_t len);
 /* The same into every iovec, in order (the array is changed). */
 int wire_readv(struct nbd_wire *w, struct iovec *iov, int n);
+/* The next len bytes of input when all of them are buffered already,
+ * consumed: the pointer stays valid until the next read from w.  NULL
+ * (nothing consumed) when they are not all there. */
+const void *wire_take(struct nbd_wire *w, size_t len);
 /* Discards len bytes of input; 0 or -1. */
 int wire_skip(struct nbd_wire *w, size_t len);
 /* Bytes already read from the socket and not consumed. */
@@ -84,6 +88,16 @@ int wire_writev(struct nbd_wire *w, struct iovec *iov, int n);
 int wire_batch_start(struct nbd_wire *w);
 void wire_batch_stop(struct nbd_wire *w);
 int wire_flush(struct nbd_wire *w);
+/* A small reply built in place in the batch: wire_reserve returns room
+ * for len bytes at the end of the batch (sending the batch first when it
+ * is too full), holding the reply lock, or NULL when not batching, len is
+ * not small, or the connection failed.  wire_commit adds the first len
+ * bytes of that room to the batch (0: none) and releases the lock. */
+char *wire_reserve(struct nbd_wire *w, size_t len);
+void wire_commit(struct nbd_wire *w, size_t len);
+/* Whether wire_reserve(w, len) would give room (the connection may fail
+ * meanwhile). */
+int wire_can_reserve(const struct nbd_wire *w, size_t len);
 
 /* Sets the receive (and send) timeout of the socket; 0 = none. */
 void wire_set_timeout(struct nbd_wire *w, uint64_t ns, int send_too);
