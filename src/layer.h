@@ -201,6 +201,9 @@ struct nbd_ctx {
   /* pwrite_from reaches a layer that reads payloads itself: a backend
    * with pwrite_from, through filters that have it too. */
   int pull;
+  /* pread_to reaches the layer that has the data: a backend with
+   * pread_to, with no filter between (src/layer.h, nbd_sink). */
+  int push;
   /* min_block and max_block are hints, advertised to the client but not
    * enforced by the engine at this boundary (blocksize_policy's
    * error-policy=allow, nbdkit's default).  A layer says so from its
@@ -404,6 +407,28 @@ int nbd_source_readv(struct nbd_source *src, struct iovec *iov, int n);
 int nbd_source_read(struct nbd_source *src, void *buf, size_t len);
 /* Reads and drops len bytes. */
 int nbd_source_skip(struct nbd_source *src, uint64_t len);
+
+/* ---- read data that goes straight to the client (pread_to) ------------- */
+
+/* The client's side of one read, handed to a layer's pread_to instead of
+ * a buffer, so that the bytes leave from the layer's own storage.  The
+ * layer passes exactly count bytes, in order, with nbd_sink_writev; when
+ * a call returns its bytes have been sent or copied, so the layer need
+ * hold its locks only around the call.  pread_to may fail before its
+ * first call (the client gets the error); once bytes are passed the
+ * reply is under way, and a failure or a short count closes the
+ * connection.  A failed call means the client is gone: return any
+ * error. */
+struct nbd_sink {
+  /* Set by the engine: takes every byte the iovecs describe; 0, or -1
+   * when the connection failed. */
+  int (*writev)(struct nbd_sink *dst, const struct iovec *iov, int n);
+  uint64_t left;              /* bytes still to pass */
+  int failed;                 /* a call failed: the connection is dead */
+};
+
+/* 0, -EIO (the connection failed) or -EINVAL (more than is left). */
+int nbd_sink_writev(struct nbd_sink *dst, const struct iovec *iov, int n);
 
 /* ---- registration ------------------------------------------------------ */
 

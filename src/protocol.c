@@ -179,6 +179,18 @@ proto_structured_read(struct nbd_conn *c, const struct nbd_request *r,
 }
 
 size_t
+proto_data_header(const struct nbd_conn *c, const struct nbd_request *r,
+                  unsigned char *h)
+{
+  size_t hl = proto_chunk_header(c, h, r, NBD_REPLY_FLAG_DONE,
+                                 NBD_REPLY_TYPE_OFFSET_DATA,
+                                 8 + (uint64_t)r->count);
+
+  wire_put64(h + hl, r->offset);
+  return hl + 8;
+}
+
+size_t
 proto_read_header_size(const struct nbd_conn *c)
 {
   return !c->structured ? 16 : c->extended ? 32 + 8 : 20 + 8;
@@ -228,10 +240,7 @@ proto_reply_read_at(struct nbd_conn *c, const struct nbd_request *r,
     }
   } else
     iopolicy_scan_end(&c->w.pol, 0, 0);
-  proto_chunk_header(c, p, r, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA,
-                     8 + (uint64_t)end);
-  wire_put64(p + hl - 8, r->offset);
-  return hl + end;
+  return proto_data_header(c, r, p) + end;
 }
 
 /* One status chunk per context, all in one write: BLOCK_STATUS (32-bit

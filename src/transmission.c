@@ -112,6 +112,61 @@ tx_read_in_place(struct nbd_conn *c, struct nbd_request *r, uint32_t fl,
   return proto_reply_read(c, r);
 }
 
+/* A large read from a backend that passes its own storage (pread_to),
+ * while requests run inline on a plain socket with structured replies:
+ * its data goes from the backend to the socket with no copy in between
+ * while the socket has room (wire_push).  Not when the I/O policy wants
+ * this reply scanned for holes: that needs the data in a buffer.
+ * Returns 1 when it does not apply (tx_execute goes the usual way),
+ * else what tx_execute returns. */
+struct tx_sink {
+  struct nbd_sink sink;
+  struct wire_push push;
+};
+
+static int
+tx_sink_writev(struct nbd_sink *dst, const struct iovec *iov, int n)
+{
+  return wire_push(&((struct tx_sink *)dst)->push, iov, n);
+}
+
+static int
+tx_read_push(struct nbd_conn *c, struct nbd_request *r, uint32_t fl,
+             struct sched_timing *tm, uint64_t t0)
+{
+  unsigned char h[PROTO_DATA_HEADER_MAX];
+  struct tx_sink s;
+  size_t hl;
+  int err;
+
+  if (!c->top->push || !c->structured || !wire_can_push(&c->w) ||
+      (!(r->flags & NBD_CMD_FLAG_DF) && iopolicy_scan_begin(&c->w.pol)) ||
+      sched_reserve(c, r, (size_t)r->count) < 0)
+    return 1;
+  hl = proto_data_header(c, r, h);
+  memset(&s.sink, 0, sizeof s.sink);
+  s.sink.writev = tx_sink_writev;
+  s.sink.left = r->count;
+  if (wire_push_begin(&s.push, &c->w, h, hl, r->buf) == -1)
+    return -1;
+  err = next_pread_to(c->top, &s.sink, (uint32_t)r->count, r->offset,
+                      fl & ~NBD_CMD_FLAG_FUA);
+  sched_timing_stop(tm);
+  metrics_request(c, r, err, t0);
+  if (err == 0 && s.sink.left == 0 && !s.sink.failed) {
+    iopolicy_scan_end(&c->w.pol, 0, 0);
+    return wire_push_end(&s.push, 1);
+  }
+  if (wire_push_end(&s.push, 0) == -1) {
+    if (!s.sink.failed)
+      nbd_error("%s: export \"%s\": a read failed after its data had "
+                "started (%s), closing", c->peer, c->exp->name,
+                err < 0 ? strerror(-err) : "short");
+    return -1;
+  }
+  return proto_reply_error(c, r, err < 0 ? err : -EIO);
+}
+
 /* Runs a validated request and sends its reply; -1 if the reply could not
  * be written (the connection is then dead).  tm (or NULL) times the
  * stack. */
@@ -130,7 +185,8 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
   }
   switch (r->type) {
   case NBD_CMD_READ:
-    if ((ret = tx_read_in_place(c, r, fl, tm, t0)) != 1)
+    if ((ret = tx_read_in_place(c, r, fl, tm, t0)) != 1 ||
+        (ret = tx_read_push(c, r, fl, tm, t0)) != 1)
       goto out;
     err = sched_reserve(c, r, (size_t)r->count);
     if (err == 0)

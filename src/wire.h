@@ -99,6 +99,30 @@ void wire_commit(struct nbd_wire *w, size_t len);
  * meanwhile). */
 int wire_can_reserve(const struct nbd_wire *w, size_t len);
 
+/* A reply whose data goes out straight from a layer's storage (the
+ * nbd_sink of pread_to), while requests run inline on a plain socket:
+ * wire_push_begin takes the reply lock and sends the batch; each
+ * wire_push sends what the socket takes at once, header first, without
+ * waiting, and copies the rest into spill (room for every data byte),
+ * so the layer's storage is free again when it returns; wire_push_end
+ * sends what is left and releases the lock.  Ended with ok = 0 before
+ * any data, nothing was sent (0: the caller may send an error reply);
+ * after some, the connection is dead (-1). */
+struct wire_push {
+  struct nbd_wire *w;
+  unsigned char hdr[64];
+  size_t hlen, hsent;           /* the reply's header, and how much left */
+  char *spill;
+  size_t off;                   /* data bytes taken */
+  size_t spill_from;            /* data bytes from here on are in spill */
+  int spilling;
+};
+int wire_can_push(const struct nbd_wire *w);
+int wire_push_begin(struct wire_push *p, struct nbd_wire *w, const void *hdr,
+                    size_t hlen, char *spill);
+int wire_push(struct wire_push *p, const struct iovec *iov, int n);
+int wire_push_end(struct wire_push *p, int ok);
+
 /* Sets the receive (and send) timeout of the socket; 0 = none. */
 void wire_set_timeout(struct nbd_wire *w, uint64_t ns, int send_too);
 /* A send buffer with room for a few whole replies (Unix sockets). */

@@ -75,6 +75,10 @@
  * which frees about as much as it allocates, never makes a syscall. */
 #define STORE_KEEP_FREE   1024
 #define STORE_PULL_PAGES  64    /* whole pages read per recvmsg: 2 MiB */
+#define STORE_PUSH_PAGES  64    /* pages passed per sink call: 2 MiB */
+
+/* What a missing page reads as, for memory_store_read_to. */
+static unsigned char store_zeros[STORE_PAGE_SIZE];
 
 /* Slots hold child nodes, or pages in the bottom (level 0) nodes. */
 struct store_node {
@@ -572,6 +576,56 @@ memory_store_read(struct memory_store *s, void *buf, uint32_t count,
     count -= n;
   }
   return 0;
+}
+
+/* Each page's read lock is held from the moment its pointer is taken
+ * until the sink has sent or copied its bytes, as store_read_page holds
+ * it around its memcpy; a page freed meanwhile waits for that.  A thread
+ * may hold the same stripe's read lock twice (two pages of a call on one
+ * stripe): POSIX allows it, and only discard and swap write-lock, one
+ * stripe at a time and holding nothing else. */
+int
+memory_store_read_to(struct memory_store *s, struct nbd_sink *dst,
+                     uint32_t count, uint64_t offset)
+{
+  struct iovec iov[STORE_PUSH_PAGES];
+  pthread_rwlock_t *locks[STORE_PUSH_PAGES];
+  int n, nl, r = 0;
+
+  while (count > 0 && r == 0) {
+    for (n = nl = 0; count > 0 && n < STORE_PUSH_PAGES && nl < STORE_PUSH_PAGES; ) {
+      uint64_t idx = offset >> STORE_PAGE_SHIFT;
+      uint32_t in = offset & STORE_PAGE_MASK;
+      uint32_t len = STORE_PAGE_SIZE - in < count ? STORE_PAGE_SIZE - in
+                                                  : count;
+      struct store_node *leaf = store_leaf(s, idx, 0, NULL);
+      const unsigned char *p = NULL;
+
+      if (leaf) {
+        pthread_rwlock_t *lock = store_lock(s, idx);
+        pthread_rwlock_rdlock(lock);
+        p = atomic_load_explicit(&leaf->slot[idx & STORE_NODE_MASK],
+                                 memory_order_acquire);
+        if (p)
+          locks[nl++] = lock;
+        else
+          pthread_rwlock_unlock(lock);
+      }
+      p = p ? p + in : store_zeros;
+      /* Neighbouring pages of one slab, or holes: one iovec. */
+      if (n > 0 && (const unsigned char *)iov[n - 1].iov_base +
+                   iov[n - 1].iov_len == p && p != store_zeros)
+        iov[n - 1].iov_len += len;
+      else
+        iov[n++] = (struct iovec){ (void *)p, len };
+      offset += len;
+      count -= len;
+    }
+    r = nbd_sink_writev(dst, iov, n);
+    while (nl > 0)
+      pthread_rwlock_unlock(locks[--nl]);
+  }
+  return r;
 }
 
 int
