@@ -273,6 +273,7 @@ engine_cache_caps(struct nbd_ctx *c, int readonly, char *err, size_t errlen)
   c->pull = c->can_write && o->pwrite_from != NULL &&
             (c->next == NULL || c->next->pull);
   c->push = o->pread_to != NULL && c->next == NULL;
+  c->async = o->submit != NULL && c->next == NULL;
   return 0;
 }
 
@@ -588,6 +589,29 @@ next_pread_to(struct nbd_ctx *c, struct nbd_sink *dst, uint32_t count,
   if (dst->left != count || !c->push)
     return -EINVAL;             /* the protocol code's bug */
   return c->layer->ops->pread_to(c, c->next, dst, count, offset, flags);
+}
+
+/* The checks of next_pread and next_pwrite; FUA only where the layer
+ * has it natively (emulating it needs a flush after the write: the
+ * caller runs such a write the usual way, on -EOPNOTSUPP). */
+int
+next_submit(struct nbd_ctx *c, struct nbd_async *a)
+{
+  int r;
+
+  if (!c->async)
+    return -EOPNOTSUPP;
+  if (a->op == NBD_ASYNC_WRITE && !c->can_write)
+    return -EPERM;
+  if ((r = engine_check_range(c, a->count, a->offset,
+                              a->op == NBD_ASYNC_READ ? EINVAL : ENOSPC)) < 0 ||
+      (r = engine_check_payload(c, a->count)) < 0)
+    return r;
+  if (a->op == NBD_ASYNC_READ)
+    a->flags &= ~(uint32_t)NBD_CMD_FLAG_FUA;
+  else if ((a->flags & NBD_CMD_FLAG_FUA) && c->can_fua != NBD_FUA_NATIVE)
+    return -EOPNOTSUPP;
+  return c->layer->ops->submit(c, c->next, a);
 }
 
 int

@@ -204,6 +204,9 @@ struct nbd_ctx {
   /* pread_to reaches the layer that has the data: a backend with
    * pread_to, with no filter between (src/layer.h, nbd_sink). */
   int push;
+  /* submit reaches the layer that does the work: a backend with submit,
+   * with no filter between (src/layer.h, nbd_async). */
+  int async;
   /* min_block and max_block are hints, advertised to the client but not
    * enforced by the engine at this boundary (blocksize_policy's
    * error-policy=allow, nbdkit's default).  A layer says so from its
@@ -429,6 +432,26 @@ struct nbd_sink {
 
 /* 0, -EIO (the connection failed) or -EINVAL (more than is left). */
 int nbd_sink_writev(struct nbd_sink *dst, const struct iovec *iov, int n);
+
+/* ---- requests that complete later (submit) ----------------------------- */
+
+/* A read or write handed to a layer's submit: the layer starts it and
+ * returns 0, and calls done exactly once, from any thread, with 0 or
+ * -errno (buf must stay untouched by the layer after that); or it
+ * returns -errno at once and never calls done.  The engine fills in
+ * everything but the layer's two fields, and keeps the request and its
+ * buffer alive until done. */
+enum nbd_async_op { NBD_ASYNC_READ, NBD_ASYNC_WRITE };
+struct nbd_async {
+  enum nbd_async_op op;
+  void *buf;                  /* where a read's data goes; a write's data */
+  uint32_t count;
+  uint64_t offset;
+  uint32_t flags;             /* NBD_CMD_FLAG_* */
+  void (*done)(struct nbd_async *a, int err);
+  const void *layer_ctx;      /* the layer's own use */
+  void *layer_data;
+};
 
 /* ---- registration ------------------------------------------------------ */
 

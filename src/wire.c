@@ -520,7 +520,7 @@ wire_writev(struct nbd_wire *w, struct iovec *iov, int n)
   pthread_mutex_lock(&w->wlock);
   if (w->write_failed)
     ret = -1;
-  else if (w->obuf)
+  else if (w->obuf && pthread_equal(w->batch_owner, pthread_self()))
     ret = wire_batch_locked(w, iov, n);
   else
     ret = wire_send_locked(w, iov, n);
@@ -689,6 +689,10 @@ wire_batch_start(struct nbd_wire *w)
 {
   w->obuf = malloc(WIRE_OBUF_SIZE);
   w->olen = 0;
+  /* Replies from other threads (a layer's submit completing) go out at
+   * once: the reader sends its batch only before it waits for input,
+   * and it may be waiting already. */
+  w->batch_owner = pthread_self();
   return w->obuf ? 0 : -1;
 }
 

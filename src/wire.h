@@ -54,6 +54,7 @@ struct nbd_wire {
   pthread_mutex_t wlock;
   int write_failed;
   char *obuf;                   /* batched small replies (inline mode) */
+  pthread_t batch_owner;        /* the reader: only its replies batch */
   size_t olen;
   struct nbd_iopolicy pol;
 };
