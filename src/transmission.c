@@ -265,8 +265,9 @@ tx_async_done(struct nbd_async *a, int err)
   sched_done(c, r, ret == -1);
 }
 
-/* Hands a read or write to the stack's submit: the reader goes on to
- * the next request at once, and the reply leaves when it is done.  A
+/* Hands a read or write to the stack's submit, when the client has more
+ * than this one going: the reader goes on to the next request at once,
+ * and the reply leaves when it is done.  A
  * proxy then needs no thread waiting on each request in flight (perf:
  * futex calls, 6 a request, were most of its CPU).  Returns 1 when
  * submit does not take it (tx_execute runs it), else 0, or -1 when the
@@ -278,6 +279,10 @@ tx_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
   int err;
 
   if (r->type != NBD_CMD_READ && r->type != NBD_CMD_WRITE)
+    return 1;
+  /* Alone (queue depth 1): run inline, where the nbd backend reads its
+   * own reply, rather than wake the thread that reads replies. */
+  if (atomic_load(&c->w.busy) == 0 && wire_buffered(&c->w) == 0)
     return 1;
   memset(a, 0, sizeof *a);
   a->op = r->type == NBD_CMD_READ ? NBD_ASYNC_READ : NBD_ASYNC_WRITE;
