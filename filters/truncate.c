@@ -225,19 +225,23 @@ truncate_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   return n > 0 ? next_cache(next, n, offset, flags) : 0;
 }
 
-/* The part below as the layer below reports it, then the extension as a
- * hole that reads as zeros.  When the layer below answered only part of
- * its range (it may), the answer stops there: the client asks again. */
+/* The part below as the layer below maps it (m is next_extents or
+ * next_depth), then the extension as one more extent of type ext.  When
+ * the layer below answered only part of its range (it may), the answer
+ * stops there: the client asks again. */
 static int
-truncate_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
-                 uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+truncate_map(int (*m)(struct nbd_ctx *, uint64_t, uint64_t, uint32_t,
+                      struct nbd_extents *),
+             uint32_t ext, struct nbd_ctx *self, struct nbd_ctx *next,
+             uint64_t count, uint64_t offset, uint32_t flags,
+             struct nbd_extents *extents)
 {
   uint64_t n = truncate_below(self, count, offset);
   const struct nbd_extent *last;
   int r;
 
   if (n > 0) {
-    if ((r = next_extents(next, n, offset, flags, extents)) < 0)
+    if ((r = m(next, n, offset, flags, extents)) < 0)
       return r;
     if (n == count || extents->n == 0)
       return 0;
@@ -245,8 +249,16 @@ truncate_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
     if (last->offset + last->length < offset + n)
       return 0;
   }
-  return nbd_extents_add(extents, offset + n, count - n,
-                         NBD_EXTENT_HOLE | NBD_EXTENT_ZERO);
+  return nbd_extents_add(extents, offset + n, count - n, ext);
+}
+
+/* The extension is a hole that reads as zeros. */
+static int
+truncate_extents(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
+                 uint64_t offset, uint32_t flags, struct nbd_extents *extents)
+{
+  return truncate_map(next_extents, NBD_EXTENT_HOLE | NBD_EXTENT_ZERO, self,
+                      next, count, offset, flags, extents);
 }
 
 /* The part below at the depth the layer below says; the extension at
@@ -256,20 +268,8 @@ static int
 truncate_depth(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
                uint64_t offset, uint32_t flags, struct nbd_extents *extents)
 {
-  uint64_t n = truncate_below(self, count, offset);
-  const struct nbd_extent *last;
-  int r;
-
-  if (n > 0) {
-    if ((r = next_depth(next, n, offset, flags, extents)) < 0)
-      return r;
-    if (n == count || extents->n == 0)
-      return 0;
-    last = &extents->v[extents->n - 1];
-    if (last->offset + last->length < offset + n)
-      return 0;
-  }
-  return nbd_extents_add(extents, offset + n, count - n, 1);
+  return truncate_map(next_depth, 1, self, next, count, offset, flags,
+                      extents);
 }
 
 /* The extension is always known to be a hole, so extents are offered

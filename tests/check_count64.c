@@ -44,26 +44,12 @@ c64_open(const char *filters)
   return c64_s.top;
 }
 
-/* The extents of [offset, offset+count) as "offset+length/type ...". */
+/* The extents map of [offset, offset+count), as testlib_map. */
 static const char *
 c64_extents(struct nbd_ctx *top, uint64_t count, uint64_t offset,
             uint32_t flags)
 {
-  static char out[1024];
-  struct nbd_extents *e = nbd_extents_new(offset, offset + count);
-  size_t i, n = 0;
-  int r;
-
-  ck_assert_ptr_nonnull(e);
-  r = next_extents(top, count, offset, flags, e);
-  ck_assert_msg(r == 0, "extents: %d", r);
-  out[0] = '\0';
-  for (i = 0; i < e->n && n < sizeof out - 64; i++)
-    n += (size_t)snprintf(out + n, sizeof out - n, "%s%llu+%llu/%u",
-                          i ? " " : "", (unsigned long long)e->v[i].offset,
-                          (unsigned long long)e->v[i].length, e->v[i].type);
-  nbd_extents_free(e);
-  return out;
+  return testlib_map(next_extents, top, count, offset, flags);
 }
 
 #define ASSERT_LOG(want) \

@@ -42,25 +42,11 @@ d_open(const char *filters, uint32_t depth_below)
   return d_s.top;
 }
 
-/* The depth map of [offset, offset+count) as "offset+length/depth ...". */
+/* The depth map of [offset, offset+count), as testlib_map. */
 static const char *
 d_map(struct nbd_ctx *top, uint64_t count, uint64_t offset, uint32_t flags)
 {
-  static char out[1024];
-  struct nbd_extents *e = nbd_extents_new(offset, offset + count);
-  size_t i, n = 0;
-  int r;
-
-  ck_assert_ptr_nonnull(e);
-  r = next_depth(top, count, offset, flags, e);
-  ck_assert_msg(r == 0, "depth: %d", r);
-  out[0] = '\0';
-  for (i = 0; i < e->n && n < sizeof out - 64; i++)
-    n += (size_t)snprintf(out + n, sizeof out - n, "%s%llu+%llu/%u",
-                          i ? " " : "", (unsigned long long)e->v[i].offset,
-                          (unsigned long long)e->v[i].length, e->v[i].type);
-  nbd_extents_free(e);
-  return out;
+  return testlib_map(next_depth, top, count, offset, flags);
 }
 
 START_TEST(test_backend_depth_one)

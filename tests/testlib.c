@@ -843,3 +843,26 @@ testlib_hex(const void *b, size_t n, char *out)
   for (i = 0; i < n; i++)
     sprintf(out + 2 * i, "%02x", p[i]);
 }
+
+const char *
+testlib_map(int (*m)(struct nbd_ctx *, uint64_t, uint64_t, uint32_t,
+                     struct nbd_extents *),
+            struct nbd_ctx *top, uint64_t count, uint64_t offset,
+            uint32_t flags)
+{
+  static char out[1024];
+  struct nbd_extents *e = nbd_extents_new(offset, offset + count);
+  size_t i, n = 0;
+  int r;
+
+  ck_assert_ptr_nonnull(e);
+  r = m(top, count, offset, flags, e);
+  ck_assert_msg(r == 0, "map: %d", r);
+  out[0] = '\0';
+  for (i = 0; i < e->n && n < sizeof out - 64; i++)
+    n += (size_t)snprintf(out + n, sizeof out - n, "%s%llu+%llu/%u",
+                          i ? " " : "", (unsigned long long)e->v[i].offset,
+                          (unsigned long long)e->v[i].length, e->v[i].type);
+  nbd_extents_free(e);
+  return out;
+}

@@ -118,6 +118,14 @@ void testlib_log_clear(void);
  * shows the whole life of the current stack. */
 const char *testlib_lifecycle(void);
 
+/* The map of [offset, offset+count) that m (next_extents or next_depth)
+ * gives at top, as "offset+length/type ..." (a static buffer, valid
+ * until the next call); aborts the test when m fails. */
+const char *testlib_map(int (*m)(struct nbd_ctx *, uint64_t, uint64_t,
+                                 uint32_t, struct nbd_extents *),
+                        struct nbd_ctx *top, uint64_t count,
+                        uint64_t offset, uint32_t flags);
+
 /* Captures what is written to stderr (nbd_error and friends) between the
  * two calls; end returns a malloc'd string. */
 void testlib_stderr_begin(void);

@@ -396,11 +396,45 @@ class Server:
         except OSError:
             return ""
 
+    def sighup(self, cfg=None, text=None, expect="reloaded ", timeout=10):
+        """Rewrites cfg with text (SOCK = this server's socket) when both
+        are given, sends SIGHUP and waits for one more `expect` line in the
+        log; fails the check when the server dies or the line never comes."""
+        before = self.log_text().count(expect)
+        if cfg and text is not None:
+            write_config(cfg, text.replace("SOCK", self.sock))
+        os.kill(self.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log_text().count(expect) > before:
+                return
+            if not self.alive():
+                raise CheckFailed("%s died on SIGHUP" % self.name)
+            time.sleep(0.05)
+        raise CheckFailed("no %r line after SIGHUP" % expect)
+
     def dump_log(self, lines=30):
         text = self.log_text().splitlines()
         log("--- last %d lines of %s log (%s) ---" % (lines, self.name, self.logpath))
         for line in text[-lines:]:
             log("    " + line)
+
+
+def write_config(path, text):
+    """Writes a config file atomically (a reload never reads half of it)."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.rename(path + ".tmp", path)
+
+
+def config_server(name, text, **kw):
+    """Starts $NBDSTACK -c on TMPDIR/name.ini holding text, where SOCK
+    stands for the server's socket TMPDIR/name.sock.  Returns (server,
+    config path)."""
+    cfg = os.path.join(TMPDIR, name + ".ini")
+    sock = os.path.join(TMPDIR, name + ".sock")
+    write_config(cfg, text.replace("SOCK", sock))
+    return Server(config=cfg, sock=sock, name=name, **kw), cfg
 
 
 # ---- soft assertions -------------------------------------------------------

@@ -13,11 +13,9 @@ in command-line mode SIGHUP does not kill the server.
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,34 +32,15 @@ C = Checker("test_reload")
 servers = []
 
 
-def write_cfg(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.rename(path + ".tmp", path)
-
-
 def start(name, text):
-    cfg = os.path.join(T.TMPDIR, name + ".ini")
-    sock = os.path.join(T.TMPDIR, name + ".sock")
-    write_cfg(cfg, text.replace("SOCK", sock))
-    s = Server(config=cfg, sock=sock, name=name)
+    s, cfg = T.config_server(name, text)
     servers.append(s)
-    return s, cfg, sock
+    return s, cfg, s.sock
 
 
 def reload(s, cfg, text, expect="reloaded "):
     """Writes the new config, sends SIGHUP, waits for the outcome line."""
-    before = s.log_text().count(expect)
-    if cfg:
-        write_cfg(cfg, text.replace("SOCK", s.sock))
-    os.kill(s.proc.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if s.log_text().count(expect) > before:
-            return
-        check(s.alive(), "the server died on SIGHUP")
-        time.sleep(0.05)
-    raise T.CheckFailed("no %r line after SIGHUP" % expect)
+    s.sighup(cfg, text, expect)
 
 
 def client(uri):
@@ -297,7 +276,7 @@ def notify():
     env = dict(os.environ, NOTIFY_SOCKET=path)
     cfg = os.path.join(T.TMPDIR, "notify.ini")
     sock = os.path.join(T.TMPDIR, "notify.sock2")
-    write_cfg(cfg, ONE.replace("SOCK", sock))
+    T.write_config(cfg, ONE.replace("SOCK", sock))
     s = Server(config=cfg, sock=sock, name="notify", env=env)
     servers.append(s)
     msgs = []

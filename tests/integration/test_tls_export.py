@@ -14,10 +14,7 @@ file keeps the old keys); --tls-verify-peer logs the client
 certificate's CN.  Certificates are made here (tlslib.py)."""
 
 import os
-import signal
-import subprocess
 import sys
-import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -54,31 +51,12 @@ backend = memory size=2M
 """ % (pki.srv, pki.psk)
 
 
-def write_cfg(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.rename(path + ".tmp", path)
-
-
-def start(name, text):
-    cfg = os.path.join(T.TMPDIR, name + ".ini")
-    sock = os.path.join(T.TMPDIR, name + ".sock")
-    write_cfg(cfg, text.replace("SOCK", sock))
-    return Server(config=cfg, sock=sock, name=name), cfg
+start = T.config_server
+write_cfg = T.write_config
 
 
 def sighup(s, cfg, text, expect):
-    before = s.log_text().count(expect)
-    if cfg:
-        write_cfg(cfg, text.replace("SOCK", s.sock))
-    os.kill(s.proc.pid, signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if s.log_text().count(expect) > before:
-            return
-        check(s.alive(), "the server died on SIGHUP")
-        time.sleep(0.05)
-    raise T.CheckFailed("no %r line after SIGHUP" % expect)
+    s.sighup(cfg, text, expect)
 
 
 def handle(uri):
