@@ -90,10 +90,13 @@ tx_read_in_place(struct nbd_conn *c, struct nbd_request *r, uint32_t fl,
                  struct sched_timing *tm, uint64_t t0)
 {
   size_t hl = proto_read_header_size(c), len;
-  unsigned char *p = (unsigned char *)wire_reserve(&c->w, hl + r->count);
+  unsigned char *p;
   int err;
 
-  if (p == NULL)
+  /* Not while replies may come from other threads (submit): the reply
+   * lock is held until the layer is done. */
+  if (c->top->async ||
+      (p = (unsigned char *)wire_reserve(&c->w, hl + r->count)) == NULL)
     return 1;
   err = next_pread(c->top, p + hl, (uint32_t)r->count, r->offset,
                    fl & ~NBD_CMD_FLAG_FUA);
