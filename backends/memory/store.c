@@ -76,7 +76,9 @@
  * which frees about as much as it allocates, never makes a syscall. */
 #define STORE_KEEP_FREE   1024
 #define STORE_PULL_PAGES  64    /* whole pages read per recvmsg: 2 MiB */
-#define STORE_PUSH_PAGES  64    /* pages passed per sink call: 2 MiB */
+#define STORE_PUSH_PAGES  32    /* pages passed per sink call: 1 MiB (their
+                                   locks held at once; ThreadSanitizer
+                                   follows at most 64 per thread) */
 
 /* What a missing page reads as, for memory_store_read_to. */
 static unsigned char store_zeros[STORE_PAGE_SIZE];
@@ -612,12 +614,36 @@ memory_store_read(struct memory_store *s, void *buf, uint32_t count,
   return 0;
 }
 
-/* Each page's read lock is held from the moment its pointer is taken
- * until the sink has sent or copied its bytes, as store_read_page holds
- * it around its memcpy; a page freed meanwhile waits for that.  A thread
- * may hold the same stripe's read lock twice (two pages of a call on one
- * stripe): POSIX allows it, and only discard and swap write-lock, one
- * stripe at a time and holding nothing else. */
+/* The read locks of the stripes of pages [idx, idx + n), each once, in
+ * address order (so two readers never take two stripes in opposite
+ * orders, whatever the rwlock's policy for waiting writers); returns how
+ * many, in locks. */
+static int
+store_lock_stripes(struct memory_store *s, uint64_t idx, unsigned n,
+                   pthread_rwlock_t **locks)
+{
+  int nl = 0, i, j;
+
+  for (; n > 0; n--, idx++) {
+    pthread_rwlock_t *l = store_lock(s, idx);
+    for (i = 0; i < nl && locks[i] < l; i++)
+      ;
+    if (i < nl && locks[i] == l)
+      continue;
+    for (j = nl++; j > i; j--)
+      locks[j] = locks[j - 1];
+    locks[i] = l;
+  }
+  for (i = 0; i < nl; i++)
+    pthread_rwlock_rdlock(locks[i]);
+  return nl;
+}
+
+/* Up to STORE_PUSH_PAGES pages at a time: their stripes' read locks are
+ * taken before the page pointers and held until the sink has sent or
+ * copied the bytes, as store_read_page holds one around its memcpy; a
+ * page freed meanwhile waits for that.  Discard and swap write-lock one
+ * stripe at a time, holding nothing else. */
 int
 memory_store_read_to(struct memory_store *s, struct nbd_sink *dst,
                      uint32_t count, uint64_t offset)
@@ -627,7 +653,13 @@ memory_store_read_to(struct memory_store *s, struct nbd_sink *dst,
   int n, nl, r = 0;
 
   while (count > 0 && r == 0) {
-    for (n = nl = 0; count > 0 && n < STORE_PUSH_PAGES && nl < STORE_PUSH_PAGES; ) {
+    uint64_t first = offset >> STORE_PAGE_SHIFT;
+    uint64_t last = (offset + count - 1) >> STORE_PAGE_SHIFT;
+    unsigned np = last - first + 1 < STORE_PUSH_PAGES
+                  ? (unsigned)(last - first + 1) : STORE_PUSH_PAGES;
+
+    nl = store_lock_stripes(s, first, np, locks);
+    for (n = 0; count > 0 && np > 0; np--) {
       uint64_t idx = offset >> STORE_PAGE_SHIFT;
       uint32_t in = offset & STORE_PAGE_MASK;
       uint32_t len = STORE_PAGE_SIZE - in < count ? STORE_PAGE_SIZE - in
@@ -635,20 +667,13 @@ memory_store_read_to(struct memory_store *s, struct nbd_sink *dst,
       struct store_node *leaf = store_leaf(s, idx, 0, NULL);
       const unsigned char *p = NULL;
 
-      if (leaf) {
-        pthread_rwlock_t *lock = store_lock(s, idx);
-        pthread_rwlock_rdlock(lock);
+      if (leaf)
         p = atomic_load_explicit(&leaf->slot[idx & STORE_NODE_MASK],
                                  memory_order_acquire);
-        if (p)
-          locks[nl++] = lock;
-        else
-          pthread_rwlock_unlock(lock);
-      }
       p = p ? p + in : store_zeros;
-      /* Neighbouring pages of one slab, or holes: one iovec. */
-      if (n > 0 && (const unsigned char *)iov[n - 1].iov_base +
-                   iov[n - 1].iov_len == p && p != store_zeros)
+      /* Neighbouring pages of one slab: one iovec. */
+      if (n > 0 && p != store_zeros &&
+          (const unsigned char *)iov[n - 1].iov_base + iov[n - 1].iov_len == p)
         iov[n - 1].iov_len += len;
       else
         iov[n++] = (struct iovec){ (void *)p, len };

@@ -25,7 +25,7 @@ void memory_store_close(struct memory_store *s);
 int memory_store_read(struct memory_store *s, void *buf, uint32_t count,
                       uint64_t offset);
 /* The same bytes passed to dst (layer.h's nbd_sink) straight from the
- * pages, up to STORE_PUSH_PAGES pages a call under their read locks;
+ * pages, up to 32 pages a call under their read locks;
  * 0 or -EIO. */
 struct nbd_sink;
 int memory_store_read_to(struct memory_store *s, struct nbd_sink *dst,
