@@ -628,7 +628,7 @@ wire_push(struct wire_push *p, const struct iovec *iov, int n)
     memcpy(v + k, iov, (size_t)m * sizeof *iov);
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = v;
-    msg.msg_iovlen = (size_t)(k + m);
+    msg.msg_iovlen = (size_t)k + (size_t)m;
     do
       r = sendmsg(p->w->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
     while (r == -1 && errno == EINTR);
