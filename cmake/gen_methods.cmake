@@ -206,7 +206,7 @@ endforeach()
 
 set(out "/* Generated from src/methods.def by cmake/gen_methods.cmake.  Do not edit. */\n")
 string(APPEND out "#ifndef NBDSTACK_METHODS_GEN_H\n#define NBDSTACK_METHODS_GEN_H\n\n")
-string(APPEND out "struct nbd_ctx;\nstruct nbd_extents;\nstruct nbd_exports;\nstruct nbd_source;\n\n")
+string(APPEND out "struct nbd_ctx;\nstruct nbd_extents;\nstruct nbd_exports;\nstruct nbd_source;\nstruct nbd_sink;\nstruct nbd_async;\n\n")
 string(APPEND out "enum nbd_method {\n${enum}  NBD_METHOD_COUNT = ${count}\n};\n\n")
 string(APPEND out "${typedefs}\n")
 string(APPEND out "/* Fields of struct nbd_layer_ops, one function pointer per method. */\n")

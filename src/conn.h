@@ -41,6 +41,13 @@ struct nbd_request {
   size_t bufcap;
   int pull;                     /* a write whose payload is still in the
                                    socket, for the stack's pwrite_from */
+  const char *data;             /* a write's payload in the wire's input
+                                   buffer (run inline), or NULL */
+  /* Run by the layer's submit (transmission.c): what it was given, the
+   * connection to reply on, and when it started (metrics). */
+  struct nbd_async async;
+  struct nbd_conn *conn;
+  uint64_t t0;
   struct nbd_request *next;     /* queue / free list */
 };
 

@@ -272,6 +272,8 @@ engine_cache_caps(struct nbd_ctx *c, int readonly, char *err, size_t errlen)
     c->can_fast_zero = 0;
   c->pull = c->can_write && o->pwrite_from != NULL &&
             (c->next == NULL || c->next->pull);
+  c->push = o->pread_to != NULL && c->next == NULL;
+  c->async = o->submit != NULL && c->next == NULL;
   return 0;
 }
 
@@ -573,6 +575,65 @@ next_pwrite(struct nbd_ctx *c, const void *buf, uint32_t count,
     return r;
   r = c->layer->ops->pwrite(c, c->next, buf, count, offset, flags);
   return engine_after_write(c, r, flush);
+}
+
+int
+next_pread_to(struct nbd_ctx *c, struct nbd_sink *dst, uint32_t count,
+              uint64_t offset, uint32_t flags)
+{
+  int r;
+
+  if ((r = engine_check_range(c, count, offset, EINVAL)) < 0 ||
+      (r = engine_check_payload(c, count)) < 0)
+    return r;
+  if (dst->left != count || !c->push)
+    return -EINVAL;             /* the protocol code's bug */
+  return c->layer->ops->pread_to(c, c->next, dst, count, offset, flags);
+}
+
+/* The checks of next_pread and next_pwrite; FUA only where the layer
+ * has it natively (emulating it needs a flush after the write: the
+ * caller runs such a write the usual way, on -EOPNOTSUPP). */
+int
+next_submit(struct nbd_ctx *c, struct nbd_async *a)
+{
+  int r;
+
+  if (!c->async)
+    return -EOPNOTSUPP;
+  if (a->op == NBD_ASYNC_WRITE && !c->can_write)
+    return -EPERM;
+  if ((r = engine_check_range(c, a->count, a->offset,
+                              a->op == NBD_ASYNC_READ ? EINVAL : ENOSPC)) < 0 ||
+      (r = engine_check_payload(c, a->count)) < 0)
+    return r;
+  if (a->op == NBD_ASYNC_READ)
+    a->flags &= ~(uint32_t)NBD_CMD_FLAG_FUA;
+  else if ((a->flags & NBD_CMD_FLAG_FUA) && c->can_fua != NBD_FUA_NATIVE)
+    return -EOPNOTSUPP;
+  return c->layer->ops->submit(c, c->next, a);
+}
+
+int
+nbd_sink_writev(struct nbd_sink *dst, const struct iovec *iov, int n)
+{
+  uint64_t len = 0;
+  int i;
+
+  if (dst->failed)
+    return -EIO;
+  for (i = 0; i < n; i++)
+    len += iov[i].iov_len;
+  if (len > dst->left)
+    return -EINVAL;
+  if (len == 0)
+    return 0;
+  if (dst->writev(dst, iov, n) == -1) {
+    dst->failed = 1;
+    return -EIO;
+  }
+  dst->left -= len;
+  return 0;
 }
 
 /* ---- write payloads still in the socket ---------------------------------- */

@@ -201,6 +201,12 @@ struct nbd_ctx {
   /* pwrite_from reaches a layer that reads payloads itself: a backend
    * with pwrite_from, through filters that have it too. */
   int pull;
+  /* pread_to reaches the layer that has the data: a backend with
+   * pread_to, with no filter between (src/layer.h, nbd_sink). */
+  int push;
+  /* submit reaches the layer that does the work: a backend with submit,
+   * with no filter between (src/layer.h, nbd_async). */
+  int async;
   /* min_block and max_block are hints, advertised to the client but not
    * enforced by the engine at this boundary (blocksize_policy's
    * error-policy=allow, nbdkit's default).  A layer says so from its
@@ -404,6 +410,48 @@ int nbd_source_readv(struct nbd_source *src, struct iovec *iov, int n);
 int nbd_source_read(struct nbd_source *src, void *buf, size_t len);
 /* Reads and drops len bytes. */
 int nbd_source_skip(struct nbd_source *src, uint64_t len);
+
+/* ---- read data that goes straight to the client (pread_to) ------------- */
+
+/* The client's side of one read, handed to a layer's pread_to instead of
+ * a buffer, so that the bytes leave from the layer's own storage.  The
+ * layer passes exactly count bytes, in order, with nbd_sink_writev; when
+ * a call returns its bytes have been sent or copied, so the layer need
+ * hold its locks only around the call.  pread_to may fail before its
+ * first call (the client gets the error); once bytes are passed the
+ * reply is under way, and a failure or a short count closes the
+ * connection.  A failed call means the client is gone: return any
+ * error. */
+struct nbd_sink {
+  /* Set by the engine: takes every byte the iovecs describe; 0, or -1
+   * when the connection failed. */
+  int (*writev)(struct nbd_sink *dst, const struct iovec *iov, int n);
+  uint64_t left;              /* bytes still to pass */
+  int failed;                 /* a call failed: the connection is dead */
+};
+
+/* 0, -EIO (the connection failed) or -EINVAL (more than is left). */
+int nbd_sink_writev(struct nbd_sink *dst, const struct iovec *iov, int n);
+
+/* ---- requests that complete later (submit) ----------------------------- */
+
+/* A read or write handed to a layer's submit: the layer starts it and
+ * returns 0, and calls done exactly once, from any thread, with 0 or
+ * -errno (buf must stay untouched by the layer after that); or it
+ * returns -errno at once and never calls done.  The engine fills in
+ * everything but the layer's two fields, and keeps the request and its
+ * buffer alive until done. */
+enum nbd_async_op { NBD_ASYNC_READ, NBD_ASYNC_WRITE };
+struct nbd_async {
+  enum nbd_async_op op;
+  void *buf;                  /* where a read's data goes; a write's data */
+  uint32_t count;
+  uint64_t offset;
+  uint32_t flags;             /* NBD_CMD_FLAG_* */
+  void (*done)(struct nbd_async *a, int err);
+  const void *layer_ctx;      /* the layer's own use */
+  void *layer_data;
+};
 
 /* ---- registration ------------------------------------------------------ */
 

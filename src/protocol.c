@@ -112,13 +112,14 @@ proto_reply_error(struct nbd_conn *c, const struct nbd_request *r, int err)
   return wire_writev(&c->w, iov, 2);
 }
 
-/* A structured read reply: data chunks, with aligned runs of zeros sent as
- * hole chunks (they read as zero: proto.md NBD_REPLY_TYPE_OFFSET_HOLE),
- * unless the client asked not to fragment (DF).  Finding the zeros means
- * touching every 4 KiB of the data, so the I/O policy decides which
- * replies are scanned (iopolicy_scan_begin). */
+/* A structured read reply of the data at buf: data chunks, with aligned
+ * runs of zeros sent as hole chunks (they read as zero: proto.md
+ * NBD_REPLY_TYPE_OFFSET_HOLE), unless the client asked not to fragment
+ * (DF).  Finding the zeros means touching every 4 KiB of the data, so the
+ * I/O policy decides which replies are scanned (iopolicy_scan_begin). */
 static int
-proto_structured_read(struct nbd_conn *c, const struct nbd_request *r)
+proto_structured_read(struct nbd_conn *c, const struct nbd_request *r,
+                      const char *buf)
 {
   int scan = !(r->flags & NBD_CMD_FLAG_DF) && iopolicy_scan_begin(&c->w.pol);
   int holes = 0;
@@ -138,17 +139,17 @@ proto_structured_read(struct nbd_conn *c, const struct nbd_request *r)
                    ~(uint64_t)(PROTO_HOLE_GRANULE - 1);
       uint32_t first = (uint32_t)(a - r->offset);
       if (first == pos && end - pos >= PROTO_HOLE_GRANULE &&
-          nbd_is_zero(r->buf + pos, PROTO_HOLE_GRANULE)) {
+          nbd_is_zero(buf + pos, PROTO_HOLE_GRANULE)) {
         hole = 1;
         for (g = pos + PROTO_HOLE_GRANULE; end - g >= PROTO_HOLE_GRANULE &&
-             nbd_is_zero(r->buf + g, PROTO_HOLE_GRANULE); g += PROTO_HOLE_GRANULE)
+             nbd_is_zero(buf + g, PROTO_HOLE_GRANULE); g += PROTO_HOLE_GRANULE)
           ;
         run_end = g;
       } else {
         /* Data until the next all-zero aligned granule. */
         for (g = first > pos ? first : pos + PROTO_HOLE_GRANULE;
              g < end && end - g >= PROTO_HOLE_GRANULE; g += PROTO_HOLE_GRANULE)
-          if (nbd_is_zero(r->buf + g, PROTO_HOLE_GRANULE))
+          if (nbd_is_zero(buf + g, PROTO_HOLE_GRANULE))
             break;
         run_end = g < end && end - g >= PROTO_HOLE_GRANULE ? g : end;
       }
@@ -168,13 +169,78 @@ proto_structured_read(struct nbd_conn *c, const struct nbd_request *r)
       wire_put64(h + hl, r->offset + pos);
       iov[niov].iov_base = h;
       iov[niov++].iov_len = hl + 8;
-      iov[niov].iov_base = r->buf + pos;
+      iov[niov].iov_base = (char *)buf + pos;
       iov[niov++].iov_len = run_end - pos;
     }
     pos = run_end;
   }
   iopolicy_scan_end(&c->w.pol, scan, holes);
   return wire_writev(&c->w, iov, niov);
+}
+
+size_t
+proto_data_header(const struct nbd_conn *c, const struct nbd_request *r,
+                  unsigned char *h)
+{
+  size_t hl = proto_chunk_header(c, h, r, NBD_REPLY_FLAG_DONE,
+                                 NBD_REPLY_TYPE_OFFSET_DATA,
+                                 8 + (uint64_t)r->count);
+
+  wire_put64(h + hl, r->offset);
+  return hl + 8;
+}
+
+size_t
+proto_read_header_size(const struct nbd_conn *c)
+{
+  return !c->structured ? 16 : c->extended ? 32 + 8 : 20 + 8;
+}
+
+/* The same reply as proto_reply_read's, for data already in place after
+ * the room of its header: one data chunk, or one hole chunk when the
+ * scan finds the whole request made of aligned zero granules.  A mix of
+ * the two is left to proto_reply_read (0). */
+size_t
+proto_reply_read_at(struct nbd_conn *c, const struct nbd_request *r,
+                    unsigned char *p)
+{
+  size_t hl = proto_read_header_size(c);
+  const char *data = (const char *)p + hl;
+  uint32_t end = (uint32_t)r->count, g, nzero = 0, ngran = 0;
+  uint32_t first;
+  int scan;
+
+  if (!c->structured) {
+    wire_put32(p, NBD_SIMPLE_REPLY_MAGIC);
+    wire_put32(p + 4, 0);
+    wire_put64(p + 8, r->cookie);
+    return hl + end;
+  }
+  scan = !(r->flags & NBD_CMD_FLAG_DF) && iopolicy_scan_begin(&c->w.pol);
+  if (scan) {
+    /* Every whole granule aligned to the disk (proto_structured_read's
+     * candidates for holes). */
+    first = (uint32_t)(((r->offset + PROTO_HOLE_GRANULE - 1) &
+                        ~(uint64_t)(PROTO_HOLE_GRANULE - 1)) - r->offset);
+    for (g = first; g < end && end - g >= PROTO_HOLE_GRANULE;
+         g += PROTO_HOLE_GRANULE) {
+      ngran++;
+      nzero += nbd_is_zero(data + g, PROTO_HOLE_GRANULE);
+    }
+    if (nzero > 0 && (nzero < ngran || first != 0 ||
+                      end % PROTO_HOLE_GRANULE != 0))
+      return 0;                 /* holes and data: several chunks */
+    iopolicy_scan_end(&c->w.pol, scan, nzero > 0);
+    if (nzero > 0) {
+      size_t l = proto_chunk_header(c, p, r, NBD_REPLY_FLAG_DONE,
+                                    NBD_REPLY_TYPE_OFFSET_HOLE, 12);
+      wire_put64(p + l, r->offset);
+      wire_put32(p + l + 8, end);
+      return l + 12;
+    }
+  } else
+    iopolicy_scan_end(&c->w.pol, 0, 0);
+  return proto_data_header(c, r, p) + end;
 }
 
 /* One status chunk per context, all in one write: BLOCK_STATUS (32-bit
@@ -240,7 +306,7 @@ proto_reply_extents(struct nbd_conn *c, const struct nbd_request *r,
 int
 proto_reply_read(struct nbd_conn *c, const struct nbd_request *r)
 {
-  return c->structured ? proto_structured_read(c, r)
+  return c->structured ? proto_structured_read(c, r, r->buf)
                        : proto_simple_reply(c, r, 0, r->buf, r->count);
 }
 

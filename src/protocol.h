@@ -184,6 +184,18 @@ int proto_reply_error(struct nbd_conn *c, const struct nbd_request *r,
 /* The data of a read in r->buf: structured, aligned zero runs go as
  * holes unless DF (when the I/O policy scans this one). */
 int proto_reply_read(struct nbd_conn *c, const struct nbd_request *r);
+/* A read's reply built in place (wire_reserve): the room its header
+ * takes before the data; then, with the data there, the header written
+ * at p and the reply's length returned, or 0 when the reply needs more
+ * than one chunk (proto_reply_read, from a copy of the data). */
+size_t proto_read_header_size(const struct nbd_conn *c);
+/* Structured replies: the header of one data chunk with all of a read's
+ * data (DONE), into h (PROTO_DATA_HEADER_MAX bytes); returns its size. */
+#define PROTO_DATA_HEADER_MAX 40
+size_t proto_data_header(const struct nbd_conn *c, const struct nbd_request *r,
+                         unsigned char *h);
+size_t proto_reply_read_at(struct nbd_conn *c, const struct nbd_request *r,
+                           unsigned char *p);
 /* The reply to a BLOCK_STATUS request: a status chunk for each of nctx
  * contexts, ids[i] with the extents e[i]. */
 int proto_reply_extents(struct nbd_conn *c, const struct nbd_request *r,

@@ -176,6 +176,34 @@ sched_finish(struct nbd_conn *c, struct nbd_request *r, int dead)
   pthread_mutex_unlock(&c->qlock);
 }
 
+void
+sched_track(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
+{
+  s->async = 1;
+  pthread_mutex_lock(&c->qlock);
+  c->inflight++;
+  c->inflight_bytes += r->count;
+  atomic_store(&c->w.busy, c->inflight);
+  pthread_mutex_unlock(&c->qlock);
+}
+
+void
+sched_untrack(struct nbd_conn *c, struct nbd_request *r)
+{
+  pthread_mutex_lock(&c->qlock);
+  c->inflight--;
+  c->inflight_bytes -= r->count;
+  atomic_store(&c->w.busy, c->inflight);
+  pthread_cond_broadcast(&c->donecond);
+  pthread_mutex_unlock(&c->qlock);
+}
+
+void
+sched_done(struct nbd_conn *c, struct nbd_request *r, int dead)
+{
+  sched_finish(c, r, dead);
+}
+
 static void *
 sched_worker(void *arg)
 {
@@ -353,6 +381,9 @@ sched_start(struct nbd_conn *c, struct nbd_sched *s, sched_exec_fn *exec)
    * and no lock across connections held meanwhile. */
   s->pull = s->inl && !s->adaptive &&
             e->model != NBD_SERIALIZE_ALL_REQUESTS && c->top->pull;
+  /* Reads and writes that the backend completes later (submit): no
+   * thread waits on each. */
+  s->can_async = !serial && c->top->async;
   s->tm.nvcsw = -1;
   nbd_debug("%s: export \"%s\" running %s", c->peer, e->name,
             s->inl ? "inline" : "with workers");
@@ -362,7 +393,7 @@ sched_start(struct nbd_conn *c, struct nbd_sched *s, sched_exec_fn *exec)
 int
 sched_room(struct nbd_conn *c, struct nbd_sched *s)
 {
-  return s->inl ? 0 : sched_wait(c, 0);
+  return s->inl && !s->async ? 0 : sched_wait(c, 0);
 }
 
 int
@@ -411,9 +442,9 @@ sched_stop(struct nbd_conn *c, struct nbd_sched *s)
   struct nbd_request *r;
   unsigned i;
 
-  if (!s->inl)
+  if (!s->inl || s->async)
     sched_wait(c, 1);
-  else
+  if (s->inl)
     wire_batch_stop(&c->w);
   pthread_mutex_lock(&c->qlock);
   c->stopping = 1;

@@ -28,6 +28,8 @@ struct nbd_sched {
   int inl;                      /* requests run on the reader */
   int adaptive;                 /* ... until they turn out to block */
   int pull;                     /* writes read by the stack (pwrite_from) */
+  int can_async;                /* reads and writes may go to submit */
+  int async;                    /* ... and one did: wait for them too */
   sched_exec_fn *exec;
   struct sched_timing tm;
   unsigned window, slow, probe; /* see sched_adapt() */
@@ -46,6 +48,15 @@ int sched_submit(struct nbd_conn *c, struct nbd_sched *s,
 /* Every request read still completes; then the workers end and the
  * request objects are freed. */
 void sched_stop(struct nbd_conn *c, struct nbd_sched *s);
+
+/* A request handed to the stack's submit (transmission.c) counts as in
+ * flight from sched_track until sched_done (from the thread that
+ * completes it, after its reply; dead: the reply could not be sent),
+ * which takes r back; sched_untrack when submit refused it at once. */
+void sched_track(struct nbd_conn *c, struct nbd_sched *s,
+                 struct nbd_request *r);
+void sched_untrack(struct nbd_conn *c, struct nbd_request *r);
+void sched_done(struct nbd_conn *c, struct nbd_request *r, int dead);
 
 struct nbd_request *sched_get(struct nbd_conn *c);
 void sched_put(struct nbd_conn *c, struct nbd_request *r);

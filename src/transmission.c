@@ -7,8 +7,10 @@
  * connection.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "conn.h"
 #include "metrics.h"
@@ -79,6 +81,96 @@ tx_source_readv(struct nbd_source *src, struct iovec *iov, int n)
   return wire_readv(&((struct tx_source *)src)->c->w, iov, n);
 }
 
+/* A small read, while replies are batched: read straight into the
+ * batch, after the room of the reply's header.  Returns 1 when that
+ * cannot be (tx_execute goes the usual way), else what tx_execute
+ * returns. */
+static int
+tx_read_in_place(struct nbd_conn *c, struct nbd_request *r, uint32_t fl,
+                 struct sched_timing *tm, uint64_t t0)
+{
+  size_t hl = proto_read_header_size(c), len;
+  unsigned char *p;
+  int err;
+
+  /* Not while replies may come from other threads (submit): the reply
+   * lock is held until the layer is done. */
+  if (c->top->async ||
+      (p = (unsigned char *)wire_reserve(&c->w, hl + r->count)) == NULL)
+    return 1;
+  err = next_pread(c->top, p + hl, (uint32_t)r->count, r->offset,
+                   fl & ~NBD_CMD_FLAG_FUA);
+  sched_timing_stop(tm);
+  metrics_request(c, r, err, t0);
+  len = err < 0 ? 0 : proto_reply_read_at(c, r, p);
+  wire_commit(&c->w, len);
+  if (err < 0)
+    return proto_reply_error(c, r, err);
+  if (len > 0)
+    return 0;
+  /* Holes and data: several chunks, from a copy (wire_commit left the
+   * data where it was; only this thread adds to the batch). */
+  if ((err = sched_reserve(c, r, (size_t)r->count)) < 0)
+    return proto_reply_error(c, r, err);
+  memcpy(r->buf, p + hl, (size_t)r->count);
+  return proto_reply_read(c, r);
+}
+
+/* A large read from a backend that passes its own storage (pread_to),
+ * while requests run inline on a plain socket with structured replies:
+ * its data goes from the backend to the socket with no copy in between
+ * while the socket has room (wire_push).  Not when the I/O policy wants
+ * this reply scanned for holes: that needs the data in a buffer.
+ * Returns 1 when it does not apply (tx_execute goes the usual way),
+ * else what tx_execute returns. */
+struct tx_sink {
+  struct nbd_sink sink;
+  struct wire_push push;
+};
+
+static int
+tx_sink_writev(struct nbd_sink *dst, const struct iovec *iov, int n)
+{
+  return wire_push(&((struct tx_sink *)dst)->push, iov, n);
+}
+
+static int
+tx_read_push(struct nbd_conn *c, struct nbd_request *r, uint32_t fl,
+             struct sched_timing *tm, uint64_t t0)
+{
+  unsigned char h[PROTO_DATA_HEADER_MAX];
+  struct tx_sink s;
+  size_t hl;
+  int err;
+
+  if (!c->top->push || !c->structured || !wire_can_push(&c->w) ||
+      (!(r->flags & NBD_CMD_FLAG_DF) && iopolicy_scan_begin(&c->w.pol)) ||
+      sched_reserve(c, r, (size_t)r->count) < 0)
+    return 1;
+  hl = proto_data_header(c, r, h);
+  memset(&s.sink, 0, sizeof s.sink);
+  s.sink.writev = tx_sink_writev;
+  s.sink.left = r->count;
+  if (wire_push_begin(&s.push, &c->w, h, hl, r->buf) == -1)
+    return -1;
+  err = next_pread_to(c->top, &s.sink, (uint32_t)r->count, r->offset,
+                      fl & ~NBD_CMD_FLAG_FUA);
+  sched_timing_stop(tm);
+  metrics_request(c, r, err, t0);
+  if (err == 0 && s.sink.left == 0 && !s.sink.failed) {
+    iopolicy_scan_end(&c->w.pol, 0, 0);
+    return wire_push_end(&s.push, 1);
+  }
+  if (wire_push_end(&s.push, 0) == -1) {
+    if (!s.sink.failed)
+      nbd_error("%s: export \"%s\": a read failed after its data had "
+                "started (%s), closing", c->peer, c->exp->name,
+                err < 0 ? strerror(-err) : "short");
+    return -1;
+  }
+  return proto_reply_error(c, r, err < 0 ? err : -EIO);
+}
+
 /* Runs a validated request and sends its reply; -1 if the reply could not
  * be written (the connection is then dead).  tm (or NULL) times the
  * stack. */
@@ -97,6 +189,9 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
   }
   switch (r->type) {
   case NBD_CMD_READ:
+    if ((ret = tx_read_in_place(c, r, fl, tm, t0)) != 1 ||
+        (ret = tx_read_push(c, r, fl, tm, t0)) != 1)
+      goto out;
     err = sched_reserve(c, r, (size_t)r->count);
     if (err == 0)
       err = next_pread(t, r->buf, (uint32_t)r->count, r->offset,
@@ -104,7 +199,10 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
     break;
   case NBD_CMD_WRITE:
     __atomic_store_n(&c->wrote, 1, __ATOMIC_RELAXED);
-    if (r->pull) {
+    if (r->data) {              /* the payload in the wire's buffer */
+      err = next_pwrite(t, r->data, (uint32_t)r->count, r->offset, fl);
+      r->data = NULL;
+    } else if (r->pull) {
       struct tx_source src = { { tx_source_readv, r->count, 0 }, c };
       err = next_pwrite_from(t, &src.src, (uint32_t)r->count, r->offset,
                              fl);
@@ -148,6 +246,70 @@ out:
   return ret;
 }
 
+/* ---- reads and writes the backend completes later ------------------------ */
+
+/* From the thread that completes the request (the nbd backend's reply
+ * reader): the reply, then the request goes back to the scheduler. */
+static void
+tx_async_done(struct nbd_async *a, int err)
+{
+  struct nbd_request *r = (struct nbd_request *)
+                          ((char *)a - offsetof(struct nbd_request, async));
+  struct nbd_conn *c = r->conn;
+  int ret;
+
+  metrics_request(c, r, err, r->t0);
+  if (err < 0)
+    ret = proto_reply_error(c, r, err);
+  else if (r->type == NBD_CMD_READ)
+    ret = proto_reply_read(c, r);
+  else
+    ret = proto_reply_ok(c, r);
+  sched_done(c, r, ret == -1);
+}
+
+/* Hands a read or write to the stack's submit, when the client has more
+ * than this one going: the reader goes on to the next request at once,
+ * and the reply leaves when it is done.  A
+ * proxy then needs no thread waiting on each request in flight (perf:
+ * futex calls, 6 a request, were most of its CPU).  Returns 1 when
+ * submit does not take it (tx_execute runs it), else 0, or -1 when the
+ * connection is dead. */
+static int
+tx_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
+{
+  struct nbd_async *a = &r->async;
+  int err;
+
+  if (r->type != NBD_CMD_READ && r->type != NBD_CMD_WRITE)
+    return 1;
+  /* Alone (queue depth 1): run inline, where the nbd backend reads its
+   * own reply, rather than wake the thread that reads replies. */
+  if (atomic_load(&c->w.busy) == 0 && wire_buffered(&c->w) == 0)
+    return 1;
+  memset(a, 0, sizeof *a);
+  a->op = r->type == NBD_CMD_READ ? NBD_ASYNC_READ : NBD_ASYNC_WRITE;
+  a->buf = r->buf;
+  a->count = (uint32_t)r->count;
+  a->offset = r->offset;
+  a->flags = r->flags & ~NBD_CMD_FLAG_PAYLOAD_LEN;
+  a->done = tx_async_done;
+  r->conn = c;
+  r->t0 = metrics_start(c);
+  if (r->type == NBD_CMD_WRITE)
+    __atomic_store_n(&c->wrote, 1, __ATOMIC_RELAXED);
+  sched_track(c, s, r);
+  if ((err = next_submit(c->top, a)) == 0)
+    return 0;
+  sched_untrack(c, r);
+  if (err == -EOPNOTSUPP)
+    return 1;
+  metrics_request(c, r, err, r->t0);
+  err = proto_reply_error(c, r, err);
+  sched_put(c, r);
+  return err == -1 ? -1 : 0;
+}
+
 /* ---- the request loop ----------------------------------------------------- */
 
 /* A payload that is not a write's (block status's list of contexts,
@@ -175,7 +337,7 @@ tx_read_other_payload(struct nbd_conn *c, struct nbd_request *r, int *verr)
  * answered EINVAL, its payload skipped, so the stream stays in sync. */
 static int
 tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
-                int pull)
+                const struct nbd_sched *s)
 {
   unsigned char h[NBD_EXTENDED_REQUEST_SIZE];
   size_t size;
@@ -198,6 +360,7 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
   if (r->type == NBD_CMD_DISC)
     return 1;
   r->pull = 0;
+  r->data = NULL;
   /* proto.md: a payload over the maximum is a reason to disconnect; up
    * to twice ours is still read and refused, so that a client a little
    * off gets an error, not a dead connection. */
@@ -218,12 +381,21 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
   /* A read's buffer is taken here, on the reader: when the budget is
    * spent it is the reader that waits, and the socket that stops. */
   if (r->type == NBD_CMD_READ && *verr == 0) {
+    if (s->inl && !s->can_async &&
+        wire_can_reserve(&c->w, proto_read_header_size(c) + r->count))
+      return 0;                 /* read into the batch (tx_read_in_place) */
     *verr = sched_reserve(c, r, (size_t)r->count);
     return *verr == -ESHUTDOWN ? -1 : 0;
   }
   if (r->payload == 0)
     return 0;
-  if (pull && *verr == 0) {
+  /* Run inline, a write whose payload came with its header (pipelined
+   * small writes) is written from the wire's buffer, which nothing
+   * reads into before the request is done. */
+  if (s->inl && !s->can_async && *verr == 0 &&
+      (r->data = wire_take(&c->w, (size_t)r->payload)) != NULL)
+    return 0;
+  if (s->pull && !s->can_async && *verr == 0) {
     r->pull = 1;                /* tx_execute reads it */
     return 0;
   }
@@ -252,7 +424,7 @@ transmission_run(struct nbd_conn *c)
     r = sched_get(c);
     if (r == NULL)
       break;
-    rr = tx_read_request(c, r, &verr, s.pull);
+    rr = tx_read_request(c, r, &verr, &s);
     if (rr != 0 || verr != 0) {
       if (rr == 0)
         metrics_request(c, r, verr, 0);
@@ -268,6 +440,11 @@ transmission_run(struct nbd_conn *c)
       c->bytes_read += r->count;
     else if (r->type == NBD_CMD_WRITE)
       c->bytes_written += r->count;
+    if (s.can_async && (rr = tx_submit(c, &s, r)) != 1) {
+      if (rr == -1)
+        break;
+      continue;
+    }
     if (sched_submit(c, &s, r) == -1)
       break;
   }

@@ -419,6 +419,19 @@ wire_read(struct nbd_wire *w, void *buf, size_t len)
   return wire_readv(w, &iov, 1);
 }
 
+const void *
+wire_take(struct nbd_wire *w, size_t len)
+{
+  const char *p = w->rbuf + w->rpos;
+
+  if (w->rlen - w->rpos < len)
+    return NULL;
+  if (len > 0)
+    w->at_request = 0;          /* as in wire_readv */
+  w->rpos += len;
+  return p;
+}
+
 int
 wire_skip(struct nbd_wire *w, size_t len)
 {
@@ -517,7 +530,7 @@ wire_writev(struct nbd_wire *w, struct iovec *iov, int n)
   pthread_mutex_lock(&w->wlock);
   if (w->write_failed)
     ret = -1;
-  else if (w->obuf)
+  else if (w->obuf && pthread_equal(w->batch_owner, pthread_self()))
     ret = wire_batch_locked(w, iov, n);
   else
     ret = wire_send_locked(w, iov, n);
@@ -526,10 +539,170 @@ wire_writev(struct nbd_wire *w, struct iovec *iov, int n)
 }
 
 int
+wire_can_reserve(const struct nbd_wire *w, size_t len)
+{
+  return w->obuf != NULL && len <= WIRE_OBUF_SMALL;
+}
+
+/* Replies of pipelined 4 KiB reads are the bulk of what is batched: built
+ * in place, their data is copied once (from the layer into the batch)
+ * instead of twice (into the request's buffer, then into the batch). */
+char *
+wire_reserve(struct nbd_wire *w, size_t len)
+{
+  if (!wire_can_reserve(w, len))
+    return NULL;
+  pthread_mutex_lock(&w->wlock);
+  if (w->write_failed ||
+      (w->olen + len > WIRE_OBUF_SIZE && wire_flush_locked(w) == -1)) {
+    pthread_mutex_unlock(&w->wlock);
+    return NULL;
+  }
+  return w->obuf + w->olen;
+}
+
+void
+wire_commit(struct nbd_wire *w, size_t len)
+{
+  w->olen += len;
+  pthread_mutex_unlock(&w->wlock);
+}
+
+/* ---- data straight from a layer's storage ---------------------------------- */
+
+/* A 1 MiB read reply copied once in user space (from the layer into the
+ * request's buffer) and once in the kernel (into the socket): the first
+ * copy was half the server's CPU in perf.  With a few MiB of send buffer
+ * the socket takes a whole reply at once while the client keeps up, and
+ * the kernel's copy is then the only one. */
+int
+wire_can_push(const struct nbd_wire *w)
+{
+  return w->obuf != NULL && w->io == &wire_plain && w->deadline == 0;
+}
+
+int
+wire_push_begin(struct wire_push *p, struct nbd_wire *w, const void *hdr,
+                size_t hlen, char *spill)
+{
+  memset(p, 0, sizeof *p);
+  if (hlen > sizeof p->hdr)
+    return -1;
+  p->w = w;
+  memcpy(p->hdr, hdr, hlen);
+  p->hlen = hlen;
+  p->spill = spill;
+  pthread_mutex_lock(&w->wlock);
+  if (w->write_failed || wire_flush_locked(w) == -1) {
+    pthread_mutex_unlock(&w->wlock);
+    return -1;
+  }
+  return 0;
+}
+
+/* Copies the iovecs' bytes from the skip-th on into spill at p->off. */
+static void
+wire_push_spill(struct wire_push *p, const struct iovec *iov, int n,
+                size_t skip)
+{
+  int i;
+
+  for (i = 0; i < n; i++) {
+    size_t l = iov[i].iov_len;
+    if (skip >= l) {
+      skip -= l;
+      continue;
+    }
+    memcpy(p->spill + p->off, (const char *)iov[i].iov_base + skip, l - skip);
+    p->off += l - skip;
+    skip = 0;
+  }
+}
+
+int
+wire_push(struct wire_push *p, const struct iovec *iov, int n)
+{
+  struct iovec v[WIRE_MAX_IOV + 1];
+  struct msghdr msg;
+  size_t sent = 0, t;
+  ssize_t r;
+  int k = 0, m = n > WIRE_MAX_IOV ? WIRE_MAX_IOV : n;
+
+  if (p->w->write_failed)
+    return -1;
+  if (!p->spilling) {
+    if (p->hsent < p->hlen) {
+      v[k].iov_base = p->hdr + p->hsent;
+      v[k++].iov_len = p->hlen - p->hsent;
+    }
+    memcpy(v + k, iov, (size_t)m * sizeof *iov);
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = v;
+    msg.msg_iovlen = (size_t)k + (size_t)m;
+    do
+      r = sendmsg(p->w->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (r == -1 && errno == EINTR);
+    if (r == -1 && !wire_nothing_yet()) {
+      p->w->write_failed = 1;
+      return -1;
+    }
+    sent = r > 0 ? (size_t)r : 0;
+    t = p->hlen - p->hsent < sent ? p->hlen - p->hsent : sent;
+    p->hsent += t;
+    sent -= t;
+    p->spilling = 1;            /* unless all of it went, below */
+    p->spill_from = p->off + sent;
+    if (p->hsent == p->hlen && m == n) {
+      size_t total = 0;
+      int i;
+      for (i = 0; i < n; i++)
+        total += iov[i].iov_len;
+      if (sent == total) {
+        p->spilling = 0;
+        p->off += total;
+        return 0;
+      }
+    }
+    p->off += sent;
+  }
+  wire_push_spill(p, iov, n, sent);
+  return 0;
+}
+
+int
+wire_push_end(struct wire_push *p, int ok)
+{
+  struct nbd_wire *w = p->w;
+  struct iovec v[2];
+  int r = 0, k = 0;
+
+  if (!ok) {
+    if (p->hsent > 0 || p->off > 0) {
+      w->write_failed = 1;      /* a reply cut short: the stream is lost */
+      r = -1;
+    }
+  } else if (p->spilling || p->hsent < p->hlen) {
+    if (p->hsent < p->hlen) {
+      v[k].iov_base = p->hdr + p->hsent;
+      v[k++].iov_len = p->hlen - p->hsent;
+    }
+    v[k].iov_base = p->spill + p->spill_from;
+    v[k++].iov_len = p->off - p->spill_from;
+    r = w->write_failed ? -1 : wire_send_locked(w, v, k);
+  }
+  pthread_mutex_unlock(&w->wlock);
+  return r;
+}
+
+int
 wire_batch_start(struct nbd_wire *w)
 {
   w->obuf = malloc(WIRE_OBUF_SIZE);
   w->olen = 0;
+  /* Replies from other threads (a layer's submit completing) go out at
+   * once: the reader sends its batch only before it waits for input,
+   * and it may be waiting already. */
+  w->batch_owner = pthread_self();
   return w->obuf ? 0 : -1;
 }
 

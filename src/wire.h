@@ -59,6 +59,7 @@ struct nbd_wire {
   pthread_mutex_t wlock;
   int write_failed;
   char *obuf;                   /* batched small replies (inline mode) */
+  pthread_t batch_owner;        /* the reader: only its replies batch */
   size_t olen;
   struct nbd_iopolicy pol;
 };
@@ -72,6 +73,10 @@ void wire_destroy(struct nbd_wire *w);
 int wire_read(struct nbd_wire *w, void *buf, size_t len);
 /* The same into every iovec, in order (the array is changed). */
 int wire_readv(struct nbd_wire *w, struct iovec *iov, int n);
+/* The next len bytes of input when all of them are buffered already,
+ * consumed: the pointer stays valid until the next read from w.  NULL
+ * (nothing consumed) when they are not all there. */
+const void *wire_take(struct nbd_wire *w, size_t len);
 /* Discards len bytes of input; 0 or -1. */
 int wire_skip(struct nbd_wire *w, size_t len);
 /* Bytes already read from the socket and not consumed. */
@@ -89,6 +94,40 @@ int wire_writev(struct nbd_wire *w, struct iovec *iov, int n);
 int wire_batch_start(struct nbd_wire *w);
 void wire_batch_stop(struct nbd_wire *w);
 int wire_flush(struct nbd_wire *w);
+/* A small reply built in place in the batch: wire_reserve returns room
+ * for len bytes at the end of the batch (sending the batch first when it
+ * is too full), holding the reply lock, or NULL when not batching, len is
+ * not small, or the connection failed.  wire_commit adds the first len
+ * bytes of that room to the batch (0: none) and releases the lock. */
+char *wire_reserve(struct nbd_wire *w, size_t len);
+void wire_commit(struct nbd_wire *w, size_t len);
+/* Whether wire_reserve(w, len) would give room (the connection may fail
+ * meanwhile). */
+int wire_can_reserve(const struct nbd_wire *w, size_t len);
+
+/* A reply whose data goes out straight from a layer's storage (the
+ * nbd_sink of pread_to), while requests run inline on a plain socket:
+ * wire_push_begin takes the reply lock and sends the batch; each
+ * wire_push sends what the socket takes at once, header first, without
+ * waiting, and copies the rest into spill (room for every data byte),
+ * so the layer's storage is free again when it returns; wire_push_end
+ * sends what is left and releases the lock.  Ended with ok = 0 before
+ * any data, nothing was sent (0: the caller may send an error reply);
+ * after some, the connection is dead (-1). */
+struct wire_push {
+  struct nbd_wire *w;
+  unsigned char hdr[64];
+  size_t hlen, hsent;           /* the reply's header, and how much left */
+  char *spill;
+  size_t off;                   /* data bytes taken */
+  size_t spill_from;            /* data bytes from here on are in spill */
+  int spilling;
+};
+int wire_can_push(const struct nbd_wire *w);
+int wire_push_begin(struct wire_push *p, struct nbd_wire *w, const void *hdr,
+                    size_t hlen, char *spill);
+int wire_push(struct wire_push *p, const struct iovec *iov, int n);
+int wire_push_end(struct wire_push *p, int ok);
 
 /* Sets the receive (and send) timeout of the socket; 0 = none. */
 void wire_set_timeout(struct nbd_wire *w, uint64_t ns, int send_too);

@@ -281,6 +281,66 @@ write_from(struct nbd_ctx *c, struct testlib_source *src, unsigned char *b,
 
 /* A partial head page, 100 whole pages (more than one recvmsg's worth)
  * and a partial tail: two reads (up to 64 whole pages and the ends). */
+/* A sink that copies what it is passed into buf, counting its calls, and
+ * (with slow set) takes a while over each, as a send would. */
+struct copy_sink {
+  struct nbd_sink sink;
+  unsigned char *buf;
+  size_t pos;
+  unsigned calls;
+};
+
+static int
+copy_sink_writev(struct nbd_sink *dst, const struct iovec *iov, int n)
+{
+  struct copy_sink *s = (struct copy_sink *)dst;
+  int i;
+
+  s->calls++;
+  for (i = 0; i < n; i++) {
+    memcpy(s->buf + s->pos, iov[i].iov_base, iov[i].iov_len);
+    s->pos += iov[i].iov_len;
+  }
+  return 0;
+}
+
+static int
+read_to(struct nbd_ctx *c, void *buf, uint32_t count, uint64_t offset,
+        unsigned *calls)
+{
+  struct copy_sink s = { { copy_sink_writev, count, 0 }, buf, 0, 0 };
+  int r = next_pread_to(c, &s.sink, count, offset, 0);
+
+  if (calls)
+    *calls = s.calls;
+  return r == 0 && (s.sink.left != 0 || s.pos != count) ? -1 : r;
+}
+
+START_TEST(test_pread_to_passes_pages_holes_and_parts)
+{
+  struct nbd_ctx *c = memory_open("1G", 0);
+  const uint64_t off = 5 * PP - 300;
+  const uint32_t len = 300 + 100 * P + 77;     /* 102 pages touched */
+  unsigned char *got = xmalloc(len), *want = xmalloc(len);
+  unsigned calls;
+
+  ck_assert_int_eq(c->push, 1);
+  write_pattern(c, 40 * P, 4 * PP, 3);
+  write_pattern(c, 30 * P, 60 * PP, 4);         /* a hole between */
+  memset(got, 0xee, len);
+  ck_assert_int_eq(read_to(c, got, len, off, &calls), 0);
+  ck_assert_int_eq(next_pread(c, want, len, off, 0), 0);
+  ck_assert_msg(memcmp(got, want, len) == 0, "pread_to differs from pread");
+  ck_assert(!nbd_is_zero(want, 300));
+  ck_assert(nbd_is_zero(want + 50 * P, P));
+  ck_assert_uint_eq(calls, 4);                  /* 32 pages per call */
+  /* Past the end: refused before any byte. */
+  ck_assert_int_eq(read_to(c, got, 2 * P, GIB - P, NULL), -EINVAL);
+  free(got);
+  free(want);
+}
+END_TEST
+
 START_TEST(test_pwrite_from_reads_back_unaligned_span)
 {
   struct nbd_ctx *c = memory_open("1G", 0);
@@ -862,14 +922,18 @@ swap_writer_main(void *arg)
   return NULL;
 }
 
+/* Readers take the page by pread (a copy under the page's lock) or by
+ * pread_to (the sink reads the page under its lock). */
 static void *
 swap_reader_main(void *arg)
 {
   unsigned char *got = xmalloc(P);
   long *bad = arg;
+  int to = bad[2];
 
   while (!__atomic_load_n(&conc_stop, __ATOMIC_ACQUIRE)) {
-    *bad += next_pread(mem_ctx, got, P, 0, 0) != 0;
+    *bad += (to ? read_to(mem_ctx, got, P, 0, NULL)
+                : next_pread(mem_ctx, got, P, 0, 0)) != 0;
     *bad += memcmp(got, swap_image[0], P) != 0 &&
             memcmp(got, swap_image[1], P) != 0 &&
             memcmp(got, swap_image[2], P) != 0;
@@ -880,8 +944,9 @@ swap_reader_main(void *arg)
 
 START_TEST(test_replaced_pages_are_not_refilled_under_readers)
 {
-  pthread_t wr, rd[1];
-  long bad[2] = { 0 };
+  pthread_t wr, rd[2];
+  /* Per reader: bad count, unused, pread_to or not (swap_reader_main). */
+  long bad[3][3] = { { 0, 0, 0 }, { 0, 0, 1 }, { 0, 0, 0 } };
   int i;
 
   memory_open("1G", 0);
@@ -891,13 +956,16 @@ START_TEST(test_replaced_pages_are_not_refilled_under_readers)
   }
   write_pattern(mem_ctx, P, 0, 1);
   __atomic_store_n(&conc_stop, 0, __ATOMIC_RELEASE);
-  ck_assert_int_eq(pthread_create(&rd[0], NULL, swap_reader_main, &bad[0]),
-                   0);
-  ck_assert_int_eq(pthread_create(&wr, NULL, swap_writer_main, &bad[1]), 0);
+  for (i = 0; i < 2; i++)
+    ck_assert_int_eq(pthread_create(&rd[i], NULL, swap_reader_main, bad[i]),
+                     0);
+  ck_assert_int_eq(pthread_create(&wr, NULL, swap_writer_main, bad[2]), 0);
   pthread_join(wr, NULL);
-  pthread_join(rd[0], NULL);
-  ck_assert_int_eq(bad[0], 0);
-  ck_assert_int_eq(bad[1], 0);
+  for (i = 0; i < 2; i++)
+    pthread_join(rd[i], NULL);
+  ck_assert_int_eq(bad[0][0], 0);
+  ck_assert_int_eq(bad[1][0], 0);
+  ck_assert_int_eq(bad[2][0], 0);
   for (i = 0; i < 3; i++)
     free(swap_image[i]);
 }
@@ -1044,6 +1112,8 @@ memory_suite(void)
   add(s, "writing zeros to a hole allocates nothing",
       test_writing_zeros_to_a_hole_allocates_nothing);
   add(s, "connections share one store", test_connections_share_one_store);
+  add(s, "pread_to passes pages, holes and parts",
+      test_pread_to_passes_pages_holes_and_parts);
   add(s, "pwrite_from reads back an unaligned span",
       test_pwrite_from_reads_back_unaligned_span);
   add(s, "pwrite_from zeros keep holes and replace data",

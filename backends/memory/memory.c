@@ -48,6 +48,15 @@ memory_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
   return memory_store_read(self->layer->state, buf, count, offset);
 }
 
+/* Large reads go to the client straight from the pages (store.c). */
+static int
+memory_pread_to(struct nbd_ctx *self, struct nbd_ctx *next,
+                struct nbd_sink *dst, uint32_t count, uint64_t offset,
+                uint32_t flags)
+{
+  return memory_store_read_to(self->layer->state, dst, count, offset);
+}
+
 static int
 memory_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
               uint32_t count, uint64_t offset, uint32_t flags)
@@ -194,4 +203,5 @@ NBD_REGISTER_BACKEND(memory, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .setup = memory_setup,
   .cleanup = memory_cleanup,
   .pwrite_from = memory_pwrite_from,
+  .pread_to = memory_pread_to,
 );

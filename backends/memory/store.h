@@ -24,6 +24,12 @@ void memory_store_close(struct memory_store *s);
 /* Copies [offset, offset+count) into buf; holes read as zeros. */
 int memory_store_read(struct memory_store *s, void *buf, uint32_t count,
                       uint64_t offset);
+/* The same bytes passed to dst (layer.h's nbd_sink) straight from the
+ * pages, up to 32 pages a call under their read locks;
+ * 0 or -EIO. */
+struct nbd_sink;
+int memory_store_read_to(struct memory_store *s, struct nbd_sink *dst,
+                         uint32_t count, uint64_t offset);
 /* Copies buf into [offset, offset+count).  Zeros landing on a hole leave
  * it a hole.  -ENOMEM may leave part of the range written. */
 int memory_store_write(struct memory_store *s, const void *buf,

@@ -85,7 +85,11 @@ struct nbdc_req {
   int err;                      /* first error, -errno */
   int done;
   pthread_cond_t cond;
-  struct nbdc_req *next;
+  /* nbdc_submit: called once done, outside every lock (the request is
+   * then freed); NULL for a caller that waits on cond. */
+  void (*cb)(void *arg, int err);
+  void *arg;
+  struct nbdc_req *next, *later; /* later: completed, cb still to call */
 };
 
 struct nbdc {
@@ -623,7 +627,18 @@ nbdc_complete(struct nbdc *c, struct nbdc_req *req)
       break;
     }
   req->done = 1;
-  pthread_cond_signal(&req->cond);
+  if (req->cb == NULL)
+    pthread_cond_signal(&req->cond);
+}
+
+/* After nbdc_complete, once c->lock is released: an async request's
+ * callback, then it is freed.  (Not for a waiter's request: that one
+ * lives on the waiter's stack, gone as soon as it wakes.) */
+static void
+nbdc_finish(struct nbdc_req *req)
+{
+  req->cb(req->arg, req->err);
+  free(req);
 }
 
 /* Marks the connection dead and wakes a caller blocked reading
@@ -843,7 +858,7 @@ nbdc_structured(struct nbdc *c, int ext, const char **why)
   struct nbdc_req *req;
   uint16_t flags, type;
   uint64_t len;
-  int r;
+  int r, async;
 
   if (ext != c->info.extended) {
     *why = ext ? "extended reply without extended headers"
@@ -894,8 +909,11 @@ nbdc_structured(struct nbdc *c, int ext, const char **why)
     return -1;
   }
   pthread_mutex_lock(&c->lock);
+  async = req->cb != NULL;      /* a waiter's req is gone once woken */
   nbdc_complete(c, req);
   pthread_mutex_unlock(&c->lock);
+  if (async)
+    nbdc_finish(req);
   return 0;
 }
 
@@ -906,6 +924,7 @@ nbdc_simple(struct nbdc *c, const char **why)
   unsigned char h[12];
   struct nbdc_req *req;
   uint32_t e;
+  int async;
 
   if (nbdc_recv(c, h, sizeof h) == -1) {
     *why = "connection closed";
@@ -936,8 +955,11 @@ nbdc_simple(struct nbdc *c, const char **why)
   }
   pthread_mutex_lock(&c->lock);
   req->err = e ? nbdc_errno(e) : 0;
+  async = req->cb != NULL;      /* a waiter's req is gone once woken */
   nbdc_complete(c, req);
   pthread_mutex_unlock(&c->lock);
+  if (async)
+    nbdc_finish(req);
   return 0;
 }
 
@@ -959,6 +981,28 @@ nbdc_reply(struct nbdc *c, const char **why)
     return nbdc_structured(c, 1, why);
   *why = "bad reply magic";
   return -1;
+}
+
+/* Fails every request in flight with EIO (the connection is dead). */
+static void
+nbdc_fail_all(struct nbdc *c)
+{
+  struct nbdc_req *later = NULL, *r;
+
+  pthread_mutex_lock(&c->lock);
+  while ((r = c->reqs) != NULL) {
+    r->err = -EIO;
+    nbdc_complete(c, r);
+    if (r->cb) {
+      r->later = later;
+      later = r;
+    }
+  }
+  pthread_mutex_unlock(&c->lock);
+  while ((r = later) != NULL) {
+    later = r->later;
+    nbdc_finish(r);
+  }
 }
 
 /* Reads replies, whoever's, until mine is done (a caller reading) or
@@ -987,12 +1031,7 @@ nbdc_read_replies(struct nbdc *c, struct nbdc_req *mine)
   if (!dead)
     return;
   nbdc_kill(c, why);
-  pthread_mutex_lock(&c->lock);
-  while (c->reqs) {
-    c->reqs->err = -EIO;
-    nbdc_complete(c, c->reqs);
-  }
-  pthread_mutex_unlock(&c->lock);
+  nbdc_fail_all(c);
 }
 
 /* The reader thread: reads while more than one request is in flight, or
@@ -1131,19 +1170,51 @@ nbdc_dead(struct nbdc *c)
   return d;
 }
 
-/* One request and its reply (proto.md "Request message"): a compact
- * header (32-bit length) or, with extended headers, an extended one
- * (64-bit length; a write says NBD_CMD_FLAG_PAYLOAD_LEN, as the spec
- * wants and libnbd does). */
+/* Sends one request's header and payload (proto.md "Request message"):
+ * a compact header (32-bit length) or, with extended headers, an
+ * extended one (64-bit length; a write says NBD_CMD_FLAG_PAYLOAD_LEN, as
+ * the spec wants and libnbd does). */
+static void
+nbdc_send(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t cookie,
+          uint64_t offset, uint64_t count, const void *wbuf)
+{
+  unsigned char h[NBD_EXTENDED_REQUEST_SIZE];
+  struct iovec iov[2];
+  int r;
+
+  wire_put32(h, c->info.extended ? NBD_EXTENDED_REQUEST_MAGIC
+                                 : NBD_REQUEST_MAGIC);
+  if (c->info.extended && wbuf)
+    flags |= NBD_CMD_FLAG_PAYLOAD_LEN;
+  wire_put16(h + 4, (uint16_t)flags);
+  wire_put16(h + 6, cmd);
+  wire_put64(h + 8, cookie);
+  wire_put64(h + 16, offset);
+  if (c->info.extended)
+    wire_put64(h + 24, count);
+  else
+    wire_put32(h + 24, (uint32_t)count);
+  iov[0].iov_base = h;
+  iov[0].iov_len = c->info.extended ? NBD_EXTENDED_REQUEST_SIZE
+                                    : NBD_REQUEST_SIZE;
+  iov[1].iov_base = (void *)wbuf;
+  iov[1].iov_len = wbuf ? (size_t)count : 0;
+  pthread_mutex_lock(&c->wlock);
+  r = nbdc_writev_full(c, iov, wbuf ? 2 : 1);
+  pthread_mutex_unlock(&c->wlock);
+  /* A half-sent request leaves the stream unusable; the reader then fails
+   * every request, this one too. */
+  if (r == -1)
+    nbdc_kill(c, strerror(errno));
+}
+
+/* One request and its reply, the caller waiting for it. */
 static int
 nbdc_request_ctx(struct nbdc *c, uint16_t cmd, uint32_t flags,
                  uint64_t offset, uint64_t count, const void *wbuf,
                  void *rbuf, struct nbd_extents *extents, uint32_t want)
 {
-  unsigned char h[NBD_EXTENDED_REQUEST_SIZE];
-  struct iovec iov[2];
   struct nbdc_req req;
-  int r;
 
   if (count != 0 && offset > UINT64_MAX - count)
     return -EINVAL;
@@ -1168,30 +1239,7 @@ nbdc_request_ctx(struct nbdc *c, uint16_t cmd, uint32_t flags,
   c->reqs = &req;
   pthread_mutex_unlock(&c->lock);
 
-  wire_put32(h, c->info.extended ? NBD_EXTENDED_REQUEST_MAGIC
-                                 : NBD_REQUEST_MAGIC);
-  if (c->info.extended && wbuf)
-    flags |= NBD_CMD_FLAG_PAYLOAD_LEN;
-  wire_put16(h + 4, (uint16_t)flags);
-  wire_put16(h + 6, cmd);
-  wire_put64(h + 8, req.cookie);
-  wire_put64(h + 16, offset);
-  if (c->info.extended)
-    wire_put64(h + 24, count);
-  else
-    wire_put32(h + 24, (uint32_t)count);
-  iov[0].iov_base = h;
-  iov[0].iov_len = c->info.extended ? NBD_EXTENDED_REQUEST_SIZE
-                                    : NBD_REQUEST_SIZE;
-  iov[1].iov_base = (void *)wbuf;
-  iov[1].iov_len = wbuf ? (size_t)count : 0;
-  pthread_mutex_lock(&c->wlock);
-  r = nbdc_writev_full(c, iov, wbuf ? 2 : 1);
-  pthread_mutex_unlock(&c->wlock);
-  /* A half-sent request leaves the stream unusable; the reader then fails
-   * every request, this one too. */
-  if (r == -1)
-    nbdc_kill(c, strerror(errno));
+  nbdc_send(c, cmd, flags, req.cookie, offset, count, wbuf);
 
   /* Alone in flight with nobody reading: read the reply here.  Else sleep
    * until the reader completes this request, making sure there is one. */
@@ -1221,6 +1269,46 @@ nbdc_request(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
              uint64_t count, const void *wbuf, void *rbuf)
 {
   return nbdc_request_ctx(c, cmd, flags, offset, count, wbuf, rbuf, NULL, 0);
+}
+
+int
+nbdc_submit(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
+            uint32_t count, const void *wbuf, void *rbuf,
+            void (*cb)(void *arg, int err), void *arg)
+{
+  struct nbdc_req *req;
+  int wake;
+
+  if (count != 0 && offset > UINT64_MAX - count)
+    return -EINVAL;
+  if ((req = calloc(1, sizeof *req)) == NULL)
+    return -ENOMEM;
+  req->cmd = cmd;
+  req->offset = offset;
+  req->count = count;
+  req->buf = rbuf;
+  req->cb = cb;
+  req->arg = arg;
+  pthread_mutex_lock(&c->lock);
+  if (c->dead) {
+    pthread_mutex_unlock(&c->lock);
+    free(req);
+    return -EIO;
+  }
+  req->cookie = ++c->cookie;
+  req->next = c->reqs;
+  c->reqs = req;
+  pthread_mutex_unlock(&c->lock);
+  /* After this the reply may come and req be freed at any time. */
+  nbdc_send(c, cmd, flags, req->cookie, offset, count, wbuf);
+  /* Make sure someone reads (the reader thread, unless a caller or the
+   * thread already does); after a failed send, it fails the requests. */
+  pthread_mutex_lock(&c->lock);
+  wake = !c->reading && c->reqs != NULL;
+  pthread_mutex_unlock(&c->lock);
+  if (wake)
+    pthread_cond_signal(&c->rcond);
+  return 0;
 }
 
 int

@@ -73,6 +73,13 @@ int nbdc_pread(struct nbdc *c, void *buf, uint32_t count, uint64_t offset,
 int nbdc_pwrite(struct nbdc *c, const void *buf, uint32_t count,
                 uint64_t offset, uint32_t flags);
 int nbdc_flush(struct nbdc *c, uint32_t flags);
+/* A read or write that completes later: cb(arg, 0 or -errno) is called
+ * once, from the thread that reads its reply (any), outside every lock
+ * of c.  0 when sent (cb will come, with -EIO if the connection dies),
+ * or -errno at once (no cb). */
+int nbdc_submit(struct nbdc *c, uint16_t cmd, uint32_t flags,
+                uint64_t offset, uint32_t count, const void *wbuf,
+                void *rbuf, void (*cb)(void *arg, int err), void *arg);
 /* Any length: one request with extended headers; without them, requests
  * of at most 4 GiB (all such an upstream takes), each with flags. */
 int nbdc_trim(struct nbdc *c, uint64_t count, uint64_t offset, uint32_t flags);

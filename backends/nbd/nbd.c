@@ -627,6 +627,47 @@ nbd_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
                      nbd_fua(self, flags)));
 }
 
+/* Reads and writes that complete later (layer.h, nbd_async): sent from
+ * the calling thread, answered from the thread that reads the upstream's
+ * replies, so a connection keeps many in flight with no thread waiting
+ * on each.  nbd_put when done, before the engine hears of it. */
+static void
+nbd_async_done(void *arg, int err)
+{
+  struct nbd_async *a = arg;
+  const struct nbd_ctx *self = a->layer_ctx;
+
+  nbd_put(self, a->layer_data);
+  a->done(a, err);
+}
+
+static int
+nbd_submit(struct nbd_ctx *self, struct nbd_ctx *next, struct nbd_async *a)
+{
+  const struct nbdc_info *i = nbd_info_of(self);
+  struct nbdc *c = nbd_get(self);
+  uint32_t f;
+  int r;
+
+  if (a->op == NBD_ASYNC_READ)
+    f = i->structured && (i->tflags & NBD_FLAG_SEND_DF)
+        ? a->flags & NBD_CMD_FLAG_DF : 0;
+  else
+    f = nbd_fua(self, a->flags);
+  a->layer_ctx = self;
+  a->layer_data = c;
+  r = c == NULL ? -EIO
+      : nbdc_submit(c, a->op == NBD_ASYNC_READ ? NBD_CMD_READ
+                                               : NBD_CMD_WRITE,
+                    f, a->offset, a->count,
+                    a->op == NBD_ASYNC_WRITE ? a->buf : NULL,
+                    a->op == NBD_ASYNC_READ ? a->buf : NULL,
+                    nbd_async_done, a);
+  if (r < 0)
+    nbd_put(self, c);
+  return r;
+}
+
 static int
 nbd_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 {
@@ -971,6 +1012,7 @@ NBD_REGISTER_BACKEND(nbd, NBD_PARALLEL,
   .magic_param = "uri",
   .setup = nbd_setup,
   .cleanup = nbd_cleanup,
+  .submit = nbd_submit,
   .open = nbd_open,
   .close = nbd_close,
 );
