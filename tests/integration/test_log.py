@@ -340,8 +340,11 @@ def wait_children(pid, zombies=False, timeout=20):
     while True:
         kids = []
         for t in os.listdir("/proc/%d/task" % pid):
-            with open("/proc/%d/task/%s/children" % (pid, t)) as f:
-                kids += f.read().split()
+            try:  # a thread may end between the listing and the read
+                with open("/proc/%d/task/%s/children" % (pid, t)) as f:
+                    kids += f.read().split()
+            except FileNotFoundError:
+                pass
         if zombies:
             running = []
             for c in kids:
