@@ -87,7 +87,7 @@ int config_tls_forced(const struct nbd_config *cfg);
 #define CONFIG_DEFAULT_MAX_CONNECTIONS 1024
 #define CONFIG_MAX_BUFFER_MEMORY_DEFAULT (UINT64_C(1) << 30)
 #define CONFIG_MIN_BUFFER_MEMORY (UINT64_C(64) << 20)
-#define CONFIG_DEFAULT_POLL (UINT64_C(12) * 1000)   /* 12 us */
+#define CONFIG_DEFAULT_POLL (UINT64_C(50) * 1000)   /* 50 us */
 #define CONFIG_MAX_POLL_US  1000
 #define CONFIG_DEFAULT_COALESCE (UINT64_C(120) * 1000)   /* 120 us */
 #define CONFIG_MAX_COALESCE_US 1000

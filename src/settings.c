@@ -56,7 +56,7 @@ const struct nbd_setting nbd_settings[] = {
     "run the requests of stacks that never or rarely block on the "
     "reader thread (no: always on the worker pool)" },
   { "poll", "poll", 0, SETTING_DURATION, OFF(poll), 0, CONFIG_MAX_POLL_US,
-    0, "T", "12us", "inline: poll T for the next request before sleeping "
+    0, "T", "50us", "inline: poll T for the next request before sleeping "
     "(at most 1ms; 0 = never; see Tuning)" },
   { "coalesce", "coalesce", 0, SETTING_DURATION, OFF(coalesce), 0,
     CONFIG_MAX_COALESCE_US, 0, "T", "120us", "inline: with many requests "

@@ -440,7 +440,7 @@ START_TEST(test_server_limit_keys)
   ck_assert_uint_eq(cfg.exports->max_connections, 3);
   ck_assert_int_eq(cfg.inline_requests, 1);
   config_free(&cfg);
-  ck_assert_uint_eq(cfg.poll, 12000);        /* default 12 us */
+  ck_assert_uint_eq(cfg.poll, 50000);        /* default 50 us */
   config_free(&cfg);
   parse_ok("[server]\ninline = no\n[export x]\nbackend = tback\n", &cfg);
   ck_assert_int_eq(cfg.inline_requests, 0);
