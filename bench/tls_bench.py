@@ -237,7 +237,7 @@ def workload(kind, srv, uri, src, size, runtime, workdir):
 def profile(argv, sock, uri, src, workdir, name):
     """The server's profile during one X.509 copy-out alone: the disk is
     filled first, then perf records the whole machine while nbdcopy reads
-    it out, and the report keeps the server's threads (by command name),
+    it out, and the report keeps the server's threads (by process id),
     in percent of the server's samples."""
     if not shutil.which("perf"):
         return ["(perf not installed)"]
@@ -249,7 +249,8 @@ def profile(argv, sock, uri, src, workdir, name):
              "nbdcopy", uri, "null:"])
     finally:
         srv.stop()
-    r = run(["perf", "report", "-i", data, "--comms", os.path.basename(argv[0])[:15],
+    # By process: other programs (or another nbdstack) may run meanwhile.
+    r = run(["perf", "report", "-i", data, "--pid", str(srv.p.pid),
              "--percentage", "relative", "--no-children", "--sort", "dso,sym", "--stdio"])
     rows = [ln.rstrip() for ln in r.stdout.splitlines()
             if ln.strip() and not ln.startswith("#") and "%" in ln]
