@@ -360,6 +360,37 @@ START_TEST(test_small_write_inside_one_block_reads_it_once)
 }
 END_TEST
 
+/* Into blocks already cached, a partial write changes only its bytes:
+ * nothing is read, below or in the cache, and after FLUSH below holds the
+ * old bytes around the new ones (clean and dirty blocks, and a write
+ * whose first block is cached and last is not). */
+START_TEST(test_partial_write_into_cached_blocks_reads_nothing)
+{
+  struct nbd_ctx *top = cache_open("cache");
+
+  memset(cache_buf, 0x77, 2 * BLK);
+  ck_assert_int_eq(next_pwrite(top, cache_buf, 10, 0, 0), 0);     /* dirty */
+  ck_assert_int_eq(next_flush(top, 0), 0);                         /* clean */
+  ck_assert_int_eq(next_pwrite(top, cache_buf, 10, BLK + 5, 0), 0);
+  testlib_log_clear();
+  ck_assert_int_eq(next_pwrite(top, cache_buf, 100, 1000, 0), 0);  /* clean */
+  ck_assert_int_eq(next_pwrite(top, cache_buf, 100, BLK + 500, 0), 0);
+  ck_assert_str_eq(testlib_log(), "");
+  /* First block cached, last (block 2) not: only the last is read. */
+  ck_assert_int_eq(next_pwrite(top, cache_buf, 2 * BLK, 3000, 0), 0);
+  ck_assert_str_eq(testlib_log(), "pread 131072+65536 flags=0");
+  testlib_log_clear();
+  testlib_pattern(cache_want, 4 * BLK, 0);
+  memset(cache_want, 0x77, 10);
+  memset(cache_want + 1000, 0x77, 100);
+  memset(cache_want + 3000, 0x77, 2 * BLK);     /* covers BLK+5, BLK+500 */
+  ck_assert_int_eq(next_pread(top, cache_buf, 4 * BLK, 0, 0), 0);
+  ck_assert_mem_eq(cache_buf, cache_want, 4 * BLK);
+  ck_assert_int_eq(next_flush(top, 0), 0);
+  ck_assert_mem_eq(cache_s.rec->ram, cache_want, 4 * BLK);
+}
+END_TEST
+
 START_TEST(test_last_partial_block)
 {
   struct nbd_ctx *top;
@@ -880,6 +911,7 @@ cache_suite(void)
   tcase_add_test(tc, test_partial_write_reads_block_below_first);
   tcase_add_test(tc, test_unaligned_write_over_three_blocks);
   tcase_add_test(tc, test_small_write_inside_one_block_reads_it_once);
+  tcase_add_test(tc, test_partial_write_into_cached_blocks_reads_nothing);
   tcase_add_test(tc, test_last_partial_block);
   tcase_add_test(tc, test_whole_disk_write_ending_in_partial_block);
 

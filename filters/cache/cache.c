@@ -419,6 +419,16 @@ cache_fill_block(struct cache_state *st, struct nbd_ctx *next, char *dst,
   return cache_blocks_below_pread(next, dst, len, start);
 }
 
+/* Whether block b (taken by the caller) is in the cache file. */
+static int
+cache_block_cached(struct cache_state *st, uint64_t b)
+{
+  int cached;
+
+  cache_blocks_run(st->blocks, b, b, &cached);
+  return cached;
+}
+
 /* Writes go to whole blocks of the cache file: a partial first or last
  * block is read first (read-modify-write).  writethrough, and FUA in
  * writeback, send the same whole blocks below, which leaves them clean;
@@ -443,6 +453,21 @@ cache_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
   start = first << st->bits;
   end = cache_blocks_end(bl, last);
   cache_blocks_acquire(bl, first, last);
+  /* Into blocks already cached, a write that leaves them dirty needs
+   * only its own bytes: the rest of each block is in the cache file.
+   * (A 4K write into a cached 64K block was a 64K read and a 64K write;
+   * writethrough keeps whole blocks, which a dirty block needs below.) */
+  if (!through && (offset == start || cache_block_cached(st, first)) &&
+      (offset + count == end || cache_block_cached(st, last))) {
+    r = cache_blocks_pwrite(bl, buf, count, offset);
+    if (r == 0)
+      cache_blocks_release_as(bl, first, last, CACHE_DIRTY);
+    else
+      cache_blocks_release_failed(bl, first, last);
+    if (r == 0)
+      cache_blocks_reclaim(bl, next);
+    return r;
+  }
   if (offset != start || offset + count != end) {
     if ((bounce = nbd_bufpool_get(st->pool, end - start)) == NULL)
       r = -ENOMEM;
