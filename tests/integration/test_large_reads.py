@@ -15,7 +15,6 @@ made of the images it ever held).
 
 import os
 import random
-import socket
 import struct
 import sys
 import threading
@@ -29,9 +28,7 @@ import nbdtest as T    # noqa: E402
 T.require_layers("memory")
 T.start_watchdog(int(os.environ.get("TEST_DEADLINE", "240")))
 
-CMD_READ, CMD_WRITE, CMD_TRIM = 0, 1, 4
-MIB = 1 << 20
-SIZE = 64 * MIB
+SIZE = 64 * MiB
 PAGE = 32768
 
 srv = Server(["memory", "size=64M"], name="lr")
@@ -60,24 +57,24 @@ def check_replies(c, reqs, cookies, what):
 
 def fill(c):
     # Data in the first 48 MiB, with holes of 1 MiB every 8 MiB.
-    data = rnd.randbytes(48 * MIB)
-    for o in range(0, 48 * MIB, 4 * MIB):
-        check_eq(c.write(o, data[o:o + 4 * MIB]), 0, "write at %d" % o)
-    model[:48 * MIB] = data
-    for o in range(3 * MIB, 48 * MIB, 8 * MIB):
-        check_eq(c.cmd(CMD_TRIM, o, MIB), 0, "trim at %d" % o)
-        model[o:o + MIB] = bytes(MIB)
+    data = rnd.randbytes(48 * MiB)
+    for o in range(0, 48 * MiB, 4 * MiB):
+        check_eq(c.write(o, data[o:o + 4 * MiB]), 0, "write at %d" % o)
+    model[:48 * MiB] = data
+    for o in range(3 * MiB, 48 * MiB, 8 * MiB):
+        check_eq(c.cmd(CMD_TRIM, o, MiB), 0, "trim at %d" % o)
+        model[o:o + MiB] = bytes(MiB)
 
 
 def t_pipelined():
     c = connect_go(srv.sock)
     fill(c)
     # A run of reads of data: the server stops scanning them.
-    reqs = [(i * MIB, MIB) for i in (0, 1, 2, 4, 5, 6)] * 4
+    reqs = [(i * MiB, MiB) for i in (0, 1, 2, 4, 5, 6)] * 4
     check_replies(c, reqs, send_reads(c, reqs), "warm-up")
     reqs = []
     for _ in range(200):
-        length = rnd.choice([64 << 10, 100000, MIB, MIB + 1, 4 * MIB])
+        length = rnd.choice([64 << 10, 100000, MiB, MiB + 1, 4 * MiB])
         off = rnd.randrange(0, SIZE - length)
         if rnd.random() < 0.5:
             off -= off % PAGE
@@ -93,16 +90,16 @@ def t_slow_client():
     c = connect_go(srv.sock)
     # Past the reads the server scans for holes (the first 16 of a
     # connection), so that the replies below go from the pages.
-    reqs = [(i * MIB, 64 << 10) for i in (0, 1, 2)] * 7
+    reqs = [(i * MiB, 64 << 10) for i in (0, 1, 2)] * 7
     check_replies(c, reqs, send_reads(c, reqs), "warm-up")
-    reqs = [((i * 7 % 48) * MIB + 4096, MIB) for i in range(48)]
+    reqs = [((i * 7 % 48) * MiB + 4096, MiB) for i in range(48)]
     cookies = send_reads(c, reqs)
     time.sleep(1.0)                    # the replies pile up meanwhile
     check_replies(c, reqs, cookies, "slow client")
-    err, _, _ = c.recv_structured(send_reads(c, [(SIZE - MIB, 2 * MIB)])[0],
-                                  SIZE - MIB, 2 * MIB)
+    err, _, _ = c.recv_structured(send_reads(c, [(SIZE - MiB, 2 * MiB)])[0],
+                                  SIZE - MiB, 2 * MiB)
     check(err != 0, "a read past the end succeeded")
-    check_replies(c, [(0, MIB)], send_reads(c, [(0, MIB)]), "after the error")
+    check_replies(c, [(0, MiB)], send_reads(c, [(0, MiB)]), "after the error")
     c.disc()
     c.close()
 
@@ -112,8 +109,8 @@ def t_concurrent_rewrites():
     images meanwhile: every 8 bytes of every reply must be those of one
     of the three (zeros, image A, image B) at that place, never another
     page's (a write that runs meanwhile may tear a page, as on a disk)."""
-    region = 8 * MIB
-    base = 56 * MIB
+    region = 8 * MiB
+    base = 56 * MiB
     imgs = [bytes(region), rnd.randbytes(region), rnd.randbytes(region)]
     w = connect_go(srv.sock)
     check_eq(w.write(base, imgs[1]), 0, "first image")
@@ -142,7 +139,7 @@ def t_concurrent_rewrites():
     try:
         deadline = time.monotonic() + 4
         while time.monotonic() < deadline:
-            reqs = [(base + rnd.randrange(0, 7) * MIB, MIB) for _ in range(8)]
+            reqs = [(base + rnd.randrange(0, 7) * MiB, MiB) for _ in range(8)]
             for ck, (off, length) in zip(send_reads(r, reqs), reqs):
                 err, data, _ = r.recv_structured(ck, off, length)
                 check_eq(err, 0, "read under rewrites")

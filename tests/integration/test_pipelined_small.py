@@ -27,9 +27,6 @@ import nbdtest as T    # noqa: E402
 T.require_layers("memory")
 T.start_watchdog(int(os.environ.get("TEST_DEADLINE", "120")))
 
-CMD_READ, CMD_WRITE, CMD_TRIM = 0, 1, 4
-CMD_FLAG_DF = 1 << 2
-REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_OFFSET_HOLE = 1, 2
 SIZE = 1 << 20
 G = 4096
 
