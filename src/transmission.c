@@ -171,6 +171,20 @@ tx_read_push(struct nbd_conn *c, struct nbd_request *r, uint32_t fl,
   return proto_reply_error(c, r, err < 0 ? err : -EIO);
 }
 
+/* Counts a request that ran (started at t0) and sends its reply: the
+ * error, the read's data, or a plain ack.  -1 if the reply could not be
+ * written.  Shared by requests run here and those completed later. */
+static int
+tx_reply(struct nbd_conn *c, struct nbd_request *r, int err, uint64_t t0)
+{
+  metrics_request(c, r, err, t0);
+  if (err < 0)
+    return proto_reply_error(c, r, err);
+  if (r->type == NBD_CMD_READ)
+    return proto_reply_read(c, r);
+  return proto_reply_ok(c, r);
+}
+
 /* Runs a validated request and sends its reply; -1 if the reply could not
  * be written (the connection is then dead).  tm (or NULL) times the
  * stack. */
@@ -233,13 +247,7 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
     goto out;
   }
   sched_timing_stop(tm);
-  metrics_request(c, r, err, t0);
-  if (err < 0)
-    ret = proto_reply_error(c, r, err);
-  else if (r->type == NBD_CMD_READ)
-    ret = proto_reply_read(c, r);
-  else
-    ret = proto_reply_ok(c, r);
+  ret = tx_reply(c, r, err, t0);
 out:
   if (locked)
     pthread_mutex_unlock(&c->exp->lock);
@@ -256,16 +264,8 @@ tx_async_done(struct nbd_async *a, int err)
   struct nbd_request *r = (struct nbd_request *)
                           ((char *)a - offsetof(struct nbd_request, async));
   struct nbd_conn *c = r->conn;
-  int ret;
 
-  metrics_request(c, r, err, r->t0);
-  if (err < 0)
-    ret = proto_reply_error(c, r, err);
-  else if (r->type == NBD_CMD_READ)
-    ret = proto_reply_read(c, r);
-  else
-    ret = proto_reply_ok(c, r);
-  sched_done(c, r, ret == -1);
+  sched_done(c, r, tx_reply(c, r, err, r->t0) == -1);
 }
 
 /* Hands a read or write to the stack's submit, when the client has more
