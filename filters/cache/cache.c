@@ -404,21 +404,6 @@ cache_cache(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
 
 /* ---- writes --------------------------------------------------------------------- */
 
-/* Block b (owned) into dst: from the cache, or whole from below. */
-static int
-cache_fill_block(struct cache_state *st, struct nbd_ctx *next, char *dst,
-                 uint64_t b)
-{
-  uint64_t start = b << st->bits;
-  uint64_t len = cache_blocks_end(st->blocks, b) - start;
-  int cached;
-
-  cache_blocks_run(st->blocks, b, b, &cached);    /* is b cached? */
-  if (cached)
-    return cache_blocks_pread(st->blocks, dst, len, start);
-  return cache_blocks_below_pread(next, dst, len, start);
-}
-
 /* Whether block b (taken by the caller) is in the cache file. */
 static int
 cache_block_cached(struct cache_state *st, uint64_t b)
@@ -427,6 +412,19 @@ cache_block_cached(struct cache_state *st, uint64_t b)
 
   cache_blocks_run(st->blocks, b, b, &cached);
   return cached;
+}
+
+/* Block b (owned) into dst: from the cache, or whole from below. */
+static int
+cache_fill_block(struct cache_state *st, struct nbd_ctx *next, char *dst,
+                 uint64_t b)
+{
+  uint64_t start = b << st->bits;
+  uint64_t len = cache_blocks_end(st->blocks, b) - start;
+
+  if (cache_block_cached(st, b))
+    return cache_blocks_pread(st->blocks, dst, len, start);
+  return cache_blocks_below_pread(next, dst, len, start);
 }
 
 /* Writes go to whole blocks of the cache file: a partial first or last
