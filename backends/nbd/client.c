@@ -26,6 +26,14 @@
  * replies one in all); data beyond what is buffered goes straight into
  * the caller's buffer.
  *
+ * A submitted write of 64 KiB or more is not sent by its caller but
+ * queued for the connection's sender thread (started at the first one):
+ * the caller, a client connection's reader, then receives the client's
+ * next request while this payload goes upstream, as nbdkit's workers
+ * overlap them.  A request is marked unsent until its send returned: a
+ * reply with its cookie waits for that, and when the connection dies only
+ * its sender fails it, so no payload is freed while it is being sent.
+ *
  * The reader finds each reply's request by cookie, checks each chunk
  * against that request (offsets, lengths, types, the context id), writes
  * read data into the request's buffer, and wakes its caller when the
@@ -46,6 +54,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -68,6 +77,28 @@
 /* Reply read buffer: a 4 KiB read's reply, or a few dozen short replies,
  * in one read(2); small, as every connection has one. */
 #define NBDC_RBUF (16u << 10)
+/* A submitted write of at least this many bytes is sent by the
+ * connection's sender thread, so the caller (a client connection's
+ * reader) goes back to receiving the next request while this one's
+ * payload goes upstream; smaller ones are sent by the caller. */
+#define NBDC_QUEUE_MIN (64u << 10)
+
+/* Upstream connections with requests in flight, in this process.  The
+ * sender thread pays when the CPUs are busy anyway: with as many busy
+ * connections as half the CPUs, each caller sends its own (4 clients
+ * writing 1M at queue depth 16 on 2 CPUs: 0.87x the throughput, 1.19x
+ * the CPU with a sender each; 1 client: 1.69x at 0.75x). */
+static atomic_int nbdc_busy;
+static int nbdc_ncpus;
+static pthread_once_t nbdc_ncpus_once = PTHREAD_ONCE_INIT;
+
+static void
+nbdc_count_cpus(void)
+{
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+  nbdc_ncpus = n < 1 ? 1 : n > 4096 ? 4096 : (int)n;
+}
 
 struct nbdc_req {
   uint64_t cookie;
@@ -90,6 +121,14 @@ struct nbdc_req {
   void (*cb)(void *arg, int err);
   void *arg;
   struct nbdc_req *next, *later; /* later: completed, cb still to call */
+  /* Not sent yet (in the table, being sent or in the send queue): no
+   * reply may complete it, and only its sender fails it when the
+   * connection dies, so its payload is never freed while being sent. */
+  int unsent;
+  /* The send queue: what the sender thread sends. */
+  uint32_t flags;
+  const void *wbuf;
+  struct nbdc_req *qnext;
 };
 
 struct nbdc {
@@ -107,6 +146,15 @@ struct nbdc {
   int reading;                  /* someone is reading replies */
   pthread_cond_t rcond;         /* wakes the reader thread */
   pthread_t reader;
+  /* The sender thread, started at the first large submitted write; it
+   * sends the send queue in order (under lock). */
+  struct nbdc_req *sendq, **sendq_tail;
+  pthread_cond_t scond;
+  pthread_t sender;
+  int has_sender;
+  pthread_cond_t ucond;         /* nbdc_lookup waits for a send's end */
+  int unsent_wait;
+  int sender_idle;              /* waiting on scond */
   /* Replies received but not parsed yet; only the reading caller touches
    * them. */
   size_t rpos, rlen;
@@ -626,6 +674,8 @@ nbdc_complete(struct nbdc *c, struct nbdc_req *req)
       *p = req->next;
       break;
     }
+  if (c->reqs == NULL)
+    atomic_fetch_sub_explicit(&nbdc_busy, 1, memory_order_relaxed);
   req->done = 1;
   if (req->cb == NULL)
     pthread_cond_signal(&req->cond);
@@ -664,7 +714,14 @@ nbdc_lookup(struct nbdc *c, uint64_t cookie)
   struct nbdc_req *r;
 
   pthread_mutex_lock(&c->lock);
-  r = nbdc_find(c, cookie);
+  /* Its sender may not have marked it sent yet (the upstream has all of
+   * it, the send is returning): wait, so its payload is not freed under
+   * the send.  An upstream that answers before the request came waits
+   * here too. */
+  while ((r = nbdc_find(c, cookie)) != NULL && r->unsent) {
+    c->unsent_wait = 1;
+    pthread_cond_wait(&c->ucond, &c->lock);
+  }
   pthread_mutex_unlock(&c->lock);
   return r;
 }
@@ -989,8 +1046,14 @@ nbdc_fail_all(struct nbdc *c)
 {
   struct nbdc_req *later = NULL, *r;
 
+  struct nbdc_req **p;
+
   pthread_mutex_lock(&c->lock);
-  while ((r = c->reqs) != NULL) {
+  for (p = &c->reqs; (r = *p) != NULL; ) {
+    if (r->unsent) {            /* its sender fails it (nbdc_sent) */
+      p = &r->next;
+      continue;
+    }
     r->err = -EIO;
     nbdc_complete(c, r);
     if (r->cb) {
@@ -1034,6 +1097,21 @@ nbdc_read_replies(struct nbdc *c, struct nbdc_req *mine)
   nbdc_fail_all(c);
 }
 
+/* Under c->lock: whether a reply is due, or requests sent before the
+ * connection died are still to fail. */
+static int
+nbdc_to_read(const struct nbdc *c)
+{
+  const struct nbdc_req *r;
+
+  if (!c->dead)
+    return c->reqs != NULL;
+  for (r = c->reqs; r; r = r->next)
+    if (!r->unsent)
+      return 1;
+  return 0;
+}
+
 /* The reader thread: reads while more than one request is in flight, or
  * one whose caller sleeps; a lone caller reads its own reply. */
 static void *
@@ -1043,7 +1121,7 @@ nbdc_reader(void *arg)
 
   pthread_mutex_lock(&c->lock);
   for (;;) {
-    while (!c->closing && (c->reading || c->reqs == NULL))
+    while (!c->closing && (c->reading || !nbdc_to_read(c)))
       pthread_cond_wait(&c->rcond, &c->lock);
     if (c->closing)
       break;
@@ -1081,6 +1159,7 @@ nbdc_open(int fd, const char *name, const struct nbdc_tls *tls, char *err,
   pthread_attr_t attr;
   int r;
 
+  pthread_once(&nbdc_ncpus_once, nbdc_count_cpus);
   if (c == NULL) {
     snprintf(err, errlen, "out of memory");
     close(fd);
@@ -1103,6 +1182,9 @@ nbdc_open(int fd, const char *name, const struct nbdc_tls *tls, char *err,
   pthread_mutex_init(&c->wlock, NULL);
   pthread_mutex_init(&c->lock, NULL);
   pthread_cond_init(&c->rcond, NULL);
+  pthread_cond_init(&c->scond, NULL);
+  pthread_cond_init(&c->ucond, NULL);
+  c->sendq_tail = &c->sendq;
   /* The reader keeps nothing big on its stack; musl's 128 KiB default is
    * enough, but say so rather than depend on it. */
   pthread_attr_init(&attr);
@@ -1111,6 +1193,8 @@ nbdc_open(int fd, const char *name, const struct nbdc_tls *tls, char *err,
   pthread_attr_destroy(&attr);
   if (r != 0) {
     snprintf(err, errlen, "cannot start the reader thread: %s", strerror(r));
+    pthread_cond_destroy(&c->scond);
+    pthread_cond_destroy(&c->ucond);
     pthread_cond_destroy(&c->rcond);
     pthread_mutex_destroy(&c->wlock);
     pthread_mutex_destroy(&c->lock);
@@ -1133,7 +1217,10 @@ nbdc_close(struct nbdc *c)
   pthread_mutex_lock(&c->lock);
   c->closing = 1;
   pthread_cond_signal(&c->rcond);
+  pthread_cond_signal(&c->scond);
   pthread_mutex_unlock(&c->lock);
+  if (c->has_sender)
+    pthread_join(c->sender, NULL);
   pthread_join(c->reader, NULL);
   memset(h, 0, sizeof h);
   wire_put32(h, c->info.extended ? NBD_EXTENDED_REQUEST_MAGIC
@@ -1147,6 +1234,8 @@ nbdc_close(struct nbdc *c)
   nbdc_end_tls(c, !nbdc_dead(c));
   shutdown(c->w.fd, SHUT_RDWR);
   close(c->w.fd);
+  pthread_cond_destroy(&c->scond);
+  pthread_cond_destroy(&c->ucond);
   pthread_cond_destroy(&c->rcond);
   pthread_mutex_destroy(&c->wlock);
   pthread_mutex_destroy(&c->lock);
@@ -1208,6 +1297,84 @@ nbdc_send(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t cookie,
     nbdc_kill(c, strerror(errno));
 }
 
+/* After req's send (or its failure): from now on its reply may complete
+ * it (and an async one be freed at any time, so req is not looked at
+ * after the unlock); when the connection died meanwhile, it fails here,
+ * as nbdc_fail_all left it to its sender.  Makes sure someone reads
+ * (the reader thread, unless a caller or the thread already does). */
+static void
+nbdc_sent(struct nbdc *c, struct nbdc_req *req, int async)
+{
+  int wake, failed = 0;
+
+  pthread_mutex_lock(&c->lock);
+  req->unsent = 0;
+  if (c->unsent_wait) {
+    c->unsent_wait = 0;
+    pthread_cond_broadcast(&c->ucond);
+  }
+  if (c->dead && !req->done) {
+    req->err = -EIO;
+    nbdc_complete(c, req);
+    failed = async;
+  }
+  wake = !c->reading && nbdc_to_read(c);
+  pthread_mutex_unlock(&c->lock);
+  if (failed)
+    nbdc_finish(req);
+  if (wake)
+    pthread_cond_signal(&c->rcond);
+}
+
+/* The sender thread: sends the send queue in order; at close, whatever
+ * is left (nothing, when the engine waited for its requests) fails. */
+static void *
+nbdc_sender(void *arg)
+{
+  struct nbdc *c = arg;
+  struct nbdc_req *req;
+
+  pthread_mutex_lock(&c->lock);
+  for (;;) {
+    while (c->sendq == NULL && !c->closing) {
+      c->sender_idle = 1;
+      pthread_cond_wait(&c->scond, &c->lock);
+      c->sender_idle = 0;
+    }
+    if ((req = c->sendq) == NULL)
+      break;
+    if ((c->sendq = req->qnext) == NULL)
+      c->sendq_tail = &c->sendq;
+    if (c->closing)
+      c->dead = 1;              /* nbdc_sent fails it */
+    pthread_mutex_unlock(&c->lock);
+    if (!nbdc_dead(c))
+      nbdc_send(c, req->cmd, req->flags, req->cookie, req->offset,
+                req->count, req->wbuf);
+    nbdc_sent(c, req, 1);
+    pthread_mutex_lock(&c->lock);
+  }
+  pthread_mutex_unlock(&c->lock);
+  return NULL;
+}
+
+/* Under c->lock: starts the sender thread; 0, or -1 (the caller sends). */
+static int
+nbdc_start_sender(struct nbdc *c)
+{
+  pthread_attr_t attr;
+  int r;
+
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 64 << 10);
+  r = pthread_create(&c->sender, &attr, nbdc_sender, c);
+  pthread_attr_destroy(&attr);
+  if (r != 0)
+    return -1;
+  c->has_sender = 1;
+  return 0;
+}
+
 /* One request and its reply, the caller waiting for it. */
 static int
 nbdc_request_ctx(struct nbdc *c, uint16_t cmd, uint32_t flags,
@@ -1235,11 +1402,15 @@ nbdc_request_ctx(struct nbdc *c, uint16_t cmd, uint32_t flags,
     return -EIO;
   }
   req.cookie = ++c->cookie;
+  req.unsent = 1;
+  if (c->reqs == NULL)
+    atomic_fetch_add_explicit(&nbdc_busy, 1, memory_order_relaxed);
   req.next = c->reqs;
   c->reqs = &req;
   pthread_mutex_unlock(&c->lock);
 
   nbdc_send(c, cmd, flags, req.cookie, offset, count, wbuf);
+  nbdc_sent(c, &req, 0);
 
   /* Alone in flight with nobody reading: read the reply here.  Else sleep
    * until the reader completes this request, making sure there is one. */
@@ -1277,7 +1448,7 @@ nbdc_submit(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
             void (*cb)(void *arg, int err), void *arg)
 {
   struct nbdc_req *req;
-  int wake;
+  int wake, busy;
 
   if (count != 0 && offset > UINT64_MAX - count)
     return -EINVAL;
@@ -1296,18 +1467,28 @@ nbdc_submit(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
     return -EIO;
   }
   req->cookie = ++c->cookie;
+  req->unsent = 1;
+  busy = c->reqs == NULL
+         ? atomic_fetch_add_explicit(&nbdc_busy, 1, memory_order_relaxed) + 1
+         : atomic_load_explicit(&nbdc_busy, memory_order_relaxed);
   req->next = c->reqs;
   c->reqs = req;
+  if (wbuf && count >= NBDC_QUEUE_MIN &&
+      (c->sendq != NULL || busy * 2 <= nbdc_ncpus) &&
+      (c->has_sender || nbdc_start_sender(c) == 0)) {
+    req->flags = flags;
+    req->wbuf = wbuf;
+    *c->sendq_tail = req;
+    c->sendq_tail = &req->qnext;
+    wake = c->sender_idle;
+    pthread_mutex_unlock(&c->lock);
+    if (wake)
+      pthread_cond_signal(&c->scond);
+    return 0;
+  }
   pthread_mutex_unlock(&c->lock);
-  /* After this the reply may come and req be freed at any time. */
   nbdc_send(c, cmd, flags, req->cookie, offset, count, wbuf);
-  /* Make sure someone reads (the reader thread, unless a caller or the
-   * thread already does); after a failed send, it fails the requests. */
-  pthread_mutex_lock(&c->lock);
-  wake = !c->reading && c->reqs != NULL;
-  pthread_mutex_unlock(&c->lock);
-  if (wake)
-    pthread_cond_signal(&c->rcond);
+  nbdc_sent(c, req, 1);
   return 0;
 }
 

@@ -10,7 +10,11 @@ same batch touches, so any order of completion gives the same bytes),
 with FUA on some writes; each reply matched to its request by cookie,
 as they may come in any order.  Then a flush and a read past the end
 (the usual path) on the same connection, and the upstream killed with
-requests in flight: each gets an error, none hangs.
+requests in flight: each gets an error, none hangs.  Last, 1 MiB
+writes (which the proxy's sender thread sends while the client's reader
+takes the next) with the upstream stopped and then killed while their
+payloads are on the way: every write is answered, none hangs, and the
+proxy stays up.
 """
 
 import os
@@ -18,6 +22,8 @@ import random
 import signal
 import struct
 import sys
+import threading
+import time
 
 sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -143,6 +149,44 @@ def t_upstream_dies():
     c.close()
 
 
+def t_upstream_dies_mid_writes():
+    up2 = Server(["memory", "size=64M"], name="up2")
+    px2 = Server(["nbd", "socket=" + up2.sock], name="px2")
+    c = connect_go(px2.sock, timeout=30)
+    # One write through first: the upstream connection is open.
+    check_eq(c.write(0, b"x" * 4096), 0, "a write before")
+    n, data = 40, rnd.randbytes(1 << 20)
+    cookies = [c.next_cookie() for _ in range(n)]
+    out = b"".join(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, ck,
+                               i << 20, 1 << 20) + data
+                   for i, ck in enumerate(cookies))
+    up2.proc.send_signal(signal.SIGSTOP)
+    sender = threading.Thread(target=c.send, args=(out,), daemon=True)
+    sender.start()
+    time.sleep(0.5)             # the proxy's sends to it block
+    up2.proc.send_signal(signal.SIGKILL)
+    up2.proc.wait(10)
+    got = {}
+    while len(got) < n:
+        ch = c.recv_chunk()
+        if ch["kind"] == "simple" or ch["flags"] & REPLY_FLAG_DONE:
+            check(ch["cookie"] in cookies and ch["cookie"] not in got,
+                  "reply with an unknown or finished cookie")
+            got[ch["cookie"]] = ch
+    sender.join(30)
+    check(not sender.is_alive(), "the client's send never finished")
+    failed = sum(1 for ch in got.values()
+                 if (ch["error"] if ch["kind"] == "simple"
+                     else ch["type"] & 0x8000))
+    check(failed > 0, "every write succeeded although the upstream was "
+          "killed before it read them")
+    check(px2.alive(), "the proxy died")
+    c.close()
+    px2.stop()
+
+
 C.run("64 reads and writes in flight, replies by cookie", t_in_flight)
 C.run("the upstream killed with reads in flight", t_upstream_dies)
+C.run("the upstream killed with 1 MiB writes on the way",
+      t_upstream_dies_mid_writes)
 C.finish([px])
