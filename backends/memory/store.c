@@ -372,6 +372,20 @@ store_clip(uint64_t idx, uint64_t end)
 
 /* ---- page reads, writes, swaps and frees --------------------------------- */
 
+/* memcpy from a page, most likely not in any cache (random reads of a
+ * large disk): every line of the source is asked for first, so the
+ * memory fetches overlap instead of coming one after another as the copy
+ * reaches them (musl's memcpy is rep movsq).  */
+static inline void
+store_copy_out(unsigned char *dst, const unsigned char *src, uint32_t n)
+{
+  uint32_t i;
+
+  for (i = 0; i < n; i += 64)
+    __builtin_prefetch(src + i, 0, 0);
+  memcpy(dst, src, n);
+}
+
 static void
 store_read_page(struct memory_store *s, struct store_node *leaf,
                 uint64_t idx, unsigned char *buf, uint32_t in, uint32_t n)
@@ -383,7 +397,7 @@ store_read_page(struct memory_store *s, struct store_node *leaf,
   p = atomic_load_explicit(&leaf->slot[idx & STORE_NODE_MASK],
                            memory_order_acquire);
   if (p)
-    memcpy(buf, p + in, n);
+    store_copy_out(buf, p + in, n);
   pthread_rwlock_unlock(lock);
   if (p == NULL)
     memset(buf, 0, n);
