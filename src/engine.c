@@ -274,6 +274,7 @@ engine_cache_caps(struct nbd_ctx *c, int readonly, char *err, size_t errlen)
             (c->next == NULL || c->next->pull);
   c->push = o->pread_to != NULL && c->next == NULL;
   c->async = o->submit != NULL && c->next == NULL;
+  c->async_src = c->async && o->submit_src;
   return 0;
 }
 
@@ -680,6 +681,25 @@ nbd_source_skip(struct nbd_source *src, uint64_t len)
     len -= n;
   }
   return r;
+}
+
+int
+nbd_source_splice(struct nbd_source *src, int fd, uint64_t len)
+{
+  uint64_t moved = 0;
+  int r;
+
+  if (src->failed)
+    return -EIO;
+  if (len > src->left || src->splice == NULL)
+    return -EINVAL;
+  r = src->splice(src, fd, len, &moved);
+  src->left -= moved;
+  if (r == -1) {
+    src->failed = 1;
+    return -EIO;
+  }
+  return r == -2 ? -EPIPE : 0;
 }
 
 /* pwrite through a buffer, for a layer without pwrite_from. */

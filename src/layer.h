@@ -157,6 +157,9 @@ struct nbd_layer_ops {
   /* Command line: a bare value with no "key=" sets this parameter, as in
    * nbdkit ("memory 1G", "file disk.img").  NULL = none. */
   const char *magic_param;
+  /* submit takes writes whose payload is still in the client's socket
+   * (struct nbd_async, src). */
+  int submit_src;
 
   /* Startup, once per export after the params are parsed: validate and
    * acquire shared state (open a file, allocate the store).  On error fill
@@ -207,6 +210,7 @@ struct nbd_ctx {
   /* submit reaches the layer that does the work: a backend with submit,
    * with no filter between (src/layer.h, nbd_async). */
   int async;
+  int async_src;              /* ... and its submit_src */
   /* min_block and max_block are hints, advertised to the client but not
    * enforced by the engine at this boundary (blocksize_policy's
    * error-policy=allow, nbdkit's default).  A layer says so from its
@@ -403,6 +407,12 @@ struct nbd_source {
   int (*readv)(struct nbd_source *src, struct iovec *iov, int n);
   uint64_t left;              /* payload bytes not read yet */
   int failed;                 /* a read failed: the connection is dead */
+  /* Set by the engine when the payload can go to another socket without
+   * passing through user space (a plain client connection, splice(2)),
+   * else NULL: as wire_splice (src/wire.h); *moved counts the bytes
+   * taken.  Use nbd_source_splice. */
+  int (*splice)(struct nbd_source *src, int fd, uint64_t len,
+                uint64_t *moved);
 };
 
 /* 0, -EIO (the connection failed) or -EINVAL (more than is left). */
@@ -410,6 +420,11 @@ int nbd_source_readv(struct nbd_source *src, struct iovec *iov, int n);
 int nbd_source_read(struct nbd_source *src, void *buf, size_t len);
 /* Reads and drops len bytes. */
 int nbd_source_skip(struct nbd_source *src, uint64_t len);
+/* Moves len bytes to the stream socket fd (src->splice, which must be
+ * set): 0; -EIO when the client connection failed (src->failed set);
+ * -EPIPE when writing fd failed (the bytes not taken are still in src);
+ * -EINVAL when more than is left. */
+int nbd_source_splice(struct nbd_source *src, int fd, uint64_t len);
 
 /* ---- read data that goes straight to the client (pread_to) ------------- */
 
@@ -445,6 +460,13 @@ enum nbd_async_op { NBD_ASYNC_READ, NBD_ASYNC_WRITE };
 struct nbd_async {
   enum nbd_async_op op;
   void *buf;                  /* where a read's data goes; a write's data */
+  /* A write whose payload is still in the client's socket (buf NULL):
+   * valid only during submit, which takes the count bytes from it then
+   * (nbd_source_read or nbd_source_splice), or returns -EAGAIN having
+   * taken none: the engine then reads it into buf and submits again.
+   * Offered only to a layer whose submit_src says it takes such writes;
+   * what it leaves, the engine discards. */
+  struct nbd_source *src;
   uint32_t count;
   uint64_t offset;
   uint32_t flags;             /* NBD_CMD_FLAG_* */

@@ -81,6 +81,18 @@ tx_source_readv(struct nbd_source *src, struct iovec *iov, int n)
   return wire_readv(&((struct tx_source *)src)->c->w, iov, n);
 }
 
+static int
+tx_source_splice(struct nbd_source *src, int fd, uint64_t len,
+                 uint64_t *moved)
+{
+  return wire_splice(&((struct tx_source *)src)->c->w, fd, len, moved);
+}
+
+/* A write at least this large goes to a backend whose submit takes
+ * payloads still in the socket (submit_src: the nbd proxy, which
+ * splices them to its upstream) without being read here first. */
+#define TX_SPLICE_MIN (64u << 10)
+
 /* A small read, while replies are batched: read straight into the
  * batch, after the room of the reply's header.  Returns 1 when that
  * cannot be (tx_execute goes the usual way), else what tx_execute
@@ -217,7 +229,7 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
       err = next_pwrite(t, r->data, (uint32_t)r->count, r->offset, fl);
       r->data = NULL;
     } else if (r->pull) {
-      struct tx_source src = { { tx_source_readv, r->count, 0 }, c };
+      struct tx_source src = { { tx_source_readv, r->count, 0, NULL }, c };
       err = next_pwrite_from(t, &src.src, (uint32_t)r->count, r->offset,
                              fl);
       if (src.src.failed) {
@@ -279,6 +291,8 @@ static int
 tx_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
 {
   struct nbd_async *a = &r->async;
+  struct tx_source src = { { tx_source_readv, r->count, 0,
+                             tx_source_splice }, c };
   int err;
 
   if (r->type != NBD_CMD_READ && r->type != NBD_CMD_WRITE)
@@ -289,7 +303,8 @@ tx_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
     return 1;
   memset(a, 0, sizeof *a);
   a->op = r->type == NBD_CMD_READ ? NBD_ASYNC_READ : NBD_ASYNC_WRITE;
-  a->buf = r->buf;
+  a->buf = r->pull ? NULL : r->buf;
+  a->src = r->pull ? &src.src : NULL;
   a->count = (uint32_t)r->count;
   a->offset = r->offset;
   a->flags = r->flags & ~NBD_CMD_FLAG_PAYLOAD_LEN;
@@ -299,12 +314,66 @@ tx_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
   if (r->type == NBD_CMD_WRITE)
     __atomic_store_n(&c->wrote, 1, __ATOMIC_RELAXED);
   sched_track(c, s, r);
-  if ((err = next_submit(c->top, a)) == 0)
-    return 0;
+  err = next_submit(c->top, a);
+  a->src = NULL;
+  if (err == -EAGAIN && r->pull && src.src.left == r->count) {
+    /* The layer wants this payload in a buffer. */
+    r->pull = 0;
+    err = sched_reserve(c, r, (size_t)r->count);
+    if (err == 0 && wire_read(&c->w, r->buf, (size_t)r->count) == -1)
+      err = -ESHUTDOWN;
+    else if (err != 0 && err != -ESHUTDOWN &&
+             wire_skip(&c->w, (size_t)r->count) == -1)
+      err = -ESHUTDOWN;
+    if (err == -ESHUTDOWN) {
+      sched_untrack(c, r);
+      sched_put(c, r);
+      return -1;
+    }
+    if (err == 0) {
+      a->buf = r->buf;
+      err = next_submit(c->top, a);
+    }
+  }
+  if (err == -EOPNOTSUPP && (!r->pull || src.src.left == r->count)) {
+    sched_untrack(c, r);
+    return 1;                   /* tx_execute runs it (and reads it) */
+  }
+  /* What the layer left of a payload still in the socket leaves it now,
+   * so the stream stays in sync. */
+  if (r->pull && !src.src.failed && src.src.left > 0)
+    (void)nbd_source_skip(&src.src, src.src.left);
+  if (err == 0)
+    return src.src.failed ? -1 : 0;
   sched_untrack(c, r);
-  if (err == -EOPNOTSUPP)
-    return 1;
+  if (src.src.failed) {
+    sched_put(c, r);
+    return -1;                  /* the client went away mid-payload */
+  }
   metrics_request(c, r, err, r->t0);
+  err = proto_reply_error(c, r, err);
+  sched_put(c, r);
+  return err == -1 ? -1 : 0;
+}
+
+/* A write left in the socket for submit_src that submit did not take:
+ * its payload is read into a buffer now, on the reader, as for any
+ * other write (a worker must never read the socket).  1 to run it, 0
+ * when it was answered (refused), -1 when the connection is dead. */
+static int
+tx_unpull(struct nbd_conn *c, struct nbd_request *r)
+{
+  int err;
+
+  r->pull = 0;
+  err = sched_reserve(c, r, (size_t)r->payload);
+  if (err == -ESHUTDOWN)
+    return -1;
+  if (err == 0)
+    return wire_read(&c->w, r->buf, (size_t)r->payload) == -1 ? -1 : 1;
+  if (wire_skip(&c->w, (size_t)r->payload) == -1)
+    return -1;
+  metrics_request(c, r, err, 0);
   err = proto_reply_error(c, r, err);
   sched_put(c, r);
   return err == -1 ? -1 : 0;
@@ -399,6 +468,13 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
     r->pull = 1;                /* tx_execute reads it */
     return 0;
   }
+  /* For submit_src (tx_submit), or tx_execute reads it. */
+  if (s->can_async && c->top->async_src && *verr == 0 &&
+      r->payload >= TX_SPLICE_MIN && r->payload == r->count &&
+      wire_can_splice(&c->w)) {
+    r->pull = 1;
+    return 0;
+  }
   /* The payload follows whatever we think of the request; one over the
    * maximum was refused by proto_validate. */
   if (*verr == 0 &&
@@ -441,6 +517,11 @@ transmission_run(struct nbd_conn *c)
     else if (r->type == NBD_CMD_WRITE)
       c->bytes_written += r->count;
     if (s.can_async && (rr = tx_submit(c, &s, r)) != 1) {
+      if (rr == -1)
+        break;
+      continue;
+    }
+    if (r->pull && s.can_async && (rr = tx_unpull(c, r)) != 1) {
       if (rr == -1)
         break;
       continue;

@@ -8,6 +8,7 @@
  * is protocol.c's and handshake.c's.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -21,6 +22,8 @@
 #include "protocol.h"
 #include "tls.h"
 #include "wire.h"
+
+static void wire_drop_pipe(struct nbd_wire *w);
 
 #define WIRE_RBUF_SIZE (32u << 10)
 #define WIRE_OBUF_SIZE (64u << 10)
@@ -265,6 +268,7 @@ wire_park(struct nbd_wire *w)
   free(w->rbuf);
   w->rbuf = NULL;
   w->rcap = w->rpos = w->rlen = 0;
+  wire_drop_pipe(w);
   w->parked = 1;
   return 1;
 }
@@ -742,9 +746,96 @@ wire_init(struct nbd_wire *w, int fd, const char *peer, uint64_t poll_ns,
   iopolicy_init(&w->pol, poll_ns, coalesce_ns);
 }
 
+/* ---- moving a payload to another socket (splice) ------------------------ */
+
+int
+wire_can_splice(const struct nbd_wire *w)
+{
+  return w->io == &wire_plain;
+}
+
+static int
+wire_send_all(int out, const char *p, size_t len)
+{
+  ssize_t r;
+
+  while (len > 0) {
+    r = send(out, p, len, MSG_NOSIGNAL);
+    if (r == -1 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return -1;
+    p += r;
+    len -= (size_t)r;
+  }
+  return 0;
+}
+
+static void
+wire_drop_pipe(struct nbd_wire *w)
+{
+  if (w->spipe_ok) {
+    close(w->spipe[0]);
+    close(w->spipe[1]);
+    w->spipe_ok = 0;
+  }
+}
+
+int
+wire_splice(struct nbd_wire *w, int out, uint64_t len, uint64_t *moved)
+{
+  size_t avail = w->rlen - w->rpos;
+  ssize_t in, o;
+
+  *moved = 0;
+  if (len == 0)
+    return 0;
+  w->at_request = 0;
+  if (avail > 0) {
+    size_t k = avail < len ? avail : (size_t)len;
+
+    w->rpos += k;               /* taken, whatever out does with it */
+    *moved += k;
+    if (wire_send_all(out, w->rbuf + w->rpos - k, k) == -1)
+      return -2;
+    len -= k;
+  }
+  if (len > 0 && w->olen && wire_flush(w) == -1)
+    return -1;
+  if (len > 0 && !w->spipe_ok) {
+    if (pipe2(w->spipe, O_CLOEXEC) == -1)
+      return -1;
+    w->spipe_ok = 1;
+  }
+  while (len > 0) {
+    do {
+      if (wire_before_read(w) == -1)
+        return -1;
+      in = splice(w->fd, NULL, w->spipe[1], NULL,
+                  len < (1u << 30) ? (size_t)len : (1u << 30), SPLICE_F_MOVE);
+    } while (wire_retry(w, in));
+    if (in <= 0)
+      return -1;
+    *moved += (uint64_t)in;
+    len -= (uint64_t)in;
+    while (in > 0) {
+      o = splice(w->spipe[0], NULL, out, NULL, (size_t)in, SPLICE_F_MOVE);
+      if (o == -1 && errno == EINTR)
+        continue;
+      if (o <= 0) {
+        wire_drop_pipe(w);      /* it still holds bytes nobody wants */
+        return -2;
+      }
+      in -= o;
+    }
+  }
+  return 0;
+}
+
 void
 wire_destroy(struct nbd_wire *w)
 {
+  wire_drop_pipe(w);
   if (w->io->free)
     w->io->free(w);
   w->io = &wire_plain;

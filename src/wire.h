@@ -62,6 +62,9 @@ struct nbd_wire {
   pthread_t batch_owner;        /* the reader: only its replies batch */
   size_t olen;
   struct nbd_iopolicy pol;
+  /* wire_splice's pipe, made at its first use; spipe_ok says it is. */
+  int spipe[2];
+  int spipe_ok;
 };
 
 void wire_init(struct nbd_wire *w, int fd, const char *peer,
@@ -79,6 +82,14 @@ int wire_readv(struct nbd_wire *w, struct iovec *iov, int n);
 const void *wire_take(struct nbd_wire *w, size_t len);
 /* Discards len bytes of input; 0 or -1. */
 int wire_skip(struct nbd_wire *w, size_t len);
+/* Whether wire_splice can move input (a plain socket, not TLS). */
+int wire_can_splice(const struct nbd_wire *w);
+/* Moves the next len bytes of input to the stream socket out: what is
+ * buffered with send, the rest with splice(2) through a pipe, never
+ * through user space.  *moved counts the bytes taken from the input.
+ * 0; -1 when reading the input failed (the connection is dead); -2 when
+ * writing to out failed (the rest of the len bytes is still to read). */
+int wire_splice(struct nbd_wire *w, int out, uint64_t len, uint64_t *moved);
 /* Bytes already read from the socket and not consumed. */
 static inline size_t
 wire_buffered(const struct nbd_wire *w)

@@ -92,12 +92,21 @@ static atomic_int nbdc_busy;
 static int nbdc_ncpus;
 static pthread_once_t nbdc_ncpus_once = PTHREAD_ONCE_INIT;
 
+/* NBDSTACK_NBD_SPLICE=always|never overrides the choice between
+ * splicing a large write's payload and the sender thread (tests). */
+static int nbdc_splice_mode;    /* 0 by load, 1 always, -1 never */
+
 static void
 nbdc_count_cpus(void)
 {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
+  const char *e = getenv("NBDSTACK_NBD_SPLICE");
 
   nbdc_ncpus = n < 1 ? 1 : n > 4096 ? 4096 : (int)n;
+  if (e && strcmp(e, "always") == 0)
+    nbdc_splice_mode = 1;
+  else if (e && strcmp(e, "never") == 0)
+    nbdc_splice_mode = -1;
 }
 
 struct nbdc_req {
@@ -120,6 +129,7 @@ struct nbdc_req {
    * then freed); NULL for a caller that waits on cond. */
   void (*cb)(void *arg, int err);
   void *arg;
+  void *owned;                  /* a payload buffer freed with it */
   struct nbdc_req *next, *later; /* later: completed, cb still to call */
   /* Not sent yet (in the table, being sent or in the send queue): no
    * reply may complete it, and only its sender fails it when the
@@ -688,6 +698,7 @@ static void
 nbdc_finish(struct nbdc_req *req)
 {
   req->cb(req->arg, req->err);
+  free(req->owned);
   free(req);
 }
 
@@ -1263,17 +1274,14 @@ nbdc_dead(struct nbdc *c)
  * a compact header (32-bit length) or, with extended headers, an
  * extended one (64-bit length; a write says NBD_CMD_FLAG_PAYLOAD_LEN, as
  * the spec wants and libnbd does). */
-static void
-nbdc_send(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t cookie,
-          uint64_t offset, uint64_t count, const void *wbuf)
+static size_t
+nbdc_header(const struct nbdc *c, unsigned char *h, uint16_t cmd,
+            uint32_t flags, uint64_t cookie, uint64_t offset, uint64_t count,
+            int payload)
 {
-  unsigned char h[NBD_EXTENDED_REQUEST_SIZE];
-  struct iovec iov[2];
-  int r;
-
   wire_put32(h, c->info.extended ? NBD_EXTENDED_REQUEST_MAGIC
                                  : NBD_REQUEST_MAGIC);
-  if (c->info.extended && wbuf)
+  if (c->info.extended && payload)
     flags |= NBD_CMD_FLAG_PAYLOAD_LEN;
   wire_put16(h + 4, (uint16_t)flags);
   wire_put16(h + 6, cmd);
@@ -1283,9 +1291,20 @@ nbdc_send(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t cookie,
     wire_put64(h + 24, count);
   else
     wire_put32(h + 24, (uint32_t)count);
+  return c->info.extended ? NBD_EXTENDED_REQUEST_SIZE : NBD_REQUEST_SIZE;
+}
+
+static void
+nbdc_send(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t cookie,
+          uint64_t offset, uint64_t count, const void *wbuf)
+{
+  unsigned char h[NBD_EXTENDED_REQUEST_SIZE];
+  struct iovec iov[2];
+  int r;
+
   iov[0].iov_base = h;
-  iov[0].iov_len = c->info.extended ? NBD_EXTENDED_REQUEST_SIZE
-                                    : NBD_REQUEST_SIZE;
+  iov[0].iov_len = nbdc_header(c, h, cmd, flags, cookie, offset, count,
+                               wbuf != NULL);
   iov[1].iov_base = (void *)wbuf;
   iov[1].iov_len = wbuf ? (size_t)count : 0;
   pthread_mutex_lock(&c->wlock);
@@ -1442,10 +1461,11 @@ nbdc_request(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
   return nbdc_request_ctx(c, cmd, flags, offset, count, wbuf, rbuf, NULL, 0);
 }
 
-int
-nbdc_submit(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
-            uint32_t count, const void *wbuf, void *rbuf,
-            void (*cb)(void *arg, int err), void *arg)
+static int
+nbdc_submit_own(struct nbdc *c, uint16_t cmd, uint32_t flags,
+                uint64_t offset, uint32_t count, const void *wbuf,
+                void *rbuf, void *owned, void (*cb)(void *arg, int err),
+                void *arg)
 {
   struct nbdc_req *req;
   int wake, busy;
@@ -1454,6 +1474,7 @@ nbdc_submit(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
     return -EINVAL;
   if ((req = calloc(1, sizeof *req)) == NULL)
     return -ENOMEM;
+  req->owned = owned;
   req->cmd = cmd;
   req->offset = offset;
   req->count = count;
@@ -1463,7 +1484,7 @@ nbdc_submit(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
   pthread_mutex_lock(&c->lock);
   if (c->dead) {
     pthread_mutex_unlock(&c->lock);
-    free(req);
+    free(req);                  /* not owned: the caller frees it */
     return -EIO;
   }
   req->cookie = ++c->cookie;
@@ -1488,6 +1509,87 @@ nbdc_submit(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
   }
   pthread_mutex_unlock(&c->lock);
   nbdc_send(c, cmd, flags, req->cookie, offset, count, wbuf);
+  nbdc_sent(c, req, 1);
+  return 0;
+}
+
+int
+nbdc_submit(struct nbdc *c, uint16_t cmd, uint32_t flags, uint64_t offset,
+            uint32_t count, const void *wbuf, void *rbuf,
+            void (*cb)(void *arg, int err), void *arg)
+{
+  return nbdc_submit_own(c, cmd, flags, offset, count, wbuf, rbuf, NULL,
+                         cb, arg);
+}
+
+int
+nbdc_submit_src(struct nbdc *c, uint32_t flags, uint64_t offset,
+                uint32_t count, struct nbd_source *src, int may_splice,
+                void (*cb)(void *arg, int err), void *arg)
+{
+  unsigned char h[NBD_EXTENDED_REQUEST_SIZE];
+  struct nbdc_req *req;
+  size_t hl;
+  int r;
+
+  if (!may_splice || c->w.io != NULL || src->splice == NULL ||
+      nbdc_splice_mode < 0) {
+    void *buf = malloc(count ? count : 1);
+
+    if (buf == NULL)
+      return -ENOMEM;
+    if ((r = nbd_source_read(src, buf, count)) == 0 &&
+        (r = nbdc_submit_own(c, NBD_CMD_WRITE, flags, offset, count, buf,
+                             NULL, buf, cb, arg)) == 0)
+      return 0;
+    free(buf);
+    return r;
+  }
+  /* Few upstream connections busy: the CPUs have room, and the sender
+   * thread overlaps receiving the next payload with sending this one
+   * (one client writing 1 MiB at queue depth 16: splicing on the
+   * reader, 0.82x the throughput of that).  The engine reads the
+   * payload into a buffer of its own and submits again. */
+  pthread_mutex_lock(&c->lock);
+  r = (atomic_load_explicit(&nbdc_busy, memory_order_relaxed) +
+       (c->reqs == NULL)) * 2 <= nbdc_ncpus;
+  pthread_mutex_unlock(&c->lock);
+  if (r && count >= NBDC_QUEUE_MIN && nbdc_splice_mode == 0)
+    return -EAGAIN;
+  if (count != 0 && offset > UINT64_MAX - count)
+    return -EINVAL;
+  if ((req = calloc(1, sizeof *req)) == NULL)
+    return -ENOMEM;
+  req->cmd = NBD_CMD_WRITE;
+  req->offset = offset;
+  req->count = count;
+  req->cb = cb;
+  req->arg = arg;
+  pthread_mutex_lock(&c->lock);
+  if (c->dead) {
+    pthread_mutex_unlock(&c->lock);
+    free(req);
+    return -EIO;
+  }
+  req->cookie = ++c->cookie;
+  req->unsent = 1;
+  if (c->reqs == NULL)
+    atomic_fetch_add_explicit(&nbdc_busy, 1, memory_order_relaxed);
+  req->next = c->reqs;
+  c->reqs = req;
+  pthread_mutex_unlock(&c->lock);
+  /* Header and payload under the send lock, the payload straight from
+   * the client's socket: a client that stops in the middle holds this
+   * upstream connection (which is its own: not done when shared). */
+  hl = nbdc_header(c, h, NBD_CMD_WRITE, flags, req->cookie, offset, count,
+                   1);
+  pthread_mutex_lock(&c->wlock);
+  r = nbdc_write_full(c, h, hl) == -1 ? -EPIPE
+      : nbd_source_splice(src, c->w.fd, count);
+  pthread_mutex_unlock(&c->wlock);
+  if (r != 0)
+    nbdc_kill(c, r == -EIO ? "the client went away in the middle of a "
+                             "write's payload" : strerror(-r));
   nbdc_sent(c, req, 1);
   return 0;
 }

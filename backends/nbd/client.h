@@ -24,6 +24,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct nbd_source;
+
 struct nbd_extents;
 struct nbdc;
 
@@ -77,6 +79,16 @@ int nbdc_flush(struct nbdc *c, uint32_t flags);
  * once, from the thread that reads its reply (any), outside every lock
  * of c.  0 when sent (cb will come, with -EIO if the connection dies),
  * or -errno at once (no cb). */
+/* The same for a write whose payload is still in the client's socket
+ * (src): moved with splice(2) when may_splice and the upstream is plain,
+ * else read into a buffer of its own first; -EAGAIN (nothing taken) when
+ * the sender thread would do better with it in a buffer.  Takes the count bytes from
+ * src before it returns (what it leaves, the caller discards), or fails
+ * at once (-errno, no cb).  A client that goes away mid-payload leaves src->failed set and
+ * the upstream connection dead (cb comes with -EIO). */
+int nbdc_submit_src(struct nbdc *c, uint32_t flags, uint64_t offset,
+                    uint32_t count, struct nbd_source *src, int may_splice,
+                    void (*cb)(void *arg, int err), void *arg);
 int nbdc_submit(struct nbdc *c, uint16_t cmd, uint32_t flags,
                 uint64_t offset, uint32_t count, const void *wbuf,
                 void *rbuf, void (*cb)(void *arg, int err), void *arg);

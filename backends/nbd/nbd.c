@@ -656,8 +656,16 @@ nbd_submit(struct nbd_ctx *self, struct nbd_ctx *next, struct nbd_async *a)
     f = nbd_fua(self, a->flags);
   a->layer_ctx = self;
   a->layer_data = c;
-  r = c == NULL ? -EIO
-      : nbdc_submit(c, a->op == NBD_ASYNC_READ ? NBD_CMD_READ
+  if (c == NULL)
+    r = -EIO;
+  else if (a->op == NBD_ASYNC_WRITE && a->src)
+    /* Spliced from the client's socket to the upstream's; a shared
+     * upstream is not held while a client's payload trickles in. */
+    r = nbdc_submit_src(c, f, a->offset, a->count, a->src,
+                        !((const struct nbd_conf *)self->layer->conf)->shared,
+                        nbd_async_done, a);
+  else
+    r = nbdc_submit(c, a->op == NBD_ASYNC_READ ? NBD_CMD_READ
                                                : NBD_CMD_WRITE,
                     f, a->offset, a->count,
                     a->op == NBD_ASYNC_WRITE ? a->buf : NULL,
@@ -1013,6 +1021,7 @@ NBD_REGISTER_BACKEND(nbd, NBD_PARALLEL,
   .setup = nbd_setup,
   .cleanup = nbd_cleanup,
   .submit = nbd_submit,
+  .submit_src = 1,
   .open = nbd_open,
   .close = nbd_close,
 );

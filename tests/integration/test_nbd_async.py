@@ -14,7 +14,12 @@ requests in flight: each gets an error, none hangs.  Last, 1 MiB
 writes (which the proxy's sender thread sends while the client's reader
 takes the next) with the upstream stopped and then killed while their
 payloads are on the way: every write is answered, none hangs, and the
-proxy stays up.
+proxy stays up.  The in-flight batches and the killed upstream run
+again with large payloads spliced from the client's socket to the
+upstream's (NBDSTACK_NBD_SPLICE=always; by default that happens only
+when several upstream connections are busy) and with the sender thread
+only (never); last, a client that stops in the middle of a spliced
+payload and goes away: the proxy answers the other clients.
 """
 
 import os
@@ -41,6 +46,10 @@ SIZE = 16 << 20
 C = Checker("test_nbd_async")
 up = Server(["memory", "size=16M"], name="up")
 px = Server(["nbd", "socket=" + up.sock], name="px")
+
+
+def env_splice(mode):
+    return dict(os.environ, NBDSTACK_NBD_SPLICE=mode)
 rnd = random.Random(131)
 
 
@@ -81,8 +90,8 @@ def batch(c, reqs):
     return res
 
 
-def t_in_flight():
-    c = connect_go(px.sock)
+def t_in_flight(sock=None):
+    c = connect_go(sock or px.sock)
     model = bytearray(SIZE)
     for rnd_batch in range(30):
         reqs, busy = [], []
@@ -149,9 +158,10 @@ def t_upstream_dies():
     c.close()
 
 
-def t_upstream_dies_mid_writes():
+def t_upstream_dies_mid_writes(mode=None):
     up2 = Server(["memory", "size=64M"], name="up2")
-    px2 = Server(["nbd", "socket=" + up2.sock], name="px2")
+    px2 = Server(["nbd", "socket=" + up2.sock], name="px2",
+                 env=env_splice(mode) if mode else None)
     c = connect_go(px2.sock, timeout=30)
     # One write through first: the upstream connection is open.
     check_eq(c.write(0, b"x" * 4096), 0, "a write before")
@@ -183,10 +193,57 @@ def t_upstream_dies_mid_writes():
     check(px2.alive(), "the proxy died")
     c.close()
     px2.stop()
+    up2.kill()
+
+
+def t_modes(mode):
+    up3 = Server(["memory", "size=16M"], name="up-" + mode)
+    px3 = Server(["nbd", "socket=" + up3.sock], name="px-" + mode,
+                 env=env_splice(mode))
+    t_in_flight(px3.sock)
+    px3.stop()
+    up3.stop()
+    t_upstream_dies_mid_writes(mode)
+
+
+def t_client_dies_mid_payload():
+    up4 = Server(["memory", "size=16M"], name="up4")
+    px4 = Server(["nbd", "socket=" + up4.sock], name="px4",
+                 env=env_splice("always"))
+    other = connect_go(px4.sock)
+    check_eq(other.write(0, b"a" * 65536), 0, "a write before")
+    c = connect_go(px4.sock)
+    # Two writes in flight (so they are submitted, not run alone), the
+    # second stopping halfway through its 1 MiB payload.
+    c.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE,
+                       c.next_cookie(), 1 << 20, 1 << 20) + b"b" * (1 << 20))
+    c.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE,
+                       c.next_cookie(), 2 << 20, 1 << 20) + b"c" * (1 << 19))
+    time.sleep(0.3)
+    c.close()
+    time.sleep(0.3)
+    check(px4.alive(), "the proxy died")
+    err, data = other.read(0, 65536)
+    check(err == 0 and data == b"a" * 65536,
+          "the other client's read after it: error %d" % err)
+    check_eq(other.write(4096, b"d" * 65536), 0, "the other client's write")
+    other.disc()
+    other.close()
+    c3 = connect_go(px4.sock)
+    err, data = c3.read(4096, 65536)
+    check(err == 0 and data == b"d" * 65536, "a new client's read")
+    c3.disc()
+    c3.close()
+    px4.stop()
+    up4.stop()
 
 
 C.run("64 reads and writes in flight, replies by cookie", t_in_flight)
 C.run("the upstream killed with reads in flight", t_upstream_dies)
 C.run("the upstream killed with 1 MiB writes on the way",
       t_upstream_dies_mid_writes)
+C.run("payloads always spliced", t_modes, "always")
+C.run("payloads never spliced", t_modes, "never")
+C.run("a client gone in the middle of a spliced payload",
+      t_client_dies_mid_payload)
 C.finish([px])
