@@ -320,10 +320,9 @@ tx_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
     /* The layer wants this payload in a buffer. */
     r->pull = 0;
     err = sched_reserve(c, r, (size_t)r->count);
-    if (err == 0 && wire_read(&c->w, r->buf, (size_t)r->count) == -1)
-      err = -ESHUTDOWN;
-    else if (err != 0 && err != -ESHUTDOWN &&
-             wire_skip(&c->w, (size_t)r->count) == -1)
+    if (err == 0 ? wire_read(&c->w, r->buf, (size_t)r->count) == -1
+                 : err != -ESHUTDOWN &&
+                   wire_skip(&c->w, (size_t)r->count) == -1)
       err = -ESHUTDOWN;
     if (err == -ESHUTDOWN) {
       sched_untrack(c, r);
