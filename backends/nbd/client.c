@@ -1055,9 +1055,7 @@ nbdc_reply(struct nbdc *c, const char **why)
 static void
 nbdc_fail_all(struct nbdc *c)
 {
-  struct nbdc_req *later = NULL, *r;
-
-  struct nbdc_req **p;
+  struct nbdc_req *later = NULL, *r, **p;
 
   pthread_mutex_lock(&c->lock);
   for (p = &c->reqs; (r = *p) != NULL; ) {
@@ -1161,13 +1159,29 @@ nbdc_end_tls(struct nbdc *c, int notify)
   c->w.io = NULL;
 }
 
+/* Starts one of the connection's threads with a stack of the size
+ * given (they keep nothing big on it; musl's 128 KiB default would do,
+ * but say so rather than depend on it); 0 or an errno. */
+static int
+nbdc_thread(struct nbdc *c, pthread_t *t, void *(*fn)(void *),
+            size_t stack)
+{
+  pthread_attr_t attr;
+  int r;
+
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, stack);
+  r = pthread_create(t, &attr, fn, c);
+  pthread_attr_destroy(&attr);
+  return r;
+}
+
 struct nbdc *
 nbdc_open(int fd, const char *name, const struct nbdc_tls *tls, char *err,
           size_t errlen)
 {
   struct timeval tv = { NBDC_HANDSHAKE_TIMEOUT, 0 }, none = { 0, 0 };
   struct nbdc *c = calloc(1, sizeof *c);
-  pthread_attr_t attr;
   int r;
 
   pthread_once(&nbdc_ncpus_once, nbdc_count_cpus);
@@ -1196,13 +1210,7 @@ nbdc_open(int fd, const char *name, const struct nbdc_tls *tls, char *err,
   pthread_cond_init(&c->scond, NULL);
   pthread_cond_init(&c->ucond, NULL);
   c->sendq_tail = &c->sendq;
-  /* The reader keeps nothing big on its stack; musl's 128 KiB default is
-   * enough, but say so rather than depend on it. */
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, 256 << 10);
-  r = pthread_create(&c->reader, &attr, nbdc_reader, c);
-  pthread_attr_destroy(&attr);
-  if (r != 0) {
+  if ((r = nbdc_thread(c, &c->reader, nbdc_reader, 256 << 10)) != 0) {
     snprintf(err, errlen, "cannot start the reader thread: %s", strerror(r));
     pthread_cond_destroy(&c->scond);
     pthread_cond_destroy(&c->ucond);
@@ -1352,6 +1360,7 @@ nbdc_sender(void *arg)
 {
   struct nbdc *c = arg;
   struct nbdc_req *req;
+  int dead;
 
   pthread_mutex_lock(&c->lock);
   for (;;) {
@@ -1366,8 +1375,9 @@ nbdc_sender(void *arg)
       c->sendq_tail = &c->sendq;
     if (c->closing)
       c->dead = 1;              /* nbdc_sent fails it */
+    dead = c->dead;
     pthread_mutex_unlock(&c->lock);
-    if (!nbdc_dead(c))
+    if (!dead)
       nbdc_send(c, req->cmd, req->flags, req->cookie, req->offset,
                 req->count, req->wbuf);
     nbdc_sent(c, req, 1);
@@ -1381,17 +1391,58 @@ nbdc_sender(void *arg)
 static int
 nbdc_start_sender(struct nbdc *c)
 {
-  pthread_attr_t attr;
-  int r;
-
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, 64 << 10);
-  r = pthread_create(&c->sender, &attr, nbdc_sender, c);
-  pthread_attr_destroy(&attr);
-  if (r != 0)
+  if (nbdc_thread(c, &c->sender, nbdc_sender, 64 << 10) != 0)
     return -1;
   c->has_sender = 1;
   return 0;
+}
+
+/* Whether the sender thread is worth it with busy upstream connections
+ * in this process (see nbdc_busy). */
+static int
+nbdc_few_busy(int busy)
+{
+  return busy * 2 <= nbdc_ncpus;
+}
+
+/* Under c->lock: enters req in the table of requests in flight, under a
+ * fresh cookie and marked unsent (nbdc_sent ends that); -EIO when the
+ * connection is dead, else the number of busy upstream connections
+ * now. */
+static int
+nbdc_enter(struct nbdc *c, struct nbdc_req *req)
+{
+  int busy;
+
+  if (c->dead)
+    return -EIO;
+  req->cookie = ++c->cookie;
+  req->unsent = 1;
+  busy = c->reqs == NULL
+         ? atomic_fetch_add_explicit(&nbdc_busy, 1, memory_order_relaxed) + 1
+         : atomic_load_explicit(&nbdc_busy, memory_order_relaxed);
+  req->next = c->reqs;
+  c->reqs = req;
+  return busy;
+}
+
+/* A request that completes later (cb), not entered yet; NULL when out of
+ * memory. */
+static struct nbdc_req *
+nbdc_req_new(uint16_t cmd, uint64_t offset, uint64_t count, void *rbuf,
+             void (*cb)(void *arg, int err), void *arg)
+{
+  struct nbdc_req *req = calloc(1, sizeof *req);
+
+  if (req == NULL)
+    return NULL;
+  req->cmd = cmd;
+  req->offset = offset;
+  req->count = count;
+  req->buf = rbuf;
+  req->cb = cb;
+  req->arg = arg;
+  return req;
 }
 
 /* One request and its reply, the caller waiting for it. */
@@ -1415,17 +1466,11 @@ nbdc_request_ctx(struct nbdc *c, uint16_t cmd, uint32_t flags,
   req.want = want;
   pthread_cond_init(&req.cond, NULL);
   pthread_mutex_lock(&c->lock);
-  if (c->dead) {
+  if (nbdc_enter(c, &req) < 0) {
     pthread_mutex_unlock(&c->lock);
     pthread_cond_destroy(&req.cond);
     return -EIO;
   }
-  req.cookie = ++c->cookie;
-  req.unsent = 1;
-  if (c->reqs == NULL)
-    atomic_fetch_add_explicit(&nbdc_busy, 1, memory_order_relaxed);
-  req.next = c->reqs;
-  c->reqs = &req;
   pthread_mutex_unlock(&c->lock);
 
   nbdc_send(c, cmd, flags, req.cookie, offset, count, wbuf);
@@ -1472,30 +1517,17 @@ nbdc_submit_own(struct nbdc *c, uint16_t cmd, uint32_t flags,
 
   if (count != 0 && offset > UINT64_MAX - count)
     return -EINVAL;
-  if ((req = calloc(1, sizeof *req)) == NULL)
+  if ((req = nbdc_req_new(cmd, offset, count, rbuf, cb, arg)) == NULL)
     return -ENOMEM;
-  req->owned = owned;
-  req->cmd = cmd;
-  req->offset = offset;
-  req->count = count;
-  req->buf = rbuf;
-  req->cb = cb;
-  req->arg = arg;
+  req->owned = owned;           /* freed with it once it is entered */
   pthread_mutex_lock(&c->lock);
-  if (c->dead) {
+  if ((busy = nbdc_enter(c, req)) < 0) {
     pthread_mutex_unlock(&c->lock);
     free(req);                  /* not owned: the caller frees it */
-    return -EIO;
+    return busy;
   }
-  req->cookie = ++c->cookie;
-  req->unsent = 1;
-  busy = c->reqs == NULL
-         ? atomic_fetch_add_explicit(&nbdc_busy, 1, memory_order_relaxed) + 1
-         : atomic_load_explicit(&nbdc_busy, memory_order_relaxed);
-  req->next = c->reqs;
-  c->reqs = req;
   if (wbuf && count >= NBDC_QUEUE_MIN &&
-      (c->sendq != NULL || busy * 2 <= nbdc_ncpus) &&
+      (c->sendq != NULL || nbdc_few_busy(busy)) &&
       (c->has_sender || nbdc_start_sender(c) == 0)) {
     req->flags = flags;
     req->wbuf = wbuf;
@@ -1551,32 +1583,22 @@ nbdc_submit_src(struct nbdc *c, uint32_t flags, uint64_t offset,
    * reader, 0.82x the throughput of that).  The engine reads the
    * payload into a buffer of its own and submits again. */
   pthread_mutex_lock(&c->lock);
-  r = (atomic_load_explicit(&nbdc_busy, memory_order_relaxed) +
-       (c->reqs == NULL)) * 2 <= nbdc_ncpus;
+  r = nbdc_few_busy(atomic_load_explicit(&nbdc_busy, memory_order_relaxed) +
+                    (c->reqs == NULL));
   pthread_mutex_unlock(&c->lock);
   if (r && count >= NBDC_QUEUE_MIN && nbdc_splice_mode == 0)
     return -EAGAIN;
   if (count != 0 && offset > UINT64_MAX - count)
     return -EINVAL;
-  if ((req = calloc(1, sizeof *req)) == NULL)
+  if ((req = nbdc_req_new(NBD_CMD_WRITE, offset, count, NULL, cb,
+                          arg)) == NULL)
     return -ENOMEM;
-  req->cmd = NBD_CMD_WRITE;
-  req->offset = offset;
-  req->count = count;
-  req->cb = cb;
-  req->arg = arg;
   pthread_mutex_lock(&c->lock);
-  if (c->dead) {
+  if ((r = nbdc_enter(c, req)) < 0) {
     pthread_mutex_unlock(&c->lock);
     free(req);
-    return -EIO;
+    return r;
   }
-  req->cookie = ++c->cookie;
-  req->unsent = 1;
-  if (c->reqs == NULL)
-    atomic_fetch_add_explicit(&nbdc_busy, 1, memory_order_relaxed);
-  req->next = c->reqs;
-  c->reqs = req;
   pthread_mutex_unlock(&c->lock);
   /* Header and payload under the send lock, the payload straight from
    * the client's socket: a client that stops in the middle holds this
