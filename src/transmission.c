@@ -280,6 +280,31 @@ tx_async_done(struct nbd_async *a, int err)
   sched_done(c, r, tx_reply(c, r, err, r->t0) == -1);
 }
 
+/* A write left in the socket for submit_src that submit did not take
+ * from there: its payload is read into a buffer now, on the reader, as
+ * for any other write (a worker must never read the socket).  1 to run
+ * it; 0 when it was answered (refused), -1 when the connection is dead,
+ * both with r given back. */
+static int
+tx_unpull(struct nbd_conn *c, struct nbd_request *r)
+{
+  int err;
+
+  r->pull = 0;
+  err = sched_reserve(c, r, (size_t)r->payload);
+  if (err == 0 && wire_read(&c->w, r->buf, (size_t)r->payload) == 0)
+    return 1;
+  if (err == 0 || err == -ESHUTDOWN ||
+      wire_skip(&c->w, (size_t)r->payload) == -1) {
+    sched_put(c, r);
+    return -1;
+  }
+  metrics_request(c, r, err, 0);
+  err = proto_reply_error(c, r, err);
+  sched_put(c, r);
+  return err == -1 ? -1 : 0;
+}
+
 /* Hands a read or write to the stack's submit, when the client has more
  * than this one going: the reader goes on to the next request at once,
  * and the reply leaves when it is done.  A
@@ -318,21 +343,12 @@ tx_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
   a->src = NULL;
   if (err == -EAGAIN && r->pull && src.src.left == r->count) {
     /* The layer wants this payload in a buffer. */
-    r->pull = 0;
-    err = sched_reserve(c, r, (size_t)r->count);
-    if (err == 0 ? wire_read(&c->w, r->buf, (size_t)r->count) == -1
-                 : err != -ESHUTDOWN &&
-                   wire_skip(&c->w, (size_t)r->count) == -1)
-      err = -ESHUTDOWN;
-    if (err == -ESHUTDOWN) {
-      sched_untrack(c, r);
-      sched_put(c, r);
-      return -1;
-    }
-    if (err == 0) {
-      a->buf = r->buf;
-      err = next_submit(c->top, a);
-    }
+    sched_untrack(c, r);
+    if ((err = tx_unpull(c, r)) != 1)
+      return err;               /* answered (0) or dead (-1) */
+    sched_track(c, s, r);
+    a->buf = r->buf;
+    err = next_submit(c->top, a);
   }
   if (err == -EOPNOTSUPP && (!r->pull || src.src.left == r->count)) {
     sched_untrack(c, r);
@@ -350,29 +366,6 @@ tx_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
     return -1;                  /* the client went away mid-payload */
   }
   metrics_request(c, r, err, r->t0);
-  err = proto_reply_error(c, r, err);
-  sched_put(c, r);
-  return err == -1 ? -1 : 0;
-}
-
-/* A write left in the socket for submit_src that submit did not take:
- * its payload is read into a buffer now, on the reader, as for any
- * other write (a worker must never read the socket).  1 to run it, 0
- * when it was answered (refused), -1 when the connection is dead. */
-static int
-tx_unpull(struct nbd_conn *c, struct nbd_request *r)
-{
-  int err;
-
-  r->pull = 0;
-  err = sched_reserve(c, r, (size_t)r->payload);
-  if (err == -ESHUTDOWN)
-    return -1;
-  if (err == 0)
-    return wire_read(&c->w, r->buf, (size_t)r->payload) == -1 ? -1 : 1;
-  if (wire_skip(&c->w, (size_t)r->payload) == -1)
-    return -1;
-  metrics_request(c, r, err, 0);
   err = proto_reply_error(c, r, err);
   sched_put(c, r);
   return err == -1 ? -1 : 0;
