@@ -18,8 +18,9 @@ proxy stays up.  The in-flight batches and the killed upstream run
 again with large payloads spliced from the client's socket to the
 upstream's (NBDSTACK_NBD_SPLICE=always; by default that happens only
 when several upstream connections are busy) and with the sender thread
-only (never); last, a client that stops in the middle of a spliced
-payload and goes away: the proxy answers the other clients.
+only (never); lone large writes on a proxy whose requests run on
+workers; last, a client that stops in the middle of a spliced payload
+and goes away: the proxy answers the other clients.
 """
 
 import os
@@ -206,6 +207,37 @@ def t_modes(mode):
     t_upstream_dies_mid_writes(mode)
 
 
+def t_workers():
+    # A lone write (queue depth 1) is not submitted but run the usual
+    # way, here on a worker: its payload, left in the socket for the
+    # proxy to splice, must be read by the reader first, never by the
+    # worker while the reader reads the next request.
+    up5 = Server(["memory", "size=16M"], name="up5")
+    px5 = Server(["--no-inline", "nbd", "socket=" + up5.sock], name="px5",
+                 env=env_splice("always"))
+    c = connect_go(px5.sock)
+    datas = [rnd.randbytes(1 << 20) for _ in range(8)]
+    for i, d in enumerate(datas):
+        # The header alone first: nothing of the payload is buffered
+        # when the request is read, so it counts as alone.
+        ck = c.next_cookie()
+        c.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE, ck,
+                           i << 20, 1 << 20))
+        time.sleep(0.02)
+        c.send(d)
+        ch = c.recv_chunk()
+        check(ch["cookie"] == ck and (ch["error"] if ch["kind"] == "simple"
+                                      else ch["type"] & 0x8000) == 0,
+              "lone 1 MiB write %d: %r" % (i, ch))
+    for i, d in enumerate(datas):
+        err, got = c.read(i << 20, 1 << 20)
+        check(err == 0 and got == d, "read back of write %d" % i)
+    c.disc()
+    c.close()
+    px5.stop()
+    up5.stop()
+
+
 def t_client_dies_mid_payload():
     up4 = Server(["memory", "size=16M"], name="up4")
     px4 = Server(["nbd", "socket=" + up4.sock], name="px4",
@@ -243,6 +275,8 @@ C.run("the upstream killed with reads in flight", t_upstream_dies)
 C.run("the upstream killed with 1 MiB writes on the way",
       t_upstream_dies_mid_writes)
 C.run("payloads always spliced", t_modes, "always")
+C.run("requests on workers (--no-inline): lone large writes",
+      t_workers)
 C.run("payloads never spliced", t_modes, "never")
 C.run("a client gone in the middle of a spliced payload",
       t_client_dies_mid_payload)
