@@ -11,6 +11,7 @@
 
 #include "conn.h"
 #include "metrics.h"
+#include "modes.h"
 #include "reload.h"
 #include "stop.h"
 
@@ -145,11 +146,27 @@ conn_run(struct nbd_conn *c)
   conn_finish(c);
 }
 
-/* Flush what this client wrote, so nothing acknowledged lingers in a
- * layer's cache (and SIGTERM, which ends every connection, flushes every
- * export).  The client did not ask for it and must not wait for it:
- * libnbd waits for the close after DISC, and an fdatasync here made
- * nbdcopy into a file take twice as long. */
+/* Whether a layer of the stack keeps acknowledged writes in the process
+ * until a flush (struct nbd_layer, keeps_writes). */
+static int
+conn_keeps_writes(const struct nbd_ctx *x)
+{
+  for (; x; x = x->next)
+    if (x->layer->keeps_writes)
+      return 1;
+  return 0;
+}
+
+/* Flush what this client wrote when a layer keeps it in the process (a
+ * write-back cache), so nothing acknowledged is lost with the process;
+ * and always when the server stops (SIGTERM, which ends every
+ * connection, or a single client's end), so an orderly exit leaves
+ * every export flushed.  Not otherwise: a file's writes are the
+ * kernel's once written, and an fdatasync at every disconnect made the
+ * next client's writes wait behind the whole write-back (nbdcopy into a
+ * file just written at random: 0.6x nbdkit, which does not flush).
+ * The client did not ask for it and must not wait for it: libnbd waits
+ * for the close after DISC. */
 void
 conn_finish(struct nbd_conn *c)
 {
@@ -158,6 +175,8 @@ conn_finish(struct nbd_conn *c)
   wire_shutdown(&c->w, SHUT_RDWR);
   if (c->top && c->top->can_flush && c->top->can_write &&
       __atomic_load_n(&c->wrote, __ATOMIC_RELAXED) &&
+      (nbd_server_stopping() || nbd_modes.single ||
+       conn_keeps_writes(c->top)) &&
       (r = next_flush(c->top, 0)) < 0) {
     nbd_error("%s: export \"%s\": flush at close failed: %s: writes "
               "acknowledged to this client may not be durable", c->peer,

@@ -189,6 +189,14 @@ struct nbd_layer {
    * times, open_retry_delay ns apart.  0 = no retries. */
   unsigned open_retries;
   uint64_t open_retry_delay;
+  /* Set by setup when this instance acknowledges writes that it keeps in
+   * the process until a flush (a write-back cache): a connection that
+   * wrote is then flushed when it closes, since the process could end
+   * before another flush.  Without it the engine flushes a closing
+   * connection only when the server is stopping (as nbdkit, it leaves a
+   * file's writes to the kernel: a client that wants them durable
+   * flushes). */
+  int keeps_writes;
 };
 
 /* Per-connection context of one layer. */

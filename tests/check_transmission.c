@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "protolib.h"
+#include "stop.h"
 #include "testlib.h"
 
 START_TEST(test_simple_read_returns_written_data)
@@ -968,6 +969,40 @@ START_TEST(test_client_gone_without_disc_after_write_flushes)
 }
 END_TEST
 
+/* A stack that keeps nothing in the process (a file) is not flushed when
+ * its client leaves (as nbdkit), but it is when the server stops. */
+START_TEST(test_close_after_write_plain_does_not_flush)
+{
+  unsigned char w[512];
+  struct tc t;
+
+  tc_connect(&t, "", 0, 0);
+  memset(w, 0x3c, sizeof w);
+  ck_assert_uint_eq(simple_write(&t, 1, 0, w, sizeof w), 0);
+  req_send(&t, 0, NBD_CMD_DISC, 2, 0, 0, NULL);
+  cl_expect_eof(&t);
+  tc_end(&t);
+  ck_assert_int_eq(flushes_started, 0);
+}
+END_TEST
+
+START_TEST(test_close_after_write_plain_flushes_when_stopping)
+{
+  unsigned char w[512];
+  struct tc t;
+
+  tc_connect(&t, "", 0, 0);
+  memset(w, 0xc3, sizeof w);
+  ck_assert_uint_eq(simple_write(&t, 1, 0, w, sizeof w), 0);
+  atomic_store(&server_stopping, 1);
+  req_send(&t, 0, NBD_CMD_DISC, 2, 0, 0, NULL);
+  cl_expect_eof(&t);
+  tc_end(&t);
+  atomic_store(&server_stopping, 0);
+  ck_assert_int_eq(flushes_done, 1);
+}
+END_TEST
+
 /* ---- inline or workers, again: a slow client -------------------------------- */
 
 /* A client that reads its replies slowly makes the server's sends wait,
@@ -1055,6 +1090,12 @@ transmission_suite(void)
   tcase_add_test(tc, test_close_after_write_flushes_after_the_client_saw_eof);
   tcase_add_test(tc, test_close_after_reads_only_does_not_flush);
   tcase_add_test(tc, test_client_gone_without_disc_after_write_flushes);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("no flush at close");
+  tcase_add_checked_fixture(tc, setup_config_slowflush_plain, teardown_config);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, test_close_after_write_plain_does_not_flush);
+  tcase_add_test(tc, test_close_after_write_plain_flushes_when_stopping);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -70,7 +70,7 @@ setup_config_workers(void)
 }
 
 /* The default export served by one test-only backend. */
-void
+struct nbd_layer *
 setup_config_backend(const struct nbd_layer_ops *ops)
 {
   struct nbd_layer *l;
@@ -86,6 +86,7 @@ setup_config_backend(const struct nbd_layer_ops *ops)
   engine_export_push(cfg.exports, l);
   ck_assert_msg(engine_export_finish(cfg.exports, err, sizeof err) == 0,
                 "finish: %s", err);
+  return l;
 }
 
 void
@@ -695,8 +696,17 @@ static const struct nbd_layer_ops slowflush_ops = {
   NBD_REQUIRED_METHODS(slowflush)
 };
 
+/* As a write-back cache: what it acknowledged is flushed at close. */
 void
 setup_config_slowflush(void)
+{
+  setup_config_backend(&slowflush_ops)->keeps_writes = 1;
+  flushes_started = flushes_done = 0;
+}
+
+/* As a file: nothing kept in the process, no flush at close. */
+void
+setup_config_slowflush_plain(void)
 {
   setup_config_backend(&slowflush_ops);
   flushes_started = flushes_done = 0;

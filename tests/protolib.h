@@ -58,12 +58,15 @@ extern struct nbd_config cfg;
 void setup_config(void);
 /* The same with every request on the worker pool (inline = no). */
 void setup_config_workers(void);
-/* The default export "" served by ops alone, not yet set up. */
-void setup_config_backend(const struct nbd_layer_ops *ops);
+/* The default export "" served by ops alone, not yet set up; returns
+ * its layer. */
+struct nbd_layer *setup_config_backend(const struct nbd_layer_ops *ops);
 /* The default export served by slowpoke or slowflush (below), their
- * counters reset. */
+ * counters reset.  slowflush keeps writes (struct nbd_layer,
+ * keeps_writes), slowflush_plain does not. */
 void setup_config_slow(void);
 void setup_config_slowflush(void);
+void setup_config_slowflush_plain(void);
 void teardown_config(void);
 
 /* ---- one connection ------------------------------------------------------- */

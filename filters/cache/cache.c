@@ -211,6 +211,8 @@ cache_setup(struct nbd_layer *layer, char *err, size_t errlen)
   }
   layer->state = st;
   st->mode = (enum cache_mode)conf->mode;
+  /* unsafe ignores flushes; writethrough keeps nothing dirty. */
+  layer->keeps_writes = st->mode == CACHE_WRITEBACK;
   if (cache_parse_on_read(st, conf->on_read, err, errlen) == -1)
     goto fail;
   if ((fd = cache_open_file(dir && *dir ? dir : "/var/tmp", err,
