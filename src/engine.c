@@ -272,6 +272,8 @@ engine_cache_caps(struct nbd_ctx *c, int readonly, char *err, size_t errlen)
     c->can_fast_zero = 0;
   c->pull = c->can_write && o->pwrite_from != NULL &&
             (c->next == NULL || c->next->pull);
+  c->pull_splice = c->pull && (c->next ? c->next->pull_splice
+                                       : o->pull_splice);
   c->push = o->pread_to != NULL && c->next == NULL;
   c->async = o->submit != NULL && c->next == NULL;
   c->async_src = c->async && o->submit_src;
@@ -693,13 +695,34 @@ nbd_source_splice(struct nbd_source *src, int fd, uint64_t len)
     return -EIO;
   if (len > src->left || src->splice == NULL)
     return -EINVAL;
-  r = src->splice(src, fd, len, &moved);
+  r = src->splice(src, fd, NULL, len, &moved);
   src->left -= moved;
   if (r == -1) {
     src->failed = 1;
     return -EIO;
   }
   return r == -2 ? -EPIPE : 0;
+}
+
+int
+nbd_source_splice_at(struct nbd_source *src, int fd, uint64_t len,
+                     uint64_t offset)
+{
+  uint64_t moved = 0;
+  int64_t off = (int64_t)offset;
+  int r;
+
+  if (src->failed)
+    return -EIO;
+  if (len > src->left || src->splice == NULL || offset > INT64_MAX)
+    return -EINVAL;
+  r = src->splice(src, fd, &off, len, &moved);
+  src->left -= moved;
+  if (r == -1) {
+    src->failed = 1;
+    return -EIO;
+  }
+  return r == -2 ? -(errno ? errno : EIO) : 0;
 }
 
 /* pwrite through a buffer, for a layer without pwrite_from. */

@@ -160,6 +160,10 @@ struct nbd_layer_ops {
   /* submit takes writes whose payload is still in the client's socket
    * (struct nbd_async, src). */
   int submit_src;
+  /* pwrite_from pays only when it can splice (nbd_source_splice_at): the
+   * engine offers it large writes on plain connections, and reads the
+   * others into a buffer for pwrite. */
+  int pull_splice;
 
   /* Startup, once per export after the params are parsed: validate and
    * acquire shared state (open a file, allocate the store).  On error fill
@@ -212,6 +216,7 @@ struct nbd_ctx {
   /* pwrite_from reaches a layer that reads payloads itself: a backend
    * with pwrite_from, through filters that have it too. */
   int pull;
+  int pull_splice;            /* ... and the backend's pull_splice */
   /* pread_to reaches the layer that has the data: a backend with
    * pread_to, with no filter between (src/layer.h, nbd_sink). */
   int push;
@@ -418,8 +423,8 @@ struct nbd_source {
   /* Set by the engine when the payload can go to another socket without
    * passing through user space (a plain client connection, splice(2)),
    * else NULL: as wire_splice (src/wire.h); *moved counts the bytes
-   * taken.  Use nbd_source_splice. */
-  int (*splice)(struct nbd_source *src, int fd, uint64_t len,
+   * taken.  Use nbd_source_splice or nbd_source_splice_at. */
+  int (*splice)(struct nbd_source *src, int fd, int64_t *off, uint64_t len,
                 uint64_t *moved);
 };
 
@@ -433,6 +438,11 @@ int nbd_source_skip(struct nbd_source *src, uint64_t len);
  * -EPIPE when writing fd failed (the bytes not taken are still in src);
  * -EINVAL when more than is left. */
 int nbd_source_splice(struct nbd_source *src, int fd, uint64_t len);
+/* The same to the file fd at offset: 0; -EIO when the client connection
+ * failed (src->failed set); the write's -errno when writing failed (the
+ * bytes not taken are still in src); -EINVAL when more than is left. */
+int nbd_source_splice_at(struct nbd_source *src, int fd, uint64_t len,
+                         uint64_t offset);
 
 /* ---- read data that goes straight to the client (pread_to) ------------- */
 

@@ -377,9 +377,11 @@ sched_start(struct nbd_conn *c, struct nbd_sched *s, sched_exec_fn *exec)
   /* "Rarely blocks": inline until a request turns out slow. */
   s->adaptive = !serial && e->nonblocking == NBD_RARELY_BLOCKS;
   /* Writes whose top layer reads the payload itself (pwrite_from), when
-   * nothing else can wait on that read: inline, never moving to workers,
-   * and no lock across connections held meanwhile. */
-  s->pull = s->inl && !s->adaptive &&
+   * nothing else can wait on that read: inline, and no lock across
+   * connections held meanwhile.  A stack that may move to workers pulls
+   * only writes it splices, while inline (the time spent waiting for
+   * the payload is not counted against the stack). */
+  s->pull = s->inl && (!s->adaptive || c->top->pull_splice) &&
             e->model != NBD_SERIALIZE_ALL_REQUESTS && c->top->pull;
   /* Reads and writes that the backend completes later (submit): no
    * thread waits on each. */

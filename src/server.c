@@ -503,6 +503,10 @@ server_signals(void)
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = SIG_IGN;
   sigaction(SIGPIPE, &sa, NULL);
+  /* A write past a file-size limit (ulimit -f, systemd's LimitFSIZE=)
+   * fails with EFBIG, and that client gets the error; the signal's
+   * default would end the server and every other client with it. */
+  sigaction(SIGXFSZ, &sa, NULL);
   sa.sa_handler = server_on_signal;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, NULL);

@@ -82,10 +82,10 @@ tx_source_readv(struct nbd_source *src, struct iovec *iov, int n)
 }
 
 static int
-tx_source_splice(struct nbd_source *src, int fd, uint64_t len,
+tx_source_splice(struct nbd_source *src, int fd, int64_t *off, uint64_t len,
                  uint64_t *moved)
 {
-  return wire_splice(&((struct tx_source *)src)->c->w, fd, len, moved);
+  return wire_splice(&((struct tx_source *)src)->c->w, fd, off, len, moved);
 }
 
 /* A write at least this large goes to a backend whose submit takes
@@ -229,9 +229,16 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
       err = next_pwrite(t, r->data, (uint32_t)r->count, r->offset, fl);
       r->data = NULL;
     } else if (r->pull) {
-      struct tx_source src = { { tx_source_readv, r->count, 0, NULL }, c };
+      struct tx_source src = {
+        { tx_source_readv, r->count, 0,
+          wire_can_splice(&c->w) ? tx_source_splice : NULL }, c };
+      uint64_t in0 = c->w.splice_in_ns;
+
       err = next_pwrite_from(t, &src.src, (uint32_t)r->count, r->offset,
                              fl);
+      /* Waiting for the payload is the client's time, not the stack's. */
+      if (tm)
+        tm->t0 += c->w.splice_in_ns - in0;
       if (src.src.failed) {
         ret = -1;               /* the client went away mid-payload */
         goto out;
@@ -456,7 +463,9 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
   if (s->inl && !s->can_async && *verr == 0 &&
       (r->data = wire_take(&c->w, (size_t)r->payload)) != NULL)
     return 0;
-  if (s->pull && !s->can_async && *verr == 0) {
+  if (s->pull && s->inl && !s->can_async && *verr == 0 &&
+      (!c->top->pull_splice ||
+       (r->payload >= TX_SPLICE_MIN && wire_can_splice(&c->w)))) {
     r->pull = 1;                /* tx_execute reads it */
     return 0;
   }

@@ -65,6 +65,9 @@ struct nbd_wire {
   /* wire_splice's pipe, made at its first use; spipe_ok says it is. */
   int spipe[2];
   int spipe_ok;
+  /* Time wire_splice spent taking input (waiting for the client, mostly):
+   * the scheduler leaves it out of how long a request took. */
+  uint64_t splice_in_ns;
 };
 
 void wire_init(struct nbd_wire *w, int fd, const char *peer,
@@ -84,12 +87,15 @@ const void *wire_take(struct nbd_wire *w, size_t len);
 int wire_skip(struct nbd_wire *w, size_t len);
 /* Whether wire_splice can move input (a plain socket, not TLS). */
 int wire_can_splice(const struct nbd_wire *w);
-/* Moves the next len bytes of input to the stream socket out: what is
- * buffered with send, the rest with splice(2) through a pipe, never
+/* Moves the next len bytes of input to out: to a stream socket when off
+ * is NULL, else to a file at *off (advanced).  What is buffered goes
+ * with send or pwrite, the rest with splice(2) through a pipe, never
  * through user space.  *moved counts the bytes taken from the input.
  * 0; -1 when reading the input failed (the connection is dead); -2 when
- * writing to out failed (the rest of the len bytes is still to read). */
-int wire_splice(struct nbd_wire *w, int out, uint64_t len, uint64_t *moved);
+ * writing to out failed, errno saying why (the rest of the len bytes is
+ * still to read). */
+int wire_splice(struct nbd_wire *w, int out, int64_t *off, uint64_t len,
+                uint64_t *moved);
 /* Bytes already read from the socket and not consumed. */
 static inline size_t
 wire_buffered(const struct nbd_wire *w)

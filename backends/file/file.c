@@ -184,6 +184,15 @@ file_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
   return file_io_write(self->handle, buf, count, offset);
 }
 
+/* Large writes on plain connections (the engine's pull_splice rule). */
+static int
+file_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
+                 struct nbd_source *src, uint32_t count, uint64_t offset,
+                 uint32_t flags)
+{
+  return file_io_write_from(self->handle, src, count, offset);
+}
+
 static int
 file_flush(struct nbd_ctx *self, struct nbd_ctx *next, uint32_t flags)
 {
@@ -436,6 +445,10 @@ file_setup_fd(struct file_state *st, const struct file_conf *conf,
   if (conf->direct)
     st->align = st->is_block ? st->sector : 4096;
   st->evict = conf->cache == FILE_CACHE_NONE;
+  file_io_probe_splice(st);
+  nbd_debug("file: '%s': large writes %s", path,
+            st->can_splice ? "spliced from the socket"
+                           : "through a buffer (no splice into it)");
   if ((size = file_size(st)) < 0) {
     snprintf(err, errlen, "cannot get the size of '%s': %s", path,
              strerror((int)-size));
@@ -658,4 +671,6 @@ NBD_REGISTER_BACKEND(file, NBD_PARALLEL,
   .cleanup = file_cleanup,
   .open = file_open,
   .close = file_close,
+  .pwrite_from = file_pwrite_from,
+  .pull_splice = 1,
 );

@@ -13,9 +13,11 @@
  * methods (file.c).  Eviction is advice: its failures are never the
  * request's.
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "layer.h"
 #include "io.h"
@@ -134,6 +136,57 @@ file_io_write(struct file_state *st, const void *buf, uint32_t count,
   if (b)
     memcpy(b, buf, count);
   r = nbd_pwrite_full(st->fd, b ? b : buf, count, offset);
+  free(b);
+  if (r == 0 && st->evict)
+    io_evict_write(st, offset, count);
+  return r;
+}
+
+/* ---- payloads from the socket ------------------------------------------ */
+
+/* Whether splice(2) can write into the file: a filesystem without it
+ * says EINVAL before looking at the (empty) pipe, one with it EAGAIN.
+ * Nothing is written.  O_DIRECT files are not spliced into (pipe pages
+ * need not be aligned). */
+void
+file_io_probe_splice(struct file_state *st)
+{
+  int p[2];
+  loff_t at = 0;
+
+  st->can_splice = 0;
+  if (st->align || pipe2(p, O_CLOEXEC | O_NONBLOCK) == -1)
+    return;
+  if (splice(p[0], NULL, st->fd, &at, 4096, SPLICE_F_NONBLOCK) == -1 &&
+      errno == EAGAIN)
+    st->can_splice = 1;
+  close(p[0]);
+  close(p[1]);
+}
+
+/* A large write, from the client's socket to the file with splice(2):
+ * the kernel copies the payload once, into the page cache, where reading
+ * it into a buffer and writing that copies it twice.  Otherwise (TLS,
+ * direct=true) it goes through an aligned buffer. */
+int
+file_io_write_from(struct file_state *st, struct nbd_source *src,
+                   uint32_t count, uint64_t offset)
+{
+  void *b;
+  int r;
+
+  if (src->splice && st->can_splice) {
+    r = nbd_source_splice_at(src, st->fd, count, offset);
+    if (r == 0 && st->evict)
+      io_evict_write(st, offset, count);
+    return r;
+  }
+  if (posix_memalign(&b, st->align ? st->align : 64,
+                     count ? count : 1) != 0)
+    return -ENOMEM;
+  r = nbd_source_read(src, b, count);
+  if (r == 0)
+    r = nbd_pwrite_full(st->fd, b, count, offset);
   free(b);
   if (r == 0 && st->evict)
     io_evict_write(st, offset, count);

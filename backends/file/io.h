@@ -28,6 +28,7 @@ struct file_state {
   uint32_t sector;              /* block device: logical sector size */
   uint32_t align;               /* direct=true: offsets, lengths, buffers */
   int evict;                    /* cache=none */
+  int can_splice;               /* splice(2) into the file works */
   /* Set when the kernel said EOPNOTSUPP, so it is not asked again. */
   atomic_int no_punch, no_zero_range, no_alloc, no_discard, no_seek;
   /* cache=none: ranges written, waiting to be dropped (under lock). */
@@ -44,6 +45,10 @@ int file_io_write(struct file_state *st, const void *buf, uint32_t count,
                   uint64_t offset);
 /* cache=none, at flush and at close: drops whatever is still in the
  * window (any thread: the window is taken under the lock). */
+/* A write whose payload is still in the client's socket (pwrite_from). */
+int file_io_write_from(struct file_state *st, struct nbd_source *src,
+                       uint32_t count, uint64_t offset);
+void file_io_probe_splice(struct file_state *st);
 void file_io_evict_all(struct file_state *st);
 
 #endif
