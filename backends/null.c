@@ -3,14 +3,23 @@
  * For benchmarking the protocol engine and for tests; like nbdkit's null
  * plugin.  Reads return zeros, writes are accepted and dropped, extents
  * report one hole that reads as zero.  A bare value is the size
- * ("null 1G"), as in nbdkit.
+ * ("null 1G"), as in nbdkit.  The payload of a large write on a plain
+ * connection is spliced from the socket to /dev/null, never copied.
  */
+#include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "layer.h"
 
 struct null_conf {
   uint64_t size;
+};
+
+/* /dev/null, when large writes can be spliced into it; else -1. */
+struct null_state {
+  int devnull;
 };
 
 static const struct nbd_param null_params[] = {
@@ -23,13 +32,35 @@ static int
 null_setup(struct nbd_layer *layer, char *err, size_t errlen)
 {
   const struct null_conf *conf = layer->conf;
+  struct null_state *st;
 
   if (conf->size > INT64_MAX) {
     snprintf(err, errlen, "size=%llu is larger than 2^63-1",
              (unsigned long long)conf->size);
     return -1;
   }
+  if ((st = malloc(sizeof *st)) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  st->devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+  if (st->devnull >= 0 && !nbd_can_splice_at(st->devnull)) {
+    close(st->devnull);
+    st->devnull = -1;
+  }
+  layer->state = st;
   return 0;
+}
+
+static void
+null_cleanup(struct nbd_layer *layer)
+{
+  struct null_state *st = layer->state;
+
+  if (st && st->devnull >= 0)
+    close(st->devnull);
+  free(st);
+  layer->state = NULL;
 }
 
 /* reopen: close and open this layer too (layer.h "Reopening"). */
@@ -55,6 +86,20 @@ null_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
             uint32_t count, uint64_t offset, uint32_t flags)
 {
   return 0;
+}
+
+/* The engine offers only large writes on plain connections (pull_splice);
+ * without /dev/null they are read and dropped. */
+static int
+null_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
+                 struct nbd_source *src, uint32_t count, uint64_t offset,
+                 uint32_t flags)
+{
+  const struct null_state *st = self->layer->state;
+
+  if (st && src->splice && st->devnull >= 0)
+    return nbd_source_splice_at(src, st->devnull, count, 0);
+  return nbd_source_skip(src, count);
 }
 
 static int
@@ -109,5 +154,8 @@ NBD_REGISTER_BACKEND(null, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .params = null_params,
   .conf_size = sizeof(struct null_conf),
   .setup = null_setup,
+  .cleanup = null_cleanup,
   .magic_param = "size",              /* "null 1G", as nbdkit */
+  .pwrite_from = null_pwrite_from,
+  .pull_splice = 1,
 );

@@ -8,8 +8,11 @@
  * emulates what that layer lacks: FUA by a flush after the write, zero by
  * writing zeros, cache by reading and discarding, extents as "all data".
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine.h"
 
@@ -702,6 +705,23 @@ nbd_source_splice(struct nbd_source *src, int fd, uint64_t len)
     return -EIO;
   }
   return r == -2 ? -EPIPE : 0;
+}
+
+/* An empty pipe, not blocking: a target that takes splices answers
+ * EAGAIN (nothing to write), one that does not EINVAL first. */
+int
+nbd_can_splice_at(int fd)
+{
+  int p[2], ok;
+  loff_t at = 0;
+
+  if (pipe2(p, O_CLOEXEC | O_NONBLOCK) == -1)
+    return 0;
+  ok = splice(p[0], NULL, fd, &at, 4096, SPLICE_F_NONBLOCK) == -1 &&
+       errno == EAGAIN;
+  close(p[0]);
+  close(p[1]);
+  return ok;
 }
 
 int

@@ -443,6 +443,9 @@ int nbd_source_splice(struct nbd_source *src, int fd, uint64_t len);
  * bytes not taken are still in src); -EINVAL when more than is left. */
 int nbd_source_splice_at(struct nbd_source *src, int fd, uint64_t len,
                          uint64_t offset);
+/* Whether splice(2) can write into fd at an offset (nbd_source_splice_at):
+ * a file whose filesystem cannot says so before anything is written. */
+int nbd_can_splice_at(int fd);
 
 /* ---- read data that goes straight to the client (pread_to) ------------- */
 

@@ -144,24 +144,13 @@ file_io_write(struct file_state *st, const void *buf, uint32_t count,
 
 /* ---- payloads from the socket ------------------------------------------ */
 
-/* Whether splice(2) can write into the file: a filesystem without it
- * says EINVAL before looking at the (empty) pipe, one with it EAGAIN.
- * Nothing is written.  O_DIRECT files are not spliced into (pipe pages
- * need not be aligned). */
+/* Whether large writes are spliced into the file: not into O_DIRECT
+ * files (pipe pages need not be aligned), nor where the filesystem
+ * cannot. */
 void
 file_io_probe_splice(struct file_state *st)
 {
-  int p[2];
-  loff_t at = 0;
-
-  st->can_splice = 0;
-  if (st->align || pipe2(p, O_CLOEXEC | O_NONBLOCK) == -1)
-    return;
-  if (splice(p[0], NULL, st->fd, &at, 4096, SPLICE_F_NONBLOCK) == -1 &&
-      errno == EAGAIN)
-    st->can_splice = 1;
-  close(p[0]);
-  close(p[1]);
+  st->can_splice = st->align == 0 && nbd_can_splice_at(st->fd);
 }
 
 /* A large write, from the client's socket to the file with splice(2):

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""The file backend's large writes, spliced from the client's socket into
-the file (pwrite_from with splice(2)), and the writes that go another way:
+"""Large writes spliced from the client's socket (pwrite_from with
+splice(2)): into the file backend's file, and to /dev/null for the null
+backend; and the writes that go another way:
 small ones, TLS-less fallbacks (direct=true, cache=none), a payload cut
 short by a client that goes away, and a write that fails in the middle.
 
@@ -15,6 +16,9 @@ short by a client that goes away, and a write that fails in the middle.
   server killed by SIGXFSZ), the rest of its payload is drained, and the
   next request on the same connection works.
 - nbdcopy of 64 MiB into the export and back, byte for byte.
+- null: 1 and 4 MiB writes between reads keep the stream in step (the
+  reads answer zeros), also after a client that stopped halfway through
+  a payload.
 """
 import os
 import shutil
@@ -35,7 +39,7 @@ except ImportError:
     T.skip("python3-libnbd (the nbd module) is not installed")
 T.require_layers("file")
 T.start_watchdog(240)
-C = Checker("test_file_splice")
+C = Checker("test_splice_writes")
 
 SIZE = 64 << 20
 servers = []
@@ -159,10 +163,35 @@ def nbdcopy_round_trip():
     srv.stop()
 
 
+def null_in_step():
+    srv = Server(["-v", "null", "size=64M"], name="null")
+    servers.append(srv)
+    c = connect_go(srv.sock)
+    for n, off in ((1 << 20, 0), (4 << 20, 12345), (65536, 7), (4096, 0)):
+        check_eq(c.write(off, b"x" * n), 0, "null: a %d-byte write" % n)
+        err, data = c.read(off, 4096)
+        check(err == 0 and data == bytes(4096),
+              "null: the read after a %d-byte write" % n)
+    d = connect_go(srv.sock)
+    d.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE,
+                       d.next_cookie(), 0, 1 << 20) + b"y" * (1 << 19))
+    time.sleep(0.2)
+    d.close()
+    time.sleep(0.2)
+    check(srv.alive(), "null: the server died")
+    check_eq(c.write(0, b"z" * (1 << 20)), 0, "null: a write after that")
+    err, data = c.read(0, 4096)
+    check(err == 0 and data == bytes(4096), "null: a read after that")
+    c.disc()
+    c.close()
+    srv.stop()
+
+
 C.run("large and small writes read back", writes_read_back)
 C.run("direct=true", writes_read_back, ["direct=true"], "direct", True)
 C.run("cache=none", writes_read_back, ["cache=none"], "nocache")
 C.run("a client gone in the middle of a payload", client_gone_mid_payload)
 C.run("a write failing in the middle (file-size limit)", write_fails_midway)
 C.run("nbdcopy there and back", nbdcopy_round_trip)
+C.run("null: large writes in step with reads", null_in_step)
 C.finish(servers)
