@@ -277,6 +277,8 @@ engine_cache_caps(struct nbd_ctx *c, int readonly, char *err, size_t errlen)
             (c->next == NULL || c->next->pull);
   c->pull_splice = c->pull && (c->next ? c->next->pull_splice
                                        : o->pull_splice);
+  c->serial_writes = c->next ? c->next->serial_writes
+                             : c->layer->serial_writes;
   c->push = o->pread_to != NULL && c->next == NULL;
   c->async = o->submit != NULL && c->next == NULL;
   c->async_src = c->async && o->submit_src;

@@ -201,6 +201,12 @@ struct nbd_layer {
    * file's writes to the kernel: a client that wants them durable
    * flushes). */
   int keeps_writes;
+  /* Set by setup when this instance's writes, trims and zeroes run one
+   * at a time in the kernel anyway (a regular file's buffered writes hold
+   * its inode lock): they are no reason to move a connection to worker
+   * threads, where they would only contend for that lock (a backend's
+   * value holds for the filters above it). */
+  int serial_writes;
 };
 
 /* Per-connection context of one layer. */
@@ -217,6 +223,7 @@ struct nbd_ctx {
    * with pwrite_from, through filters that have it too. */
   int pull;
   int pull_splice;            /* ... and the backend's pull_splice */
+  int serial_writes;          /* the backend's (struct nbd_layer) */
   /* pread_to reaches the layer that has the data: a backend with
    * pread_to, with no filter between (src/layer.h, nbd_sink). */
   int push;

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "bufmem.h"
+#include "protocol.h"
 #include "scheduler.h"
 
 #define SCHED_MAX_INFLIGHT_BYTES (64u << 20)
@@ -34,10 +35,12 @@
 #define SCHED_PROBE           64          /* requests watched after one */
 #define SCHED_SLOW_COUNT      4           /* ... this many times ... */
 #define SCHED_SLOW_WINDOW     256         /* ... within this many requests */
-/* Requests that keep a CPU busy this long (in the kernel, mostly: a 4 KiB
- * write into a large page-cache folio costs tens of microseconds) while
- * the client has more waiting, SCHED_HEAVY_COUNT times in a window, are
- * worth running side by side on workers when there is a second CPU. */
+/* Requests that keep a CPU busy this long while the client has more
+ * waiting, SCHED_HEAVY_COUNT times in a window, are worth running side
+ * by side on workers when there is a second CPU.  Not the writes of a
+ * stack whose backend has serial_writes (a file: a 4 KiB write into a
+ * large page-cache folio keeps the CPU tens of microseconds, but under
+ * the file's inode lock, which workers would only contend for). */
 #define SCHED_HEAVY_NS        20000       /* 20 us */
 #define SCHED_HEAVY_COUNT     48
 #define SCHED_HEAVY_NS_PER_BYTE 4         /* a copy takes well under 1 */
@@ -376,6 +379,7 @@ sched_start(struct nbd_conn *c, struct nbd_sched *s, sched_exec_fn *exec)
                       c->cfg->inline_requests);
   /* "Rarely blocks": inline until a request turns out slow. */
   s->adaptive = !serial && e->nonblocking == NBD_RARELY_BLOCKS;
+  s->serial_writes = c->top->serial_writes;
   /* Writes whose top layer reads the payload itself (pwrite_from), when
    * nothing else can wait on that read: inline, and no lock across
    * connections held meanwhile.  A stack that may move to workers pulls
@@ -401,7 +405,7 @@ sched_room(struct nbd_conn *c, struct nbd_sched *s)
 int
 sched_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
 {
-  int dead, heavy;
+  int dead, heavy, judged;
   uint32_t count;
 
   if (!s->inl) {
@@ -418,11 +422,18 @@ sched_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
     s->tm.nvcsw = s->probe ? sched_voluntary_switches() : -1;
   }
   count = r->count;
+  /* Writes that the kernel runs one at a time would gain nothing on
+   * workers: several writing at once contend for the lock (a file's
+   * 4 KiB writes into large folios took 109 us of CPU each on workers,
+   * 51 us inline). */
+  judged = !(s->serial_writes && (r->type == NBD_CMD_WRITE ||
+                                  r->type == NBD_CMD_WRITE_ZEROES ||
+                                  r->type == NBD_CMD_TRIM));
   dead = s->exec(c, r, s->adaptive ? &s->tm : NULL) == -1;
   sched_put(c, r);
   if (dead)
     return -1;
-  if (s->adaptive &&
+  if (s->adaptive && judged &&
       (heavy = sched_adapt(s, &s->tm, wire_buffered(&c->w) > 0,
                            count)) != 0) {
     /* All the workers, even for busy CPUs: a 4 KiB read behind a 50 us

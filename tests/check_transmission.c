@@ -1003,6 +1003,57 @@ START_TEST(test_close_after_write_plain_flushes_when_stopping)
 }
 END_TEST
 
+/* ---- inline or workers: writes that keep a CPU busy ------------------------- */
+
+/* 256 pipelined 4 KiB writes of SPIN_US each; every reply checked, in
+ * whatever order (workers answer as they finish). */
+static void
+spin_writes(void)
+{
+  enum { N = 256, LEN = 4096 };
+  unsigned char *w = xmalloc(LEN), h[16], seen[N + 1];
+  struct tc t;
+  unsigned i;
+  uint64_t ck;
+
+  memset(w, 0x77, LEN);
+  memset(seen, 0, sizeof seen);
+  tc_connect(&t, "", 0, 0);
+  for (i = 0; i < N; i++)
+    req_send(&t, 0, NBD_CMD_WRITE, i + 1, (uint64_t)(i % 64) * LEN, LEN, w);
+  for (i = 0; i < N; i++) {
+    cl_read(&t, h, sizeof h);
+    ck_assert_uint_eq(wire_get32(h), NBD_SIMPLE_REPLY_MAGIC);
+    ck_assert_uint_eq(wire_get32(h + 4), 0);
+    ck = wire_get64(h + 8);
+    ck_assert(ck >= 1 && ck <= N && !seen[ck]);
+    seen[ck] = 1;
+  }
+  tc_end(&t);
+  free(w);
+}
+
+/* Writes the kernel runs one at a time (serial_writes: a file's) stay on
+ * the reader, however long each keeps the CPU. */
+START_TEST(test_cpu_heavy_serial_writes_stay_inline)
+{
+  spin_writes();
+  ck_assert_msg(!__atomic_load_n(&spin_other_thread, __ATOMIC_SEQ_CST),
+                "serial writes moved to workers");
+}
+END_TEST
+
+/* Other CPU-heavy writes with more waiting move to workers when a
+ * second CPU can run them. */
+START_TEST(test_cpu_heavy_parallel_writes_move_to_workers)
+{
+  spin_writes();
+  if (sysconf(_SC_NPROCESSORS_ONLN) > 1)
+    ck_assert_msg(__atomic_load_n(&spin_other_thread, __ATOMIC_SEQ_CST),
+                  "CPU-heavy writes stayed on the reader");
+}
+END_TEST
+
 /* ---- inline or workers, again: a slow client -------------------------------- */
 
 /* A client that reads its replies slowly makes the server's sends wait,
@@ -1062,6 +1113,17 @@ transmission_suite(void)
   tcase_add_test(tc, test_rarely_blocking_layer_that_sleeps_moves_to_workers);
   tcase_add_test(tc, test_rarely_blocking_layer_slow_on_cpu_stays_inline);
   tcase_add_test(tc, test_rarely_blocking_layer_with_slow_client_stays_inline);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("CPU-heavy serial writes");
+  tcase_add_checked_fixture(tc, setup_config_spinwrite_serial, teardown_config);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, test_cpu_heavy_serial_writes_stay_inline);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("CPU-heavy parallel writes");
+  tcase_add_checked_fixture(tc, setup_config_spinwrite_parallel,
+                            teardown_config);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, test_cpu_heavy_parallel_writes_move_to_workers);
   suite_add_tcase(s, tc);
 
   if (testlib_require_layer(NBD_LAYER_BACKEND, "null")) {

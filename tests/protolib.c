@@ -711,3 +711,97 @@ setup_config_slowflush_plain(void)
   setup_config_backend(&slowflush_ops);
   flushes_started = flushes_done = 0;
 }
+
+/* ---- spinwrite: writes that keep a CPU busy ---------------------------------- */
+
+int spin_other_thread;
+static pthread_t spin_first_thread;
+static int spin_have_first;
+
+static int
+spinwrite_pread(struct nbd_ctx *self, struct nbd_ctx *next, void *buf,
+                uint32_t count, uint64_t offset, uint32_t flags)
+{
+  memset(buf, 0, count);
+  return 0;
+}
+
+static int
+spinwrite_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
+                 uint32_t count, uint64_t offset, uint32_t flags)
+{
+  struct timespec t0, t1;
+
+  if (__atomic_exchange_n(&spin_have_first, 1, __ATOMIC_SEQ_CST) == 0)
+    __atomic_store_n(&spin_first_thread, pthread_self(), __ATOMIC_SEQ_CST);
+  else if (!pthread_equal(__atomic_load_n(&spin_first_thread,
+                                          __ATOMIC_SEQ_CST), pthread_self()))
+    __atomic_store_n(&spin_other_thread, 1, __ATOMIC_SEQ_CST);
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  do
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+  while ((t1.tv_sec - t0.tv_sec) * 1000000000L +
+         (t1.tv_nsec - t0.tv_nsec) < SPIN_US * 1000L);
+  return 0;
+}
+
+UNSUPPORTED(spinwrite, reopen)
+static int64_t
+spinwrite_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return 1 << 20;
+}
+
+static int
+spinwrite_yes(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  return 1;
+}
+#define spinwrite_can_write spinwrite_yes
+
+UNSUPPORTED(spinwrite, flush)
+UNSUPPORTED(spinwrite, trim)
+UNSUPPORTED(spinwrite, zero)
+UNSUPPORTED(spinwrite, extents)
+UNSUPPORTED(spinwrite, depth)
+UNSUPPORTED(spinwrite, cache)
+UNSUPPORTED(spinwrite, block_size)
+UNSUPPORTED(spinwrite, can_flush)
+UNSUPPORTED(spinwrite, can_trim)
+UNSUPPORTED(spinwrite, can_zero)
+UNSUPPORTED(spinwrite, can_fast_zero)
+UNSUPPORTED(spinwrite, can_fua)
+UNSUPPORTED(spinwrite, can_cache)
+UNSUPPORTED(spinwrite, can_extents)
+UNSUPPORTED(spinwrite, can_multi_conn)
+UNSUPPORTED(spinwrite, is_rotational)
+UNSUPPORTED(spinwrite, list_exports)
+UNSUPPORTED(spinwrite, preconnect)
+
+static const struct nbd_layer_ops spinwrite_ops = {
+  .name = "spinwrite",
+  .description = "test-only disk whose writes keep a CPU busy 60 us",
+  .kind = NBD_LAYER_BACKEND,
+  .thread_model = NBD_PARALLEL,
+  .nonblocking = NBD_RARELY_BLOCKS,
+  NBD_REQUIRED_METHODS(spinwrite)
+};
+
+static void
+setup_config_spinwrite(int serial)
+{
+  setup_config_backend(&spinwrite_ops)->serial_writes = serial;
+  spin_other_thread = spin_have_first = 0;
+}
+
+void
+setup_config_spinwrite_serial(void)
+{
+  setup_config_spinwrite(1);
+}
+
+void
+setup_config_spinwrite_parallel(void)
+{
+  setup_config_spinwrite(0);
+}

@@ -67,6 +67,9 @@ struct nbd_layer *setup_config_backend(const struct nbd_layer_ops *ops);
 void setup_config_slow(void);
 void setup_config_slowflush(void);
 void setup_config_slowflush_plain(void);
+/* "spinwrite" (below), its writes serialised in the kernel or not. */
+void setup_config_spinwrite_serial(void);
+void setup_config_spinwrite_parallel(void);
 void teardown_config(void);
 
 /* ---- one connection ------------------------------------------------------- */
@@ -188,5 +191,12 @@ extern int slow_active, slow_max_active;
  * for it. */
 #define FLUSH_MS 300
 extern int flushes_started, flushes_done;
+
+/* "spinwrite": a writable 1 MiB disk that rarely blocks, whose writes
+ * keep the CPU busy SPIN_US (dropped; reads are zeros), as a 4 KiB
+ * write into a large page-cache folio does.  spin_other_thread says
+ * whether a write ran on another thread than the first. */
+#define SPIN_US 60
+extern int spin_other_thread;
 
 #endif

@@ -541,6 +541,11 @@ file_setup(struct nbd_layer *layer, char *err, size_t errlen)
     return -1;
   }
   layer->state = fl;
+  /* Buffered writes to a regular file hold its inode lock (ext4, xfs,
+   * btrfs); a block device's and O_DIRECT writes run side by side.  A
+   * dir= export's files are taken to be regular files. */
+  layer->serial_writes = !conf->direct && (fl->one == NULL ||
+                                           !fl->one->is_block);
   return 0;
 }
 
