@@ -277,8 +277,8 @@ engine_cache_caps(struct nbd_ctx *c, int readonly, char *err, size_t errlen)
             (c->next == NULL || c->next->pull);
   c->pull_splice = c->pull && (c->next ? c->next->pull_splice
                                        : o->pull_splice);
-  c->serial_writes = c->next ? c->next->serial_writes
-                             : c->layer->serial_writes;
+  c->serial_writes = c->layer->serial_writes ||
+                     (c->next && c->next->serial_writes);
   c->push = o->pread_to != NULL && c->next == NULL;
   c->async = o->submit != NULL && c->next == NULL;
   c->async_src = c->async && o->submit_src;
@@ -707,6 +707,17 @@ nbd_source_splice(struct nbd_source *src, int fd, uint64_t len)
     return -EIO;
   }
   return r == -2 ? -EPIPE : 0;
+}
+
+uint64_t
+nbd_source_ready(struct nbd_source *src)
+{
+  uint64_t n;
+
+  if (src->failed || src->ready == NULL)
+    return 0;
+  n = src->ready(src);
+  return n < src->left ? n : src->left;
 }
 
 /* An empty pipe, not blocking: a target that takes splices answers

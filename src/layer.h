@@ -204,8 +204,8 @@ struct nbd_layer {
   /* Set by setup when this instance's writes, trims and zeroes run one
    * at a time in the kernel anyway (a regular file's buffered writes hold
    * its inode lock): they are no reason to move a connection to worker
-   * threads, where they would only contend for that lock (a backend's
-   * value holds for the filters above it). */
+   * threads, where they would only contend for that lock (the stack's
+   * writes go through this layer: so do those of the layers above). */
   int serial_writes;
 };
 
@@ -223,7 +223,7 @@ struct nbd_ctx {
    * with pwrite_from, through filters that have it too. */
   int pull;
   int pull_splice;            /* ... and the backend's pull_splice */
-  int serial_writes;          /* the backend's (struct nbd_layer) */
+  int serial_writes;          /* this layer's or one below's */
   /* pread_to reaches the layer that has the data: a backend with
    * pread_to, with no filter between (src/layer.h, nbd_sink). */
   int push;
@@ -433,6 +433,10 @@ struct nbd_source {
    * taken.  Use nbd_source_splice or nbd_source_splice_at. */
   int (*splice)(struct nbd_source *src, int fd, int64_t *off, uint64_t len,
                 uint64_t *moved);
+  /* Set by the engine: how many bytes of input have arrived (taking that
+   * many does not wait for the client); may be NULL.  Use
+   * nbd_source_ready. */
+  uint64_t (*ready)(struct nbd_source *src);
 };
 
 /* 0, -EIO (the connection failed) or -EINVAL (more than is left). */
@@ -450,6 +454,10 @@ int nbd_source_splice(struct nbd_source *src, int fd, uint64_t len);
  * bytes not taken are still in src); -EINVAL when more than is left. */
 int nbd_source_splice_at(struct nbd_source *src, int fd, uint64_t len,
                          uint64_t offset);
+/* Bytes of the payload that can be taken without waiting for the client
+ * (at most src->left): a layer that takes them under a lock shared with
+ * other connections must not wait for a slow client meanwhile. */
+uint64_t nbd_source_ready(struct nbd_source *src);
 /* Whether splice(2) can write into fd at an offset (nbd_source_splice_at):
  * a file whose filesystem cannot says so before anything is written. */
 int nbd_can_splice_at(int fd);

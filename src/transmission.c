@@ -88,6 +88,12 @@ tx_source_splice(struct nbd_source *src, int fd, int64_t *off, uint64_t len,
   return wire_splice(&((struct tx_source *)src)->c->w, fd, off, len, moved);
 }
 
+static uint64_t
+tx_source_ready(struct nbd_source *src)
+{
+  return wire_ready(&((struct tx_source *)src)->c->w);
+}
+
 /* A write at least this large goes to a backend whose submit takes
  * payloads still in the socket (submit_src: the nbd proxy, which
  * splices them to its upstream) without being read here first. */
@@ -231,7 +237,8 @@ tx_execute(struct nbd_conn *c, struct nbd_request *r,
     } else if (r->pull) {
       struct tx_source src = {
         { tx_source_readv, r->count, 0,
-          wire_can_splice(&c->w) ? tx_source_splice : NULL }, c };
+          wire_can_splice(&c->w) ? tx_source_splice : NULL,
+          tx_source_ready }, c };
       uint64_t in0 = c->w.splice_in_ns;
 
       err = next_pwrite_from(t, &src.src, (uint32_t)r->count, r->offset,
@@ -324,7 +331,7 @@ tx_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
 {
   struct nbd_async *a = &r->async;
   struct tx_source src = { { tx_source_readv, r->count, 0,
-                             tx_source_splice }, c };
+                             tx_source_splice, tx_source_ready }, c };
   int err;
 
   if (r->type != NBD_CMD_READ && r->type != NBD_CMD_WRITE)

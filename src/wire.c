@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -747,6 +748,16 @@ wire_init(struct nbd_wire *w, int fd, const char *peer, uint64_t poll_ns,
 }
 
 /* ---- moving a payload to another socket (splice) ------------------------ */
+
+uint64_t
+wire_ready(struct nbd_wire *w)
+{
+  int q = 0;
+
+  if (w->io == &wire_plain && ioctl(w->fd, FIONREAD, &q) == -1)
+    q = 0;
+  return wire_buffered(w) + (uint64_t)(q > 0 ? q : 0);
+}
 
 int
 wire_can_splice(const struct nbd_wire *w)

@@ -96,6 +96,9 @@ int wire_can_splice(const struct nbd_wire *w);
  * still to read). */
 int wire_splice(struct nbd_wire *w, int out, int64_t *off, uint64_t len,
                 uint64_t *moved);
+/* Bytes of input that have arrived: buffered, and in the socket (plain
+ * connections; TLS counts what is buffered only). */
+uint64_t wire_ready(struct nbd_wire *w);
 /* Bytes already read from the socket and not consumed. */
 static inline size_t
 wire_buffered(const struct nbd_wire *w)

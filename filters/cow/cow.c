@@ -414,6 +414,51 @@ cow_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
   return cow_write(self, next, buf, count, offset, 0);
 }
 
+/* A large write on a plain connection (the engine offers no others when
+ * the backend's pull_splice says so): each whole block whose bytes have
+ * all arrived is spliced from the socket into the overlay under its
+ * stripe lock (one copy instead of two); any other piece is read into a
+ * buffer first, with no lock held while the client may still be
+ * sending, and written as cow_pwrite does. */
+static int
+cow_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
+                struct nbd_source *src, uint32_t count, uint64_t offset,
+                uint32_t flags)
+{
+  struct cow_state *st = cow_st(self);
+  int splice = src->splice && cow_overlay_can_splice(st->ov);
+  unsigned char *buf;
+  uint64_t blk;
+  uint32_t o, n;
+  int r;
+
+  while (count > 0) {
+    o = (uint32_t)(offset & (st->bs - 1));
+    n = st->bs - o < count ? st->bs - o : count;
+    blk = offset >> st->shift;
+    if (splice && n == cow_block_len(st, blk) &&
+        nbd_source_ready(src) >= n) {
+      pthread_mutex_lock(cow_stripe(st, blk));
+      r = cow_overlay_pwrite_from(st->ov, src, n, blk << st->shift);
+      if (r == 0)
+        cow_overlay_set_state(st->ov, blk, COW_BLOCK_ALLOCATED);
+      pthread_mutex_unlock(cow_stripe(st, blk));
+    } else if ((buf = nbd_bufpool_get(&st->pool, st->bs)) == NULL)
+      r = -ENOMEM;
+    else {
+      r = nbd_source_read(src, buf, n);
+      if (r == 0)
+        r = cow_write_block(st, next, blk, o, n, buf, 0);
+      nbd_bufpool_put(&st->pool, buf, st->bs);
+    }
+    if (r < 0)
+      return r;
+    offset += n;
+    count -= n;
+  }
+  return 0;
+}
+
 /* FAST_ZERO needs nothing: no zero here ever falls back to slow writes
  * of a whole range (only partial blocks are written, as for any zero). */
 static int
@@ -628,4 +673,5 @@ NBD_REGISTER_FILTER(cow, NBD_PARALLEL, NBD_RARELY_BLOCKS,
   .setup = cow_setup,
   .cleanup = cow_cleanup,
   .prepare = cow_prepare,
+  .pwrite_from = cow_pwrite_from,
 );

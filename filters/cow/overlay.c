@@ -73,6 +73,7 @@
 
 struct cow_overlay {
   int fd;
+  int can_splice;               /* nbd_can_splice_at(fd) */
   int persistent;
   char *path;                   /* persistent: for messages */
   uint32_t block_size;
@@ -439,6 +440,7 @@ cow_overlay_open(const char *path, const char *tmpdir, uint32_t block_size,
     cow_overlay_close(ov);
     return NULL;
   }
+  ov->can_splice = nbd_can_splice_at(ov->fd);
   return ov;
 }
 
@@ -583,6 +585,21 @@ cow_overlay_pwrite(struct cow_overlay *ov, const void *buf, uint32_t count,
                    uint64_t offset)
 {
   return nbd_pwrite_full(ov->fd, buf, count, ov->data_offset + offset);
+}
+
+/* count bytes of the client's payload at offset: spliced from the socket
+ * where it can be, else read through a buffer (overlay.h). */
+int
+cow_overlay_pwrite_from(struct cow_overlay *ov, struct nbd_source *src,
+                        uint32_t count, uint64_t offset)
+{
+  return nbd_source_splice_at(src, ov->fd, count, ov->data_offset + offset);
+}
+
+int
+cow_overlay_can_splice(const struct cow_overlay *ov)
+{
+  return ov->can_splice;
 }
 
 /* ---- flush: data, then map (see the top of the file) -------------------- */

@@ -59,6 +59,11 @@ int cow_overlay_pread(struct cow_overlay *ov, void *buf, uint32_t count,
                       uint64_t offset);
 int cow_overlay_pwrite(struct cow_overlay *ov, const void *buf,
                        uint32_t count, uint64_t offset);
+/* The same from the client's socket with splice(2), when
+ * cow_overlay_can_splice; nbd_source_splice_at's returns. */
+int cow_overlay_pwrite_from(struct cow_overlay *ov, struct nbd_source *src,
+                            uint32_t count, uint64_t offset);
+int cow_overlay_can_splice(const struct cow_overlay *ov);
 
 /* Temporary overlay: nothing to do.  Persistent: make every write and map
  * change made before the call durable (data first, then the map).

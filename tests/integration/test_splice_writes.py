@@ -16,6 +16,10 @@ short by a client that goes away, and a write that fails in the middle.
   server killed by SIGXFSZ), the rest of its payload is drained, and the
   next request on the same connection works.
 - nbdcopy of 64 MiB into the export and back, byte for byte.
+- cow over file: whole overlay blocks spliced into the overlay, partial
+  ones read first, all read back; a client stalled halfway through a
+  1 MiB payload does not hold the blocks' locks: another client's writes
+  to the same blocks complete meanwhile.
 - null: 1 and 4 MiB writes between reads keep the stream in step (the
   reads answer zeros), also after a client that stopped halfway through
   a payload.
@@ -163,6 +167,52 @@ def nbdcopy_round_trip():
     srv.stop()
 
 
+def cow_over_file():
+    path = make_disk("cowbase.img")
+    with open(path, "r+b") as f:
+        f.write(pattern(SIZE, 99))
+    srv = Server(["-v", "--filter", "cow", "file", "file=" + path],
+                 name="cow")
+    servers.append(srv)
+    h = nbd.NBD()
+    h.connect_unix(srv.sock)
+    cases = [(1 << 20, 0), ((1 << 20) + 100, (2 << 20) + 4000),
+             (65536, 8 << 20), (4 << 20, (10 << 20) + 65536),
+             (200000, 20 << 20)]
+    for i, (n, off) in enumerate(cases):
+        h.pwrite(pattern(n, i), off)
+    for i, (n, off) in enumerate(cases):
+        check(h.pread(n, off) == pattern(n, i),
+              "cow: read back %d bytes at %d" % (n, off))
+    # Around the writes the layer below still shows through.
+    check(h.pread(4000, (2 << 20)) == pattern(SIZE, 99)[2 << 20:(2 << 20) + 4000],
+          "cow: the bytes below before a partial write")
+    h.shutdown()
+    with open(path, "rb") as f:
+        check(f.read(1 << 20) == pattern(SIZE, 99)[:1 << 20],
+              "cow wrote below")
+    # A client stalled in the middle of a payload, the blocks' locks free.
+    stalled = connect_go(srv.sock)
+    stalled.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE,
+                             stalled.next_cookie(), 32 << 20, 1 << 20)
+                 + b"s" * (1 << 19))
+    time.sleep(0.3)
+    other = connect_go(srv.sock, timeout=10)
+    t0 = time.monotonic()
+    for k in range(16):         # every 64 KiB block of the stalled write
+        check_eq(other.write((32 << 20) + k * 65536, b"o" * 65536), 0,
+                 "another client's write to a stalled block")
+    took = time.monotonic() - t0
+    check(took < 5, "another client's writes waited %.1f s behind a "
+          "stalled payload" % took)
+    err, data = other.read(32 << 20, 65536)
+    check(err == 0 and data == b"o" * 65536, "its read back")
+    stalled.close()
+    other.disc()
+    other.close()
+    srv.stop()
+
+
 def null_in_step():
     srv = Server(["-v", "null", "size=64M"], name="null")
     servers.append(srv)
@@ -193,5 +243,6 @@ C.run("cache=none", writes_read_back, ["cache=none"], "nocache")
 C.run("a client gone in the middle of a payload", client_gone_mid_payload)
 C.run("a write failing in the middle (file-size limit)", write_fails_midway)
 C.run("nbdcopy there and back", nbdcopy_round_trip)
+C.run("cow over file", cow_over_file)
 C.run("null: large writes in step with reads", null_in_step)
 C.finish(servers)
