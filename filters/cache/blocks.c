@@ -48,6 +48,7 @@
 /* Shared by every connection of the export. */
 struct cache_blocks {
   int fd;                       /* the cache file */
+  int can_splice;               /* nbd_can_splice_at(fd) */
   uint32_t bs;                  /* block size, a power of two */
   unsigned bits;                /* log2(bs) */
   uint64_t high, low;           /* reclaim thresholds in blocks, 0 = none */
@@ -81,6 +82,7 @@ cache_blocks_open(int fd, uint32_t block_size, char *err, size_t errlen)
     return NULL;
   }
   bl->fd = fd;
+  bl->can_splice = nbd_can_splice_at(fd);
   bl->size = -1;
   pthread_mutex_init(&bl->lock, NULL);
   pthread_cond_init(&bl->idle, NULL);
@@ -164,6 +166,19 @@ cache_blocks_pwrite(struct cache_blocks *bl, const void *buf, uint64_t len,
                     uint64_t off)
 {
   return nbd_pwrite_full(bl->fd, buf, len, off);
+}
+
+int
+cache_blocks_pwrite_from(struct cache_blocks *bl, struct nbd_source *src,
+                         uint64_t len, uint64_t off)
+{
+  return nbd_source_splice_at(src, bl->fd, len, off);
+}
+
+int
+cache_blocks_can_splice(const struct cache_blocks *bl)
+{
+  return bl->can_splice;
 }
 
 /* Frees the file space of dropped blocks; a filesystem that cannot punch

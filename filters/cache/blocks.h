@@ -89,6 +89,11 @@ int cache_blocks_pread(struct cache_blocks *bl, void *buf, uint64_t len,
                        uint64_t off);
 int cache_blocks_pwrite(struct cache_blocks *bl, const void *buf,
                         uint64_t len, uint64_t off);
+/* The same from the client's socket with splice(2), when
+ * cache_blocks_can_splice; nbd_source_splice_at's returns. */
+int cache_blocks_pwrite_from(struct cache_blocks *bl, struct nbd_source *src,
+                             uint64_t len, uint64_t off);
+int cache_blocks_can_splice(const struct cache_blocks *bl);
 
 /* Requests below, split to the lower layer's maximum.  0 or -errno. */
 int cache_blocks_below_pread(struct nbd_ctx *next, void *buf, uint64_t len,

@@ -496,6 +496,64 @@ cache_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
   return r;
 }
 
+/* A large write on a plain connection (the engine offers no others when
+ * the backend's pull_splice says so).  In writeback and unsafe modes,
+ * without FUA, each whole block whose bytes have all arrived is spliced
+ * from the socket into the cache file while the request holds that block
+ * alone (one copy instead of two), so a client that stalls in the middle
+ * of a payload holds no block; other pieces are read into a buffer first
+ * and written as cache_pwrite does.  Anything else is read whole first. */
+static int
+cache_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
+                  struct nbd_source *src, uint32_t count, uint64_t offset,
+                  uint32_t flags)
+{
+  struct cache_state *st = self->layer->state;
+  struct cache_blocks *bl = st->blocks;
+  uint64_t b, end;
+  uint32_t n;
+  char *buf;
+  int r = 0;
+
+  if (st->mode == CACHE_WRITETHROUGH ||
+      (st->mode == CACHE_WRITEBACK && (flags & NBD_CMD_FLAG_FUA)) ||
+      src->splice == NULL || !cache_blocks_can_splice(bl)) {
+    if ((buf = malloc(count ? count : 1)) == NULL)
+      return -ENOMEM;
+    r = nbd_source_read(src, buf, count);
+    if (r == 0)
+      r = cache_pwrite(self, next, buf, count, offset, flags);
+    free(buf);
+    return r;
+  }
+  while (count > 0 && r == 0) {
+    b = offset >> st->bits;
+    end = cache_blocks_end(bl, b);
+    n = end - offset < count ? (uint32_t)(end - offset) : count;
+    if (offset == b << st->bits && offset + n == end &&
+        nbd_source_ready(src) >= n) {
+      cache_blocks_acquire(bl, b, b);
+      r = cache_blocks_pwrite_from(bl, src, n, offset);
+      if (r == 0)
+        cache_blocks_release_as(bl, b, b, CACHE_DIRTY);
+      else
+        cache_blocks_release_failed(bl, b, b);
+    } else if ((buf = nbd_bufpool_get(st->pool, st->bs)) == NULL)
+      r = -ENOMEM;
+    else {
+      r = nbd_source_read(src, buf, n);
+      if (r == 0)
+        r = cache_pwrite(self, next, buf, n, offset, flags);
+      nbd_bufpool_put(st->pool, buf, st->bs);
+    }
+    offset += n;
+    count -= n;
+  }
+  if (r == 0)
+    cache_blocks_reclaim(bl, next);
+  return r;
+}
+
 static int
 cache_zero_or_trim(struct nbd_ctx *self, struct nbd_ctx *next,
                    uint64_t count, uint64_t offset, uint32_t flags, int trim)
@@ -700,4 +758,5 @@ NBD_REGISTER_FILTER(cache, NBD_PARALLEL, NBD_RARELY_BLOCKS,
   .cleanup = cache_cleanup,
   .prepare = cache_prepare,
   .close = cache_close,
+  .pwrite_from = cache_pwrite_from,
 );

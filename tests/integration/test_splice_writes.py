@@ -16,10 +16,11 @@ short by a client that goes away, and a write that fails in the middle.
   server killed by SIGXFSZ), the rest of its payload is drained, and the
   next request on the same connection works.
 - nbdcopy of 64 MiB into the export and back, byte for byte.
-- cow over file: whole overlay blocks spliced into the overlay, partial
-  ones read first, all read back; a client stalled halfway through a
-  1 MiB payload does not hold the blocks' locks: another client's writes
-  to the same blocks complete meanwhile.
+- cow and cache over file: whole blocks spliced into the overlay or the
+  cache file, partial ones read first, all read back (and below, after a
+  flush, through the cache); a client stalled halfway through a 1 MiB
+  payload does not hold the blocks: another client's writes to the same
+  blocks complete meanwhile.
 - null: 1 and 4 MiB writes between reads keep the stream in step (the
   reads answer zeros), also after a client that stopped halfway through
   a payload.
@@ -167,12 +168,15 @@ def nbdcopy_round_trip():
     srv.stop()
 
 
-def cow_over_file():
-    path = make_disk("cowbase.img")
+def filter_over_file(name, filt, below_after_flush, params=()):
+    """Large writes through filter filt (a list of arguments) over a file
+    holding a pattern: read back; the file below unchanged (cow) or, after
+    a flush, holding them (cache); then a stalled client."""
+    path = make_disk(name + "base.img")
     with open(path, "r+b") as f:
         f.write(pattern(SIZE, 99))
-    srv = Server(["-v", "--filter", "cow", "file", "file=" + path],
-                 name="cow")
+    srv = Server(["-v"] + filt + ["file", "file=" + path] + list(params),
+                 name=name)
     servers.append(srv)
     h = nbd.NBD()
     h.connect_unix(srv.sock)
@@ -183,15 +187,22 @@ def cow_over_file():
         h.pwrite(pattern(n, i), off)
     for i, (n, off) in enumerate(cases):
         check(h.pread(n, off) == pattern(n, i),
-              "cow: read back %d bytes at %d" % (n, off))
+              "%s: read back %d bytes at %d" % (name, n, off))
     # Around the writes the layer below still shows through.
     check(h.pread(4000, (2 << 20)) == pattern(SIZE, 99)[2 << 20:(2 << 20) + 4000],
-          "cow: the bytes below before a partial write")
+          "%s: the bytes below before a partial write" % name)
+    h.flush()
     h.shutdown()
     with open(path, "rb") as f:
-        check(f.read(1 << 20) == pattern(SIZE, 99)[:1 << 20],
-              "cow wrote below")
-    # A client stalled in the middle of a payload, the blocks' locks free.
+        if below_after_flush:
+            for i, (n, off) in enumerate(cases):
+                f.seek(off)
+                check(f.read(n) == pattern(n, i),
+                      "%s: below after a flush, %d bytes at %d" % (name, n, off))
+        else:
+            check(f.read(1 << 20) == pattern(SIZE, 99)[:1 << 20],
+                  "%s wrote below" % name)
+    # A client stalled in the middle of a payload holds no block.
     stalled = connect_go(srv.sock)
     stalled.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE,
                              stalled.next_cookie(), 32 << 20, 1 << 20)
@@ -201,12 +212,12 @@ def cow_over_file():
     t0 = time.monotonic()
     for k in range(16):         # every 64 KiB block of the stalled write
         check_eq(other.write((32 << 20) + k * 65536, b"o" * 65536), 0,
-                 "another client's write to a stalled block")
+                 "%s: another client's write to a stalled block" % name)
     took = time.monotonic() - t0
-    check(took < 5, "another client's writes waited %.1f s behind a "
-          "stalled payload" % took)
+    check(took < 5, "%s: another client's writes waited %.1f s behind a "
+          "stalled payload" % (name, took))
     err, data = other.read(32 << 20, 65536)
-    check(err == 0 and data == b"o" * 65536, "its read back")
+    check(err == 0 and data == b"o" * 65536, "%s: its read back" % name)
     stalled.close()
     other.disc()
     other.close()
@@ -243,6 +254,10 @@ C.run("cache=none", writes_read_back, ["cache=none"], "nocache")
 C.run("a client gone in the middle of a payload", client_gone_mid_payload)
 C.run("a write failing in the middle (file-size limit)", write_fails_midway)
 C.run("nbdcopy there and back", nbdcopy_round_trip)
-C.run("cow over file", cow_over_file)
+C.run("cow over file", filter_over_file, "cow", ["--filter", "cow"], False)
+C.run("cache (writeback) over file", filter_over_file, "cache",
+      ["--filter", "cache"], True)
+C.run("cache (writethrough) over file", filter_over_file, "cachewt",
+      ["--filter", "cache"], True, ["cache=writethrough"])
 C.run("null: large writes in step with reads", null_in_step)
 C.finish(servers)
