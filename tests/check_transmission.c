@@ -971,7 +971,8 @@ END_TEST
 
 /* A stack that keeps nothing in the process (a file) is not flushed when
  * its client leaves (as nbdkit), but it is when the server stops. */
-START_TEST(test_close_after_write_plain_does_not_flush)
+static void
+write_then_leave(int stopping)
 {
   unsigned char w[512];
   struct tc t;
@@ -979,26 +980,23 @@ START_TEST(test_close_after_write_plain_does_not_flush)
   tc_connect(&t, "", 0, 0);
   memset(w, 0x3c, sizeof w);
   ck_assert_uint_eq(simple_write(&t, 1, 0, w, sizeof w), 0);
+  atomic_store(&server_stopping, stopping);
   req_send(&t, 0, NBD_CMD_DISC, 2, 0, 0, NULL);
   cl_expect_eof(&t);
   tc_end(&t);
+  atomic_store(&server_stopping, 0);
+}
+
+START_TEST(test_close_after_write_plain_does_not_flush)
+{
+  write_then_leave(0);
   ck_assert_int_eq(flushes_started, 0);
 }
 END_TEST
 
 START_TEST(test_close_after_write_plain_flushes_when_stopping)
 {
-  unsigned char w[512];
-  struct tc t;
-
-  tc_connect(&t, "", 0, 0);
-  memset(w, 0xc3, sizeof w);
-  ck_assert_uint_eq(simple_write(&t, 1, 0, w, sizeof w), 0);
-  atomic_store(&server_stopping, 1);
-  req_send(&t, 0, NBD_CMD_DISC, 2, 0, 0, NULL);
-  cl_expect_eof(&t);
-  tc_end(&t);
-  atomic_store(&server_stopping, 0);
+  write_then_leave(1);
   ck_assert_int_eq(flushes_done, 1);
 }
 END_TEST
