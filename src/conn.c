@@ -159,14 +159,15 @@ conn_keeps_writes(const struct nbd_ctx *x)
 
 /* Flush what this client wrote when a layer keeps it in the process (a
  * write-back cache), so nothing acknowledged is lost with the process;
- * and always when the server stops (SIGTERM, which ends every
- * connection, or a single client's end), so an orderly exit leaves
- * every export flushed.  Not otherwise: a file's writes are the
- * kernel's once written, and an fdatasync at every disconnect made the
- * next client's writes wait behind the whole write-back (nbdcopy into a
- * file just written at random: 0.6x nbdkit, which does not flush).
- * The client did not ask for it and must not wait for it: libnbd waits
- * for the close after DISC. */
+ * and when the server ends the connection (SIGTERM, or a single
+ * client's end), so an orderly exit leaves every export flushed.  Not
+ * when the client ended it (DISC) while the server stops: whether a
+ * flush ran must not depend on which came first.  Not otherwise: a
+ * file's writes are the kernel's once written, and an fdatasync at
+ * every disconnect made the next client's writes wait behind the whole
+ * write-back (nbdcopy into a file just written at random: 0.6x nbdkit,
+ * which does not flush).  The client did not ask for it and must not
+ * wait for it: libnbd waits for the close after DISC. */
 void
 conn_finish(struct nbd_conn *c)
 {
@@ -175,7 +176,7 @@ conn_finish(struct nbd_conn *c)
   wire_shutdown(&c->w, SHUT_RDWR);
   if (c->top && c->top->can_flush && c->top->can_write &&
       __atomic_load_n(&c->wrote, __ATOMIC_RELAXED) &&
-      (nbd_server_stopping() || nbd_modes.single ||
+      ((nbd_server_stopping() && !c->disc) || nbd_modes.single ||
        conn_keeps_writes(c->top)) &&
       (r = next_flush(c->top, 0)) < 0) {
     nbd_error("%s: export \"%s\": flush at close failed: %s: writes "

@@ -89,6 +89,7 @@ struct nbd_conn {
   uint32_t max_payload;         /* what we advertised as maximum */
   int serial_lock_held;         /* holds exp->lock for the whole connection */
   int wrote;                    /* a write, trim or zero ran (atomic) */
+  int disc;                     /* the client ended it with NBD_CMD_DISC */
   /* For the disconnect log line (conn.c): counted by the reader thread
    * alone (transmission.c), read by it at the end, so no lock and no
    * atomics on the data path. */

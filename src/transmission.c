@@ -432,8 +432,10 @@ tx_read_request(struct nbd_conn *c, struct nbd_request *r, int *verr,
       wire_read(&c->w, h + NBD_REQUEST_SIZE, size - NBD_REQUEST_SIZE) == -1)
     return -1;
   proto_parse_request(h, r);
-  if (r->type == NBD_CMD_DISC)
+  if (r->type == NBD_CMD_DISC) {
+    c->disc = 1;
     return 1;
+  }
   r->pull = 0;
   r->data = NULL;
   /* proto.md: a payload over the maximum is a reason to disconnect; up

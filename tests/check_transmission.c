@@ -970,9 +970,11 @@ START_TEST(test_client_gone_without_disc_after_write_flushes)
 END_TEST
 
 /* A stack that keeps nothing in the process (a file) is not flushed when
- * its client leaves (as nbdkit), but it is when the server stops. */
+ * its client leaves (as nbdkit), but it is when the server stops and
+ * ends the connection (its input shut: EOF without DISC); a client that
+ * sent DISC just as the server stopped is not. */
 static void
-write_then_leave(int stopping)
+write_then_leave(int stopping, int disc)
 {
   unsigned char w[512];
   struct tc t;
@@ -981,7 +983,10 @@ write_then_leave(int stopping)
   memset(w, 0x3c, sizeof w);
   ck_assert_uint_eq(simple_write(&t, 1, 0, w, sizeof w), 0);
   atomic_store(&server_stopping, stopping);
-  req_send(&t, 0, NBD_CMD_DISC, 2, 0, 0, NULL);
+  if (disc)
+    req_send(&t, 0, NBD_CMD_DISC, 2, 0, 0, NULL);
+  else
+    shutdown(t.fd, SHUT_WR);
   cl_expect_eof(&t);
   tc_end(&t);
   atomic_store(&server_stopping, 0);
@@ -989,15 +994,24 @@ write_then_leave(int stopping)
 
 START_TEST(test_close_after_write_plain_does_not_flush)
 {
-  write_then_leave(0);
+  write_then_leave(0, 1);
+  ck_assert_int_eq(flushes_started, 0);
+  write_then_leave(0, 0);
   ck_assert_int_eq(flushes_started, 0);
 }
 END_TEST
 
 START_TEST(test_close_after_write_plain_flushes_when_stopping)
 {
-  write_then_leave(1);
+  write_then_leave(1, 0);
   ck_assert_int_eq(flushes_done, 1);
+}
+END_TEST
+
+START_TEST(test_disc_after_write_plain_while_stopping_does_not_flush)
+{
+  write_then_leave(1, 1);
+  ck_assert_int_eq(flushes_started, 0);
 }
 END_TEST
 
@@ -1156,6 +1170,7 @@ transmission_suite(void)
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, test_close_after_write_plain_does_not_flush);
   tcase_add_test(tc, test_close_after_write_plain_flushes_when_stopping);
+  tcase_add_test(tc, test_disc_after_write_plain_while_stopping_does_not_flush);
   suite_add_tcase(s, tc);
   return s;
 }
