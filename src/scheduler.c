@@ -38,7 +38,7 @@
 /* Requests that keep a CPU busy this long while the client has more
  * waiting, SCHED_HEAVY_COUNT times in a window, are worth running side
  * by side on workers when there is a second CPU.  Not the writes of a
- * stack whose backend has serial_writes (a file: a 4 KiB write into a
+ * stack with a serial_writes layer (a file: a 4 KiB write into a
  * large page-cache folio keeps the CPU tens of microseconds, but under
  * the file's inode lock, which workers would only contend for). */
 #define SCHED_HEAVY_NS        20000       /* 20 us */
