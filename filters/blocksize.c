@@ -328,18 +328,10 @@ blocksize_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
                       uint32_t flags)
 {
   const struct blocksize_h *h = self->handle;
-  void *buf;
-  int r;
 
   if ((offset | count) % h->minb == 0 && count <= h->maxdata)
     return next_pwrite_from(next, src, count, offset, flags);
-  if ((buf = malloc(count ? count : 1)) == NULL)
-    return -ENOMEM;
-  r = nbd_source_read(src, buf, count);
-  if (r == 0)
-    r = blocksize_pwrite(self, next, buf, count, offset, flags);
-  free(buf);
-  return r;
+  return nbd_pwrite_buffered(self, src, count, offset, flags);
 }
 
 PASSTHROUGH(blocksize, flush)

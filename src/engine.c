@@ -758,19 +758,19 @@ nbd_source_splice_at(struct nbd_source *src, int fd, uint64_t len,
   return r == -2 ? -(errno ? errno : EIO) : 0;
 }
 
-/* pwrite through a buffer, for a layer without pwrite_from. */
-static int
-engine_pwrite_buffered(struct nbd_ctx *c, struct nbd_source *src,
-                       uint32_t count, uint64_t offset, uint32_t flags)
+int
+nbd_pwrite_buffered(struct nbd_ctx *self, struct nbd_source *src,
+                    uint32_t count, uint64_t offset, uint32_t flags)
 {
-  void *buf = malloc(count ? count : 1);
+  void *buf;
   int r;
 
-  if (buf == NULL)
+  if (posix_memalign(&buf, 4096, count ? count : 1) != 0)
     return -ENOMEM;
   r = nbd_source_read(src, buf, count);
   if (r == 0)
-    r = c->layer->ops->pwrite(c, c->next, buf, count, offset, flags);
+    r = self->layer->ops->pwrite(self, self->next, buf, count, offset,
+                                 flags);
   free(buf);
   return r;
 }
@@ -792,7 +792,7 @@ next_pwrite_from(struct nbd_ctx *c, struct nbd_source *src, uint32_t count,
     else if (c->layer->ops->pwrite_from)
       r = c->layer->ops->pwrite_from(c, c->next, src, count, offset, flags);
     else
-      r = engine_pwrite_buffered(c, src, count, offset, flags);
+      r = nbd_pwrite_buffered(c, src, count, offset, flags);
   }
   /* What the layer did not take of these count bytes must still leave
    * the socket. */

@@ -444,6 +444,12 @@ int nbd_source_readv(struct nbd_source *src, struct iovec *iov, int n);
 int nbd_source_read(struct nbd_source *src, void *buf, size_t len);
 /* Reads and drops len bytes. */
 int nbd_source_skip(struct nbd_source *src, uint64_t len);
+/* For a pwrite_from that does not take this write itself: reads the
+ * count bytes into a buffer (page-aligned, as O_DIRECT wants) and runs
+ * self's own pwrite on them.  What the engine does for a layer without
+ * pwrite_from. */
+int nbd_pwrite_buffered(struct nbd_ctx *self, struct nbd_source *src,
+                        uint32_t count, uint64_t offset, uint32_t flags);
 /* Moves len bytes to the stream socket fd (src->splice, which must be
  * set): 0; -EIO when the client connection failed (src->failed set);
  * -EPIPE when writing fd failed (the bytes not taken are still in src);

@@ -184,13 +184,19 @@ file_pwrite(struct nbd_ctx *self, struct nbd_ctx *next, const void *buf,
   return file_io_write(self->handle, buf, count, offset);
 }
 
-/* Large writes on plain connections (the engine's pull_splice rule). */
+/* Large writes on plain connections (the engine's pull_splice rule),
+ * spliced; into a file that takes no splice (direct=true, some
+ * filesystems) through a buffer. */
 static int
 file_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
                  struct nbd_source *src, uint32_t count, uint64_t offset,
                  uint32_t flags)
 {
-  return file_io_write_from(self->handle, src, count, offset);
+  struct file_state *st = self->handle;
+
+  if (src->splice && st->can_splice)
+    return file_io_write_from(st, src, count, offset);
+  return nbd_pwrite_buffered(self, src, count, offset, flags);
 }
 
 static int

@@ -13,11 +13,9 @@
  * methods (file.c).  Eviction is advice: its failures are never the
  * request's.
  */
-#include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "layer.h"
 #include "io.h"
@@ -153,30 +151,16 @@ file_io_probe_splice(struct file_state *st)
   st->can_splice = st->align == 0 && nbd_can_splice_at(st->fd);
 }
 
-/* A large write, from the client's socket to the file with splice(2):
- * the kernel copies the payload once, into the page cache, where reading
- * it into a buffer and writing that copies it twice.  Otherwise (TLS,
- * direct=true) it goes through an aligned buffer. */
+/* A large write, from the client's socket to the file with splice(2)
+ * (src->splice and st->can_splice): the kernel copies the payload once,
+ * into the page cache, where reading it into a buffer and writing that
+ * copies it twice. */
 int
 file_io_write_from(struct file_state *st, struct nbd_source *src,
                    uint32_t count, uint64_t offset)
 {
-  void *b;
-  int r;
+  int r = nbd_source_splice_at(src, st->fd, count, offset);
 
-  if (src->splice && st->can_splice) {
-    r = nbd_source_splice_at(src, st->fd, count, offset);
-    if (r == 0 && st->evict)
-      io_evict_write(st, offset, count);
-    return r;
-  }
-  if (posix_memalign(&b, st->align ? st->align : 64,
-                     count ? count : 1) != 0)
-    return -ENOMEM;
-  r = nbd_source_read(src, b, count);
-  if (r == 0)
-    r = nbd_pwrite_full(st->fd, b, count, offset);
-  free(b);
   if (r == 0 && st->evict)
     io_evict_write(st, offset, count);
   return r;

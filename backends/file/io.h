@@ -45,7 +45,8 @@ int file_io_write(struct file_state *st, const void *buf, uint32_t count,
                   uint64_t offset);
 /* cache=none, at flush and at close: drops whatever is still in the
  * window (any thread: the window is taken under the lock). */
-/* A write whose payload is still in the client's socket (pwrite_from). */
+/* A write whose payload is still in the client's socket, spliced
+ * (pwrite_from, when src->splice and can_splice). */
 int file_io_write_from(struct file_state *st, struct nbd_source *src,
                        uint32_t count, uint64_t offset);
 void file_io_probe_splice(struct file_state *st);

@@ -517,15 +517,8 @@ cache_pwrite_from(struct nbd_ctx *self, struct nbd_ctx *next,
 
   if (st->mode == CACHE_WRITETHROUGH ||
       (st->mode == CACHE_WRITEBACK && (flags & NBD_CMD_FLAG_FUA)) ||
-      src->splice == NULL || !cache_blocks_can_splice(bl)) {
-    if ((buf = malloc(count ? count : 1)) == NULL)
-      return -ENOMEM;
-    r = nbd_source_read(src, buf, count);
-    if (r == 0)
-      r = cache_pwrite(self, next, buf, count, offset, flags);
-    free(buf);
-    return r;
-  }
+      src->splice == NULL || !cache_blocks_can_splice(bl))
+    return nbd_pwrite_buffered(self, src, count, offset, flags);
   while (count > 0 && r == 0) {
     b = offset >> st->bits;
     end = cache_blocks_end(bl, b);
