@@ -690,8 +690,12 @@ nbd_source_skip(struct nbd_source *src, uint64_t len)
   return r;
 }
 
-int
-nbd_source_splice(struct nbd_source *src, int fd, uint64_t len)
+/* src->splice to fd (at *off, or a stream when NULL): 0, -EIO (the client
+ * connection failed), -EINVAL, or -2 when writing fd failed (errno says
+ * why). */
+static int
+engine_source_splice(struct nbd_source *src, int fd, int64_t *off,
+                     uint64_t len)
 {
   uint64_t moved = 0;
   int r;
@@ -700,13 +704,21 @@ nbd_source_splice(struct nbd_source *src, int fd, uint64_t len)
     return -EIO;
   if (len > src->left || src->splice == NULL)
     return -EINVAL;
-  r = src->splice(src, fd, NULL, len, &moved);
+  r = src->splice(src, fd, off, len, &moved);
   src->left -= moved;
   if (r == -1) {
     src->failed = 1;
     return -EIO;
   }
-  return r == -2 ? -EPIPE : 0;
+  return r;
+}
+
+int
+nbd_source_splice(struct nbd_source *src, int fd, uint64_t len)
+{
+  int r = engine_source_splice(src, fd, NULL, len);
+
+  return r == -2 ? -EPIPE : r;
 }
 
 uint64_t
@@ -741,21 +753,13 @@ int
 nbd_source_splice_at(struct nbd_source *src, int fd, uint64_t len,
                      uint64_t offset)
 {
-  uint64_t moved = 0;
   int64_t off = (int64_t)offset;
   int r;
 
-  if (src->failed)
-    return -EIO;
-  if (len > src->left || src->splice == NULL || offset > INT64_MAX)
+  if (offset > INT64_MAX)
     return -EINVAL;
-  r = src->splice(src, fd, &off, len, &moved);
-  src->left -= moved;
-  if (r == -1) {
-    src->failed = 1;
-    return -EIO;
-  }
-  return r == -2 ? -(errno ? errno : EIO) : 0;
+  r = engine_source_splice(src, fd, &off, len);
+  return r == -2 ? -(errno ? errno : EIO) : r;
 }
 
 int

@@ -772,9 +772,16 @@ wire_write_all(int out, int64_t *off, const char *p, size_t len)
 {
   ssize_t r;
 
+  if (off) {
+    if ((r = nbd_pwrite_full(out, p, len, (uint64_t)*off)) < 0) {
+      errno = (int)-r;
+      return -1;
+    }
+    *off += (int64_t)len;
+    return 0;
+  }
   while (len > 0) {
-    r = off ? pwrite(out, p, len, (off_t)*off)
-            : send(out, p, len, MSG_NOSIGNAL);
+    r = send(out, p, len, MSG_NOSIGNAL);
     if (r == -1 && errno == EINTR)
       continue;
     if (r <= 0) {
@@ -782,8 +789,6 @@ wire_write_all(int out, int64_t *off, const char *p, size_t len)
         errno = EIO;
       return -1;
     }
-    if (off)
-      *off += r;
     p += r;
     len -= (size_t)r;
   }
