@@ -247,10 +247,8 @@ def t_client_dies_mid_payload():
     c = connect_go(px4.sock)
     # Two writes in flight (so they are submitted, not run alone), the
     # second stopping halfway through its 1 MiB payload.
-    c.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE,
-                       c.next_cookie(), 1 << 20, 1 << 20) + b"b" * (1 << 20))
-    c.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE,
-                       c.next_cookie(), 2 << 20, 1 << 20) + b"c" * (1 << 19))
+    c.request(CMD_WRITE, 1 << 20, 1 << 20, data=b"b" * (1 << 20))
+    c.request(CMD_WRITE, 2 << 20, 1 << 20, data=b"c" * (1 << 19))
     time.sleep(0.3)
     c.close()
     time.sleep(0.3)

@@ -27,7 +27,6 @@ short by a client that goes away, and a write that fails in the middle.
 """
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nbdtest as T                       # noqa: E402
 from nbdtest import (Checker, Server, check, check_eq, connect_go,  # noqa: E402
-                     CMD_WRITE, REQUEST_MAGIC)
+                     CMD_WRITE)
 
 try:
     import nbd
@@ -103,8 +102,7 @@ def client_gone_mid_payload():
     other = connect_go(srv.sock)
     check_eq(other.write(0, b"a" * 65536), 0, "a write before")
     c = connect_go(srv.sock)
-    c.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE,
-                       c.next_cookie(), 1 << 20, 1 << 20) + b"b" * (1 << 19))
+    c.request(CMD_WRITE, 1 << 20, 1 << 20, data=b"b" * (1 << 19))
     time.sleep(0.3)
     c.close()
     time.sleep(0.3)
@@ -204,9 +202,7 @@ def filter_over_file(name, filt, below_after_flush, params=()):
                   "%s wrote below" % name)
     # A client stalled in the middle of a payload holds no block.
     stalled = connect_go(srv.sock)
-    stalled.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE,
-                             stalled.next_cookie(), 32 << 20, 1 << 20)
-                 + b"s" * (1 << 19))
+    stalled.request(CMD_WRITE, 32 << 20, 1 << 20, data=b"s" * (1 << 19))
     time.sleep(0.3)
     other = connect_go(srv.sock, timeout=10)
     t0 = time.monotonic()
@@ -234,8 +230,7 @@ def null_in_step():
         check(err == 0 and data == bytes(4096),
               "null: the read after a %d-byte write" % n)
     d = connect_go(srv.sock)
-    d.send(struct.pack(">IHHQQI", REQUEST_MAGIC, 0, CMD_WRITE,
-                       d.next_cookie(), 0, 1 << 20) + b"y" * (1 << 19))
+    d.request(CMD_WRITE, 0, 1 << 20, data=b"y" * (1 << 19))
     time.sleep(0.2)
     d.close()
     time.sleep(0.2)
