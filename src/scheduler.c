@@ -379,7 +379,6 @@ sched_start(struct nbd_conn *c, struct nbd_sched *s, sched_exec_fn *exec)
                       c->cfg->inline_requests);
   /* "Rarely blocks": inline until a request turns out slow. */
   s->adaptive = !serial && e->nonblocking == NBD_RARELY_BLOCKS;
-  s->serial_writes = c->top->serial_writes;
   /* Writes whose top layer reads the payload itself (pwrite_from), when
    * nothing else can wait on that read: inline, and no lock across
    * connections held meanwhile.  A stack that may move to workers pulls
@@ -426,9 +425,9 @@ sched_submit(struct nbd_conn *c, struct nbd_sched *s, struct nbd_request *r)
    * workers: several writing at once contend for the lock (a file's
    * 4 KiB writes into large folios took 109 us of CPU each on workers,
    * 51 us inline). */
-  judged = !(s->serial_writes && (r->type == NBD_CMD_WRITE ||
-                                  r->type == NBD_CMD_WRITE_ZEROES ||
-                                  r->type == NBD_CMD_TRIM));
+  judged = !(c->top->serial_writes && (r->type == NBD_CMD_WRITE ||
+                                       r->type == NBD_CMD_WRITE_ZEROES ||
+                                       r->type == NBD_CMD_TRIM));
   dead = s->exec(c, r, s->adaptive ? &s->tm : NULL) == -1;
   sched_put(c, r);
   if (dead)

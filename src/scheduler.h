@@ -27,7 +27,6 @@ typedef int sched_exec_fn(struct nbd_conn *c, struct nbd_request *r,
 struct nbd_sched {
   int inl;                      /* requests run on the reader */
   int adaptive;                 /* ... until they turn out to block */
-  int serial_writes;            /* ... for other reasons than writes */
   int pull;                     /* writes read by the stack (pwrite_from) */
   int can_async;                /* reads and writes may go to submit */
   int async;                    /* ... and one did: wait for them too */
