@@ -5,11 +5,15 @@
  * justified the defaults are in bench/results/ and in the commits that
  * introduced them, not here.
  */
+#include <string.h>
 #include <sys/prctl.h>
 
 #include "iopolicy.h"
 
 #define IOPOLICY_SPIN_BACKOFF_MAX 64    /* a failed poll skips up to this many */
+#define IOPOLICY_SPIN_STREAK 16         /* polls in a row that found a request, */
+#define IOPOLICY_SPIN_LONG 8            /* then poll this many times longer */
+#define IOPOLICY_SPIN_LONG_MAX 1000000  /* ns, at most */
 #define IOPOLICY_COAL_MIN   6           /* fewer requests per sleep: stop */
 #define IOPOLICY_COAL_BACKOFF_MAX 1024  /* waits before trying again */
 #define IOPOLICY_SCAN_STREAK 16         /* reads without zeros, then ... */
@@ -18,6 +22,7 @@
 void
 iopolicy_init(struct nbd_iopolicy *p, uint64_t poll_ns, uint64_t coalesce_ns)
 {
+  memset(p, 0, sizeof *p);
   p->poll_ns = poll_ns;
   p->coalesce_ns = coalesce_ns;
 }
@@ -35,17 +40,35 @@ iopolicy_backoff(unsigned b, unsigned max)
  * requests within microseconds, and on a virtualised host a sleep and
  * wake-up costs more than that.  A client that does not answer that fast
  * (qd 1, idle) makes the poll fail, and each failure doubles the number
- * of waits that skip it. */
+ * of waits that skip it.
+ *
+ * A client that has answered within `poll` many times in a row is busy:
+ * when it now takes longer, it was most likely held up (preempted, a
+ * page fault), not gone idle, and the request that follows would pay the
+ * reader's wake-up on top of the hold-up.  So after IOPOLICY_SPIN_STREAK
+ * polls that found a request the poll lasts IOPOLICY_SPIN_LONG times
+ * longer (at most 1 ms); the first one that finds nothing ends the streak.
+ * A client that is slower than `poll` never builds a streak, so it pays
+ * nothing more; a busy one that goes idle pays one long poll. */
 int
 iopolicy_poll_begin(struct nbd_iopolicy *p, uint64_t *ns)
 {
+  uint64_t n;
+
   if (p->poll_ns == 0)
     return 0;
   if (p->spin_skip > 0) {
     p->spin_skip--;
     return 0;
   }
-  *ns = p->poll_ns;
+  n = p->poll_ns;
+  if (p->spin_streak >= IOPOLICY_SPIN_STREAK) {
+    n *= IOPOLICY_SPIN_LONG;
+    if (n > IOPOLICY_SPIN_LONG_MAX)
+      n = p->poll_ns > IOPOLICY_SPIN_LONG_MAX ? p->poll_ns
+                                              : IOPOLICY_SPIN_LONG_MAX;
+  }
+  *ns = n;
   return 1;
 }
 
@@ -54,8 +77,11 @@ iopolicy_poll_end(struct nbd_iopolicy *p, int got)
 {
   if (got) {
     p->spin_backoff = 0;
+    if (p->spin_streak < IOPOLICY_SPIN_STREAK)
+      p->spin_streak++;
     return;
   }
+  p->spin_streak = 0;
   p->spin_backoff = iopolicy_backoff(p->spin_backoff,
                                      IOPOLICY_SPIN_BACKOFF_MAX);
   p->spin_skip = p->spin_backoff;

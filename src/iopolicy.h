@@ -14,7 +14,7 @@
 struct nbd_iopolicy {
   uint64_t poll_ns;             /* `poll`: 0 = never */
   uint64_t coalesce_ns;         /* `coalesce`: 0 = never */
-  unsigned spin_skip, spin_backoff;
+  unsigned spin_skip, spin_backoff, spin_streak;
   int coal_on, coal_slack_set;
   unsigned coal_skip, coal_backoff, coal_stop;
   unsigned long coal_tries, coal_batches;  /* gatherings, and those kept */
