@@ -157,7 +157,7 @@ handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
  * filter), with why filled as for -1. */
 static int
 handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
-               int dynamic, char *why, size_t whylen)
+               char *why, size_t whylen)
 {
   char err[512], *asked;
 
@@ -194,10 +194,14 @@ handshake_open(struct nbd_conn *c, struct nbd_export *e, const char *name,
     pthread_mutex_lock(&e->lock);
     c->serial_lock_held = 1;
   }
-  /* A meta context chosen for another export does not carry over (GO and
-   * EXPORT_NAME alike). */
-  if (c->meta_export &&
-      strcmp(c->meta_export, dynamic ? name : e->name) != 0)
+  /* A meta context chosen for another export name does not carry over
+   * (GO and EXPORT_NAME alike): proto.md lets a client ask for block
+   * status when its last SET_META_CONTEXT "referred to the same export
+   * name used to enter transmission phase", so the names the client
+   * sent are compared, not what they resolve to (with one export on the
+   * command line every name is it; the default export has a name of its
+   * own in a config file). */
+  if (c->meta_export && strcmp(c->meta_export, name) != 0)
     c->meta = 0;
   c->top = engine_open(e, c->readonly || c->cfg->readonly, &c->info, err,
                        sizeof err);
@@ -244,7 +248,7 @@ handshake_export_name(struct nbd_conn *c, const char *name)
     metrics_refused(METRICS_REFUSED_TLS);
     return -1;
   }
-  if (handshake_open(c, e, name, dynamic, why, sizeof why) < 0)
+  if (handshake_open(c, e, name, why, sizeof why) < 0)
     return -1;
   memset(out, 0, sizeof out);
   wire_put64(out, (uint64_t)c->top->size);
@@ -335,7 +339,7 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   }
   /* As nbdkit: a stack that cannot be opened is NBD_REP_ERR_UNKNOWN, with
    * the reason for a human (qemu prints it). */
-  switch (handshake_open(c, e, name, dynamic, why, sizeof why)) {
+  switch (handshake_open(c, e, name, why, sizeof why)) {
   case -2:
     return handshake_error(c, opt, NBD_REP_ERR_POLICY,
                            "too many connections to this export");
@@ -445,6 +449,15 @@ handshake_query(const unsigned char *q, uint32_t qlen, int wildcard)
   return set;
 }
 
+/* No metadata context selected: block status gets EINVAL. */
+static void
+handshake_meta_clear(struct nbd_conn *c)
+{
+  c->meta = 0;
+  free(c->meta_export);
+  c->meta_export = NULL;
+}
+
 static int
 handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
                uint32_t len)
@@ -457,6 +470,10 @@ handshake_meta(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   int dynamic;
   struct nbd_export *e;
 
+  /* proto.md: SET_META_CONTEXT "replaces all previously-set metadata
+   * contexts (including when this command fails)". */
+  if (opt == NBD_OPT_SET_META_CONTEXT)
+    handshake_meta_clear(c);
   if (!c->structured)
     return handshake_error(c, opt, NBD_REP_ERR_INVALID,
                            "structured replies not negotiated");
@@ -529,9 +546,7 @@ handshake_starttls(struct nbd_conn *c, uint32_t len)
   c->info.tls = 1;              /* layers ask (nbd_conn_info) */
   c->structured = 0;
   c->extended = 0;
-  c->meta = 0;
-  free(c->meta_export);
-  c->meta_export = NULL;
+  handshake_meta_clear(c);
   return 0;
 }
 
@@ -669,12 +684,31 @@ handshake_greet(struct nbd_conn *c)
   return 0;
 }
 
+/* Whether the server implements option opt (handshake_option). */
+static int
+handshake_known_option(uint32_t opt)
+{
+  switch (opt) {
+  case NBD_OPT_EXPORT_NAME: case NBD_OPT_ABORT: case NBD_OPT_LIST:
+  case NBD_OPT_STARTTLS: case NBD_OPT_INFO: case NBD_OPT_GO:
+  case NBD_OPT_STRUCTURED_REPLY: case NBD_OPT_LIST_META_CONTEXT:
+  case NBD_OPT_SET_META_CONTEXT: case NBD_OPT_EXTENDED_HEADERS:
+    return 1;
+  default:
+    return 0;
+  }
+}
+
 /* An option longer than we keep (NBD_MAX_OPTION_LEN) but not absurd:
- * its data is read and dropped, and it fails with NBD_REP_ERR_TOO_BIG
- * ("the request is too large to process", proto.md), so the client
- * stays in sync instead of being hung up on (nbdkit takes options of
- * many megabytes).  EXPORT_NAME has no error reply; a longer option is
- * not worth the read.  Returns 0 when answered, -1 to drop the client. */
+ * its data is read and dropped, so the client stays in sync instead of
+ * being hung up on (nbdkit takes options of many megabytes).  One we
+ * implement fails with NBD_REP_ERR_TOO_BIG ("the request is too large to
+ * process", proto.md); one we do not gets NBD_REP_ERR_UNSUP whatever its
+ * length, as the spec asks of every message a server does not implement.
+ * EXPORT_NAME has no error reply; an option longer than
+ * HANDSHAKE_MAX_SKIP is not worth the read (proto.md lets a server hang
+ * up on what looks like a denial of service).  Returns 0 when answered,
+ * -1 to drop the client. */
 #define HANDSHAKE_MAX_SKIP (8u << 20)
 
 static int
@@ -690,6 +724,10 @@ handshake_skip_option(struct nbd_conn *c, uint32_t opt, uint32_t len)
     if (wire_read(&c->w, scratch, n) == -1)
       return -1;
   }
+  if (!handshake_known_option(opt))
+    return handshake_error(c, opt, NBD_REP_ERR_UNSUP, "unknown option");
+  if (opt == NBD_OPT_SET_META_CONTEXT)
+    handshake_meta_clear(c);    /* replaced even when it fails */
   return handshake_error(c, opt, NBD_REP_ERR_TOO_BIG,
                          "option data too long (at most 64 KiB)");
 }

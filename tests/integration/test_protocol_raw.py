@@ -312,6 +312,85 @@ def t_block_status_without_context():
     c.close()
 
 
+def block_status_err(c):
+    """The error of a BLOCK_STATUS of the first 64 KiB (0 when it worked:
+    then exactly one base:allocation chunk came)."""
+    ck = c.request(CMD_BLOCK_STATUS, 0, 64 * KiB)
+    err, _, chunks = c.recv_structured(ck)
+    if err == 0:
+        bs = [x for x in chunks if x.get("type") == REPLY_TYPE_BLOCK_STATUS]
+        check_eq(len(bs), 1, "BLOCK_STATUS chunks")
+    return err
+
+
+def t_meta_any_export_name():
+    # Command-line mode serves its one export under any name; a context
+    # chosen for "foo" holds when GO enters "foo" too (proto.md: the same
+    # export name used to enter transmission), and not for another name.
+    for set_name, go_name, want in ((b"foo", b"foo", 0), (b"", b"", 0),
+                                    (b"foo", b"", EINVAL), (b"", b"bar", EINVAL)):
+        c = new()
+        c.structured_reply()
+        r = c.set_meta(name=set_name)
+        check_eq(rep_name(r[-1][0]), "ACK", "SET_META_CONTEXT(%r)" % set_name)
+        c.go(go_name)
+        check_eq(block_status_err(c), want,
+                 "BLOCK_STATUS after SET(%r) and GO(%r)" % (set_name, go_name))
+        c.disc()
+        c.close()
+
+
+def t_meta_failed_set_clears():
+    # "Issuing this command replaces all previously-set metadata contexts
+    # (including when this command fails)": a valid SET, then one that
+    # fails (malformed; too long; before structured replies cannot happen
+    # twice, so malformed and too long), leaves no context selected.
+    bad = (struct.pack(">I", 0) + struct.pack(">I", 1) + struct.pack(">I", 99) + b"x",
+           b"y" * (65 * KiB))
+    for data in bad:
+        c = new()
+        c.structured_reply()
+        check_eq(rep_name(c.set_meta()[-1][0]), "ACK", "first SET_META_CONTEXT")
+        r = c.option(OPT_SET_META_CONTEXT, data)
+        check(r[-1][0] & REP_ERR_BIT, "a bad SET_META_CONTEXT must fail, got %s"
+              % rep_name(r[-1][0]))
+        c.go()
+        check_eq(block_status_err(c), EINVAL,
+                 "BLOCK_STATUS after a failed SET_META_CONTEXT (%d bytes)" % len(data))
+        check_eq(c.read(REF_OFF, 16), (0, REF[:16]), "read after that")
+        c.disc()
+        c.close()
+
+
+def t_long_unknown_option():
+    # "Servers that receive messages which they do not implement MUST
+    # reply to them with NBD_REP_ERR_UNSUP", whatever their length; a
+    # known option that long is too big for us.
+    c = new()
+    for n in (64 * KiB + 1, 1 * MiB, 8 * MiB):
+        r = c.option(0x7F3A, b"z" * n)
+        check_eq(rep_name(r[-1][0]), rep_name(REP_ERR_UNSUP),
+                 "reply to an unknown option of %d bytes" % n)
+    r = c.option(OPT_INFO, c.go_data(b"x" * (65 * KiB)))
+    check_eq(rep_name(r[-1][0]), rep_name(REP_ERR_TOO_BIG), "reply to an INFO of 65 KiB")
+    go_works(c)
+
+
+def t_meta_config_default_export():
+    # In a config file the default export "" has a name of its own; the
+    # context a client sets for "" holds when it enters "".
+    sock = config_server().sock
+    for name in (b"", b"vm1"):
+        c = Raw(sock)
+        c.handshake()
+        c.structured_reply()
+        check_eq(rep_name(c.set_meta(name=name)[-1][0]), "ACK", "SET_META_CONTEXT(%r)" % name)
+        c.go(name)
+        check_eq(block_status_err(c), 0, "BLOCK_STATUS on %r" % name)
+        c.disc()
+        c.close()
+
+
 def t_unknown_client_flags():
     c = Raw(srv.sock)
     c.greeting()
@@ -676,6 +755,11 @@ C.run("options too short for their content -> ERR_INVALID, stream in sync", t_sh
 C.run("SET_META_CONTEXT before STRUCTURED_REPLY -> error", t_meta_before_structured)
 C.run("LIST/SET_META_CONTEXT base:allocation and BLOCK_STATUS", t_meta_and_block_status)
 C.run("BLOCK_STATUS without a context -> EINVAL", t_block_status_without_context)
+C.run("SET_META_CONTEXT holds for the same export name, any name", t_meta_any_export_name)
+C.run("a failed SET_META_CONTEXT clears the contexts", t_meta_failed_set_clears)
+C.run("unknown option of 64 KiB-8 MiB -> ERR_UNSUP; INFO that long -> ERR_TOO_BIG",
+      t_long_unknown_option)
+C.run("config: SET_META_CONTEXT and GO on the default export", t_meta_config_default_export)
 C.run("EXPORT_NAME with NO_ZEROES", t_export_name, True)
 C.run("EXPORT_NAME without NO_ZEROES (124 zero bytes)", t_export_name, False)
 C.run("config: EXPORT_NAME of unknown export -> close", t_export_name_unknown)
