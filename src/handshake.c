@@ -143,7 +143,12 @@ handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
    * context was selected. */
   if (c->extended && c->meta)
     f |= NBD_FLAG_BLOCK_STAT_PAYLOAD;
-  if (t->can_multi_conn)
+  /* One connection at a time (noparallel serialize=connections, wherever
+   * it sits, even under a multi-conn filter that would say yes): a
+   * client that opened a second connection would wait in the handshake
+   * for its own first. */
+  if (t->can_multi_conn &&
+      !(c->exp && c->exp->model == NBD_SERIALIZE_CONNECTIONS))
     f |= NBD_FLAG_CAN_MULTI_CONN;
   if (t->can_cache != NBD_CACHE_NONE)
     f |= NBD_FLAG_SEND_CACHE;

@@ -10,6 +10,7 @@ the handshake until the first leaves.  Bounds are generous: only
 """
 
 import os
+import subprocess
 import sys
 import time
 
@@ -123,6 +124,37 @@ def connections_serialised():
     srv.stop()
 
 
+def connections_under_multi_conn():
+    # multi-conn above noparallel would say yes (emulate, unsafe); one
+    # connection at a time must still not offer multi-conn, or nbdcopy's
+    # second connection waits for its own first (as nbdkit: no).
+    for mode in ("emulate", "unsafe"):
+        srv = Server(["--filter", "multi-conn", "--filter", "noparallel",
+                      "memory", "size=1M", "serialize=connections",
+                      "multi-conn-mode=" + mode], binary=BIN)
+        h = connect(srv.sock)
+        check(not h.can_multi_conn(), "multi-conn offered with "
+              "multi-conn-mode=%s above serialize=connections" % mode)
+        h.shutdown()
+        out = os.path.join(T.TMPDIR, "copy.img")
+        try:
+            r = subprocess.run(["nbdcopy", "nbd+unix:///?socket=" + srv.sock,
+                                out], timeout=30, capture_output=True)
+            check(r.returncode == 0, "nbdcopy from it failed: %r" % (r,))
+        except subprocess.TimeoutExpired:
+            check(False, "nbdcopy from it hung (multi-conn offered?)")
+        srv.stop()
+    # without serialize=connections the filter's yes stands
+    srv = Server(["--filter", "multi-conn", "--filter", "noparallel",
+                  "memory", "size=1M", "serialize=requests",
+                  "multi-conn-mode=unsafe"], binary=BIN)
+    h = connect(srv.sock)
+    check(h.can_multi_conn(), "multi-conn-mode=unsafe over serialize="
+          "requests should offer multi-conn")
+    h.shutdown()
+    srv.stop()
+
+
 C.run("without noparallel, writes overlap (control)", overlap_without_filter)
 C.run("serialize=requests: one connection's writes one at a time",
       requests_serialised)
@@ -130,4 +162,6 @@ C.run("serialize=all-requests: two connections' writes one at a time",
       all_requests_serialised)
 C.run("serialize=connections: a second client waits for the first",
       connections_serialised)
+C.run("serialize=connections under multi-conn: no multi-conn, nbdcopy works",
+      connections_under_multi_conn)
 C.finish()
