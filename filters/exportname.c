@@ -242,10 +242,11 @@ exportname_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   const char *name = info && info->export_name ? info->export_name : "";
   size_t i;
 
-  name = exportname_export_name(self, next, name);
-
+  /* The name the client asked for, as nbdkit: with exportname-strict,
+   * "" is served (as default-export) only when "" is listed itself. */
   (void)next;
   (void)readonly;
+  self->handle = NULL;          /* exportdesc=script: its answer, later */
   if (!c->strict || nbd_checking())
     return 0;
   for (i = 0; i < c->names.n; i++)
@@ -254,6 +255,40 @@ exportname_open(struct nbd_ctx *self, struct nbd_ctx *next, int readonly)
   nbd_error("export '%s': filter exportname: export name \"%s\" is not "
             "allowed (exportname-strict)", self->layer->export_name, name);
   return -ENOENT;
+}
+
+/* NBD_INFO_DESCRIPTION of the opened export, as exportdesc says: the
+ * description the listing gives (for a script, run once per connection
+ * with the name opened, default-export applied). */
+static const char *
+exportname_export_description(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  const struct exportname_conf *c = self->layer->conf;
+  const struct nbd_conn_info *info = nbd_conn_info(self);
+  const char *name = info && info->export_name ? info->export_name : "";
+
+  switch (c->desc_mode) {
+  case ED_NONE:
+    return "";
+  case ED_FIXED:
+    return c->desc_arg;
+  case ED_SCRIPT:
+    if (self->handle == NULL)
+      self->handle = exportname_script(c->desc_arg,
+                                       exportname_export_name(self, next,
+                                                              name));
+    return self->handle ? self->handle : "";
+  default:
+    return next_export_description(next);
+  }
+}
+
+static void
+exportname_close(struct nbd_ctx *self, struct nbd_ctx *next)
+{
+  (void)next;
+  free(self->handle);
+  self->handle = NULL;
 }
 
 /* Names only: data, sizes and capabilities are the layers below's. */
@@ -288,4 +323,6 @@ NBD_REGISTER_FILTER(exportname, NBD_PARALLEL, NBD_NEVER_BLOCKS,
   .setup = exportname_setup,
   .export_name = exportname_export_name,
   .open = exportname_open,
+  .export_description = exportname_export_description,
+  .close = exportname_close,
 );

@@ -1008,6 +1008,15 @@ nbd_exports_has(const struct nbd_exports *e, const char *name)
   return 0;
 }
 
+const char *
+next_export_description(struct nbd_ctx *c)
+{
+  for (; c != NULL; c = c->next)
+    if (c->layer->ops->export_description)
+      return c->layer->ops->export_description(c, c->next);
+  return NULL;
+}
+
 /* No capability to check: the contexts are not opened. */
 int
 next_list_exports(struct nbd_ctx *c, struct nbd_exports *exports)

@@ -280,8 +280,11 @@ handshake_info(struct nbd_conn *c, uint32_t opt, uint16_t type,
     break;
   case NBD_INFO_NAME:
   case NBD_INFO_DESCRIPTION:
-    s = type == NBD_INFO_NAME ? name : e->description;
-    if (s == NULL)
+    s = name;
+    if (type == NBD_INFO_DESCRIPTION &&
+        (s = next_export_description(t)) == NULL)
+      s = e->description;
+    if (s == NULL || (type == NBD_INFO_DESCRIPTION && *s == '\0'))
       return 0;
     len += strlen(s) > NBD_MAX_STRING ? NBD_MAX_STRING : strlen(s);
     memcpy(buf + 2, s, len - 2);

@@ -405,6 +405,11 @@ struct nbd_exports {
   size_t n, cap;
 };
 
+/* The description of the opened export from next down: the first
+ * export_description hook's answer (src/methods.def), NULL when no layer
+ * has one (the export's own description then). */
+const char *next_export_description(struct nbd_ctx *next);
+
 /* Appends copies of name and description (may be NULL); 0 or -ENOMEM. */
 int nbd_exports_add(struct nbd_exports *e, const char *name,
                     const char *description);

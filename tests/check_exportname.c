@@ -141,7 +141,8 @@ START_TEST(test_default_export)
   ck_assert_ptr_eq(nbd_conn_info(top->next), &info);
   engine_close(top);
   testlib_stack_free(&en_s);
-  /* defaultonly lists it; strict checks the name after it. */
+  /* defaultonly lists it; strict checks the name asked for, before
+   * default-export (as nbdkit): "" only when "" is listed itself. */
   ck_assert_int_eq(en_names("exportname exportname-list=defaultonly "
                             "default-export=disk2", got, sizeof got), 1);
   ck_assert_str_eq(got, "disk2=-");
@@ -150,7 +151,19 @@ START_TEST(test_default_export)
                                      &en_caps), 0);
   info.export_name = "";
   top = engine_open(en_s.exp, 0, &info, en_s.err, sizeof en_s.err);
+  ck_assert_ptr_null(top);
+  info.export_name = "d";
+  top = engine_open(en_s.exp, 0, &info, en_s.err, sizeof en_s.err);
   ck_assert_ptr_nonnull(top);
+  engine_close(top);
+  testlib_stack_free(&en_s);
+  ck_assert_int_eq(testlib_stack_new(&en_s, "exportname default-export=d "
+                                     "exportname=d exportname= "
+                                     "exportname-strict=true", &en_caps), 0);
+  info.export_name = "";
+  top = engine_open(en_s.exp, 0, &info, en_s.err, sizeof en_s.err);
+  ck_assert_ptr_nonnull(top);
+  ck_assert_str_eq(nbd_conn_info(top->next)->export_name, "d");
   engine_close(top);
 }
 END_TEST

@@ -112,6 +112,79 @@ def strict():
     srv.stop()
 
 
+def opens(uri):
+    """Whether a client can open uri."""
+    import nbd
+    h = nbd.NBD()
+    try:
+        h.connect_uri(uri)
+    except nbd.Error:
+        return False
+    h.shutdown()
+    return True
+
+
+def description(uri):
+    """NBD_INFO_DESCRIPTION of the export uri opens (None: not sent)."""
+    import nbd
+    h = nbd.NBD()
+    h.set_full_info(True)
+    h.connect_uri(uri)
+    try:
+        return h.get_export_description()
+    except nbd.Error:
+        return None
+    finally:
+        h.shutdown()
+
+
+def description_on_open():
+    # exportdesc is sent with the export too (NBD_INFO_DESCRIPTION, what
+    # nbdinfo prints as "description"), not only in the listing; with
+    # nbdkit's name for the script: default-export applied.
+    cases = [(["exportdesc=fixed:a disk"], "file1", "a disk"),
+             (["exportdesc=script:echo is-$name", "default-export=file2"],
+              "", "is-file2"),
+             (["exportdesc=script:echo is-$name"], "file3", "is-file3"),
+             (["exportdesc=none"], "file1", None)]
+    for i, (keys, name, want) in enumerate(cases):
+        srv = Server(["--filter", "exportname", "file", "dir=" + DIR] + keys,
+                     name="desc%d" % i)
+        servers.append(srv)
+        check_eq(description(srv.uri_for(name)), want, "%s, %r" % (keys, name))
+        srv.stop()
+        if O.have_nbdkit_filter("exportname"):
+            with O.nbdkit(["--filter=exportname", "file", "dir=" + DIR] +
+                          keys, "endesc%d" % i) as k:
+                sock = k[k.index("socket=") + 7:]
+                check_eq(description("nbd+unix:///%s?socket=%s" % (name, sock)),
+                         want, "nbdkit: %s, %r" % (keys, name))
+
+
+def strict_default():
+    # exportname-strict checks the name the client asked for, as nbdkit:
+    # "" is refused unless "" itself is listed, default-export or not.
+    keys = ["default-export=file2", "exportname-strict=true",
+            "exportname=file2"]
+    srv = Server(["--filter", "exportname", "file", "dir=" + DIR] + keys,
+                 name="strictdef")
+    servers.append(srv)
+    check(opens(srv.uri_for("file2")), "file2 refused")
+    check(not opens(srv.uri), '"" opened under exportname-strict')
+    srv.stop()
+    if O.have_nbdkit_filter("exportname"):
+        with O.nbdkit(["--filter=exportname", "file", "dir=" + DIR] + keys,
+                      "enstrict") as k:
+            check(not opens(k), 'nbdkit: "" opened under exportname-strict')
+    srv = Server(["--filter", "exportname", "file", "dir=" + DIR] + keys +
+                 ["exportname="], name="strictdef2")
+    servers.append(srv)
+    h = O.connect(srv.uri)
+    check_eq(h.get_size(), 8192, '"" listed: opens file2')
+    h.shutdown()
+    srv.stop()
+
+
 def default_export():
     keys = ["default-export=file2"]
     srv = Server(["--filter", "exportname", "file", "dir=" + DIR] + keys,
@@ -145,5 +218,9 @@ C.run("nbdinfo --list per mode, as nbdkit", list_modes)
 C.run("exportdesc fixed: and script:", descriptions)
 C.run("exportname-strict refuses other names", strict)
 C.run("default-export serves \"\" as another name", default_export)
+C.run("exportdesc sent with the opened export (NBD_INFO_DESCRIPTION)",
+      description_on_open)
+C.run("exportname-strict checks the asked name, before default-export",
+      strict_default)
 C.run("bad values are refused with FILE:LINE", bad_values_refused)
 C.finish(servers)
