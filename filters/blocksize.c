@@ -368,7 +368,11 @@ blocksize_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
   uint32_t n;
   int r = 0;
 
-  if ((flags & NBD_CMD_FLAG_FAST_ZERO) && (offset | count) % h->minb)
+  /* A fast zero is one request below or none: one that needs a
+   * read-modify-write cannot be fast, and one split in pieces could fail
+   * with ENOTSUP after earlier pieces were zeroed (as nbdkit). */
+  if ((flags & NBD_CMD_FLAG_FAST_ZERO) &&
+      ((offset | count) % h->minb || count > h->maxlen))
     return -ENOTSUP;
   while (count > 0 && r == 0) {
     if (offset % h->minb == 0 && count >= h->minb) {

@@ -147,6 +147,11 @@ START_TEST(test_zero_unaligned_head_tail_by_rmw)
                    -ENOTSUP);
   ck_assert_str_eq(testlib_log(), "");
   ck_assert_int_eq(next_zero(top, 8192, 8192, NBD_CMD_FLAG_FAST_ZERO), 0);
+  /* ... nor be split: over maxlen it is refused before anything is done */
+  testlib_log_clear();
+  ck_assert_int_eq(next_zero(top, 12288, 8192, NBD_CMD_FLAG_FAST_ZERO),
+                   -ENOTSUP);
+  ck_assert_str_eq(testlib_log(), "");
 }
 END_TEST
 
