@@ -65,6 +65,7 @@ struct split_state {
   struct split_file *f;
   size_t n;
   uint64_t size;                /* sum of the files' sizes */
+  int readonly;                 /* a file we may not write: all read-only */
 };
 
 /* ---- pieces ---------------------------------------------------------- */
@@ -276,7 +277,9 @@ static int
 split_can_write(struct nbd_ctx *self, struct nbd_ctx *next)
 {
   const struct split_conf *conf = self->layer->conf;
-  return !conf->readonly;
+  const struct split_state *st = self->layer->state;
+
+  return !conf->readonly && !st->readonly;
 }
 
 static int
@@ -325,12 +328,24 @@ split_free(struct split_state *st)
 
 static int
 split_open_file(struct split_file *f, const char *path, int readonly,
-                char *err, size_t errlen)
+                int *opened_ro, char *err, size_t errlen)
 {
   struct stat sb;
   int e;
 
   f->fd = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY);
+  /* A file we may not write makes the export read-only, as the file
+   * backend (and -r then works on read-only files). */
+  if (f->fd == -1 && !readonly &&
+      (errno == EACCES || errno == EROFS || errno == EPERM)) {
+    e = errno;
+    if ((f->fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) != -1) {
+      *opened_ro = 1;
+      nbd_debug("split: '%s' is not writable here: serving the files "
+                "read-only", path);
+    } else if (errno == EACCES)
+      errno = e;
+  }
   if (f->fd == -1) {
     e = errno;
     snprintf(err, errlen, "cannot open '%s': %s%s", path, strerror(e),
@@ -368,8 +383,8 @@ split_setup(struct nbd_layer *layer, char *err, size_t errlen)
     st->f[i].fd = -1;
   st->n = conf->file.n;
   for (i = 0; i < st->n; i++) {
-    if (split_open_file(&st->f[i], conf->file.v[i], conf->readonly, err,
-                        errlen) == -1)
+    if (split_open_file(&st->f[i], conf->file.v[i], conf->readonly,
+                        &st->readonly, err, errlen) == -1)
       goto fail;
     st->f[i].start = st->size;
     if (st->f[i].size > (uint64_t)INT64_MAX - st->size) {

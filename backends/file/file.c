@@ -371,7 +371,9 @@ static int
 file_can_write(struct nbd_ctx *self, struct nbd_ctx *next)
 {
   const struct file_conf *conf = self->layer->conf;
-  return !conf->readonly;
+  const struct file_state *st = self->handle;
+
+  return !conf->readonly && !st->readonly;
 }
 
 static int
@@ -486,6 +488,21 @@ file_state_open(const struct file_conf *conf, int dirfd, const char *path,
     return NULL;
   }
   st->fd = openat(dirfd, path, flags);
+  /* A file we may not write is served read-only, as nbdkit's file
+   * plugin does (and as -r needs when the file is read-only to us). */
+  if (st->fd == -1 && !readonly &&
+      (errno == EACCES || errno == EROFS || errno == EPERM)) {
+    int first = errno;
+
+    flags = (flags & ~O_ACCMODE) | O_RDONLY;
+    if ((st->fd = openat(dirfd, path, flags)) != -1) {
+      readonly = 1;
+      nbd_debug("file: '%s' is not writable here: serving it read-only",
+                path);
+    } else if (errno == EACCES)
+      errno = first;            /* not readable either: the first answer */
+  }
+  st->readonly = readonly;
   if (st->fd == -1) {
     e = *errnum = errno;
     snprintf(err, errlen, "cannot open '%s': %s%s", path, strerror(e),
