@@ -31,7 +31,9 @@ params_type_name(enum nbd_param_type t)
   return "?";
 }
 
-/* Decimal, or hex with 0x.  Not octal: "010" is ten, as a reader expects. */
+/* Decimal, hex with 0x, or octal with a leading 0, as nbdkit reads its
+ * integer keys (strtoul base 0): "010" is eight there, and a seed or a
+ * count must mean the same in both servers.  "08" is refused. */
 int
 params_parse_uint(const char *s, uint64_t *out)
 {
@@ -45,6 +47,8 @@ params_parse_uint(const char *s, uint64_t *out)
       return -1;
   } else if (!isdigit((unsigned char)*s))
     return -1;              /* also rejects "", "-1", "+1" and " 1" */
+  else if (s[0] == '0' && s[1] != '\0')
+    base = 8;
   errno = 0;
   v = strtoull(s, &end, base);
   if (errno || *end != '\0')

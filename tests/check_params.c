@@ -152,8 +152,11 @@ START_TEST(test_uints)
   ck_assert_uint_eq(v, 16);
   ck_assert_int_eq(params_parse_uint("0XfF", &v), 0);
   ck_assert_uint_eq(v, 255);
-  ck_assert_int_eq(params_parse_uint("010", &v), 0);   /* not octal */
-  ck_assert_uint_eq(v, 10);
+  ck_assert_int_eq(params_parse_uint("010", &v), 0);   /* octal, as nbdkit */
+  ck_assert_uint_eq(v, 8);
+  ck_assert_int_eq(params_parse_uint("00", &v), 0);
+  ck_assert_uint_eq(v, 0);
+  ck_assert_int_eq(params_parse_uint("08", &v), -1);
   ck_assert_int_eq(params_parse_uint("18446744073709551615", &v), 0);
   ck_assert_uint_eq(v, UINT64_MAX);
   for (i = 0; i < sizeof bad / sizeof bad[0]; i++)
@@ -402,7 +405,7 @@ main(void)
 
   add(s, "parses sizes with binary units and fractions", test_sizes);
   add(s, "rejects bad sizes, overflow and signs", test_bad_sizes);
-  add(s, "parses decimal and hex integers, not octal", test_uints);
+  add(s, "parses decimal, hex and octal integers, as nbdkit", test_uints);
   add(s, "parses booleans", test_bools);
   add(s, "parses durations", test_durations);
   add(s, "stores every type at its offset", test_set_types);
