@@ -253,11 +253,48 @@ file_trim(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
  * file sparse; with it the range must stay allocated: ZERO_RANGE, else a
  * punch and a re-allocation.  On a block device ZERO_RANGE may write zeros
  * in the kernel, which is not fast, while PUNCH_HOLE never falls back. */
+static int file_zero_aligned(struct file_state *st, uint64_t count,
+                             uint64_t offset, uint32_t flags);
+
+/* A block device zeroes (fallocate) only whole logical sectors and
+ * refuses anything else with EINVAL, though we advertise a minimum block
+ * size of 1: the sectors inside the range are zeroed as usual and the
+ * partial ones at either end written as zeros.  A FAST_ZERO there cannot
+ * be fast: ENOTSUP.  Under direct=true (aligned I/O only) and for a range
+ * inside one sector, the engine writes the zeros itself. */
 static int
 file_zero(struct nbd_ctx *self, struct nbd_ctx *next, uint64_t count,
           uint64_t offset, uint32_t flags)
 {
   struct file_state *st = self->handle;
+  uint64_t start, end;
+  unsigned char *z;
+  int r;
+
+  (void)next;
+  if (!st->is_block || st->sector <= 1 || (offset | count) % st->sector == 0)
+    return file_zero_aligned(st, count, offset, flags);
+  start = (offset + st->sector - 1) / st->sector * st->sector;
+  end = (offset + count) / st->sector * st->sector;
+  if ((flags & NBD_CMD_FLAG_FAST_ZERO) || st->align > 1 || start >= end)
+    return -EOPNOTSUPP;
+  if ((r = file_zero_aligned(st, end - start, start, flags)) != 0)
+    return r;                   /* -EOPNOTSUPP: the engine writes it all */
+  if ((z = calloc(1, st->sector)) == NULL)
+    return -ENOMEM;
+  r = 0;
+  if (start > offset)
+    r = nbd_pwrite_full(st->fd, z, start - offset, offset);
+  if (r == 0 && offset + count > end)
+    r = nbd_pwrite_full(st->fd, z, offset + count - end, end);
+  free(z);
+  return r;
+}
+
+static int
+file_zero_aligned(struct file_state *st, uint64_t count, uint64_t offset,
+                  uint32_t flags)
+{
   const int keep = FALLOC_FL_KEEP_SIZE;
   int may_punch = !(flags & NBD_CMD_FLAG_NO_HOLE);
   int may_zero_range = !(st->is_block && (flags & NBD_CMD_FLAG_FAST_ZERO));

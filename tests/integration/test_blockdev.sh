@@ -27,6 +27,25 @@ h.zero(1 << 20, 5 << 20)
 h.flush()
 assert h.pread(1 << 20, 5 << 20) == bytes(1 << 20)   # (count, offset)
 '
+# Zero ranges that do not start or end on a sector (we advertise a
+# minimum block size of 1): fallocate refuses them with EINVAL on a block
+# device, so the partial sectors are written as zeros; the bytes around
+# stay.  Then put the data back for the comparisons below.
+check "unaligned zero on the device" nbdsh -u "$(uri "$T/b.sock")" -c '
+import os
+for off, n in ((700, 100), (7 << 20 | 300, 70000), (6 << 20, 4096 + 5)):
+    before = h.pread(n + 1024, off - 512)
+    h.zero(n, off)
+    after = h.pread(n + 1024, off - 512)
+    assert after[512:512 + n] == bytes(n), (off, n)
+    assert after[:512] == before[:512] and after[512 + n:] == before[512 + n:], (off, n)
+    h.pwrite(before, off - 512)
+try:
+    h.zero(100, 700, nbd.CMD_FLAG_FAST_ZERO)
+    raise AssertionError("an unaligned fast zero succeeded")
+except nbd.Error as e:
+    assert e.errno == "ENOTSUP", e
+'
 stop_server
 # libnbd's trim/zero take (count, offset): 4-5 MiB was trimmed (contents
 # unspecified after a trim, so not compared) and 5-6 MiB zeroed.
