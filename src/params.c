@@ -115,9 +115,14 @@ params_parse_size(const char *s, uint64_t *out)
   v *= mult;
   if (frac != 0) {
     double extra = frac * (double)mult;
-    if ((double)v + extra >= 18446744073709551615.0)
+    double whole = (double)(uint64_t)(extra + 0.5);
+    /* A whole number of bytes only ("1.5k"; not "1.3s", 665.6 bytes:
+     * nbdkit refuses every fraction, we refuse what it cannot mean). */
+    if (extra - whole > 1e-6 || whole - extra > 1e-6)
       return -1;
-    v += (uint64_t)extra;
+    if ((double)v + whole >= 18446744073709551615.0)
+      return -1;
+    v += (uint64_t)whole;
   }
   *out = v;
   return 0;

@@ -117,6 +117,8 @@ START_TEST(test_sizes)
   ck_assert_uint_eq(size_ok("1s"), 512);
   ck_assert_uint_eq(size_ok("2048S"), 1 << 20);
   ck_assert_uint_eq(size_ok("1.5s"), 768);
+  ck_assert_uint_eq(size_ok("1.75k"), 1792);
+  ck_assert_uint_eq(size_ok("1.0009765625k"), 1025);
 }
 END_TEST
 
@@ -127,6 +129,8 @@ START_TEST(test_bad_sizes)
     " 1", "1 ", "12x", "1.5", "1.", ".5k", "1.G", "1.5e3G", "1e3", "0x10",
     "1kk", "1kib2", "1Bib", "k", "1,5G", "inf", "nan", "1M\n",
     "1sb", "1sib", "s", "36028797018963968s",
+    /* fractions that are no whole number of bytes */
+    "1.3s", "1.0001k", "1.1k", "0.2G",
   };
   size_t i;
 
