@@ -601,18 +601,14 @@ nbdc_opt_starttls(struct nbdc *c, char *err, size_t errlen)
   return 0;
 }
 
+/* The greeting, our flags, and STARTTLS when asked: up to the options.
+ * *hflags the server's handshake flags. */
 static int
-nbdc_handshake(struct nbdc *c, const char *name, struct nbdc_info *info, char *err,
-               size_t errlen)
+nbdc_greet(struct nbdc *c, uint16_t *hflagsp, char *err, size_t errlen)
 {
   unsigned char h[18], cf[4];
   uint16_t hflags;
-  int r;
 
-  if (strlen(name) > NBD_MAX_STRING) {
-    snprintf(err, errlen, "export name longer than %d bytes", NBD_MAX_STRING);
-    return -1;
-  }
   if (nbdc_read_full(c, h, sizeof h) == -1) {
     snprintf(err, errlen, "connection closed before the greeting");
     return -1;
@@ -633,6 +629,23 @@ nbdc_handshake(struct nbdc *c, const char *name, struct nbdc_info *info, char *e
     return -1;
   }
   if (c->tls && nbdc_opt_starttls(c, err, errlen) == -1)
+    return -1;
+  *hflagsp = hflags;
+  return 0;
+}
+
+static int
+nbdc_handshake(struct nbdc *c, const char *name, struct nbdc_info *info, char *err,
+               size_t errlen)
+{
+  uint16_t hflags;
+  int r;
+
+  if (strlen(name) > NBD_MAX_STRING) {
+    snprintf(err, errlen, "export name longer than %d bytes", NBD_MAX_STRING);
+    return -1;
+  }
+  if (nbdc_greet(c, &hflags, err, errlen) == -1)
     return -1;
   if ((r = nbdc_opt_extended(c, err, errlen)) == -1)
     return -1;
@@ -1173,6 +1186,77 @@ nbdc_thread(struct nbdc *c, pthread_t *t, void *(*fn)(void *),
   pthread_attr_setstacksize(&attr, stack);
   r = pthread_create(t, &attr, fn, c);
   pthread_attr_destroy(&attr);
+  return r;
+}
+
+/* NBD_OPT_LIST on fd (which it closes): every export upstream names,
+ * with its description, appended to out; then NBD_OPT_ABORT.  0, or -1
+ * with a one-line reason in err (*errnum: EPERM when upstream refused to
+ * list, EIO otherwise). */
+int
+nbdc_list(int fd, const struct nbdc_tls *tls, struct nbd_exports *out,
+          int *errnum, char *err, size_t errlen)
+{
+  struct timeval tv = { NBDC_HANDSHAKE_TIMEOUT, 0 };
+  unsigned char buf[4 + 2 * NBD_MAX_STRING];
+  char name[NBD_MAX_STRING + 1], desc[NBD_MAX_STRING + 1];
+  struct nbdc *c = calloc(1, sizeof *c);
+  uint32_t rep, len, n, k;
+  uint16_t hflags;
+  int r = -1;
+
+  *errnum = EIO;
+  if (c == NULL) {
+    snprintf(err, errlen, "out of memory");
+    close(fd);
+    return -1;
+  }
+  c->w.fd = fd;
+  c->w.peer = "nbd upstream";
+  c->tls = tls && tls->client ? tls : NULL;
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (nbdc_greet(c, &hflags, err, errlen) == -1 ||
+      nbdc_opt_send(c, NBD_OPT_LIST, NULL, 0) == -1)
+    goto out;
+  for (k = 0; k < 65536; k++) {
+    if (nbdc_opt_reply(c, NBD_OPT_LIST, &rep, buf, sizeof buf, &len, err,
+                       errlen) == -1)
+      goto out;
+    if (rep == NBD_REP_ACK) {
+      r = 0;
+      break;
+    }
+    if (rep != NBD_REP_SERVER) {
+      snprintf(err, errlen, "upstream refused to list its exports (reply "
+               "0x%x)", rep);
+      if (rep & NBD_REP_ERR(0))
+        *errnum = EPERM;
+      goto out;
+    }
+    if (len < 4 || (n = wire_get32(buf)) > len - 4 || n > NBD_MAX_STRING ||
+        len - 4 - n > NBD_MAX_STRING) {
+      snprintf(err, errlen, "malformed NBD_REP_SERVER from upstream");
+      goto out;
+    }
+    memcpy(name, buf + 4, n);
+    name[n] = '\0';
+    memcpy(desc, buf + 4 + n, len - 4 - n);
+    desc[len - 4 - n] = '\0';
+    if (strlen(name) != n || nbd_exports_add(out, name, desc[0] ? desc
+                                             : NULL) != 0) {
+      snprintf(err, errlen, strlen(name) != n ? "export name with a NUL "
+               "from upstream" : "out of memory");
+      goto out;
+    }
+  }
+  if (r == -1)
+    snprintf(err, errlen, "upstream lists too many exports");
+  else
+    (void)nbdc_opt_send(c, NBD_OPT_ABORT, NULL, 0);
+out:
+  nbdc_end_tls(c, r == 0);
+  close(fd);
+  free(c);
   return r;
 }
 

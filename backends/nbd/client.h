@@ -60,6 +60,12 @@ struct nbdc_tls {
  * the reader thread.  NULL on failure, with a one-line reason in err. */
 struct nbdc *nbdc_open(int fd, const char *name, const struct nbdc_tls *tls,
                        char *err, size_t errlen);
+/* NBD_OPT_LIST on fd (closed after): upstream's exports appended to out
+ * (description NULL when it gave none); 0, or -1 with err filled and
+ * *errnum EPERM (upstream refused) or EIO. */
+struct nbd_exports;
+int nbdc_list(int fd, const struct nbdc_tls *tls, struct nbd_exports *out,
+              int *errnum, char *err, size_t errlen);
 /* Sends NBD_CMD_DISC unless dead, stops the reader, closes the fd.  No
  * request may be in flight. */
 void nbdc_close(struct nbdc *c);

@@ -374,15 +374,14 @@ nbd_reap(pid_t pid)
     ;
 }
 
-/* Connects (retrying for conf->retry seconds) and does the handshake. */
-static struct nbdc *
-nbd_connect(const struct nbd_layer *layer, const char *export, pid_t *pid)
+/* A socket to upstream (retrying for conf->retry seconds), or -errno,
+ * logged. */
+static int
+nbd_connect_fd(const struct nbd_layer *layer, pid_t *pid)
 {
   const struct nbd_conf *conf = layer->conf;
   struct nbd_state *st = layer->state;
-  char err[256];
   uint64_t tries = 0;
-  struct nbdc *c;
   int fd;
 
   *pid = 0;
@@ -397,10 +396,22 @@ nbd_connect(const struct nbd_layer *layer, const char *export, pid_t *pid)
     if (nbd_sleep(UINT64_C(1000000000)) < 0)
       break;
   }
-  if (fd < 0) {
+  if (fd < 0)
     nbd_error("nbd: cannot connect to upstream: %s", strerror(-fd));
+  return fd;
+}
+
+/* Connects (as nbd_connect_fd) and does the handshake. */
+static struct nbdc *
+nbd_connect(const struct nbd_layer *layer, const char *export, pid_t *pid)
+{
+  struct nbd_state *st = layer->state;
+  char err[256];
+  struct nbdc *c;
+  int fd = nbd_connect_fd(layer, pid);
+
+  if (fd < 0)
     return NULL;
-  }
   if ((c = nbdc_open(fd, export, &st->tls, err, sizeof err)) == NULL) {
     nbd_error("nbd: upstream handshake failed: %s", err);
     nbd_reap(*pid);
@@ -1005,7 +1016,32 @@ nbd_cleanup(struct nbd_layer *layer)
   layer->state = NULL;
 }
 
-UNSUPPORTED(nbd, list_exports)
+/* With dynamic-export=true a client's export name goes upstream, so the
+ * names to list are upstream's (as nbdkit's nbd plugin); otherwise only
+ * the config export (0).  Upstream refusing to list fails the listing. */
+static int
+nbd_list_exports(struct nbd_ctx *self, struct nbd_ctx *next,
+                 struct nbd_exports *exports)
+{
+  const struct nbd_conf *conf = self->layer->conf;
+  struct nbd_state *st = self->layer->state;
+  char err[256];
+  pid_t pid;
+  int fd, e;
+
+  (void)next;
+  if (!conf->dynamic_export)
+    return 0;
+  if ((fd = nbd_connect_fd(self->layer, &pid)) < 0)
+    return fd;
+  if (nbdc_list(fd, &st->tls, exports, &e, err, sizeof err) == -1) {
+    nbd_error("nbd: listing upstream's exports: %s", err);
+    nbd_reap(pid);
+    return -e;
+  }
+  nbd_reap(pid);
+  return 1;
+}
 UNSUPPORTED(nbd, preconnect)
 
 NBD_REGISTER_BACKEND(nbd, NBD_PARALLEL,

@@ -364,6 +364,35 @@ def t_dynamic_export():
     px.stop()
 
 
+def t_dynamic_export_list():
+    # dynamic-export=true: the names a client may ask for are upstream's,
+    # and so is the listing (as nbdkit's nbd plugin); without it the
+    # proxy lists its own export only.
+    d = os.path.join(T.TMPDIR, "listdir")
+    os.mkdir(d)
+    for n, size in (("a.img", 4096), ("b.img", 8192)):
+        with open(os.path.join(d, n), "wb") as f:
+            f.truncate(size)
+    up = T.Server(["file", "dir=" + d], name="listup")
+    px = proxy("socket=" + up.sock, "dynamic-export=true")
+    r = subprocess.run(["nbdinfo", "--list", "--json", px.uri],
+                       capture_output=True, text=True, timeout=30)
+    T.check_eq(r.returncode, 0, "nbdinfo --list through the proxy: %s" % r.stderr)
+    names = sorted(e["export-name"] for e in json.loads(r.stdout)["exports"])
+    T.check_eq(names, ["a.img", "b.img"], "names listed through the proxy")
+    h = connect(px.uri_for("b.img"))
+    T.check_eq(h.get_size(), 8192, "size of b.img through the proxy")
+    h.shutdown()
+    px.stop()
+    px = proxy("socket=" + up.sock, "export=a.img")
+    r = subprocess.run(["nbdinfo", "--list", "--json", px.uri],
+                       capture_output=True, text=True, timeout=30)
+    names = sorted(e["export-name"] for e in json.loads(r.stdout)["exports"])
+    T.check_eq(names, [""], "names listed without dynamic-export")
+    px.stop()
+    up.stop()
+
+
 def t_command():
     script = os.path.join(T.TMPDIR, "up.sh")
     with open(script, "w") as f:
@@ -474,6 +503,7 @@ c.run("filter stack split across two processes", t_split_stack)
 c.run("upstream killed mid-copy: EIO, no hang", t_upstream_killed)
 c.run("shared=true with 8 clients", t_shared)
 c.run("dynamic-export and export=", t_dynamic_export)
+c.run("dynamic-export lists upstream's exports", t_dynamic_export_list)
 c.run("command= runs an upstream per client", t_command)
 c.run("command= with repeated arg=", t_command_args)
 c.run("retry= waits for the upstream", t_retry)
