@@ -112,6 +112,26 @@ handshake_tls_refused(const struct nbd_conn *c, const struct nbd_export *e)
          config_export_tls(c->cfg, e) == NBD_TLS_REQUIRE;
 }
 
+/* NBD_INFO_NAME: the name the opened stack serves.  A layer that renamed
+ * it (exportname's default-export) gives the name the layers below
+ * opened with; a dynamic export and the command line's one export (which
+ * takes any name, as nbdkit) the name asked for, as nbdkit echoes it; a
+ * config export its own name (the default export's, for ""). */
+static const char *
+handshake_canonical(const struct nbd_conn *c, const struct nbd_export *e,
+                    const char *asked, int dynamic)
+{
+  const struct nbd_ctx *t = c->top;
+  const struct nbd_conn_info *info;
+
+  while (t->next)
+    t = t->next;
+  info = nbd_conn_info((struct nbd_ctx *)t);
+  if (info && info->export_name && strcmp(info->export_name, asked) != 0)
+    return info->export_name;
+  return dynamic || c->cfg->any_export_name ? asked : e->name;
+}
+
 /* Transmission flags exactly as the opened stack can serve them. */
 static uint16_t
 handshake_tflags(const struct nbd_conn *c, const struct nbd_ctx *t)
@@ -361,7 +381,8 @@ handshake_info_go(struct nbd_conn *c, uint32_t opt, const unsigned char *d,
   }
   if (handshake_info(c, opt, NBD_INFO_EXPORT, e, NULL) == -1 ||
       (want_name && handshake_info(c, opt, NBD_INFO_NAME, e,
-                                   dynamic ? name : e->name) == -1) ||
+                                   handshake_canonical(c, e, name,
+                                                       dynamic)) == -1) ||
       (want_desc && handshake_info(c, opt, NBD_INFO_DESCRIPTION, e,
                                    NULL) == -1) ||
       /* Constraints beyond the defaults are sent even unrequested. */

@@ -196,6 +196,11 @@ def default_export():
     h = O.connect(srv.uri_for("file3"))
     check_eq(h.get_size(), 512, "file3 is still file3")
     h.shutdown()
+    # the canonical name (NBD_INFO_NAME) is the one served, as nbdkit's
+    r = subprocess.run(["nbdinfo", "--json", srv.uri], capture_output=True,
+                       text=True, timeout=30)
+    check_eq(json.loads(r.stdout)["exports"][0]["export-name"], "file2",
+             'canonical name of ""')
     if O.have_nbdkit_filter("exportname"):
         with O.nbdkit(["--filter=exportname", "file", "dir=" + DIR] + keys,
                       "endef") as k:

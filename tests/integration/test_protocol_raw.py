@@ -376,6 +376,24 @@ def t_long_unknown_option():
     go_works(c)
 
 
+def t_info_name_canonical():
+    # NBD_INFO_NAME: command-line mode serves its one export under any
+    # name and names it as asked (as nbdkit); a config file's exports by
+    # their own names, the default export's for "".
+    for asked in (b"", b"bar"):
+        c = new()
+        got = c.go(asked, infos=(INFO_NAME,))
+        check_eq(got.get(INFO_NAME), asked, "NBD_INFO_NAME for GO(%r)" % asked)
+        c.disc()
+        c.close()
+    c = Raw(config_server().sock)
+    c.handshake()
+    got = c.go(b"vm1", infos=(INFO_NAME,))
+    check_eq(got.get(INFO_NAME), b"vm1", "NBD_INFO_NAME of config export vm1")
+    c.disc()
+    c.close()
+
+
 def t_meta_config_default_export():
     # In a config file the default export "" has a name of its own; the
     # context a client sets for "" holds when it enters "".
@@ -760,6 +778,7 @@ C.run("a failed SET_META_CONTEXT clears the contexts", t_meta_failed_set_clears)
 C.run("unknown option of 64 KiB-8 MiB -> ERR_UNSUP; INFO that long -> ERR_TOO_BIG",
       t_long_unknown_option)
 C.run("config: SET_META_CONTEXT and GO on the default export", t_meta_config_default_export)
+C.run("NBD_INFO_NAME: the name asked for on the command line, a config export's own", t_info_name_canonical)
 C.run("EXPORT_NAME with NO_ZEROES", t_export_name, True)
 C.run("EXPORT_NAME without NO_ZEROES (124 zero bytes)", t_export_name, False)
 C.run("config: EXPORT_NAME of unknown export -> close", t_export_name_unknown)
