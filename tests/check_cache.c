@@ -760,9 +760,12 @@ START_TEST(test_readonly_below_is_readonly)
   struct nbd_ctx *top;
 
   cache_caps.can_write = 0;
+  cache_caps.can_flush = 0;
   top = cache_open("cache");
   ck_assert_int_eq(next_can_write(top), 0);
   ck_assert_int_eq(next_pwrite(top, cache_buf, 10, 0, 0), -EPERM);
+  /* nothing of ours to write back: below's answer (as nbdkit) */
+  ck_assert_int_eq(next_can_flush(top), 0);
 }
 END_TEST
 

@@ -685,10 +685,14 @@ cache_block_size(struct nbd_ctx *self, struct nbd_ctx *next,
   return 0;
 }
 
+/* Flush writes our dirty blocks back: only a stack that can be written
+ * has any.  Over a read-only one, what below says (nbdkit's cache filter
+ * passes it through: pattern over it has no flush). */
 static int
 cache_can_flush(struct nbd_ctx *self, struct nbd_ctx *next)
 {
-  return 1;
+  (void)self;
+  return next_can_write(next) ? 1 : next_can_flush(next);
 }
 
 /* Zero is handled here (it goes below, then the cache is updated), so the
