@@ -7,6 +7,7 @@
  * that overflows 64 bits (no wrap-around).
  */
 #include <ctype.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +40,11 @@ fuzz_whole_size(const char *s, uint64_t *out, int *ok)
     return -1;
   memcpy(digits, s, n);
   digits[n] = '\0';
-  if (params_parse_uint(digits, &v) == -1) {
+  /* Sizes are decimal whatever their leading zeros (params_parse_uint
+   * reads "010" as octal, as nbdkit reads integers; sizes it does not). */
+  errno = 0;
+  v = strtoull(digits, NULL, 10);
+  if (errno == ERANGE) {
     *ok = 0;                    /* more than 64 bits of digits */
     return 0;
   }
