@@ -65,7 +65,7 @@ struct split_state {
   struct split_file *f;
   size_t n;
   uint64_t size;                /* sum of the files' sizes */
-  int readonly;                 /* a file we may not write: all read-only */
+  int readonly;                 /* readonly=yes, or a file we may not write */
 };
 
 /* ---- pieces ---------------------------------------------------------- */
@@ -276,10 +276,9 @@ split_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 static int
 split_can_write(struct nbd_ctx *self, struct nbd_ctx *next)
 {
-  const struct split_conf *conf = self->layer->conf;
   const struct split_state *st = self->layer->state;
 
-  return !conf->readonly && !st->readonly;
+  return !st->readonly;
 }
 
 static int
@@ -327,32 +326,23 @@ split_free(struct split_state *st)
 }
 
 static int
-split_open_file(struct split_file *f, const char *path, int readonly,
-                int *opened_ro, char *err, size_t errlen)
+split_open_file(struct split_file *f, const char *path, int *readonly,
+                char *err, size_t errlen)
 {
   struct stat sb;
-  int e;
+  int was = *readonly;
 
-  f->fd = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY);
   /* A file we may not write makes the export read-only, as the file
    * backend (and -r then works on read-only files). */
-  if (f->fd == -1 && !readonly &&
-      (errno == EACCES || errno == EROFS || errno == EPERM)) {
-    e = errno;
-    if ((f->fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)) != -1) {
-      *opened_ro = 1;
-      nbd_debug("split: '%s' is not writable here: serving the files "
-                "read-only", path);
-    } else if (errno == EACCES)
-      errno = e;
-  }
+  f->fd = nbd_open_maybe_readonly(AT_FDCWD, path, O_CLOEXEC | O_NOCTTY,
+                                  readonly);
   if (f->fd == -1) {
-    e = errno;
-    snprintf(err, errlen, "cannot open '%s': %s%s", path, strerror(e),
-             !readonly && (e == EACCES || e == EROFS)
-               ? " (readonly=yes?)" : "");
+    snprintf(err, errlen, "cannot open '%s': %s", path, strerror(errno));
     return -1;
   }
+  if (*readonly && !was)
+    nbd_debug("split: '%s' is not writable here: serving the files "
+              "read-only", path);
   if (fstat(f->fd, &sb) == -1) {
     snprintf(err, errlen, "fstat '%s': %s", path, strerror(errno));
     return -1;
@@ -382,9 +372,10 @@ split_setup(struct nbd_layer *layer, char *err, size_t errlen)
   for (i = 0; i < conf->file.n; i++)
     st->f[i].fd = -1;
   st->n = conf->file.n;
+  st->readonly = conf->readonly;
   for (i = 0; i < st->n; i++) {
-    if (split_open_file(&st->f[i], conf->file.v[i], conf->readonly,
-                        &st->readonly, err, errlen) == -1)
+    if (split_open_file(&st->f[i], conf->file.v[i], &st->readonly, err,
+                        errlen) == -1)
       goto fail;
     st->f[i].start = st->size;
     if (st->f[i].size > (uint64_t)INT64_MAX - st->size) {

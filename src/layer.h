@@ -691,6 +691,13 @@ int nbd_pieces_each(const struct nbd_pieces *p, uint64_t count,
  * at most 256 KiB (src/util.c says why). */
 int nbd_pread_full(int fd, void *buf, size_t count, uint64_t offset);
 int nbd_pwrite_full(int fd, const void *buf, size_t count, uint64_t offset);
+/* openat(dirfd, path, flags) with O_RDWR, or O_RDONLY when *readonly is
+ * set.  A file the server may not write (EACCES, EROFS, EPERM) is opened
+ * O_RDONLY instead and *readonly set: a backend then serves it read-only,
+ * as nbdkit's file plugin does.  fd, or -1 with errno (the first refusal
+ * when the file cannot be read either).  flags carry no access mode. */
+int nbd_open_maybe_readonly(int dirfd, const char *path, int flags,
+                            int *readonly);
 /* fallocate(fd, mode, offset, count) unless *unsupported says this file
  * cannot; 0, -errno, or -EOPNOTSUPP (and *unsupported set, so the next
  * call costs nothing) when the filesystem or device refuses the mode. */

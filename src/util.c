@@ -142,6 +142,22 @@ nbd_pread_full(int fd, void *buf, size_t count, uint64_t offset)
 #define UTIL_PWRITE_CHUNK ((size_t)256 << 10)
 
 int
+nbd_open_maybe_readonly(int dirfd, const char *path, int flags, int *readonly)
+{
+  int fd = openat(dirfd, path, flags | (*readonly ? O_RDONLY : O_RDWR));
+  int first = errno;
+
+  if (fd != -1 || *readonly ||
+      (errno != EACCES && errno != EROFS && errno != EPERM))
+    return fd;
+  if ((fd = openat(dirfd, path, flags | O_RDONLY)) != -1)
+    *readonly = 1;
+  else if (errno == EACCES)
+    errno = first;              /* not readable either: the first answer */
+  return fd;
+}
+
+int
 nbd_pwrite_full(int fd, const void *buf, size_t count, uint64_t offset)
 {
   const char *b = buf;

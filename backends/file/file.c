@@ -407,10 +407,9 @@ file_get_size(struct nbd_ctx *self, struct nbd_ctx *next)
 static int
 file_can_write(struct nbd_ctx *self, struct nbd_ctx *next)
 {
-  const struct file_conf *conf = self->layer->conf;
   const struct file_state *st = self->handle;
 
-  return !conf->readonly && !st->readonly;
+  return !st->readonly;         /* readonly=yes, or not writable here */
 }
 
 static int
@@ -515,8 +514,8 @@ file_state_open(const struct file_conf *conf, int dirfd, const char *path,
   struct file_state *st = calloc(1, sizeof *st);
   /* O_NONBLOCK: a FIFO in a dir= directory must not hang the open; it
    * is refused below and the flag cleared for the real file. */
-  int flags = (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NOCTTY |
-              O_NONBLOCK | (conf->direct ? O_DIRECT : 0);
+  int flags = O_CLOEXEC | O_NOCTTY | O_NONBLOCK |
+              (conf->direct ? O_DIRECT : 0);
   int e;
 
   *errnum = ENOMEM;
@@ -524,32 +523,21 @@ file_state_open(const struct file_conf *conf, int dirfd, const char *path,
     snprintf(err, errlen, "out of memory");
     return NULL;
   }
-  st->fd = openat(dirfd, path, flags);
-  /* A file we may not write is served read-only, as nbdkit's file
-   * plugin does (and as -r needs when the file is read-only to us). */
-  if (st->fd == -1 && !readonly &&
-      (errno == EACCES || errno == EROFS || errno == EPERM)) {
-    int first = errno;
-
-    flags = (flags & ~O_ACCMODE) | O_RDONLY;
-    if ((st->fd = openat(dirfd, path, flags)) != -1) {
-      readonly = 1;
-      nbd_debug("file: '%s' is not writable here: serving it read-only",
-                path);
-    } else if (errno == EACCES)
-      errno = first;            /* not readable either: the first answer */
-  }
+  /* A file we may not write is served read-only (and -r works on it). */
   st->readonly = readonly;
+  st->fd = nbd_open_maybe_readonly(dirfd, path, flags, &st->readonly);
   if (st->fd == -1) {
     e = *errnum = errno;
     snprintf(err, errlen, "cannot open '%s': %s%s", path, strerror(e),
-             !readonly && (e == EACCES || e == EROFS) ? " (readonly=yes?)" :
              conf->direct && e == EINVAL ? " (O_DIRECT not supported here?)"
              : "");
     free(st);
     return NULL;
   }
-  if (fcntl(st->fd, F_SETFL, flags & ~O_NONBLOCK & ~O_ACCMODE) == -1 ||
+  if (st->readonly && !readonly)
+    nbd_debug("file: '%s' is not writable here: serving it read-only",
+              path);
+  if (fcntl(st->fd, F_SETFL, flags & ~O_NONBLOCK) == -1 ||
       file_setup_fd(st, conf, path, err, errlen) == -1) {
     *errnum = EINVAL;
     close(st->fd);

@@ -28,7 +28,7 @@ struct file_state {
   uint32_t sector;              /* block device: logical sector size */
   uint32_t align;               /* direct=true: offsets, lengths, buffers */
   int evict;                    /* cache=none */
-  int readonly;                 /* opened O_RDONLY: not writable by us */
+  int readonly;                 /* opened O_RDONLY, for whatever reason */
   int can_splice;               /* splice(2) into the file works */
   /* Set when the kernel said EOPNOTSUPP, so it is not asked again. */
   atomic_int no_punch, no_zero_range, no_alloc, no_discard, no_seek;
