@@ -154,29 +154,40 @@ exportname_script(const char *script, const char *name)
   return out;
 }
 
-/* Adds name with the description exportdesc gives it (below's: the
- * description the layers below listed, NULL = the export's). */
+/* The description exportdesc gives name (below: the layers below's, NULL
+ * = the export's).  A script's answer is malloc'd into *made, which the
+ * caller frees (NULL, and "" returned, when out of memory). */
+static const char *
+exportname_describe(const struct exportname_conf *c, const char *name,
+                    const char *below, char **made)
+{
+  *made = NULL;
+  switch (c->desc_mode) {
+  case ED_NONE:
+    return "";
+  case ED_FIXED:
+    return c->desc_arg;
+  case ED_SCRIPT:
+    return (*made = exportname_script(c->desc_arg, name)) ? *made : "";
+  default:
+    return below;
+  }
+}
+
+/* Adds name with the description exportdesc gives it. */
 static int
 exportname_add(const struct exportname_conf *c, struct nbd_exports *out,
                const char *name, const char *below)
 {
-  char *s;
+  char *made;
+  const char *d = exportname_describe(c, name, below, &made);
   int r;
 
-  switch (c->desc_mode) {
-  case ED_NONE:
-    return nbd_exports_add(out, name, "");
-  case ED_FIXED:
-    return nbd_exports_add(out, name, c->desc_arg);
-  case ED_SCRIPT:
-    if ((s = exportname_script(c->desc_arg, name)) == NULL)
-      return -ENOMEM;
-    r = nbd_exports_add(out, name, s);
-    free(s);
-    return r;
-  default:
-    return nbd_exports_add(out, name, below);
-  }
+  if (c->desc_mode == ED_SCRIPT && made == NULL)
+    return -ENOMEM;
+  r = nbd_exports_add(out, name, d);
+  free(made);
+  return r;
 }
 
 static int
@@ -266,21 +277,16 @@ exportname_export_description(struct nbd_ctx *self, struct nbd_ctx *next)
   const struct exportname_conf *c = self->layer->conf;
   const struct nbd_conn_info *info = nbd_conn_info(self);
   const char *name = info && info->export_name ? info->export_name : "";
+  const char *d;
+  char *made;
 
-  switch (c->desc_mode) {
-  case ED_NONE:
-    return "";
-  case ED_FIXED:
-    return c->desc_arg;
-  case ED_SCRIPT:
-    if (self->handle == NULL)
-      self->handle = exportname_script(c->desc_arg,
-                                       exportname_export_name(self, next,
-                                                              name));
-    return self->handle ? self->handle : "";
-  default:
-    return next_export_description(next);
-  }
+  if (self->handle)             /* the script's answer */
+    return self->handle;
+  d = exportname_describe(c, exportname_export_name(self, next, name),
+                          c->desc_mode == ED_KEEP ?
+                          next_export_description(next) : NULL, &made);
+  self->handle = made;          /* a script runs once per connection */
+  return d;
 }
 
 static void
