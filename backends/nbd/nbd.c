@@ -1027,19 +1027,19 @@ nbd_list_exports(struct nbd_ctx *self, struct nbd_ctx *next,
   struct nbd_state *st = self->layer->state;
   char err[256];
   pid_t pid;
-  int fd, e;
+  int fd, e, r;
 
   (void)next;
   if (!conf->dynamic_export)
     return 0;
   if ((fd = nbd_connect_fd(self->layer, &pid)) < 0)
     return fd;
-  if (nbdc_list(fd, &st->tls, exports, &e, err, sizeof err) == -1) {
+  r = nbdc_list(fd, &st->tls, exports, &e, err, sizeof err);
+  nbd_reap(pid);
+  if (r == -1) {
     nbd_error("nbd: listing upstream's exports: %s", err);
-    nbd_reap(pid);
     return -e;
   }
-  nbd_reap(pid);
   return 1;
 }
 UNSUPPORTED(nbd, preconnect)
