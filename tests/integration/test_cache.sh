@@ -189,4 +189,11 @@ stop_server "$SERVER_PID" TERM 10
 check_eq "nbdcopy: exit status after SIGTERM" 0 "$STOP_RC"
 check "nbdcopy: the file equals the source" cmp -s "$T/src.img" "$T/disk.img"
 
+# --- over a read-only backend: no flush advertised, as nbdkit -------------------
+start_server "$S" --filter cache pattern size=1M
+t nbdinfo --json "$(uri "$S")" >"$T/ro.json"
+check_eq "cache over pattern: can_flush" false \
+    "$(json_get "$T/ro.json" "j['exports'][0]['can_flush']")"
+stop_server "$SERVER_PID" TERM 10
+
 finish
